@@ -1,0 +1,45 @@
+# Developer targets. The README's test command is `go test ./...`; CI runs .ci/run.
+GO ?= go
+TOOL = $(GO) tool -modfile=tools/go.mod
+
+.PHONY: all build generate check-generated lint test test-race soak bench fuzz
+
+all: build
+
+build:
+	$(GO) build -o bin/dalv ./cmd/dalv
+
+## generate: regenerate gen/ from proto/ (byte for byte what is committed)
+generate:
+	$(TOOL) buf lint
+	$(TOOL) buf generate
+
+## check-generated: fail if gen/ is stale
+check-generated: generate
+	git diff --exit-code -- gen/
+	@test -z "$$(git status --porcelain -- gen/)" || (git status --porcelain -- gen/; echo "gen/ has untracked files: run make generate and commit"; exit 1)
+
+## lint: gofmt, go vet, staticcheck
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'))" || (gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'); exit 1)
+	$(GO) vet ./...
+	$(TOOL) staticcheck ./...
+
+test:
+	$(GO) test ./...
+
+test-race:
+	$(GO) test -race ./...
+
+## soak: the long crash loop (200 kills)
+soak:
+	DALV_CRASH_KILLS=200 $(GO) test -run TestCrash -count=1 -timeout 60m ./server/...
+
+## fuzz: each fuzz target for a minute
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzValidateOps -fuzztime 60s ./engine/
+	$(GO) test -run '^$$' -fuzz FuzzDecodeEntry -fuzztime 60s ./store/pebble/
+
+## bench: the server benchmark (medians of 5 runs)
+bench: build
+	./bin/dalv bench --runs 5
