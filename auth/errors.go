@@ -1,0 +1,51 @@
+package auth
+
+import "errors"
+
+// ErrMissingToken is returned when a request carries no token: no
+// Authorization header, an empty one, or "Bearer" with nothing after it.
+var ErrMissingToken = errors.New("missing bearer token")
+
+// ErrMalformedToken is returned for input that is not a well-formed JWT (wrong
+// number of segments, bad base64 or JSON, no alg, a claim of the wrong type)
+// and for an Authorization header that does not use the Bearer scheme.
+var ErrMalformedToken = errors.New("malformed token")
+
+// ErrAlgorithm is returned when the token's header names an algorithm the
+// verifier does not accept, including "none"; the message quotes the alg
+// presented.
+var ErrAlgorithm = errors.New("token algorithm not allowed")
+
+// ErrSignature is returned when the signature does not match: the token was
+// signed with another key, or was altered after signing.
+var ErrSignature = errors.New("token signature invalid")
+
+// ErrExpired is returned when the token's exp has passed; the message says
+// when it expired.
+var ErrExpired = errors.New("token expired")
+
+// ErrNotYetValid is returned when the token's nbf, or its iat, lies in the
+// future; the message says from when it is valid.
+var ErrNotYetValid = errors.New("token not yet valid")
+
+// ErrMissingExpiry is returned when a correctly signed token has no exp
+// claim, or one that is not a number. DalvDB does not accept tokens that
+// never expire.
+var ErrMissingExpiry = errors.New("token has no expiry (exp claim)")
+
+// ErrMissingSubject is returned when a correctly signed token has no sub
+// claim, an empty one, or one that is not a string: without it there is no
+// user to act for.
+var ErrMissingSubject = errors.New("token has no subject (sub claim)")
+
+// ErrAudience is returned when an audience is configured and the token's aud
+// does not contain it.
+var ErrAudience = errors.New("token audience not accepted")
+
+// ErrIssuer is returned when an issuer is configured and the token's iss is
+// not it.
+var ErrIssuer = errors.New("token issuer not accepted")
+
+// ErrWeakKey is returned when configuring a secret or API key too short to
+// resist guessing.
+var ErrWeakKey = errors.New("key too short")
