@@ -1,0 +1,205 @@
+package engine
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/store"
+	"github.com/dalvdb/dalv/value"
+)
+
+// Commit applies ops to p atomically and durably for a trusted backend: both
+// domains, no conflict check. With expected set, it applies only when the
+// partition is at that version, else ErrStale. It returns the new version.
+func (e *Engine) Commit(ctx context.Context, p store.Partition, ops []*dalvv1.Op, expected *uint64) (uint64, error) {
+	if err := ValidatePartitionName(p.Name); err != nil {
+		return 0, err
+	}
+	if len(ops) == 0 {
+		return 0, Errorf(ErrInvalid, "a commit needs at least one op")
+	}
+	if err := ValidateOps(ops, e.lim); err != nil {
+		return 0, err
+	}
+	var version uint64
+	err := e.st.Update(ctx, p, func(r store.Reader) (*store.Commit, error) {
+		head, err := r.Head()
+		if err != nil {
+			return nil, err
+		}
+		if expected != nil && *expected != head.Version {
+			return nil, Errorf(ErrStale, "expectedVersion is %d but %s is at version %d", *expected, p, head.Version)
+		}
+		ks, err := loadKeys(r, ops)
+		if err != nil {
+			return nil, err
+		}
+		c, _, err := e.apply(ks, head.Version+1, ops)
+		if err != nil {
+			return nil, err
+		}
+		version = c.Version
+		return c, nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	e.committed(CommitInfo{Partition: p, Version: version})
+	return version, nil
+}
+
+// DeletePartition erases every key of p in one commit that records the
+// erase; devices that synced before get a reset. Versions go on, never
+// reused. It returns the erase's version.
+func (e *Engine) DeletePartition(ctx context.Context, p store.Partition) (uint64, error) {
+	if err := ValidatePartitionName(p.Name); err != nil {
+		return 0, err
+	}
+	rec, err := proto.Marshal(&dalvv1.ChangeEvent{Erased: true})
+	if err != nil {
+		return 0, err
+	}
+	var version uint64
+	err = e.st.Update(ctx, p, func(r store.Reader) (*store.Commit, error) {
+		head, err := r.Head()
+		if err != nil {
+			return nil, err
+		}
+		version = head.Version + 1
+		return &store.Commit{Version: version, Time: e.now(), Erase: true, Ops: rec}, nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	e.committed(CommitInfo{Partition: p, Version: version, Erase: true})
+	return version, nil
+}
+
+// Get returns p's version and the live keys among keys, in the order asked.
+func (e *Engine) Get(ctx context.Context, p store.Partition, keys []string) (uint64, []*dalvv1.Change, error) {
+	if err := ValidatePartitionName(p.Name); err != nil {
+		return 0, nil, err
+	}
+	if len(keys) > e.lim.MaxOps {
+		return 0, nil, Errorf(ErrLimit, "%d keys, over the limit of %d per request (--max-ops)", len(keys), e.lim.MaxOps)
+	}
+	for _, k := range keys {
+		if err := ValidateKey(k, e.lim.MaxKeyBytes); err != nil {
+			return 0, nil, err
+		}
+	}
+	var version uint64
+	var items []*dalvv1.Change
+	err := e.st.View(ctx, p, func(r store.Reader) error {
+		head, err := r.Head()
+		if err != nil {
+			return err
+		}
+		version = head.Version
+		size := 0
+		for _, k := range keys {
+			ent, ok, err := r.Get(k)
+			if err != nil {
+				return err
+			}
+			if !ok || ent.Deleted {
+				continue
+			}
+			c, err := toChange(ent)
+			if err != nil {
+				return err
+			}
+			if size += changeSize(c.Key, c.Value); size > e.lim.MaxResponseBytes {
+				return Errorf(ErrLimit, "the values asked for pass the response limit of %d bytes (--max-response-bytes); ask for fewer keys", e.lim.MaxResponseBytes)
+			}
+			items = append(items, c)
+		}
+		return nil
+	})
+	return version, items, err
+}
+
+// Default and largest List page sizes.
+const (
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
+)
+
+// List returns a page of p's live keys under prefix in key order, after the
+// page token of a previous page, and the token of the next page ("" when
+// this is the last). A page is also cut at the response limit.
+func (e *Engine) List(ctx context.Context, p store.Partition, prefix string, pageSize int, pageToken string) (uint64, []*dalvv1.Change, string, error) {
+	if err := ValidatePartitionName(p.Name); err != nil {
+		return 0, nil, "", err
+	}
+	if len(prefix) > e.lim.MaxKeyBytes {
+		return 0, nil, "", Errorf(ErrInvalid, "prefix is %d bytes, over the key limit of %d", len(prefix), e.lim.MaxKeyBytes)
+	}
+	switch {
+	case pageSize < 0:
+		return 0, nil, "", Errorf(ErrInvalid, "pageSize %d is negative", pageSize)
+	case pageSize == 0:
+		pageSize = DefaultPageSize
+	case pageSize > MaxPageSize:
+		pageSize = MaxPageSize
+	}
+	after := ""
+	if pageToken != "" {
+		b, err := base64.RawURLEncoding.DecodeString(pageToken)
+		if err != nil || !strings.HasPrefix(string(b), "k:") {
+			return 0, nil, "", Errorf(ErrInvalid, "pageToken %q is not one this server gave; pass nextPageToken from the previous answer", pageToken)
+		}
+		after = string(b[2:])
+	}
+	var (
+		version uint64
+		items   []*dalvv1.Change
+		next    string
+	)
+	err := e.st.View(ctx, p, func(r store.Reader) error {
+		head, err := r.Head()
+		if err != nil {
+			return err
+		}
+		version = head.Version
+		size := 0
+		return r.Scan(prefix, after, func(ent store.Entry) (bool, error) {
+			c, err := toChange(ent)
+			if err != nil {
+				return false, err
+			}
+			n := changeSize(c.Key, c.Value)
+			if len(items) == pageSize || (len(items) > 0 && size+n > e.lim.MaxResponseBytes) {
+				next = base64.RawURLEncoding.EncodeToString([]byte("k:" + items[len(items)-1].Key))
+				return false, nil
+			}
+			size += n
+			items = append(items, c)
+			return true, nil
+		})
+	})
+	return version, items, next, err
+}
+
+// Compact drops tombstones and feed records older than retention.
+func (e *Engine) Compact(ctx context.Context, retention time.Duration) (store.CompactStats, error) {
+	return e.st.Compact(ctx, e.now().Add(-retention))
+}
+
+func toChange(ent store.Entry) (*dalvv1.Change, error) {
+	c := &dalvv1.Change{Key: ent.Key, Deleted: ent.Deleted, Version: ent.Version}
+	if !ent.Deleted {
+		v, err := value.Decode(ent.Value)
+		if err != nil {
+			return nil, fmt.Errorf("%w: key %q: %v", store.ErrCorruption, ent.Key, err)
+		}
+		c.Value = v
+	}
+	return c, nil
+}

@@ -1,0 +1,464 @@
+// Package engine holds DalvDB's rules, written once: idempotent batches per
+// device, authorisation by domain, the per-key conflict check in which list
+// ops on both sides merge, the atomic apply, the collapse of changes to one
+// entry per key, paging at the response limit, and resets past the horizon.
+// It runs over one store transaction per partition (package store) and knows
+// nothing of HTTP; package server turns its errors into Connect codes.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/store"
+	"github.com/dalvdb/dalv/value"
+)
+
+// DefaultSystemPrefixes is the zero-config domain split: keys under "sys/"
+// are system-domain, all others user-domain.
+var DefaultSystemPrefixes = []string{"sys/"}
+
+// Config configures an Engine.
+type Config struct {
+	// Store holds the partitions. Required.
+	Store store.Store
+	// SystemPrefixes are the key prefixes only backends may write. Nil
+	// means DefaultSystemPrefixes; an empty non-nil slice means none.
+	SystemPrefixes []string
+	// Limits are the sizes enforced; zero fields take the defaults.
+	Limits Limits
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// OnCommit, when set, is called after each commit is durable, outside
+	// the partition's lock, in version order per partition for one process.
+	OnCommit func(CommitInfo)
+}
+
+// CommitInfo describes a durable commit to OnCommit.
+type CommitInfo struct {
+	Partition store.Partition
+	Version   uint64
+	// Device is the committing device's id; empty for a backend.
+	Device string
+	// Erase is set when the commit erased the partition.
+	Erase bool
+}
+
+// Engine applies DalvDB's rules to a store. It is safe for concurrent use.
+type Engine struct {
+	st  store.Store
+	sys []string
+	lim Limits
+	now func() time.Time
+	on  func(CommitInfo)
+}
+
+// New returns an Engine for cfg. It does not modify cfg.
+func New(cfg Config) (*Engine, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("engine: no store")
+	}
+	e := &Engine{st: cfg.Store, lim: cfg.Limits.withDefaults(), now: cfg.Now, on: cfg.OnCommit}
+	if err := e.lim.validate(); err != nil {
+		return nil, err
+	}
+	e.sys = slices.Clone(cfg.SystemPrefixes)
+	if cfg.SystemPrefixes == nil {
+		e.sys = slices.Clone(DefaultSystemPrefixes)
+	}
+	for _, p := range e.sys {
+		if p == "" {
+			return nil, errors.New("engine: empty system prefix would make every key system-domain")
+		}
+	}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	return e, nil
+}
+
+// Limits returns the limits in force, defaults filled in.
+func (e *Engine) Limits() Limits { return e.lim }
+
+// SystemPrefixes returns the system-domain key prefixes.
+func (e *Engine) SystemPrefixes() []string { return slices.Clone(e.sys) }
+
+// IsSystemKey reports whether key is system-domain.
+func (e *Engine) IsSystemKey(key string) bool {
+	for _, p := range e.sys {
+		if strings.HasPrefix(key, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// SyncRequest is one device sync; the partition comes from the caller's
+// verified token, never from the request body.
+type SyncRequest struct {
+	Partition    store.Partition
+	DeviceID     string
+	BaseVersion  uint64
+	Batch        uint64
+	Ops          []*dalvv1.Op
+	ResetHorizon uint64
+}
+
+// Sync runs DESIGN's sync: idempotency, authorisation, conflict check, an
+// atomic durable apply, and an answer with the changes since the base
+// version. A conflict is not an error: it is SYNC_STATUS_CONFLICT.
+func (e *Engine) Sync(ctx context.Context, req SyncRequest) (*dalvv1.SyncResponse, error) {
+	if err := ValidatePartitionName(req.Partition.Name); err != nil {
+		return nil, err
+	}
+	if err := ValidateDeviceID(req.DeviceID); err != nil {
+		return nil, err
+	}
+	if err := ValidateOps(req.Ops, e.lim); err != nil {
+		return nil, err
+	}
+	if len(req.Ops) == 0 {
+		return e.pull(ctx, req)
+	}
+	if req.Partition.Shared {
+		return nil, Errorf(ErrPermission, "shared partition %q is read-only for devices; send no ops", req.Partition.Name)
+	}
+	if req.Batch == 0 {
+		return nil, Errorf(ErrInvalid, "a sync with ops needs batch >= 1 (the device's increasing batch number)")
+	}
+	var (
+		resp    *dalvv1.SyncResponse
+		applied uint64
+	)
+	err := e.st.Update(ctx, req.Partition, func(r store.Reader) (*store.Commit, error) {
+		resp, applied = &dalvv1.SyncResponse{Status: dalvv1.SyncStatus_SYNC_STATUS_ACCEPTED}, 0
+		head, err := r.Head()
+		if err != nil {
+			return nil, err
+		}
+		// 1. Idempotency: a batch applied before is answered, not applied.
+		last, err := r.DeviceBatch(req.DeviceID)
+		if err != nil {
+			return nil, err
+		}
+		if req.Batch <= last {
+			return nil, e.collect(r, head, req.BaseVersion, req.ResetHorizon, nil, resp)
+		}
+		// 2. Authorisation by domain.
+		for _, op := range req.Ops {
+			if e.IsSystemKey(op.GetKey()) {
+				return nil, Errorf(ErrPermission, "key %q is system-domain (under a system prefix: %s); only backends may write it", op.GetKey(), strings.Join(e.sys, ", "))
+			}
+		}
+		if req.BaseVersion > head.Version {
+			return nil, Errorf(ErrInvalid, "baseVersion %d is ahead of the partition, which is at version %d; sync from 0", req.BaseVersion, head.Version)
+		}
+		// 3. Conflict check.
+		ks, err := loadKeys(r, req.Ops)
+		if err != nil {
+			return nil, err
+		}
+		if conflicts := conflicts(ks, head, req.BaseVersion, req.Ops); len(conflicts) > 0 {
+			resp.Status = dalvv1.SyncStatus_SYNC_STATUS_CONFLICT
+			resp.Conflicts = conflicts
+			return nil, e.collect(r, head, req.BaseVersion, req.ResetHorizon, nil, resp)
+		}
+		// 4. Apply.
+		c, own, err := e.apply(ks, head.Version+1, req.Ops)
+		if err != nil {
+			return nil, err
+		}
+		c.Device, c.Batch = req.DeviceID, req.Batch
+		if err := e.collect(r, head, req.BaseVersion, req.ResetHorizon, own, resp); err != nil {
+			return nil, err
+		}
+		applied = c.Version
+		return c, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if applied != 0 {
+		e.committed(CommitInfo{Partition: req.Partition, Version: applied, Device: req.DeviceID})
+	}
+	return resp, nil
+}
+
+func (e *Engine) committed(ci CommitInfo) {
+	if e.on != nil {
+		e.on(ci)
+	}
+}
+
+func (e *Engine) pull(ctx context.Context, req SyncRequest) (*dalvv1.SyncResponse, error) {
+	resp := &dalvv1.SyncResponse{Status: dalvv1.SyncStatus_SYNC_STATUS_ACCEPTED}
+	err := e.st.View(ctx, req.Partition, func(r store.Reader) error {
+		head, err := r.Head()
+		if err != nil {
+			return err
+		}
+		if req.BaseVersion > head.Version {
+			return Errorf(ErrInvalid, "baseVersion %d is ahead of the partition, which is at version %d; sync from 0", req.BaseVersion, head.Version)
+		}
+		return e.collect(r, head, req.BaseVersion, req.ResetHorizon, nil, resp)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// keyState is what one commit knows of one key it reads or writes.
+type keyState struct {
+	key     string
+	old     store.Entry // zero when the store held nothing
+	present bool        // the store held an entry (live or tombstone)
+	val     *dalvv1.Value
+	changed bool
+	scalar  bool // a PUT or DELETE in this commit
+}
+
+// keyStates holds the keys of one commit in the order first touched; lookups
+// are linear because commits are mostly a handful of keys.
+type keyStates struct {
+	list  []*keyState
+	index map[string]*keyState
+}
+
+func (ks *keyStates) get(key string) *keyState {
+	if ks.index != nil {
+		return ks.index[key]
+	}
+	for _, s := range ks.list {
+		if s.key == key {
+			return s
+		}
+	}
+	return nil
+}
+
+func loadKeys(r store.Reader, ops []*dalvv1.Op) (*keyStates, error) {
+	ks := &keyStates{list: make([]*keyState, 0, len(ops))}
+	if len(ops) > 16 {
+		ks.index = make(map[string]*keyState, len(ops))
+	}
+	for _, op := range ops {
+		if ks.get(op.GetKey()) != nil {
+			continue
+		}
+		ent, ok, err := r.Get(op.GetKey())
+		if err != nil {
+			return nil, err
+		}
+		s := &keyState{key: op.GetKey(), old: ent, present: ok}
+		if ok && !ent.Deleted {
+			if s.val, err = value.Decode(ent.Value); err != nil {
+				return nil, fmt.Errorf("%w: key %q: %v", store.ErrCorruption, s.key, err)
+			}
+		}
+		ks.list = append(ks.list, s)
+		if ks.index != nil {
+			ks.index[s.key] = s
+		}
+	}
+	return ks, nil
+}
+
+// conflicts returns the keys of ops changed by a commit after base, once
+// each, in op order. List ops conflict only with a PUT or DELETE after base.
+// A key the store holds nothing of conflicts when base is below the horizon,
+// because a tombstone for it may have been dropped.
+func conflicts(ks *keyStates, head store.Head, base uint64, ops []*dalvv1.Op) []string {
+	var out []string
+	for _, op := range ops {
+		s := ks.get(op.GetKey())
+		var changed bool
+		switch {
+		case !s.present:
+			changed = base < head.Horizon
+		case value.IsListOp(op.GetKind()):
+			changed = s.old.ScalarVersion > base
+		default:
+			changed = s.old.Version > base
+		}
+		if changed && !slices.Contains(out, s.key) {
+			out = append(out, s.key)
+		}
+	}
+	return out
+}
+
+// apply runs ops over ks and returns the commit at version, and the keys it
+// changes.
+func (e *Engine) apply(ks *keyStates, version uint64, ops []*dalvv1.Op) (*store.Commit, []*keyState, error) {
+	for _, op := range ops {
+		s := ks.get(op.GetKey())
+		next, changed, err := value.Apply(s.val, op)
+		if err != nil {
+			if errors.Is(err, value.ErrNotList) {
+				return nil, nil, Errorf(ErrState, "%v", err)
+			}
+			return nil, nil, Errorf(ErrInvalid, "%v", err)
+		}
+		if changed {
+			s.val, s.changed = next, true
+			if !value.IsListOp(op.GetKind()) {
+				s.scalar = true
+			}
+		}
+	}
+	c := &store.Commit{Version: version, Time: e.now(), Entries: make([]store.Entry, 0, len(ks.list))}
+	own := make([]*keyState, 0, len(ks.list))
+	size := 0
+	for _, s := range ks.list {
+		if !s.changed {
+			continue
+		}
+		if n := value.Size(s.val); n > e.lim.MaxValueBytes {
+			return nil, nil, Errorf(ErrLimit, "key %q would hold %d bytes, over the value limit of %d bytes (--max-value-bytes)", s.key, n, e.lim.MaxValueBytes)
+		}
+		ent := store.Entry{Key: s.key, Version: version, ScalarVersion: s.old.ScalarVersion, Deleted: s.val == nil}
+		if s.scalar {
+			ent.ScalarVersion = version
+		}
+		if s.val != nil {
+			ent.Value = value.Encode(nil, s.val)
+		}
+		size += changeSize(s.key, s.val)
+		c.Entries = append(c.Entries, ent)
+		own = append(own, s)
+	}
+	if size > e.lim.MaxResponseBytes {
+		return nil, nil, Errorf(ErrLimit, "the commit's changes are about %d bytes, over the response limit of %d bytes (--max-response-bytes); split it into smaller commits", size, e.lim.MaxResponseBytes)
+	}
+	ops2, err := proto.Marshal(&dalvv1.ChangeEvent{Ops: ops})
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode ops: %w", err)
+	}
+	c.Ops = ops2
+	return c, own, nil
+}
+
+// changeOverhead bounds the bytes a Change adds around its key and value.
+const changeOverhead = 32
+
+// changeSize is an upper bound of the encoded size of a Change.
+func changeSize(key string, v *dalvv1.Value) int {
+	n := len(key) + changeOverhead + value.Size(v)
+	if l := v.GetList(); l != nil {
+		n += 6 * len(l.GetItems())
+	}
+	return n
+}
+
+// collect fills resp with the changes after base, collapsed to one entry per
+// key and cut at the response limit between commits, plus the keys own
+// changes at head.Version+1 (a commit being made). Below the horizon it
+// answers with a reset, or continues one when resetHorizon says so.
+func (e *Engine) collect(r store.Reader, head store.Head, base, resetHorizon uint64, own []*keyState, resp *dalvv1.SyncResponse) error {
+	after, skipDeleted := base, false
+	resp.Horizon = head.Horizon
+	if base < head.Horizon {
+		resp.Reset_ = true
+		if resetHorizon != head.Horizon {
+			after, skipDeleted = 0, true
+		}
+	}
+	pg := pager{limit: e.lim.MaxResponseBytes, last: after}
+	if after < head.Version {
+		err := r.Changes(after, func(ent store.Entry) (bool, error) {
+			if ent.Deleted && skipDeleted {
+				return true, nil
+			}
+			for _, s := range own {
+				if s.key == ent.Key {
+					return true, nil // the commit being made supersedes it
+				}
+			}
+			c, err := toChange(ent)
+			if err != nil {
+				return false, err
+			}
+			return pg.add(c), nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	version := head.Version
+	if len(own) > 0 {
+		version++
+		for _, s := range own {
+			if !pg.add(&dalvv1.Change{Key: s.key, Value: s.val, Deleted: s.val == nil, Version: version}) {
+				break
+			}
+		}
+	}
+	pg.finish()
+	resp.Changes = pg.out
+	resp.More = pg.cut
+	resp.Version = version
+	if pg.cut {
+		resp.Version = pg.last
+	}
+	return nil
+}
+
+// pager gathers changes in version order and cuts between commits once the
+// next commit's changes would pass the limit. The first commit is always
+// taken whole: the engine refuses commits whose changes could not fit.
+type pager struct {
+	limit   int
+	out     []*dalvv1.Change
+	size    int // of out
+	group   []*dalvv1.Change
+	gsize   int
+	gver    uint64
+	last    uint64 // version of the last whole commit in out
+	cut     bool
+	stopped bool
+}
+
+// add takes c and reports whether to go on.
+func (p *pager) add(c *dalvv1.Change) bool {
+	if p.stopped {
+		return false
+	}
+	if c.Version != p.gver {
+		if !p.flush() {
+			return false
+		}
+		p.gver = c.Version
+	}
+	p.group = append(p.group, c)
+	p.gsize += changeSize(c.Key, c.Value)
+	return true
+}
+
+func (p *pager) flush() bool {
+	if len(p.group) == 0 {
+		return true
+	}
+	if len(p.out) > 0 && p.size+p.gsize > p.limit {
+		p.cut, p.stopped = true, true
+		return false
+	}
+	p.out = append(p.out, p.group...)
+	p.size += p.gsize
+	p.last = p.gver
+	p.group, p.gsize = p.group[:0:0], 0
+	return true
+}
+
+func (p *pager) finish() {
+	if !p.stopped {
+		p.flush()
+	}
+}

@@ -1,0 +1,40 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+)
+
+// The engine's errors. Each is wrapped with a message that says what was
+// wrong; package server maps them to Connect codes in one table.
+var (
+	// ErrInvalid marks malformed input: a bad key, op, value or field.
+	ErrInvalid = errors.New("invalid argument")
+	// ErrLimit marks input past a configured limit; the message names it.
+	ErrLimit = errors.New("limit exceeded")
+	// ErrPermission marks a write the caller may not make: a device writing
+	// a system-domain key or a shared partition.
+	ErrPermission = errors.New("permission denied")
+	// ErrStale marks a backend commit whose expected version is not the
+	// partition's version.
+	ErrStale = errors.New("stale expected version")
+	// ErrState marks an op the key's current state does not allow, such as
+	// a list op on a key that holds a scalar.
+	ErrState = errors.New("key state does not allow the op")
+)
+
+// kindError is an error of one of the kinds above whose message is only the
+// specific text, so a client reads "key \"x\" is empty", not the kind twice.
+type kindError struct {
+	kind error
+	msg  string
+}
+
+func (e *kindError) Error() string { return e.msg }
+func (e *kindError) Unwrap() error { return e.kind }
+
+// Errorf returns an error of kind (one of the errors above) whose message is
+// only the formatted text.
+func Errorf(kind error, format string, args ...any) error {
+	return &kindError{kind: kind, msg: fmt.Sprintf(format, args...)}
+}

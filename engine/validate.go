@@ -1,0 +1,165 @@
+package engine
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/value"
+)
+
+// Limits are the sizes the engine enforces. Zero fields take the defaults.
+type Limits struct {
+	// MaxKeyBytes bounds a key's length (default 1024).
+	MaxKeyBytes int
+	// MaxValueBytes bounds a value, before and after an op (default 1 MiB).
+	MaxValueBytes int
+	// MaxOps bounds the ops of one sync or commit (default 1000).
+	MaxOps int
+	// MaxResponseBytes bounds one answer's changes (default 4 MiB); a commit
+	// whose changes could not fit in one answer is refused.
+	MaxResponseBytes int
+}
+
+// Default limits, as DESIGN's "Limits" gives them.
+const (
+	DefaultMaxKeyBytes      = 1024
+	DefaultMaxValueBytes    = 1 << 20
+	DefaultMaxOps           = 1000
+	DefaultMaxResponseBytes = 4 << 20
+	// MaxDeviceIDBytes bounds a device id.
+	MaxDeviceIDBytes = 128
+)
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxKeyBytes <= 0 {
+		l.MaxKeyBytes = DefaultMaxKeyBytes
+	}
+	if l.MaxValueBytes <= 0 {
+		l.MaxValueBytes = DefaultMaxValueBytes
+	}
+	if l.MaxOps <= 0 {
+		l.MaxOps = DefaultMaxOps
+	}
+	if l.MaxResponseBytes <= 0 {
+		l.MaxResponseBytes = DefaultMaxResponseBytes
+	}
+	return l
+}
+
+func (l Limits) validate() error {
+	if need := l.MaxKeyBytes + l.MaxValueBytes + changeOverhead; l.MaxResponseBytes < need {
+		return fmt.Errorf("max response bytes %d is below one key and value (%d): raise it or lower the key and value limits", l.MaxResponseBytes, need)
+	}
+	return nil
+}
+
+// ValidateKey checks that key is 1 to max bytes of UTF-8 with no control
+// characters.
+func ValidateKey(key string, max int) error {
+	switch {
+	case key == "":
+		return Errorf(ErrInvalid, "empty key")
+	case len(key) > max:
+		return Errorf(ErrLimit, "key %.40q... is %d bytes, over the key limit of %d bytes (--max-key-bytes)", key, len(key), max)
+	case !utf8.ValidString(key):
+		return Errorf(ErrInvalid, "key %q is not valid UTF-8", key)
+	}
+	for _, r := range key {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return Errorf(ErrInvalid, "key %q contains the control character %U", key, r)
+		}
+	}
+	return nil
+}
+
+// ValidateOps checks the shape of ops against l: their count, each kind,
+// key and value. It does not look at the partition's state or at domains.
+func ValidateOps(ops []*dalvv1.Op, l Limits) error {
+	l = l.withDefaults()
+	if len(ops) > l.MaxOps {
+		return Errorf(ErrLimit, "%d ops, over the limit of %d ops per sync or commit (--max-ops)", len(ops), l.MaxOps)
+	}
+	for i, op := range ops {
+		if err := validateOp(op, l); err != nil {
+			return fmt.Errorf("op %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func validateOp(op *dalvv1.Op, l Limits) error {
+	if op == nil {
+		return Errorf(ErrInvalid, "missing op")
+	}
+	if err := ValidateKey(op.GetKey(), l.MaxKeyBytes); err != nil {
+		return err
+	}
+	key := op.GetKey()
+	v := op.GetValue()
+	switch op.GetKind() {
+	case dalvv1.OpKind_OP_KIND_PUT:
+		switch k := v.GetKind().(type) {
+		case nil:
+			return Errorf(ErrInvalid, "PUT %q has no value (set value.scalar or value.list)", key)
+		case *dalvv1.Value_List:
+			items := k.List.GetItems()
+			for i := range items {
+				for j := range i {
+					if bytes.Equal(items[i], items[j]) {
+						return Errorf(ErrInvalid, "PUT %q: list items %d and %d are equal; a list holds each item once", key, j, i)
+					}
+				}
+			}
+		}
+		if n := value.Size(v); n > l.MaxValueBytes {
+			return Errorf(ErrLimit, "PUT %q: value is %d bytes, over the value limit of %d bytes (--max-value-bytes)", key, n, l.MaxValueBytes)
+		}
+	case dalvv1.OpKind_OP_KIND_DELETE:
+		if v != nil {
+			return Errorf(ErrInvalid, "DELETE %q carries a value; leave value unset", key)
+		}
+	case dalvv1.OpKind_OP_KIND_LIST_ADD, dalvv1.OpKind_OP_KIND_LIST_REMOVE:
+		if _, ok := v.GetKind().(*dalvv1.Value_Scalar); !ok {
+			return Errorf(ErrInvalid, "%s %q needs the element as value.scalar", opName(op.GetKind()), key)
+		}
+		if n := len(v.GetScalar()); n > l.MaxValueBytes {
+			return Errorf(ErrLimit, "%s %q: element is %d bytes, over the value limit of %d bytes (--max-value-bytes)", opName(op.GetKind()), key, n, l.MaxValueBytes)
+		}
+	default:
+		return Errorf(ErrInvalid, "op on %q has kind %v; use PUT, DELETE, LIST_ADD or LIST_REMOVE", key, op.GetKind())
+	}
+	return nil
+}
+
+func opName(k dalvv1.OpKind) string {
+	return strings.TrimPrefix(k.String(), "OP_KIND_")
+}
+
+// ValidateDeviceID checks a device id: 1 to MaxDeviceIDBytes of UTF-8.
+func ValidateDeviceID(id string) error {
+	switch {
+	case id == "":
+		return Errorf(ErrInvalid, "missing deviceId")
+	case len(id) > MaxDeviceIDBytes:
+		return Errorf(ErrInvalid, "deviceId is %d bytes, over %d", len(id), MaxDeviceIDBytes)
+	case !utf8.ValidString(id):
+		return Errorf(ErrInvalid, "deviceId is not valid UTF-8")
+	}
+	return nil
+}
+
+// ValidatePartitionName checks a user id or shared partition name.
+func ValidatePartitionName(name string) error {
+	switch {
+	case name == "":
+		return Errorf(ErrInvalid, "empty partition name")
+	case len(name) > 256:
+		return Errorf(ErrInvalid, "partition name is %d bytes, over 256", len(name))
+	case !utf8.ValidString(name):
+		return Errorf(ErrInvalid, "partition name is not valid UTF-8")
+	}
+	return nil
+}

@@ -1,0 +1,116 @@
+package engine
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/value"
+)
+
+func TestValidateKey(t *testing.T) {
+	tests := []struct {
+		key  string
+		want error
+	}{
+		{"prefs/theme", nil},
+		{"ünïcødé/🔑", nil},
+		{strings.Repeat("k", 1024), nil},
+		{"", ErrInvalid},
+		{strings.Repeat("k", 1025), ErrLimit},
+		{"bad\x00nul", ErrInvalid},
+		{"tab\there", ErrInvalid},
+		{"del\x7f", ErrInvalid},
+		{"c1\u0085", ErrInvalid},
+		{"\xff\xfe", ErrInvalid},
+	}
+	for _, tt := range tests {
+		if err := ValidateKey(tt.key, DefaultMaxKeyBytes); !errors.Is(err, tt.want) || (err == nil) != (tt.want == nil) {
+			t.Errorf("ValidateKey(%.20q) = %v, want %v", tt.key, err, tt.want)
+		}
+	}
+}
+
+func TestValidateOps(t *testing.T) {
+	l := Limits{MaxValueBytes: 8, MaxOps: 2}.withDefaults()
+	put := func(v *dalvv1.Value) *dalvv1.Op { return &dalvv1.Op{Kind: dalvv1.OpKind_OP_KIND_PUT, Key: "k", Value: v} }
+	tests := []struct {
+		name string
+		ops  []*dalvv1.Op
+		want error
+	}{
+		{"put scalar", []*dalvv1.Op{put(value.Scalar([]byte("v")))}, nil},
+		{"put list", []*dalvv1.Op{put(value.List([]byte("a"), []byte("b")))}, nil},
+		{"no ops", nil, nil},
+		{"nil op", []*dalvv1.Op{nil}, ErrInvalid},
+		{"too many ops", []*dalvv1.Op{put(value.Scalar(nil)), put(value.Scalar(nil)), put(value.Scalar(nil))}, ErrLimit},
+		{"put without value", []*dalvv1.Op{put(nil)}, ErrInvalid},
+		{"put empty Value message", []*dalvv1.Op{put(&dalvv1.Value{})}, ErrInvalid},
+		{"put value too large", []*dalvv1.Op{put(value.Scalar([]byte("123456789")))}, ErrLimit},
+		{"put list too large", []*dalvv1.Op{put(value.List([]byte("12345"), []byte("6789")))}, ErrLimit},
+		{"put list duplicates", []*dalvv1.Op{put(value.List([]byte("a"), []byte("a")))}, ErrInvalid},
+		{"delete with value", []*dalvv1.Op{{Kind: dalvv1.OpKind_OP_KIND_DELETE, Key: "k", Value: value.Scalar(nil)}}, ErrInvalid},
+		{"delete", []*dalvv1.Op{{Kind: dalvv1.OpKind_OP_KIND_DELETE, Key: "k"}}, nil},
+		{"list add without element", []*dalvv1.Op{{Kind: dalvv1.OpKind_OP_KIND_LIST_ADD, Key: "k"}}, ErrInvalid},
+		{"list add with list", []*dalvv1.Op{{Kind: dalvv1.OpKind_OP_KIND_LIST_ADD, Key: "k", Value: value.List()}}, ErrInvalid},
+		{"list remove element too large", []*dalvv1.Op{{Kind: dalvv1.OpKind_OP_KIND_LIST_REMOVE, Key: "k", Value: value.Scalar([]byte("123456789"))}}, ErrLimit},
+		{"unspecified kind", []*dalvv1.Op{{Key: "k"}}, ErrInvalid},
+		{"unknown kind", []*dalvv1.Op{{Kind: 42, Key: "k"}}, ErrInvalid},
+		{"bad key", []*dalvv1.Op{{Kind: dalvv1.OpKind_OP_KIND_DELETE, Key: ""}}, ErrInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := ValidateOps(tt.ops, l)
+			if (err == nil) != (tt.want == nil) || !errors.Is(err, tt.want) {
+				t.Fatalf("ValidateOps() = %v, want %v", err, tt.want)
+			}
+			if err != nil && strings.Contains(err.Error(), "invalid argument") {
+				t.Errorf("message %q repeats the error kind", err)
+			}
+		})
+	}
+}
+
+// FuzzValidateOps feeds arbitrary ops to the validator: it never panics,
+// and whatever it accepts applies without error to an absent key and keeps
+// the promises of the limits.
+func FuzzValidateOps(f *testing.F) {
+	f.Add(int32(1), "prefs/theme", []byte("dark"), false, []byte(nil))
+	f.Add(int32(3), "cart/items", []byte("sku-1"), false, []byte(nil))
+	f.Add(int32(1), "l", []byte("a"), true, []byte("a"))
+	f.Add(int32(2), "k\x00", []byte(nil), false, []byte(nil))
+	f.Add(int32(7), "\xff", []byte("x"), true, []byte("y"))
+	f.Fuzz(func(t *testing.T, kind int32, key string, v []byte, list bool, item []byte) {
+		l := Limits{MaxKeyBytes: 64, MaxValueBytes: 64}.withDefaults()
+		op := &dalvv1.Op{Kind: dalvv1.OpKind(kind), Key: key}
+		switch {
+		case list:
+			op.Value = value.List(v, item)
+		case v != nil:
+			op.Value = value.Scalar(v)
+		}
+		err := ValidateOps([]*dalvv1.Op{op}, l)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrLimit) {
+				t.Fatalf("ValidateOps error %v is neither ErrInvalid nor ErrLimit", err)
+			}
+			return
+		}
+		if key == "" || len(key) > l.MaxKeyBytes || !utf8.ValidString(key) {
+			t.Fatalf("accepted bad key %q", key)
+		}
+		for _, r := range key {
+			if r < 0x20 || r == 0x7f {
+				t.Fatalf("accepted key %q with a control character", key)
+			}
+		}
+		if value.Size(op.GetValue()) > l.MaxValueBytes {
+			t.Fatalf("accepted a value of %d bytes", value.Size(op.GetValue()))
+		}
+		if _, _, err := value.Apply(nil, op); err != nil {
+			t.Fatalf("accepted op fails to apply: %v", err)
+		}
+	})
+}

@@ -1,0 +1,13 @@
+package store
+
+import "errors"
+
+// ErrLocked is returned by Open when another process holds the data directory.
+var ErrLocked = errors.New("data directory is in use by another process")
+
+// ErrCorruption marks stored data that cannot be decoded; recovery code tells
+// it apart from ordinary failures with errors.Is.
+var ErrCorruption = errors.New("dalv store: corruption")
+
+// ErrClosed is returned by a store used after Close.
+var ErrClosed = errors.New("dalv store: closed")
