@@ -27,7 +27,10 @@ func (e *Engine) Commit(ctx context.Context, p store.Partition, ops []*dalvv1.Op
 	if err := ValidateOps(ops, e.lim); err != nil {
 		return 0, err
 	}
-	var version uint64
+	var (
+		version uint64
+		changes []*keyState
+	)
 	err := e.st.Update(ctx, p, func(r store.Reader) (*store.Commit, error) {
 		head, err := r.Head()
 		if err != nil {
@@ -36,21 +39,21 @@ func (e *Engine) Commit(ctx context.Context, p store.Partition, ops []*dalvv1.Op
 		if expected != nil && *expected != head.Version {
 			return nil, Errorf(ErrStale, "expectedVersion is %d but %s is at version %d", *expected, p, head.Version)
 		}
-		ks, err := loadKeys(r, ops)
+		ks, err := loadKeys(r, head, ops)
 		if err != nil {
 			return nil, err
 		}
-		c, _, err := e.apply(ks, head.Version+1, ops)
+		c, own, err := e.apply(ks, head.Version+1, ops)
 		if err != nil {
 			return nil, err
 		}
-		version = c.Version
+		version, changes = c.Version, own
 		return c, nil
 	})
 	if err != nil {
 		return 0, err
 	}
-	e.committed(CommitInfo{Partition: p, Version: version})
+	e.committed(CommitInfo{Partition: p, Version: version}, changes)
 	return version, nil
 }
 
@@ -77,7 +80,7 @@ func (e *Engine) DeletePartition(ctx context.Context, p store.Partition) (uint64
 	if err != nil {
 		return 0, err
 	}
-	e.committed(CommitInfo{Partition: p, Version: version, Erase: true})
+	e.committed(CommitInfo{Partition: p, Version: version, Erase: true}, nil)
 	return version, nil
 }
 

@@ -49,6 +49,9 @@ type CommitInfo struct {
 	Device string
 	// Erase is set when the commit erased the partition.
 	Erase bool
+	// Changes is the new state of each key the commit changed, in the
+	// order first touched. Receivers must not modify them.
+	Changes []*dalvv1.Change
 }
 
 // Engine applies DalvDB's rules to a store. It is safe for concurrent use.
@@ -136,9 +139,10 @@ func (e *Engine) Sync(ctx context.Context, req SyncRequest) (*dalvv1.SyncRespons
 	var (
 		resp    *dalvv1.SyncResponse
 		applied uint64
+		changes []*keyState
 	)
 	err := e.st.Update(ctx, req.Partition, func(r store.Reader) (*store.Commit, error) {
-		resp, applied = &dalvv1.SyncResponse{Status: dalvv1.SyncStatus_SYNC_STATUS_ACCEPTED}, 0
+		resp, applied, changes = &dalvv1.SyncResponse{Status: dalvv1.SyncStatus_SYNC_STATUS_ACCEPTED}, 0, nil
 		head, err := r.Head()
 		if err != nil {
 			return nil, err
@@ -161,7 +165,7 @@ func (e *Engine) Sync(ctx context.Context, req SyncRequest) (*dalvv1.SyncRespons
 			return nil, Errorf(ErrInvalid, "baseVersion %d is ahead of the partition, which is at version %d; sync from 0", req.BaseVersion, head.Version)
 		}
 		// 3. Conflict check.
-		ks, err := loadKeys(r, req.Ops)
+		ks, err := loadKeys(r, head, req.Ops)
 		if err != nil {
 			return nil, err
 		}
@@ -179,35 +183,46 @@ func (e *Engine) Sync(ctx context.Context, req SyncRequest) (*dalvv1.SyncRespons
 		if err := e.collect(r, head, req.BaseVersion, req.ResetHorizon, own, resp); err != nil {
 			return nil, err
 		}
-		applied = c.Version
+		applied, changes = c.Version, own
 		return c, nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	if applied != 0 {
-		e.committed(CommitInfo{Partition: req.Partition, Version: applied, Device: req.DeviceID})
+		e.committed(CommitInfo{Partition: req.Partition, Version: applied, Device: req.DeviceID}, changes)
 	}
 	return resp, nil
 }
 
-func (e *Engine) committed(ci CommitInfo) {
-	if e.on != nil {
-		e.on(ci)
+func (e *Engine) committed(ci CommitInfo, own []*keyState) {
+	if e.on == nil {
+		return
 	}
+	ci.Changes = make([]*dalvv1.Change, len(own))
+	for i, s := range own {
+		ci.Changes[i] = &dalvv1.Change{Key: s.key, Value: s.val, Deleted: s.val == nil, Version: ci.Version}
+	}
+	e.on(ci)
 }
 
 func (e *Engine) pull(ctx context.Context, req SyncRequest) (*dalvv1.SyncResponse, error) {
+	return e.Pull(ctx, req.Partition, req.BaseVersion, req.ResetHorizon)
+}
+
+// Pull answers what a sync with no ops answers: the changes after base, from
+// a consistent snapshot, paged and reset as Sync does.
+func (e *Engine) Pull(ctx context.Context, p store.Partition, base, resetHorizon uint64) (*dalvv1.SyncResponse, error) {
 	resp := &dalvv1.SyncResponse{Status: dalvv1.SyncStatus_SYNC_STATUS_ACCEPTED}
-	err := e.st.View(ctx, req.Partition, func(r store.Reader) error {
+	err := e.st.View(ctx, p, func(r store.Reader) error {
 		head, err := r.Head()
 		if err != nil {
 			return err
 		}
-		if req.BaseVersion > head.Version {
-			return Errorf(ErrInvalid, "baseVersion %d is ahead of the partition, which is at version %d; sync from 0", req.BaseVersion, head.Version)
+		if base > head.Version {
+			return Errorf(ErrInvalid, "base version %d is ahead of the partition, which is at version %d; sync from 0", base, head.Version)
 		}
-		return e.collect(r, head, req.BaseVersion, req.ResetHorizon, nil, resp)
+		return e.collect(r, head, base, resetHorizon, nil, resp)
 	})
 	if err != nil {
 		return nil, err
@@ -244,7 +259,7 @@ func (ks *keyStates) get(key string) *keyState {
 	return nil
 }
 
-func loadKeys(r store.Reader, ops []*dalvv1.Op) (*keyStates, error) {
+func loadKeys(r store.Reader, head store.Head, ops []*dalvv1.Op) (*keyStates, error) {
 	ks := &keyStates{list: make([]*keyState, 0, len(ops))}
 	if len(ops) > 16 {
 		ks.index = make(map[string]*keyState, len(ops))
@@ -258,6 +273,12 @@ func loadKeys(r store.Reader, ops []*dalvv1.Op) (*keyStates, error) {
 			return nil, err
 		}
 		s := &keyState{key: op.GetKey(), old: ent, present: ok}
+		if !ok {
+			// Its tombstone may have been dropped (by retention or an
+			// erase) at any version up to the horizon: a list op that
+			// recreates the key must still conflict with older bases.
+			s.old.ScalarVersion = head.Horizon
+		}
 		if ok && !ent.Deleted {
 			if s.val, err = value.Decode(ent.Value); err != nil {
 				return nil, fmt.Errorf("%w: key %q: %v", store.ErrCorruption, s.key, err)

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dalvdb/dalv/bench"
+)
+
+func newBenchCmd() *cobra.Command {
+	var (
+		cfg                   bench.Config
+		scenarios, serverArgs string
+		asJSON                bool
+		cpuProfile            string
+	)
+	cmd := &cobra.Command{
+		Use:   "bench [--runs 5] [--duration 5s] [--scenario sync,catchup,floor,storage]",
+		Short: "Measure a real dalv serve on loopback",
+		Long: `Measure a real dalv serve on loopback and report the median of --runs runs,
+with min and max, against DalvDB's targets.
+
+By default it starts this binary as "dalv serve --rate-limit -1" on a fresh
+temporary data directory with generated secrets, and removes the directory
+afterwards. Scenarios:
+
+  sync     --devices devices over --users users, each syncing one PUT at a
+           time, durably: syncs/s, p50 and p99 latency, errors (must be 0)
+  catchup  a device that missed --catchup-commits commits to --catchup-keys
+           keys pulls once: time, answer size, entries, more
+  floor    the no-op Connect call (grpc.health.v1.Health/Check) at the same
+           concurrency, and the sync rate as a share of it
+  storage  Pebble alone in this process: synced two-Set batches at the same
+           concurrency, and the sync rate as a share of it
+
+The server's resident memory is sampled every 100 ms throughout. Progress goes
+to stderr, one line a second; the table (or --json) to stdout.
+
+With --url it measures a running server instead, with the secrets in
+DALV_JWT_SECRET and DALV_BACKEND_KEY (or the first of DALV_BACKEND_KEYS);
+give it --rate-limit -1 or the rate limit is what you measure.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if cfg.Scenarios, err = bench.ParseScenarios(scenarios); err != nil {
+				return err
+			}
+			cfg.ServerArgs = strings.Fields(serverArgs)
+			cfg.Progress = cmd.ErrOrStderr()
+			if cfg.URL != "" {
+				cfg.JWTSecret = os.Getenv("DALV_JWT_SECRET")
+				cfg.BackendKey = os.Getenv("DALV_BACKEND_KEY")
+				if cfg.BackendKey == "" {
+					cfg.BackendKey, _, _ = strings.Cut(os.Getenv("DALV_BACKEND_KEYS"), ",")
+				}
+				if cfg.JWTSecret == "" || cfg.BackendKey == "" {
+					return errors.New("--url needs the server's secrets: export DALV_JWT_SECRET and DALV_BACKEND_KEY")
+				}
+			} else if cfg.Binary, err = os.Executable(); err != nil {
+				return fmt.Errorf("find the dalv binary to start: %w", err)
+			}
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			rep, err := bench.Run(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(rep)
+			}
+			return rep.WriteTable(cmd.OutOrStdout())
+		},
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&cfg.Runs, "runs", bench.DefaultRuns, "runs of every scenario; the report gives the median, min and max")
+	fl.DurationVar(&cfg.Duration, "duration", bench.DefaultDuration, "length of each throughput measurement")
+	fl.DurationVar(&cfg.Warmup, "warmup", bench.DefaultWarmup, "unmeasured load before each throughput measurement")
+	fl.IntVar(&cfg.Devices, "devices", bench.DefaultDevices, "concurrent devices syncing (and the floors' concurrency)")
+	fl.IntVar(&cfg.Users, "users", 0, "users the devices are spread over (default: --devices, one device per user)")
+	fl.IntVar(&cfg.ValueBytes, "value-bytes", bench.DefaultValueBytes, "size of each PUT's value")
+	fl.IntVar(&cfg.CatchupCommits, "catchup-commits", bench.DefaultCatchupCommits, "commits the catch-up device missed")
+	fl.IntVar(&cfg.CatchupKeys, "catchup-keys", bench.DefaultCatchupKeys, "keys those commits cycle over")
+	fl.IntVar(&cfg.CatchupPulls, "catchup-pulls", bench.DefaultCatchupPulls, "timed catch-up pulls per run")
+	fl.StringVar(&scenarios, "scenario", "all", "comma-separated scenarios to run: sync, catchup, floor, storage, or all")
+	fl.StringVar(&serverArgs, "server-args", "", `extra flags for dalv serve, space-separated (e.g. "--max-ops 10")`)
+	fl.BoolVar(&cfg.H2C, "h2c", false, "speak HTTP/2 without TLS over one connection instead of HTTP/1.1 with one per device")
+	fl.BoolVar(&cfg.Gzip, "gzip", false, "accept gzipped answers, as connect-go clients do by default")
+	fl.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	fl.BoolVar(&cfg.KeepData, "keep-data", false, "keep the temporary data directories (for debugging)")
+	fl.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the bench process to this file")
+	fl.StringVar(&cfg.ServerProfile, "server-cpuprofile", "", "write a CPU profile of the server during the first sync measurement to this file")
+	fl.StringVar(&cfg.URL, "url", "", "measure the running server at this URL instead of starting one")
+	return cmd
+}

@@ -1,0 +1,382 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+	"github.com/dalvdb/dalv/value"
+)
+
+// opsFlags are the flags every operator command shares.
+type opsFlags struct {
+	addr, key, shared string
+	json              bool
+	timeout           time.Duration
+}
+
+func (o *opsFlags) register(cmd *cobra.Command, partition bool) {
+	fl := cmd.Flags()
+	fl.StringVar(&o.addr, "addr", "", "server URL (default $DALV_ADDR, else http://127.0.0.1:7070)")
+	fl.StringVar(&o.key, "key", "", "backend API key (default $DALV_BACKEND_KEY)")
+	fl.BoolVar(&o.json, "json", false, "print JSON for programs instead of a table")
+	fl.DurationVar(&o.timeout, "timeout", 30*time.Second, "deadline of each request")
+	if partition {
+		fl.StringVar(&o.shared, "shared", "", "act on this shared partition instead of a USER")
+	}
+}
+
+// client builds the backend client from flags and environment.
+func (o *opsFlags) client() (dalvv1connect.BackendServiceClient, error) {
+	addr := o.addr
+	if addr == "" {
+		addr = os.Getenv("DALV_ADDR")
+	}
+	if addr == "" {
+		addr = "http://127.0.0.1:7070"
+	}
+	if !strings.Contains(addr, "://") {
+		addr = "http://" + addr
+	}
+	key := o.key
+	if key == "" {
+		key = os.Getenv("DALV_BACKEND_KEY")
+	}
+	if key == "" {
+		return nil, errors.New("no backend API key: pass --key or set DALV_BACKEND_KEY (one of the server's DALV_BACKEND_KEYS)")
+	}
+	auth := connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			req.Header().Set("Authorization", "Bearer "+key)
+			return next(ctx, req)
+		}
+	})
+	return dalvv1connect.NewBackendServiceClient(http.DefaultClient, strings.TrimRight(addr, "/"),
+		connect.WithInterceptors(auth, streamAuth(key))), nil
+}
+
+// streamAuth adds the API key to streaming calls, which unary interceptors
+// do not see.
+func streamAuth(key string) connect.Interceptor { return streamAuthInterceptor(key) }
+
+type streamAuthInterceptor string
+
+func (k streamAuthInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc { return next }
+func (k streamAuthInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		conn := next(ctx, spec)
+		conn.RequestHeader().Set("Authorization", "Bearer "+string(k))
+		return conn
+	}
+}
+func (k streamAuthInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}
+
+// partition takes USER from args unless --shared names the partition; it
+// returns the user, the shared name and the remaining args.
+func (o *opsFlags) partition(args []string) (user, shared string, rest []string, err error) {
+	if o.shared != "" {
+		return "", o.shared, args, nil
+	}
+	if len(args) == 0 {
+		return "", "", nil, errors.New("missing USER (or pass --shared NAME)")
+	}
+	return args[0], "", args[1:], nil
+}
+
+func (o *opsFlags) ctx(parent context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(parent, o.timeout)
+}
+
+// printJSON writes m as one line of JSON, as Connect's JSON codec would.
+func printJSON(w io.Writer, m proto.Message) error {
+	b, err := protojson.MarshalOptions{UseProtoNames: false}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
+
+// showValue renders a value for people: text when it is printable UTF-8,
+// else base64; lists as [a, b].
+func showValue(v *dalvv1.Value) string {
+	if l := v.GetList(); l != nil {
+		items := make([]string, len(l.GetItems()))
+		for i, it := range l.GetItems() {
+			items[i] = showBytes(it)
+		}
+		return "[" + strings.Join(items, ", ") + "]"
+	}
+	return showBytes(v.GetScalar())
+}
+
+func showBytes(b []byte) string {
+	if utf8.Valid(b) && strings.IndexFunc(string(b), func(r rune) bool { return !unicode.IsPrint(r) }) < 0 {
+		return string(b)
+	}
+	return "base64:" + base64.StdEncoding.EncodeToString(b)
+}
+
+func printChanges(w io.Writer, items []*dalvv1.Change) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "KEY\tVERSION\tVALUE")
+	for _, c := range items {
+		fmt.Fprintf(tw, "%s\t%d\t%s\n", c.GetKey(), c.GetVersion(), showValue(c.GetValue()))
+	}
+	return tw.Flush()
+}
+
+func newGetCmd() *cobra.Command {
+	var o opsFlags
+	cmd := &cobra.Command{
+		Use:   "get USER KEY... | get --shared NAME KEY...",
+		Short: "Read keys of a partition through the backend API",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			user, shared, keys, err := o.partition(args)
+			if err != nil {
+				return err
+			}
+			if len(keys) == 0 {
+				return errors.New("missing KEY: name at least one key to read")
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := o.ctx(cmd.Context())
+			defer cancel()
+			resp, err := c.Get(ctx, connect.NewRequest(&dalvv1.GetRequest{User: user, Shared: shared, Keys: keys}))
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if o.json {
+				err = printJSON(out, resp.Msg)
+			} else {
+				err = printChanges(out, resp.Msg.GetItems())
+			}
+			if err != nil {
+				return err
+			}
+			found := make(map[string]bool)
+			for _, it := range resp.Msg.GetItems() {
+				found[it.GetKey()] = true
+			}
+			var missing []string
+			for _, k := range keys {
+				if !found[k] {
+					missing = append(missing, k)
+				}
+			}
+			if len(missing) > 0 {
+				return fmt.Errorf("not found: %s", strings.Join(missing, ", "))
+			}
+			return nil
+		},
+	}
+	o.register(cmd, true)
+	return cmd
+}
+
+func newListCmd() *cobra.Command {
+	var (
+		o     opsFlags
+		limit int
+	)
+	cmd := &cobra.Command{
+		Use:   "list USER [PREFIX] | list --shared NAME [PREFIX]",
+		Short: "List the keys of a partition under a prefix",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			user, shared, rest, err := o.partition(args)
+			if err != nil {
+				return err
+			}
+			if len(rest) > 1 {
+				return fmt.Errorf("too many arguments: want at most one PREFIX, got %q", rest)
+			}
+			prefix := ""
+			if len(rest) == 1 {
+				prefix = rest[0]
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			var (
+				all     []*dalvv1.Change
+				token   string
+				version uint64
+			)
+			for {
+				ctx, cancel := o.ctx(cmd.Context())
+				resp, err := c.List(ctx, connect.NewRequest(&dalvv1.ListRequest{User: user, Shared: shared, Prefix: prefix, PageToken: token, PageSize: 1000}))
+				cancel()
+				if err != nil {
+					return err
+				}
+				all = append(all, resp.Msg.GetItems()...)
+				version = resp.Msg.GetVersion()
+				token = resp.Msg.GetNextPageToken()
+				if token == "" || (limit > 0 && len(all) >= limit) {
+					break
+				}
+			}
+			if limit > 0 && len(all) > limit {
+				all = all[:limit]
+			}
+			if o.json {
+				return printJSON(cmd.OutOrStdout(), &dalvv1.ListResponse{Version: version, Items: all})
+			}
+			return printChanges(cmd.OutOrStdout(), all)
+		},
+	}
+	o.register(cmd, true)
+	cmd.Flags().IntVar(&limit, "limit", 0, "stop after this many keys (0: all)")
+	return cmd
+}
+
+func newPutCmd() *cobra.Command {
+	var (
+		o                     opsFlags
+		del, listAdd, listRem bool
+		expect                int64
+	)
+	cmd := &cobra.Command{
+		Use:   "put USER KEY [VALUE] | put --shared NAME KEY [VALUE]",
+		Short: "Commit one op to a partition: PUT (default), --delete, --list-add or --list-remove",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			user, shared, rest, err := o.partition(args)
+			if err != nil {
+				return err
+			}
+			n := 0
+			for _, b := range []bool{del, listAdd, listRem} {
+				if b {
+					n++
+				}
+			}
+			if n > 1 {
+				return errors.New("choose one of --delete, --list-add and --list-remove")
+			}
+			op := &dalvv1.Op{Kind: dalvv1.OpKind_OP_KIND_PUT}
+			switch {
+			case del:
+				if len(rest) != 1 {
+					return fmt.Errorf("put --delete takes KEY only, got %d arguments", len(rest))
+				}
+				op.Kind = dalvv1.OpKind_OP_KIND_DELETE
+			case len(rest) != 2:
+				return fmt.Errorf("want KEY and VALUE, got %d arguments", len(rest))
+			case listAdd:
+				op.Kind = dalvv1.OpKind_OP_KIND_LIST_ADD
+			case listRem:
+				op.Kind = dalvv1.OpKind_OP_KIND_LIST_REMOVE
+			}
+			op.Key = rest[0]
+			if !del {
+				op.Value = value.Scalar([]byte(rest[1]))
+			}
+			req := &dalvv1.CommitRequest{User: user, Shared: shared, Ops: []*dalvv1.Op{op}}
+			if cmd.Flags().Changed("expect-version") {
+				if expect < 0 {
+					return fmt.Errorf("--expect-version %d is negative", expect)
+				}
+				v := uint64(expect)
+				req.ExpectedVersion = &v
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := o.ctx(cmd.Context())
+			defer cancel()
+			resp, err := c.Commit(ctx, connect.NewRequest(req))
+			if err != nil {
+				return err
+			}
+			if o.json {
+				return printJSON(cmd.OutOrStdout(), resp.Msg)
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "committed version %d\n", resp.Msg.GetVersion())
+			return err
+		},
+	}
+	o.register(cmd, true)
+	fl := cmd.Flags()
+	fl.BoolVar(&del, "delete", false, "delete KEY")
+	fl.BoolVar(&listAdd, "list-add", false, "add VALUE to the list at KEY")
+	fl.BoolVar(&listRem, "list-remove", false, "remove VALUE from the list at KEY")
+	fl.Int64Var(&expect, "expect-version", 0, "commit only if the partition is at this version")
+	return cmd
+}
+
+func newEraseCmd() *cobra.Command {
+	var (
+		o   opsFlags
+		yes bool
+	)
+	cmd := &cobra.Command{
+		Use:   "erase USER | erase --shared NAME",
+		Short: "Erase all data of a partition (asks first unless --yes)",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			user, shared, rest, err := o.partition(args)
+			if err != nil {
+				return err
+			}
+			if len(rest) > 0 {
+				return fmt.Errorf("too many arguments: %q", rest)
+			}
+			name := user
+			if shared != "" {
+				name = shared
+			}
+			if !yes {
+				fmt.Fprintf(cmd.ErrOrStderr(), "Erase every key of %q? Devices will get a reset. Type the name to confirm: ", name)
+				line, err := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+				if err != nil && (line == "" || !errors.Is(err, io.EOF)) {
+					return errors.New("not confirmed (no answer); pass --yes to erase without asking")
+				}
+				if strings.TrimSpace(line) != name {
+					return errors.New("not confirmed; nothing erased")
+				}
+			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := o.ctx(cmd.Context())
+			defer cancel()
+			resp, err := c.DeletePartition(ctx, connect.NewRequest(&dalvv1.DeletePartitionRequest{User: user, Shared: shared}))
+			if err != nil {
+				return err
+			}
+			if o.json {
+				return printJSON(cmd.OutOrStdout(), resp.Msg)
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "erased %q at version %d\n", name, resp.Msg.GetVersion())
+			return err
+		},
+	}
+	o.register(cmd, true)
+	cmd.Flags().BoolVar(&yes, "yes", false, "do not ask for confirmation")
+	return cmd
+}

@@ -1,0 +1,214 @@
+// Package proc starts `dalv serve` as a child process and waits until it
+// listens, for end-to-end tests, crash tests and `dalv bench`, which all
+// speak to a real server over HTTP.
+package proc
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Server is a running `dalv serve` process.
+type Server struct {
+	// Addr is the host:port it listens on.
+	Addr string
+	// Data is its data directory.
+	Data string
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error // of Wait, once done is closed
+
+	mu     sync.Mutex
+	stdout strings.Builder // everything it printed, for failure messages
+	stderr strings.Builder
+}
+
+// Options says how to start a server.
+type Options struct {
+	// Binary is the dalv executable. Required.
+	Binary string
+	// Data is the data directory. Required.
+	Data string
+	// Args are extra flags after `serve --addr 127.0.0.1:0 --data DIR`.
+	Args []string
+	// Env is added to the environment (KEY=VALUE).
+	Env []string
+	// Timeout bounds the wait for the listening line (default 30s).
+	Timeout time.Duration
+	// Stderr, when set, also receives the server's log.
+	Stderr io.Writer
+}
+
+const listening = "DalvDB listening on http://"
+
+// Start starts the server and returns once it listens. The caller must
+// Stop or Kill it.
+func Start(ctx context.Context, o Options) (*Server, error) {
+	if o.Timeout == 0 {
+		o.Timeout = 30 * time.Second
+	}
+	args := append([]string{"serve", "--addr", "127.0.0.1:0", "--data", o.Data}, o.Args...)
+	cmd := exec.Command(o.Binary, args...)
+	cmd.Env = append(os.Environ(), o.Env...)
+	s := &Server{Data: o.Data, cmd: cmd, done: make(chan struct{})}
+	outPipe, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	errPipe, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", o.Binary, err)
+	}
+	addrc := make(chan string, 1)
+	var readers sync.WaitGroup
+	readers.Add(2)
+	go func() {
+		defer readers.Done()
+		sc := bufio.NewScanner(outPipe)
+		for sc.Scan() {
+			line := sc.Text()
+			s.mu.Lock()
+			s.stdout.WriteString(line + "\n")
+			s.mu.Unlock()
+			if rest, ok := strings.CutPrefix(line, listening); ok {
+				addr, _, _ := strings.Cut(rest, " ")
+				select {
+				case addrc <- addr:
+				default:
+				}
+			}
+		}
+	}()
+	go func() {
+		defer readers.Done()
+		sc := bufio.NewScanner(errPipe)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			s.mu.Lock()
+			s.stderr.WriteString(line + "\n")
+			s.mu.Unlock()
+			if o.Stderr != nil {
+				fmt.Fprintln(o.Stderr, line)
+			}
+		}
+	}()
+	go func() {
+		readers.Wait()
+		s.err = cmd.Wait()
+		close(s.done)
+	}()
+	t := time.NewTimer(o.Timeout)
+	defer t.Stop()
+	select {
+	case s.Addr = <-addrc:
+		return s, nil
+	case <-s.done:
+		return nil, fmt.Errorf("dalv serve exited before listening (%v):\n%s%s", s.err, s.Stdout(), s.Stderr())
+	case <-t.C:
+		_ = s.Kill()
+		return nil, fmt.Errorf("dalv serve did not listen within %v:\n%s", o.Timeout, s.Stderr())
+	case <-ctx.Done():
+		_ = s.Kill()
+		return nil, ctx.Err()
+	}
+}
+
+// URL is the server's base URL.
+func (s *Server) URL() string { return "http://" + s.Addr }
+
+// PID is the server's process id.
+func (s *Server) PID() int { return s.cmd.Process.Pid }
+
+// Stdout returns what the server printed on stdout so far.
+func (s *Server) Stdout() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stdout.String()
+}
+
+// Stderr returns the server's log so far.
+func (s *Server) Stderr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stderr.String()
+}
+
+// Done is closed when the process has exited.
+func (s *Server) Done() <-chan struct{} { return s.done }
+
+// ExitErr is the process's exit error, once Done is closed.
+func (s *Server) ExitErr() error { return s.err }
+
+// Stop sends SIGTERM and waits up to timeout for a clean exit, then kills.
+func (s *Server) Stop(timeout time.Duration) error {
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+		return s.err
+	case <-time.After(timeout):
+		_ = s.Kill()
+		return fmt.Errorf("dalv serve did not stop within %v of SIGTERM", timeout)
+	}
+}
+
+// Kill sends SIGKILL and waits for the process to be gone.
+func (s *Server) Kill() error {
+	err := s.cmd.Process.Signal(syscall.SIGKILL)
+	if err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return err
+	}
+	<-s.done
+	return nil
+}
+
+// RSS returns the process's resident memory in bytes (Linux /proc).
+func (s *Server) RSS() (int64, error) { return RSS(s.PID()) }
+
+// RSS returns the resident memory of process pid in bytes (Linux /proc).
+func RSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(rest)
+			if len(f) >= 1 {
+				kb, err := strconv.ParseInt(f[0], 10, 64)
+				return kb << 10, err
+			}
+		}
+	}
+	return 0, errors.New("no VmRSS in /proc status")
+}
+
+// Build compiles ./cmd/dalv of the module containing the working directory
+// into dir and returns the binary's path.
+func Build(dir string) (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	root := strings.TrimSuffix(strings.TrimSpace(string(out)), "/go.mod")
+	bin := dir + "/dalv"
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/dalv")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/dalv: %v\n%s", err, b)
+	}
+	return bin, nil
+}

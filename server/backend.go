@@ -1,0 +1,92 @@
+package server
+
+import (
+	"context"
+
+	"connectrpc.com/connect"
+
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+)
+
+// backendService implements dalv.v1.BackendService for trusted services.
+type backendService struct {
+	dalvv1connect.UnimplementedBackendServiceHandler
+	s *Server
+}
+
+func (h *backendService) Get(ctx context.Context, req *connect.Request[dalvv1.GetRequest]) (*connect.Response[dalvv1.GetResponse], error) {
+	s, m := h.s, req.Msg
+	resp, err := func() (*dalvv1.GetResponse, error) {
+		if err := s.backend(req.Header()); err != nil {
+			return nil, err
+		}
+		p, err := s.backendPartition(m.GetUser(), m.GetShared())
+		if err != nil {
+			return nil, err
+		}
+		version, items, err := s.eng.Get(ctx, p, m.GetKeys())
+		return &dalvv1.GetResponse{Version: version, Items: items}, err
+	}()
+	if err != nil {
+		return nil, s.toConnect(req.Spec().Procedure, err)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (h *backendService) List(ctx context.Context, req *connect.Request[dalvv1.ListRequest]) (*connect.Response[dalvv1.ListResponse], error) {
+	s, m := h.s, req.Msg
+	resp, err := func() (*dalvv1.ListResponse, error) {
+		if err := s.backend(req.Header()); err != nil {
+			return nil, err
+		}
+		p, err := s.backendPartition(m.GetUser(), m.GetShared())
+		if err != nil {
+			return nil, err
+		}
+		version, items, next, err := s.eng.List(ctx, p, m.GetPrefix(), int(m.GetPageSize()), m.GetPageToken())
+		return &dalvv1.ListResponse{Version: version, Items: items, NextPageToken: next}, err
+	}()
+	if err != nil {
+		return nil, s.toConnect(req.Spec().Procedure, err)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (h *backendService) Commit(ctx context.Context, req *connect.Request[dalvv1.CommitRequest]) (*connect.Response[dalvv1.CommitResponse], error) {
+	s, m := h.s, req.Msg
+	resp, err := func() (*dalvv1.CommitResponse, error) {
+		if err := s.backend(req.Header()); err != nil {
+			return nil, err
+		}
+		p, err := s.backendPartition(m.GetUser(), m.GetShared())
+		if err != nil {
+			return nil, err
+		}
+		version, err := s.eng.Commit(ctx, p, m.GetOps(), m.ExpectedVersion)
+		return &dalvv1.CommitResponse{Version: version}, err
+	}()
+	if err != nil {
+		return nil, s.toConnect(req.Spec().Procedure, err)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (h *backendService) DeletePartition(ctx context.Context, req *connect.Request[dalvv1.DeletePartitionRequest]) (*connect.Response[dalvv1.DeletePartitionResponse], error) {
+	s, m := h.s, req.Msg
+	resp, err := func() (*dalvv1.DeletePartitionResponse, error) {
+		if err := s.backend(req.Header()); err != nil {
+			return nil, err
+		}
+		p, err := s.backendPartition(m.GetUser(), m.GetShared())
+		if err != nil {
+			return nil, err
+		}
+		version, err := s.eng.DeletePartition(ctx, p)
+		return &dalvv1.DeletePartitionResponse{Version: version}, err
+	}()
+	if err != nil {
+		return nil, s.toConnect(req.Spec().Procedure, err)
+	}
+	return connect.NewResponse(resp), nil
+}

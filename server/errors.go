@@ -1,0 +1,71 @@
+package server
+
+import (
+	"context"
+	"errors"
+
+	"connectrpc.com/connect"
+
+	"github.com/dalvdb/dalv/auth"
+	"github.com/dalvdb/dalv/engine"
+	"github.com/dalvdb/dalv/store"
+)
+
+// codeTable maps domain errors to Connect codes: the one place that does.
+var codeTable = []struct {
+	err  error
+	code connect.Code
+}{
+	{engine.ErrInvalid, connect.CodeInvalidArgument},
+	{engine.ErrLimit, connect.CodeResourceExhausted},
+	{engine.ErrPermission, connect.CodePermissionDenied},
+	{engine.ErrStale, connect.CodeFailedPrecondition},
+	{engine.ErrState, connect.CodeFailedPrecondition},
+	{errNotFound, connect.CodeNotFound},
+	{errRateLimited, connect.CodeResourceExhausted},
+	{errUnauthenticated, connect.CodeUnauthenticated},
+	{errUnavailable, connect.CodeUnavailable},
+	{errOutOfRange, connect.CodeOutOfRange},
+	{auth.ErrMissingToken, connect.CodeUnauthenticated},
+	{auth.ErrMalformedToken, connect.CodeUnauthenticated},
+	{auth.ErrAlgorithm, connect.CodeUnauthenticated},
+	{auth.ErrSignature, connect.CodeUnauthenticated},
+	{auth.ErrExpired, connect.CodeUnauthenticated},
+	{auth.ErrNotYetValid, connect.CodeUnauthenticated},
+	{auth.ErrMissingExpiry, connect.CodeUnauthenticated},
+	{auth.ErrMissingSubject, connect.CodeUnauthenticated},
+	{auth.ErrAudience, connect.CodeUnauthenticated},
+	{auth.ErrIssuer, connect.CodeUnauthenticated},
+	{store.ErrClosed, connect.CodeUnavailable},
+	{store.ErrCorruption, connect.CodeDataLoss},
+	{context.Canceled, connect.CodeCanceled},
+	{context.DeadlineExceeded, connect.CodeDeadlineExceeded},
+}
+
+// Errors of the server's own.
+var (
+	errNotFound        = errors.New("not found")
+	errRateLimited     = errors.New("rate limited")
+	errUnauthenticated = errors.New("unauthenticated")
+	errUnavailable     = errors.New("unavailable")
+	errOutOfRange      = errors.New("out of range")
+)
+
+// toConnect turns err into a Connect error with the code from codeTable.
+// Errors not in the table are internal: logged in full, answered briefly.
+func (s *Server) toConnect(procedure string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return err
+	}
+	for _, row := range codeTable {
+		if errors.Is(err, row.err) {
+			return connect.NewError(row.code, err)
+		}
+	}
+	s.log.Error("internal error", "procedure", procedure, "err", err)
+	return connect.NewError(connect.CodeInternal, errors.New("internal error; the server log has the details"))
+}

@@ -1,0 +1,97 @@
+package server
+
+import (
+	"fmt"
+	"hash/maphash"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	"golang.org/x/time/rate"
+)
+
+// limitRequestSize refuses a request whose declared body is over the limit
+// before anything reads it, with a message naming the limit. Bodies of
+// unknown length are bounded by Connect's read limit as they are read.
+func (s *Server) limitRequestSize(next http.Handler) http.Handler {
+	ew := connect.NewErrorWriter()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > int64(s.cfg.MaxRequestBytes) {
+			err := connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
+				"request body is %d bytes, over the request limit of %d bytes (--max-request-bytes)", r.ContentLength, s.cfg.MaxRequestBytes))
+			if ew.IsSupported(r) {
+				_ = ew.Write(w, r, err)
+			} else {
+				http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
+			}
+			s.metrics.requests.WithLabelValues(r.URL.Path, connect.CodeResourceExhausted.String()).Inc()
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// rateLimiter is a token bucket per user, sharded to keep the hot path off
+// one lock. Buckets idle for a while are dropped so memory stays bounded by
+// the number of recently active users.
+type rateLimiter struct {
+	rate   rate.Limit
+	burst  int
+	seed   maphash.Seed
+	shards [64]limiterShard
+	sweeps atomic.Int64 // unix nanos of the last sweep
+}
+
+type limiterShard struct {
+	mu      sync.Mutex
+	buckets map[string]*bucket
+}
+
+type bucket struct {
+	lim  *rate.Limiter
+	last time.Time
+}
+
+const limiterIdle = time.Minute
+
+func newRateLimiter(perSecond float64, burst int) *rateLimiter {
+	rl := &rateLimiter{rate: rate.Limit(perSecond), burst: burst, seed: maphash.MakeSeed()}
+	for i := range rl.shards {
+		rl.shards[i].buckets = make(map[string]*bucket)
+	}
+	rl.sweeps.Store(time.Now().UnixNano())
+	return rl
+}
+
+func (rl *rateLimiter) allow(user string) bool {
+	now := time.Now()
+	sh := &rl.shards[maphash.String(rl.seed, user)%uint64(len(rl.shards))]
+	sh.mu.Lock()
+	b := sh.buckets[user]
+	if b == nil {
+		b = &bucket{lim: rate.NewLimiter(rl.rate, rl.burst)}
+		sh.buckets[user] = b
+	}
+	b.last = now
+	ok := b.lim.AllowN(now, 1)
+	sh.mu.Unlock()
+	if last := rl.sweeps.Load(); now.UnixNano()-last > int64(limiterIdle) && rl.sweeps.CompareAndSwap(last, now.UnixNano()) {
+		rl.sweep(now)
+	}
+	return ok
+}
+
+func (rl *rateLimiter) sweep(now time.Time) {
+	for i := range rl.shards {
+		sh := &rl.shards[i]
+		sh.mu.Lock()
+		for user, b := range sh.buckets {
+			if now.Sub(b.last) > limiterIdle {
+				delete(sh.buckets, user)
+			}
+		}
+		sh.mu.Unlock()
+	}
+}

@@ -1,0 +1,168 @@
+package server
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/engine"
+	"github.com/dalvdb/dalv/store"
+)
+
+// Watch streams what a device missed after fromVersion, collapsed as Sync
+// collapses it (or a reset past the horizon), then every later commit of the
+// partition as it happens, each event carrying its version.
+func (h *clientService) Watch(ctx context.Context, req *connect.Request[dalvv1.WatchRequest], stream *connect.ServerStream[dalvv1.WatchEvent]) error {
+	s := h.s
+	err := s.watch(ctx, req, stream)
+	return s.toConnect(req.Spec().Procedure, err)
+}
+
+func (s *Server) watch(ctx context.Context, req *connect.Request[dalvv1.WatchRequest], stream *connect.ServerStream[dalvv1.WatchEvent]) error {
+	claims, err := s.device(ctx, req.Header())
+	if err != nil {
+		return err
+	}
+	m := req.Msg
+	p, err := s.devicePartition(claims, m.GetShared())
+	if err != nil {
+		return err
+	}
+	if err := engine.ValidateDeviceID(m.GetDeviceId()); err != nil {
+		return err
+	}
+	if err := s.validatePrefixes(m.GetPrefixes()); err != nil {
+		return err
+	}
+	w := &deviceWatch{s: s, p: p, prefixes: m.GetPrefixes(), stream: stream, at: m.GetFromVersion()}
+	// Subscribe before reading the catch-up, so no commit falls between.
+	sub := s.hub.subscribe(p, s.cfg.WatchBuffer)
+	defer s.hub.unsubscribe(p, sub)
+	s.metrics.watchers.Inc()
+	defer s.metrics.watchers.Dec()
+	if err := w.catchUp(ctx); err != nil {
+		return err
+	}
+	// A heartbeat marks the end of the catch-up: from here on, live.
+	if err := stream.Send(&dalvv1.WatchEvent{Version: w.at, Heartbeat: true}); err != nil {
+		return nil
+	}
+	heartbeat := time.NewTicker(s.cfg.Heartbeat)
+	defer heartbeat.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.drain:
+			return engine.Errorf(errUnavailable, "server is shutting down; reconnect and resume from version %d", w.at)
+		case <-sub.overflowed:
+			s.metrics.slowWatchers.Inc()
+			return engine.Errorf(errRateLimited, "watcher too slow: it fell more than %d commits behind; resume from version %d", s.cfg.WatchBuffer, w.at)
+		case ev := <-sub.ch:
+			if err := w.deliver(ctx, ev); err != nil {
+				return err
+			}
+		case <-heartbeat.C:
+			if err := stream.Send(&dalvv1.WatchEvent{Version: w.at, Heartbeat: true}); err != nil {
+				return nil // the client went away
+			}
+		}
+	}
+}
+
+// deviceWatch is the state of one device watch: the version it has sent.
+type deviceWatch struct {
+	s        *Server
+	p        store.Partition
+	prefixes []string
+	stream   *connect.ServerStream[dalvv1.WatchEvent]
+	at       uint64
+}
+
+// deliver sends a live commit; a commit that does not follow the last one
+// sent (a gap, an erase, or an order the notifications lost) is read from
+// the store instead.
+func (w *deviceWatch) deliver(ctx context.Context, ev *commitEvent) error {
+	switch {
+	case ev.version <= w.at:
+		return nil // already sent by the catch-up
+	case ev.version == w.at+1 && !ev.erase:
+		w.at = ev.version
+		changes := w.filter(ev.changes)
+		if len(changes) == 0 {
+			return nil
+		}
+		if err := w.stream.Send(&dalvv1.WatchEvent{Version: ev.version, Changes: changes}); err != nil {
+			return nil // the client went away
+		}
+		return nil
+	}
+	return w.catchUp(ctx)
+}
+
+// catchUp sends everything after w.at from the store, in pages, following a
+// reset across pages as a device's pulls do.
+func (w *deviceWatch) catchUp(ctx context.Context) error {
+	var resetHorizon uint64
+	for {
+		resp, err := w.s.eng.Pull(ctx, w.p, w.at, resetHorizon)
+		if err != nil {
+			return err
+		}
+		if resp.GetVersion() == w.at && !resp.GetReset_() && len(resp.GetChanges()) == 0 {
+			return nil // nothing new
+		}
+		ev := &dalvv1.WatchEvent{Version: resp.GetVersion(), Changes: w.filter(resp.GetChanges()), Reset_: resp.GetReset_(), More: resp.GetMore()}
+		if err := w.stream.Send(ev); err != nil {
+			return err
+		}
+		w.at = resp.GetVersion()
+		if !resp.GetMore() {
+			return nil
+		}
+		if resp.GetReset_() {
+			resetHorizon = resp.GetHorizon()
+		}
+	}
+}
+
+func (w *deviceWatch) filter(changes []*dalvv1.Change) []*dalvv1.Change {
+	if len(w.prefixes) == 0 {
+		return changes
+	}
+	out := make([]*dalvv1.Change, 0, len(changes))
+	for _, c := range changes {
+		if hasAnyPrefix(c.GetKey(), w.prefixes) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func hasAnyPrefix(key string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(key, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) validatePrefixes(prefixes []string) error {
+	lim := s.eng.Limits()
+	if len(prefixes) > lim.MaxOps {
+		return engine.Errorf(engine.ErrLimit, "%d prefixes, over the limit of %d (--max-ops)", len(prefixes), lim.MaxOps)
+	}
+	for _, p := range prefixes {
+		if p == "" {
+			return engine.Errorf(engine.ErrInvalid, "empty prefix; leave prefixes empty to watch every key")
+		}
+		if err := engine.ValidateKey(p, lim.MaxKeyBytes); err != nil {
+			return err
+		}
+	}
+	return nil
+}
