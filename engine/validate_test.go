@@ -35,7 +35,9 @@ func TestValidateKey(t *testing.T) {
 
 func TestValidateOps(t *testing.T) {
 	l := Limits{MaxValueBytes: 8, MaxOps: 2}.withDefaults()
-	put := func(v *dalvv1.Value) *dalvv1.Op { return &dalvv1.Op{Kind: dalvv1.OpKind_OP_KIND_PUT, Key: "k", Value: v} }
+	put := func(v *dalvv1.Value) *dalvv1.Op {
+		return &dalvv1.Op{Kind: dalvv1.OpKind_OP_KIND_PUT, Key: "k", Value: v}
+	}
 	tests := []struct {
 		name string
 		ops  []*dalvv1.Op

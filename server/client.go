@@ -5,9 +5,9 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/dalvdb/dalv/engine"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
-	"github.com/dalvdb/dalv/engine"
 )
 
 // clientService implements dalv.v1.ClientService for devices.

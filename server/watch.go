@@ -7,8 +7,8 @@ import (
 
 	"connectrpc.com/connect"
 
-	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/engine"
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/store"
 )
 
