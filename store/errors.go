@@ -11,3 +11,7 @@ var ErrCorruption = errors.New("dalv store: corruption")
 
 // ErrClosed is returned by a store used after Close.
 var ErrClosed = errors.New("dalv store: closed")
+
+// ErrCompacted is returned by Feed for a position older than the feed's
+// retention horizon.
+var ErrCompacted = errors.New("dalv store: feed position compacted away")

@@ -1,0 +1,170 @@
+package server
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/dalvdb/dalv/engine"
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/store"
+)
+
+// StartCursor is the cursor that starts the change feed at the oldest
+// retained commit.
+const StartCursor = "start"
+
+// feedBatch bounds the records sent between checks for shutdown, so a
+// reader far behind still stops promptly; reading is pulled at the
+// consumer's pace, so a slow consumer costs no memory.
+const feedBatch = 256
+
+// Watch follows the change feed across all partitions from a cursor:
+// at-least-once, in commit order per partition, resumable from any cursor
+// it delivered.
+func (h *backendService) Watch(ctx context.Context, req *connect.Request[dalvv1.BackendServiceWatchRequest], stream *connect.ServerStream[dalvv1.ChangeEvent]) error {
+	s := h.s
+	return s.toConnect(req.Spec().Procedure, s.feed(ctx, req, stream))
+}
+
+func (s *Server) feed(ctx context.Context, req *connect.Request[dalvv1.BackendServiceWatchRequest], stream *connect.ServerStream[dalvv1.ChangeEvent]) error {
+	if err := s.backend(req.Header()); err != nil {
+		return err
+	}
+	fd, ok := s.cfg.Store.(store.Feeder)
+	if !ok {
+		return engine.Errorf(errUnimplemented, "this store has no change feed")
+	}
+	prefixes := req.Msg.GetPrefixes()
+	if err := s.validatePrefixes(prefixes); err != nil {
+		return err
+	}
+	s.hub.feedReaders.Add(1)
+	defer s.hub.feedReaders.Add(-1)
+	s.metrics.feedReaders.Inc()
+	defer s.metrics.feedReaders.Dec()
+	horizon, last, err := fd.FeedBounds(ctx)
+	if err != nil {
+		return err
+	}
+	var after uint64
+	switch c := req.Msg.GetCursor(); c {
+	case "":
+		after = last
+	case StartCursor:
+		after = horizon
+	default:
+		if after, err = decodeCursor(c); err != nil {
+			return err
+		}
+		if after < horizon {
+			return engine.Errorf(errOutOfRange, "cursor %q is older than the retention horizon: the commits after it were compacted; start again from %q or from now (empty cursor)", c, StartCursor)
+		}
+	}
+	// Tell the consumer where it stands at once, so it can resume from here.
+	if err := stream.Send(&dalvv1.ChangeEvent{Heartbeat: true, Cursor: encodeCursor(after)}); err != nil {
+		return nil
+	}
+	heartbeat := time.NewTicker(s.cfg.Heartbeat)
+	defer heartbeat.Stop()
+	for {
+		wake := s.hub.feedWait() // before reading, so no commit falls between
+		n := 0
+		err := fd.Feed(ctx, after, func(r store.FeedRecord) (bool, error) {
+			ev, err := feedEvent(r, prefixes)
+			if err != nil {
+				return false, err
+			}
+			if ev != nil {
+				if err := stream.Send(ev); err != nil {
+					return false, errClientGone
+				}
+			}
+			after = r.Seq
+			n++
+			return n < feedBatch, nil
+		})
+		switch {
+		case errors.Is(err, errClientGone):
+			return nil
+		case errors.Is(err, store.ErrCompacted):
+			return engine.Errorf(errOutOfRange, "the feed fell behind the retention horizon at cursor %q; start again from %q", encodeCursor(after), StartCursor)
+		case err != nil:
+			return err
+		}
+		if n == feedBatch {
+			select {
+			case <-s.drain:
+				return engine.Errorf(errUnavailable, "server is shutting down; reconnect and resume from cursor %q", encodeCursor(after))
+			default:
+				continue // more to read
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.drain:
+			return engine.Errorf(errUnavailable, "server is shutting down; reconnect and resume from cursor %q", encodeCursor(after))
+		case <-wake:
+		case <-heartbeat.C:
+			// Wake for the poll too: a commit made by another node
+			// announces itself to that node only.
+			if err := stream.Send(&dalvv1.ChangeEvent{Heartbeat: true, Cursor: encodeCursor(after)}); err != nil {
+				return nil
+			}
+		}
+	}
+}
+
+var errClientGone = errors.New("client went away")
+
+// feedEvent turns a record into the event sent, or nil when the prefix
+// filter leaves none of its ops (an erase is always sent).
+func feedEvent(r store.FeedRecord, prefixes []string) (*dalvv1.ChangeEvent, error) {
+	ev := &dalvv1.ChangeEvent{}
+	if err := proto.Unmarshal(r.Ops, ev); err != nil {
+		return nil, errors.Join(store.ErrCorruption, err)
+	}
+	if len(prefixes) > 0 && !r.Erase {
+		ops := ev.Ops[:0]
+		for _, op := range ev.GetOps() {
+			if hasAnyPrefix(op.GetKey(), prefixes) {
+				ops = append(ops, op)
+			}
+		}
+		if len(ops) == 0 {
+			return nil, nil
+		}
+		ev.Ops = ops
+	}
+	if r.Partition.Shared {
+		ev.Shared = r.Partition.Name
+	} else {
+		ev.User = r.Partition.Name
+	}
+	ev.Version, ev.Erased, ev.Cursor = r.Version, r.Erase, encodeCursor(r.Seq)
+	return ev, nil
+}
+
+// Cursors are opaque to clients: a version byte and the feed seq, base64url.
+const cursorV1 = 1
+
+func encodeCursor(seq uint64) string {
+	var b [9]byte
+	b[0] = cursorV1
+	binary.BigEndian.PutUint64(b[1:], seq)
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+func decodeCursor(c string) (uint64, error) {
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil || len(b) != 9 || b[0] != cursorV1 {
+		return 0, engine.Errorf(engine.ErrInvalid, "cursor %q is not one this feed gave; pass a delivered cursor, %q, or nothing for now", c, StartCursor)
+	}
+	return binary.BigEndian.Uint64(b[1:]), nil
+}

@@ -1,0 +1,35 @@
+package store
+
+import (
+	"context"
+	"time"
+)
+
+// FeedRecord is one commit in the change feed.
+type FeedRecord struct {
+	// Seq is the record's position in the feed: increasing in commit order
+	// per partition, with gaps. Stable across restarts.
+	Seq uint64
+	// Partition, Version and Time are the commit's.
+	Partition Partition
+	Version   uint64
+	Time      time.Time
+	// Erase marks a commit that erased the partition.
+	Erase bool
+	// Ops is the Commit's Ops, as given.
+	Ops []byte
+}
+
+// Feeder reads the change feed: every commit of every partition, in an
+// order that keeps each partition's commits in version order.
+type Feeder interface {
+	// Feed calls fn for each record with Seq above after, in Seq order,
+	// until fn returns false or an error. It never passes a seq that may
+	// still be committed, so a reader that resumes after the last record it
+	// saw never skips one. If records above after may have been dropped by
+	// retention (after is below the horizon) it returns ErrCompacted.
+	Feed(ctx context.Context, after uint64, fn func(FeedRecord) (bool, error)) error
+	// FeedBounds returns the horizon (records at or below it may have been
+	// dropped by retention) and the last seq a Feed call may now return.
+	FeedBounds(ctx context.Context) (horizon, last uint64, err error)
+}
