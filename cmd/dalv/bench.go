@@ -33,7 +33,9 @@ temporary data directory with generated secrets, and removes the directory
 afterwards. Scenarios:
 
   sync     --devices devices over --users users, each syncing one PUT at a
-           time, durably: syncs/s, p50 and p99 latency, errors (must be 0)
+           time, durably: syncs/s, p50 and p99 latency, errors (must be 0);
+           then the same paced at --paced-rate syncs/s in all, for the
+           latency at that load rather than at saturation
   catchup  a device that missed --catchup-commits commits to --catchup-keys
            keys pulls once: time, answer size, entries, more
   floor    the no-op Connect call (grpc.health.v1.Health/Check) at the same
@@ -87,6 +89,7 @@ give it --rate-limit -1 or the rate limit is what you measure.`,
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
+				enc.SetEscapeHTML(false)
 				return enc.Encode(rep)
 			}
 			return rep.WriteTable(cmd.OutOrStdout())
@@ -98,6 +101,7 @@ give it --rate-limit -1 or the rate limit is what you measure.`,
 	fl.DurationVar(&cfg.Warmup, "warmup", bench.DefaultWarmup, "unmeasured load before each throughput measurement")
 	fl.IntVar(&cfg.Devices, "devices", bench.DefaultDevices, "concurrent devices syncing (and the floors' concurrency)")
 	fl.IntVar(&cfg.Users, "users", 0, "users the devices are spread over (default: --devices, one device per user)")
+	fl.Float64Var(&cfg.PacedRate, "paced-rate", bench.TargetSyncRate, "offered syncs/s of the paced sync measurement, for latency at that load (negative: skip it)")
 	fl.IntVar(&cfg.ValueBytes, "value-bytes", bench.DefaultValueBytes, "size of each PUT's value")
 	fl.IntVar(&cfg.CatchupCommits, "catchup-commits", bench.DefaultCatchupCommits, "commits the catch-up device missed")
 	fl.IntVar(&cfg.CatchupKeys, "catchup-keys", bench.DefaultCatchupKeys, "keys those commits cycle over")

@@ -1,0 +1,378 @@
+// Package bench measures a real `dalv serve` over loopback: the rate and
+// latency of durable single-op device syncs, the time and size of a
+// catch-up pull, and two floors to compare the sync rate with: the rate of
+// a no-op Connect call (the gRPC health check) through the same server, and
+// the rate of synced batch commits of the storage engine alone. It samples
+// the server's resident memory throughout.
+//
+// Each figure is taken [Config.Runs] times and reported as the median, with
+// the minimum and maximum, against DalvDB's targets (see [Targets]).
+//
+// Guarantees: every sync is checked (status accepted, version advancing) and
+// any failed call fails the run with the first error; a catch-up answer
+// must hold one entry per key and not be cut. Caveats: the load generator
+// runs on the same machine as the server and competes with it for the CPU,
+// so the figures are a floor of what the server does on its own; the
+// storage floor runs inside the bench process while the server idles.
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/dalvdb/dalv/auth"
+	"github.com/dalvdb/dalv/internal/proc"
+)
+
+// Scenario names one part of the benchmark.
+type Scenario string
+
+// The scenarios, in the order a run takes them.
+const (
+	// Sync: many devices, each syncing one PUT at a time, durably.
+	Sync Scenario = "sync"
+	// Catchup: one pull of a device that missed many commits to few keys.
+	Catchup Scenario = "catchup"
+	// Floor: the no-op Connect call (grpc.health.v1.Health/Check) at the
+	// sync scenario's concurrency.
+	Floor Scenario = "floor"
+	// Storage: synced Pebble batch commits in the bench process at the
+	// same concurrency.
+	Storage Scenario = "storage"
+)
+
+// Scenarios are all scenarios, in run order.
+var Scenarios = []Scenario{Sync, Catchup, Floor, Storage}
+
+// ParseScenarios reads a comma-separated list of scenario names; empty or
+// "all" means all of them. The result is in run order.
+func ParseScenarios(s string) ([]Scenario, error) {
+	if s = strings.TrimSpace(s); s == "" || s == "all" {
+		return slices.Clone(Scenarios), nil
+	}
+	want := make(map[Scenario]bool)
+	for _, name := range strings.Split(s, ",") {
+		sc := Scenario(strings.TrimSpace(name))
+		if !slices.Contains(Scenarios, sc) {
+			return nil, fmt.Errorf("%w: %q (choose from sync, catchup, floor, storage, all)", ErrScenario, name)
+		}
+		want[sc] = true
+	}
+	var out []Scenario
+	for _, sc := range Scenarios {
+		if want[sc] {
+			out = append(out, sc)
+		}
+	}
+	return out, nil
+}
+
+// Config says what to measure and how. Zero fields take the defaults.
+type Config struct {
+	// Binary is the dalv executable started as `Binary serve` on a fresh
+	// data directory. Required unless URL is set.
+	Binary string
+	// ServerArgs are extra flags for `dalv serve`, after the bench's own
+	// (`--rate-limit -1 --log-level warn`), so they can override them.
+	ServerArgs []string
+	// URL, when set, is a running server to measure instead of starting
+	// one; JWTSecret and BackendKey must then be its secrets. Its memory
+	// is not sampled.
+	URL        string
+	JWTSecret  string
+	BackendKey string
+
+	// Scenarios to run, in run order; nil means all.
+	Scenarios []Scenario
+	// Runs is how many times each figure is taken (default 5).
+	Runs int
+	// Duration of each throughput measurement (default 5s), after Warmup
+	// (default 1s) of the same load that is not measured.
+	Duration time.Duration
+	Warmup   time.Duration
+	// Devices is the number of concurrent devices of the sync scenario,
+	// and the concurrency of the floors (default 100).
+	Devices int
+	// Users is the number of users the devices are spread over (default:
+	// Devices, so no two devices share a partition).
+	Users int
+	// ValueBytes is the size of each PUT's value (default 32).
+	ValueBytes int
+	// PacedRate is the offered rate, in syncs per second over all devices,
+	// of the sync scenario's second measurement, which gives the latency
+	// at that load rather than at saturation (default TargetSyncRate;
+	// negative skips it).
+	PacedRate float64
+	// CatchupCommits commits over CatchupKeys keys are what the catch-up
+	// device missed (defaults 10,000 and 100); CatchupPulls pulls are timed
+	// per run (default 21).
+	CatchupCommits int
+	CatchupKeys    int
+	CatchupPulls   int
+	// H2C speaks HTTP/2 without TLS (one multiplexed connection) instead
+	// of HTTP/1.1 with a kept-alive connection per device.
+	H2C bool
+	// Gzip lets the client accept gzipped answers, as connect-go clients do
+	// by default.
+	Gzip bool
+	// Dir is where temporary data directories go (default os.TempDir());
+	// KeepData leaves them behind.
+	Dir      string
+	KeepData bool
+	// ServerProfile, when set, is a file that receives a CPU profile of the
+	// server taken during the first run's sync measurement. It starts the
+	// server with --pprof-addr.
+	ServerProfile string
+	// Progress receives one line per second while measuring; nil discards.
+	Progress io.Writer
+}
+
+// Defaults of [Config].
+const (
+	DefaultRuns           = 5
+	DefaultDuration       = 5 * time.Second
+	DefaultWarmup         = time.Second
+	DefaultDevices        = 100
+	DefaultValueBytes     = 32
+	DefaultCatchupCommits = 10_000
+	DefaultCatchupKeys    = 100
+	DefaultCatchupPulls   = 21
+)
+
+func (c Config) withDefaults() (Config, error) {
+	c.ServerArgs = slices.Clone(c.ServerArgs)
+	if c.Scenarios == nil {
+		c.Scenarios = slices.Clone(Scenarios)
+	}
+	for _, sc := range c.Scenarios {
+		if !slices.Contains(Scenarios, sc) {
+			return c, fmt.Errorf("%w: %q", ErrScenario, sc)
+		}
+	}
+	setDefault(&c.Runs, DefaultRuns)
+	setDefault(&c.Duration, DefaultDuration)
+	setDefault(&c.Warmup, DefaultWarmup)
+	setDefault(&c.Devices, DefaultDevices)
+	setDefault(&c.Users, c.Devices)
+	setDefault(&c.ValueBytes, DefaultValueBytes)
+	setDefault(&c.PacedRate, TargetSyncRate)
+	setDefault(&c.CatchupCommits, DefaultCatchupCommits)
+	setDefault(&c.CatchupKeys, DefaultCatchupKeys)
+	setDefault(&c.CatchupPulls, DefaultCatchupPulls)
+	if c.Dir == "" {
+		c.Dir = os.TempDir()
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	switch {
+	case c.Runs < 0, c.Duration < 0, c.Warmup < 0, c.Devices < 0, c.Users < 0, c.ValueBytes < 0,
+		c.CatchupCommits < 0, c.CatchupKeys < 0, c.CatchupPulls < 0:
+		return c, fmt.Errorf("%w: negative runs, duration, count or size", ErrConfig)
+	case c.Users > c.Devices:
+		return c, fmt.Errorf("%w: %d users for %d devices: every user needs a device", ErrConfig, c.Users, c.Devices)
+	case c.CatchupKeys > c.CatchupCommits:
+		return c, fmt.Errorf("%w: %d catch-up keys need at least as many commits, not %d", ErrConfig, c.CatchupKeys, c.CatchupCommits)
+	case c.URL == "" && c.Binary == "":
+		return c, fmt.Errorf("%w: no dalv binary to start and no URL of a running server", ErrConfig)
+	case c.URL != "" && (c.JWTSecret == "" || c.BackendKey == ""):
+		return c, fmt.Errorf("%w: measuring the server at %s needs its JWT secret and a backend key", ErrConfig, c.URL)
+	case c.URL != "" && c.ServerProfile != "":
+		return c, fmt.Errorf("%w: a server profile needs a server the bench starts", ErrConfig)
+	}
+	return c, nil
+}
+
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
+}
+
+// Run measures as cfg says and returns the report. Targets missed are in
+// the report, not errors; an error means something could not be measured:
+// the server failed to start or died, a call failed, or an answer was wrong.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	b := &bencher{cfg: cfg, out: cfg.Progress}
+	defer b.close()
+	if err := b.start(ctx); err != nil {
+		return nil, err
+	}
+	rep := newReport(cfg)
+	for run := 1; run <= cfg.Runs; run++ {
+		b.run = run
+		vals := make(map[string]float64)
+		for _, sc := range cfg.Scenarios {
+			if err := b.scenario(ctx, sc, vals); err != nil {
+				return nil, fmt.Errorf("run %d, %s: %w", run, sc, err)
+			}
+		}
+		rep.add(vals)
+	}
+	rep.finish()
+	return rep, nil
+}
+
+// bencher holds what the runs share: the server, the clients, the
+// catch-up partition.
+type bencher struct {
+	cfg Config
+	out io.Writer
+	run int
+
+	dir       string // temporary, removed by close unless KeepData
+	srv       *proc.Server
+	pprofAddr string
+	url       string
+	secret    []byte
+	key       string
+	id        string // distinguishes this bench's users and devices
+	mon       *monitor
+	clients   *clients
+	catchup   *catchupData
+	profiled  bool
+}
+
+func (b *bencher) start(ctx context.Context) error {
+	var id [4]byte
+	_, _ = rand.Read(id[:]) // never fails
+	b.id = hex.EncodeToString(id[:])
+	var err error
+	if b.dir, err = os.MkdirTemp(b.cfg.Dir, "dalv-bench-"); err != nil {
+		return fmt.Errorf("temporary directory: %w", err)
+	}
+	if b.cfg.URL != "" {
+		b.url, b.secret, b.key = strings.TrimRight(b.cfg.URL, "/"), []byte(b.cfg.JWTSecret), b.cfg.BackendKey
+	} else if err := b.startServer(ctx); err != nil {
+		return err
+	}
+	b.mon = startMonitor(b.srv)
+	b.clients = newClients(b.cfg, b.url)
+	return nil
+}
+
+func (b *bencher) startServer(ctx context.Context) error {
+	secret, err := auth.GenerateSecret(32)
+	if err != nil {
+		return err
+	}
+	key, err := auth.GenerateSecret(24)
+	if err != nil {
+		return err
+	}
+	b.secret, b.key = []byte(secret), key
+	args := []string{"--rate-limit", "-1", "--log-level", "warn"}
+	if b.cfg.ServerProfile != "" {
+		args = append(args, "--pprof-addr", "127.0.0.1:0")
+	}
+	data := filepath.Join(b.dir, "server")
+	b.srv, err = proc.Start(ctx, proc.Options{
+		Binary: b.cfg.Binary,
+		Data:   data,
+		Args:   append(args, b.cfg.ServerArgs...),
+		Env:    []string{"DALV_JWT_SECRET=" + secret, "DALV_BACKEND_KEYS=" + key},
+	})
+	if err != nil {
+		return fmt.Errorf("start server: %w", err)
+	}
+	b.url = b.srv.URL()
+	if b.cfg.ServerProfile != "" {
+		for _, line := range strings.Split(b.srv.Stdout(), "\n") {
+			if rest, ok := strings.CutPrefix(line, pprofLine); ok {
+				b.pprofAddr, _, _ = strings.Cut(rest, "/")
+			}
+		}
+		if b.pprofAddr == "" {
+			return fmt.Errorf("server printed no %q line; is it a dalv with --pprof-addr?\n%s", pprofLine, b.srv.Stdout())
+		}
+	}
+	fmt.Fprintf(b.out, "server pid %d on %s, data in %s\n", b.srv.PID(), b.url, data)
+	return nil
+}
+
+// pprofLine is what `dalv serve --pprof-addr` prints before the address.
+const pprofLine = "pprof listening on http://"
+
+// serverErr says why the server is gone, if it is.
+func (b *bencher) serverErr() error {
+	if b.srv == nil {
+		return nil
+	}
+	select {
+	case <-b.srv.Done():
+		return fmt.Errorf("%w (%v):\n%s", ErrServerDied, b.srv.ExitErr(), tail(b.srv.Stderr(), 40))
+	default:
+		return nil
+	}
+}
+
+func (b *bencher) close() {
+	if b.mon != nil {
+		b.mon.stop()
+	}
+	if b.clients != nil {
+		b.clients.close()
+	}
+	if b.srv != nil {
+		if err := b.srv.Stop(10 * time.Second); err != nil && b.serverErr() == nil {
+			fmt.Fprintf(b.out, "stop server: %v\n", err)
+		}
+	}
+	if b.dir == "" {
+		return
+	}
+	if b.cfg.KeepData {
+		fmt.Fprintf(b.out, "data kept in %s\n", b.dir)
+		return
+	}
+	if err := os.RemoveAll(b.dir); err != nil {
+		fmt.Fprintf(b.out, "remove %s: %v\n", b.dir, err)
+	}
+}
+
+func (b *bencher) scenario(ctx context.Context, sc Scenario, vals map[string]float64) error {
+	if err := b.serverErr(); err != nil {
+		return err
+	}
+	b.mon.reset()
+	var err error
+	switch sc {
+	case Sync:
+		err = b.syncScenario(ctx, vals)
+	case Catchup:
+		err = b.catchupScenario(ctx, vals)
+	case Floor:
+		err = b.floorScenario(ctx, vals)
+	case Storage:
+		err = b.storageScenario(ctx, vals)
+	}
+	if err == nil {
+		err = b.serverErr()
+	}
+	if err != nil {
+		return err
+	}
+	if b.srv != nil {
+		vals[metricID(sc, "rss")] = float64(b.mon.peak())
+	}
+	return nil
+}
+
+// tail is the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}

@@ -1,0 +1,221 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+	"github.com/dalvdb/dalv/internal/proc"
+)
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	dalvBin   string
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildDir != "" {
+		_ = os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+// dalvBinary builds ./cmd/dalv once for the package's tests.
+func dalvBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		if buildDir, buildErr = os.MkdirTemp("", "dalv-bench-test-"); buildErr == nil {
+			dalvBin, buildErr = proc.Build(buildDir)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return dalvBin
+}
+
+// lineWriter sends progress lines to the test log.
+type lineWriter struct{ t *testing.T }
+
+func (w lineWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// TestRun runs every scenario once, briefly, against a real server and
+// checks the figures are sane.
+func TestRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server")
+	}
+	bin := dalvBinary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	rep, err := Run(ctx, Config{
+		Binary:         bin,
+		Runs:           1,
+		Duration:       300 * time.Millisecond,
+		Warmup:         100 * time.Millisecond,
+		Devices:        10,
+		CatchupCommits: 1000,
+		CatchupKeys:    100,
+		CatchupPulls:   5,
+		Dir:            t.TempDir(),
+		Progress:       lineWriter{t},
+	})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	t.Logf("Run took %v", time.Since(start))
+	var table strings.Builder
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", table.String())
+
+	get := func(sc Scenario, name string) float64 {
+		t.Helper()
+		for _, r := range rep.Results {
+			if r.Scenario == sc && r.Metric == name {
+				if got, want := len(r.Runs), 1; got != want {
+					t.Fatalf("%s.%s has %d runs, want %d", sc, name, got, want)
+				}
+				return r.Median
+			}
+		}
+		t.Fatalf("no %s.%s in the report", sc, name)
+		return 0
+	}
+	positive := []struct {
+		sc   Scenario
+		name string
+	}{
+		{Sync, "rate"}, {Sync, "p50"}, {Sync, "p99"}, {Sync, "server_cpu"}, {Sync, "rss"},
+		{Catchup, "time"}, {Catchup, "proto_bytes"}, {Catchup, "http_bytes"}, {Catchup, "setup_rate"}, {Catchup, "rss"},
+		{Floor, "rate"}, {Floor, "ratio"}, {Floor, "rss"},
+		{Storage, "rate"}, {Storage, "ratio"},
+	}
+	for _, p := range positive {
+		if v := get(p.sc, p.name); !(v > 0) {
+			t.Errorf("%s.%s = %v, want > 0", p.sc, p.name, v)
+		}
+	}
+	if got := get(Sync, "errors"); got != 0 {
+		t.Errorf("sync errors = %v, want 0", got)
+	}
+	if got, want := get(Catchup, "entries"), 100.0; got != want {
+		t.Errorf("catch-up entries = %v, want one per key: %v", got, want)
+	}
+	if got := get(Catchup, "more"); got != 0 {
+		t.Errorf("catch-up more = %v, want false", got)
+	}
+	if p50, p99 := get(Sync, "p50"), get(Sync, "p99"); p99 < p50 {
+		t.Errorf("sync p99 %v ms < p50 %v ms", p99, p50)
+	}
+	if rss := get(Sync, "rss"); rss < 1e6 || rss > 1e9 {
+		t.Errorf("sync peak RSS = %v bytes, not a server's", rss)
+	}
+}
+
+// TestRunFailsLoudly checks that a sync the server does not accept stops
+// the run with an error that says what happened.
+func TestRunFailsLoudly(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.Handle(dalvv1connect.NewClientServiceHandler(conflicting{}))
+	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker()))
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	_, err := Run(context.Background(), Config{
+		URL:        srv.URL,
+		JWTSecret:  strings.Repeat("s", 32),
+		BackendKey: strings.Repeat("k", 16),
+		Scenarios:  []Scenario{Sync},
+		Runs:       1,
+		Duration:   time.Second,
+		Warmup:     time.Millisecond,
+		Devices:    2,
+		Dir:        t.TempDir(),
+	})
+	if !errors.Is(err, ErrCallFailed) || !errors.Is(err, ErrWrongAnswer) || !strings.Contains(err.Error(), "CONFLICT") {
+		t.Fatalf("Run against a server that answers CONFLICT: %v, want ErrCallFailed wrapping ErrWrongAnswer with the status", err)
+	}
+}
+
+type conflicting struct {
+	dalvv1connect.UnimplementedClientServiceHandler
+}
+
+func (conflicting) Sync(context.Context, *connect.Request[dalvv1.SyncRequest]) (*connect.Response[dalvv1.SyncResponse], error) {
+	return connect.NewResponse(&dalvv1.SyncResponse{Status: dalvv1.SyncStatus_SYNC_STATUS_CONFLICT, Conflicts: []string{"k"}}), nil
+}
+
+func TestParseScenarios(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []Scenario
+		err  bool
+	}{
+		{in: "", want: Scenarios},
+		{in: "all", want: Scenarios},
+		{in: "storage,sync", want: []Scenario{Sync, Storage}},
+		{in: " floor , floor", want: []Scenario{Floor}},
+		{in: "sync,nope", err: true},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := ParseScenarios(tc.in)
+			if tc.err {
+				if !errors.Is(err, ErrScenario) {
+					t.Fatalf("ParseScenarios(%q) error = %v, want ErrScenario", tc.in, err)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(got, tc.want) {
+				t.Fatalf("ParseScenarios(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	for name, cfg := range map[string]Config{
+		"no server":         {},
+		"more users":        {Binary: "dalv", Devices: 2, Users: 3},
+		"url without keys":  {URL: "http://127.0.0.1:1"},
+		"negative duration": {Binary: "dalv", Duration: -time.Second},
+		"few commits":       {Binary: "dalv", CatchupCommits: 10, CatchupKeys: 20},
+		"url and profile":   {URL: "http://x", JWTSecret: "s", BackendKey: "k", ServerProfile: "p"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := Run(context.Background(), cfg); !errors.Is(err, ErrConfig) {
+				t.Fatalf("Run(%+v) error = %v, want ErrConfig", cfg, err)
+			}
+		})
+	}
+}
+
+func TestServerFailsToStart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds dalv")
+	}
+	_, err := Run(context.Background(), Config{Binary: dalvBinary(t), ServerArgs: []string{"--no-such-flag"}, Dir: t.TempDir()})
+	if err == nil || !strings.Contains(err.Error(), "no-such-flag") {
+		t.Fatalf("Run with a bad server flag: %v, want an error naming it", err)
+	}
+}

@@ -1,0 +1,137 @@
+package bench
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"connectrpc.com/grpchealth"
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// floorScenario measures the no-op Connect call, grpc.health.v1.Health/Check,
+// through the same server, clients and concurrency as the sync scenario:
+// what the transport costs before any work.
+func (b *bencher) floorScenario(ctx context.Context, vals map[string]float64) error {
+	workers := make([]call, b.cfg.Devices)
+	req := &grpchealth.CheckRequest{} // only read by Check
+	for i := range workers {
+		workers[i] = func(ctx context.Context) error {
+			resp, err := b.clients.health.Check(ctx, req)
+			if err != nil {
+				return fmt.Errorf("health check: %w", err)
+			}
+			if resp.Status != grpchealth.StatusServing {
+				return fmt.Errorf("%w: health check says %v", ErrWrongAnswer, resp.Status)
+			}
+			return nil
+		}
+	}
+	res, err := b.load(ctx, loadSpec{label: string(Floor), unit: "calls/s", workers: workers})
+	if err != nil {
+		return err
+	}
+	cpu := res.perCall()
+	vals[metricID(Floor, "rate")] = res.rate()
+	vals[metricID(Floor, "p50")] = ms(res.hist.Quantile(0.50))
+	vals[metricID(Floor, "p99")] = ms(res.hist.Quantile(0.99))
+	vals[metricID(Floor, "bench_cpu")] = us(cpu.self)
+	if b.srv != nil {
+		vals[metricID(Floor, "server_cpu")] = us(cpu.server)
+		vals[metricID(Floor, "server_cores")] = res.cores(res.cpu.server)
+	}
+	vals[metricID(Floor, "bench_cores")] = res.cores(res.cpu.self)
+	vals[metricID(Floor, "other_cores")] = res.cores(res.cpu.others())
+	if s, ok := vals[metricID(Sync, "rate")]; ok {
+		vals[metricID(Floor, "ratio")] = 100 * s / res.rate()
+	}
+	return nil
+}
+
+// Each storage-floor commit writes about what a one-op sync writes: the
+// store's batch for one is five Sets and a Delete (entry, version index,
+// head, device record, feed record; the old version index entry) of about
+// 260 bytes of keys and values.
+const (
+	storageKeyBytes   = 32
+	storageValueBytes = 100
+)
+
+// storageScenario measures the storage engine alone: Pebble in a fresh
+// directory in this process, Devices goroutines each committing a batch of
+// two Sets with pebble.Sync, one after another. It is the rate the server
+// would have if syncs cost nothing but their commit.
+func (b *bencher) storageScenario(ctx context.Context, vals map[string]float64) error {
+	dir := filepath.Join(b.dir, fmt.Sprintf("pebble-run%d", b.run))
+	db, err := pebble.Open(dir, &pebble.Options{
+		// As store/pebble opens it, so the floor is the same engine.
+		CacheSize:          32 << 20,
+		MemTableSize:       16 << 20,
+		FormatMajorVersion: pebble.FormatNewest,
+		Logger:             quietLogger{},
+	})
+	if err != nil {
+		return fmt.Errorf("open pebble in %s: %w", dir, err)
+	}
+	defer func() {
+		if !b.cfg.KeepData {
+			_ = os.RemoveAll(dir)
+		}
+	}()
+	workers := make([]call, b.cfg.Devices)
+	value := make([]byte, storageValueBytes)
+	for i := range value {
+		value[i] = 'v'
+	}
+	for i := range workers {
+		var n uint64
+		k1 := fmt.Appendf(nil, "e/%06d/", i)
+		k1 = append(k1, make([]byte, storageKeyBytes-len(k1))...)
+		k2 := append([]byte("f"), k1[1:]...)
+		workers[i] = func(context.Context) error {
+			n++
+			binary.BigEndian.PutUint64(k1[len(k1)-8:], n)
+			binary.BigEndian.PutUint64(k2[len(k2)-8:], n)
+			batch := db.NewBatch()
+			defer batch.Close()
+			if err := batch.Set(k1, value, nil); err != nil {
+				return err
+			}
+			if err := batch.Set(k2, value, nil); err != nil {
+				return err
+			}
+			if err := batch.Commit(pebble.Sync); err != nil {
+				return fmt.Errorf("pebble commit: %w", err)
+			}
+			return nil
+		}
+	}
+	res, err := b.load(ctx, loadSpec{label: string(Storage), unit: "commits/s", workers: workers})
+	if cerr := db.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("close pebble: %w", cerr)
+	}
+	if err != nil {
+		return err
+	}
+	vals[metricID(Storage, "rate")] = res.rate()
+	vals[metricID(Storage, "p50")] = ms(res.hist.Quantile(0.50))
+	vals[metricID(Storage, "p99")] = ms(res.hist.Quantile(0.99))
+	vals[metricID(Storage, "bench_cpu")] = us(res.perCall().self)
+	vals[metricID(Storage, "bench_cores")] = res.cores(res.cpu.self)
+	vals[metricID(Storage, "other_cores")] = res.cores(res.cpu.others())
+	if s, ok := vals[metricID(Sync, "rate")]; ok {
+		vals[metricID(Storage, "ratio")] = 100 * s / res.rate()
+	}
+	return nil
+}
+
+// quietLogger discards Pebble's messages but its fatal ones.
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...any)  {}
+func (quietLogger) Errorf(string, ...any) {}
+func (quietLogger) Fatalf(format string, args ...any) {
+	panic(fmt.Sprintf("pebble: "+format, args...))
+}

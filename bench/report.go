@@ -1,0 +1,310 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Targets: what DalvDB aims for on a 2-core machine with the load generator
+// on the same machine.
+const (
+	// TargetSyncRate is the least durable single-op syncs per second, and
+	// AimSyncRate what we aim for.
+	TargetSyncRate = 10_000
+	AimSyncRate    = 30_000
+	// TargetSyncP99 is the most a sync may take at the 99th percentile.
+	TargetSyncP99 = 10 * time.Millisecond
+	// TargetCatchupEntries, TargetCatchupBytes and TargetCatchupTime bound
+	// the pull of a device that missed the catch-up commits.
+	TargetCatchupEntries = 100
+	TargetCatchupBytes   = 20_000
+	TargetCatchupTime    = 20 * time.Millisecond
+	// TargetFloorRatio is the least share of the no-op call rate the sync
+	// rate must reach.
+	TargetFloorRatio = 0.5
+	// TargetRSS is the most resident memory the server may use.
+	TargetRSS = 100_000_000
+)
+
+// metric describes one figure: how to print it and its target, if any.
+type metric struct {
+	scenario Scenario
+	name     string // with the scenario, its id
+	label    string
+	unit     string
+	format   func(float64) string
+	target   string
+	pass     func(float64) bool // nil: no target
+}
+
+func metricID(sc Scenario, name string) string { return string(sc) + "." + name }
+
+func fixed(digits int) func(float64) string {
+	return func(v float64) string { return fmt.Sprintf("%.*f", digits, v) }
+}
+
+func megabytes(v float64) string { return fmt.Sprintf("%.1f", v/1e6) }
+
+var rssMetric = func(sc Scenario) metric {
+	return metric{sc, "rss", "server peak RSS", "MB", megabytes, fmt.Sprintf("< %d MB", TargetRSS/1_000_000),
+		func(v float64) bool { return v < TargetRSS }}
+}
+
+// metrics are every figure, in report order.
+var metrics = []metric{
+	{Sync, "rate", "durable syncs/s", "syncs/s", group, fmt.Sprintf(">= %s (aim %s)", group(TargetSyncRate), group(AimSyncRate)),
+		func(v float64) bool { return v >= TargetSyncRate }},
+	{Sync, "p50", "latency p50 (saturated)", "ms", fixed(2), "", nil},
+	{Sync, "p99", "latency p99 (saturated)", "ms", fixed(2), "", nil},
+	{Sync, "errors", "errors", "", fixed(0), "0", func(v float64) bool { return v == 0 }},
+	{Sync, "server_cpu", "server CPU per sync", "µs", fixed(1), "", nil},
+	{Sync, "bench_cpu", "bench CPU per sync", "µs", fixed(1), "", nil},
+	{Sync, "server_cores", "server CPU use", "cores", fixed(2), "", nil},
+	{Sync, "bench_cores", "bench CPU use", "cores", fixed(2), "", nil},
+	{Sync, "other_cores", "other processes' CPU use", "cores", fixed(2), "", nil},
+	{Sync, "paced_rate", "paced: syncs/s done", "syncs/s", group, "", nil},
+	{Sync, "paced_p50", "paced: latency p50", "ms", fixed(2), "", nil},
+	{Sync, "paced_p99", "paced: latency p99", "ms", fixed(2), fmt.Sprintf("< %v ms", ms(TargetSyncP99)),
+		func(v float64) bool { return v < ms(TargetSyncP99) }},
+	{Sync, "paced_other_cores", "paced: other processes' CPU use", "cores", fixed(2), "", nil},
+	rssMetric(Sync),
+	{Catchup, "time", "pull time (median)", "ms", fixed(2), fmt.Sprintf("< %v ms", ms(TargetCatchupTime)),
+		func(v float64) bool { return v < ms(TargetCatchupTime) }},
+	{Catchup, "entries", "entries", "", fixed(0), fmt.Sprintf("<= %d", TargetCatchupEntries),
+		func(v float64) bool { return v <= TargetCatchupEntries }},
+	{Catchup, "proto_bytes", "answer size (protobuf)", "bytes", group, fmt.Sprintf("< %s", group(TargetCatchupBytes)),
+		func(v float64) bool { return v < TargetCatchupBytes }},
+	{Catchup, "http_bytes", "answer size (HTTP body)", "bytes", group, fmt.Sprintf("< %s", group(TargetCatchupBytes)),
+		func(v float64) bool { return v < TargetCatchupBytes }},
+	{Catchup, "more", "more", "", func(v float64) string { return fmt.Sprint(v != 0) }, "false",
+		func(v float64) bool { return v == 0 }},
+	{Catchup, "setup_rate", "setup commits/s (serial)", "commits/s", group, "", nil},
+	rssMetric(Catchup),
+	{Floor, "rate", "no-op calls/s (health check)", "calls/s", group, "", nil},
+	{Floor, "p50", "latency p50", "ms", fixed(2), "", nil},
+	{Floor, "p99", "latency p99", "ms", fixed(2), "", nil},
+	{Floor, "server_cpu", "server CPU per call", "µs", fixed(1), "", nil},
+	{Floor, "bench_cpu", "bench CPU per call", "µs", fixed(1), "", nil},
+	{Floor, "server_cores", "server CPU use", "cores", fixed(2), "", nil},
+	{Floor, "bench_cores", "bench CPU use", "cores", fixed(2), "", nil},
+	{Floor, "other_cores", "other processes' CPU use", "cores", fixed(2), "", nil},
+	{Floor, "ratio", "sync rate / no-op rate", "%", fixed(1), fmt.Sprintf(">= %.0f%%", 100*TargetFloorRatio),
+		func(v float64) bool { return v >= 100*TargetFloorRatio }},
+	rssMetric(Floor),
+	{Storage, "rate", "Pebble synced commits/s", "commits/s", group, "", nil},
+	{Storage, "p50", "latency p50", "ms", fixed(2), "", nil},
+	{Storage, "p99", "latency p99", "ms", fixed(2), "", nil},
+	{Storage, "bench_cpu", "CPU per commit", "µs", fixed(1), "", nil},
+	{Storage, "bench_cores", "bench CPU use", "cores", fixed(2), "", nil},
+	{Storage, "other_cores", "other processes' CPU use", "cores", fixed(2), "", nil},
+	{Storage, "ratio", "sync rate / Pebble rate", "%", fixed(1), "", nil},
+	rssMetric(Storage),
+}
+
+// Report is what [Run] measured.
+type Report struct {
+	Machine  Machine  `json:"machine"`
+	Settings Settings `json:"settings"`
+	// Results has one entry per figure measured, in report order.
+	Results []Result `json:"results"`
+	// Pass is true when every figure with a target meets it.
+	Pass bool `json:"pass"`
+}
+
+// Machine describes where the bench ran.
+type Machine struct {
+	CPU    string `json:"cpu"`
+	Cores  int    `json:"cores"`
+	Kernel string `json:"kernel"`
+	Go     string `json:"go"`
+	OS     string `json:"os"`
+	Arch   string `json:"arch"`
+}
+
+// Settings are the parameters of the runs.
+type Settings struct {
+	Runs           int      `json:"runs"`
+	Duration       string   `json:"duration"`
+	Warmup         string   `json:"warmup"`
+	Devices        int      `json:"devices"`
+	Users          int      `json:"users"`
+	ValueBytes     int      `json:"value_bytes"`
+	PacedRate      float64  `json:"paced_rate"`
+	CatchupCommits int      `json:"catchup_commits"`
+	CatchupKeys    int      `json:"catchup_keys"`
+	CatchupPulls   int      `json:"catchup_pulls"`
+	Protocol       string   `json:"protocol"`
+	Gzip           bool     `json:"gzip"`
+	Server         string   `json:"server"`
+	ServerArgs     []string `json:"server_args,omitempty"`
+}
+
+// Result is one figure over the runs.
+type Result struct {
+	Scenario Scenario `json:"scenario"`
+	// Metric is the figure's id within its scenario, Label its
+	// description, Unit its unit (empty for counts).
+	Metric string `json:"metric"`
+	Label  string `json:"label"`
+	Unit   string `json:"unit"`
+	// Runs are the figures of each run that measured it; Median, Min and
+	// Max summarise them.
+	Runs   []float64 `json:"runs"`
+	Median float64   `json:"median"`
+	Min    float64   `json:"min"`
+	Max    float64   `json:"max"`
+	// Target is the target as text, empty if none; Pass whether the
+	// median meets it (nil without a target).
+	Target string `json:"target,omitempty"`
+	Pass   *bool  `json:"pass,omitempty"`
+}
+
+func newReport(cfg Config) *Report {
+	s := Settings{
+		Runs: cfg.Runs, Duration: cfg.Duration.String(), Warmup: cfg.Warmup.String(),
+		Devices: cfg.Devices, Users: cfg.Users, ValueBytes: cfg.ValueBytes, PacedRate: cfg.PacedRate,
+		CatchupCommits: cfg.CatchupCommits, CatchupKeys: cfg.CatchupKeys, CatchupPulls: cfg.CatchupPulls,
+		Protocol: "Connect, protobuf, HTTP/1.1", Gzip: cfg.Gzip, Server: cfg.URL, ServerArgs: cfg.ServerArgs,
+	}
+	if cfg.H2C {
+		s.Protocol = "Connect, protobuf, h2c"
+	}
+	if s.Server == "" {
+		s.Server = "dalv serve on loopback, started by the bench"
+	}
+	return &Report{Machine: ThisMachine(), Settings: s, Pass: true}
+}
+
+// add records one run's figures.
+func (r *Report) add(vals map[string]float64) {
+	for _, m := range metrics {
+		v, ok := vals[metricID(m.scenario, m.name)]
+		if !ok {
+			continue
+		}
+		i := slices.IndexFunc(r.Results, func(x Result) bool { return x.Scenario == m.scenario && x.Metric == m.name })
+		if i < 0 {
+			r.Results = append(r.Results, Result{Scenario: m.scenario, Metric: m.name, Label: m.label, Unit: m.unit, Target: m.target})
+			i = len(r.Results) - 1
+		}
+		r.Results[i].Runs = append(r.Results[i].Runs, v)
+	}
+}
+
+// finish computes the medians and the verdicts, in report order.
+func (r *Report) finish() {
+	order := func(x Result) int {
+		return slices.IndexFunc(metrics, func(m metric) bool { return m.scenario == x.Scenario && m.name == x.Metric })
+	}
+	slices.SortStableFunc(r.Results, func(a, b Result) int { return order(a) - order(b) })
+	r.Pass = true
+	for i := range r.Results {
+		res := &r.Results[i]
+		sorted := slices.Sorted(slices.Values(res.Runs))
+		res.Min, res.Max, res.Median = sorted[0], sorted[len(sorted)-1], median(sorted)
+		if m := metrics[order(*res)]; m.pass != nil {
+			ok := m.pass(res.Median)
+			res.Pass = &ok
+			r.Pass = r.Pass && ok
+		}
+	}
+}
+
+func median(sorted []float64) float64 {
+	n := len(sorted)
+	if n%2 == 1 {
+		return sorted[n/2]
+	}
+	return (sorted[n/2-1] + sorted[n/2]) / 2
+}
+
+// WriteTable writes the report for people: one row per figure with its
+// median, min, max, target and verdict, then the settings and the machine.
+func (r *Report) WriteTable(w io.Writer) error {
+	rows := [][]string{{"scenario", "figure", "median", "min", "max", "unit", "target", "result"}}
+	for _, res := range r.Results {
+		m := metrics[slices.IndexFunc(metrics, func(m metric) bool { return m.scenario == res.Scenario && m.name == res.Metric })]
+		verdict := ""
+		if res.Pass != nil {
+			verdict = "pass"
+			if !*res.Pass {
+				verdict = "MISS"
+			}
+		}
+		rows = append(rows, []string{string(res.Scenario), res.Label,
+			m.format(res.Median), m.format(res.Min), m.format(res.Max), res.Unit, res.Target, verdict})
+	}
+	numeric := []bool{false, false, true, true, true, false, false, false}
+	widths := make([]int, len(numeric))
+	for _, row := range rows {
+		for i, cell := range row {
+			widths[i] = max(widths[i], utf8.RuneCountInString(cell))
+		}
+	}
+	var buf bytes.Buffer
+	for _, row := range rows {
+		line := make([]string, len(row))
+		for i, cell := range row {
+			pad := strings.Repeat(" ", widths[i]-utf8.RuneCountInString(cell))
+			if numeric[i] {
+				line[i] = pad + cell
+			} else {
+				line[i] = cell + pad
+			}
+		}
+		buf.WriteString(strings.TrimRight(strings.Join(line, "  "), " "))
+		buf.WriteByte('\n')
+	}
+	s := r.Settings
+	verdict := "all targets met"
+	if !r.Pass {
+		verdict = "some targets MISSED"
+	}
+	fmt.Fprintf(&buf, "\n%s: median of %d runs (%s each after %s of warm-up), %d devices over %d users, %s, gzip %v; %s.\n"+
+		"machine: %s, %d cores, Linux %s, %s %s/%s; the load generator shares it.\n",
+		verdict, s.Runs, s.Duration, s.Warmup, s.Devices, s.Users, s.Protocol, s.Gzip, s.Server,
+		r.Machine.CPU, r.Machine.Cores, r.Machine.Kernel, r.Machine.Go, r.Machine.OS, r.Machine.Arch)
+	if s.PacedRate > 0 {
+		fmt.Fprintf(&buf, "paced: the same devices offered %s syncs/s in all, each on a fixed schedule; latency counts from the scheduled start.\n", group(s.PacedRate))
+	}
+	var others float64
+	for _, res := range r.Results {
+		if strings.HasSuffix(res.Metric, "other_cores") {
+			others = max(others, res.Max)
+		}
+	}
+	if others >= noisyCores {
+		fmt.Fprintf(&buf, "warning: other processes used up to %.2f cores while measuring; the figures are lower than the machine gives.\n", others)
+	}
+	_, err := w.Write(buf.Bytes())
+	return err
+}
+
+// noisyCores is the CPU use of other processes from which the table warns.
+const noisyCores = 0.2
+
+// ThisMachine describes the machine the process runs on.
+func ThisMachine() Machine {
+	m := Machine{CPU: "unknown", Cores: runtime.NumCPU(), Kernel: "unknown", Go: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(bytes.NewReader(b))
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	return m
+}
