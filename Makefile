@@ -33,7 +33,7 @@ test-race:
 
 ## soak: the long crash loop (200 kills)
 soak:
-	DALV_CRASH_KILLS=200 $(GO) test -run TestCrash -count=1 -timeout 60m ./server/...
+	DALV_CRASH_KILLS=200 $(GO) test -run TestCrashDurability -count=1 -timeout 60m ./e2e/
 
 ## fuzz: each fuzz target for a minute
 fuzz:

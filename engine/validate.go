@@ -51,7 +51,7 @@ func (l Limits) withDefaults() Limits {
 
 func (l Limits) validate() error {
 	if need := l.MaxKeyBytes + l.MaxValueBytes + changeOverhead; l.MaxResponseBytes < need {
-		return fmt.Errorf("max response bytes %d is below one key and value (%d): raise it or lower the key and value limits", l.MaxResponseBytes, need)
+		return fmt.Errorf("max response bytes %d (--max-response-bytes) is below one key and value (%d bytes, from --max-key-bytes %d and --max-value-bytes %d): raise it or lower those", l.MaxResponseBytes, need, l.MaxKeyBytes, l.MaxValueBytes)
 	}
 	return nil
 }

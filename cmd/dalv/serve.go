@@ -78,6 +78,9 @@ comma-separated list of backend API keys (each at least 16 bytes). With
 }
 
 func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
+	if err := f.validate(); err != nil {
+		return err
+	}
 	log, err := newLogger(cmd.ErrOrStderr(), f.logLevel, f.logForm)
 	if err != nil {
 		return err
@@ -222,11 +225,43 @@ func secrets(cmd *cobra.Command, dev bool) (string, []string, error) {
 	return secret, keys, nil
 }
 
+// validate refuses sizes and durations the server would otherwise replace
+// by its defaults without a word.
+func (f serveFlags) validate() error {
+	for _, fl := range []struct {
+		name string
+		n    int
+	}{
+		{"--max-key-bytes", f.limits.MaxKeyBytes},
+		{"--max-value-bytes", f.limits.MaxValueBytes},
+		{"--max-ops", f.limits.MaxOps},
+		{"--max-response-bytes", f.limits.MaxResponseBytes},
+		{"--max-request-bytes", f.maxRequestBytes},
+	} {
+		if fl.n < 1 {
+			return fmt.Errorf("%s %d: must be at least 1", fl.name, fl.n)
+		}
+	}
+	if f.rateBurst < 0 {
+		return fmt.Errorf("--rate-burst %d: must be 0 (the rate) or more", f.rateBurst)
+	}
+	if f.retention <= 0 {
+		return fmt.Errorf("--retention %v: must be positive", f.retention)
+	}
+	if f.drainTimeout <= 0 {
+		return fmt.Errorf("--drain-timeout %v: must be positive", f.drainTimeout)
+	}
+	return nil
+}
+
 // parseShared reads --shared NAME and NAME=CLAIM:VALUE.
 func parseShared(specs []string) ([]server.SharedPartition, error) {
 	var out []server.SharedPartition
 	for _, spec := range specs {
 		name, gate, gated := strings.Cut(spec, "=")
+		if name == "" {
+			return nil, fmt.Errorf("--shared %q: the name is empty", spec)
+		}
 		sp := server.SharedPartition{Name: name}
 		if gated {
 			claim, val, ok := strings.Cut(gate, ":")
@@ -234,9 +269,6 @@ func parseShared(specs []string) ([]server.SharedPartition, error) {
 				return nil, fmt.Errorf("--shared %q: write NAME or NAME=CLAIM:VALUE, as in beta=tier:beta", spec)
 			}
 			sp.Claim, sp.Value = claim, val
-		}
-		if name == "" {
-			return nil, fmt.Errorf("--shared %q: the name is empty", spec)
 		}
 		out = append(out, sp)
 	}
