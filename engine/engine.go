@@ -69,7 +69,7 @@ func New(cfg Config) (*Engine, error) {
 		return nil, errors.New("engine: no store")
 	}
 	e := &Engine{st: cfg.Store, lim: cfg.Limits.withDefaults(), now: cfg.Now, on: cfg.OnCommit}
-	if err := e.lim.validate(); err != nil {
+	if err := e.lim.Validate(); err != nil {
 		return nil, err
 	}
 	e.sys = slices.Clone(cfg.SystemPrefixes)

@@ -49,7 +49,10 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
-func (l Limits) validate() error {
+// Validate reports whether l, defaults filled in, is usable: one key and
+// value must fit in an answer.
+func (l Limits) Validate() error {
+	l = l.withDefaults()
 	if need := l.MaxKeyBytes + l.MaxValueBytes + changeOverhead; l.MaxResponseBytes < need {
 		return fmt.Errorf("max response bytes %d (--max-response-bytes) is below one key and value (%d bytes, from --max-key-bytes %d and --max-value-bytes %d): raise it or lower those", l.MaxResponseBytes, need, l.MaxKeyBytes, l.MaxValueBytes)
 	}

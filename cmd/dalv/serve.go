@@ -251,7 +251,7 @@ func (f serveFlags) validate() error {
 	if f.drainTimeout <= 0 {
 		return fmt.Errorf("--drain-timeout %v: must be positive", f.drainTimeout)
 	}
-	return nil
+	return f.limits.Validate()
 }
 
 // parseShared reads --shared NAME and NAME=CLAIM:VALUE.

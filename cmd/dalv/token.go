@@ -33,7 +33,7 @@ func newTokenCmd() *cobra.Command {
 			}
 			tok, err := auth.Mint([]byte(secret), user, ttl, time.Now())
 			if err != nil {
-				return err
+				return fmt.Errorf("DALV_JWT_SECRET: %w", err)
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), tok)
 			return nil
