@@ -1,8 +1,10 @@
 package server
 
 import (
+	"compress/gzip"
 	"fmt"
 	"hash/maphash"
+	"io"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -13,8 +15,9 @@ import (
 )
 
 // limitRequestSize refuses a request whose declared body is over the limit
-// before anything reads it, with a message naming the limit. Bodies of
-// unknown length are bounded by Connect's read limit as they are read.
+// before anything reads it, with a message naming the limit. A body of
+// unknown length (chunked, or an HTTP/2 stream) fails with the same message
+// once reading it passes the limit.
 func (s *Server) limitRequestSize(next http.Handler) http.Handler {
 	ew := connect.NewErrorWriter()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -29,8 +32,64 @@ func (s *Server) limitRequestSize(next http.Handler) http.Handler {
 			s.metrics.requests.WithLabelValues(r.URL.Path, connect.CodeResourceExhausted.String()).Inc()
 			return
 		}
+		if r.ContentLength < 0 && r.Body != nil {
+			r.Body = &limitedBody{ReadCloser: r.Body, max: int64(s.cfg.MaxRequestBytes)}
+		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// limitedBody fails the read that takes a body past max bytes with a Connect
+// error naming the limit; Connect hands read errors of its own type to the
+// client as they are.
+type limitedBody struct {
+	io.ReadCloser
+	max, read int64
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.read += int64(n)
+	if b.read > b.max {
+		return n, errRequestTooLarge(b.max, "")
+	}
+	return n, err
+}
+
+func errRequestTooLarge(limit int64, how string) error {
+	return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
+		"request body is over the request limit of %d bytes%s (--max-request-bytes)", limit, how))
+}
+
+// gzipWithLimit is Connect's gzip, with a request limit message naming the
+// flag when a compressed request decompresses past it.
+func (s *Server) gzipWithLimit() connect.HandlerOption {
+	limit := int64(s.cfg.MaxRequestBytes)
+	return connect.WithCompression("gzip",
+		func() connect.Decompressor { return &limitedGzip{max: limit} },
+		func() connect.Compressor { return gzip.NewWriter(io.Discard) },
+	)
+}
+
+// limitedGzip is a gzip reader that fails the read that takes the
+// decompressed message past max bytes, as limitedBody does.
+type limitedGzip struct {
+	gzip.Reader
+	max, read int64
+}
+
+func (d *limitedGzip) Reset(r io.Reader) error {
+	d.read = 0
+	return d.Reader.Reset(r)
+}
+
+func (d *limitedGzip) Read(p []byte) (int, error) {
+	n, err := d.Reader.Read(p)
+	d.read += int64(n)
+	if d.read > d.max {
+		return n, errRequestTooLarge(d.max, " once decompressed")
+	}
+	return n, err
 }
 
 // rateLimiter is a token bucket per user, sharded to keep the hot path off

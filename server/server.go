@@ -178,6 +178,7 @@ func (s *Server) routes() http.Handler {
 	opts := []connect.HandlerOption{
 		connect.WithInterceptors(s.metrics.interceptor()),
 		connect.WithReadMaxBytes(s.cfg.MaxRequestBytes),
+		s.gzipWithLimit(),
 	}
 	mux := http.NewServeMux()
 	mux.Handle(dalvv1connect.NewClientServiceHandler(&clientService{s: s}, opts...))

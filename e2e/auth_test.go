@@ -1,0 +1,198 @@
+package e2e
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/golang-jwt/jwt/v5"
+
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+	"github.com/dalvdb/dalv/internal/proc"
+)
+
+var hs256 jwt.SigningMethod = jwt.SigningMethodHS256
+
+// sign signs claims with method under the test secret.
+func sign(t testing.TB, method jwt.SigningMethod, claims map[string]any) string {
+	t.Helper()
+	return signWith(t, method, []byte(testSecret), claims)
+}
+
+func signWith(t testing.TB, method jwt.SigningMethod, key []byte, claims map[string]any) string {
+	t.Helper()
+	tok, err := jwt.NewWithClaims(method, jwt.MapClaims(claims)).SignedString(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// unsigned builds an `alg: none` token by hand: header, claims, no signature.
+func unsigned(t testing.TB, claims map[string]any) string {
+	t.Helper()
+	enc := func(v any) string {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	return enc(map[string]any{"alg": "none", "typ": "JWT"}) + "." + enc(claims) + "."
+}
+
+// withAuthorization sets the Authorization header of every request to
+// value, or sends none when value is empty.
+func withAuthorization(value string) connect.ClientOption {
+	return connect.WithInterceptors(connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			if value != "" {
+				req.Header().Set("Authorization", value)
+			}
+			return next(ctx, req)
+		}
+	}))
+}
+
+// clientWith is a device client that sends authorization as its
+// Authorization header ("" for none).
+func clientWith(srv *proc.Server, authorization string, opts ...connect.ClientOption) dalvv1connect.ClientServiceClient {
+	return dalvv1connect.NewClientServiceClient(http.DefaultClient, srv.URL(), append([]connect.ClientOption{withAuthorization(authorization)}, opts...)...)
+}
+
+// TestDeviceTokens checks that every kind of bad device token is refused as
+// unauthenticated, with a message that says what is wrong, and changes
+// nothing.
+func TestDeviceTokens(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	b := backendClient(t, srv)
+	commit(t, b, "victim", opPut("name", "Victim"))
+
+	now := time.Now()
+	claims := func(edit func(map[string]any)) map[string]any {
+		c := map[string]any{"sub": "victim", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
+		if edit != nil {
+			edit(c)
+		}
+		return c
+	}
+	good := sign(t, hs256, claims(nil))
+	parts := strings.Split(good, ".")
+	otherPayload := strings.Split(sign(t, hs256, claims(func(c map[string]any) { c["sub"] = "mallory" })), ".")[1]
+
+	for _, tc := range []struct {
+		name          string
+		authorization string
+		words         []string
+	}{
+		{"no Authorization header", "", []string{"missing bearer token"}},
+		{"Bearer without a token", "Bearer ", []string{"missing bearer token"}},
+		{"Basic scheme", "Basic dmljdGltOnNlY3JldA==", []string{"scheme", `"Basic"`, "Bearer"}},
+		{"token without a scheme", good, []string{"no scheme", "Bearer"}},
+		{"garbage", "Bearer garbage", []string{"malformed token", "3 dot-separated parts"}},
+		{"garbage in three parts", "Bearer not.a.jwt", []string{"malformed token"}},
+		{"alg none", "Bearer " + unsigned(t, claims(nil)), []string{"algorithm not allowed", `"none"`}},
+		{"HS512 with the right secret", "Bearer " + sign(t, jwt.SigningMethodHS512, claims(nil)), []string{"algorithm not allowed", `"HS512"`}},
+		{"HS256 under another key", "Bearer " + signWith(t, hs256, []byte("another-secret-0123456789abcdef0123456789"), claims(nil)), []string{"signature invalid"}},
+		{"payload swapped", "Bearer " + parts[0] + "." + otherPayload + "." + parts[2], []string{"signature invalid"}},
+		{"expired", "Bearer " + sign(t, hs256, claims(func(c map[string]any) { c["exp"] = now.Add(-time.Hour).Unix() })), []string{"expired"}},
+		{"not yet valid", "Bearer " + sign(t, hs256, claims(func(c map[string]any) { c["nbf"] = now.Add(time.Hour).Unix() })), []string{"not yet valid"}},
+		{"issued in the future", "Bearer " + sign(t, hs256, claims(func(c map[string]any) { c["iat"] = now.Add(time.Hour).Unix() })), []string{"not yet valid"}},
+		{"no exp", "Bearer " + sign(t, hs256, claims(func(c map[string]any) { delete(c, "exp") })), []string{"no expiry", "exp"}},
+		{"exp not a number", "Bearer " + sign(t, hs256, claims(func(c map[string]any) { c["exp"] = "tomorrow" })), []string{"exp"}},
+		{"no sub", "Bearer " + sign(t, hs256, claims(func(c map[string]any) { delete(c, "sub") })), []string{"no subject", "sub"}},
+		{"empty sub", "Bearer " + sign(t, hs256, claims(func(c map[string]any) { c["sub"] = "" })), []string{"no subject"}},
+		{"sub not a string", "Bearer " + sign(t, hs256, claims(func(c map[string]any) { c["sub"] = 42 })), []string{"sub"}},
+		{"backend key", "Bearer " + testBackendKey, []string{"malformed token"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := clientWith(srv, tc.authorization)
+			refused(t, b, "victim", func() error {
+				_, err := trySync(t, c, &dalvv1.SyncRequest{DeviceId: "d", BaseVersion: 1, Batch: 1, Ops: ops(opPut("name", "pwned"))})
+				return err
+			}, connect.CodeUnauthenticated, tc.words...)
+			_, err := c.GetConfig(ctx(t), connect.NewRequest(&dalvv1.GetConfigRequest{}))
+			wantError(t, err, connect.CodeUnauthenticated, tc.words...)
+		})
+	}
+
+	// The good token works, so the refusals above were the tokens' doing.
+	resp := mustSync(t, clientWith(srv, "Bearer "+good), &dalvv1.SyncRequest{DeviceId: "d", BaseVersion: 1, Batch: 1, Ops: ops(opPut("name", "Victim2"))})
+	if got, want := resp.GetVersion(), uint64(2); got != want {
+		t.Fatalf("sync with the good token: version %d, want %d", got, want)
+	}
+}
+
+// TestDevicePartitionIsTheTokenSubject checks that a device reads and writes
+// only the partition its token names.
+func TestDevicePartitionIsTheTokenSubject(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	b := backendClient(t, srv)
+	alice, bob := deviceClient(t, srv, "alice"), deviceClient(t, srv, "bob")
+	mustSync(t, alice, &dalvv1.SyncRequest{DeviceId: "d", Batch: 1, Ops: ops(opPut("secret", "alice's"))})
+	resp := mustSync(t, bob, &dalvv1.SyncRequest{DeviceId: "d", Batch: 1, Ops: ops(opPut("secret", "bob's"))})
+	if got, want := render(resp.GetChanges()), []string{"secret=bob's@1"}; !slices.Equal(got, want) {
+		t.Fatalf("bob's answer = %v, want %v", got, want)
+	}
+	wantPartition(t, b, "alice", partition{1, []string{"secret=alice's@1"}})
+	wantPartition(t, b, "bob", partition{1, []string{"secret=bob's@1"}})
+}
+
+// TestBackendKeys checks that the backend API refuses a missing or wrong
+// API key, and a device token, as unauthenticated, and changes nothing.
+func TestBackendKeys(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	b := backendClient(t, srv)
+	commit(t, b, "victim", opPut("name", "Victim"))
+
+	for _, tc := range []struct {
+		name          string
+		authorization string
+		words         []string
+	}{
+		{"no key", "", []string{"backend API key", "missing"}},
+		{"wrong key", "Bearer e2e-backend-key-0123456780", []string{"backend API key not accepted"}},
+		{"key without a scheme", testBackendKey, []string{"backend API key"}},
+		{"device token", "Bearer " + token(t, "victim"), []string{"backend API key not accepted"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bad := dalvv1connect.NewBackendServiceClient(http.DefaultClient, srv.URL(), withAuthorization(tc.authorization))
+			for _, call := range []struct {
+				name string
+				do   func() error
+			}{
+				{"Get", func() error {
+					_, err := bad.Get(ctx(t), connect.NewRequest(&dalvv1.GetRequest{User: "victim", Keys: []string{"name"}}))
+					return err
+				}},
+				{"List", func() error {
+					_, err := bad.List(ctx(t), connect.NewRequest(&dalvv1.ListRequest{User: "victim"}))
+					return err
+				}},
+				{"Commit", func() error {
+					_, err := bad.Commit(ctx(t), connect.NewRequest(&dalvv1.CommitRequest{User: "victim", Ops: ops(opPut("name", "pwned"))}))
+					return err
+				}},
+				{"DeletePartition", func() error {
+					_, err := bad.DeletePartition(ctx(t), connect.NewRequest(&dalvv1.DeletePartitionRequest{User: "victim"}))
+					return err
+				}},
+			} {
+				t.Run(call.name, func(t *testing.T) {
+					refused(t, b, "victim", call.do, connect.CodeUnauthenticated, tc.words...)
+				})
+			}
+		})
+	}
+	wantPartition(t, b, "victim", partition{1, []string{"name=Victim@1"}})
+}
