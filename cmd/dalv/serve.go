@@ -34,6 +34,8 @@ type serveFlags struct {
 	rateBurst         int
 	retention         time.Duration
 	drainTimeout      time.Duration
+	watchBuffer       int
+	heartbeat         time.Duration
 	logLevel, logForm string
 	pprofAddr         string
 }
@@ -71,6 +73,8 @@ comma-separated list of backend API keys (each at least 16 bytes). With
 	fl.IntVar(&f.rateBurst, "rate-burst", 0, "burst of requests allowed per user (default: the rate)")
 	fl.DurationVar(&f.retention, "retention", server.DefaultRetention, "how long history and tombstones are kept; older base versions get a reset")
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", server.DefaultDrainTimeout, "how long SIGTERM waits for in-flight requests")
+	fl.IntVar(&f.watchBuffer, "watch-buffer", server.DefaultWatchBuffer, "commits a device watch may fall behind before it is ended as too slow")
+	fl.DurationVar(&f.heartbeat, "heartbeat", server.DefaultHeartbeat, "how often idle streams get a keep-alive event")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logForm, "log-format", "text", "text or json")
 	fl.StringVar(&f.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this separate address (off by default; never expose it)")
@@ -131,6 +135,8 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 		RateBurst:       f.rateBurst,
 		Retention:       f.retention,
 		DrainTimeout:    f.drainTimeout,
+		WatchBuffer:     f.watchBuffer,
+		Heartbeat:       f.heartbeat,
 		Logger:          log,
 	})
 	if err != nil {
@@ -250,6 +256,12 @@ func (f serveFlags) validate() error {
 	}
 	if f.drainTimeout <= 0 {
 		return fmt.Errorf("--drain-timeout %v: must be positive", f.drainTimeout)
+	}
+	if f.watchBuffer < 1 {
+		return fmt.Errorf("--watch-buffer %d: must be at least 1", f.watchBuffer)
+	}
+	if f.heartbeat <= 0 {
+		return fmt.Errorf("--heartbeat %v: must be positive", f.heartbeat)
 	}
 	return f.limits.Validate()
 }
