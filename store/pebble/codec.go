@@ -1,0 +1,232 @@
+package pebble
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"github.com/dalvdb/dalv/store"
+)
+
+// Entry encoding: flags byte, uvarint version, uvarint scalar version, then
+// the value bytes to the end (none for a tombstone).
+const entryDeleted = 1 << 0
+
+// entryHeaderLen is the encoded length of e without its value.
+func entryHeaderLen(e *store.Entry) int {
+	return 1 + uvarintLen(e.Version) + uvarintLen(e.ScalarVersion)
+}
+
+// entryLen is the encoded length of e.
+func entryLen(e *store.Entry) int {
+	if e.Deleted {
+		return entryHeaderLen(e)
+	}
+	return entryHeaderLen(e) + len(e.Value)
+}
+
+// putEntry encodes e into dst, which is exactly entryLen(e) bytes long.
+func putEntry(dst []byte, e *store.Entry) {
+	var flags byte
+	if e.Deleted {
+		flags |= entryDeleted
+	}
+	dst[0] = flags
+	n := 1 + binary.PutUvarint(dst[1:], e.Version)
+	n += binary.PutUvarint(dst[n:], e.ScalarVersion)
+	if !e.Deleted {
+		copy(dst[n:], e.Value)
+	}
+}
+
+// decodeEntryHeader reads an encoded entry's flags and version, and returns
+// the offset of its value.
+func decodeEntryHeader(b []byte) (deleted bool, version, scalar uint64, n int, err error) {
+	if len(b) == 0 {
+		return false, 0, 0, 0, corruptf("entry: empty")
+	}
+	if b[0]&^entryDeleted != 0 {
+		return false, 0, 0, 0, corruptf("entry: flags %#x", b[0])
+	}
+	deleted = b[0]&entryDeleted != 0
+	n = 1
+	version, w := uvarint(b[n:])
+	if w <= 0 {
+		return false, 0, 0, 0, corruptf("entry: bad version")
+	}
+	n += w
+	scalar, w = uvarint(b[n:])
+	if w <= 0 {
+		return false, 0, 0, 0, corruptf("entry: bad scalar version")
+	}
+	n += w
+	if deleted && n != len(b) {
+		return false, 0, 0, 0, corruptf("entry: tombstone with %d value bytes", len(b)-n)
+	}
+	return deleted, version, scalar, n, nil
+}
+
+// decodeEntry decodes the entry of key from b, copying its value: b belongs
+// to Pebble and is only valid until the next iterator step.
+func decodeEntry(key string, b []byte) (store.Entry, error) {
+	deleted, version, scalar, n, err := decodeEntryHeader(b)
+	if err != nil {
+		return store.Entry{}, err
+	}
+	e := store.Entry{Key: key, Deleted: deleted, Version: version, ScalarVersion: scalar}
+	if !deleted {
+		e.Value = append(make([]byte, 0, len(b)-n), b[n:]...)
+	}
+	return e, nil
+}
+
+// encodeHead appends h to dst.
+func encodeHead(dst []byte, h store.Head) []byte {
+	dst = binary.AppendUvarint(dst, h.Version)
+	return binary.AppendUvarint(dst, h.Horizon)
+}
+
+// decodeHead decodes a head.
+func decodeHead(b []byte) (store.Head, error) {
+	var h store.Head
+	var w int
+	h.Version, w = uvarint(b)
+	if w <= 0 {
+		return store.Head{}, corruptf("head: bad version")
+	}
+	var w2 int
+	h.Horizon, w2 = uvarint(b[w:])
+	if w2 <= 0 || w+w2 != len(b) {
+		return store.Head{}, corruptf("head: bad horizon")
+	}
+	if h.Horizon > h.Version {
+		return store.Head{}, corruptf("head: horizon %d above version %d", h.Horizon, h.Version)
+	}
+	return h, nil
+}
+
+// decodeUvarint decodes a value that is exactly one uvarint: device batches
+// and tombstone index versions.
+func decodeUvarint(b []byte) (uint64, error) {
+	v, w := uvarint(b)
+	if w <= 0 || w != len(b) {
+		return 0, corruptf("uvarint %x", b)
+	}
+	return v, nil
+}
+
+// feedRecord is one commit as the change feed keeps it.
+type feedRecord struct {
+	Partition store.Partition
+	Version   uint64
+	// Nanos is the commit's time in Unix nanoseconds, clamped at 0.
+	Nanos int64
+	Erase bool
+	Ops   []byte
+}
+
+// Time is the commit's time.
+func (r *feedRecord) Time() time.Time { return time.Unix(0, r.Nanos) }
+
+// Feed record encoding: flags byte, uvarint version, uvarint unix nanos,
+// uvarint name length, name, then the ops bytes to the end. Time comes
+// before the name so that Compact reads it without decoding the rest.
+const (
+	feedErase  = 1 << 0
+	feedShared = 1 << 1
+)
+
+// feedRecordLen is the encoded length of r.
+func feedRecordLen(r *feedRecord) int {
+	return 1 + uvarintLen(r.Version) + uvarintLen(uint64(r.Nanos)) +
+		uvarintLen(uint64(len(r.Partition.Name))) + len(r.Partition.Name) + len(r.Ops)
+}
+
+// putFeedRecord encodes r into dst, which is exactly feedRecordLen(r) bytes.
+func putFeedRecord(dst []byte, r *feedRecord) {
+	var flags byte
+	if r.Erase {
+		flags |= feedErase
+	}
+	if r.Partition.Shared {
+		flags |= feedShared
+	}
+	dst[0] = flags
+	n := 1 + binary.PutUvarint(dst[1:], r.Version)
+	n += binary.PutUvarint(dst[n:], uint64(r.Nanos))
+	n += binary.PutUvarint(dst[n:], uint64(len(r.Partition.Name)))
+	n += copy(dst[n:], r.Partition.Name)
+	copy(dst[n:], r.Ops)
+}
+
+// decodeFeedTime reads only the commit time of an encoded feed record.
+func decodeFeedTime(b []byte) (int64, error) {
+	if len(b) == 0 || b[0]&^(feedErase|feedShared) != 0 {
+		return 0, corruptf("feed record: bad flags")
+	}
+	_, w := uvarint(b[1:])
+	if w <= 0 {
+		return 0, corruptf("feed record: bad version")
+	}
+	nanos, w2 := uvarint(b[1+w:])
+	if w2 <= 0 || nanos > 1<<63-1 {
+		return 0, corruptf("feed record: bad time")
+	}
+	return int64(nanos), nil
+}
+
+// decodeFeedRecord decodes a feed record, copying its ops.
+func decodeFeedRecord(b []byte) (feedRecord, error) {
+	var r feedRecord
+	nanos, err := decodeFeedTime(b)
+	if err != nil {
+		return r, err
+	}
+	r.Nanos = nanos
+	r.Erase = b[0]&feedErase != 0
+	r.Partition.Shared = b[0]&feedShared != 0
+	n := 1
+	var w int
+	r.Version, w = uvarint(b[n:])
+	n += w
+	_, w = uvarint(b[n:])
+	n += w
+	nameLen, w := uvarint(b[n:])
+	if w <= 0 {
+		return feedRecord{}, corruptf("feed record: bad name length")
+	}
+	n += w
+	if nameLen == 0 || nameLen > uint64(len(b)-n) {
+		return feedRecord{}, corruptf("feed record: name length %d of %d bytes", nameLen, len(b)-n)
+	}
+	r.Partition.Name = string(b[n : n+int(nameLen)])
+	n += int(nameLen)
+	r.Ops = append([]byte(nil), b[n:]...)
+	return r, nil
+}
+
+// uvarintLen is the encoded length of v as a uvarint.
+func uvarintLen(v uint64) int {
+	n := 1
+	for v >= 0x80 {
+		v >>= 7
+		n++
+	}
+	return n
+}
+
+// corruptf returns an error wrapping store.ErrCorruption.
+func corruptf(format string, args ...any) error {
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), store.ErrCorruption)
+}
+
+// uvarint decodes a uvarint from the front of b like binary.Uvarint, and
+// also refuses a non-minimal encoding, so each value has exactly one: a
+// decoded record re-encodes to the same bytes.
+func uvarint(b []byte) (uint64, int) {
+	v, n := binary.Uvarint(b)
+	if n <= 0 || n != uvarintLen(v) {
+		return 0, -1
+	}
+	return v, n
+}

@@ -1,0 +1,236 @@
+package pebble
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	pebbledb "github.com/cockroachdb/pebble/v2"
+	"github.com/dalvdb/dalv/store"
+)
+
+// compactChunk is how many tombstone index items Compact reads before it
+// applies them, bounding its memory.
+const compactChunk = 4096
+
+// tombItem is one tombstone index item.
+type tombItem struct {
+	indexKey []byte
+	key      string
+	version  uint64
+}
+
+// Compact implements [store.Store]. It walks the tombstone index up to
+// cutoff and, under each partition's lock, drops the tombstones that are
+// still the ones indexed; items of keys since rewritten or erased are just
+// removed. Then it drops the oldest feed records while their commit time is
+// before cutoff: the feed stays a contiguous run of seqs. Updates run on
+// meanwhile; only the partition being compacted waits. Close stops it early,
+// with store.ErrClosed and the counts so far.
+func (s *Store) Compact(ctx context.Context, cutoff time.Time) (store.CompactStats, error) {
+	var st store.CompactStats
+	if err := s.enter(); err != nil {
+		return st, err
+	}
+	defer s.active.Done()
+	s.compactMu.Lock()
+	defer s.compactMu.Unlock()
+	if cutoff.Before(time.Unix(0, 1)) {
+		return st, nil // nothing was committed before it: times are clamped at 0
+	}
+	cut := uint64(cutoff.UnixNano())
+	wrote := false
+	lower := []byte{kindTomb}
+	upper := binary.BigEndian.AppendUint64([]byte{kindTomb}, cut)
+	for lower != nil {
+		if err := ctx.Err(); err != nil {
+			return st, err
+		}
+		var byPart map[store.Partition][]tombItem
+		var err error
+		byPart, lower, err = s.readTombs(lower, upper)
+		if err != nil {
+			return st, fmt.Errorf("compact: %w", err)
+		}
+		for p, items := range byPart {
+			if err := ctx.Err(); err != nil {
+				return st, err
+			}
+			if s.closing.Load() {
+				return st, store.ErrClosed
+			}
+			n, err := s.compactPartition(p, items)
+			if err != nil {
+				return st, fmt.Errorf("compact %s: %w", p, err)
+			}
+			st.Tombstones += n
+			wrote = true
+		}
+	}
+	n, err := s.compactFeed(int64(cut))
+	if err != nil {
+		return st, fmt.Errorf("compact feed: %w", err)
+	}
+	st.FeedRecords = n
+	if wrote || n > 0 {
+		// The batches above were not synced one by one; one sync makes them
+		// all durable.
+		if err := s.db.LogData(nil, pebbledb.Sync); err != nil {
+			return st, fmt.Errorf("compact: sync: %w", err)
+		}
+	}
+	return st, nil
+}
+
+// readTombs reads up to compactChunk tombstone index items from [lower,
+// upper), grouped by partition, and returns where the next chunk starts (nil
+// when done).
+func (s *Store) readTombs(lower, upper []byte) (map[store.Partition][]tombItem, []byte, error) {
+	it, err := s.db.NewIter(&pebbledb.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return nil, nil, err
+	}
+	byPart := make(map[store.Partition][]tombItem)
+	n := 0
+	for valid := it.First(); valid; valid = it.Next() {
+		if n == compactChunk {
+			next := append([]byte(nil), it.Key()...)
+			return byPart, next, closeIter(nil, it)
+		}
+		k := append([]byte(nil), it.Key()...)
+		_, p, key, err := decodeTombKey(k)
+		if err != nil {
+			return nil, nil, closeIter(err, it)
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, nil, closeIter(pebbleErr(err), it)
+		}
+		version, err := decodeUvarint(v)
+		if err != nil {
+			return nil, nil, closeIter(fmt.Errorf("tombstone index %x: %w", k, err), it)
+		}
+		byPart[p] = append(byPart[p], tombItem{indexKey: k, key: key, version: version})
+		n++
+	}
+	return byPart, nil, closeIter(nil, it)
+}
+
+// compactPartition drops the tombstones of items that are still the indexed
+// tombstone, removes all of items from the index, and raises the horizon to
+// the highest version dropped. It returns how many tombstones it dropped.
+func (s *Store) compactPartition(p store.Partition, items []tombItem) (int, error) {
+	l := s.parts.lock(p)
+	defer s.parts.unlock(p, l)
+	r := newReader(s.db, p, false)
+	head, err := r.Head()
+	if err != nil {
+		return 0, err
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	dropped := 0
+	var key []byte
+	for _, item := range items {
+		if err := b.Delete(item.indexKey, nil); err != nil {
+			return 0, err
+		}
+		deleted, version, err := s.entryState(r, item.key)
+		if err != nil {
+			return 0, err
+		}
+		if !deleted || version != item.version {
+			continue // rewritten since, or erased
+		}
+		key = appendKey(key[:0], kindEntry, r.pid, item.key)
+		if err := b.Delete(key, nil); err != nil {
+			return 0, err
+		}
+		key = appendVersionKey(key[:0], r.pid, version, item.key)
+		if err := b.Delete(key, nil); err != nil {
+			return 0, err
+		}
+		dropped++
+		head.Horizon = max(head.Horizon, version)
+	}
+	if dropped > 0 {
+		key = appendKey(key[:0], kindHead, r.pid, "")
+		if err := b.Set(key, encodeHead(nil, head), nil); err != nil {
+			return 0, err
+		}
+	}
+	if err := b.Commit(pebbledb.NoSync); err != nil {
+		return 0, pebbleErr(err)
+	}
+	return dropped, nil
+}
+
+// entryState reads whether key's entry is a tombstone, and its version;
+// false for a key with no entry.
+func (s *Store) entryState(r *reader, key string) (deleted bool, version uint64, err error) {
+	r.scratch = appendKey(r.scratch[:0], kindEntry, r.pid, key)
+	v, closer, err := s.db.Get(r.scratch)
+	if errors.Is(err, pebbledb.ErrNotFound) {
+		return false, 0, nil
+	}
+	if err != nil {
+		return false, 0, pebbleErr(err)
+	}
+	deleted, version, _, _, err = decodeEntryHeader(v)
+	if err = errors.Join(err, closer.Close()); err != nil {
+		return false, 0, fmt.Errorf("entry %q: %w", key, err)
+	}
+	return deleted, version, nil
+}
+
+// compactFeed drops the feed records from the oldest on while their commit
+// time is before cut, never past a seq still in flight, and records the
+// highest seq dropped so that it is never allocated again.
+func (s *Store) compactFeed(cut int64) (int, error) {
+	upTo := s.feed.visible()
+	it, err := s.db.NewIter(&pebbledb.IterOptions{LowerBound: []byte{kindFeed}, UpperBound: feedKey(upTo + 1)})
+	if err != nil {
+		return 0, err
+	}
+	var first, last uint64
+	n := 0
+	for valid := it.First(); valid; valid = it.Next() {
+		seq, err := decodeFeedKey(it.Key())
+		if err != nil {
+			return 0, closeIter(err, it)
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return 0, closeIter(pebbleErr(err), it)
+		}
+		nanos, err := decodeFeedTime(v)
+		if err != nil {
+			return 0, closeIter(fmt.Errorf("record %d: %w", seq, err), it)
+		}
+		if nanos >= cut {
+			break
+		}
+		if n == 0 {
+			first = seq
+		}
+		last = seq
+		n++
+	}
+	if err := closeIter(nil, it); err != nil || n == 0 {
+		return 0, err
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	if err := b.DeleteRange(feedKey(first), feedKey(last+1), nil); err != nil {
+		return 0, err
+	}
+	if err := b.Set(metaFeedFloor, binary.AppendUvarint(nil, last), nil); err != nil {
+		return 0, err
+	}
+	if err := b.Commit(pebbledb.NoSync); err != nil {
+		return 0, pebbleErr(err)
+	}
+	return n, nil
+}

@@ -1,0 +1,63 @@
+package pebble
+
+import (
+	"sync"
+
+	"github.com/dalvdb/dalv/store"
+)
+
+// lockTable serialises Updates (and Compact) per partition. It holds one
+// mutex per partition that someone holds or waits for, and forgets it when
+// the last one leaves, so unrelated partitions never share a mutex and the
+// table stays as small as the number of partitions in use.
+type lockTable struct {
+	mu    sync.Mutex
+	locks map[store.Partition]*partitionLock
+	free  sync.Pool // of *partitionLock
+}
+
+// partitionLock is one partition's mutex. refs counts holders and waiters
+// and is guarded by lockTable.mu.
+type partitionLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+// lock locks p and returns its lock, for unlock.
+func (t *lockTable) lock(p store.Partition) *partitionLock {
+	t.mu.Lock()
+	l := t.locks[p]
+	if l == nil {
+		if t.locks == nil {
+			t.locks = make(map[store.Partition]*partitionLock)
+		}
+		l, _ = t.free.Get().(*partitionLock)
+		if l == nil {
+			l = new(partitionLock)
+		}
+		t.locks[p] = l
+	}
+	l.refs++
+	t.mu.Unlock()
+	l.mu.Lock()
+	return l
+}
+
+// unlock unlocks p, whose lock l the caller got from lock.
+func (t *lockTable) unlock(p store.Partition, l *partitionLock) {
+	l.mu.Unlock()
+	t.mu.Lock()
+	l.refs--
+	if l.refs == 0 {
+		delete(t.locks, p)
+		t.free.Put(l)
+	}
+	t.mu.Unlock()
+}
+
+// len is the number of partitions locked or waited for.
+func (t *lockTable) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.locks)
+}

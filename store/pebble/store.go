@@ -1,0 +1,461 @@
+// Package pebble is DalvDB's embedded store: a [store.Store] on a Pebble
+// database in one data directory.
+//
+// Guarantees:
+//   - Every commit is one Pebble batch, written to the WAL and fsynced
+//     before Update returns; a crash at any instant leaves each commit wholly
+//     applied or wholly absent. Concurrent commits share WAL fsyncs through
+//     Pebble's commit pipeline.
+//   - Updates of one partition are serialised by a per-partition mutex;
+//     Updates of different partitions never wait for each other. Pebble's
+//     LOCK file keeps every other process (and every other [Open] in this
+//     process) out of the directory, so the mutex is enough.
+//   - View reads a Pebble snapshot: Head, entries and device records agree.
+//   - Decoders never panic on bad bytes; they return errors that wrap
+//     [store.ErrCorruption].
+//
+// Caveats: feed records and tombstone index keys of an erased partition hold
+// its keys and ops until Compact passes their commit time.
+//
+// Lock order: Store.compactMu, then a partition's lock, then feedSeqs.mu.
+// Store.closeMu is only held to enter or close, never with another lock.
+package pebble
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	pebbledb "github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/dalvdb/dalv/store"
+)
+
+// Defaults of [Options]. Pebble keeps its block cache and memtables outside
+// the Go heap, in at most CacheSize + 2*MemTableSize bytes: 32 MiB with these
+// defaults, so that a whole server stays under 100 MB resident. (glibc's
+// malloc adds up to a third on top with its per-thread arenas;
+// MALLOC_ARENA_MAX=2 in the environment curbs that.)
+const (
+	DefaultCacheSize    = 16 << 20
+	DefaultMemTableSize = 8 << 20
+)
+
+// Options configures [Open]. The zero value is ready to use.
+type Options struct {
+	// Logger receives Pebble's own messages: informational ones at debug
+	// level, errors at warn level. nil discards them.
+	Logger *slog.Logger
+	// CacheSize is the block cache size in bytes; 0 means DefaultCacheSize.
+	CacheSize int64
+	// MemTableSize is the size in bytes of one memtable, of which Pebble
+	// holds up to two (one filling, one flushing); 0 means
+	// DefaultMemTableSize.
+	MemTableSize int64
+	// FS is the file system the store lives on; nil means the operating
+	// system's. Tests inject crashes with vfs.NewCrashableMem.
+	FS vfs.FS
+}
+
+// withDefaults returns a copy of o with defaults filled in, or an error if o
+// is invalid.
+func (o Options) withDefaults() (Options, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.CacheSize == 0 {
+		o.CacheSize = DefaultCacheSize
+	}
+	if o.MemTableSize == 0 {
+		o.MemTableSize = DefaultMemTableSize
+	}
+	if o.CacheSize < 0 {
+		return o, fmt.Errorf("cache size %d is negative", o.CacheSize)
+	}
+	if o.MemTableSize < 1<<20 || o.MemTableSize > 1<<30 {
+		return o, fmt.Errorf("memtable size %d is outside 1 MiB to 1 GiB", o.MemTableSize)
+	}
+	return o, nil
+}
+
+// Store is a [store.Store] in a Pebble database. It is safe for concurrent
+// use.
+type Store struct {
+	db      *pebbledb.DB
+	dirLock *pebbledb.Lock
+	dir     string
+	log     *slog.Logger
+	// release gives up this process's claim on dir.
+	release func()
+
+	parts lockTable
+	feed  feedSeqs
+	// compactMu serialises Compact, so two never count the same drop.
+	compactMu sync.Mutex
+
+	closeMu sync.RWMutex
+	closed  bool
+	active  sync.WaitGroup // Updates, Views and Compacts in flight
+	// closing tells a running Compact to stop early: Close waits for it.
+	closing atomic.Bool
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open opens the store in dir, creating it if needed. It fails with an error
+// wrapping [store.ErrLocked] when another process, or another Open in this
+// process, holds dir.
+func Open(dir string, opts Options) (*Store, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	fsys := opts.FS
+	if fsys == nil {
+		fsys = vfs.Default
+	}
+	if err := fsys.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	release := func() {}
+	if opts.FS == nil {
+		// Pebble refuses a second lock in this process too, but says so in a
+		// plain error; claim the directory first to tell that case apart.
+		if release, err = claimDir(dir); err != nil {
+			return nil, fmt.Errorf("open store %s: %w", dir, err)
+		}
+	}
+	dirLock, err := pebbledb.LockDirectory(dir, fsys)
+	if err != nil {
+		release()
+		if isLockHeld(err) {
+			return nil, fmt.Errorf("open store %s: %w (%v)", dir, store.ErrLocked, err)
+		}
+		return nil, fmt.Errorf("open store %s: lock: %w", dir, err)
+	}
+	logger := slogLogger{opts.Logger}
+	popts := &pebbledb.Options{
+		// Pebble charges memtables to its cache: reserve room for the two it
+		// may hold (one filling, one flushing) on top of the block cache.
+		CacheSize:          opts.CacheSize + 2*opts.MemTableSize,
+		MemTableSize:       uint64(opts.MemTableSize),
+		FormatMajorVersion: pebbledb.FormatNewest,
+		Logger:             logger,
+		Lock:               dirLock,
+		EventListener: &pebbledb.EventListener{
+			// Pebble's default is to exit; reads of damaged data fail with
+			// errors that wrap store.ErrCorruption instead.
+			DataCorruption: func(info pebbledb.DataCorruptionInfo) {
+				opts.Logger.Error("pebble: data corruption", "info", info.String())
+			},
+		},
+	}
+	// Most lookups are point Gets (heads, devices, keys), many of keys not
+	// there yet: bloom filters (inherited by every level) spare their reads.
+	popts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
+	if opts.FS != nil {
+		popts.FS = opts.FS
+	}
+	db, err := pebbledb.Open(dir, popts)
+	if err != nil {
+		_ = dirLock.Close()
+		release()
+		return nil, fmt.Errorf("open store %s: %w", dir, pebbleErr(err))
+	}
+	s := &Store{db: db, dirLock: dirLock, dir: dir, log: opts.Logger, release: release}
+	if s.feed.next, err = s.nextFeedSeq(); err != nil {
+		_ = db.Close()
+		_ = dirLock.Close()
+		release()
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	return s, nil
+}
+
+// errEmptyPartition refuses a partition without a name, which package store
+// rules out: its keys could not be told apart when read back.
+var errEmptyPartition = errors.New("partition name is empty")
+
+// openDirs is the set of directories open in this process, by absolute path.
+var openDirs struct {
+	mu sync.Mutex
+	m  map[string]bool
+}
+
+// claimDir claims dir for this process, or fails with store.ErrLocked.
+func claimDir(dir string) (release func(), err error) {
+	path, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	if p, err := filepath.EvalSymlinks(path); err == nil {
+		path = p
+	}
+	openDirs.mu.Lock()
+	defer openDirs.mu.Unlock()
+	if openDirs.m[path] {
+		return nil, fmt.Errorf("%w (held by this process)", store.ErrLocked)
+	}
+	if openDirs.m == nil {
+		openDirs.m = make(map[string]bool)
+	}
+	openDirs.m[path] = true
+	return func() {
+		openDirs.mu.Lock()
+		delete(openDirs.m, path)
+		openDirs.mu.Unlock()
+	}, nil
+}
+
+// isLockHeld reports whether err, from locking the LOCK file, says another
+// process holds it: fcntl fails with EAGAIN or EACCES then. An EACCES from
+// creating the file is a permission problem, and comes as a *fs.PathError.
+func isLockHeld(err error) bool {
+	var pathErr *fs.PathError
+	if errors.As(err, &pathErr) {
+		return false
+	}
+	return errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES)
+}
+
+// nextFeedSeq recovers the next feed seq: above the last feed record, and
+// above every record Compact dropped.
+func (s *Store) nextFeedSeq() (uint64, error) {
+	var last uint64
+	it, err := s.db.NewIter(&pebbledb.IterOptions{
+		LowerBound: []byte{kindFeed},
+		UpperBound: []byte{kindFeed + 1},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("recover feed seq: %w", err)
+	}
+	if it.Last() {
+		last, err = decodeFeedKey(it.Key())
+	}
+	if err = errors.Join(err, it.Close()); err != nil {
+		return 0, fmt.Errorf("recover feed seq: %w", pebbleErr(err))
+	}
+	floor, err := getUvarint(s.db, metaFeedFloor)
+	if err != nil {
+		return 0, fmt.Errorf("recover feed seq: %w", err)
+	}
+	return max(last, floor) + 1, nil
+}
+
+// getUvarint reads a value that is one uvarint; 0 when key is absent.
+func getUvarint(r pebbledb.Reader, key []byte) (uint64, error) {
+	v, closer, err := r.Get(key)
+	if errors.Is(err, pebbledb.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, pebbleErr(err)
+	}
+	n, err := decodeUvarint(v)
+	return n, errors.Join(err, closer.Close())
+}
+
+// enter registers an operation in flight, or fails once the store is closed.
+// The caller must call s.active.Done.
+func (s *Store) enter() error {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return store.ErrClosed
+	}
+	s.active.Add(1)
+	return nil
+}
+
+// Update implements [store.Store]. fn is called exactly once; the Reader it
+// gets must not be used after fn returns.
+func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.Reader) (*store.Commit, error)) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.active.Done()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if p.Name == "" {
+		return errEmptyPartition
+	}
+	l := s.parts.lock(p)
+	defer s.parts.unlock(p, l)
+	r := newReader(s.db, p, true)
+	c, err := fn(r)
+	if err != nil || c == nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.apply(r, c); err != nil {
+		return fmt.Errorf("commit %s version %d: %w", p, c.Version, err)
+	}
+	return nil
+}
+
+// apply writes c to r's partition as one synced batch. The caller holds the
+// partition's lock.
+func (s *Store) apply(r *reader, c *store.Commit) error {
+	head, err := r.Head()
+	if err != nil {
+		return err
+	}
+	if c.Version != head.Version+1 {
+		return fmt.Errorf("version must be %d", head.Version+1)
+	}
+	if c.Time.IsZero() {
+		return errors.New("commit time is zero")
+	}
+	nanos := max(c.Time.UnixNano(), 0)
+	b := s.db.NewBatch()
+	defer b.Close()
+	pid := r.pid
+	key := r.scratch[:0] // shared with r's lookups: each use rebuilds it
+	if c.Erase {
+		for _, kind := range [...]byte{kindEntry, kindVersion} {
+			key = append(append(key[:0], kind), pid...)
+			end := prefixEnd(key)
+			if err := b.DeleteRange(key, end, nil); err != nil {
+				return err
+			}
+		}
+		head.Horizon = c.Version
+	}
+	head.Version = c.Version
+	for i := range c.Entries {
+		e := &c.Entries[i]
+		if e.Version != c.Version {
+			return fmt.Errorf("entry %q has version %d", e.Key, e.Version)
+		}
+		if e.Key == "" {
+			return errors.New("entry with an empty key")
+		}
+		if !c.Erase {
+			prev, ok, err := r.lastVersion(e.Key)
+			if err != nil {
+				return err
+			}
+			if ok {
+				key = appendVersionKey(key[:0], pid, prev, e.Key)
+				if err := b.Delete(key, nil); err != nil {
+					return err
+				}
+			}
+		}
+		key = appendKey(key[:0], kindEntry, pid, e.Key)
+		op := b.SetDeferred(len(key), entryLen(e))
+		copy(op.Key, key)
+		putEntry(op.Value, e)
+		if err := op.Finish(); err != nil {
+			return err
+		}
+		key = appendVersionKey(key[:0], pid, c.Version, e.Key)
+		if err := b.Set(key, nil, nil); err != nil {
+			return err
+		}
+		if e.Deleted {
+			key = appendTombKey(key[:0], uint64(nanos), pid, e.Key)
+			var v [10]byte
+			if err := b.Set(key, binary.AppendUvarint(v[:0], c.Version), nil); err != nil {
+				return err
+			}
+		}
+	}
+	var v [20]byte
+	key = appendKey(key[:0], kindHead, pid, "")
+	if err := b.Set(key, encodeHead(v[:0], head), nil); err != nil {
+		return err
+	}
+	if c.Device != "" {
+		key = appendKey(key[:0], kindDevice, pid, c.Device)
+		if err := b.Set(key, binary.AppendUvarint(v[:0], c.Batch), nil); err != nil {
+			return err
+		}
+	}
+	r.scratch = key
+	rec := feedRecord{Partition: r.p, Version: c.Version, Nanos: nanos, Erase: c.Erase, Ops: c.Ops}
+	seq := s.feed.alloc()
+	defer s.feed.done(seq)
+	op := b.SetDeferred(9, feedRecordLen(&rec))
+	op.Key[0] = kindFeed
+	binary.BigEndian.PutUint64(op.Key[1:], seq)
+	putFeedRecord(op.Value, &rec)
+	if err := op.Finish(); err != nil {
+		return err
+	}
+	return pebbleErr(b.Commit(pebbledb.Sync))
+}
+
+// View implements [store.Store].
+func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Reader) error) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.active.Done()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if p.Name == "" {
+		return errEmptyPartition
+	}
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
+	return fn(newReader(snap, p, false))
+}
+
+// DiskBytes implements [store.Store]; 0 once closed.
+func (s *Store) DiskBytes() int64 {
+	if s.enter() != nil {
+		return 0
+	}
+	defer s.active.Done()
+	m := s.db.Metrics()
+	usage := m.DiskSpaceUsage()
+	// Pebble counts the WAL being written at its size when opened; its
+	// logical size is the better guess.
+	if m.WAL.Size > m.WAL.PhysicalSize {
+		usage += m.WAL.Size - m.WAL.PhysicalSize
+	}
+	return int64(usage)
+}
+
+// Close implements [store.Store]: it waits for Updates, Views and Compacts
+// in flight, then closes the database and releases the directory. Closing a
+// closed store does nothing.
+func (s *Store) Close() error {
+	s.closeMu.Lock()
+	closed := s.closed
+	s.closed = true
+	s.closing.Store(true)
+	s.closeMu.Unlock()
+	if closed {
+		return nil
+	}
+	s.active.Wait()
+	err := s.db.Close()
+	err = errors.Join(err, s.dirLock.Close())
+	s.release()
+	if err != nil {
+		return fmt.Errorf("close store %s: %w", s.dir, err)
+	}
+	return nil
+}
+
+// pebbleErr marks Pebble's corruption errors with store.ErrCorruption.
+func pebbleErr(err error) error {
+	if err != nil && pebbledb.IsCorruptionError(err) && !errors.Is(err, store.ErrCorruption) {
+		return fmt.Errorf("%w: %w", store.ErrCorruption, err)
+	}
+	return err
+}
