@@ -30,6 +30,9 @@ type commitEvent struct {
 	version uint64
 	changes []*dalvv1.Change
 	erase   bool
+	// remote marks a commit announced by another process: it carries no
+	// changes, so watches read them from the store.
+	remote bool
 }
 
 // subscription is one device watch's inbox.

@@ -101,6 +101,7 @@ type Server struct {
 	shared   map[string]SharedPartition
 	health   *grpchealth.StaticChecker
 	hub      *hub
+	notifier store.Notifier // when the store is shared with other processes
 	drain    chan struct{} // closed when shutdown begins: streams end
 	draining atomic.Bool
 }
@@ -155,6 +156,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.shared[sp.Name] = sp
 	}
+	s.notifier, _ = cfg.Store.(store.Notifier)
 	s.metrics = newMetrics(cfg.Registry, cfg.Store)
 	eng, err := engine.New(engine.Config{
 		Store:          cfg.Store,
@@ -226,6 +228,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer close(compacted)
 		s.compactLoop(bg)
 	}()
+	if s.notifier != nil {
+		go func() {
+			err := s.notifier.Notifications(bg, func(p store.Partition, version uint64) {
+				s.hub.publish(p, &commitEvent{version: version, remote: true})
+			})
+			if err != nil && bg.Err() == nil {
+				s.log.Error("commit notifications stopped", "err", err)
+			}
+		}()
+	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()

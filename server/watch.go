@@ -66,6 +66,13 @@ func (s *Server) watch(ctx context.Context, req *connect.Request[dalvv1.WatchReq
 				return err
 			}
 		case <-heartbeat.C:
+			if s.notifier != nil {
+				// A store shared with other processes: poll too, in case a
+				// notification was lost.
+				if err := w.catchUp(ctx); err != nil {
+					return err
+				}
+			}
 			if err := stream.Send(&dalvv1.WatchEvent{Version: w.at, Heartbeat: true}); err != nil {
 				return nil // the client went away
 			}
@@ -89,7 +96,7 @@ func (w *deviceWatch) deliver(ctx context.Context, ev *commitEvent) error {
 	switch {
 	case ev.version <= w.at:
 		return nil // already sent by the catch-up
-	case ev.version == w.at+1 && !ev.erase:
+	case ev.version == w.at+1 && !ev.erase && !ev.remote:
 		w.at = ev.version
 		changes := w.filter(ev.changes)
 		if len(changes) == 0 {

@@ -33,3 +33,13 @@ type Feeder interface {
 	// dropped by retention) and the last seq a Feed call may now return.
 	FeedBounds(ctx context.Context) (horizon, last uint64, err error)
 }
+
+// Notifier is implemented by stores that several server processes share.
+// It reports commits made through any of them, so each process can wake its
+// watches. Notifications may be lost, repeated, late or out of order:
+// readers use them only as hints and read the store for the truth.
+type Notifier interface {
+	// Notifications calls fn for each commit announced, until ctx is done
+	// or the store closes. It reconnects by itself after failures.
+	Notifications(ctx context.Context, fn func(p Partition, version uint64)) error
+}
