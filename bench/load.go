@@ -80,7 +80,9 @@ func (b *bencher) load(ctx context.Context, spec loadSpec) (*loadResult, error) 
 			for phase.Load() != phaseDone {
 				var t0 time.Time
 				if spec.interval > 0 {
-					time.Sleep(time.Until(next))
+					if time.Sleep(time.Until(next)); phase.Load() == phaseDone {
+						return
+					}
 					t0, next = next, next.Add(spec.interval)
 				} else {
 					t0 = time.Now()
