@@ -128,7 +128,8 @@ type Config struct {
 	Dir      string
 	KeepData bool
 	// ServerProfile, when set, is a file that receives a CPU profile of the
-	// server taken during the first run's sync measurement. It starts the
+	// server taken during the last run's (closed-loop) sync measurement,
+	// when the store holds the earlier runs' data. It starts the
 	// server with --pprof-addr.
 	ServerProfile string
 	// Progress receives one line per second while measuring; nil discards.
@@ -243,7 +244,6 @@ type bencher struct {
 	mon       *monitor
 	clients   *clients
 	catchup   *catchupData
-	profiled  bool
 }
 
 func (b *bencher) start(ctx context.Context) error {

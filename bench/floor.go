@@ -9,6 +9,9 @@ import (
 
 	"connectrpc.com/grpchealth"
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
+
+	dalvpebble "github.com/dalvdb/dalv/store/pebble"
 )
 
 // floorScenario measures the no-op Connect call, grpc.health.v1.Health/Check,
@@ -65,13 +68,16 @@ const (
 // would have if syncs cost nothing but their commit.
 func (b *bencher) storageScenario(ctx context.Context, vals map[string]float64) error {
 	dir := filepath.Join(b.dir, fmt.Sprintf("pebble-run%d", b.run))
-	db, err := pebble.Open(dir, &pebble.Options{
-		// As store/pebble opens it, so the floor is the same engine.
-		CacheSize:          32 << 20,
-		MemTableSize:       16 << 20,
+	// Sized as store/pebble opens it by default, so the floor is the
+	// server's engine less the server.
+	opts := &pebble.Options{
+		CacheSize:          dalvpebble.DefaultCacheSize + 2*dalvpebble.DefaultMemTableSize,
+		MemTableSize:       dalvpebble.DefaultMemTableSize,
 		FormatMajorVersion: pebble.FormatNewest,
 		Logger:             quietLogger{},
-	})
+	}
+	opts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
+	db, err := pebble.Open(dir, opts)
 	if err != nil {
 		return fmt.Errorf("open pebble in %s: %w", dir, err)
 	}

@@ -86,8 +86,7 @@ func (b *bencher) syncScenario(ctx context.Context, vals map[string]float64) err
 		return err
 	}
 	spec := loadSpec{label: string(Sync), unit: "syncs/s", workers: workers}
-	if b.cfg.ServerProfile != "" && !b.profiled {
-		b.profiled = true
+	if b.cfg.ServerProfile != "" && b.run == b.cfg.Runs {
 		spec.measuring = b.profileServer
 	}
 	res, err := b.load(ctx, spec)

@@ -113,7 +113,7 @@ give it --rate-limit -1 or the rate limit is what you measure.`,
 	fl.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	fl.BoolVar(&cfg.KeepData, "keep-data", false, "keep the temporary data directories (for debugging)")
 	fl.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the bench process to this file")
-	fl.StringVar(&cfg.ServerProfile, "server-cpuprofile", "", "write a CPU profile of the server during the first sync measurement to this file")
+	fl.StringVar(&cfg.ServerProfile, "server-cpuprofile", "", "write a CPU profile of the server during the last run's sync measurement to this file")
 	fl.StringVar(&cfg.URL, "url", "", "measure the running server at this URL instead of starting one")
 	return cmd
 }
