@@ -36,10 +36,6 @@ func (s *Server) feed(ctx context.Context, req *connect.Request[dalvv1.BackendSe
 	if err := s.backend(req.Header()); err != nil {
 		return err
 	}
-	fd, ok := s.cfg.Store.(store.Feeder)
-	if !ok {
-		return engine.Errorf(errUnimplemented, "this store has no change feed")
-	}
 	prefixes := req.Msg.GetPrefixes()
 	if err := s.validatePrefixes(prefixes); err != nil {
 		return err
@@ -48,7 +44,7 @@ func (s *Server) feed(ctx context.Context, req *connect.Request[dalvv1.BackendSe
 	defer s.hub.feedReaders.Add(-1)
 	s.metrics.feedReaders.Inc()
 	defer s.metrics.feedReaders.Dec()
-	horizon, last, err := fd.FeedBounds(ctx)
+	horizon, last, err := s.cfg.Store.FeedBounds(ctx)
 	if err != nil {
 		return err
 	}
@@ -75,7 +71,7 @@ func (s *Server) feed(ctx context.Context, req *connect.Request[dalvv1.BackendSe
 	for {
 		wake := s.hub.feedWait() // before reading, so no commit falls between
 		n := 0
-		err := fd.Feed(ctx, after, func(r store.FeedRecord) (bool, error) {
+		err := s.cfg.Store.Feed(ctx, after, func(r store.FeedRecord) (bool, error) {
 			ev, err := feedEvent(r, prefixes)
 			if err != nil {
 				return false, err

@@ -21,13 +21,17 @@ type FeedRecord struct {
 }
 
 // Feeder reads the change feed: every commit of every partition, in an
-// order that keeps each partition's commits in version order.
+// order that keeps each partition's commits in version order. A commit's
+// record stays in the feed until Compact drops it (retention) or an erase
+// of its partition does (see [Commit].Erase).
 type Feeder interface {
 	// Feed calls fn for each record with Seq above after, in Seq order,
-	// until fn returns false or an error. It never passes a seq that may
-	// still be committed, so a reader that resumes after the last record it
-	// saw never skips one. If records above after may have been dropped by
-	// retention (after is below the horizon) it returns ErrCompacted.
+	// until fn returns false or an error, which Feed returns as is. It
+	// never passes a seq that may still be committed, so a reader that
+	// resumes after the last record it saw never skips one. If records above
+	// after may have been dropped by retention (after is below the horizon)
+	// it returns an error wrapping ErrCompacted. It checks ctx between
+	// records.
 	Feed(ctx context.Context, after uint64, fn func(FeedRecord) (bool, error)) error
 	// FeedBounds returns the horizon (records at or below it may have been
 	// dropped by retention) and the last seq a Feed call may now return.

@@ -2,7 +2,12 @@
 // run on, and the types that cross it. A store keeps, per partition, the
 // current state of every key (live or a tombstone) indexed by the version that
 // last changed it, the partition's head (version and horizon), each device's
-// last applied batch, and a log of commits for the change feed.
+// last applied batch, and a log of commits for the change feed ([Feeder]).
+//
+// Erasing a partition (a [Commit] with Erase) leaves none of its data
+// behind: entries, tombstones and every index that names its keys go, and so
+// do its earlier commits in the change feed, in the erase's own atomic
+// commit. Its head, its device records and the erase's own feed record stay.
 //
 // Stores know nothing of devices' rules, domains or conflicts: package engine
 // decides what to write; a store makes it atomic, durable and serialised per
@@ -82,8 +87,11 @@ type Commit struct {
 	// Time is when the commit was made; retention compares it.
 	Time time.Time
 	// Erase drops every entry of the partition before Entries are written,
-	// and sets the horizon to Version. Device batch records are kept, so a
-	// batch applied before an erase is never applied again.
+	// and sets the horizon to Version. It also drops the partition's earlier
+	// feed records, so no trace of their ops remains: a feed reader that
+	// had not reached them sees the erase's record instead. Device batch
+	// records are kept, so a batch applied before an erase is never applied
+	// again.
 	Erase bool
 	// Entries is the new state of each key the commit changes; each has
 	// Version set to the commit's Version.
@@ -96,8 +104,11 @@ type Commit struct {
 	Ops []byte
 }
 
-// Store is a transactional, durable store of partitions.
+// Store is a transactional, durable store of partitions, with a change feed
+// of every commit.
 type Store interface {
+	// Feeder reads the change feed of every commit Update applies.
+	Feeder
 	// Update runs fn with the partition locked against every other Update of
 	// it (across processes, for stores shared by several). When fn returns a
 	// non-nil Commit and no error, the commit is applied atomically and is

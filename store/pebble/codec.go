@@ -8,76 +8,128 @@ import (
 	"github.com/dalvdb/dalv/store"
 )
 
-// Entry encoding: flags byte, uvarint version, uvarint scalar version, then
-// the value bytes to the end (none for a tombstone).
-const entryDeleted = 1 << 0
+// Entry encoding: flags byte, uvarint version, uvarint scalar version; for
+// a tombstone with entryTimed, uvarint unix nanos of its commit; then the
+// value bytes to the end (none for a tombstone). The time names the
+// tombstone's index key, so that an erase finds and drops it. Every
+// tombstone written carries it; entryTimed is a flag so that tombstones
+// written before it existed still decode.
+const (
+	entryDeleted = 1 << 0
+	entryTimed   = 1 << 1
+)
 
-// entryHeaderLen is the encoded length of e without its value.
-func entryHeaderLen(e *store.Entry) int {
-	return 1 + uvarintLen(e.Version) + uvarintLen(e.ScalarVersion)
+// entryHeader is an encoded entry without its value.
+type entryHeader struct {
+	deleted         bool
+	version, scalar uint64
+	// timed is set for a tombstone that records nanos, its commit time in
+	// Unix nanoseconds, as its tombstone index key does.
+	timed bool
+	nanos uint64
 }
 
-// entryLen is the encoded length of e.
-func entryLen(e *store.Entry) int {
-	if e.Deleted {
-		return entryHeaderLen(e)
+// headerOf is the header written for e, committed at nanos.
+func headerOf(e *store.Entry, nanos uint64) entryHeader {
+	return entryHeader{deleted: e.Deleted, version: e.Version, scalar: e.ScalarVersion, timed: e.Deleted, nanos: nanos}
+}
+
+// len is the encoded length of h.
+func (h *entryHeader) len() int {
+	n := 1 + uvarintLen(h.version) + uvarintLen(h.scalar)
+	if h.timed {
+		n += uvarintLen(h.nanos)
 	}
-	return entryHeaderLen(e) + len(e.Value)
+	return n
 }
 
-// putEntry encodes e into dst, which is exactly entryLen(e) bytes long.
-func putEntry(dst []byte, e *store.Entry) {
+// put encodes h into dst, which is at least h.len() bytes long, and returns
+// h.len().
+func (h *entryHeader) put(dst []byte) int {
 	var flags byte
-	if e.Deleted {
+	if h.deleted {
 		flags |= entryDeleted
 	}
+	if h.timed {
+		flags |= entryTimed
+	}
 	dst[0] = flags
-	n := 1 + binary.PutUvarint(dst[1:], e.Version)
-	n += binary.PutUvarint(dst[n:], e.ScalarVersion)
+	n := 1 + binary.PutUvarint(dst[1:], h.version)
+	n += binary.PutUvarint(dst[n:], h.scalar)
+	if h.timed {
+		n += binary.PutUvarint(dst[n:], h.nanos)
+	}
+	return n
+}
+
+// entryLen is the encoded length of e, committed at nanos.
+func entryLen(e *store.Entry, nanos uint64) int {
+	h := headerOf(e, nanos)
+	if e.Deleted {
+		return h.len()
+	}
+	return h.len() + len(e.Value)
+}
+
+// putEntry encodes e, committed at nanos, into dst, which is exactly
+// entryLen(e, nanos) bytes long.
+func putEntry(dst []byte, e *store.Entry, nanos uint64) {
+	h := headerOf(e, nanos)
+	n := h.put(dst)
 	if !e.Deleted {
 		copy(dst[n:], e.Value)
 	}
 }
 
-// decodeEntryHeader reads an encoded entry's flags and version, and returns
-// the offset of its value.
-func decodeEntryHeader(b []byte) (deleted bool, version, scalar uint64, n int, err error) {
+// decodeEntryHeader reads an encoded entry's header, and returns the offset
+// of its value.
+func decodeEntryHeader(b []byte) (h entryHeader, n int, err error) {
 	if len(b) == 0 {
-		return false, 0, 0, 0, corruptf("entry: empty")
+		return h, 0, corruptf("entry: empty")
 	}
-	if b[0]&^entryDeleted != 0 {
-		return false, 0, 0, 0, corruptf("entry: flags %#x", b[0])
+	flags := b[0]
+	if flags&^(entryDeleted|entryTimed) != 0 || flags&entryTimed != 0 && flags&entryDeleted == 0 {
+		return h, 0, corruptf("entry: flags %#x", flags)
 	}
-	deleted = b[0]&entryDeleted != 0
+	h.deleted = flags&entryDeleted != 0
+	h.timed = flags&entryTimed != 0
 	n = 1
-	version, w := uvarint(b[n:])
+	var w int
+	h.version, w = uvarint(b[n:])
 	if w <= 0 {
-		return false, 0, 0, 0, corruptf("entry: bad version")
+		return entryHeader{}, 0, corruptf("entry: bad version")
 	}
 	n += w
-	scalar, w = uvarint(b[n:])
+	h.scalar, w = uvarint(b[n:])
 	if w <= 0 {
-		return false, 0, 0, 0, corruptf("entry: bad scalar version")
+		return entryHeader{}, 0, corruptf("entry: bad scalar version")
 	}
 	n += w
-	if deleted && n != len(b) {
-		return false, 0, 0, 0, corruptf("entry: tombstone with %d value bytes", len(b)-n)
+	if h.timed {
+		h.nanos, w = uvarint(b[n:])
+		if w <= 0 || h.nanos > 1<<63-1 {
+			return entryHeader{}, 0, corruptf("entry: bad time")
+		}
+		n += w
 	}
-	return deleted, version, scalar, n, nil
+	if h.deleted && n != len(b) {
+		return entryHeader{}, 0, corruptf("entry: tombstone with %d value bytes", len(b)-n)
+	}
+	return h, n, nil
 }
 
 // decodeEntry decodes the entry of key from b, copying its value: b belongs
 // to Pebble and is only valid until the next iterator step.
-func decodeEntry(key string, b []byte) (store.Entry, error) {
-	deleted, version, scalar, n, err := decodeEntryHeader(b)
+func decodeEntry(key string, b []byte) (store.Entry, entryHeader, error) {
+	h, n, err := decodeEntryHeader(b)
 	if err != nil {
-		return store.Entry{}, err
+		return store.Entry{}, h, err
 	}
-	e := store.Entry{Key: key, Deleted: deleted, Version: version, ScalarVersion: scalar}
-	if !deleted {
+	e := store.Entry{Key: key, Deleted: h.deleted, Version: h.version, ScalarVersion: h.scalar}
+	if !h.deleted {
 		e.Value = append(make([]byte, 0, len(b)-n), b[n:]...)
 	}
-	return e, nil
+	return e, h, nil
 }
 
 // encodeHead appends h to dst.
@@ -175,12 +227,13 @@ func decodeFeedTime(b []byte) (int64, error) {
 	return int64(nanos), nil
 }
 
-// decodeFeedRecord decodes a feed record, copying its ops.
-func decodeFeedRecord(b []byte) (feedRecord, error) {
+// decodeFeedHeader decodes a feed record but its ops, and returns the
+// offset of its ops.
+func decodeFeedHeader(b []byte) (feedRecord, int, error) {
 	var r feedRecord
 	nanos, err := decodeFeedTime(b)
 	if err != nil {
-		return r, err
+		return r, 0, err
 	}
 	r.Nanos = nanos
 	r.Erase = b[0]&feedErase != 0
@@ -193,14 +246,23 @@ func decodeFeedRecord(b []byte) (feedRecord, error) {
 	n += w
 	nameLen, w := uvarint(b[n:])
 	if w <= 0 {
-		return feedRecord{}, corruptf("feed record: bad name length")
+		return feedRecord{}, 0, corruptf("feed record: bad name length")
 	}
 	n += w
 	if nameLen == 0 || nameLen > uint64(len(b)-n) {
-		return feedRecord{}, corruptf("feed record: name length %d of %d bytes", nameLen, len(b)-n)
+		return feedRecord{}, 0, corruptf("feed record: name length %d of %d bytes", nameLen, len(b)-n)
 	}
 	r.Partition.Name = string(b[n : n+int(nameLen)])
 	n += int(nameLen)
+	return r, n, nil
+}
+
+// decodeFeedRecord decodes a feed record, copying its ops.
+func decodeFeedRecord(b []byte) (feedRecord, error) {
+	r, n, err := decodeFeedHeader(b)
+	if err != nil {
+		return r, err
+	}
 	r.Ops = append([]byte(nil), b[n:]...)
 	return r, nil
 }

@@ -9,10 +9,18 @@ import (
 	"github.com/dalvdb/dalv/store"
 )
 
-func encodeEntry(e store.Entry) []byte {
-	b := make([]byte, entryLen(&e))
-	putEntry(b, &e)
+func encodeEntry(e store.Entry, nanos uint64) []byte {
+	b := make([]byte, entryLen(&e, nanos))
+	putEntry(b, &e, nanos)
 	return b
+}
+
+// encodeEntryAs encodes an entry from its header and value: tombstones
+// without a time too, as written before they had one.
+func encodeEntryAs(h entryHeader, value []byte) []byte {
+	b := make([]byte, h.len())
+	h.put(b)
+	return append(b, value...)
 }
 
 func encodeFeedRecord(r feedRecord) []byte {
@@ -22,13 +30,18 @@ func encodeFeedRecord(r feedRecord) []byte {
 }
 
 func TestEntryRoundTrip(t *testing.T) {
-	for _, e := range []store.Entry{
-		{Key: "k", Value: []byte("v"), Version: 1, ScalarVersion: 1},
-		{Key: "k", Value: []byte{}, Version: 300, ScalarVersion: 0},
-		{Key: "k", Deleted: true, Version: math.MaxUint64, ScalarVersion: math.MaxUint64},
-		{Key: "k", Value: bytes.Repeat([]byte{0xff}, 1000), Version: 1 << 40, ScalarVersion: 7},
+	for _, tc := range []struct {
+		e     store.Entry
+		nanos uint64
+	}{
+		{store.Entry{Key: "k", Value: []byte("v"), Version: 1, ScalarVersion: 1}, 5},
+		{store.Entry{Key: "k", Value: []byte{}, Version: 300, ScalarVersion: 0}, 0},
+		{store.Entry{Key: "k", Deleted: true, Version: math.MaxUint64, ScalarVersion: math.MaxUint64}, math.MaxInt64},
+		{store.Entry{Key: "k", Deleted: true, Version: 2, ScalarVersion: 1}, 0},
+		{store.Entry{Key: "k", Value: bytes.Repeat([]byte{0xff}, 1000), Version: 1 << 40, ScalarVersion: 7}, 1 << 62},
 	} {
-		got, err := decodeEntry(e.Key, encodeEntry(e))
+		e := tc.e
+		got, h, err := decodeEntry(e.Key, encodeEntry(e, tc.nanos))
 		if err != nil {
 			t.Fatalf("decodeEntry(encode(%+v)): %v", e, err)
 		}
@@ -36,6 +49,31 @@ func TestEntryRoundTrip(t *testing.T) {
 			got.ScalarVersion != e.ScalarVersion || !bytes.Equal(got.Value, e.Value) || (got.Value == nil) != e.Deleted {
 			t.Errorf("decodeEntry(encode(%+v)) = %+v", e, got)
 		}
+		// Only tombstones keep their time: a live entry has no index key.
+		if want := (entryHeader{deleted: e.Deleted, version: e.Version, scalar: e.ScalarVersion, timed: e.Deleted}); e.Deleted {
+			want.nanos = tc.nanos
+			if h != want {
+				t.Errorf("header of %+v at %d = %+v, want %+v", e, tc.nanos, h, want)
+			}
+		} else if h != want {
+			t.Errorf("header of %+v = %+v, want %+v", e, h, want)
+		}
+	}
+}
+
+// TestEntryUntimedTombstone decodes a tombstone as written before
+// tombstones had a time.
+func TestEntryUntimedTombstone(t *testing.T) {
+	e, h, err := decodeEntry("k", []byte{entryDeleted, 3, 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (store.Entry{Key: "k", Deleted: true, Version: 3, ScalarVersion: 2}); e.Key != want.Key || e.Deleted != want.Deleted ||
+		e.Version != want.Version || e.ScalarVersion != want.ScalarVersion || e.Value != nil {
+		t.Errorf("decodeEntry = %+v, want %+v", e, want)
+	}
+	if h.timed {
+		t.Errorf("header %+v is timed", h)
 	}
 }
 
@@ -46,7 +84,11 @@ func TestDecodeRejects(t *testing.T) {
 		b      []byte
 	}{
 		{"EntryEmpty", decodeEntryErr, nil},
-		{"EntryFlags", decodeEntryErr, []byte{2, 1, 1}},
+		{"EntryFlags", decodeEntryErr, []byte{4, 1, 1}},
+		{"EntryTimedLive", decodeEntryErr, []byte{entryTimed, 1, 1, 1}},
+		{"EntryTimeTruncated", decodeEntryErr, []byte{entryDeleted | entryTimed, 1, 1}},
+		{"EntryTimeOverflow", decodeEntryErr, []byte{entryDeleted | entryTimed, 1, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1}},
+		{"TimedTombstoneWithValue", decodeEntryErr, []byte{entryDeleted | entryTimed, 1, 1, 1, 'x'}},
 		{"EntryTruncatedVersion", decodeEntryErr, []byte{0, 0x80}},
 		{"EntryNonMinimalVarint", decodeEntryErr, []byte{0, 0x81, 0x00, 1}},
 		{"TombstoneWithValue", decodeEntryErr, []byte{1, 1, 1, 'x'}},
@@ -71,7 +113,7 @@ func TestDecodeRejects(t *testing.T) {
 }
 
 func decodeEntryErr(b []byte) error {
-	_, err := decodeEntry("k", b)
+	_, _, err := decodeEntry("k", b)
 	return err
 }
 
@@ -93,22 +135,29 @@ func decodePartitionErr(b []byte) error {
 // FuzzDecodeEntry checks that decoding never panics, fails only with
 // ErrCorruption, and that what decodes re-encodes to the same bytes.
 func FuzzDecodeEntry(f *testing.F) {
-	f.Add(encodeEntry(store.Entry{Value: []byte("v"), Version: 1, ScalarVersion: 1}))
-	f.Add(encodeEntry(store.Entry{Deleted: true, Version: 300, ScalarVersion: 2}))
+	f.Add(encodeEntry(store.Entry{Value: []byte("v"), Version: 1, ScalarVersion: 1}, 7))
+	f.Add(encodeEntry(store.Entry{Deleted: true, Version: 300, ScalarVersion: 2}, 1_735_689_600_000_000_000))
+	f.Add(encodeEntryAs(entryHeader{deleted: true, version: 300, scalar: 2}, nil)) // untimed tombstone
 	f.Add([]byte{})
 	f.Add([]byte{1, 0x80})
+	f.Add([]byte{entryDeleted | entryTimed, 1, 1, 0x80})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		e, err := decodeEntry("k", b)
+		e, h, err := decodeEntry("k", b)
 		if err != nil {
 			if !errors.Is(err, store.ErrCorruption) {
 				t.Fatalf("decodeEntry(%x) = %v, not ErrCorruption", b, err)
 			}
 			return
 		}
-		if got := encodeEntry(e); !bytes.Equal(got, b) {
-			t.Fatalf("decodeEntry(%x) = %+v, which encodes to %x", b, e, got)
+		if got := encodeEntryAs(h, e.Value); !bytes.Equal(got, b) {
+			t.Fatalf("decodeEntry(%x) = %+v, %+v, which encodes to %x", b, e, h, got)
 		}
-		if deleted, version, scalar, _, err := decodeEntryHeader(b); err != nil || deleted != e.Deleted || version != e.Version || scalar != e.ScalarVersion {
+		if h.timed {
+			if got := encodeEntry(e, h.nanos); !bytes.Equal(got, b) {
+				t.Fatalf("decodeEntry(%x) = %+v at %d, which encodes to %x", b, e, h.nanos, got)
+			}
+		}
+		if h2, _, err := decodeEntryHeader(b); err != nil || h2 != h || h.deleted != e.Deleted || h.version != e.Version || h.scalar != e.ScalarVersion {
 			t.Fatalf("decodeEntryHeader(%x) disagrees with decodeEntry", b)
 		}
 	})
@@ -120,6 +169,11 @@ func FuzzDecodeFeedRecord(f *testing.F) {
 	f.Add(encodeFeedRecord(feedRecord{Partition: store.Partition{Shared: true, Name: "c"}, Version: 1 << 50, Nanos: math.MaxInt64, Erase: true}))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if h, n, err := decodeFeedHeader(b); err == nil {
+			if got := append(encodeFeedRecord(h), b[n:]...); !bytes.Equal(got, b) {
+				t.Fatalf("decodeFeedHeader(%x) = %+v, %d, which encodes to %x", b, h, n, got)
+			}
+		}
 		r, err := decodeFeedRecord(b)
 		if err != nil {
 			if !errors.Is(err, store.ErrCorruption) {

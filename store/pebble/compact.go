@@ -69,11 +69,14 @@ func (s *Store) Compact(ctx context.Context, cutoff time.Time) (store.CompactSta
 			wrote = true
 		}
 	}
-	n, err := s.compactFeed(int64(cut))
+	n, err := s.compactFeed(ctx, int64(cut))
+	st.FeedRecords = n
 	if err != nil {
+		if errors.Is(err, store.ErrClosed) || ctx.Err() != nil {
+			return st, err
+		}
 		return st, fmt.Errorf("compact feed: %w", err)
 	}
-	st.FeedRecords = n
 	if wrote || n > 0 {
 		// The batches above were not synced one by one; one sync makes them
 		// all durable.
@@ -178,59 +181,94 @@ func (s *Store) entryState(r *reader, key string) (deleted bool, version uint64,
 	if err != nil {
 		return false, 0, pebbleErr(err)
 	}
-	deleted, version, _, _, err = decodeEntryHeader(v)
+	h, _, err := decodeEntryHeader(v)
 	if err = errors.Join(err, closer.Close()); err != nil {
 		return false, 0, fmt.Errorf("entry %q: %w", key, err)
 	}
-	return deleted, version, nil
+	return h.deleted, h.version, nil
 }
 
 // compactFeed drops the feed records from the oldest on while their commit
-// time is before cut, never past a seq still in flight, and records the
-// highest seq dropped so that it is never allocated again.
-func (s *Store) compactFeed(cut int64) (int, error) {
+// time is before cut, never past a seq still in flight, with their
+// partitions' feed index keys. Each chunk of compactChunk records goes in
+// one batch that also records the highest seq dropped, so that it is never
+// allocated again; the batches are not synced. It returns how many records
+// it dropped.
+func (s *Store) compactFeed(ctx context.Context, cut int64) (int, error) {
 	upTo := s.feed.visible()
 	it, err := s.db.NewIter(&pebbledb.IterOptions{LowerBound: []byte{kindFeed}, UpperBound: feedKey(upTo + 1)})
 	if err != nil {
 		return 0, err
 	}
+	b := s.db.NewBatch()
+	defer b.Close()
 	var first, last uint64
-	n := 0
+	var key, pid []byte
+	n, chunk := 0, 0
+	// flush drops the records first..last and their index keys, in b.
+	flush := func() error {
+		if chunk == 0 {
+			return nil
+		}
+		if err := b.DeleteRange(feedKey(first), feedKey(last+1), nil); err != nil {
+			return err
+		}
+		if err := b.Set(metaFeedFloor, binary.AppendUvarint(nil, last), nil); err != nil {
+			return err
+		}
+		s.feedFloor.Store(last) // before the drop commits; see feedFloor
+		if err := b.Commit(pebbledb.NoSync); err != nil {
+			return pebbleErr(err)
+		}
+		b.Reset()
+		n += chunk
+		chunk = 0
+		return nil
+	}
 	for valid := it.First(); valid; valid = it.Next() {
 		seq, err := decodeFeedKey(it.Key())
 		if err != nil {
-			return 0, closeIter(err, it)
+			return n, closeIter(err, it)
 		}
 		v, err := it.ValueAndErr()
 		if err != nil {
-			return 0, closeIter(pebbleErr(err), it)
+			return n, closeIter(pebbleErr(err), it)
 		}
 		nanos, err := decodeFeedTime(v)
 		if err != nil {
-			return 0, closeIter(fmt.Errorf("record %d: %w", seq, err), it)
+			return n, closeIter(fmt.Errorf("record %d: %w", seq, err), it)
 		}
 		if nanos >= cut {
 			break
 		}
-		if n == 0 {
+		r, _, err := decodeFeedHeader(v)
+		if err != nil {
+			return n, closeIter(fmt.Errorf("record %d: %w", seq, err), it)
+		}
+		pid = appendPartition(pid[:0], r.Partition)
+		key = appendFeedIndexKey(key[:0], pid, seq)
+		if err := b.Delete(key, nil); err != nil {
+			return n, closeIter(err, it)
+		}
+		if chunk == 0 {
 			first = seq
 		}
 		last = seq
-		n++
+		chunk++
+		if chunk == compactChunk {
+			if err := flush(); err != nil {
+				return n, closeIter(err, it)
+			}
+			if err := ctx.Err(); err != nil {
+				return n, closeIter(err, it)
+			}
+			if s.closing.Load() {
+				return n, closeIter(store.ErrClosed, it)
+			}
+		}
 	}
-	if err := closeIter(nil, it); err != nil || n == 0 {
-		return 0, err
+	if err := closeIter(nil, it); err != nil {
+		return n, err
 	}
-	b := s.db.NewBatch()
-	defer b.Close()
-	if err := b.DeleteRange(feedKey(first), feedKey(last+1), nil); err != nil {
-		return 0, err
-	}
-	if err := b.Set(metaFeedFloor, binary.AppendUvarint(nil, last), nil); err != nil {
-		return 0, err
-	}
-	if err := b.Commit(pebbledb.NoSync); err != nil {
-		return 0, pebbleErr(err)
-	}
-	return n, nil
+	return n, flush()
 }

@@ -1,12 +1,13 @@
 package pebble
 
 import (
-	"errors"
+	"context"
 	"fmt"
 	"slices"
 	"sync"
 
 	pebbledb "github.com/cockroachdb/pebble/v2"
+	"github.com/dalvdb/dalv/store"
 )
 
 // feedSeqs hands out the store-global sequence numbers of feed records, and
@@ -51,39 +52,81 @@ func (f *feedSeqs) visible() uint64 {
 	return f.next - 1
 }
 
+// Feed implements [store.Feeder]: the records above after, up to the last
+// seq with none in flight below it, in seq order.
+func (s *Store) Feed(ctx context.Context, after uint64, fn func(store.FeedRecord) (bool, error)) error {
+	return s.readFeed(ctx, after, func(seq uint64, r feedRecord) (bool, error) {
+		return fn(store.FeedRecord{
+			Seq:       seq,
+			Partition: r.Partition,
+			Version:   r.Version,
+			Time:      r.Time(),
+			Erase:     r.Erase,
+			Ops:       r.Ops,
+		})
+	})
+}
+
+// FeedBounds implements [store.Feeder]. The horizon is the highest seq
+// Compact dropped; last is the highest seq with none in flight at or below
+// it. The horizon is read first: it never passes the visible seq, so
+// horizon <= last.
+func (s *Store) FeedBounds(ctx context.Context) (horizon, last uint64, err error) {
+	if err := s.enter(); err != nil {
+		return 0, 0, err
+	}
+	defer s.active.Done()
+	if err := ctx.Err(); err != nil {
+		return 0, 0, err
+	}
+	horizon = s.feedFloor.Load()
+	return horizon, s.feed.visible(), nil
+}
+
 // readFeed calls fn for every feed record with a seq above after and at most
-// the visible seq, in seq order, until fn returns false or an error. Seqs
-// have gaps (abandoned commits, dropped records).
-func (s *Store) readFeed(after uint64, fn func(seq uint64, r feedRecord) (bool, error)) error {
+// the visible seq, in seq order, until fn returns false or an error, or ctx
+// is done. Seqs have gaps (abandoned commits, erased and dropped records).
+// It fails with store.ErrCompacted when after is below the feed floor.
+func (s *Store) readFeed(ctx context.Context, after uint64, fn func(seq uint64, r feedRecord) (bool, error)) error {
 	if err := s.enter(); err != nil {
 		return err
 	}
 	defer s.active.Done()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	upTo := s.feed.visible()
 	if after >= upTo {
-		return nil
+		return nil // and not compacted: the floor never passes the visible seq
 	}
 	it, err := s.db.NewIter(&pebbledb.IterOptions{LowerBound: feedKey(after + 1), UpperBound: feedKey(upTo + 1)})
 	if err != nil {
 		return fmt.Errorf("read feed: %w", err)
 	}
+	// After the iterator is open: a drop it does not see raised the floor
+	// first, and one it does see is caught here.
+	if floor := s.feedFloor.Load(); after < floor {
+		return closeIter(fmt.Errorf("read feed after %d, below the horizon %d: %w", after, floor, store.ErrCompacted), it)
+	}
 	for valid := it.First(); valid; valid = it.Next() {
+		if err := ctx.Err(); err != nil {
+			return closeIter(err, it)
+		}
 		seq, err := decodeFeedKey(it.Key())
 		if err != nil {
-			return errors.Join(err, it.Close())
+			return closeIter(err, it)
 		}
 		v, err := it.ValueAndErr()
 		if err != nil {
-			return errors.Join(fmt.Errorf("read feed %d: %w", seq, err), it.Close())
+			return closeIter(fmt.Errorf("read feed %d: %w", seq, pebbleErr(err)), it)
 		}
 		r, err := decodeFeedRecord(v)
 		if err != nil {
-			return errors.Join(fmt.Errorf("read feed %d: %w", seq, err), it.Close())
+			return closeIter(fmt.Errorf("read feed %d: %w", seq, err), it)
 		}
-		more, err := fn(seq, r)
-		if err != nil || !more {
-			return errors.Join(err, it.Close())
+		if more, err := fn(seq, r); err != nil || !more {
+			return closeIter(err, it)
 		}
 	}
-	return it.Close()
+	return closeIter(nil, it)
 }

@@ -17,16 +17,22 @@ import (
 //	'v' pid be64(version) key     -> empty; Changes walks it in (version, key) order
 //	'd' pid device                -> uvarint batch
 //	't' be64(unix nanos) pid key  -> uvarint version of a tombstone, for retention
-//	'f' be64(seq)                 -> feed record (see encodeFeedRecord)
+//	'f' be64(seq)                 -> feed record (see putFeedRecord)
+//	'F' pid be64(seq)             -> empty; a partition's feed records, for an erase
 //	'm' name                      -> store metadata (metaFeedFloor)
+//
+// The tombstone index holds exactly the current tombstones (a commit that
+// rewrites a tombstoned key drops its item), and each tombstone records its
+// commit time: so an erase finds every key of the partition that names it.
 const (
-	kindHead    = 'h'
-	kindEntry   = 'k'
-	kindVersion = 'v'
-	kindDevice  = 'd'
-	kindTomb    = 't'
-	kindFeed    = 'f'
-	kindMeta    = 'm'
+	kindHead      = 'h'
+	kindEntry     = 'k'
+	kindVersion   = 'v'
+	kindDevice    = 'd'
+	kindTomb      = 't'
+	kindFeed      = 'f'
+	kindFeedIndex = 'F'
+	kindMeta      = 'm'
 )
 
 // Partition kinds inside a pid.
@@ -92,11 +98,19 @@ func appendVersionKey(dst, pid []byte, version uint64, key string) []byte {
 }
 
 // appendTombKey appends the tombstone index key of key, tombstoned at nanos.
-func appendTombKey(dst []byte, nanos uint64, pid []byte, key string) []byte {
+func appendTombKey[K string | []byte](dst []byte, nanos uint64, pid []byte, key K) []byte {
 	dst = append(dst, kindTomb)
 	dst = binary.BigEndian.AppendUint64(dst, nanos)
 	dst = append(dst, pid...)
 	return append(dst, key...)
+}
+
+// appendFeedIndexKey appends the partition feed index key of the feed
+// record seq of pid.
+func appendFeedIndexKey(dst, pid []byte, seq uint64) []byte {
+	dst = append(dst, kindFeedIndex)
+	dst = append(dst, pid...)
+	return binary.BigEndian.AppendUint64(dst, seq)
 }
 
 // feedKey is the key of the feed record seq.

@@ -32,11 +32,14 @@ type reader struct {
 	seenBuf [4]seenKey
 }
 
-// seenKey is what an Update's fn read of one key.
+// seenKey is what an Update's fn read of one key: whether it has an entry,
+// and that entry's version and, for a timed tombstone, its commit time.
 type seenKey struct {
 	key     string
 	version uint64
+	nanos   uint64
 	ok      bool
+	timed   bool
 }
 
 // seenIdxMin is the length of seen from which lookups go through a map.
@@ -79,30 +82,35 @@ func (r *reader) Get(key string) (store.Entry, bool, error) {
 	r.scratch = appendKey(r.scratch[:0], kindEntry, r.pid, key)
 	v, closer, err := r.src.Get(r.scratch)
 	if errors.Is(err, pebbledb.ErrNotFound) {
-		r.remember(key, 0, false)
+		r.remember(seenKey{key: key})
 		return store.Entry{}, false, nil
 	}
 	if err != nil {
 		return store.Entry{}, false, fmt.Errorf("get %s %q: %w", r.p, key, pebbleErr(err))
 	}
-	e, err := decodeEntry(key, v)
+	e, h, err := decodeEntry(key, v)
 	if err = errors.Join(err, closer.Close()); err != nil {
 		return store.Entry{}, false, fmt.Errorf("get %s %q: %w", r.p, key, err)
 	}
-	r.remember(key, e.Version, true)
+	r.remember(seenOf(key, &h))
 	return e, true, nil
 }
 
-// remember notes, in an Update, what fn read of key.
-func (r *reader) remember(key string, version uint64, ok bool) {
+// seenOf is the seenKey of key's entry, whose header is h.
+func seenOf(key string, h *entryHeader) seenKey {
+	return seenKey{key: key, version: h.version, nanos: h.nanos, ok: true, timed: h.timed}
+}
+
+// remember notes, in an Update, what fn read of a key.
+func (r *reader) remember(s seenKey) {
 	if r.inUpdate {
-		r.seen = append(r.seen, seenKey{key: key, version: version, ok: ok})
+		r.seen = append(r.seen, s)
 	}
 }
 
-// lastVersion returns the version of key's entry, if it has one: from what
-// fn read when it can.
-func (r *reader) lastVersion(key string) (uint64, bool, error) {
+// lastEntry returns what key's entry is before the commit: from what fn
+// read when it can.
+func (r *reader) lastEntry(key string) (seenKey, error) {
 	if len(r.seen) >= seenIdxMin && r.seenIdx == nil {
 		r.seenIdx = make(map[string]int, len(r.seen))
 		for i, s := range r.seen {
@@ -111,28 +119,28 @@ func (r *reader) lastVersion(key string) (uint64, bool, error) {
 	}
 	if r.seenIdx != nil {
 		if i, ok := r.seenIdx[key]; ok {
-			return r.seen[i].version, r.seen[i].ok, nil
+			return r.seen[i], nil
 		}
 	} else {
 		for _, s := range r.seen {
 			if s.key == key {
-				return s.version, s.ok, nil
+				return s, nil
 			}
 		}
 	}
 	r.scratch = appendKey(r.scratch[:0], kindEntry, r.pid, key)
 	v, closer, err := r.src.Get(r.scratch)
 	if errors.Is(err, pebbledb.ErrNotFound) {
-		return 0, false, nil
+		return seenKey{key: key}, nil
 	}
 	if err != nil {
-		return 0, false, fmt.Errorf("get %s %q: %w", r.p, key, pebbleErr(err))
+		return seenKey{}, fmt.Errorf("get %s %q: %w", r.p, key, pebbleErr(err))
 	}
-	_, version, _, _, err := decodeEntryHeader(v)
+	h, _, err := decodeEntryHeader(v)
 	if err = errors.Join(err, closer.Close()); err != nil {
-		return 0, false, fmt.Errorf("get %s %q: %w", r.p, key, err)
+		return seenKey{}, fmt.Errorf("get %s %q: %w", r.p, key, err)
 	}
-	return version, true, nil
+	return seenOf(key, &h), nil
 }
 
 // Changes implements store.Reader. It walks the version index and looks each
@@ -176,7 +184,7 @@ func (r *reader) changes(idx, ents *pebbledb.Iterator, idxPrefixLen int, entryKe
 		if err != nil {
 			return fmt.Errorf("changes %s: %w", r.p, pebbleErr(err))
 		}
-		e, err := decodeEntry(string(key), v)
+		e, _, err := decodeEntry(string(key), v)
 		if err != nil {
 			return fmt.Errorf("changes %s %q: %w", r.p, key, err)
 		}
@@ -212,7 +220,7 @@ func (r *reader) Scan(prefix, startAfter string, fn func(store.Entry) (bool, err
 			continue
 		}
 		key := string(it.Key()[base:])
-		e, err := decodeEntry(key, v)
+		e, _, err := decodeEntry(key, v)
 		if err != nil {
 			return closeIter(fmt.Errorf("scan %s %q: %w", r.p, key, err), it)
 		}

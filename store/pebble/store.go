@@ -13,9 +13,18 @@
 //   - View reads a Pebble snapshot: Head, entries and device records agree.
 //   - Decoders never panic on bad bytes; they return errors that wrap
 //     [store.ErrCorruption].
+//   - The change feed ([Store.Feed]) never passes a seq still in flight, so
+//     a reader resuming after the last record it saw never skips one.
+//   - An erase drops, in its own batch, every key that holds the erased
+//     partition's data: its entries and their indexes, and its earlier
+//     feed records. Only its head, its device records and the erase's own
+//     feed record remain.
 //
-// Caveats: feed records and tombstone index keys of an erased partition hold
-// its keys and ops until Compact passes their commit time.
+// Caveats: erased and compacted data leaves the database at once, but the
+// bytes stay in Pebble's WAL and sstables until Pebble compacts them away.
+// Tombstones written before tombstones recorded their commit time keep
+// their index keys (which name their keys) through an erase, until Compact
+// passes that time.
 //
 // Lock order: Store.compactMu, then a partition's lock, then feedSeqs.mu.
 // Store.closeMu is only held to enter or close, never with another lock.
@@ -98,6 +107,12 @@ type Store struct {
 
 	parts lockTable
 	feed  feedSeqs
+	// feedFloor is the feed's horizon: the highest seq Compact dropped. It
+	// is raised before the batch that drops records commits, so a Feed that
+	// reads it after opening its iterator either sees the records or knows
+	// they are gone. (A drop that fails to commit leaves it raised: readers
+	// are told of a drop that did not happen, never the reverse.)
+	feedFloor atomic.Uint64
 	// compactMu serialises Compact, so two never count the same drop.
 	compactMu sync.Mutex
 
@@ -171,12 +186,15 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", dir, pebbleErr(err))
 	}
 	s := &Store{db: db, dirLock: dirLock, dir: dir, log: opts.Logger, release: release}
-	if s.feed.next, err = s.nextFeedSeq(); err != nil {
+	next, floor, err := s.recoverFeed()
+	if err != nil {
 		_ = db.Close()
 		_ = dirLock.Close()
 		release()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
+	s.feed.next = next
+	s.feedFloor.Store(floor)
 	return s, nil
 }
 
@@ -226,28 +244,29 @@ func isLockHeld(err error) bool {
 	return errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES)
 }
 
-// nextFeedSeq recovers the next feed seq: above the last feed record, and
-// above every record Compact dropped.
-func (s *Store) nextFeedSeq() (uint64, error) {
+// recoverFeed recovers the feed floor (the highest seq Compact dropped) and
+// the next feed seq: above the last feed record, and above the floor. An
+// erase never drops the last record: its own comes after those it drops.
+func (s *Store) recoverFeed() (next, floor uint64, err error) {
 	var last uint64
 	it, err := s.db.NewIter(&pebbledb.IterOptions{
 		LowerBound: []byte{kindFeed},
 		UpperBound: []byte{kindFeed + 1},
 	})
 	if err != nil {
-		return 0, fmt.Errorf("recover feed seq: %w", err)
+		return 0, 0, fmt.Errorf("recover feed seq: %w", err)
 	}
 	if it.Last() {
 		last, err = decodeFeedKey(it.Key())
 	}
 	if err = errors.Join(err, it.Close()); err != nil {
-		return 0, fmt.Errorf("recover feed seq: %w", pebbleErr(err))
+		return 0, 0, fmt.Errorf("recover feed seq: %w", pebbleErr(err))
 	}
-	floor, err := getUvarint(s.db, metaFeedFloor)
+	floor, err = getUvarint(s.db, metaFeedFloor)
 	if err != nil {
-		return 0, fmt.Errorf("recover feed seq: %w", err)
+		return 0, 0, fmt.Errorf("recover feed seq: %w", err)
 	}
-	return max(last, floor) + 1, nil
+	return max(last, floor) + 1, floor, nil
 }
 
 // getUvarint reads a value that is one uvarint; 0 when key is absent.
@@ -321,18 +340,14 @@ func (s *Store) apply(r *reader, c *store.Commit) error {
 	b := s.db.NewBatch()
 	defer b.Close()
 	pid := r.pid
-	key := r.scratch[:0] // shared with r's lookups: each use rebuilds it
 	if c.Erase {
-		for _, kind := range [...]byte{kindEntry, kindVersion} {
-			key = append(append(key[:0], kind), pid...)
-			end := prefixEnd(key)
-			if err := b.DeleteRange(key, end, nil); err != nil {
-				return err
-			}
+		if err := erase(b, r); err != nil {
+			return err
 		}
 		head.Horizon = c.Version
 	}
 	head.Version = c.Version
+	key := r.scratch[:0] // shared with r's lookups: each use rebuilds it
 	for i := range c.Entries {
 		e := &c.Entries[i]
 		if e.Version != c.Version {
@@ -342,21 +357,29 @@ func (s *Store) apply(r *reader, c *store.Commit) error {
 			return errors.New("entry with an empty key")
 		}
 		if !c.Erase {
-			prev, ok, err := r.lastVersion(e.Key)
+			prev, err := r.lastEntry(e.Key)
 			if err != nil {
 				return err
 			}
-			if ok {
-				key = appendVersionKey(key[:0], pid, prev, e.Key)
+			if prev.ok {
+				key = appendVersionKey(key[:0], pid, prev.version, e.Key)
+				if err := b.Delete(key, nil); err != nil {
+					return err
+				}
+			}
+			if prev.timed {
+				// The index holds current tombstones only. Deleted before
+				// the new tombstone's item is set: it may be the same key.
+				key = appendTombKey(key[:0], prev.nanos, pid, e.Key)
 				if err := b.Delete(key, nil); err != nil {
 					return err
 				}
 			}
 		}
 		key = appendKey(key[:0], kindEntry, pid, e.Key)
-		op := b.SetDeferred(len(key), entryLen(e))
+		op := b.SetDeferred(len(key), entryLen(e, uint64(nanos)))
 		copy(op.Key, key)
-		putEntry(op.Value, e)
+		putEntry(op.Value, e, uint64(nanos))
 		if err := op.Finish(); err != nil {
 			return err
 		}
@@ -383,7 +406,6 @@ func (s *Store) apply(r *reader, c *store.Commit) error {
 			return err
 		}
 	}
-	r.scratch = key
 	rec := feedRecord{Partition: r.p, Version: c.Version, Nanos: nanos, Erase: c.Erase, Ops: c.Ops}
 	seq := s.feed.alloc()
 	defer s.feed.done(seq)
@@ -394,7 +416,73 @@ func (s *Store) apply(r *reader, c *store.Commit) error {
 	if err := op.Finish(); err != nil {
 		return err
 	}
+	key = appendFeedIndexKey(key[:0], pid, seq)
+	if err := b.Set(key, nil, nil); err != nil {
+		return err
+	}
+	r.scratch = key
 	return pebbleErr(b.Commit(pebbledb.Sync))
+}
+
+// erase adds to b the deletes of every key that holds r's partition's data
+// but its head and device records: its entries, their version index, the
+// index keys of its tombstones, and its feed records with their index. A
+// feed reader that has not reached those records yet never will: the
+// erase's own record, written after them, tells it the partition was wiped.
+func erase(b *pebbledb.Batch, r *reader) error {
+	pid := r.pid
+	entries := appendKey(nil, kindEntry, pid, "")
+	it, err := r.src.NewIter(&pebbledb.IterOptions{LowerBound: entries, UpperBound: prefixEnd(entries)})
+	if err != nil {
+		return err
+	}
+	var key []byte
+	for valid := it.First(); valid; valid = it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return closeIter(pebbleErr(err), it)
+		}
+		if len(v) > 0 && v[0]&entryDeleted == 0 {
+			continue // live: not in the tombstone index
+		}
+		h, _, err := decodeEntryHeader(v)
+		if err != nil {
+			return closeIter(fmt.Errorf("erase %s: entry %q: %w", r.p, it.Key()[len(entries):], err), it)
+		}
+		if h.timed { // else written before tombstones had a time: Compact drops its item
+			key = appendTombKey(key[:0], h.nanos, pid, it.Key()[len(entries):])
+			if err := b.Delete(key, nil); err != nil {
+				return closeIter(err, it)
+			}
+		}
+	}
+	if err := closeIter(nil, it); err != nil {
+		return err
+	}
+	index := appendFeedIndexKey(nil, pid, 0)[:1+len(pid)]
+	it, err = r.src.NewIter(&pebbledb.IterOptions{LowerBound: index, UpperBound: prefixEnd(index)})
+	if err != nil {
+		return err
+	}
+	for valid := it.First(); valid; valid = it.Next() {
+		k := it.Key()
+		if len(k) != len(index)+8 {
+			return closeIter(corruptf("erase %s: feed index key %x", r.p, k), it)
+		}
+		key = append(append(key[:0], kindFeed), k[len(index):]...)
+		if err := b.Delete(key, nil); err != nil {
+			return closeIter(err, it)
+		}
+	}
+	if err := closeIter(nil, it); err != nil {
+		return err
+	}
+	for _, prefix := range [...][]byte{entries, index, appendKey(nil, kindVersion, pid, "")} {
+		if err := b.DeleteRange(prefix, prefixEnd(prefix), nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // View implements [store.Store].

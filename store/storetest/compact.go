@@ -112,7 +112,8 @@ func testCompactAfterErase(t *testing.T, s store.Store) {
 	p := user("alice")
 	commit(t, s, p, store.Commit{Time: minute(0), Entries: []store.Entry{del("a"), put("b", "1")}})
 	commit(t, s, p, store.Commit{Time: minute(1), Erase: true, Entries: []store.Entry{put("c", "2")}})
-	if got, want := compact(t, s, minute(2)), (store.CompactStats{Tombstones: 0, FeedRecords: 2}); got != want {
+	// The erase dropped the first commit's feed record already.
+	if got, want := compact(t, s, minute(2)), (store.CompactStats{Tombstones: 0, FeedRecords: 1}); got != want {
 		t.Errorf("Compact(minute 2) = %+v, want %+v", got, want)
 	}
 	if got, want := head(t, s, p), (store.Head{Version: 2, Horizon: 2}); got != want {

@@ -255,4 +255,14 @@ func testClosed(t *testing.T, s store.Store) {
 	if _, err := s.Compact(context.Background(), base); !errors.Is(err, store.ErrClosed) {
 		t.Errorf("Compact after Close = %v, want %v", err, store.ErrClosed)
 	}
+	err = s.Feed(context.Background(), 0, func(store.FeedRecord) (bool, error) {
+		called = true
+		return true, nil
+	})
+	if !errors.Is(err, store.ErrClosed) || called {
+		t.Errorf("Feed after Close = %v (fn called: %v), want %v", err, called, store.ErrClosed)
+	}
+	if _, _, err := s.FeedBounds(context.Background()); !errors.Is(err, store.ErrClosed) {
+		t.Errorf("FeedBounds after Close = %v, want %v", err, store.ErrClosed)
+	}
 }

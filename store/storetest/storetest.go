@@ -6,7 +6,8 @@
 // After every test the suite checks each partition it wrote for internal
 // consistency: Changes in (version, key) order with one entry per key, Get
 // agreeing with Changes, Scan listing exactly the live entries, and the
-// horizon at or below the version.
+// horizon at or below the version; and the change feed for order: seqs
+// increasing, each partition's versions increasing and at most its head.
 package storetest
 
 import (
@@ -22,11 +23,25 @@ import (
 	"github.com/dalvdb/dalv/store"
 )
 
+// Options gives the suite what it cannot learn through [store.Store].
+type Options struct {
+	// Dump, when set, returns every key and every value s holds, raw: for
+	// a key-value engine each key and each value, for a database each row of
+	// each table rendered as bytes. The erasure test looks into it for the
+	// erased partition's data. s is a store open returned.
+	Dump func(s store.Store) ([][]byte, error)
+}
+
 // Run runs the conformance suite as parallel subtests of t. Each call of open
 // must return a fresh, empty store, isolated from every other store it
 // returns, and register the store's cleanup (Close) with t.Cleanup; that
 // cleanup must accept a store the test has already closed.
 func Run(t *testing.T, open func(t *testing.T) store.Store) {
+	RunOptions(t, open, Options{})
+}
+
+// RunOptions is [Run] with options.
+func RunOptions(t *testing.T, open func(t *testing.T) store.Store, opts Options) {
 	tests := []struct {
 		name string
 		fn   func(t *testing.T, s store.Store)
@@ -51,6 +66,13 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"CompactStaleIndex", testCompactStaleIndex},
 		{"CompactAfterErase", testCompactAfterErase},
 		{"CompactDuringUpdates", testCompactDuringUpdates},
+		{"FeedRecords", testFeedRecords},
+		{"FeedStopAndError", testFeedStopAndError},
+		{"FeedBoundsAdvance", testFeedBoundsAdvance},
+		{"FeedConcurrentCommits", testFeedConcurrentCommits},
+		{"FeedCompact", testFeedCompact},
+		{"FeedErase", testFeedErase},
+		{"EraseLeavesNoData", func(t *testing.T, s store.Store) { testEraseLeavesNoData(t, s, opts.Dump) }},
 		{"CloseWaitsForUpdate", testCloseWaitsForUpdate},
 		{"Closed", testClosed},
 	}
@@ -117,6 +139,49 @@ func (c *checked) check(t *testing.T) {
 			t.Errorf("consistency of %s: %v", p, err)
 		}
 	}
+	if err := checkFeed(c.Store); err != nil {
+		t.Errorf("consistency of the feed: %v", err)
+	}
+}
+
+// checkFeed checks the feed's order: seqs increasing, and each partition's
+// versions increasing and at most its head.
+func checkFeed(s store.Store) error {
+	ctx := context.Background()
+	horizon, _, err := s.FeedBounds(ctx)
+	if err != nil {
+		return err
+	}
+	var prevSeq uint64
+	last := make(map[store.Partition]store.FeedRecord)
+	err = s.Feed(ctx, horizon, func(r store.FeedRecord) (bool, error) {
+		if r.Seq <= prevSeq {
+			return false, fmt.Errorf("seq %d after seq %d", r.Seq, prevSeq)
+		}
+		if prev, ok := last[r.Partition]; ok && r.Version <= prev.Version {
+			return false, fmt.Errorf("%s after %s", showRecord(r), showRecord(prev))
+		}
+		prevSeq, last[r.Partition] = r.Seq, r
+		return true, nil
+	})
+	if err != nil {
+		return err
+	}
+	for p, r := range last {
+		v := r.Version
+		var h store.Head
+		err := s.View(ctx, p, func(r store.Reader) (err error) {
+			h, err = r.Head()
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		if v > h.Version {
+			return fmt.Errorf("%s has a record of version %d above its head %d", p, v, h.Version)
+		}
+	}
+	return nil
 }
 
 // checkPartition checks one partition's state for internal consistency.
