@@ -26,7 +26,6 @@ var codeTable = []struct {
 	{errUnauthenticated, connect.CodeUnauthenticated},
 	{errUnavailable, connect.CodeUnavailable},
 	{errOutOfRange, connect.CodeOutOfRange},
-	{errUnimplemented, connect.CodeUnimplemented},
 	{auth.ErrMissingToken, connect.CodeUnauthenticated},
 	{auth.ErrMalformedToken, connect.CodeUnauthenticated},
 	{auth.ErrAlgorithm, connect.CodeUnauthenticated},
@@ -50,7 +49,6 @@ var (
 	errUnauthenticated = errors.New("unauthenticated")
 	errUnavailable     = errors.New("unavailable")
 	errOutOfRange      = errors.New("out of range")
-	errUnimplemented   = errors.New("unimplemented")
 )
 
 // toConnect turns err into a Connect error with the code from codeTable.
