@@ -37,6 +37,7 @@ var codeTable = []struct {
 	{auth.ErrAudience, connect.CodeUnauthenticated},
 	{auth.ErrIssuer, connect.CodeUnauthenticated},
 	{store.ErrClosed, connect.CodeUnavailable},
+	{store.ErrUnavailable, connect.CodeUnavailable},
 	{store.ErrCorruption, connect.CodeDataLoss},
 	{context.Canceled, connect.CodeCanceled},
 	{context.DeadlineExceeded, connect.CodeDeadlineExceeded},

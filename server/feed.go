@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"encoding/base64"
-	"encoding/binary"
 	"errors"
 	"time"
 
@@ -48,7 +47,7 @@ func (s *Server) feed(ctx context.Context, req *connect.Request[dalvv1.BackendSe
 	if err != nil {
 		return err
 	}
-	var after uint64
+	var after store.FeedPos
 	switch c := req.Msg.GetCursor(); c {
 	case "":
 		after = last
@@ -81,13 +80,15 @@ func (s *Server) feed(ctx context.Context, req *connect.Request[dalvv1.BackendSe
 					return false, errClientGone
 				}
 			}
-			after = r.Seq
+			after = r.Pos
 			n++
 			return n < feedBatch, nil
 		})
 		switch {
 		case errors.Is(err, errClientGone):
 			return nil
+		case errors.Is(err, store.ErrInvalidPos):
+			return engine.Errorf(engine.ErrInvalid, "cursor %q is not one this feed gave; pass a delivered cursor, %q, or nothing for now", encodeCursor(after), StartCursor)
 		case errors.Is(err, store.ErrCompacted):
 			return engine.Errorf(errOutOfRange, "the feed fell behind the retention horizon at cursor %q; start again from %q", encodeCursor(after), StartCursor)
 		case err != nil:
@@ -143,24 +144,26 @@ func feedEvent(r store.FeedRecord, prefixes []string) (*dalvv1.ChangeEvent, erro
 	} else {
 		ev.User = r.Partition.Name
 	}
-	ev.Version, ev.Erased, ev.Cursor = r.Version, r.Erase, encodeCursor(r.Seq)
+	ev.Version, ev.Erased, ev.Cursor = r.Version, r.Erase, encodeCursor(r.Pos)
 	return ev, nil
 }
 
-// Cursors are opaque to clients: a version byte and the feed seq, base64url.
+// Cursors are opaque to clients: a version byte and the store's feed
+// position, base64url. (The embedded store's positions are 8-byte seqs, so
+// its cursors are the same bytes as before positions became opaque.)
 const cursorV1 = 1
 
-func encodeCursor(seq uint64) string {
-	var b [9]byte
+func encodeCursor(pos store.FeedPos) string {
+	b := make([]byte, 1+len(pos))
 	b[0] = cursorV1
-	binary.BigEndian.PutUint64(b[1:], seq)
-	return base64.RawURLEncoding.EncodeToString(b[:])
+	copy(b[1:], pos)
+	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-func decodeCursor(c string) (uint64, error) {
+func decodeCursor(c string) (store.FeedPos, error) {
 	b, err := base64.RawURLEncoding.DecodeString(c)
-	if err != nil || len(b) != 9 || b[0] != cursorV1 {
-		return 0, engine.Errorf(engine.ErrInvalid, "cursor %q is not one this feed gave; pass a delivered cursor, %q, or nothing for now", c, StartCursor)
+	if err != nil || len(b) == 0 || b[0] != cursorV1 {
+		return "", engine.Errorf(engine.ErrInvalid, "cursor %q is not one this feed gave; pass a delivered cursor, %q, or nothing for now", c, StartCursor)
 	}
-	return binary.BigEndian.Uint64(b[1:]), nil
+	return store.FeedPos(b[1:]), nil
 }

@@ -5,11 +5,19 @@ import (
 	"time"
 )
 
+// FeedPos is a position in the change feed, opaque to readers: positions
+// compare bytewise (as strings), a later record's is greater, and the empty
+// FeedPos is before every record. Each store chooses its own bytes (the
+// embedded store a sequence number, a shared one a composite key), so a
+// position is only ever given back to the store, or the kind of store, that
+// gave it.
+type FeedPos string
+
 // FeedRecord is one commit in the change feed.
 type FeedRecord struct {
-	// Seq is the record's position in the feed: increasing in commit order
-	// per partition, with gaps. Stable across restarts.
-	Seq uint64
+	// Pos is the record's position in the feed: increasing in commit order
+	// per partition. Stable across restarts.
+	Pos FeedPos
 	// Partition, Version and Time are the commit's.
 	Partition Partition
 	Version   uint64
@@ -25,17 +33,19 @@ type FeedRecord struct {
 // record stays in the feed until Compact drops it (retention) or an erase
 // of its partition does (see [Commit].Erase).
 type Feeder interface {
-	// Feed calls fn for each record with Seq above after, in Seq order,
+	// Feed calls fn for each record with Pos above after, in Pos order,
 	// until fn returns false or an error, which Feed returns as is. It
-	// never passes a seq that may still be committed, so a reader that
-	// resumes after the last record it saw never skips one. If records above
-	// after may have been dropped by retention (after is below the horizon)
-	// it returns an error wrapping ErrCompacted. It checks ctx between
-	// records.
-	Feed(ctx context.Context, after uint64, fn func(FeedRecord) (bool, error)) error
+	// never passes a position that a commit still in flight may take, so a
+	// reader that resumes after the last record it saw never skips one. If
+	// records above after may have been dropped by retention (after is below
+	// the horizon) it returns an error wrapping ErrCompacted; for bytes that
+	// are no position of this store, one wrapping ErrInvalidPos. It checks
+	// ctx between records.
+	Feed(ctx context.Context, after FeedPos, fn func(FeedRecord) (bool, error)) error
 	// FeedBounds returns the horizon (records at or below it may have been
-	// dropped by retention) and the last seq a Feed call may now return.
-	FeedBounds(ctx context.Context) (horizon, last uint64, err error)
+	// dropped by retention) and the last position a Feed call may now
+	// return, at or above the horizon.
+	FeedBounds(ctx context.Context) (horizon, last FeedPos, err error)
 }
 
 // Notifier is implemented by stores that several server processes share.

@@ -2,6 +2,7 @@ package pebble
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"sync"
@@ -53,11 +54,16 @@ func (f *feedSeqs) visible() uint64 {
 }
 
 // Feed implements [store.Feeder]: the records above after, up to the last
-// seq with none in flight below it, in seq order.
-func (s *Store) Feed(ctx context.Context, after uint64, fn func(store.FeedRecord) (bool, error)) error {
-	return s.readFeed(ctx, after, func(seq uint64, r feedRecord) (bool, error) {
+// seq with none in flight below it, in seq order. A position is a seq as 8
+// big-endian bytes (see seqPos).
+func (s *Store) Feed(ctx context.Context, after store.FeedPos, fn func(store.FeedRecord) (bool, error)) error {
+	seq, err := posSeq(after)
+	if err != nil {
+		return err
+	}
+	return s.readFeed(ctx, seq, func(seq uint64, r feedRecord) (bool, error) {
 		return fn(store.FeedRecord{
-			Seq:       seq,
+			Pos:       seqPos(seq),
 			Partition: r.Partition,
 			Version:   r.Version,
 			Time:      r.Time(),
@@ -71,16 +77,36 @@ func (s *Store) Feed(ctx context.Context, after uint64, fn func(store.FeedRecord
 // Compact dropped; last is the highest seq with none in flight at or below
 // it. The horizon is read first: it never passes the visible seq, so
 // horizon <= last.
-func (s *Store) FeedBounds(ctx context.Context) (horizon, last uint64, err error) {
+func (s *Store) FeedBounds(ctx context.Context) (horizon, last store.FeedPos, err error) {
 	if err := s.enter(); err != nil {
-		return 0, 0, err
+		return "", "", err
 	}
 	defer s.active.Done()
 	if err := ctx.Err(); err != nil {
-		return 0, 0, err
+		return "", "", err
 	}
-	horizon = s.feedFloor.Load()
-	return horizon, s.feed.visible(), nil
+	floor := s.feedFloor.Load()
+	return seqPos(floor), seqPos(s.feed.visible()), nil
+}
+
+// seqPos is the feed position of seq: 8 big-endian bytes, so positions
+// order as seqs do; seq 0, before every record, is the empty position.
+func seqPos(seq uint64) store.FeedPos {
+	if seq == 0 {
+		return ""
+	}
+	return store.FeedPos(binary.BigEndian.AppendUint64(nil, seq))
+}
+
+// posSeq is the inverse of seqPos.
+func posSeq(pos store.FeedPos) (uint64, error) {
+	switch len(pos) {
+	case 0:
+		return 0, nil
+	case 8:
+		return binary.BigEndian.Uint64([]byte(pos)), nil
+	}
+	return 0, fmt.Errorf("feed position %x: %w", string(pos), store.ErrInvalidPos)
 }
 
 // readFeed calls fn for every feed record with a seq above after and at most

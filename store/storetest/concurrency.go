@@ -255,7 +255,7 @@ func testClosed(t *testing.T, s store.Store) {
 	if _, err := s.Compact(context.Background(), base); !errors.Is(err, store.ErrClosed) {
 		t.Errorf("Compact after Close = %v, want %v", err, store.ErrClosed)
 	}
-	err = s.Feed(context.Background(), 0, func(store.FeedRecord) (bool, error) {
+	err = s.Feed(context.Background(), "", func(store.FeedRecord) (bool, error) {
 		called = true
 		return true, nil
 	})

@@ -16,7 +16,7 @@ import (
 )
 
 // feed returns the records Feed(after) hands its fn.
-func feed(t *testing.T, s store.Store, after uint64) []store.FeedRecord {
+func feed(t *testing.T, s store.Store, after store.FeedPos) []store.FeedRecord {
 	t.Helper()
 	var rs []store.FeedRecord
 	err := s.Feed(context.Background(), after, func(r store.FeedRecord) (bool, error) {
@@ -24,24 +24,24 @@ func feed(t *testing.T, s store.Store, after uint64) []store.FeedRecord {
 		return true, nil
 	})
 	if err != nil {
-		t.Fatalf("Feed(%d): %v", after, err)
+		t.Fatalf("Feed(%x): %v", after, err)
 	}
 	return rs
 }
 
-func feedBounds(t *testing.T, s store.Store) (horizon, last uint64) {
+func feedBounds(t *testing.T, s store.Store) (horizon, last store.FeedPos) {
 	t.Helper()
 	horizon, last, err := s.FeedBounds(context.Background())
 	if err != nil {
 		t.Fatalf("FeedBounds: %v", err)
 	}
 	if horizon > last {
-		t.Fatalf("FeedBounds() = %d, %d: horizon above last", horizon, last)
+		t.Fatalf("FeedBounds() = %x, %x: horizon above last", horizon, last)
 	}
 	return horizon, last
 }
 
-// showRecord renders a record without its seq, which is the store's own:
+// showRecord renders a record without its position, which is the store's own:
 // partition@version, the minute of base it was made at, then erase and ops.
 func showRecord(r store.FeedRecord) string {
 	var b strings.Builder
@@ -67,7 +67,7 @@ func showRecords(rs []store.FeedRecord) string {
 	return strings.Join(s, "; ")
 }
 
-// byPartition renders, per partition, its records in order: seq order
+// byPartition renders, per partition, its records in order: the order
 // across partitions is the store's own.
 func byPartition(rs []store.FeedRecord) map[store.Partition]string {
 	m := make(map[store.Partition]string)
@@ -80,23 +80,24 @@ func byPartition(rs []store.FeedRecord) map[store.Partition]string {
 	return m
 }
 
-// seqs returns the records' seqs, failing the test unless they increase.
-func seqs(t *testing.T, rs []store.FeedRecord) []uint64 {
+// positions returns the records' positions, failing the test unless they
+// increase.
+func positions(t *testing.T, rs []store.FeedRecord) []store.FeedPos {
 	t.Helper()
-	ss := make([]uint64, len(rs))
+	ps := make([]store.FeedPos, len(rs))
 	for i, r := range rs {
-		ss[i] = r.Seq
-		if i > 0 && r.Seq <= rs[i-1].Seq {
-			t.Fatalf("Feed: seq %d after %d", r.Seq, rs[i-1].Seq)
+		ps[i] = r.Pos
+		if i > 0 && r.Pos <= rs[i-1].Pos {
+			t.Fatalf("Feed: position %x after %x", r.Pos, rs[i-1].Pos)
 		}
 	}
-	return ss
+	return ps
 }
 
 func testFeedRecords(t *testing.T, s store.Store) {
 	p, q := user("alice"), shared("catalog")
-	if got := feed(t, s, 0); len(got) != 0 {
-		t.Fatalf("Feed(0) of an empty store = %s, want none", showRecords(got))
+	if got := feed(t, s, ""); len(got) != 0 {
+		t.Fatalf("Feed(\"\") of an empty store = %s, want none", showRecords(got))
 	}
 	commit(t, s, p, store.Commit{Time: minute(0), Entries: []store.Entry{put("a", "1")}, Ops: []byte("p1"), Device: "d", Batch: 1})
 	commit(t, s, q, store.Commit{Time: minute(1), Entries: []store.Entry{put("x", "1")}, Ops: []byte{0, 0xff, 1}})
@@ -105,8 +106,8 @@ func testFeedRecords(t *testing.T, s store.Store) {
 	commit(t, s, p, store.Commit{Time: minute(4)}) // no ops
 	commit(t, s, q, store.Commit{Time: minute(5), Entries: []store.Entry{del("x")}, Ops: []byte("q2")})
 
-	rs := feed(t, s, 0)
-	seqs(t, rs)
+	rs := feed(t, s, "")
+	positions(t, rs)
 	got := byPartition(rs)
 	for part, want := range map[store.Partition]string{
 		p:               `user:alice@1 m0 "p1"; user:alice@2 m2 "p2"; user:alice@3 m4 ""`,
@@ -126,17 +127,17 @@ func testFeedRecords(t *testing.T, s store.Store) {
 
 	// Resuming after any record gives exactly the records after it.
 	for i, r := range rs {
-		if got, want := showRecords(feed(t, s, r.Seq)), showRecords(rs[i+1:]); got != want {
-			t.Errorf("Feed(seq of record %d) = %s, want %s", i, got, want)
+		if got, want := showRecords(feed(t, s, r.Pos)), showRecords(rs[i+1:]); got != want {
+			t.Errorf("Feed(position of record %d) = %s, want %s", i, got, want)
 		}
 	}
-	if _, last := feedBounds(t, s); last < rs[len(rs)-1].Seq {
-		t.Errorf("FeedBounds() last = %d, below the last record's seq %d", last, rs[len(rs)-1].Seq)
+	if _, last := feedBounds(t, s); last < rs[len(rs)-1].Pos {
+		t.Errorf("FeedBounds() last = %x, below the last record's position %x", last, rs[len(rs)-1].Pos)
 	}
 	// A record's ops are the caller's to keep.
-	again := feed(t, s, 0)
+	again := feed(t, s, "")
 	again[0].Ops[0] = 'X'
-	if got := feed(t, s, 0); string(got[0].Ops) != string(rs[0].Ops) {
+	if got := feed(t, s, ""); string(got[0].Ops) != string(rs[0].Ops) {
 		t.Errorf("a record's ops changed to %q when a caller changed its copy", got[0].Ops)
 	}
 }
@@ -147,7 +148,7 @@ func testFeedStopAndError(t *testing.T, s store.Store) {
 		commit(t, s, p, store.Commit{Ops: []byte("x")})
 	}
 	calls := 0
-	err := s.Feed(context.Background(), 0, func(store.FeedRecord) (bool, error) {
+	err := s.Feed(context.Background(), "", func(store.FeedRecord) (bool, error) {
 		calls++
 		return false, nil
 	})
@@ -155,7 +156,7 @@ func testFeedStopAndError(t *testing.T, s store.Store) {
 		t.Errorf("Feed with fn returning false = %v after %d calls, want nil after 1", err, calls)
 	}
 	calls = 0
-	err = s.Feed(context.Background(), 0, func(store.FeedRecord) (bool, error) {
+	err = s.Feed(context.Background(), "", func(store.FeedRecord) (bool, error) {
 		calls++
 		return true, errBoom
 	})
@@ -165,7 +166,7 @@ func testFeedStopAndError(t *testing.T, s store.Store) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	calls = 0
-	err = s.Feed(ctx, 0, func(store.FeedRecord) (bool, error) {
+	err = s.Feed(ctx, "", func(store.FeedRecord) (bool, error) {
 		calls++
 		cancel()
 		return true, nil
@@ -174,7 +175,7 @@ func testFeedStopAndError(t *testing.T, s store.Store) {
 		t.Errorf("Feed with ctx canceled in fn = %v after %d calls, want %v after 1", err, calls, context.Canceled)
 	}
 	calls = 0
-	err = s.Feed(ctx, 0, func(store.FeedRecord) (bool, error) {
+	err = s.Feed(ctx, "", func(store.FeedRecord) (bool, error) {
 		calls++
 		return true, nil
 	})
@@ -184,8 +185,8 @@ func testFeedStopAndError(t *testing.T, s store.Store) {
 }
 
 // testFeedBoundsAdvance commits one at a time: each commit's record comes
-// after the last seq FeedBounds gave before it, and within the last it gives
-// after.
+// after the last position FeedBounds gave before it, and within the last it
+// gives after.
 func testFeedBoundsAdvance(t *testing.T, s store.Store) {
 	horizon, last := feedBounds(t, s)
 	if got := feed(t, s, horizon); len(got) != 0 {
@@ -195,14 +196,14 @@ func testFeedBoundsAdvance(t *testing.T, s store.Store) {
 		v := commit(t, s, p, store.Commit{Time: minute(i), Ops: []byte(fmt.Sprint(i))})
 		rs := feed(t, s, last)
 		if got, want := showRecords(rs), fmt.Sprintf("%s@%d m%d %q", p, v, i, fmt.Sprint(i)); got != want {
-			t.Fatalf("Feed(last %d) after commit %d = %s, want %s", last, i, got, want)
+			t.Fatalf("Feed(last %x) after commit %d = %s, want %s", last, i, got, want)
 		}
 		h2, last2 := feedBounds(t, s)
 		if h2 != horizon {
-			t.Errorf("FeedBounds() horizon moved from %d to %d without Compact", horizon, h2)
+			t.Errorf("FeedBounds() horizon moved from %x to %x without Compact", horizon, h2)
 		}
-		if last2 < rs[0].Seq {
-			t.Errorf("FeedBounds() last = %d after commit %d, below its record's seq %d", last2, i, rs[0].Seq)
+		if last2 < rs[0].Pos {
+			t.Errorf("FeedBounds() last = %x after commit %d, below its record's position %x", last2, i, rs[0].Pos)
 		}
 		last = last2
 	}
@@ -249,7 +250,7 @@ func testFeedConcurrentCommits(t *testing.T, s store.Store) {
 	horizon, _ := feedBounds(t, s)
 	after := horizon
 	seen := make(map[store.Partition]uint64) // the last version seen of each
-	var lastBound uint64
+	var lastBound store.FeedPos
 	calls := 0
 	close(start)
 	for finished := false; !finished; calls++ {
@@ -261,8 +262,8 @@ func testFeedConcurrentCommits(t *testing.T, s store.Store) {
 		limit := 1 + calls%7
 		n := 0
 		err := s.Feed(context.Background(), after, func(r store.FeedRecord) (bool, error) {
-			if r.Seq <= after {
-				return false, fmt.Errorf("seq %d after resuming after %d", r.Seq, after)
+			if r.Pos <= after {
+				return false, fmt.Errorf("position %x after resuming after %x", r.Pos, after)
 			}
 			if want := seen[r.Partition] + 1; r.Version != want {
 				return false, fmt.Errorf("%s: version %d, want %d (each once, in order, none skipped)", r.Partition, r.Version, want)
@@ -271,17 +272,17 @@ func testFeedConcurrentCommits(t *testing.T, s store.Store) {
 				return false, fmt.Errorf("record %s@%d has ops %q", r.Partition, r.Version, got)
 			}
 			seen[r.Partition] = r.Version
-			after = r.Seq
+			after = r.Pos
 			n++
 			return n < limit, nil
 		})
 		if err != nil {
-			t.Errorf("Feed(%d): %v", after, err)
+			t.Errorf("Feed(%x): %v", after, err)
 			break
 		}
 		_, last := feedBounds(t, s)
 		if last < lastBound || last < after {
-			t.Errorf("FeedBounds() last = %d, after %d and a record of seq %d", last, lastBound, after)
+			t.Errorf("FeedBounds() last = %x, after %x and a record at %x", last, lastBound, after)
 		}
 		lastBound = last
 		if n == limit {
@@ -313,30 +314,30 @@ func testFeedCompact(t *testing.T, s store.Store) {
 	commit(t, s, q, store.Commit{Time: minute(1), Ops: []byte("q1")})
 	commit(t, s, p, store.Commit{Time: minute(3), Ops: []byte("p3")})
 	commit(t, s, q, store.Commit{Time: minute(4), Ops: []byte("q2")})
-	all := feed(t, s, 0)
+	all := feed(t, s, "")
 	if len(all) != 5 {
-		t.Fatalf("Feed(0) = %s, want 5 records", showRecords(all))
+		t.Fatalf("Feed(\"\") = %s, want 5 records", showRecords(all))
 	}
 
 	if got, want := compact(t, s, minute(2)), (store.CompactStats{FeedRecords: 3}); got != want {
 		t.Errorf("Compact(minute 2) = %+v, want %+v", got, want)
 	}
 	horizon, last := feedBounds(t, s)
-	if horizon < all[2].Seq || horizon >= all[3].Seq {
-		t.Errorf("FeedBounds() horizon = %d after dropping seqs %v, want from %d to below %d", horizon, seqs(t, all[:3]), all[2].Seq, all[3].Seq)
+	if horizon < all[2].Pos || horizon >= all[3].Pos {
+		t.Errorf("FeedBounds() horizon = %x after dropping positions %x, want from %x to below %x", horizon, positions(t, all[:3]), all[2].Pos, all[3].Pos)
 	}
-	if last < all[4].Seq {
-		t.Errorf("FeedBounds() last = %d, below the last record's %d", last, all[4].Seq)
+	if last < all[4].Pos {
+		t.Errorf("FeedBounds() last = %x, below the last record's %x", last, all[4].Pos)
 	}
 	if got, want := showRecords(feed(t, s, horizon)), showRecords(all[3:]); got != want {
 		t.Errorf("Feed(horizon) = %s, want %s", got, want)
 	}
-	for _, after := range []uint64{0, all[0].Seq, horizon - 1} {
+	for _, after := range []store.FeedPos{"", all[0].Pos, all[1].Pos} {
 		err := s.Feed(context.Background(), after, func(r store.FeedRecord) (bool, error) {
 			return false, fmt.Errorf("got %s", showRecord(r))
 		})
 		if !errors.Is(err, store.ErrCompacted) {
-			t.Errorf("Feed(%d) below the horizon %d = %v, want %v", after, horizon, err, store.ErrCompacted)
+			t.Errorf("Feed(%x) below the horizon %x = %v, want %v", after, horizon, err, store.ErrCompacted)
 		}
 	}
 
@@ -344,14 +345,14 @@ func testFeedCompact(t *testing.T, s store.Store) {
 		t.Errorf("Compact(minute 2) again = %+v, want %+v", got, want)
 	}
 	if h, _ := feedBounds(t, s); h != horizon {
-		t.Errorf("FeedBounds() horizon = %d after a Compact that dropped nothing, was %d", h, horizon)
+		t.Errorf("FeedBounds() horizon = %x after a Compact that dropped nothing, was %x", h, horizon)
 	}
 	if got, want := compact(t, s, minute(10)), (store.CompactStats{FeedRecords: 2}); got != want {
 		t.Errorf("Compact(minute 10) = %+v, want %+v", got, want)
 	}
 	horizon2, _ := feedBounds(t, s)
-	if horizon2 < all[4].Seq {
-		t.Errorf("FeedBounds() horizon = %d after dropping every record, below seq %d", horizon2, all[4].Seq)
+	if horizon2 < all[4].Pos {
+		t.Errorf("FeedBounds() horizon = %x after dropping every record, below position %x", horizon2, all[4].Pos)
 	}
 	if got := feed(t, s, horizon2); len(got) != 0 {
 		t.Errorf("Feed(horizon) after dropping every record = %s, want none", showRecords(got))
@@ -369,21 +370,21 @@ func testFeedCompact(t *testing.T, s store.Store) {
 func testFeedErase(t *testing.T, s store.Store) {
 	p, q := user("alice"), user("bob")
 	commit(t, s, p, store.Commit{Time: minute(0), Entries: []store.Entry{put("a", "1")}, Ops: []byte("p1")})
-	cursor := feed(t, s, 0)[0].Seq
+	cursor := feed(t, s, "")[0].Pos
 	commit(t, s, q, store.Commit{Time: minute(1), Ops: []byte("q1")})
 	commit(t, s, p, store.Commit{Time: minute(2), Entries: []store.Entry{del("a")}, Ops: []byte("p2")})
 	commit(t, s, p, store.Commit{Time: minute(3), Erase: true, Entries: []store.Entry{put("c", "3")}, Ops: []byte("erase")})
 	commit(t, s, p, store.Commit{Time: minute(4), Ops: []byte("p4")})
 	commit(t, s, q, store.Commit{Time: minute(5), Ops: []byte("q2")})
 	horizon, _ := feedBounds(t, s)
-	for _, after := range []uint64{horizon, cursor} {
+	for _, after := range []store.FeedPos{horizon, cursor} {
 		got := byPartition(feed(t, s, after))
 		for part, want := range map[store.Partition]string{
 			p: `user:alice@3 m3 erase "erase"; user:alice@4 m4 "p4"`,
 			q: `user:bob@1 m1 "q1"; user:bob@2 m5 "q2"`,
 		} {
 			if got[part] != want {
-				t.Errorf("Feed(%d) records of %s = %s, want %s", after, part, got[part], want)
+				t.Errorf("Feed(%x) records of %s = %s, want %s", after, part, got[part], want)
 			}
 		}
 	}
@@ -439,7 +440,7 @@ func testEraseLeavesNoData(t *testing.T, s store.Store, dump func(store.Store) (
 			t.Errorf("Get(%q) after erase = %s, want none", k(n), got)
 		}
 	}
-	rs := feed(t, s, 0)
+	rs := feed(t, s, "")
 	if got, want := byPartition(rs)[p], `user:alice@6 m4 erase "erase"`; got != want {
 		t.Errorf("Feed(0) records of %s after erase = %s, want %s", p, got, want)
 	}

@@ -6,7 +6,7 @@
 // After every test the suite checks each partition it wrote for internal
 // consistency: Changes in (version, key) order with one entry per key, Get
 // agreeing with Changes, Scan listing exactly the live entries, and the
-// horizon at or below the version; and the change feed for order: seqs
+// horizon at or below the version; and the change feed for order: positions
 // increasing, each partition's versions increasing and at most its head.
 package storetest
 
@@ -144,7 +144,7 @@ func (c *checked) check(t *testing.T) {
 	}
 }
 
-// checkFeed checks the feed's order: seqs increasing, and each partition's
+// checkFeed checks the feed's order: positions increasing, and each partition's
 // versions increasing and at most its head.
 func checkFeed(s store.Store) error {
 	ctx := context.Background()
@@ -152,16 +152,16 @@ func checkFeed(s store.Store) error {
 	if err != nil {
 		return err
 	}
-	var prevSeq uint64
+	var prevPos store.FeedPos
 	last := make(map[store.Partition]store.FeedRecord)
 	err = s.Feed(ctx, horizon, func(r store.FeedRecord) (bool, error) {
-		if r.Seq <= prevSeq {
-			return false, fmt.Errorf("seq %d after seq %d", r.Seq, prevSeq)
+		if r.Pos <= prevPos {
+			return false, fmt.Errorf("position %x after %x", r.Pos, prevPos)
 		}
 		if prev, ok := last[r.Partition]; ok && r.Version <= prev.Version {
 			return false, fmt.Errorf("%s after %s", showRecord(r), showRecord(prev))
 		}
-		prevSeq, last[r.Partition] = r.Seq, r
+		prevPos, last[r.Partition] = r.Pos, r
 		return true, nil
 	})
 	if err != nil {
