@@ -1,0 +1,268 @@
+// Package pgtest gives tests a PostgreSQL server: the one named by
+// $DALV_TEST_POSTGRES, or else a throwaway one it starts from the installed
+// server binaries (initdb into a temporary directory, a free loopback port)
+// and stops when the tests end. With neither, tests fail with a message
+// that says how to get one: they never skip.
+//
+// A test package uses it from TestMain:
+//
+//	func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+//
+// and each test takes a fresh schema with [Schema].
+package pgtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Env names the environment variable holding the URL of the PostgreSQL
+// database tests use, e.g.
+// postgres://postgres@127.0.0.1:5432/test?sslmode=disable.
+const Env = "DALV_TEST_POSTGRES"
+
+// howTo says how to give the tests a PostgreSQL.
+const howTo = `the PostgreSQL tests need a PostgreSQL server, and found none:
+  - set ` + Env + ` to a database URL, e.g.
+      export ` + Env + `='postgres://postgres@127.0.0.1:5432/test?sslmode=disable'
+    (the tests create and drop schemas of their own in it); or
+  - install PostgreSQL's server binaries (Debian: apt-get install postgresql;
+    initdb and pg_ctl in PATH or /usr/lib/postgresql/*/bin), and the tests
+    start a throwaway server of their own`
+
+var (
+	mu      sync.Mutex
+	baseURL string
+)
+
+// Main makes a PostgreSQL available, runs m, stops the server it started,
+// and returns the exit code for os.Exit.
+func Main(m *testing.M) int {
+	u := os.Getenv(Env)
+	if u == "" {
+		srv, err := Start()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "pgtest: %v\n", err)
+			return 1
+		}
+		defer srv.Stop()
+		u = srv.URL
+	}
+	if err := ping(u); err != nil {
+		fmt.Fprintf(os.Stderr, "pgtest: %s=%s: %v\n", Env, u, err)
+		return 1
+	}
+	mu.Lock()
+	baseURL = u
+	mu.Unlock()
+	return m.Run()
+}
+
+// URL returns the database URL Main found or started.
+func URL(t testing.TB) string {
+	t.Helper()
+	mu.Lock()
+	defer mu.Unlock()
+	if baseURL == "" {
+		t.Fatal("pgtest: no database: call pgtest.Main from TestMain")
+	}
+	return baseURL
+}
+
+func ping(u string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	return conn.Ping(ctx)
+}
+
+// Schema creates a schema of a fresh name in the test database, drops it
+// (and all it holds) when the test ends, and returns its name and a URL
+// whose search_path is it.
+func Schema(t testing.TB) (name, schemaURL string) {
+	t.Helper()
+	base := URL(t)
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	name = "dalv_test_" + hex.EncodeToString(b[:])
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := exec1(ctx, base, "CREATE SCHEMA "+name); err != nil {
+		t.Fatalf("pgtest: create schema: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := exec1(ctx, base, "DROP SCHEMA "+name+" CASCADE"); err != nil {
+			t.Errorf("pgtest: drop schema %s: %v", name, err)
+		}
+	})
+	return name, WithParam(base, "search_path", name)
+}
+
+// Exec runs one statement in the test database.
+func Exec(t testing.TB, sql string, args ...any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := exec1(ctx, URL(t), sql, args...); err != nil {
+		t.Fatalf("pgtest: %s: %v", sql, err)
+	}
+}
+
+func exec1(ctx context.Context, u, sql string, args ...any) error {
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, sql, args...)
+	return err
+}
+
+// WithParam returns the URL u with the query parameter key set to value.
+// u must be a postgres:// URL.
+func WithParam(u, key, value string) string {
+	pu, err := url.Parse(u)
+	if err != nil {
+		return u
+	}
+	q := pu.Query()
+	q.Set(key, value)
+	pu.RawQuery = q.Encode()
+	return pu.String()
+}
+
+// Server is a throwaway PostgreSQL server.
+type Server struct {
+	// URL is its postgres database's URL.
+	URL    string
+	dir    string
+	pgCtl  string
+	asUser []string // the command prefix that runs as the server's owner
+}
+
+// Start initialises a PostgreSQL cluster in a temporary directory and starts
+// it on a free loopback port, with durability off (fsync) for speed. As root,
+// it runs the server as the postgres user, since PostgreSQL refuses root.
+func Start() (*Server, error) {
+	bin, err := findBin()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "dalv-pgtest-")
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{dir: dir, pgCtl: filepath.Join(bin, "pg_ctl")}
+	if os.Geteuid() == 0 {
+		owner, err := user.Lookup("postgres")
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("running as root, PostgreSQL's server must run as another user, and there is no user postgres (%v);\n%s", err, howTo)
+		}
+		uid, _ := strconv.Atoi(owner.Uid)
+		gid, _ := strconv.Atoi(owner.Gid)
+		if err := os.Chown(dir, uid, gid); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		runuser, err := exec.LookPath("runuser")
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("running as root, PostgreSQL's server must run as user postgres, and runuser is missing: %v", err)
+		}
+		s.asUser = []string{runuser, "-u", "postgres", "--"}
+	}
+	data := filepath.Join(dir, "data")
+	if out, err := s.run(filepath.Join(bin, "initdb"), "-D", data, "-U", "postgres", "-A", "trust",
+		"-E", "UTF8", "--locale=C", "--no-sync"); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("initdb: %v\n%s", err, out)
+	}
+	port, err := freePort()
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+		port, dir)
+	if out, err := s.run(s.pgCtl, "-D", data, "-o", opts, "-l", filepath.Join(dir, "log"), "-w", "-t", "60", "start"); err != nil {
+		log, _ := os.ReadFile(filepath.Join(dir, "log"))
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("pg_ctl start: %v\n%s\n%s", err, out, log)
+	}
+	s.URL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
+	return s, nil
+}
+
+// Stop stops the server at once and removes its directory.
+func (s *Server) Stop() {
+	_, _ = s.run(s.pgCtl, "-D", filepath.Join(s.dir, "data"), "-m", "immediate", "-w", "stop")
+	os.RemoveAll(s.dir)
+}
+
+func (s *Server) run(name string, args ...string) ([]byte, error) {
+	argv := append(slices.Clone(s.asUser), name)
+	argv = append(argv, args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = s.dir
+	return cmd.CombinedOutput()
+}
+
+// findBin finds the directory of initdb and pg_ctl: PATH first, then
+// Debian's /usr/lib/postgresql/VERSION/bin, the highest version.
+func findBin() (string, error) {
+	if p, err := exec.LookPath("initdb"); err == nil {
+		dir := filepath.Dir(p)
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			dir = filepath.Dir(real)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "pg_ctl")); err == nil {
+			return dir, nil
+		}
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	slices.SortFunc(dirs, func(a, b string) int {
+		va, _ := strconv.Atoi(filepath.Base(filepath.Dir(a)))
+		vb, _ := strconv.Atoi(filepath.Base(filepath.Dir(b)))
+		return vb - va
+	})
+	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, "initdb")); err == nil {
+			return d, nil
+		}
+	}
+	return "", errors.New(howTo)
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	_, port, _ := strings.Cut(ln.Addr().String(), ":")
+	return strconv.Atoi(port)
+}

@@ -1,0 +1,60 @@
+package postgres
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The store's own metrics, read from PostgreSQL at each scrape.
+var (
+	descFeedStall = prometheus.NewDesc("dalv_feed_stall_seconds",
+		"Age of the oldest open transaction in the database that holds a transaction id: the change feed delivers no commit that began after it until it ends.",
+		nil, nil)
+	descFeedLag = prometheus.NewDesc("dalv_feed_lag_seconds",
+		"Age of the oldest committed feed record that readers may not pass yet (0 when none waits).",
+		nil, nil)
+	descPoolConns = prometheus.NewDesc("dalv_postgres_pool_connections",
+		"Connections of this process's pool, by state.",
+		[]string{"state"}, nil)
+)
+
+// feedStall reads the age of the oldest transaction holding an id.
+const feedStall = `SELECT COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(xact_start)), 0)::float8
+	FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND datname = current_database()`
+
+// feedLag reads the age of the oldest feed row above the readers' bound.
+const feedLag = `SELECT COALESCE(EXTRACT(EPOCH FROM clock_timestamp()) - min(nanos) / 1e9, 0)::float8
+	FROM dalv_feed WHERE feed_key >= ` + feedHorizon
+
+// Describe implements [prometheus.Collector]: the server registers the
+// store's metrics when its store is one.
+func (s *Store) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descFeedStall
+	ch <- descFeedLag
+	ch <- descPoolConns
+}
+
+// Collect implements [prometheus.Collector]. A metric PostgreSQL does not
+// answer for within a second is left out of the scrape.
+func (s *Store) Collect(ch chan<- prometheus.Metric) {
+	if s.enter() != nil {
+		return
+	}
+	defer s.active.Done()
+	st := s.pool.Stat()
+	ch <- prometheus.MustNewConstMetric(descPoolConns, prometheus.GaugeValue, float64(st.IdleConns()), "idle")
+	ch <- prometheus.MustNewConstMetric(descPoolConns, prometheus.GaugeValue, float64(st.AcquiredConns()), "acquired")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	var stall, lag float64
+	if err := s.pool.QueryRow(ctx, feedStall).Scan(&stall); err == nil {
+		ch <- prometheus.MustNewConstMetric(descFeedStall, prometheus.GaugeValue, stall)
+	}
+	if err := s.pool.QueryRow(ctx, feedLag).Scan(&lag); err == nil {
+		ch <- prometheus.MustNewConstMetric(descFeedLag, prometheus.GaugeValue, max(lag, 0))
+	}
+}
+
+var _ prometheus.Collector = (*Store)(nil)

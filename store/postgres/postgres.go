@@ -1,0 +1,327 @@
+// Package postgres is DalvDB's store for many stateless servers: a
+// [store.Store] on one PostgreSQL database (or Citus), shared by any number
+// of `dalv serve` processes.
+//
+// Guarantees:
+//   - An Update is one transaction whose first statement locks the
+//     partition's head row (INSERT ... ON CONFLICT DO UPDATE ... RETURNING),
+//     so commits of one partition are serialised across every process, and
+//     commits of different partitions never wait for each other. fn's reads,
+//     the device's idempotency record and all writes happen in that
+//     transaction, so a batch retried on another node is answered as the
+//     first success. Deadlocks and serialisation failures, and connection
+//     failures before COMMIT was sent, are retried: fn may be called again.
+//   - A commit is durable when Update returns (with the server's
+//     synchronous_commit). When the connection is lost while COMMIT is in
+//     flight, the outcome is unknown: Update fails with an error wrapping
+//     [store.ErrUnavailable], and the commit may or may not be there.
+//   - A View is a REPEATABLE READ READ ONLY transaction: one snapshot.
+//   - The change feed is an outbox read only below the transaction horizon:
+//     each commit writes a row whose feed key is at least its transaction
+//     id and above the partition's previous key, and readers return only
+//     rows whose key is below the oldest transaction id still running
+//     (pg_snapshot_xmin). No transaction still in flight can write a row
+//     below that, so a reader that resumes after the last position it saw
+//     never skips a commit; a long-open transaction stalls the feed (see
+//     the dalv_feed_stall_seconds metric) but never makes it skip.
+//   - Commits are announced to other processes with a coalesced NOTIFY on
+//     channel dalv_commits (of the schema) after they commit; [Store.Notifications] listens
+//     on a connection of its own and reconnects by itself. Notifications
+//     are hints: nothing depends on their arrival.
+//   - A lost or refused connection fails the operation with an error
+//     wrapping [store.ErrUnavailable]; the pool reconnects by itself.
+//
+// Caveats: an erase deletes the partition's rows, but PostgreSQL keeps the
+// dead tuples' bytes on disk until VACUUM reuses the space (and in its WAL
+// and backups). The feed stalls while any transaction that holds a
+// transaction id stays open, dalv's or not.
+package postgres
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dalvdb/dalv/store"
+)
+
+// Defaults of [Options].
+const (
+	DefaultMaxConns        = 10
+	DefaultNotifyInterval  = 2 * time.Millisecond
+	DefaultApplicationName = "dalv"
+	DefaultFeedWait        = time.Second
+)
+
+// Options configures [Open]. The zero value is ready to use.
+type Options struct {
+	// Logger receives the store's warnings (lost notifications, listener
+	// reconnects). nil discards them.
+	Logger *slog.Logger
+	// Schema is the schema the tables live in, created if missing. Empty
+	// means the connection's search_path (as the URL's search_path sets it).
+	Schema string
+	// MaxConns bounds the connection pool; 0 means the URL's
+	// pool_max_conns, or DefaultMaxConns.
+	MaxConns int32
+	// NotifyInterval is the least time between two NOTIFYs of this store:
+	// commits made meanwhile share one. 0 means DefaultNotifyInterval.
+	NotifyInterval time.Duration
+	// FeedWait bounds how long a Feed call waits for transactions in
+	// flight that hold committed records back; 0 means DefaultFeedWait,
+	// negative not to wait.
+	FeedWait time.Duration
+}
+
+func (o Options) withDefaults() (Options, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.NotifyInterval == 0 {
+		o.NotifyInterval = DefaultNotifyInterval
+	}
+	if o.FeedWait == 0 {
+		o.FeedWait = DefaultFeedWait
+	}
+	if o.NotifyInterval < 0 {
+		return o, fmt.Errorf("notify interval %v is negative", o.NotifyInterval)
+	}
+	if o.MaxConns < 0 {
+		return o, fmt.Errorf("max conns %d is negative", o.MaxConns)
+	}
+	return o, nil
+}
+
+// Store is a [store.Store] on PostgreSQL. It is safe for concurrent use.
+type Store struct {
+	pool    *pgxpool.Pool
+	log     *slog.Logger
+	connCfg *pgx.ConnConfig // for the listening connections
+	node    string          // this store's id in its notifications
+	ann     *announcer
+	hooks   testHooks
+	// feedWait is Options.FeedWait.
+	feedWait time.Duration
+	// channel is the NOTIFY channel of the stores on this schema.
+	channel string
+
+	closeMu sync.RWMutex
+	closed  bool
+	active  sync.WaitGroup // Updates, Views, Compacts and feed reads in flight
+	done    chan struct{}  // closed by Close: listeners stop
+
+	diskBytes atomic.Int64 // the last size DiskBytes read
+}
+
+var (
+	_ store.Store    = (*Store)(nil)
+	_ store.Feeder   = (*Store)(nil)
+	_ store.Notifier = (*Store)(nil)
+)
+
+// testHooks let this package's tests stop a commit at a barrier.
+type testHooks struct {
+	// beforeLock runs in an Update's transaction before the head is locked.
+	beforeLock func(ctx context.Context, conn *pgx.Conn) error
+	// beforeCommit runs after the writes, before COMMIT.
+	beforeCommit func(p store.Partition, feedKey int64)
+}
+
+// Open connects to the PostgreSQL database at url (a postgres:// URL or a
+// key=value DSN), creates or migrates DalvDB's schema, and returns the
+// store. It fails with an error wrapping [store.ErrUnavailable] when the
+// server cannot be reached.
+func Open(ctx context.Context, url string, opts Options) (*Store, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("open postgres store: %w", err)
+	}
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		// pgx's message may quote the URL, password included.
+		return nil, fmt.Errorf("open postgres store: cannot parse the URL: %v", redactErr(err, url))
+	}
+	switch {
+	case opts.MaxConns > 0:
+		cfg.MaxConns = opts.MaxConns
+	case !strings.Contains(url, "pool_max_conns"):
+		cfg.MaxConns = DefaultMaxConns
+	}
+	rp := cfg.ConnConfig.RuntimeParams
+	if rp["application_name"] == "" {
+		rp["application_name"] = DefaultApplicationName
+	}
+	if opts.Schema != "" {
+		rp["search_path"] = pgx.Identifier{opts.Schema}.Sanitize()
+	}
+	where := fmt.Sprintf("%s:%d/%s", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database)
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open postgres store %s: %w", where, storeErr(ctx, err))
+	}
+	schema, err := migrate(ctx, pool, opts.Schema)
+	if err != nil {
+		pool.Close()
+		err = storeErr(ctx, err)
+		if errors.Is(err, store.ErrUnavailable) {
+			return nil, fmt.Errorf("open postgres store: cannot reach PostgreSQL at %s: %w", where, err)
+		}
+		return nil, fmt.Errorf("open postgres store %s: schema: %w", where, err)
+	}
+	var id [6]byte
+	_, _ = rand.Read(id[:])
+	s := &Store{
+		pool:     pool,
+		log:      opts.Logger,
+		connCfg:  cfg.ConnConfig.Copy(),
+		node:     hex.EncodeToString(id[:]),
+		done:     make(chan struct{}),
+		feedWait: opts.FeedWait,
+		channel:  notifyChannel(schema),
+	}
+	s.ann = newAnnouncer(s, opts.NotifyInterval)
+	return s, nil
+}
+
+// errEmptyPartition refuses a partition without a name, which package store
+// rules out.
+var errEmptyPartition = errors.New("partition name is empty")
+
+// enter registers an operation in flight, or fails once the store is closed.
+// The caller must call s.active.Done.
+func (s *Store) enter() error {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return store.ErrClosed
+	}
+	s.active.Add(1)
+	return nil
+}
+
+// DiskBytes implements [store.Store]: the size of the store's tables and
+// indexes. It reads it with a short timeout, and answers the last size read
+// when PostgreSQL does not answer.
+func (s *Store) DiskBytes() int64 {
+	if s.enter() != nil {
+		return 0
+	}
+	defer s.active.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var n int64
+	err := s.pool.QueryRow(ctx, `SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)::bigint
+		FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+		WHERE ns.nspname = current_schema() AND c.relkind = 'r' AND c.relname LIKE 'dalv\_%'`).Scan(&n)
+	if err != nil {
+		return s.diskBytes.Load()
+	}
+	s.diskBytes.Store(n)
+	return n
+}
+
+// Close implements [store.Store]: it waits for operations in flight, sends
+// the last notifications, stops the listeners and closes the pool. Closing
+// a closed store does nothing.
+func (s *Store) Close() error {
+	s.closeMu.Lock()
+	closed := s.closed
+	s.closed = true
+	s.closeMu.Unlock()
+	if closed {
+		return nil
+	}
+	s.active.Wait()
+	s.ann.close()
+	close(s.done)
+	s.pool.Close()
+	return nil
+}
+
+// storeErr marks the errors of a lost, refused or failed connection with
+// store.ErrUnavailable. ctx's own errors are returned as they are.
+func storeErr(ctx context.Context, err error) error {
+	if err == nil || errors.Is(err, store.ErrUnavailable) {
+		return err
+	}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		if errors.Is(err, ctxErr) {
+			return err
+		}
+		return fmt.Errorf("%w (%v)", ctxErr, err)
+	}
+	if isConnErr(err) {
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+	}
+	return err
+}
+
+// isConnErr reports whether err says the connection failed, or that the
+// server cannot take work now, rather than that a statement failed.
+func isConnErr(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case strings.HasPrefix(pgErr.Code, "08"): // connection exception
+			return true
+		case pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03": // admin or crash shutdown, cannot connect now
+			return true
+		case pgErr.Code == "53300": // too many connections
+			return true
+		}
+		return false
+	}
+	var connectErr *pgconn.ConnectError
+	var netErr net.Error
+	switch {
+	case errors.As(err, &connectErr), errors.As(err, &netErr):
+		return true
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EPIPE):
+		return true
+	case pgconn.SafeToRetry(err):
+		return true
+	}
+	// pgx's own "conn closed" and "conn busy" errors have no type.
+	msg := err.Error()
+	return strings.Contains(msg, "conn closed") || strings.Contains(msg, "closed pool")
+}
+
+// sqlState returns err's SQLSTATE, or "".
+func sqlState(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
+
+// redactErr returns err's message with the password of url, if any, cut.
+func redactErr(err error, url string) string {
+	msg := err.Error()
+	if cfg, perr := pgconn.ParseConfig(url); perr == nil && cfg.Password != "" {
+		msg = strings.ReplaceAll(msg, cfg.Password, "xxxxx")
+	}
+	if i := strings.Index(url, "://"); i >= 0 {
+		if at := strings.Index(url[i+3:], "@"); at >= 0 {
+			if colon := strings.Index(url[i+3:i+3+at], ":"); colon >= 0 {
+				msg = strings.ReplaceAll(msg, url[i+3+colon+1:i+3+at], "xxxxx")
+			}
+		}
+	}
+	return msg
+}

@@ -1,0 +1,537 @@
+package postgres
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/dalvdb/dalv/internal/pgtest"
+	"github.com/dalvdb/dalv/store"
+	"github.com/dalvdb/dalv/store/storetest"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// openSchema opens a store on schema, closed when the test ends.
+func openSchema(t *testing.T, schema string, opts Options) *Store {
+	t.Helper()
+	opts.Schema = schema
+	if opts.MaxConns == 0 {
+		opts.MaxConns = 4
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := Open(ctx, pgtest.URL(t), opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return s
+}
+
+// openFresh opens a store on a fresh schema, dropped when the test ends.
+func openFresh(t *testing.T, opts Options) *Store {
+	t.Helper()
+	schema, _ := pgtest.Schema(t)
+	return openSchema(t, schema, opts)
+}
+
+func TestConformance(t *testing.T) {
+	storetest.RunOptions(t, func(t *testing.T) store.Store { return openFresh(t, Options{}) },
+		storetest.Options{Dump: dump})
+}
+
+// dump returns every row of every table of the store's schema, each
+// column's raw bytes (bytea as stored, not hex) joined by '|'.
+func dump(st store.Store) ([][]byte, error) {
+	s := st.(*Store)
+	ctx := context.Background()
+	var tables []string
+	rows, err := s.pool.Query(ctx, `SELECT tablename FROM pg_tables WHERE schemaname = current_schema()`)
+	if err != nil {
+		return nil, err
+	}
+	tables, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	for _, table := range tables {
+		rows, err := s.pool.Query(ctx, "SELECT * FROM "+pgx.Identifier{table}.Sanitize(), pgx.QueryResultFormats{pgx.BinaryFormatCode})
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			out = append(out, append([]byte(table+":"), bytes.Join(rows.RawValues(), []byte("|"))...))
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func TestPartID(t *testing.T) {
+	for _, tc := range []struct {
+		p    store.Partition
+		want string
+	}{
+		{store.Partition{Name: "alice"}, "u:alice"},
+		{store.Partition{Shared: true, Name: "catalog"}, "s:catalog"},
+		{store.Partition{Name: "a b/ü"}, "u:a b/ü"},
+		{store.Partition{Name: "a\x00b"}, "u:a%00b"},
+		{store.Partition{Name: "100%"}, "u:100%25"},
+		{store.Partition{Name: "x\ny"}, "u:x%0Ay"},
+		{store.Partition{Name: "bad\xffutf8"}, "u:bad%FFutf8"},
+		{store.Partition{Name: "\xed\xa0\x80"}, "u:%ED%A0%80"},
+	} {
+		got := partID(tc.p)
+		if got != tc.want {
+			t.Errorf("partID(%+v) = %q, want %q", tc.p, got, tc.want)
+		}
+		back, err := parsePartID(got)
+		if err != nil || back != tc.p {
+			t.Errorf("parsePartID(%q) = %+v, %v, want %+v", got, back, err, tc.p)
+		}
+	}
+	for _, bad := range []string{"", "x:a", "u:", "u:%", "u:%4", "u:%zz"} {
+		if p, err := parsePartID(bad); !errors.Is(err, store.ErrCorruption) {
+			t.Errorf("parsePartID(%q) = %+v, %v, want corruption", bad, p, err)
+		}
+	}
+}
+
+func FuzzPartID(f *testing.F) {
+	f.Add(false, "alice")
+	f.Add(true, "a\x00%\n\xff")
+	f.Fuzz(func(t *testing.T, shared bool, name string) {
+		if name == "" {
+			return
+		}
+		p := store.Partition{Shared: shared, Name: name}
+		id := partID(p)
+		if strings.ContainsAny(id, "\x00\n") {
+			t.Fatalf("partID(%q) = %q holds NUL or newline", name, id)
+		}
+		if back, err := parsePartID(id); err != nil || back != p {
+			t.Fatalf("parsePartID(partID(%+v)) = %+v, %v", p, back, err)
+		}
+	})
+}
+
+func TestPos(t *testing.T) {
+	a := encodePos(5, "u:b")
+	for _, tc := range []struct {
+		lo, hi store.FeedPos
+	}{
+		{"", encodePos(1, "")},
+		{encodePos(5, "u:a"), a},
+		{a, encodePos(5, "u:b\x00")},
+		{a, encodePos(5, "u:ba")},
+		{a, encodePos(6, "u:a")},
+		{encodePos(255, "u:z"), encodePos(256, "u:a")},
+	} {
+		if !(tc.lo < tc.hi) {
+			t.Errorf("%x is not below %x", tc.lo, tc.hi)
+		}
+	}
+	if k, p, err := decodePos(a); err != nil || k != 5 || p != "u:b" {
+		t.Errorf("decodePos(%x) = %d, %q, %v", a, k, p, err)
+	}
+	for _, bad := range []store.FeedPos{"x", "1234567", "\xff\x00\x00\x00\x00\x00\x00\x00"} {
+		if _, _, err := decodePos(bad); !errors.Is(err, store.ErrInvalidPos) {
+			t.Errorf("decodePos(%x) = %v, want %v", bad, err, store.ErrInvalidPos)
+		}
+	}
+}
+
+// commitOne commits one key to p at its next version.
+func commitOne(ctx context.Context, s *Store, p store.Partition, key string) (uint64, error) {
+	var v uint64
+	err := s.Update(ctx, p, func(r store.Reader) (*store.Commit, error) {
+		h, err := r.Head()
+		if err != nil {
+			return nil, err
+		}
+		v = h.Version + 1
+		return &store.Commit{Version: v, Time: time.Now(), Entries: []store.Entry{
+			{Key: key, Value: []byte("x"), Version: v, ScalarVersion: v},
+		}, Ops: fmt.Appendf(nil, "%s@%d", p, v)}, nil
+	})
+	return v, err
+}
+
+// readFeed returns what one Feed call from after delivers, as
+// "partition@version" strings.
+func readFeed(t *testing.T, s *Store, after store.FeedPos) []string {
+	t.Helper()
+	var got []string
+	err := s.Feed(context.Background(), after, func(r store.FeedRecord) (bool, error) {
+		got = append(got, fmt.Sprintf("%s@%d", r.Partition, r.Version))
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("Feed: %v", err)
+	}
+	return got
+}
+
+// waitFeed polls the feed until it delivers want: transactions of other
+// tests on the same server may hold it up for a moment.
+func waitFeed(t *testing.T, s *Store, want string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got := strings.Join(readFeed(t, s, ""), " ")
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) || len(got) > len(want) {
+			t.Fatalf("Feed = %q, want %q", got, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestFeedWaitsForEarlierTransaction holds a commit to one partition open
+// at a barrier after it took its feed key, and commits to another partition
+// meanwhile: the later commit has the higher key but commits first. The
+// feed must not deliver it while the earlier may still commit (a reader
+// would then resume past the earlier and skip it), and delivers both, in
+// key order, once the earlier commits.
+func TestFeedWaitsForEarlierTransaction(t *testing.T) {
+	t.Parallel()
+	schema, _ := pgtest.Schema(t)
+	held := openSchema(t, schema, Options{})
+	other := openSchema(t, schema, Options{FeedWait: 100 * time.Millisecond})
+	p, q := store.Partition{Name: "p"}, store.Partition{Name: "q"}
+	atBarrier, release := make(chan int64), make(chan struct{})
+	held.hooks.beforeCommit = func(_ store.Partition, feedKey int64) {
+		atBarrier <- feedKey
+		<-release
+	}
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if _, err := commitOne(ctx, held, q, "k"); err != nil {
+			t.Errorf("held commit: %v", err)
+		}
+	})
+	qKey := <-atBarrier
+	if _, err := commitOne(ctx, other, p, "k"); err != nil {
+		t.Fatal(err)
+	}
+	pos := readPos(t, other)
+	if pk, _, _ := decodePos(pos["user:p@1"]); pos["user:p@1"] != "" && pk <= qKey {
+		t.Fatalf("the later commit's key %d is not above the held one's %d", pk, qKey)
+	}
+	if got := readFeed(t, other, ""); len(got) != 0 {
+		t.Fatalf("Feed while an earlier commit is in flight = %v, want nothing", got)
+	}
+	if _, last, err := other.FeedBounds(ctx); err != nil || last != "" {
+		t.Fatalf("FeedBounds last while an earlier commit is in flight = %x, %v, want none", last, err)
+	}
+	close(release)
+	wg.Wait()
+	waitFeed(t, other, "user:q@1 user:p@1")
+}
+
+// readPos returns the positions of the records the feed delivers now.
+func readPos(t *testing.T, s *Store) map[string]store.FeedPos {
+	t.Helper()
+	m := make(map[string]store.FeedPos)
+	err := s.Feed(context.Background(), "", func(r store.FeedRecord) (bool, error) {
+		m[fmt.Sprintf("%s@%d", r.Partition, r.Version)] = r.Pos
+		return true, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestFeedPartitionOrder is the variant in one partition: a transaction
+// takes its id, then waits while a later transaction commits version 1 of
+// the partition, then commits version 2. By transaction ids alone, version
+// 2 would come first in the feed; the partition's last key keeps it after.
+func TestFeedPartitionOrder(t *testing.T) {
+	t.Parallel()
+	schema, _ := pgtest.Schema(t)
+	held := openSchema(t, schema, Options{})
+	other := openSchema(t, schema, Options{FeedWait: 100 * time.Millisecond})
+	p := store.Partition{Name: "p"}
+	var xid int64
+	atBarrier, release := make(chan struct{}), make(chan struct{})
+	held.hooks.beforeLock = func(ctx context.Context, conn *pgx.Conn) error {
+		if err := conn.QueryRow(ctx, "SELECT pg_current_xact_id()::text::bigint").Scan(&xid); err != nil {
+			return err
+		}
+		close(atBarrier)
+		<-release
+		return nil
+	}
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	var heldVersion uint64
+	wg.Go(func() {
+		var err error
+		if heldVersion, err = commitOne(ctx, held, p, "b"); err != nil {
+			t.Errorf("held commit: %v", err)
+		}
+	})
+	<-atBarrier
+	if v, err := commitOne(ctx, other, p, "a"); err != nil || v != 1 {
+		t.Fatalf("commit = version %d, %v; want version 1", v, err)
+	}
+	if got := readFeed(t, other, ""); len(got) != 0 {
+		t.Fatalf("Feed while an older transaction is open = %v, want nothing", got)
+	}
+	close(release)
+	wg.Wait()
+	if heldVersion != 2 {
+		t.Fatalf("held commit got version %d, want 2", heldVersion)
+	}
+	waitFeed(t, other, "user:p@1 user:p@2")
+	pos := readPos(t, other)
+	k2, _, _ := decodePos(pos["user:p@2"])
+	if k2 <= xid {
+		t.Logf("version 2's key %d, its transaction's id %d", k2, xid)
+	} else {
+		t.Logf("version 2's key %d is above its transaction's id %d: the partition's order kept it after version 1", k2, xid)
+	}
+}
+
+// TestManyNodesSerialised has two stores (as two nodes) increment one
+// counter at once: no update is lost.
+func TestManyNodesSerialised(t *testing.T) {
+	t.Parallel()
+	schema, _ := pgtest.Schema(t)
+	nodes := []*Store{openSchema(t, schema, Options{}), openSchema(t, schema, Options{})}
+	p := store.Partition{Name: "alice"}
+	const each = 30
+	var wg sync.WaitGroup
+	for i, s := range nodes {
+		for g := range 3 {
+			wg.Go(func() {
+				for j := range each {
+					if _, err := commitOne(context.Background(), s, p, fmt.Sprintf("n%d/g%d/%d", i, g, j)); err != nil {
+						t.Errorf("node %d: %v", i, err)
+						return
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	var h store.Head
+	err := nodes[1].View(context.Background(), p, func(r store.Reader) (err error) {
+		h, err = r.Head()
+		return err
+	})
+	if err != nil || h.Version != 2*3*each {
+		t.Errorf("Head() = %+v, %v; want version %d", h, err, 2*3*each)
+	}
+	waitFeedLen(t, nodes[0], 2*3*each)
+}
+
+func waitFeedLen(t *testing.T, s *Store, n int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got := readFeed(t, s, "")
+		if len(got) == n {
+			for i, r := range got {
+				if want := fmt.Sprintf("user:alice@%d", i+1); r != want {
+					t.Fatalf("feed record %d = %s, want %s", i, r, want)
+				}
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("feed has %d records, want %d", len(got), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestConcurrentOpen opens several stores on one new schema at once: one
+// migrates, the others wait for it.
+func TestConcurrentOpen(t *testing.T) {
+	t.Parallel()
+	schema, _ := pgtest.Schema(t)
+	pgtest.Exec(t, "DROP SCHEMA "+schema) // Open creates it
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() { openSchema(t, schema, Options{MaxConns: 2}) })
+	}
+	wg.Wait()
+	s := openSchema(t, schema, Options{})
+	var v int
+	if err := s.pool.QueryRow(context.Background(), "SELECT version FROM dalv_schema").Scan(&v); err != nil || v != SchemaVersion() {
+		t.Errorf("schema version = %d, %v; want %d", v, err, SchemaVersion())
+	}
+}
+
+func TestOpenNewerSchema(t *testing.T) {
+	t.Parallel()
+	schema, _ := pgtest.Schema(t)
+	s := openSchema(t, schema, Options{})
+	if _, err := s.pool.Exec(context.Background(), "UPDATE dalv_schema SET version = version + 1"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(context.Background(), pgtest.URL(t), Options{Schema: schema})
+	if err == nil || !strings.Contains(err.Error(), "newer") {
+		t.Errorf("Open on a newer schema = %v, want an error saying so", err)
+	}
+}
+
+func TestOpenUnreachable(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := Open(ctx, "postgres://postgres:secret-pw@127.0.0.1:1/test?sslmode=disable&connect_timeout=2", Options{})
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("Open on a closed port = %v, want %v", err, store.ErrUnavailable)
+	}
+	if strings.Contains(err.Error(), "secret-pw") {
+		t.Errorf("Open's error shows the password: %v", err)
+	}
+	if _, err := Open(ctx, "postgres://x:secret-pw@[bad", Options{}); err == nil || strings.Contains(err.Error(), "secret-pw") {
+		t.Errorf("Open on a bad URL = %v, want an error without the password", err)
+	}
+}
+
+// TestConnectionsKilled terminates the store's connections: operations
+// fail with ErrUnavailable or succeed, and the store recovers by itself.
+func TestConnectionsKilled(t *testing.T) {
+	t.Parallel()
+	schema, u := pgtest.Schema(t)
+	app := "dalv-test-" + schema
+	ctx := context.Background()
+	s, err := Open(ctx, pgtest.WithParam(u, "application_name", app), Options{Schema: schema, MaxConns: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	p := store.Partition{Name: "alice"}
+	for i := range 3 {
+		if _, err := commitOne(ctx, s, p, fmt.Sprint("before", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pgtest.Exec(t, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", app)
+	ok := 0
+	deadline := time.Now().Add(20 * time.Second)
+	for i := 0; ok < 5; i++ {
+		_, err := commitOne(ctx, s, p, fmt.Sprint("after", i))
+		switch {
+		case err == nil:
+			ok++
+		case errors.Is(err, store.ErrUnavailable):
+		default:
+			t.Fatalf("commit after the kill: %v, want success or %v", err, store.ErrUnavailable)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no recovery: %v", err)
+		}
+	}
+	err = s.View(ctx, p, func(r store.Reader) error {
+		_, err := r.Head()
+		return err
+	})
+	if err != nil {
+		t.Errorf("View after recovery: %v", err)
+	}
+}
+
+func TestNotifications(t *testing.T) {
+	t.Parallel()
+	schema, _ := pgtest.Schema(t)
+	a := openSchema(t, schema, Options{})
+	b := openSchema(t, schema, Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	type note struct {
+		p store.Partition
+		v uint64
+	}
+	got := make(chan note, 100)
+	listening := make(chan error, 1)
+	go func() {
+		listening <- b.Notifications(ctx, func(p store.Partition, v uint64) { got <- note{p, v} })
+	}()
+	own := make(chan note, 100)
+	go func() {
+		_ = a.Notifications(ctx, func(p store.Partition, v uint64) { own <- note{p, v} })
+	}()
+	p := store.Partition{Name: "a\nb %"}
+	// The listener may not be listening yet: commit until one arrives.
+	deadline := time.After(20 * time.Second)
+	var last uint64
+	for found := false; !found; {
+		v, err := commitOne(context.Background(), a, p, "k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = v
+		select {
+		case n := <-got:
+			if n.p != p || n.v < 1 || n.v > last {
+				t.Fatalf("notification %+v, want %s at 1..%d", n, p, last)
+			}
+			found = true
+		case <-time.After(100 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("no notification")
+		}
+	}
+	select {
+	case n := <-own:
+		t.Errorf("a store was notified of its own commit %+v", n)
+	default:
+	}
+	cancel()
+	if err := <-listening; err != nil {
+		t.Errorf("Notifications after cancel = %v, want nil", err)
+	}
+}
+
+func TestPayloadsSplit(t *testing.T) {
+	s := &Store{node: "n1"}
+	a := &announcer{s: s}
+	pending := make(map[string]uint64)
+	for i := range 1000 {
+		pending[fmt.Sprintf("u:user%04d", i)] = uint64(i + 1)
+	}
+	pending["u:"+strings.Repeat("x", maxPayload)] = 1 // too long: left to polls
+	payloads := a.payloads(pending)
+	seen := 0
+	other := &Store{node: "n2"}
+	for _, pl := range payloads {
+		if len(pl) > maxPayload {
+			t.Errorf("payload of %d bytes", len(pl))
+		}
+		other.parsePayload(pl, func(p store.Partition, v uint64) {
+			if want := pending[partID(p)]; v != want {
+				t.Errorf("%s at %d, want %d", p, v, want)
+			}
+			seen++
+		})
+		s.parsePayload(pl, func(store.Partition, uint64) { t.Error("own payload parsed") })
+	}
+	if seen != 1000 || len(payloads) < 2 {
+		t.Errorf("%d partitions in %d payloads, want 1000 in several", seen, len(payloads))
+	}
+}

@@ -1,0 +1,251 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dalvdb/dalv/store"
+)
+
+// maxAttempts bounds the tries of one Update: deadlocks, serialisation
+// failures and connections lost before COMMIT was sent are retried.
+const maxAttempts = 5
+
+// lockHead is an Update's first statement: it creates or locks the
+// partition's head row, and takes the commit's feed key: at least this
+// transaction's id, and above the partition's last key. It also returns the
+// transaction's id.
+const lockHead = `INSERT INTO dalv_heads AS h (part, version, horizon, feed_key)
+VALUES ($1, 0, 0, pg_current_xact_id()::text::bigint)
+ON CONFLICT (part) DO UPDATE SET feed_key = GREATEST(pg_current_xact_id()::text::bigint, h.feed_key + 1)
+RETURNING h.version, h.horizon, h.feed_key, pg_current_xact_id()::text::bigint`
+
+// writeCommit writes a commit in one statement: the head, the device's
+// batch, the entries, and the feed row.
+const writeCommit = `WITH h AS (
+	UPDATE dalv_heads SET version = $2, horizon = $3 WHERE part = $1
+), d AS (
+	INSERT INTO dalv_devices (part, device, batch) SELECT $1, $4::bytea, $5 WHERE $4::bytea IS NOT NULL
+	ON CONFLICT (part, device) DO UPDATE SET batch = EXCLUDED.batch
+), e AS (
+	INSERT INTO dalv_entries (part, key, version, scalar_version, value, tomb_nanos)
+	SELECT $1, t.k, $2, t.sv, CASE WHEN t.del THEN NULL ELSE COALESCE(t.v, '\x'::bytea) END, CASE WHEN t.del THEN $7::bigint END
+	FROM unnest($8::bytea[], $9::bigint[], $10::bytea[], $11::boolean[]) AS t(k, sv, v, del)
+	ON CONFLICT (part, key) DO UPDATE SET version = EXCLUDED.version, scalar_version = EXCLUDED.scalar_version,
+		value = EXCLUDED.value, tomb_nanos = EXCLUDED.tomb_nanos
+)
+INSERT INTO dalv_feed (part, feed_key, version, nanos, erase, ops) VALUES ($1, $6, $2, $7, $12, $13)`
+
+// Erasing deletes the partition's entries and its earlier feed rows, before
+// the commit's own writes.
+const (
+	eraseEntries = `DELETE FROM dalv_entries WHERE part = $1`
+	eraseFeed    = `DELETE FROM dalv_feed WHERE part = $1 AND feed_key < $2`
+)
+
+// errUnknownOutcome marks a commit whose COMMIT was sent but not answered.
+var errUnknownOutcome = errors.New("connection lost while committing: the commit may or may not have been applied")
+
+// Update implements [store.Store]. fn may be called more than once: again
+// after a deadlock, a serialisation failure, or a connection lost before
+// the commit was sent.
+func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.Reader) (*store.Commit, error)) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.active.Done()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if p.Name == "" {
+		return errEmptyPartition
+	}
+	part := partID(p)
+	for attempt := 1; ; attempt++ {
+		version, retry, err := s.update(ctx, p, part, fn)
+		if err == nil {
+			if version != 0 {
+				s.ann.add(part, version)
+			}
+			return nil
+		}
+		if !retry || attempt == maxAttempts || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt) * time.Millisecond):
+		}
+	}
+}
+
+// update makes one attempt at an Update. It returns the version committed
+// (0 for none), and whether a failure may be retried: only when the
+// transaction certainly did not commit.
+func (s *Store) update(ctx context.Context, p store.Partition, part string, fn func(r store.Reader) (*store.Commit, error)) (version uint64, retry bool, err error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return 0, false, fmt.Errorf("update %s: %w", p, storeErr(ctx, err))
+	}
+	defer conn.Release() // a connection left in a transaction is destroyed
+	// failed classes a failure before COMMIT was sent: nothing committed.
+	failed := func(err error) (uint64, bool, error) {
+		s.rollback(conn)
+		code := sqlState(err)
+		retry := code == "40001" || code == "40P01" || conn.Conn().IsClosed() && ctx.Err() == nil
+		return 0, retry, storeErr(ctx, err)
+	}
+
+	var h, hz, feedKey, xid int64
+	if s.hooks.beforeLock != nil {
+		if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+			return failed(err)
+		}
+		if err := s.hooks.beforeLock(ctx, conn.Conn()); err != nil {
+			return failed(err)
+		}
+		err = conn.QueryRow(ctx, lockHead, part).Scan(&h, &hz, &feedKey, &xid)
+	} else {
+		b := &pgx.Batch{}
+		b.Queue("BEGIN")
+		b.Queue(lockHead, part).QueryRow(func(row pgx.Row) error { return row.Scan(&h, &hz, &feedKey, &xid) })
+		err = conn.SendBatch(ctx, b).Close()
+	}
+	if err != nil {
+		_, retry, err := failed(err)
+		return 0, retry, fmt.Errorf("update %s: lock head: %w", p, err)
+	}
+	head := store.Head{Version: uint64(h), Horizon: uint64(hz)}
+	r := &reader{ctx: ctx, conn: conn, p: p, part: part, headRead: true, head: head}
+	c, err := fn(r)
+	if err != nil || c == nil {
+		_, retry, _ := failed(err)
+		return 0, retry && errors.Is(err, store.ErrUnavailable), err
+	}
+	if err := ctx.Err(); err != nil {
+		s.rollback(conn)
+		return 0, false, err
+	}
+	b, err := commitBatch(part, head, feedKey, c)
+	if err != nil {
+		s.rollback(conn)
+		return 0, false, fmt.Errorf("commit %s version %d: %w", p, c.Version, err)
+	}
+	hook := s.hooks.beforeCommit
+	if hook == nil {
+		b.Queue("COMMIT")
+	}
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		if conn.Conn().IsClosed() && hook == nil {
+			return 0, false, fmt.Errorf("commit %s version %d: %w: %w", p, c.Version, errUnknownOutcome, storeErr(ctx, err))
+		}
+		_, retry, err := failed(err)
+		return 0, retry, fmt.Errorf("commit %s version %d: %w", p, c.Version, err)
+	}
+	if hook != nil {
+		hook(p, feedKey)
+		if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+			return 0, false, fmt.Errorf("commit %s version %d: %w: %w", p, c.Version, errUnknownOutcome, storeErr(ctx, err))
+		}
+	}
+	if feedKey > xid {
+		// The key is above this transaction's id (the partition's previous
+		// commit had a later one). Readers pass it once the oldest running
+		// id is above it: take an id, so an idle database gets there too.
+		_, _ = conn.Exec(ctx, "SELECT pg_current_xact_id()")
+	}
+	return c.Version, false, nil
+}
+
+// rollback ends conn's transaction, if it still has one.
+func (s *Store) rollback(conn *pgxpool.Conn) {
+	if conn.Conn().IsClosed() || conn.Conn().PgConn().TxStatus() == 'I' {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := conn.Exec(ctx, "ROLLBACK"); err != nil {
+		_ = conn.Conn().Close(ctx)
+	}
+}
+
+// commitBatch checks c against head and returns the statements that write it.
+func commitBatch(part string, head store.Head, feedKey int64, c *store.Commit) (*pgx.Batch, error) {
+	if c.Version != head.Version+1 {
+		return nil, fmt.Errorf("version must be %d", head.Version+1)
+	}
+	if c.Version > math.MaxInt64 {
+		return nil, errors.New("version out of range")
+	}
+	if c.Time.IsZero() {
+		return nil, errors.New("commit time is zero")
+	}
+	nanos := max(c.Time.UnixNano(), 0)
+	// The last entry of a key wins, as it does in a batch of writes.
+	n := len(c.Entries)
+	keys := make([][]byte, 0, n)
+	svs := make([]int64, 0, n)
+	vals := make([][]byte, 0, n)
+	dels := make([]bool, 0, n)
+	var seen map[string]int
+	if n > 1 {
+		seen = make(map[string]int, n)
+	}
+	for i := range c.Entries {
+		e := &c.Entries[i]
+		if e.Version != c.Version {
+			return nil, fmt.Errorf("entry %q has version %d", e.Key, e.Version)
+		}
+		if e.Key == "" {
+			return nil, errors.New("entry with an empty key")
+		}
+		if e.ScalarVersion > math.MaxInt64 {
+			return nil, fmt.Errorf("entry %q: scalar version out of range", e.Key)
+		}
+		val := e.Value
+		if e.Deleted {
+			val = nil
+		} else if val == nil {
+			val = []byte{}
+		}
+		if j, dup := seen[e.Key]; dup {
+			svs[j], vals[j], dels[j] = int64(e.ScalarVersion), val, e.Deleted
+			continue
+		}
+		if seen != nil {
+			seen[e.Key] = len(keys)
+		}
+		keys = append(keys, []byte(e.Key))
+		svs = append(svs, int64(e.ScalarVersion))
+		vals = append(vals, val)
+		dels = append(dels, e.Deleted)
+	}
+	horizon := head.Horizon
+	b := &pgx.Batch{}
+	if c.Erase {
+		horizon = c.Version
+		b.Queue(eraseEntries, part)
+		b.Queue(eraseFeed, part, feedKey)
+	}
+	var device []byte
+	if c.Device != "" {
+		device = []byte(c.Device)
+	}
+	if c.Batch > math.MaxInt64 {
+		return nil, errors.New("batch out of range")
+	}
+	ops := c.Ops
+	if ops == nil {
+		ops = []byte{}
+	}
+	b.Queue(writeCommit, part, int64(c.Version), int64(horizon), device, int64(c.Batch), feedKey, nanos,
+		keys, svs, vals, dels, c.Erase, ops)
+	return b, nil
+}
