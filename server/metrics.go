@@ -55,6 +55,11 @@ func newMetrics(reg *prometheus.Registry, st store.Store) *metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	// A store with metrics of its own (the PostgreSQL store's feed stall)
+	// adds them.
+	if c, ok := st.(prometheus.Collector); ok {
+		reg.MustRegister(c)
+	}
 	return m
 }
 

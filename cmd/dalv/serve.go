@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	neturl "net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -21,10 +22,11 @@ import (
 	"github.com/dalvdb/dalv/server"
 	"github.com/dalvdb/dalv/store"
 	"github.com/dalvdb/dalv/store/pebble"
+	"github.com/dalvdb/dalv/store/postgres"
 )
 
 type serveFlags struct {
-	addr, data        string
+	addr, data, store string
 	dev               bool
 	systemPrefixes    []string
 	shared            []string
@@ -43,9 +45,14 @@ type serveFlags struct {
 func newServeCmd() *cobra.Command {
 	var f serveFlags
 	cmd := &cobra.Command{
-		Use:   "serve [--addr HOST:PORT] [--data DIR]",
-		Short: "Run the DalvDB server on an embedded store",
-		Long: `Run the DalvDB server on an embedded, crash-safe store in --data.
+		Use:   "serve [--addr HOST:PORT] [--data DIR | --store postgres://...]",
+		Short: "Run the DalvDB server on an embedded store, or as one of many nodes over PostgreSQL",
+		Long: `Run the DalvDB server on an embedded, crash-safe store in --data, or,
+with --store postgres://... (or DALV_STORE), as one of any number of
+stateless nodes over one PostgreSQL database: no data directory is used
+then, and the schema is created or migrated at start (the URL's
+search_path names its schema; pool_max_conns, application_name and the
+other pgx parameters apply). See docs/postgres.md.
 
 Secrets come from the environment: DALV_JWT_SECRET is the HS256 key device
 tokens are signed with (at least 32 bytes); DALV_BACKEND_KEYS is a
@@ -61,6 +68,7 @@ comma-separated list of backend API keys (each at least 16 bytes). With
 	fl := cmd.Flags()
 	fl.StringVar(&f.addr, "addr", "127.0.0.1:7070", "address to listen on (port 0 picks a free one)")
 	fl.StringVar(&f.data, "data", "./dalv-data", "data directory of the embedded store")
+	fl.StringVar(&f.store, "store", "", "PostgreSQL URL (postgres://...) to serve from instead of --data; default $DALV_STORE")
 	fl.BoolVar(&f.dev, "dev", false, "generate and print development secrets when DALV_JWT_SECRET or DALV_BACKEND_KEYS is unset")
 	fl.StringArrayVar(&f.systemPrefixes, "system-prefix", nil, `key prefix that is system-domain (backend-only); repeatable (default "sys/")`)
 	fl.StringArrayVar(&f.shared, "shared", nil, "shared partition NAME, or NAME=CLAIM:VALUE to let only tokens whose CLAIM holds VALUE read it; repeatable")
@@ -110,12 +118,9 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 		prefixes = f.systemPrefixes
 	}
 
-	st, err := pebble.Open(f.data, pebble.Options{Logger: log})
+	st, where, err := openStore(ctx, f, log)
 	if err != nil {
-		if errors.Is(err, store.ErrLocked) {
-			return fmt.Errorf("%w\nis another dalv serve running on it? stop it or choose another --data", err)
-		}
-		return fmt.Errorf("open store: %w", err)
+		return err
 	}
 	defer func() {
 		if err := st.Close(); err != nil {
@@ -153,13 +158,55 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", f.addr, err)
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "DalvDB listening on http://%s (data in %s)\n", ln.Addr(), f.data)
-	log.Info("serving", "addr", ln.Addr().String(), "data", f.data)
+	fmt.Fprintf(cmd.OutOrStdout(), "DalvDB listening on http://%s (%s)\n", ln.Addr(), where)
+	log.Info("serving", "addr", ln.Addr().String(), "store", where)
 	if err := srv.Serve(ctx, ln); err != nil {
 		return err
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// openStore opens the store of --store (or $DALV_STORE) when one is given,
+// else the embedded store in --data. where says which, for people: it
+// never shows a password.
+func openStore(ctx context.Context, f serveFlags, log *slog.Logger) (st store.Store, where string, err error) {
+	url := f.store
+	if url == "" {
+		url = os.Getenv("DALV_STORE")
+	}
+	if url == "" {
+		ps, err := pebble.Open(f.data, pebble.Options{Logger: log})
+		if err != nil {
+			if errors.Is(err, store.ErrLocked) {
+				return nil, "", fmt.Errorf("%w\nis another dalv serve running on it? stop it or choose another --data", err)
+			}
+			return nil, "", fmt.Errorf("open store: %w", err)
+		}
+		return ps, "data in " + f.data, nil
+	}
+	if !strings.HasPrefix(url, "postgres://") && !strings.HasPrefix(url, "postgresql://") {
+		return nil, "", fmt.Errorf("--store %q: give a PostgreSQL URL, postgres://USER@HOST:PORT/DATABASE (or leave it out for the embedded store in --data)", redactURL(url))
+	}
+	octx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	ps, err := postgres.Open(octx, url, postgres.Options{Logger: log})
+	if err != nil {
+		if errors.Is(err, store.ErrUnavailable) {
+			return nil, "", fmt.Errorf("open store: %w\nis PostgreSQL running and reachable at the --store URL (DALV_STORE)?", err)
+		}
+		return nil, "", fmt.Errorf("open store: %w", err)
+	}
+	return ps, "store " + redactURL(url), nil
+}
+
+// redactURL is url without its password.
+func redactURL(u string) string {
+	pu, err := neturl.Parse(u)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return pu.Redacted()
 }
 
 // servePprof serves the runtime profiles of net/http/pprof on their own
