@@ -8,7 +8,9 @@
 //
 //	func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 //
-// and each test takes a fresh schema with [Schema].
+// and each test takes a fresh schema with [Schema]. A package whose TestMain
+// is taken calls [Server] from a test instead, which holds the server for
+// that test's lifetime (its subtests included).
 package pgtest
 
 import (
@@ -97,12 +99,36 @@ func ping(u string) error {
 	return conn.Ping(ctx)
 }
 
-// Schema creates a schema of a fresh name in the test database, drops it
-// (and all it holds) when the test ends, and returns its name and a URL
-// whose search_path is it.
+// Server returns the URL of $DALV_TEST_POSTGRES, or else starts a
+// throwaway server that is stopped when t ends. With neither, it fails t
+// with a message that says how to get one.
+func Server(t testing.TB) string {
+	t.Helper()
+	if u := os.Getenv(Env); u != "" {
+		if err := ping(u); err != nil {
+			t.Fatalf("pgtest: %s=%s: %v", Env, u, err)
+		}
+		return u
+	}
+	srv, err := Start()
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(srv.Stop)
+	return srv.URL
+}
+
+// Schema creates a schema of a fresh name in the database Main found or
+// started, drops it (and all it holds) when the test ends, and returns its
+// name and a URL whose search_path is it.
 func Schema(t testing.TB) (name, schemaURL string) {
 	t.Helper()
-	base := URL(t)
+	return SchemaOn(t, URL(t))
+}
+
+// SchemaOn is [Schema] in the database at base.
+func SchemaOn(t testing.TB, base string) (name, schemaURL string) {
+	t.Helper()
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	name = "dalv_test_" + hex.EncodeToString(b[:])
@@ -121,12 +147,18 @@ func Schema(t testing.TB) (name, schemaURL string) {
 	return name, WithParam(base, "search_path", name)
 }
 
-// Exec runs one statement in the test database.
+// Exec runs one statement in the database Main found or started.
 func Exec(t testing.TB, sql string, args ...any) {
+	t.Helper()
+	ExecOn(t, URL(t), sql, args...)
+}
+
+// ExecOn runs one statement in the database at u.
+func ExecOn(t testing.TB, u, sql string, args ...any) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := exec1(ctx, URL(t), sql, args...); err != nil {
+	if err := exec1(ctx, u, sql, args...); err != nil {
 		t.Fatalf("pgtest: %s: %v", sql, err)
 	}
 }
@@ -154,8 +186,8 @@ func WithParam(u, key, value string) string {
 	return pu.String()
 }
 
-// Server is a throwaway PostgreSQL server.
-type Server struct {
+// Throwaway is a PostgreSQL server of its own.
+type Throwaway struct {
 	// URL is its postgres database's URL.
 	URL    string
 	dir    string
@@ -166,7 +198,7 @@ type Server struct {
 // Start initialises a PostgreSQL cluster in a temporary directory and starts
 // it on a free loopback port, with durability off (fsync) for speed. As root,
 // it runs the server as the postgres user, since PostgreSQL refuses root.
-func Start() (*Server, error) {
+func Start() (*Throwaway, error) {
 	bin, err := findBin()
 	if err != nil {
 		return nil, err
@@ -175,7 +207,7 @@ func Start() (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{dir: dir, pgCtl: filepath.Join(bin, "pg_ctl")}
+	s := &Throwaway{dir: dir, pgCtl: filepath.Join(bin, "pg_ctl")}
 	if os.Geteuid() == 0 {
 		owner, err := user.Lookup("postgres")
 		if err != nil {
@@ -218,12 +250,12 @@ func Start() (*Server, error) {
 }
 
 // Stop stops the server at once and removes its directory.
-func (s *Server) Stop() {
+func (s *Throwaway) Stop() {
 	_, _ = s.run(s.pgCtl, "-D", filepath.Join(s.dir, "data"), "-m", "immediate", "-w", "stop")
 	os.RemoveAll(s.dir)
 }
 
-func (s *Server) run(name string, args ...string) ([]byte, error) {
+func (s *Throwaway) run(name string, args ...string) ([]byte, error) {
 	argv := append(slices.Clone(s.asUser), name)
 	argv = append(argv, args...)
 	cmd := exec.Command(argv[0], argv[1:]...)

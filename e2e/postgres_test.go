@@ -1,0 +1,268 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/jackc/pgx/v5"
+
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/internal/pgtest"
+	"github.com/dalvdb/dalv/internal/proc"
+)
+
+// This file runs `dalv serve --store postgres://...` as several nodes over
+// one PostgreSQL: $DALV_TEST_POSTGRES, or a throwaway server the tests
+// start (see internal/pgtest).
+
+// pgNodes starts n nodes on a fresh schema of the database at base, each
+// with its own application_name, and returns them with those names.
+func pgNodes(t *testing.T, base string, n int, args ...string) ([]*proc.Server, []string) {
+	t.Helper()
+	schema, u := pgtest.SchemaOn(t, base)
+	nodes := make([]*proc.Server, n)
+	apps := make([]string, n)
+	for i := range nodes {
+		apps[i] = fmt.Sprintf("%s-node%d", schema, i+1)
+		nodeURL := pgtest.WithParam(u, "application_name", apps[i])
+		nodes[i] = startServer(t, append([]string{"--store", nodeURL}, args...)...)
+	}
+	return nodes, apps
+}
+
+// pgWaitListening waits until the node of application name app listens for
+// other nodes' commits, so that a commit made after it is announced to it.
+func pgWaitListening(t *testing.T, base, app string) {
+	t.Helper()
+	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		conn, err := pgxConnect(c, base)
+		if err != nil {
+			return err
+		}
+		defer conn.Close(c)
+		var n int
+		err = conn.QueryRow(c, `SELECT count(*) FROM pg_stat_activity
+			WHERE application_name = $1 AND query ILIKE 'listen %'`, app).Scan(&n)
+		if err == nil && n == 0 {
+			err = fmt.Errorf("%s does not listen yet", app)
+		}
+		return err
+	})
+}
+
+// pgBearer sets a stream request's Authorization (the clients' bearer
+// interceptor covers unary calls only).
+func pgBearer[T any](req *connect.Request[T], tok string) *connect.Request[T] {
+	req.Header().Set("Authorization", "Bearer "+tok)
+	return req
+}
+
+// pgStream receives a server stream's messages into a channel, until the
+// stream ends (the channel is closed then).
+func pgStream[T any](s *connect.ServerStreamForClient[T]) <-chan *T {
+	ch := make(chan *T, 64)
+	go func() {
+		defer close(ch)
+		for s.Receive() {
+			ch <- s.Msg()
+		}
+	}()
+	return ch
+}
+
+// pgNext returns the next message of ch that keep accepts, failing the test
+// after timeout.
+func pgNext[T any](t *testing.T, ch <-chan *T, timeout time.Duration, what string, keep func(*T) bool) *T {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case m, ok := <-ch:
+			if !ok {
+				t.Fatalf("stream ended while waiting for %s", what)
+			}
+			if keep(m) {
+				return m
+			}
+		case <-deadline:
+			t.Fatalf("no %s within %v", what, timeout)
+		}
+	}
+}
+
+// TestPostgresThreeNodes runs three nodes on one database: a device syncs
+// on node 1, the user's other device watches on node 2 and sees the commit
+// live, a backend follows the feed on node 3 and sees it; a retry of the
+// batch on node 2 is answered as the first success; and the feed's cursor
+// from node 3 resumes on node 1.
+func TestPostgresThreeNodes(t *testing.T) {
+	t.Parallel()
+	base := pgtest.Server(t)
+	// A long heartbeat: what arrives sooner came by the nodes' notifications.
+	const heartbeat = 20 * time.Second
+	nodes, apps := pgNodes(t, base, 3, "--heartbeat", heartbeat.String())
+	pgWaitListening(t, base, apps[1])
+	pgWaitListening(t, base, apps[2])
+
+	sctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	feed, err := backendClient(t, nodes[2]).Watch(sctx, pgBearer(connect.NewRequest(&dalvv1.BackendServiceWatchRequest{Cursor: "start"}), testBackendKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	feedEvents := pgStream(feed)
+	pgNext(t, feedEvents, 30*time.Second, "the feed's first heartbeat", func(ev *dalvv1.ChangeEvent) bool { return ev.GetHeartbeat() })
+	watch, err := deviceClient(t, nodes[1], "alice").Watch(sctx, pgBearer(connect.NewRequest(&dalvv1.WatchRequest{DeviceId: "tablet"}), token(t, "alice")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	watchEvents := pgStream(watch)
+	pgNext(t, watchEvents, 30*time.Second, "the end of the watch's catch-up", func(ev *dalvv1.WatchEvent) bool { return ev.GetHeartbeat() })
+
+	phone := connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "phone", Batch: 1, Ops: ops(opPut("prefs/theme", "dark"))})
+	committed := time.Now()
+	resp, err := deviceClient(t, nodes[0], "alice").Sync(ctx(t), phone)
+	if err != nil || resp.Msg.GetStatus() != accepted || resp.Msg.GetVersion() != 1 {
+		t.Fatalf("Sync on node 1 = %v, %v; want accepted at version 1", resp, err)
+	}
+
+	ev := pgNext(t, watchEvents, heartbeat/2, "the commit on node 2's watch", func(ev *dalvv1.WatchEvent) bool { return !ev.GetHeartbeat() })
+	t.Logf("commit on node 1 to watcher on node 2: %v", time.Since(committed))
+	if len(ev.GetChanges()) != 1 || ev.GetVersion() != 1 || ev.GetChanges()[0].GetKey() != "prefs/theme" || show(ev.GetChanges()[0].GetValue()) != "dark" {
+		t.Errorf("watch event on node 2 = %v, want prefs/theme=dark at version 1", ev)
+	}
+	fev := pgNext(t, feedEvents, heartbeat/2, "the commit on node 3's feed", func(ev *dalvv1.ChangeEvent) bool { return !ev.GetHeartbeat() })
+	t.Logf("commit on node 1 to feed on node 3: %v", time.Since(committed))
+	if fev.GetUser() != "alice" || fev.GetVersion() != 1 || len(fev.GetOps()) != 1 || fev.GetOps()[0].GetKey() != "prefs/theme" {
+		t.Errorf("feed event on node 3 = %v, want alice's prefs/theme at version 1", fev)
+	}
+
+	// The phone's batch again, on node 2, as after a lost answer: answered
+	// as the first time, applied once.
+	resp, err = deviceClient(t, nodes[1], "alice").Sync(ctx(t), connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "phone", Batch: 1, Ops: ops(opPut("prefs/theme", "dark"))}))
+	if err != nil || resp.Msg.GetStatus() != accepted || resp.Msg.GetVersion() != 1 {
+		t.Fatalf("the same batch again on node 2 = %v, %v; want accepted at version 1", resp, err)
+	}
+
+	// Node 3's cursor resumes on node 1.
+	resumed, err := backendClient(t, nodes[0]).Watch(sctx, pgBearer(connect.NewRequest(&dalvv1.BackendServiceWatchRequest{Cursor: fev.GetCursor()}), testBackendKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resumedEvents := pgStream(resumed)
+	pgNext(t, resumedEvents, 30*time.Second, "the resumed feed's first heartbeat", func(ev *dalvv1.ChangeEvent) bool { return ev.GetHeartbeat() })
+	resp, err = deviceClient(t, nodes[2], "alice").Sync(ctx(t), connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "tablet", BaseVersion: 1, Batch: 1, Ops: ops(opPut("prefs/size", "L"))}))
+	if err != nil || resp.Msg.GetVersion() != 2 {
+		t.Fatalf("Sync on node 3 = %v, %v; want version 2", resp, err)
+	}
+	rev := pgNext(t, resumedEvents, heartbeat/2, "the next commit on node 1's resumed feed", func(ev *dalvv1.ChangeEvent) bool { return !ev.GetHeartbeat() })
+	if rev.GetUser() != "alice" || rev.GetVersion() != 2 {
+		t.Errorf("resumed feed's event = %v, want alice at version 2", rev)
+	}
+	ev = pgNext(t, watchEvents, heartbeat/2, "the second commit on node 2's watch", func(ev *dalvv1.WatchEvent) bool { return !ev.GetHeartbeat() })
+	if ev.GetVersion() != 2 {
+		t.Errorf("watch event on node 2 = %v, want version 2", ev)
+	}
+}
+
+// TestPostgresConnectionsKilled kills a node's PostgreSQL connections
+// while devices sync through it: each request ends accepted or with
+// unavailable (the device retries the same batch), the node recovers by
+// itself, no acknowledged batch is lost and none applies twice.
+func TestPostgresConnectionsKilled(t *testing.T) {
+	t.Parallel()
+	base := pgtest.Server(t)
+	nodes, apps := pgNodes(t, base, 2, "--heartbeat", "2s")
+	const devices, batches, kills = 8, 40, 3
+	var acked atomic.Int64
+	var mu sync.Mutex
+	codes := make(map[string]int)
+	deadline := time.Now().Add(90 * time.Second)
+	var wg sync.WaitGroup
+	for d := range devices {
+		wg.Go(func() {
+			user := fmt.Sprintf("user%d", d)
+			c := deviceClient(t, nodes[0], user)
+			var version uint64
+			for b := uint64(1); b <= batches; b++ {
+				for {
+					req := connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "phone", BaseVersion: version, Batch: b,
+						Ops: ops(opPut(fmt.Sprintf("k/%03d", b), fmt.Sprint(b)))})
+					rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+					resp, err := c.Sync(rctx, req)
+					cancel()
+					code := codeOf(err)
+					mu.Lock()
+					codes[code]++
+					mu.Unlock()
+					if err == nil {
+						if resp.Msg.GetStatus() != accepted {
+							t.Errorf("%s batch %d: status %v", user, b, resp.Msg.GetStatus())
+							return
+						}
+						version = resp.Msg.GetVersion()
+						acked.Add(1)
+						break
+					}
+					if code != "unavailable" {
+						t.Errorf("%s batch %d: %v, want success or unavailable", user, b, err)
+						return
+					}
+					if time.Now().After(deadline) {
+						t.Errorf("%s batch %d: still unavailable: %v", user, b, err)
+						return
+					}
+				}
+			}
+		})
+	}
+	for k := range kills {
+		// Kill when the load is well under way, then let it go on.
+		target := int64((k + 1) * devices * batches / (kills + 1))
+		checkFor(t, time.Minute, time.Millisecond, func() error {
+			if acked.Load() < target {
+				return fmt.Errorf("%d batches acknowledged, waiting for %d", acked.Load(), target)
+			}
+			return nil
+		})
+		pgtest.ExecOn(t, base, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", apps[0])
+	}
+	wg.Wait()
+	t.Logf("answers: %v", codes)
+
+	// Through the other node: every acknowledged batch is there once.
+	for d := range devices {
+		user := fmt.Sprintf("user%d", d)
+		resp, err := deviceClient(t, nodes[1], user).Sync(ctx(t), connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "laptop"}))
+		if err != nil {
+			t.Fatalf("pull %s on node 2: %v", user, err)
+		}
+		if got := resp.Msg.GetVersion(); got != batches {
+			t.Errorf("%s is at version %d after %d batches, each applied once", user, got, batches)
+		}
+		got := make(map[string]string)
+		for _, c := range resp.Msg.GetChanges() {
+			got[c.GetKey()] = show(c.GetValue())
+		}
+		for b := 1; b <= batches; b++ {
+			if k := fmt.Sprintf("k/%03d", b); got[k] != fmt.Sprint(b) {
+				t.Errorf("%s %s = %q, want %q", user, k, got[k], fmt.Sprint(b))
+			}
+		}
+	}
+	// The node whose connections were killed serves on.
+	resp, err := deviceClient(t, nodes[0], "user0").Sync(ctx(t), connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "phone", BaseVersion: batches, Batch: batches + 1, Ops: ops(opPut("after", "x"))}))
+	if err != nil || resp.Msg.GetVersion() != batches+1 {
+		t.Errorf("sync on node 1 after the kills = %v, %v", resp, err)
+	}
+}
+
+// pgxConnect connects to the database at u.
+func pgxConnect(ctx context.Context, u string) (*pgx.Conn, error) { return pgx.Connect(ctx, u) }
