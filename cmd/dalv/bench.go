@@ -20,7 +20,7 @@ func newBenchCmd() *cobra.Command {
 		cfg                   bench.Config
 		scenarios, serverArgs string
 		asJSON                bool
-		cpuProfile            string
+		cpuProfile, store     string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench [--runs 5] [--duration 5s] [--scenario sync,catchup,floor,storage]",
@@ -82,6 +82,9 @@ give it --rate-limit -1 or the rate limit is what you measure.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			if store != "" {
+				return runPostgresBench(ctx, cmd, cfg, store, asJSON)
+			}
 			rep, err := bench.Run(ctx, cfg)
 			if err != nil {
 				return err
@@ -115,5 +118,6 @@ give it --rate-limit -1 or the rate limit is what you measure.`,
 	fl.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the bench process to this file")
 	fl.StringVar(&cfg.ServerProfile, "server-cpuprofile", "", "write a CPU profile of the server during the last run's sync measurement to this file")
 	fl.StringVar(&cfg.URL, "url", "", "measure the running server at this URL instead of starting one")
+	fl.StringVar(&store, "store", "", "measure 1 and 3 `dalv serve --store` nodes over this PostgreSQL URL beside pgbench (see docs/postgres.md)")
 	return cmd
 }

@@ -1,0 +1,707 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/dalvdb/dalv/auth"
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+	"github.com/dalvdb/dalv/internal/proc"
+)
+
+// Targets of the PostgreSQL bench.
+const (
+	// TargetPgbenchRatio is the least share of pgbench's rate for a
+	// comparable single-row transaction that three nodes must reach.
+	TargetPgbenchRatio = 0.70
+	// TargetWatchP99 bounds the time from a sync on one node to its
+	// commit's arrival at a watcher on another.
+	TargetWatchP99 = 25 * time.Millisecond
+)
+
+// PostgresConfig configures [RunPostgres]. Zero fields take the defaults.
+type PostgresConfig struct {
+	// Binary is the dalv executable, started as `Binary serve --store`.
+	Binary string
+	// Store is the PostgreSQL URL. The bench works in a schema of its own
+	// there, dropped at the end.
+	Store string
+	// Nodes are the node counts measured, in order (default 1 and 3).
+	Nodes []int
+	// Devices is the number of concurrent devices, spread over the nodes
+	// round robin, and pgbench's client count (default 32).
+	Devices int
+	// Runs, Duration and Warmup are as in [Config] (defaults 3, 5s, 1s).
+	Runs     int
+	Duration time.Duration
+	Warmup   time.Duration
+	// ValueBytes is the size of each PUT's value (default 32).
+	ValueBytes int
+	// Probes are device pairs measuring commit-to-watcher latency while
+	// the load runs with more than one node: one syncs every ProbeEvery on
+	// a node, the other watches on the next node (defaults 4 and 20ms).
+	Probes     int
+	ProbeEvery time.Duration
+	// Pgbench is the pgbench executable (default: pgbench in PATH, then
+	// /usr/lib/postgresql/*/bin).
+	Pgbench string
+	// ServerArgs are extra flags for each `dalv serve`.
+	ServerArgs []string
+	// Progress receives progress lines; nil discards them.
+	Progress io.Writer
+}
+
+func (c PostgresConfig) withDefaults() (PostgresConfig, error) {
+	if len(c.Nodes) == 0 {
+		c.Nodes = []int{1, 3}
+	}
+	setDefault(&c.Devices, 32)
+	setDefault(&c.Runs, 3)
+	setDefault(&c.Duration, DefaultDuration)
+	setDefault(&c.Warmup, DefaultWarmup)
+	setDefault(&c.ValueBytes, DefaultValueBytes)
+	setDefault(&c.Probes, 4)
+	setDefault(&c.ProbeEvery, 20*time.Millisecond)
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	switch {
+	case c.Binary == "" || c.Store == "":
+		return c, fmt.Errorf("%w: the PostgreSQL bench needs a dalv binary and a --store URL", ErrConfig)
+	case slices.ContainsFunc(c.Nodes, func(n int) bool { return n < 1 }):
+		return c, fmt.Errorf("%w: node counts must be at least 1", ErrConfig)
+	case c.Devices < 1, c.Runs < 1, c.Duration <= 0, c.Warmup < 0, c.Probes < 0, c.ProbeEvery <= 0:
+		return c, fmt.Errorf("%w: devices, runs, durations and probes must be positive", ErrConfig)
+	}
+	if c.Pgbench == "" {
+		c.Pgbench = findPgbench()
+	}
+	return c, nil
+}
+
+// findPgbench finds pgbench, or returns "" (the report says it is missing).
+func findPgbench() string {
+	if p, err := exec.LookPath("pgbench"); err == nil {
+		return p
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pgbench")
+	slices.Sort(dirs)
+	if len(dirs) > 0 {
+		return dirs[len(dirs)-1]
+	}
+	return ""
+}
+
+// PostgresReport is what [RunPostgres] measured: medians over the runs.
+type PostgresReport struct {
+	Server   string `json:"server"`
+	Devices  int    `json:"devices"`
+	Runs     int    `json:"runs"`
+	Duration string `json:"duration"`
+	// Pgbench is pgbench's rate and latency for its transaction; Script
+	// is that transaction.
+	Pgbench PgRate `json:"pgbench"`
+	Script  string `json:"pgbench_script"`
+	// Nodes has one entry per node count measured.
+	Nodes []PgNodes `json:"nodes"`
+	Pass  bool      `json:"pass"`
+}
+
+// PgRate is a rate with its latencies, each the median over the runs.
+type PgRate struct {
+	Rate  float64 `json:"rate"`
+	P50ms float64 `json:"p50_ms"`
+	P99ms float64 `json:"p99_ms"`
+	// Runs are the runs' rates.
+	Runs []float64 `json:"runs"`
+}
+
+// PgNodes is the sync load on one node count.
+type PgNodes struct {
+	Nodes int    `json:"nodes"`
+	Syncs PgRate `json:"syncs"`
+	// Ratio is the sync rate over pgbench's.
+	Ratio float64 `json:"ratio"`
+	// WatchP50ms and WatchP99ms are the probes' times from sending a sync
+	// on one node to its commit reaching a watcher on another (0 with one
+	// node); WatchSamples how many they took.
+	WatchP50ms   float64 `json:"watch_p50_ms"`
+	WatchP99ms   float64 `json:"watch_p99_ms"`
+	WatchSamples uint64  `json:"watch_samples"`
+}
+
+// RunPostgres measures `dalv serve --store` nodes over one PostgreSQL:
+// closed-loop device syncs spread over 1 and then 3 nodes (or as
+// cfg.Nodes says), and, in the same run and with as many clients, pgbench
+// running a comparable single-row transaction (an UPDATE of one row of a
+// small table by key and an INSERT), so the report gives the sync rate as
+// a share of what PostgreSQL itself does. With several nodes, probes also
+// time commits from one node to a watcher on another.
+func RunPostgres(ctx context.Context, cfg PostgresConfig) (*PostgresReport, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	pb := &pgBench{cfg: cfg, out: cfg.Progress}
+	if err := pb.setup(ctx); err != nil {
+		return nil, err
+	}
+	defer pb.cleanup()
+	rep := &PostgresReport{Devices: cfg.Devices, Runs: cfg.Runs, Duration: cfg.Duration.String(), Server: pb.version}
+	rep.Script = pb.script
+	pgRuns := make([]pgSample, 0, cfg.Runs)
+	nodeRuns := make([][]pgSample, len(cfg.Nodes))
+	watch := make([]histogram, len(cfg.Nodes))
+	for run := 1; run <= cfg.Runs; run++ {
+		if pb.pgbench != "" {
+			s, err := pb.runPgbench(ctx, run)
+			if err != nil {
+				return nil, err
+			}
+			pgRuns = append(pgRuns, s)
+		}
+		for i, n := range cfg.Nodes {
+			s, w, err := pb.runNodes(ctx, run, n)
+			if err != nil {
+				return nil, err
+			}
+			nodeRuns[i] = append(nodeRuns[i], s)
+			watch[i].Merge(w)
+		}
+	}
+	rep.Pgbench = medianRate(pgRuns)
+	rep.Pass = pb.pgbench != ""
+	for i, n := range cfg.Nodes {
+		r := PgNodes{Nodes: n, Syncs: medianRate(nodeRuns[i])}
+		if rep.Pgbench.Rate > 0 {
+			r.Ratio = r.Syncs.Rate / rep.Pgbench.Rate
+		}
+		if h := &watch[i]; h.Count() > 0 {
+			r.WatchP50ms, r.WatchP99ms, r.WatchSamples = ms(h.Quantile(0.50)), ms(h.Quantile(0.99)), h.Count()
+			if r.WatchP99ms >= ms(TargetWatchP99) {
+				rep.Pass = false
+			}
+		}
+		if n == 3 && r.Ratio < TargetPgbenchRatio {
+			rep.Pass = false
+		}
+		rep.Nodes = append(rep.Nodes, r)
+	}
+	return rep, nil
+}
+
+// pgSample is one measurement.
+type pgSample struct {
+	rate     float64
+	p50, p99 time.Duration
+}
+
+func medianRate(ss []pgSample) PgRate {
+	if len(ss) == 0 {
+		return PgRate{}
+	}
+	var r PgRate
+	for _, s := range ss {
+		r.Runs = append(r.Runs, s.rate)
+	}
+	med := func(f func(pgSample) float64) float64 {
+		v := make([]float64, len(ss))
+		for i, s := range ss {
+			v[i] = f(s)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	r.Rate = med(func(s pgSample) float64 { return s.rate })
+	r.P50ms = med(func(s pgSample) float64 { return ms(s.p50) })
+	r.P99ms = med(func(s pgSample) float64 { return ms(s.p99) })
+	return r
+}
+
+// pgBench is one PostgreSQL bench.
+type pgBench struct {
+	cfg     PostgresConfig
+	out     io.Writer
+	id      string
+	schema  string
+	url     string // the store URL with the bench's schema
+	dir     string
+	version string
+	pgbench string
+	script  string
+	secret  []byte
+	key     string
+}
+
+// setup creates the bench's schema and pgbench's tables.
+func (pb *pgBench) setup(ctx context.Context) error {
+	var id [4]byte
+	_, _ = rand.Read(id[:])
+	pb.id = hex.EncodeToString(id[:])
+	pb.schema = "dalv_bench_" + pb.id
+	u, err := url.Parse(pb.cfg.Store)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return fmt.Errorf("%w: --store %q is not a postgres:// URL", ErrConfig, pb.cfg.Store)
+	}
+	q := u.Query()
+	q.Set("search_path", pb.schema)
+	u.RawQuery = q.Encode()
+	pb.url = u.String()
+	if pb.dir, err = os.MkdirTemp("", "dalv-pgbench-"); err != nil {
+		return err
+	}
+	conn, err := pgx.Connect(ctx, pb.cfg.Store)
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", u.Redacted(), err)
+	}
+	defer conn.Close(ctx)
+	if err := conn.QueryRow(ctx, "SHOW server_version").Scan(&pb.version); err != nil {
+		return err
+	}
+	pb.version = "PostgreSQL " + pb.version
+	s := pgx.Identifier{pb.schema}.Sanitize()
+	_, err = conn.Exec(ctx, fmt.Sprintf(`CREATE SCHEMA %[1]s;
+		CREATE TABLE %[1]s.pgb_heads (id integer PRIMARY KEY, version bigint NOT NULL);
+		CREATE TABLE %[1]s.pgb_log (id integer NOT NULL, version bigint NOT NULL, at timestamptz NOT NULL DEFAULT now());
+		INSERT INTO %[1]s.pgb_heads SELECT g, 0 FROM generate_series(1, %[2]d) g`, s, pb.cfg.Devices))
+	if err != nil {
+		return fmt.Errorf("create the bench schema: %w", err)
+	}
+	pb.script = fmt.Sprintf(`\set id :client_id + 1
+BEGIN;
+UPDATE %[1]s.pgb_heads SET version = version + 1 WHERE id = :id;
+INSERT INTO %[1]s.pgb_log (id, version) VALUES (:id, 1);
+END;
+`, s)
+	if err := os.WriteFile(filepath.Join(pb.dir, "tx.sql"), []byte(pb.script), 0o644); err != nil {
+		return err
+	}
+	pb.pgbench = pb.cfg.Pgbench
+	if pb.pgbench == "" {
+		fmt.Fprintln(pb.out, "pgbench not found (install PostgreSQL's client tools): no comparison")
+	}
+	secret, err := auth.GenerateSecret(32)
+	if err != nil {
+		return err
+	}
+	pb.secret = []byte(secret)
+	pb.key, err = auth.GenerateSecret(24)
+	return err
+}
+
+// cleanup drops the bench's schema and files.
+func (pb *pgBench) cleanup() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if conn, err := pgx.Connect(ctx, pb.cfg.Store); err == nil {
+		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{pb.schema}.Sanitize()+" CASCADE"); err != nil {
+			fmt.Fprintf(pb.out, "drop schema %s: %v\n", pb.schema, err)
+		}
+		_ = conn.Close(ctx)
+	}
+	if pb.dir != "" {
+		_ = os.RemoveAll(pb.dir)
+	}
+}
+
+// libpqURL is the store URL without the parameters that only pgx knows.
+func (pb *pgBench) libpqURL() string {
+	u, _ := url.Parse(pb.cfg.Store)
+	q := u.Query()
+	for k := range q {
+		switch k {
+		case "sslmode", "connect_timeout", "application_name", "sslrootcert", "sslcert", "sslkey", "passfile", "target_session_attrs":
+		default:
+			q.Del(k)
+		}
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// runPgbench runs pgbench's transaction with as many clients as devices,
+// for the warm-up and the duration, and reads its rate and latencies from
+// its per-transaction log.
+func (pb *pgBench) runPgbench(ctx context.Context, run int) (pgSample, error) {
+	secs := max(1, int((pb.cfg.Warmup+pb.cfg.Duration)/time.Second))
+	prefix := fmt.Sprintf("pgbench-r%d", run)
+	args := []string{"-n", "-M", "prepared", "-c", strconv.Itoa(pb.cfg.Devices), "-j", "2",
+		"-T", strconv.Itoa(secs), "-f", "tx.sql", "-l", "--log-prefix", prefix, pb.libpqURL()}
+	fmt.Fprintf(pb.out, "run %d/%d  pgbench -c %d -T %d (UPDATE one row by key + INSERT)\n", run, pb.cfg.Runs, pb.cfg.Devices, secs)
+	cmd := exec.CommandContext(ctx, pb.pgbench, args...)
+	cmd.Dir = pb.dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return pgSample{}, fmt.Errorf("pgbench: %w\n%s", err, out)
+	}
+	// Log lines: client_id transaction_no time_us script_no epoch_s epoch_us.
+	files, _ := filepath.Glob(filepath.Join(pb.dir, prefix+".*"))
+	var h histogram
+	var first, last int64
+	warmupEnd := int64(0)
+	var lines [][2]int64 // (end time µs, latency µs)
+	for _, f := range files {
+		fh, err := os.Open(f)
+		if err != nil {
+			return pgSample{}, err
+		}
+		sc := bufio.NewScanner(fh)
+		for sc.Scan() {
+			fs := strings.Fields(sc.Text())
+			if len(fs) < 6 {
+				continue
+			}
+			lat, _ := strconv.ParseInt(fs[2], 10, 64)
+			sec, _ := strconv.ParseInt(fs[4], 10, 64)
+			usec, _ := strconv.ParseInt(fs[5], 10, 64)
+			lines = append(lines, [2]int64{sec*1e6 + usec, lat})
+		}
+		fh.Close()
+		os.Remove(f)
+	}
+	if len(lines) == 0 {
+		return pgSample{}, fmt.Errorf("pgbench logged no transactions:\n%s", out)
+	}
+	first = lines[0][0]
+	for _, l := range lines {
+		first = min(first, l[0])
+	}
+	warmupEnd = first + pb.cfg.Warmup.Microseconds()
+	last = warmupEnd
+	n := 0
+	for _, l := range lines {
+		if l[0] >= warmupEnd {
+			h.Record(time.Duration(l[1]) * time.Microsecond)
+			last = max(last, l[0])
+			n++
+		}
+	}
+	elapsed := time.Duration(last-warmupEnd) * time.Microsecond
+	if elapsed <= 0 {
+		return pgSample{}, errors.New("pgbench ran too short to measure")
+	}
+	s := pgSample{rate: float64(n) / elapsed.Seconds(), p50: h.Quantile(0.50), p99: h.Quantile(0.99)}
+	fmt.Fprintf(pb.out, "run %d/%d  pgbench: %s tx/s, p99 %.2f ms\n", run, pb.cfg.Runs, group(s.rate), ms(s.p99))
+	return s, nil
+}
+
+// runNodes starts n nodes, runs the device load spread over them (and the
+// watch probes with several nodes), and stops them.
+func (pb *pgBench) runNodes(ctx context.Context, run, n int) (pgSample, *histogram, error) {
+	nodes := make([]*proc.Server, 0, n)
+	defer func() {
+		for _, s := range nodes {
+			_ = s.Stop(10 * time.Second)
+		}
+	}()
+	for i := range n {
+		nodeURL, _ := url.Parse(pb.url)
+		q := nodeURL.Query()
+		q.Set("application_name", fmt.Sprintf("dalv-bench-%s-node%d", pb.id, i+1))
+		nodeURL.RawQuery = q.Encode()
+		args := append([]string{"--store", nodeURL.String(), "--rate-limit", "-1", "--log-level", "warn"}, pb.cfg.ServerArgs...)
+		s, err := proc.Start(ctx, proc.Options{
+			Binary: pb.cfg.Binary,
+			Data:   filepath.Join(pb.dir, "unused"),
+			Args:   args,
+			Env:    []string{"DALV_JWT_SECRET=" + string(pb.secret), "DALV_BACKEND_KEYS=" + pb.key},
+		})
+		if err != nil {
+			return pgSample{}, nil, fmt.Errorf("start node %d: %w", i+1, err)
+		}
+		nodes = append(nodes, s)
+	}
+	ccfg := Config{Devices: pb.cfg.Devices/n + pb.cfg.Probes + 1}
+	clients := make([]*clients, n)
+	for i, s := range nodes {
+		clients[i] = newClients(ccfg, s.URL())
+		defer clients[i].close()
+	}
+	tag := fmt.Sprintf("b%s-r%d-n%d", pb.id, run, n)
+	devs := make([]*pgDevice, pb.cfg.Devices)
+	for i := range devs {
+		d, err := pb.newDevice(clients[i%n], fmt.Sprintf("%s-u%d", tag, i), "phone")
+		if err != nil {
+			return pgSample{}, nil, err
+		}
+		devs[i] = d
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var watch histogram
+	var probes sync.WaitGroup
+	probeErr := make(chan error, pb.cfg.Probes)
+	if n > 1 {
+		for i := range pb.cfg.Probes {
+			user := fmt.Sprintf("%s-probe%d", tag, i)
+			probes.Go(func() {
+				if err := pb.probe(lctx, clients[i%n], clients[(i+1)%n], user, &watch); err != nil && lctx.Err() == nil {
+					probeErr <- err
+				}
+			})
+		}
+	}
+	label := fmt.Sprintf("%d node", n)
+	if n > 1 {
+		label += "s"
+	}
+	s, err := pb.closedLoop(lctx, run, label, devs)
+	cancel()
+	probes.Wait()
+	if err != nil {
+		return s, nil, err
+	}
+	select {
+	case err := <-probeErr:
+		return s, nil, fmt.Errorf("watch probe: %w", err)
+	default:
+	}
+	for i, node := range nodes {
+		select {
+		case <-node.Done():
+			return s, nil, fmt.Errorf("node %d exited: %v\n%s", i+1, node.ExitErr(), node.Stderr())
+		default:
+		}
+	}
+	line := fmt.Sprintf("run %d/%d  %s: %s syncs/s, p99 %.2f ms", run, pb.cfg.Runs, label, group(s.rate), ms(s.p99))
+	if watch.Count() > 0 {
+		line += fmt.Sprintf("; commit to watcher on another node p99 %.2f ms (%d)", ms(watch.Quantile(0.99)), watch.Count())
+	}
+	fmt.Fprintln(pb.out, line)
+	return s, &watch, nil
+}
+
+// pgDevice syncs one PUT at a time to its own partition.
+type pgDevice struct {
+	client dalvv1connect.ClientServiceClient
+	auth   []string
+	req    *dalvv1.SyncRequest
+	value  []byte
+	base   uint64
+}
+
+func (pb *pgBench) newDevice(c *clients, user, id string) (*pgDevice, error) {
+	tok, err := auth.Mint(pb.secret, user, tokenTTL, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	d := &pgDevice{client: c.device, auth: authorization(tok), value: make([]byte, pb.cfg.ValueBytes)}
+	for i := range d.value {
+		d.value[i] = 'v'
+	}
+	d.req = &dalvv1.SyncRequest{DeviceId: id, Ops: []*dalvv1.Op{{
+		Kind: dalvv1.OpKind_OP_KIND_PUT, Key: "bench/" + id,
+		Value: &dalvv1.Value{Kind: &dalvv1.Value_Scalar{Scalar: d.value}},
+	}}}
+	return d, nil
+}
+
+func (d *pgDevice) sync(ctx context.Context) error {
+	d.req.Batch++
+	d.req.BaseVersion = d.base
+	putNumber(d.value, d.req.Batch)
+	req := connect.NewRequest(d.req)
+	req.Header()["Authorization"] = d.auth
+	resp, err := d.client.Sync(ctx, req)
+	if err != nil {
+		return fmt.Errorf("device %s, batch %d: %w", d.req.DeviceId, d.req.Batch, err)
+	}
+	if m := resp.Msg; m.GetStatus() != dalvv1.SyncStatus_SYNC_STATUS_ACCEPTED || m.GetVersion() <= d.base {
+		return fmt.Errorf("%w: device %s, batch %d: status %v, version %d", ErrWrongAnswer, d.req.DeviceId, d.req.Batch, m.GetStatus(), m.GetVersion())
+	} else {
+		d.base = m.GetVersion()
+	}
+	return nil
+}
+
+// closedLoop runs the devices, each syncing as soon as its last sync
+// returns, for the warm-up and then the measured duration.
+func (pb *pgBench) closedLoop(ctx context.Context, run int, label string, devs []*pgDevice) (pgSample, error) {
+	var (
+		measuring atomic.Bool
+		done      atomic.Bool
+		wg        sync.WaitGroup
+		errOnce   sync.Once
+		firstErr  error
+	)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	hists := make([]histogram, len(devs))
+	for i, d := range devs {
+		h := &hists[i]
+		wg.Go(func() {
+			for !done.Load() {
+				t0 := time.Now()
+				if err := d.sync(ctx); err != nil {
+					if ctx.Err() == nil {
+						errOnce.Do(func() { firstErr = err; cancel() })
+					}
+					return
+				}
+				if measuring.Load() && !done.Load() {
+					h.Record(time.Since(t0))
+				}
+			}
+		})
+	}
+	fmt.Fprintf(pb.out, "run %d/%d  %s: %d devices, warm-up %v, measure %v\n", run, pb.cfg.Runs, label, len(devs), pb.cfg.Warmup, pb.cfg.Duration)
+	wait := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	var start time.Time
+	if wait(pb.cfg.Warmup) {
+		measuring.Store(true)
+		start = time.Now()
+		wait(pb.cfg.Duration)
+	}
+	done.Store(true)
+	elapsed := time.Since(start)
+	cancel()
+	wg.Wait()
+	if firstErr != nil {
+		return pgSample{}, fmt.Errorf("%w: %w", ErrCallFailed, firstErr)
+	}
+	if err := ctx.Err(); start.IsZero() && err != nil {
+		return pgSample{}, err
+	}
+	var h histogram
+	for i := range hists {
+		h.Merge(&hists[i])
+	}
+	return pgSample{rate: float64(h.Count()) / elapsed.Seconds(), p50: h.Quantile(0.50), p99: h.Quantile(0.99)}, nil
+}
+
+// probe syncs user's phone through one node every ProbeEvery while its
+// tablet watches through another, and records the time from sending each
+// sync to its commit's arrival at the watch.
+func (pb *pgBench) probe(ctx context.Context, syncs, watches *clients, user string, h *histogram) error {
+	phone, err := pb.newDevice(syncs, user, "phone")
+	if err != nil {
+		return err
+	}
+	tok, err := auth.Mint(pb.secret, user, tokenTTL, time.Now())
+	if err != nil {
+		return err
+	}
+	req := connect.NewRequest(&dalvv1.WatchRequest{DeviceId: "tablet"})
+	req.Header()["Authorization"] = authorization(tok)
+	stream, err := watches.device.Watch(ctx, req)
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	arrived := make(chan uint64, 64)
+	go func() {
+		defer close(arrived)
+		for stream.Receive() {
+			if m := stream.Msg(); !m.GetHeartbeat() && m.GetVersion() > 0 {
+				arrived <- m.GetVersion()
+			}
+		}
+	}()
+	var mu sync.Mutex
+	var results []time.Duration
+	tick := time.NewTicker(pb.cfg.ProbeEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			mu.Lock()
+			for _, d := range results {
+				h.Record(d)
+			}
+			mu.Unlock()
+			return nil
+		case <-tick.C:
+		}
+		t0 := time.Now()
+		if err := phone.sync(ctx); err != nil {
+			if ctx.Err() != nil {
+				continue
+			}
+			return err
+		}
+		for v := range arrived {
+			if v >= phone.base {
+				mu.Lock()
+				results = append(results, time.Since(t0))
+				mu.Unlock()
+				break
+			}
+		}
+	}
+}
+
+// WriteTable writes the report for people.
+func (r *PostgresReport) WriteTable(w io.Writer) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "dalv serve --store over %s: %d devices (pgbench: as many clients), %s per measurement, median of %d runs\n\n",
+		r.Server, r.Devices, r.Duration, r.Runs)
+	fmt.Fprintf(&b, "%-34s %12s %9s %9s %8s   %s\n", "", "rate /s", "p50 ms", "p99 ms", "ratio", "target")
+	if r.Pgbench.Rate > 0 {
+		fmt.Fprintf(&b, "%-34s %12s %9.2f %9.2f %8s\n", "pgbench: UPDATE 1 row + INSERT", group(r.Pgbench.Rate), r.Pgbench.P50ms, r.Pgbench.P99ms, "100%")
+	} else {
+		fmt.Fprintf(&b, "%-34s %12s\n", "pgbench", "(not run)")
+	}
+	for _, n := range r.Nodes {
+		label := fmt.Sprintf("dalv syncs, %d node", n.Nodes)
+		if n.Nodes > 1 {
+			label += "s"
+		}
+		target := ""
+		if n.Nodes == 3 {
+			target = fmt.Sprintf(">= %.0f%% %s", 100*TargetPgbenchRatio, passMark(n.Ratio >= TargetPgbenchRatio))
+		}
+		fmt.Fprintf(&b, "%-34s %12s %9.2f %9.2f %7.1f%%   %s\n", label, group(n.Syncs.Rate), n.Syncs.P50ms, n.Syncs.P99ms, 100*n.Ratio, target)
+	}
+	for _, n := range r.Nodes {
+		if n.WatchSamples > 0 {
+			fmt.Fprintf(&b, "%-34s %12s %9.2f %9.2f %8s   < %.0f ms %s\n", fmt.Sprintf("commit to watcher, %d nodes", n.Nodes),
+				fmt.Sprintf("(%d)", n.WatchSamples), n.WatchP50ms, n.WatchP99ms, "", ms(TargetWatchP99), passMark(n.WatchP99ms < ms(TargetWatchP99)))
+		}
+	}
+	fmt.Fprintf(&b, "\npgbench's transaction:\n%s", r.Script)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// WriteJSON writes the report as JSON.
+func (r *PostgresReport) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+func passMark(ok bool) string {
+	if ok {
+		return "ok"
+	}
+	return "MISSED"
+}
