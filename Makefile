@@ -37,8 +37,12 @@ soak:
 
 ## fuzz: each fuzz target for a minute
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzValidateOps -fuzztime 60s ./engine/
-	$(GO) test -run '^$$' -fuzz FuzzDecodeEntry -fuzztime 60s ./store/pebble/
+	$(GO) test -run '^$$' -fuzz '^FuzzValidateOps$$' -fuzztime 60s ./engine/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 60s ./value/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEntry$$' -fuzztime 60s ./store/pebble/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeFeedRecord$$' -fuzztime 60s ./store/pebble/
+	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime 60s ./auth/
+	$(GO) test -run '^$$' -fuzz '^FuzzBearerToken$$' -fuzztime 60s ./auth/
 
 ## bench: the server benchmark (medians of 5 runs)
 bench: build
