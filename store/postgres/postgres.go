@@ -62,7 +62,7 @@ import (
 // Defaults of [Options].
 const (
 	DefaultMaxConns        = 10
-	DefaultNotifyInterval  = 2 * time.Millisecond
+	DefaultNotifyInterval  = 5 * time.Millisecond
 	DefaultApplicationName = "dalv"
 	DefaultFeedWait        = time.Second
 )
@@ -139,6 +139,8 @@ type testHooks struct {
 	beforeLock func(ctx context.Context, conn *pgx.Conn) error
 	// beforeCommit runs after the writes, before COMMIT.
 	beforeCommit func(p store.Partition, feedKey int64)
+	// noReadAhead turns the reads ahead off, so every read is a query.
+	noReadAhead bool
 }
 
 // Open connects to the PostgreSQL database at url (a postgres:// URL or a

@@ -53,6 +53,16 @@ func TestConformance(t *testing.T) {
 		storetest.Options{Dump: dump})
 }
 
+// TestConformanceNoReadAhead runs the suite with every read a query, as
+// for partitions too large to read ahead.
+func TestConformanceNoReadAhead(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		s := openFresh(t, Options{})
+		s.hooks.noReadAhead = true
+		return s
+	})
+}
+
 // dump returns every row of every table of the store's schema, each
 // column's raw bytes (bytea as stored, not hex) joined by '|'.
 func dump(st store.Store) ([][]byte, error) {

@@ -1,9 +1,13 @@
 package postgres
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"math"
+	"slices"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -32,8 +36,153 @@ type reader struct {
 	begin string // the BEGIN still to send with the first statement
 	begun bool
 
-	headRead bool // in an Update, the locked head
+	headRead bool // the head, read (in an Update, locked)
 	head     store.Head
+	pf       *prefetch // what was read ahead of fn's reads, or nil
+	// readAhead lets a View's first Head read the entries ahead.
+	readAhead bool
+}
+
+// A partition's first statement in an Update (and a View's first Head)
+// comes with the reads ahead of a small partition: its device records and
+// its entries, up to prefetchRows each, values up to prefetchValue bytes.
+// fn's reads of a small partition then take no round trip: a sync is two,
+// the lock and the commit.
+const (
+	prefetchRows  = 16
+	prefetchValue = 4096
+)
+
+// The statements that read ahead, the entries alone or with the device
+// records (as rows whose first column is NULL, key the device, version the
+// batch); each part reads one row more than it keeps, to know whether it
+// has them all.
+var (
+	prefetchEntries = fmt.Sprintf(`SELECT key, version, scalar_version,
+		CASE WHEN octet_length(value) <= %[1]d THEN value END, tomb_nanos IS NOT NULL,
+		COALESCE(octet_length(value) > %[1]d, false)
+		FROM dalv_entries WHERE part = $1 ORDER BY key LIMIT %[2]d`, prefetchValue, prefetchRows+1)
+	prefetchAll = fmt.Sprintf(`(SELECT true AS entry, %[3]s) UNION ALL
+		(SELECT NULL, device, batch, 0, NULL, false, false FROM dalv_devices WHERE part = $1 LIMIT %[2]d)`,
+		prefetchValue, prefetchRows+1, prefetchEntries[len("SELECT "):])
+)
+
+// prefetch is what was read ahead of fn's reads.
+type prefetch struct {
+	devices    map[string]uint64
+	devicesAll bool            // devices holds every device record of the partition
+	entries    []store.Entry   // in key order
+	omitted    map[string]bool // entries whose value was too big to read ahead
+	entriesAll bool            // entries holds every entry of the partition
+	hasDevices bool            // devices were read ahead at all
+}
+
+// queueAll queues the read ahead of entries and device records into b.
+func (pf *prefetch) queueAll(b *pgx.Batch, part string) {
+	pf.hasDevices = true
+	b.Queue(prefetchAll, part).Query(pf.scan)
+}
+
+// queueEntries queues the read ahead of entries into b.
+func (pf *prefetch) queueEntries(b *pgx.Batch, part string) {
+	b.Queue(prefetchEntries, part).Query(pf.scan)
+}
+
+// scan reads the rows of prefetchAll or prefetchEntries.
+func (pf *prefetch) scan(rows pgx.Rows) error {
+	entries, devices := 0, 0
+	withKind := len(rows.FieldDescriptions()) == 7
+	for rows.Next() {
+		var (
+			isEntry *bool
+			e       store.Entry
+			omitted bool
+			err     error
+		)
+		if withKind {
+			e, err = scanEntryRow(rows, &isEntry, &omitted)
+		} else {
+			e, err = scanEntryRow(rows, nil, &omitted)
+		}
+		if err != nil {
+			return err
+		}
+		if withKind && isEntry == nil {
+			if devices++; devices <= prefetchRows {
+				if pf.devices == nil {
+					pf.devices = make(map[string]uint64)
+				}
+				pf.devices[e.Key] = e.Version
+			}
+			continue
+		}
+		if entries++; entries > prefetchRows {
+			continue
+		}
+		if omitted {
+			if pf.omitted == nil {
+				pf.omitted = make(map[string]bool)
+			}
+			pf.omitted[e.Key] = true
+		}
+		pf.entries = append(pf.entries, e)
+	}
+	slices.SortFunc(pf.entries, func(a, b store.Entry) int { return strings.Compare(a.Key, b.Key) })
+	pf.entriesAll = entries <= prefetchRows
+	pf.devicesAll = devices <= prefetchRows
+	return nil
+}
+
+// scanEntryRow reads a row of prefetchAll (isEntry set) or prefetchEntries.
+func scanEntryRow(rows pgx.Rows, isEntry **bool, omitted *bool) (store.Entry, error) {
+	var (
+		key     []byte
+		v, sv   int64
+		val     []byte
+		deleted bool
+		err     error
+	)
+	if isEntry != nil {
+		err = rows.Scan(isEntry, &key, &v, &sv, &val, &deleted, omitted)
+	} else {
+		err = rows.Scan(&key, &v, &sv, &val, &deleted, omitted)
+	}
+	if err != nil {
+		return store.Entry{}, err
+	}
+	e := store.Entry{Key: string(key), Version: uint64(v), ScalarVersion: uint64(sv), Deleted: deleted}
+	if !deleted {
+		if val == nil {
+			val = []byte{}
+		}
+		e.Value = val
+	}
+	return e, nil
+}
+
+// entry returns the read-ahead entry of key: known is false when only a
+// query can tell.
+func (pf *prefetch) entry(key string) (e store.Entry, ok, known bool) {
+	i, found := slices.BinarySearchFunc(pf.entries, key, func(e store.Entry, key string) int { return strings.Compare(e.Key, key) })
+	switch {
+	case found && !pf.omitted[key]:
+		return cloneEntry(pf.entries[i]), true, true
+	case !found && pf.entriesAll:
+		return store.Entry{}, false, true
+	}
+	return store.Entry{}, false, false
+}
+
+// complete reports whether every entry of the partition, values and all,
+// was read ahead.
+func (pf *prefetch) complete() bool { return pf != nil && pf.entriesAll && len(pf.omitted) == 0 }
+
+// cloneEntry copies e's value: each read hands out its own.
+func cloneEntry(e store.Entry) store.Entry {
+	if e.Value != nil {
+		e.Value = append([]byte{}, e.Value...)
+	}
+	return e
 }
 
 // query runs sql and hands its rows to scan, which must read them all
@@ -64,7 +213,7 @@ func (r *reader) Head() (store.Head, error) {
 		return r.head, nil
 	}
 	var h store.Head
-	err := r.query(func(rows pgx.Rows) error {
+	scan := func(rows pgx.Rows) error {
 		for rows.Next() {
 			var v, hz int64
 			if err := rows.Scan(&v, &hz); err != nil {
@@ -73,10 +222,28 @@ func (r *reader) Head() (store.Head, error) {
 			h = store.Head{Version: uint64(v), Horizon: uint64(hz)}
 		}
 		return nil
-	}, "SELECT version, horizon FROM dalv_heads WHERE part = $1", r.part)
+	}
+	const sql = "SELECT version, horizon FROM dalv_heads WHERE part = $1"
+	var err error
+	if r.begin != "" && r.readAhead {
+		// A View's first read: the entries of a small partition come along.
+		b := &pgx.Batch{}
+		b.Queue(r.begin)
+		b.Queue(sql, r.part).Query(scan)
+		pf := &prefetch{}
+		pf.queueEntries(b, r.part)
+		r.begin, r.begun = "", true
+		if err = storeErr(r.ctx, r.conn.SendBatch(r.ctx, b).Close()); err == nil {
+			r.pf = pf
+		}
+	} else {
+		err = r.query(scan, sql, r.part)
+	}
 	if err != nil {
 		return store.Head{}, fmt.Errorf("head %s: %w", r.p, err)
 	}
+	// A View's snapshot does not move: Changes past the head are known.
+	r.head, r.headRead = h, true
 	return h, nil
 }
 
@@ -110,6 +277,11 @@ func scanEntry(rows pgx.Rows) (store.Entry, int, error) {
 
 // Get implements store.Reader.
 func (r *reader) Get(key string) (store.Entry, bool, error) {
+	if r.pf != nil {
+		if e, ok, known := r.pf.entry(key); known {
+			return e, ok, nil
+		}
+	}
 	var e store.Entry
 	ok := false
 	err := r.query(func(rows pgx.Rows) error {
@@ -159,7 +331,27 @@ func nextLimit(limit, size int) int {
 
 // Changes implements store.Reader.
 func (r *reader) Changes(after uint64, fn func(store.Entry) (bool, error)) error {
-	if after >= math.MaxInt64 {
+	if after >= math.MaxInt64 || r.headRead && after >= r.head.Version {
+		return nil // nothing was committed after the head
+	}
+	if r.pf.complete() {
+		es := make([]store.Entry, 0, len(r.pf.entries))
+		for _, e := range r.pf.entries {
+			if e.Version > after {
+				es = append(es, e)
+			}
+		}
+		slices.SortFunc(es, func(a, b store.Entry) int {
+			if c := cmp.Compare(a.Version, b.Version); c != 0 {
+				return c
+			}
+			return strings.Compare(a.Key, b.Key)
+		})
+		for _, e := range es {
+			if more, err := fn(cloneEntry(e)); err != nil || !more {
+				return err
+			}
+		}
 		return nil
 	}
 	limit := minPage
@@ -192,6 +384,18 @@ func (r *reader) Scan(prefix, startAfter string, fn func(store.Entry) (bool, err
 		start = append([]byte(startAfter), 0) // the first key after startAfter
 	}
 	end := prefixEnd([]byte(prefix)) // nil: no upper bound
+	if r.pf.complete() {
+		for _, e := range r.pf.entries {
+			k := []byte(e.Key)
+			if e.Deleted || bytes.Compare(k, start) < 0 || end != nil && bytes.Compare(k, end) >= 0 {
+				continue
+			}
+			if more, err := fn(cloneEntry(e)); err != nil || !more {
+				return err
+			}
+		}
+		return nil
+	}
 	limit := minPage
 	for {
 		es, size, err := r.page(limit, "SELECT "+entryCols+` FROM dalv_entries
@@ -215,6 +419,14 @@ func (r *reader) Scan(prefix, startAfter string, fn func(store.Entry) (bool, err
 
 // DeviceBatch implements store.Reader.
 func (r *reader) DeviceBatch(device string) (uint64, error) {
+	if pf := r.pf; pf != nil && pf.hasDevices {
+		if b, ok := pf.devices[device]; ok {
+			return b, nil
+		}
+		if pf.devicesAll {
+			return 0, nil
+		}
+	}
 	var batch int64
 	err := r.query(func(rows pgx.Rows) error {
 		for rows.Next() {
@@ -261,7 +473,8 @@ func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Rea
 		return fmt.Errorf("view %s: %w", p, storeErr(ctx, err))
 	}
 	defer conn.Release()
-	r := &reader{ctx: ctx, conn: conn, p: p, part: partID(p), begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"}
+	r := &reader{ctx: ctx, conn: conn, p: p, part: partID(p), begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+		readAhead: !s.hooks.noReadAhead}
 	err = fn(r)
 	if r.begun && !conn.Conn().IsClosed() {
 		end := "COMMIT"

@@ -18,18 +18,21 @@ import (
 const maxAttempts = 5
 
 // lockHead is an Update's first statement: it creates or locks the
-// partition's head row, and takes the commit's feed key: at least this
-// transaction's id, and above the partition's last key. It also returns the
+// partition's head row, and writes the head as the commit will leave it:
+// the next version, and the commit's feed key, at least this transaction's
+// id and above the partition's last key. (An Update that commits nothing
+// rolls it back.) It returns the head as it was, the feed key, and the
 // transaction's id.
 const lockHead = `INSERT INTO dalv_heads AS h (part, version, horizon, feed_key)
-VALUES ($1, 0, 0, pg_current_xact_id()::text::bigint)
-ON CONFLICT (part) DO UPDATE SET feed_key = GREATEST(pg_current_xact_id()::text::bigint, h.feed_key + 1)
-RETURNING h.version, h.horizon, h.feed_key, pg_current_xact_id()::text::bigint`
+VALUES ($1, 1, 0, pg_current_xact_id()::text::bigint)
+ON CONFLICT (part) DO UPDATE SET version = h.version + 1,
+	feed_key = GREATEST(pg_current_xact_id()::text::bigint, h.feed_key + 1)
+RETURNING h.version - 1, h.horizon, h.feed_key, pg_current_xact_id()::text::bigint`
 
-// writeCommit writes a commit in one statement: the head, the device's
-// batch, the entries, and the feed row.
+// writeCommit writes a commit in one statement: the horizon when an erase
+// moves it, the device's batch, the entries, and the feed row.
 const writeCommit = `WITH h AS (
-	UPDATE dalv_heads SET version = $2, horizon = $3 WHERE part = $1
+	UPDATE dalv_heads SET horizon = $3 WHERE part = $1 AND horizon <> $3
 ), d AS (
 	INSERT INTO dalv_devices (part, device, batch) SELECT $1, $4::bytea, $5 WHERE $4::bytea IS NOT NULL
 	ON CONFLICT (part, device) DO UPDATE SET batch = EXCLUDED.batch
@@ -104,6 +107,7 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 	}
 
 	var h, hz, feedKey, xid int64
+	var pf *prefetch // the reads ahead, sent with the lock
 	if s.hooks.beforeLock != nil {
 		if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
 			return failed(err)
@@ -116,6 +120,10 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 		b := &pgx.Batch{}
 		b.Queue("BEGIN")
 		b.Queue(lockHead, part).QueryRow(func(row pgx.Row) error { return row.Scan(&h, &hz, &feedKey, &xid) })
+		if !s.hooks.noReadAhead {
+			pf = &prefetch{}
+			pf.queueAll(b, part)
+		}
 		err = conn.SendBatch(ctx, b).Close()
 	}
 	if err != nil {
@@ -123,7 +131,7 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 		return 0, retry, fmt.Errorf("update %s: lock head: %w", p, err)
 	}
 	head := store.Head{Version: uint64(h), Horizon: uint64(hz)}
-	r := &reader{ctx: ctx, conn: conn, p: p, part: part, headRead: true, head: head}
+	r := &reader{ctx: ctx, conn: conn, p: p, part: part, headRead: true, head: head, pf: pf}
 	c, err := fn(r)
 	if err != nil || c == nil {
 		_, retry, _ := failed(err)
