@@ -102,7 +102,7 @@ type Server struct {
 	health   *grpchealth.StaticChecker
 	hub      *hub
 	notifier store.Notifier // when the store is shared with other processes
-	drain    chan struct{} // closed when shutdown begins: streams end
+	drain    chan struct{}  // closed when shutdown begins: streams end
 	draining atomic.Bool
 }
 
