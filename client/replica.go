@@ -1,0 +1,414 @@
+package client
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/dalvdb/dalv/engine"
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+)
+
+// Value is what a key holds: a scalar (opaque bytes) or a list (an ordered
+// set of byte strings, in order of first addition). It is the wire type of
+// package dalvv1; build values with [Scalar] and [List], read them with
+// GetScalar and GetList().GetItems(). Values returned by a [Replica] belong
+// to the caller.
+type Value = dalvv1.Value
+
+// Op is one change to one key, as the wire protocol carries it.
+type Op = dalvv1.Op
+
+// Item is one key and its value, as [Replica.List] returns them.
+type Item struct {
+	Key   string
+	Value *Value
+}
+
+// Replica is a user's data on this device: one crash-safe file holding the
+// synced values, the pending local writes, and what the device knows of the
+// server. Its methods are safe for concurrent use.
+//
+// Lock order: syncMu, then wmu, then mu; statusMu and subsMu are leaves.
+type Replica struct {
+	path     string
+	opts     Options
+	log      *slog.Logger
+	db       *bolt.DB
+	deviceID string
+	cli      dalvv1connect.ClientServiceClient // nil without a server
+
+	// syncMu serialises exchanges with the server and the application of
+	// their answers, so a watch event and a sync answer never interleave.
+	syncMu sync.Mutex
+	// wmu serialises writers of the file: local writes and remote applies.
+	wmu sync.Mutex
+	// mu guards the in-memory state below. Readers hold it shared for the
+	// whole read, so a read sees each write entirely or not at all.
+	mu       sync.RWMutex
+	closed   bool
+	pend     map[string]*pkey // own partition's keys with pending ops
+	queue    []*batch         // pending batches, in order
+	versions map[string]uint64
+	cfg      config
+	inboxN   int
+	refusedN int
+
+	// Only with syncMu held:
+	sentSeq   uint64          // the head batch may have reached the server: never merge it
+	limitHits int             // resource_exhausted answers in a row for the head batch
+	resynced  bool            // a pull found the server behind and took everything again
+	noMerge   map[uint64]bool // parts of a refused merged batch: sent alone
+
+	tok tokenState
+
+	statusMu sync.Mutex
+	status   Status
+
+	subsMu sync.Mutex
+	subs   map[*subscription]struct{}
+
+	loop loopState
+	kick chan struct{}
+}
+
+// config is what the device knows of the server: the defaults until first
+// contact, then what GetConfig said.
+type config struct {
+	systemPrefixes  []string
+	readable        []string // shared partitions the token may read
+	lim             engine.Limits
+	maxRequestBytes int
+	user            string
+	known           bool
+}
+
+func defaultConfig() config {
+	return config{
+		systemPrefixes:  slices.Clone(engine.DefaultSystemPrefixes),
+		lim:             engine.Limits{MaxKeyBytes: engine.DefaultMaxKeyBytes, MaxValueBytes: engine.DefaultMaxValueBytes, MaxOps: engine.DefaultMaxOps, MaxResponseBytes: engine.DefaultMaxResponseBytes},
+		maxRequestBytes: 8 << 20,
+	}
+}
+
+func configFrom(m *dalvv1.GetConfigResponse) config {
+	c := defaultConfig()
+	c.systemPrefixes = slices.Clone(m.GetSystemPrefixes())
+	c.readable = slices.Clone(m.GetSharedPartitions())
+	set := func(dst *int, v uint32) {
+		if v > 0 {
+			*dst = int(v)
+		}
+	}
+	set(&c.lim.MaxKeyBytes, m.GetMaxKeyBytes())
+	set(&c.lim.MaxValueBytes, m.GetMaxValueBytes())
+	set(&c.lim.MaxOps, m.GetMaxOps())
+	set(&c.lim.MaxResponseBytes, m.GetMaxResponseBytes())
+	set(&c.maxRequestBytes, m.GetMaxRequestBytes())
+	c.user = m.GetUser()
+	c.known = true
+	return c
+}
+
+// systemPrefix returns the system prefix key falls under, if any.
+func (c *config) systemPrefix(key string) (string, bool) {
+	for _, p := range c.systemPrefixes {
+		if strings.HasPrefix(key, p) {
+			return p, true
+		}
+	}
+	return "", false
+}
+
+// Open opens the replica file at path, creating it (and a new random device
+// id) if it does not exist. A file another process has open is refused with
+// [ErrLocked]. Open copies opts and fills in defaults; it does not contact
+// the server: reads and writes work offline at once.
+func Open(path string, opts Options) (*Replica, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("open replica %s: %w", path, err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: o.LockTimeout, NoStatistics: true, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return nil, fmt.Errorf("open replica %s: %w (locked for more than %v; is another copy of the app running on it?)", path, ErrLocked, o.LockTimeout)
+		}
+		return nil, fmt.Errorf("open replica %s: %w", path, err)
+	}
+	r := &Replica{
+		path:     path,
+		opts:     o,
+		log:      o.Logger,
+		db:       db,
+		pend:     make(map[string]*pkey),
+		versions: make(map[string]uint64),
+		cfg:      defaultConfig(),
+		subs:     make(map[*subscription]struct{}),
+		kick:     make(chan struct{}, 1),
+		noMerge:  make(map[uint64]bool),
+	}
+	if err := r.init(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open replica %s: %w", path, err)
+	}
+	if o.ServerURL != "" {
+		r.cli = dalvv1connect.NewClientServiceClient(o.HTTPClient, strings.TrimRight(o.ServerURL, "/"))
+	}
+	r.status.Pending = len(r.queue)
+	r.log.Debug("replica open", "path", path, "device", r.deviceID, "pending", len(r.queue), "version", r.versions[""])
+	return r, nil
+}
+
+// init creates the buckets of a new file, or checks and loads an existing
+// one into memory.
+func (r *Replica) init() error {
+	return r.db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bktMeta)
+		if err != nil {
+			return err
+		}
+		switch f := meta.Get(keyFormat); {
+		case f == nil:
+			if err := meta.Put(keyFormat, []byte(fileFormat)); err != nil {
+				return err
+			}
+		case string(f) != fileFormat:
+			return corruptf("file format %q, want %q (not a replica file?)", f, fileFormat)
+		}
+		for _, b := range [][]byte{bktParts, bktPending, bktPkeys, bktInbox, bktRefused} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		if id := meta.Get(keyDevice); id != nil {
+			r.deviceID = string(id)
+		} else {
+			var b [16]byte
+			if _, err := rand.Read(b[:]); err != nil {
+				return err
+			}
+			r.deviceID = hex.EncodeToString(b[:])
+			if err := meta.Put(keyDevice, []byte(r.deviceID)); err != nil {
+				return err
+			}
+		}
+		if c := meta.Get(keyConfig); c != nil {
+			var m dalvv1.GetConfigResponse
+			if err := proto.Unmarshal(c, &m); err != nil {
+				return corruptf("config: %v", err)
+			}
+			r.cfg = configFrom(&m)
+		}
+		if u := meta.Get(keyUser); u != nil {
+			r.cfg.user = string(u)
+		}
+		// Partitions: the own one, and the shared ones asked for; shared
+		// partitions no longer asked for are dropped.
+		parts := tx.Bucket(bktParts)
+		want := map[string]bool{string(partBucket("")): true}
+		for _, s := range r.opts.Shared {
+			want[string(partBucket(s))] = true
+		}
+		var drop [][]byte
+		if err := parts.ForEachBucket(func(k []byte) error {
+			if !want[string(k)] {
+				drop = append(drop, slices.Clone(k))
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, k := range drop {
+			if err := parts.DeleteBucket(k); err != nil {
+				return err
+			}
+		}
+		for _, part := range append([]string{""}, r.opts.Shared...) {
+			pb, err := parts.CreateBucketIfNotExists(partBucket(part))
+			if err != nil {
+				return err
+			}
+			if _, err := pb.CreateBucketIfNotExists(bktKV); err != nil {
+				return err
+			}
+			if v := pb.Get(keyVersion); v != nil {
+				ver, n := binary.Uvarint(v)
+				if n <= 0 {
+					return corruptf("partition %q: bad version", part)
+				}
+				r.versions[part] = ver
+			}
+		}
+		// Pending keys and batches.
+		if err := tx.Bucket(bktPkeys).ForEach(func(k, v []byte) error {
+			p, err := decodePkey(v)
+			if err != nil {
+				return fmt.Errorf("pending key %q: %w", k, err)
+			}
+			r.pend[string(k)] = p
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bktPending).ForEach(func(k, v []byte) error {
+			if len(k) != 8 {
+				return corruptf("pending batch key %x", k)
+			}
+			b, err := decodeBatch(binary.BigEndian.Uint64(k), v)
+			if err != nil {
+				return err
+			}
+			r.queue = append(r.queue, b)
+			for _, op := range b.ops {
+				p := r.pend[op.GetKey()]
+				if p == nil {
+					return corruptf("pending op on %q without its pending-key record", op.GetKey())
+				}
+				p.ops = append(p.ops, op)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for k, p := range r.pend {
+			if len(p.ops) == 0 {
+				return corruptf("pending-key record for %q without pending ops", k)
+			}
+			p.local = applyOps(p.base, p.ops)
+		}
+		if len(r.queue) > 0 {
+			// The head batch may have reached the server before the
+			// process ended: it is resent as it is, never merged.
+			r.sentSeq = r.queue[0].seq
+		}
+		r.inboxN = tx.Bucket(bktInbox).Stats().KeyN
+		r.refusedN = tx.Bucket(bktRefused).Stats().KeyN
+		return nil
+	})
+}
+
+// DeviceID returns the device's stable random id, created with the file.
+func (r *Replica) DeviceID() string { return r.deviceID }
+
+// Path returns the replica file's path.
+func (r *Replica) Path() string { return r.path }
+
+// User returns the user whose data the replica holds, once a server has
+// said so; empty before first contact.
+func (r *Replica) User() string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.cfg.user
+}
+
+// Close stops the sync loop, ends subscriptions and closes the file. Pending
+// writes stay in the file for the next Open.
+func (r *Replica) Close() error {
+	r.Stop()
+	r.syncMu.Lock()
+	defer r.syncMu.Unlock()
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	r.mu.Unlock()
+	r.closeSubs()
+	if t, ok := r.opts.HTTPClient.Transport.(interface{ CloseIdleConnections() }); ok {
+		t.CloseIdleConnections()
+	}
+	if err := r.db.Close(); err != nil {
+		return fmt.Errorf("close replica %s: %w", r.path, err)
+	}
+	return nil
+}
+
+// Status is a snapshot of the replica's sync state.
+type Status struct {
+	// Pending is the number of local batches not yet acknowledged.
+	Pending int
+	// Version is the partition version of the user's data the replica
+	// has synced to.
+	Version uint64
+	// LastSync is when the last sync completed; zero before the first.
+	LastSync time.Time
+	// LastError is the last error of a sync or watch, nil after a success.
+	LastError error
+	// Online reports whether the last exchange with the server succeeded.
+	Online bool
+	// Watching reports whether the live watch of the user's partition is
+	// open and caught up.
+	Watching bool
+	// Conflicts is the number of deferred conflicts in the inbox.
+	Conflicts int
+	// Refused is the number of batches the server refused, set aside.
+	Refused int
+}
+
+// Status returns the replica's sync state.
+func (r *Replica) Status() Status {
+	r.mu.RLock()
+	pending, version, inbox, refused := len(r.queue), r.versions[""], r.inboxN, r.refusedN
+	r.mu.RUnlock()
+	r.statusMu.Lock()
+	defer r.statusMu.Unlock()
+	s := r.status
+	s.Pending, s.Version, s.Conflicts, s.Refused = pending, version, inbox, refused
+	return s
+}
+
+func (r *Replica) setOnline(online bool, err error) {
+	r.statusMu.Lock()
+	defer r.statusMu.Unlock()
+	r.status.Online = online
+	if err != nil {
+		r.status.LastError = err
+	}
+}
+
+func (r *Replica) setWatching(w bool) {
+	r.statusMu.Lock()
+	defer r.statusMu.Unlock()
+	r.status.Watching = w
+}
+
+func (r *Replica) syncDone(err error) {
+	r.statusMu.Lock()
+	defer r.statusMu.Unlock()
+	r.status.LastError = err
+	if err == nil {
+		r.status.LastSync = r.opts.Now()
+	}
+}
+
+// checkOpen returns ErrClosed once Close was called; mu must be held.
+func (r *Replica) checkOpen() error {
+	if r.closed {
+		return fmt.Errorf("replica %s: %w", r.path, ErrClosed)
+	}
+	return nil
+}
+
+// kickLoop wakes the sync loop after a local write.
+func (r *Replica) kickLoop() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
