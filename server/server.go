@@ -181,6 +181,8 @@ func (s *Server) routes() http.Handler {
 		connect.WithInterceptors(s.metrics.interceptor()),
 		connect.WithReadMaxBytes(s.cfg.MaxRequestBytes),
 		s.gzipWithLimit(),
+		// Compressing small answers costs more CPU than the bytes it saves.
+		connect.WithCompressMinBytes(1024),
 	}
 	mux := http.NewServeMux()
 	mux.Handle(dalvv1connect.NewClientServiceHandler(&clientService{s: s}, opts...))

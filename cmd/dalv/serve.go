@@ -105,6 +105,8 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 	if err != nil {
 		return fmt.Errorf("DALV_JWT_SECRET: %w", err)
 	}
+	// A device sends its token with every request: check each token once.
+	verifier = auth.Cached(verifier, 0, nil)
 	keySet, err := auth.NewKeySet(keys)
 	if err != nil {
 		return fmt.Errorf("DALV_BACKEND_KEYS: %w", err)
