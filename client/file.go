@@ -2,14 +2,13 @@ package client
 
 // The replica file: one bbolt database. Its layout:
 //
-//	meta/      device, user, config (a GetConfigResponse), batch (the next
-//	           batch number), format
+//	meta/      device, user, config (a GetConfigResponse), format
 //	parts/     one bucket per partition: "o" the user's own, "s/NAME" each
 //	           shared one; in each, "version" and the bucket kv of
 //	           key -> uvarint(version of the last change) + value.Encode
 //	pending/   8-byte sequence -> a batch: its number, its parts when merged,
 //	           its ops (a SyncRequest); the batches not yet acknowledged,
-//	           in order
+//	           in order. The bucket's sequence keys and numbers batches.
 //	pkeys/     key -> what the device knew of a key with pending ops: the
 //	           base value and the versions that bound unseen remote changes
 //	inbox/     key -> a deferred conflict
@@ -41,7 +40,6 @@ var (
 	keyDevice  = []byte("device")
 	keyUser    = []byte("user")
 	keyConfig  = []byte("config")
-	keyBatch   = []byte("batch")
 	keyFormat  = []byte("format")
 	keyVersion = []byte("version")
 )

@@ -446,3 +446,14 @@ func getString(t testing.TB, r *client.Replica, key string) string {
 	}
 	return show(v)
 }
+
+func mustToken(t testing.TB, user string) string {
+	t.Helper()
+	tok, err := tokens(user)(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func errorsIs(err, target error) bool { return errors.Is(err, target) }

@@ -94,16 +94,12 @@ func (r *Replica) Settle(key string, res Resolution) error {
 		if op == nil {
 			return nil
 		}
-		no, err := nextBatchNo(tx)
-		if err != nil {
-			return err
-		}
 		pending := tx.Bucket(bktPending)
-		seq, err := pending.NextSequence()
+		seq, err := nextBatchNo(tx)
 		if err != nil {
 			return err
 		}
-		b = &batch{seq: seq, no: no, ops: []*Op{op}}
+		b = &batch{seq: seq, no: seq, ops: []*Op{op}}
 		enc, err := encodeBatch(b)
 		if err != nil {
 			return err

@@ -192,14 +192,19 @@ func (w *watchers) stop() {
 // with more set are gathered and applied at once), then each commit.
 // Reaching the live part resets bo.
 func (r *Replica) watch(ctx context.Context, part string, bo *backoff) error {
+	// The stream lives on after withToken returns: it gets its own context,
+	// ended with ctx or by Close.
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(r.life, cancel)()
 	var stream *connect.ServerStreamForClient[dalvv1.WatchEvent]
-	err := r.withToken(ctx, func(tok string) error {
+	err := r.withToken(ctx, func(_ context.Context, tok string) error {
 		r.mu.RLock()
 		from := r.versions[part]
 		r.mu.RUnlock()
 		req := connect.NewRequest(&dalvv1.WatchRequest{DeviceId: r.deviceID, FromVersion: from, Shared: part})
 		req.Header().Set("Authorization", "Bearer "+tok)
-		s, err := r.cli.Watch(ctx, req)
+		s, err := r.cli.Watch(sctx, req)
 		if err != nil {
 			return err
 		}

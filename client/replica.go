@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -82,6 +83,10 @@ type Replica struct {
 
 	loop loopState
 	kick chan struct{}
+
+	// life is cancelled by Close, ending requests in flight.
+	life     context.Context
+	lifeDone context.CancelFunc
 }
 
 // config is what the device knows of the server: the defaults until first
@@ -141,7 +146,7 @@ func Open(path string, opts Options) (*Replica, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open replica %s: %w", path, err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: o.LockTimeout, NoStatistics: true, FreelistType: bolt.FreelistMapType})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: o.LockTimeout, NoStatistics: true, FreelistType: bolt.FreelistMapType, NoFreelistSync: true})
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("open replica %s: %w (locked for more than %v; is another copy of the app running on it?)", path, ErrLocked, o.LockTimeout)
@@ -160,6 +165,7 @@ func Open(path string, opts Options) (*Replica, error) {
 		kick:     make(chan struct{}, 1),
 		noMerge:  make(map[uint64]bool),
 	}
+	r.life, r.lifeDone = context.WithCancel(context.Background())
 	if err := r.init(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open replica %s: %w", path, err)
@@ -317,6 +323,7 @@ func (r *Replica) User() string {
 // Close stops the sync loop, ends subscriptions and closes the file. Pending
 // writes stay in the file for the next Open.
 func (r *Replica) Close() error {
+	r.lifeDone()
 	r.Stop()
 	r.syncMu.Lock()
 	defer r.syncMu.Unlock()

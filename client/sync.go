@@ -282,7 +282,7 @@ func (r *Replica) refused(ctx context.Context, b *batch, err error) (handled boo
 		// batch aside only when it breaks the limits now in force, or
 		// keeps being refused.
 		r.forgetVerified()
-		if verr := r.withToken(ctx, func(string) error { return nil }); verr != nil {
+		if verr := r.withToken(ctx, func(context.Context, string) error { return nil }); verr != nil {
 			return false, verr
 		}
 		r.mu.RLock()

@@ -48,7 +48,10 @@ func (r *Replica) forgetVerified() {
 // withToken runs call with the current token, first checking with GetConfig
 // that a token not yet checked is for the replica's user. When the server
 // answers unauthenticated it asks the TokenSource again and retries once.
-func (r *Replica) withToken(ctx context.Context, call func(tok string) error) error {
+func (r *Replica) withToken(ctx context.Context, call func(ctx context.Context, tok string) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(r.life, cancel)()
 	tok, err := r.token(ctx, false)
 	if err != nil {
 		return err
@@ -56,7 +59,7 @@ func (r *Replica) withToken(ctx context.Context, call func(tok string) error) er
 	for attempt := 0; ; attempt++ {
 		err = r.verify(ctx, tok)
 		if err == nil {
-			err = call(tok)
+			err = call(ctx, tok)
 		}
 		r.noteReachable(err)
 		if attempt > 0 || connect.CodeOf(err) != connect.CodeUnauthenticated {
@@ -156,7 +159,7 @@ func (r *Replica) setConfig(m *dalvv1.GetConfigResponse) error {
 // rpcSync sends one Sync request.
 func (r *Replica) rpcSync(ctx context.Context, m *dalvv1.SyncRequest) (*dalvv1.SyncResponse, error) {
 	var resp *dalvv1.SyncResponse
-	err := r.withToken(ctx, func(tok string) error {
+	err := r.withToken(ctx, func(ctx context.Context, tok string) error {
 		ctx, cancel := context.WithTimeout(ctx, r.opts.RequestTimeout)
 		defer cancel()
 		req := connect.NewRequest(m)

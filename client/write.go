@@ -1,7 +1,6 @@
 package client
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -281,16 +280,12 @@ func (r *Replica) commitLocal(ops []*Op, vals map[string]*Value) error {
 	var b *batch
 	fresh := make(map[string]*pkey)
 	err := r.db.Update(func(btx *bolt.Tx) error {
-		no, err := nextBatchNo(btx)
-		if err != nil {
-			return err
-		}
 		pending := btx.Bucket(bktPending)
-		seq, err := pending.NextSequence()
+		seq, err := nextBatchNo(btx)
 		if err != nil {
 			return err
 		}
-		b = &batch{seq: seq, no: no, ops: ops}
+		b = &batch{seq: seq, no: seq, ops: ops}
 		enc, err := encodeBatch(b)
 		if err != nil {
 			return err
@@ -347,18 +342,11 @@ func (r *Replica) commitLocal(ops []*Op, vals map[string]*Value) error {
 	return nil
 }
 
-// nextBatchNo takes the next batch number from the file: increasing, from 1,
-// never reused.
+// nextBatchNo takes the next value of the pending bucket's sequence, which
+// keys new batches and numbers every batch: increasing, from 1, never
+// reused, and kept in the bucket's header, which each write dirties anyway.
 func nextBatchNo(btx *bolt.Tx) (uint64, error) {
-	meta := btx.Bucket(bktMeta)
-	no := uint64(1)
-	if b := meta.Get(keyBatch); b != nil {
-		if len(b) != 8 {
-			return 0, corruptf("batch counter")
-		}
-		no = binary.BigEndian.Uint64(b)
-	}
-	return no, meta.Put(keyBatch, binary.BigEndian.AppendUint64(nil, no+1))
+	return btx.Bucket(bktPending).NextSequence()
 }
 
 // Put sets key to the scalar b in one transaction.
