@@ -172,6 +172,25 @@ func TestPostgresThreeNodes(t *testing.T) {
 	}
 }
 
+// TestPostgresRestart restarts PostgreSQL (a server of the test's own)
+// while devices sync through two nodes: requests end accepted or with
+// unavailable, the nodes reconnect by themselves, every acknowledged batch
+// is there once.
+func TestPostgresRestart(t *testing.T) {
+	t.Parallel()
+	srv, err := pgtest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	nodes, _ := pgNodes(t, srv.URL, 2, "--heartbeat", "2s")
+	pgLoadWithFault(t, nodes, 6, 40, 1, func() {
+		if err := srv.Restart(); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
 // TestPostgresConnectionsKilled kills a node's PostgreSQL connections
 // while devices sync through it: each request ends accepted or with
 // unavailable (the device retries the same batch), the node recovers by
@@ -180,7 +199,17 @@ func TestPostgresConnectionsKilled(t *testing.T) {
 	t.Parallel()
 	base := pgtest.Server(t)
 	nodes, apps := pgNodes(t, base, 2, "--heartbeat", "2s")
-	const devices, batches, kills = 8, 40, 3
+	pgLoadWithFault(t, nodes, 8, 40, 3, func() {
+		pgtest.ExecOn(t, base, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", apps[0])
+	})
+}
+
+// pgLoadWithFault has devices (each its own user) sync batches through
+// nodes[0], retrying a batch that ends with unavailable, and calls fault
+// faults times while the load is well under way. Then it checks through
+// nodes[1] that every batch is there once, and that nodes[0] serves on.
+func pgLoadWithFault(t *testing.T, nodes []*proc.Server, devices, batches, faults int, fault func()) {
+	t.Helper()
 	var acked atomic.Int64
 	var mu sync.Mutex
 	codes := make(map[string]int)
@@ -191,7 +220,7 @@ func TestPostgresConnectionsKilled(t *testing.T) {
 			user := fmt.Sprintf("user%d", d)
 			c := deviceClient(t, nodes[0], user)
 			var version uint64
-			for b := uint64(1); b <= batches; b++ {
+			for b := uint64(1); b <= uint64(batches); b++ {
 				for {
 					req := connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "phone", BaseVersion: version, Batch: b,
 						Ops: ops(opPut(fmt.Sprintf("k/%03d", b), fmt.Sprint(b)))})
@@ -219,20 +248,21 @@ func TestPostgresConnectionsKilled(t *testing.T) {
 						t.Errorf("%s batch %d: still unavailable: %v", user, b, err)
 						return
 					}
+					time.Sleep(10 * time.Millisecond) // a client's retry back-off, not a wait for an event
 				}
 			}
 		})
 	}
-	for k := range kills {
-		// Kill when the load is well under way, then let it go on.
-		target := int64((k + 1) * devices * batches / (kills + 1))
+	for k := range faults {
+		// Strike when the load is well under way, then let it go on.
+		target := int64((k + 1) * devices * batches / (faults + 1))
 		checkFor(t, time.Minute, time.Millisecond, func() error {
 			if acked.Load() < target {
 				return fmt.Errorf("%d batches acknowledged, waiting for %d", acked.Load(), target)
 			}
 			return nil
 		})
-		pgtest.ExecOn(t, base, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", apps[0])
+		fault()
 	}
 	wg.Wait()
 	t.Logf("answers: %v", codes)
@@ -240,11 +270,12 @@ func TestPostgresConnectionsKilled(t *testing.T) {
 	// Through the other node: every acknowledged batch is there once.
 	for d := range devices {
 		user := fmt.Sprintf("user%d", d)
-		resp, err := deviceClient(t, nodes[1], user).Sync(ctx(t), connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "laptop"}))
-		if err != nil {
-			t.Fatalf("pull %s on node 2: %v", user, err)
-		}
-		if got := resp.Msg.GetVersion(); got != batches {
+		var resp *connect.Response[dalvv1.SyncResponse]
+		checkFor(t, 30*time.Second, 10*time.Millisecond, func() (err error) {
+			resp, err = deviceClient(t, nodes[1], user).Sync(ctx(t), connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "laptop"}))
+			return err
+		})
+		if got := resp.Msg.GetVersion(); got != uint64(batches) {
 			t.Errorf("%s is at version %d after %d batches, each applied once", user, got, batches)
 		}
 		got := make(map[string]string)
@@ -257,10 +288,15 @@ func TestPostgresConnectionsKilled(t *testing.T) {
 			}
 		}
 	}
-	// The node whose connections were killed serves on.
-	resp, err := deviceClient(t, nodes[0], "user0").Sync(ctx(t), connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "phone", BaseVersion: batches, Batch: batches + 1, Ops: ops(opPut("after", "x"))}))
-	if err != nil || resp.Msg.GetVersion() != batches+1 {
-		t.Errorf("sync on node 1 after the kills = %v, %v", resp, err)
+	// The node that saw the faults serves on.
+	var resp *connect.Response[dalvv1.SyncResponse]
+	checkFor(t, 30*time.Second, 10*time.Millisecond, func() (err error) {
+		resp, err = deviceClient(t, nodes[0], "user0").Sync(ctx(t), connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "phone",
+			BaseVersion: uint64(batches), Batch: uint64(batches) + 1, Ops: ops(opPut("after", "x"))}))
+		return err
+	})
+	if resp.Msg.GetVersion() != uint64(batches)+1 {
+		t.Errorf("sync on node 1 after the faults: version %d, want %d", resp.Msg.GetVersion(), batches+1)
 	}
 }
 
