@@ -73,7 +73,8 @@ type Options struct {
 	// reconnects). nil discards them.
 	Logger *slog.Logger
 	// Schema is the schema the tables live in, created if missing. Empty
-	// means the connection's search_path (as the URL's search_path sets it).
+	// means the URL's search_path when it names one schema (created if
+	// missing too), else the connection's current schema.
 	Schema string
 	// MaxConns bounds the connection pool; 0 means the URL's
 	// pool_max_conns, or DefaultMaxConns.
@@ -167,15 +168,19 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	if rp["application_name"] == "" {
 		rp["application_name"] = DefaultApplicationName
 	}
-	if opts.Schema != "" {
-		rp["search_path"] = pgx.Identifier{opts.Schema}.Sanitize()
+	schema := opts.Schema
+	if schema == "" {
+		schema = singleSchema(rp["search_path"])
+	}
+	if schema != "" {
+		rp["search_path"] = pgx.Identifier{schema}.Sanitize()
 	}
 	where := fmt.Sprintf("%s:%d/%s", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open postgres store %s: %w", where, storeErr(ctx, err))
 	}
-	schema, err := migrate(ctx, pool, opts.Schema)
+	schema, err = migrate(ctx, pool, schema)
 	if err != nil {
 		pool.Close()
 		err = storeErr(ctx, err)
@@ -197,6 +202,19 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	}
 	s.ann = newAnnouncer(s, opts.NotifyInterval)
 	return s, nil
+}
+
+// singleSchema returns the schema a search_path of one schema names, or ""
+// for any other (empty, several, or $user).
+func singleSchema(path string) string {
+	path = strings.TrimSpace(path)
+	if path == "" || strings.Contains(path, ",") || strings.Contains(path, "$") {
+		return ""
+	}
+	if len(path) >= 2 && path[0] == '"' && path[len(path)-1] == '"' {
+		return strings.ReplaceAll(path[1:len(path)-1], `""`, `"`)
+	}
+	return strings.ToLower(path)
 }
 
 // errEmptyPartition refuses a partition without a name, which package store

@@ -545,3 +545,32 @@ func TestPayloadsSplit(t *testing.T) {
 		t.Errorf("%d partitions in %d payloads, want 1000 in several", seen, len(payloads))
 	}
 }
+
+// TestSearchPathSchema opens a store with the schema named only by the
+// URL's search_path, before it exists: Open creates it.
+func TestSearchPathSchema(t *testing.T) {
+	t.Parallel()
+	schema, u := pgtest.Schema(t)
+	pgtest.Exec(t, "DROP SCHEMA "+schema)
+	s, err := Open(context.Background(), u, Options{})
+	if err != nil {
+		t.Fatalf("Open with search_path=%s: %v", schema, err)
+	}
+	defer s.Close()
+	if _, err := commitOne(context.Background(), s, store.Partition{Name: "alice"}, "k"); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	err = s.pool.QueryRow(context.Background(), "SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = 'dalv_heads'", schema).Scan(&n)
+	if err != nil || n != 1 {
+		t.Errorf("dalv_heads in %s: %d, %v", schema, n, err)
+	}
+	if got := singleSchema(`"My Schema"`); got != "My Schema" {
+		t.Errorf(`singleSchema("My Schema") = %q`, got)
+	}
+	for _, path := range []string{"", "a, b", `"$user", public`} {
+		if got := singleSchema(path); got != "" {
+			t.Errorf("singleSchema(%q) = %q, want none", path, got)
+		}
+	}
+}
