@@ -29,27 +29,27 @@ ON CONFLICT (part) DO UPDATE SET version = h.version + 1,
 	feed_key = GREATEST(pg_current_xact_id()::text::bigint, h.feed_key + 1)
 RETURNING h.version - 1, h.horizon, h.feed_key, pg_current_xact_id()::text::bigint`
 
-// writeCommit writes a commit in one statement: the horizon when an erase
-// moves it, the device's batch, the entries, and the feed row.
-const writeCommit = `WITH h AS (
-	UPDATE dalv_heads SET horizon = $3 WHERE part = $1 AND horizon <> $3
-), d AS (
-	INSERT INTO dalv_devices (part, device, batch) SELECT $1, $4::bytea, $5 WHERE $4::bytea IS NOT NULL
+// writeCommit writes a commit in one statement: the device's batch, the
+// entries, and the feed row. (The head was written by lockHead; an erase
+// also moves the horizon, by eraseHorizon.)
+const writeCommit = `WITH d AS (
+	INSERT INTO dalv_devices (part, device, batch) SELECT $1, $3::bytea, $4 WHERE $3::bytea IS NOT NULL
 	ON CONFLICT (part, device) DO UPDATE SET batch = EXCLUDED.batch
 ), e AS (
 	INSERT INTO dalv_entries (part, key, version, scalar_version, value, tomb_nanos)
-	SELECT $1, t.k, $2, t.sv, CASE WHEN t.del THEN NULL ELSE COALESCE(t.v, '\x'::bytea) END, CASE WHEN t.del THEN $7::bigint END
-	FROM unnest($8::bytea[], $9::bigint[], $10::bytea[], $11::boolean[]) AS t(k, sv, v, del)
+	SELECT $1, t.k, $2, t.sv, CASE WHEN t.del THEN NULL ELSE COALESCE(t.v, '\x'::bytea) END, CASE WHEN t.del THEN $6::bigint END
+	FROM unnest($7::bytea[], $8::bigint[], $9::bytea[], $10::boolean[]) AS t(k, sv, v, del)
 	ON CONFLICT (part, key) DO UPDATE SET version = EXCLUDED.version, scalar_version = EXCLUDED.scalar_version,
 		value = EXCLUDED.value, tomb_nanos = EXCLUDED.tomb_nanos
 )
-INSERT INTO dalv_feed (part, feed_key, version, nanos, erase, ops) VALUES ($1, $6, $2, $7, $12, $13)`
+INSERT INTO dalv_feed (part, feed_key, version, nanos, erase, ops) VALUES ($1, $5, $2, $6, $11, $12)`
 
 // Erasing deletes the partition's entries and its earlier feed rows, before
 // the commit's own writes.
 const (
 	eraseEntries = `DELETE FROM dalv_entries WHERE part = $1`
 	eraseFeed    = `DELETE FROM dalv_feed WHERE part = $1 AND feed_key < $2`
+	eraseHorizon = `UPDATE dalv_heads SET horizon = $2 WHERE part = $1`
 )
 
 // errUnknownOutcome marks a commit whose COMMIT was sent but not answered.
@@ -235,12 +235,11 @@ func commitBatch(part string, head store.Head, feedKey int64, c *store.Commit) (
 		vals = append(vals, val)
 		dels = append(dels, e.Deleted)
 	}
-	horizon := head.Horizon
 	b := &pgx.Batch{}
 	if c.Erase {
-		horizon = c.Version
 		b.Queue(eraseEntries, part)
 		b.Queue(eraseFeed, part, feedKey)
+		b.Queue(eraseHorizon, part, int64(c.Version))
 	}
 	var device []byte
 	if c.Device != "" {
@@ -253,7 +252,7 @@ func commitBatch(part string, head store.Head, feedKey int64, c *store.Commit) (
 	if ops == nil {
 		ops = []byte{}
 	}
-	b.Queue(writeCommit, part, int64(c.Version), int64(horizon), device, int64(c.Batch), feedKey, nanos,
+	b.Queue(writeCommit, part, int64(c.Version), device, int64(c.Batch), feedKey, nanos,
 		keys, svs, vals, dels, c.Erase, ops)
 	return b, nil
 }
