@@ -37,7 +37,8 @@ type Config struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// OnCommit, when set, is called after each commit is durable, outside
-	// the partition's lock, in version order per partition for one process.
+	// the partition's lock. Calls for one partition may come in another
+	// order than the versions: receivers must tolerate gaps and reordering.
 	OnCommit func(CommitInfo)
 }
 
@@ -220,7 +221,7 @@ func (e *Engine) Pull(ctx context.Context, p store.Partition, base, resetHorizon
 			return err
 		}
 		if base > head.Version {
-			return Errorf(ErrInvalid, "base version %d is ahead of the partition, which is at version %d; sync from 0", base, head.Version)
+			return Errorf(ErrInvalid, "version %d is ahead of the partition, which is at version %d; start from 0", base, head.Version)
 		}
 		return e.collect(r, head, base, resetHorizon, nil, resp)
 	})

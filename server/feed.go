@@ -57,7 +57,13 @@ func (s *Server) feed(ctx context.Context, req *connect.Request[dalvv1.BackendSe
 		if after, err = decodeCursor(c); err != nil {
 			return err
 		}
-		if after < horizon {
+		// Let the store judge the position before anything is sent: a
+		// cursor it never gave is refused as such, never as compacted.
+		err := s.cfg.Store.Feed(ctx, after, func(store.FeedRecord) (bool, error) { return false, nil })
+		if errors.Is(err, store.ErrInvalidPos) {
+			return engine.Errorf(engine.ErrInvalid, "cursor %q is not one this feed gave; pass a delivered cursor, %q, or nothing for now", c, StartCursor)
+		}
+		if after < horizon || errors.Is(err, store.ErrCompacted) {
 			return engine.Errorf(errOutOfRange, "cursor %q is older than the retention horizon: the commits after it were compacted; start again from %q or from now (empty cursor)", c, StartCursor)
 		}
 	}
