@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dalvdb/dalv/internal/pgtest"
 	"github.com/dalvdb/dalv/store"
@@ -573,4 +574,66 @@ func TestSearchPathSchema(t *testing.T) {
 			t.Errorf("singleSchema(%q) = %q, want none", path, got)
 		}
 	}
+}
+
+// TestMetrics holds a transaction with an id open: the feed stall metric
+// shows it, and a commit made meanwhile shows as feed lag.
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	s := openFresh(t, Options{FeedWait: -1})
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, pgtest.URL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "SELECT pg_current_xact_id()"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := commitOne(ctx, s, store.Partition{Name: "alice"}, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFeed(t, s, ""); len(got) != 0 {
+		t.Errorf("Feed behind an open transaction = %v, want nothing", got)
+	}
+	got := make(map[string]float64)
+	for name := range map[string]bool{"dalv_feed_stall_seconds": true, "dalv_feed_lag_seconds": true} {
+		v, err := gatherOne(s, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[name] = v
+	}
+	if got["dalv_feed_stall_seconds"] <= 0 || got["dalv_feed_lag_seconds"] <= 0 {
+		t.Errorf("metrics = %v, want a stall and a lag above 0", got)
+	}
+	ch := make(chan prometheus.Metric, 10)
+	s.Collect(ch)
+	close(ch)
+	if n := len(ch); n != 4 {
+		t.Errorf("%d series collected, want 4: stall, lag, and two of the pool", n)
+	}
+}
+
+// gatherOne returns the value of the gauge name that s collects.
+func gatherOne(s *Store, name string) (float64, error) {
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(s); err != nil {
+		return 0, err
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		return 0, err
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue(), nil
+		}
+	}
+	return 0, fmt.Errorf("no %s collected", name)
 }
