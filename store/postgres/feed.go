@@ -216,6 +216,7 @@ func (s *Store) sendBatch(ctx context.Context, b *pgx.Batch) error {
 	defer conn.Release()
 	err = conn.SendBatch(ctx, b).Close()
 	if err != nil {
+		err = connErr(ctx, conn, err)
 		s.rollback(conn)
 	}
 	return storeErr(ctx, err)

@@ -290,6 +290,15 @@ func storeErr(ctx context.Context, err error) error {
 	return err
 }
 
+// connErr is storeErr for an error of a statement on conn: when conn is
+// closed after it, the connection was lost, whatever the error says.
+func connErr(ctx context.Context, conn *pgxpool.Conn, err error) error {
+	if err != nil && ctx.Err() == nil && conn.Conn().IsClosed() && !errors.Is(err, store.ErrUnavailable) {
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+	}
+	return storeErr(ctx, err)
+}
+
 // isConnErr reports whether err says the connection failed, or that the
 // server cannot take work now, rather than that a statement failed.
 func isConnErr(err error) bool {

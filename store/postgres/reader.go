@@ -193,18 +193,18 @@ func (r *reader) query(scan func(pgx.Rows) error, sql string, args ...any) error
 		b.Queue(r.begin)
 		b.Queue(sql, args...).Query(scan)
 		r.begin, r.begun = "", true
-		return storeErr(r.ctx, r.conn.SendBatch(r.ctx, b).Close())
+		return connErr(r.ctx, r.conn, r.conn.SendBatch(r.ctx, b).Close())
 	}
 	rows, err := r.conn.Query(r.ctx, sql, args...)
 	if err != nil {
-		return storeErr(r.ctx, err)
+		return connErr(r.ctx, r.conn, err)
 	}
 	err = scan(rows)
 	rows.Close()
 	if err == nil {
 		err = rows.Err()
 	}
-	return storeErr(r.ctx, err)
+	return connErr(r.ctx, r.conn, err)
 }
 
 // Head implements store.Reader.
@@ -233,7 +233,7 @@ func (r *reader) Head() (store.Head, error) {
 		pf := &prefetch{}
 		pf.queueEntries(b, r.part)
 		r.begin, r.begun = "", true
-		if err = storeErr(r.ctx, r.conn.SendBatch(r.ctx, b).Close()); err == nil {
+		if err = connErr(r.ctx, r.conn, r.conn.SendBatch(r.ctx, b).Close()); err == nil {
 			r.pf = pf
 		}
 	} else {
@@ -482,7 +482,7 @@ func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Rea
 			end = "ROLLBACK"
 		}
 		if _, cerr := conn.Exec(ctx, end); cerr != nil && err == nil {
-			err = fmt.Errorf("view %s: %w", p, storeErr(ctx, cerr))
+			err = fmt.Errorf("view %s: %w", p, connErr(ctx, conn, cerr))
 		}
 	}
 	return err

@@ -103,7 +103,7 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 		s.rollback(conn)
 		code := sqlState(err)
 		retry := code == "40001" || code == "40P01" || conn.Conn().IsClosed() && ctx.Err() == nil
-		return 0, retry, storeErr(ctx, err)
+		return 0, retry, connErr(ctx, conn, err)
 	}
 
 	var h, hz, feedKey, xid int64
@@ -152,7 +152,7 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 	}
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		if conn.Conn().IsClosed() && hook == nil {
-			return 0, false, fmt.Errorf("commit %s version %d: %w: %w", p, c.Version, errUnknownOutcome, storeErr(ctx, err))
+			return 0, false, fmt.Errorf("commit %s version %d: %w: %w", p, c.Version, errUnknownOutcome, connErr(ctx, conn, err))
 		}
 		_, retry, err := failed(err)
 		return 0, retry, fmt.Errorf("commit %s version %d: %w", p, c.Version, err)
@@ -160,7 +160,7 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 	if hook != nil {
 		hook(p, feedKey)
 		if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
-			return 0, false, fmt.Errorf("commit %s version %d: %w: %w", p, c.Version, errUnknownOutcome, storeErr(ctx, err))
+			return 0, false, fmt.Errorf("commit %s version %d: %w: %w", p, c.Version, errUnknownOutcome, connErr(ctx, conn, err))
 		}
 	}
 	if feedKey > xid {
