@@ -2,8 +2,10 @@
 // latency of durable single-op device syncs, the time and size of a
 // catch-up pull, and two floors to compare the sync rate with: the rate of
 // a no-op Connect call (the gRPC health check) through the same server, and
-// the rate of synced batch commits of the storage engine alone. It samples
-// the server's resident memory throughout.
+// the rate of synced batch commits of the storage engine alone; then device
+// watches: the time from a commit to its delivery to many watchers, and the
+// resident memory an idle watch costs. It samples the server's resident
+// memory throughout.
 //
 // Each figure is taken [Config.Runs] times and reported as the median, with
 // the minimum and maximum, against DalvDB's targets (see [Targets]).
@@ -47,10 +49,15 @@ const (
 	// Storage: synced Pebble batch commits in the bench process at the
 	// same concurrency.
 	Storage Scenario = "storage"
+	// Delivery: many device watches, then paced backend commits to their
+	// users, each timed to every watcher's stream (see watch.go).
+	Delivery Scenario = "delivery"
+	// IdleWatchers: the server's resident memory per open, idle watch.
+	IdleWatchers Scenario = "idle-watchers"
 )
 
 // Scenarios are all scenarios, in run order.
-var Scenarios = []Scenario{Sync, Catchup, Floor, Storage}
+var Scenarios = []Scenario{Sync, Catchup, Floor, Storage, Delivery, IdleWatchers}
 
 // ParseScenarios reads a comma-separated list of scenario names; empty or
 // "all" means all of them. The result is in run order.
@@ -62,7 +69,7 @@ func ParseScenarios(s string) ([]Scenario, error) {
 	for _, name := range strings.Split(s, ",") {
 		sc := Scenario(strings.TrimSpace(name))
 		if !slices.Contains(Scenarios, sc) {
-			return nil, fmt.Errorf("%w: %q (choose from sync, catchup, floor, storage, all)", ErrScenario, name)
+			return nil, fmt.Errorf("%w: %q (choose from sync, catchup, floor, storage, delivery, idle-watchers, all)", ErrScenario, name)
 		}
 		want[sc] = true
 	}
@@ -117,6 +124,16 @@ type Config struct {
 	CatchupCommits int
 	CatchupKeys    int
 	CatchupPulls   int
+	// Watchers device watches over WatchUsers users are what the delivery
+	// scenario delivers to, DeliveryRate backend commits per second in all
+	// across those users what it delivers (defaults 1,000, 100 and 1,000).
+	Watchers     int
+	WatchUsers   int
+	DeliveryRate float64
+	// IdleWatchers idle device watches over IdleUsers users are what the
+	// idle-watchers scenario weighs (defaults 10,000 and 1,000).
+	IdleWatchers int
+	IdleUsers    int
 	// H2C speaks HTTP/2 without TLS (one multiplexed connection) instead
 	// of HTTP/1.1 with a kept-alive connection per device.
 	H2C bool
@@ -168,6 +185,11 @@ func (c Config) withDefaults() (Config, error) {
 	setDefault(&c.CatchupCommits, DefaultCatchupCommits)
 	setDefault(&c.CatchupKeys, DefaultCatchupKeys)
 	setDefault(&c.CatchupPulls, DefaultCatchupPulls)
+	setDefault(&c.Watchers, DefaultWatchers)
+	setDefault(&c.WatchUsers, min(DefaultWatchUsers, c.Watchers))
+	setDefault(&c.DeliveryRate, DefaultDeliveryRate)
+	setDefault(&c.IdleWatchers, DefaultIdleWatchers)
+	setDefault(&c.IdleUsers, min(DefaultIdleUsers, c.IdleWatchers))
 	if c.Dir == "" {
 		c.Dir = os.TempDir()
 	}
@@ -176,10 +198,13 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	switch {
 	case c.Runs < 0, c.Duration < 0, c.Warmup < 0, c.Devices < 0, c.Users < 0, c.ValueBytes < 0,
-		c.CatchupCommits < 0, c.CatchupKeys < 0, c.CatchupPulls < 0:
+		c.CatchupCommits < 0, c.CatchupKeys < 0, c.CatchupPulls < 0,
+		c.Watchers < 0, c.WatchUsers < 0, c.DeliveryRate < 0, c.IdleWatchers < 0, c.IdleUsers < 0:
 		return c, fmt.Errorf("%w: negative runs, duration, count or size", ErrConfig)
 	case c.Users > c.Devices:
 		return c, fmt.Errorf("%w: %d users for %d devices: every user needs a device", ErrConfig, c.Users, c.Devices)
+	case c.WatchUsers > c.Watchers, c.IdleUsers > c.IdleWatchers:
+		return c, fmt.Errorf("%w: more watch users than watchers: every user needs a watcher", ErrConfig)
 	case c.CatchupKeys > c.CatchupCommits:
 		return c, fmt.Errorf("%w: %d catch-up keys need at least as many commits, not %d", ErrConfig, c.CatchupKeys, c.CatchupCommits)
 	case c.URL == "" && c.Binary == "":
@@ -275,7 +300,10 @@ func (b *bencher) startServer(ctx context.Context) error {
 	}
 	b.secret, b.key = []byte(secret), key
 	args := []string{"--rate-limit", "-1", "--log-level", "warn"}
-	if b.cfg.ServerProfile != "" {
+	// pprof for the CPU profile, and for idle-watchers to have the server
+	// collect its garbage before weighing it.
+	pprof := b.cfg.ServerProfile != "" || slices.Contains(b.cfg.Scenarios, IdleWatchers)
+	if pprof {
 		args = append(args, "--pprof-addr", "127.0.0.1:0")
 	}
 	data := filepath.Join(b.dir, "server")
@@ -289,7 +317,7 @@ func (b *bencher) startServer(ctx context.Context) error {
 		return fmt.Errorf("start server: %w", err)
 	}
 	b.url = b.srv.URL()
-	if b.cfg.ServerProfile != "" {
+	if pprof {
 		for _, line := range strings.Split(b.srv.Stdout(), "\n") {
 			if rest, ok := strings.CutPrefix(line, pprofLine); ok {
 				b.pprofAddr, _, _ = strings.Cut(rest, "/")
@@ -358,6 +386,10 @@ func (b *bencher) scenario(ctx context.Context, sc Scenario, vals map[string]flo
 		err = b.floorScenario(ctx, vals)
 	case Storage:
 		err = b.storageScenario(ctx, vals)
+	case Delivery:
+		err = b.deliveryScenario(ctx, vals)
+	case IdleWatchers:
+		err = b.idleScenario(ctx, vals)
 	}
 	if err == nil {
 		err = b.serverErr()

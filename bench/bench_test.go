@@ -2,6 +2,8 @@ package bench
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -57,8 +59,8 @@ func (w lineWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// TestRun runs every scenario once, briefly, against a real server and
-// checks the figures are sane.
+// TestRun runs the request scenarios once, briefly, against a real server
+// and checks the figures are sane (TestWatchScenarios runs the others).
 func TestRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a server")
@@ -69,6 +71,7 @@ func TestRun(t *testing.T) {
 	start := time.Now()
 	rep, err := Run(ctx, Config{
 		Binary:         bin,
+		Scenarios:      []Scenario{Sync, Catchup, Floor, Storage},
 		Runs:           1,
 		Duration:       300 * time.Millisecond,
 		Warmup:         100 * time.Millisecond,
@@ -218,4 +221,182 @@ func TestServerFailsToStart(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "no-such-flag") {
 		t.Fatalf("Run with a bad server flag: %v, want an error naming it", err)
 	}
+}
+
+// result is the figure sc.name of a one-run report.
+func result(t *testing.T, rep *Report, sc Scenario, name string) float64 {
+	t.Helper()
+	for _, r := range rep.Results {
+		if r.Scenario == sc && r.Metric == name {
+			if len(r.Runs) != 1 {
+				t.Fatalf("%s.%s has %d runs, want 1", sc, name, len(r.Runs))
+			}
+			return r.Median
+		}
+	}
+	t.Fatalf("no %s.%s in the report", sc, name)
+	return 0
+}
+
+// TestWatchScenarios runs short versions of the watch scenarios against a
+// real server: every delivery arrives, once and in order, and an idle
+// watch costs the server some memory, but not a lot.
+func TestWatchScenarios(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server")
+	}
+	bin := dalvBinary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	rep, err := Run(ctx, Config{
+		Binary:       bin,
+		Scenarios:    []Scenario{Delivery, IdleWatchers},
+		Runs:         1,
+		Duration:     500 * time.Millisecond,
+		Warmup:       200 * time.Millisecond,
+		Watchers:     50,
+		WatchUsers:   5,
+		DeliveryRate: 200,
+		IdleWatchers: 500,
+		IdleUsers:    50,
+		Dir:          t.TempDir(),
+		Progress:     lineWriter{t},
+	})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	t.Logf("Run took %v", time.Since(start))
+	var table strings.Builder
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", table.String())
+
+	if got := result(t, rep, Delivery, "missed"); got != 0 {
+		t.Errorf("delivery missed = %v, want 0", got)
+	}
+	n := result(t, rep, Delivery, "deliveries")
+	if n == 0 || n != float64(int(n)/10*10) {
+		t.Errorf("deliveries = %v, want a positive multiple of the 10 watchers per user", n)
+	}
+	rate := result(t, rep, Delivery, "commit_rate")
+	if rate < 100 || rate > 300 {
+		t.Errorf("commit rate = %v/s, want about the 200/s offered", rate)
+	}
+	p50, p99 := result(t, rep, Delivery, "p50"), result(t, rep, Delivery, "p99")
+	if !(p50 > 0) || p99 < p50 || p99 > 10_000 {
+		t.Errorf("delivery p50 %v ms, p99 %v ms: not latencies", p50, p99)
+	}
+	if kib := result(t, rep, IdleWatchers, "per_watcher"); !(kib > 0) || kib > 1024 {
+		t.Errorf("RSS growth per idle watcher = %v KiB, want between 0 and 1 MiB", kib)
+	}
+	if before, after := result(t, rep, IdleWatchers, "rss_before"), result(t, rep, IdleWatchers, "rss_after"); before < 1e6 || after <= before {
+		t.Errorf("server RSS %v bytes before the idle watches, %v after", before, after)
+	}
+	if g := result(t, rep, IdleWatchers, "goroutines_per_watcher"); g < 0.5 || g > 5 {
+		t.Errorf("server goroutines per idle watcher = %v, want about 1", g)
+	}
+	if kib := result(t, rep, IdleWatchers, "stack_per_watcher"); !(kib > 0) {
+		t.Errorf("stack per idle watcher = %v KiB, want > 0", kib)
+	}
+}
+
+// TestDeliveryCountsMissed checks that the delivery scenario counts the
+// versions a watch skips as missed, and the report fails on them.
+func TestDeliveryCountsMissed(t *testing.T) {
+	f := &skipping{heads: make(map[string]uint64), subs: make(map[string][]chan uint64)}
+	mux := http.NewServeMux()
+	mux.Handle(dalvv1connect.NewClientServiceHandler(skippingClient{skipping: f}))
+	mux.Handle(dalvv1connect.NewBackendServiceHandler(skippingBackend{skipping: f}))
+	srv := httptest.NewUnstartedServer(mux)
+	srv.Config.Protocols = new(http.Protocols)
+	srv.Config.Protocols.SetHTTP1(true)
+	srv.Config.Protocols.SetUnencryptedHTTP2(true)
+	srv.Start()
+	defer srv.Close()
+
+	rep, err := Run(context.Background(), Config{
+		URL:          srv.URL,
+		JWTSecret:    strings.Repeat("s", 32),
+		BackendKey:   strings.Repeat("k", 16),
+		Scenarios:    []Scenario{Delivery},
+		Runs:         1,
+		Duration:     300 * time.Millisecond,
+		Warmup:       100 * time.Millisecond,
+		Watchers:     4,
+		WatchUsers:   2,
+		DeliveryRate: 100,
+		Dir:          t.TempDir(),
+		Progress:     lineWriter{t},
+	})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if got := result(t, rep, Delivery, "missed"); got == 0 || rep.Pass {
+		t.Errorf("against a server whose watches skip version 3: missed = %v, report pass %v; want missed > 0 and a failed report", got, rep.Pass)
+	}
+}
+
+// skipping is a server whose device watches skip version 3.
+type skipping struct {
+	mu    sync.Mutex
+	heads map[string]uint64
+	subs  map[string][]chan uint64
+}
+
+type skippingClient struct {
+	*skipping
+	dalvv1connect.UnimplementedClientServiceHandler
+}
+
+type skippingBackend struct {
+	*skipping
+	dalvv1connect.UnimplementedBackendServiceHandler
+}
+
+func (f skippingClient) Watch(ctx context.Context, req *connect.Request[dalvv1.WatchRequest], stream *connect.ServerStream[dalvv1.WatchEvent]) error {
+	// The user is the token's subject; the fake trusts it unchecked.
+	_, tok, _ := strings.Cut(req.Header().Get("Authorization"), ".")
+	tok, _, _ = strings.Cut(tok, ".")
+	payload, err := base64.RawURLEncoding.DecodeString(tok)
+	var claims struct{ Sub string }
+	if err == nil {
+		err = json.Unmarshal(payload, &claims)
+	}
+	if err != nil {
+		return connect.NewError(connect.CodeUnauthenticated, err)
+	}
+	ch := make(chan uint64, 1024)
+	f.mu.Lock()
+	head := f.heads[claims.Sub]
+	f.subs[claims.Sub] = append(f.subs[claims.Sub], ch)
+	f.mu.Unlock()
+	if err := stream.Send(&dalvv1.WatchEvent{Version: head, Heartbeat: true}); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case v := <-ch:
+			if v == 3 {
+				continue
+			}
+			if err := stream.Send(&dalvv1.WatchEvent{Version: v}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (f skippingBackend) Commit(_ context.Context, req *connect.Request[dalvv1.CommitRequest]) (*connect.Response[dalvv1.CommitResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	user := req.Msg.GetUser()
+	f.heads[user]++
+	for _, ch := range f.subs[user] {
+		ch <- f.heads[user]
+	}
+	return connect.NewResponse(&dalvv1.CommitResponse{Version: f.heads[user]}), nil
 }

@@ -27,6 +27,9 @@ type loadSpec struct {
 	// measuring, when set, runs as the measurement starts and returns a
 	// function to wait for after it ends.
 	measuring func() (wait func() error)
+	// status, when set, adds to each progress line; it is given the time
+	// since the last one.
+	status func(since time.Duration) string
 }
 
 // loadResult is what one load measured.
@@ -148,9 +151,13 @@ func (b *bencher) load(ctx context.Context, spec loadSpec) (*loadResult, error) 
 				state = "warm-up"
 			}
 			rate := float64(n-lastN) / now.Sub(lastT).Seconds()
+			status := ""
+			if spec.status != nil {
+				status = spec.status(now.Sub(lastT))
+			}
 			lastN, lastT = n, now
-			fmt.Fprintf(b.out, "run %d/%d  %-10s %s %3.0fs  %9s %s  rss %s\n", b.run, b.cfg.Runs, spec.label, state,
-				now.Sub(started).Seconds(), group(rate), spec.unit, mb(b.mon.current()))
+			fmt.Fprintf(b.out, "run %d/%d  %-10s %s %3.0fs  %9s %s  rss %s%s\n", b.run, b.cfg.Runs, spec.label, state,
+				now.Sub(started).Seconds(), group(rate), spec.unit, mb(b.mon.current()), status)
 			continue
 		case <-timer.C:
 		case <-failed:

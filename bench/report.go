@@ -59,7 +59,7 @@ var rssMetric = func(sc Scenario) metric {
 }
 
 // metrics are every figure, in report order.
-var metrics = []metric{
+var metrics = slices.Concat([]metric{
 	{Sync, "rate", "durable syncs/s", "syncs/s", group, fmt.Sprintf(">= %s (aim %s)", group(TargetSyncRate), group(AimSyncRate)),
 		func(v float64) bool { return v >= TargetSyncRate }},
 	{Sync, "p50", "latency p50 (saturated)", "ms", fixed(2), "", nil},
@@ -107,7 +107,7 @@ var metrics = []metric{
 	{Storage, "other_cores", "other processes' CPU use", "cores", fixed(2), "", nil},
 	{Storage, "ratio", "sync rate / Pebble rate", "%", fixed(1), "", nil},
 	rssMetric(Storage),
-}
+}, watchMetrics)
 
 // Report is what [Run] measured.
 type Report struct {
@@ -141,6 +141,11 @@ type Settings struct {
 	CatchupCommits int      `json:"catchup_commits"`
 	CatchupKeys    int      `json:"catchup_keys"`
 	CatchupPulls   int      `json:"catchup_pulls"`
+	Watchers       int      `json:"watchers"`
+	WatchUsers     int      `json:"watch_users"`
+	DeliveryRate   float64  `json:"delivery_rate"`
+	IdleWatchers   int      `json:"idle_watchers"`
+	IdleUsers      int      `json:"idle_users"`
 	Protocol       string   `json:"protocol"`
 	Gzip           bool     `json:"gzip"`
 	Server         string   `json:"server"`
@@ -172,6 +177,8 @@ func newReport(cfg Config) *Report {
 		Runs: cfg.Runs, Duration: cfg.Duration.String(), Warmup: cfg.Warmup.String(),
 		Devices: cfg.Devices, Users: cfg.Users, ValueBytes: cfg.ValueBytes, PacedRate: cfg.PacedRate,
 		CatchupCommits: cfg.CatchupCommits, CatchupKeys: cfg.CatchupKeys, CatchupPulls: cfg.CatchupPulls,
+		Watchers: cfg.Watchers, WatchUsers: cfg.WatchUsers, DeliveryRate: cfg.DeliveryRate,
+		IdleWatchers: cfg.IdleWatchers, IdleUsers: cfg.IdleUsers,
 		Protocol: "Connect, protobuf, HTTP/1.1", Gzip: cfg.Gzip, Server: cfg.URL, ServerArgs: cfg.ServerArgs,
 	}
 	if cfg.H2C {
@@ -275,6 +282,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if s.PacedRate > 0 {
 		fmt.Fprintf(&buf, "paced: the same devices offered %s syncs/s in all, each on a fixed schedule; latency counts from the scheduled start.\n", group(s.PacedRate))
 	}
+	buf.WriteString(s.watchLines(func(sc Scenario) bool {
+		return slices.ContainsFunc(r.Results, func(x Result) bool { return x.Scenario == sc })
+	}))
 	var others float64
 	for _, res := range r.Results {
 		if strings.HasSuffix(res.Metric, "other_cores") {

@@ -23,7 +23,7 @@ func newBenchCmd() *cobra.Command {
 		cpuProfile, store     string
 	)
 	cmd := &cobra.Command{
-		Use:   "bench [--runs 5] [--duration 5s] [--scenario sync,catchup,floor,storage]",
+		Use:   "bench [--runs 5] [--duration 5s] [--scenario sync,catchup,floor,storage,delivery,idle-watchers]",
 		Short: "Measure a real dalv serve on loopback",
 		Long: `Measure a real dalv serve on loopback and report the median of --runs runs,
 with min and max, against DalvDB's targets.
@@ -42,6 +42,15 @@ afterwards. Scenarios:
            concurrency, and the sync rate as a share of it
   storage  Pebble alone in this process: synced two-Set batches at the same
            concurrency, and the sync rate as a share of it
+  delivery --watchers device watches over --watch-users users (h2c, 200
+           streams a connection), then --delivery-rate backend commits/s of
+           one PUT across those users: p50/p99 from sending a commit to each
+           watcher's stream delivering its version, and deliveries missed or
+           out of order (must be 0)
+  idle-watchers
+           --idle-watchers watches over --idle-users users, left idle: the
+           server's RSS growth per watch, from before opening them (after a
+           garbage collection) to all open, heartbeat received and settled
 
 The server's resident memory is sampled every 100 ms throughout. Progress goes
 to stderr, one line a second; the table (or --json) to stdout.
@@ -109,7 +118,12 @@ give it --rate-limit -1 or the rate limit is what you measure.`,
 	fl.IntVar(&cfg.CatchupCommits, "catchup-commits", bench.DefaultCatchupCommits, "commits the catch-up device missed")
 	fl.IntVar(&cfg.CatchupKeys, "catchup-keys", bench.DefaultCatchupKeys, "keys those commits cycle over")
 	fl.IntVar(&cfg.CatchupPulls, "catchup-pulls", bench.DefaultCatchupPulls, "timed catch-up pulls per run")
-	fl.StringVar(&scenarios, "scenario", "all", "comma-separated scenarios to run: sync, catchup, floor, storage, or all")
+	fl.IntVar(&cfg.Watchers, "watchers", bench.DefaultWatchers, "device watches the delivery scenario delivers to")
+	fl.IntVar(&cfg.WatchUsers, "watch-users", 0, fmt.Sprintf("users the delivery scenario's watches and commits are spread over (default %d, at most --watchers)", bench.DefaultWatchUsers))
+	fl.Float64Var(&cfg.DeliveryRate, "delivery-rate", bench.DefaultDeliveryRate, "backend commits/s of the delivery scenario, in all")
+	fl.IntVar(&cfg.IdleWatchers, "idle-watchers", bench.DefaultIdleWatchers, "idle device watches the idle-watchers scenario opens")
+	fl.IntVar(&cfg.IdleUsers, "idle-users", 0, fmt.Sprintf("users the idle watches are spread over (default %d, at most --idle-watchers)", bench.DefaultIdleUsers))
+	fl.StringVar(&scenarios, "scenario", "all", "comma-separated scenarios to run: sync, catchup, floor, storage, delivery, idle-watchers, or all")
 	fl.StringVar(&serverArgs, "server-args", "", `extra flags for dalv serve, space-separated (e.g. "--max-ops 10")`)
 	fl.BoolVar(&cfg.H2C, "h2c", false, "speak HTTP/2 without TLS over one connection instead of HTTP/1.1 with one per device")
 	fl.BoolVar(&cfg.Gzip, "gzip", false, "accept gzipped answers, as connect-go clients do by default")
