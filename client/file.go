@@ -333,6 +333,8 @@ type RefusedBatch struct {
 	At time.Time
 }
 
+// Error describes the refusal, so a RefusedBatch can be reported as an
+// error (as [Status].LastError does).
 func (b RefusedBatch) Error() string {
 	return fmt.Sprintf("batch of %d ops refused by the server (%s): %s", len(b.Ops), b.Code, b.Message)
 }

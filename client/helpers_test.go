@@ -212,6 +212,7 @@ type netSwitch struct {
 	mu        sync.Mutex
 	down      bool
 	blockSync bool
+	loseSync  bool // Sync requests reach the server; their answers are lost
 	inflight  map[int]context.CancelFunc
 	next      int
 }
@@ -251,6 +252,15 @@ func (n *netSwitch) RoundTrip(req *http.Request) (*http.Response, error) {
 		n.done(id)
 		return nil, err
 	}
+	n.mu.Lock()
+	lose := n.loseSync && strings.HasSuffix(req.URL.Path, "/Sync")
+	n.mu.Unlock()
+	if lose {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		n.done(id)
+		return nil, errors.New("test network lost the answer")
+	}
 	resp.Body = &trackedBody{ReadCloser: resp.Body, done: func() { n.done(id) }}
 	return resp, nil
 }
@@ -284,6 +294,12 @@ func (n *netSwitch) set(down bool) {
 // Replica.Close asks of it: a connection dialled for a request that was
 // cancelled would otherwise hold up the server's graceful stop.
 func (n *netSwitch) CloseIdleConnections() { n.tr.CloseIdleConnections() }
+
+func (n *netSwitch) setLoseSync(b bool) {
+	n.mu.Lock()
+	n.loseSync = b
+	n.mu.Unlock()
+}
 
 func (n *netSwitch) setBlockSync(b bool) {
 	n.mu.Lock()

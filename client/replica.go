@@ -34,7 +34,9 @@ type Op = dalvv1.Op
 
 // Item is one key and its value, as [Replica.List] returns them.
 type Item struct {
-	Key   string
+	// Key is the key.
+	Key string
+	// Value is what the key holds as the device sees it.
 	Value *Value
 }
 

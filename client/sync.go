@@ -99,6 +99,7 @@ func (r *Replica) push(ctx context.Context) (caughtUp bool, err error) {
 			if err := r.applyRemote(u, b); err != nil {
 				return false, err
 			}
+			delete(r.noMerge, b.seq)
 			r.sentSeq, rounds, caughtUp = 0, 0, true
 		case dalvv1.SyncStatus_SYNC_STATUS_CONFLICT:
 			// The answer says the batch was not applied, and no request
@@ -303,6 +304,7 @@ func (r *Replica) refused(ctx context.Context, b *batch, err error) (handled boo
 		r.log.Info("merged batch refused; sending its parts one by one", "batch", b.no, "parts", len(b.parts), "err", err)
 		return true, r.splitHead(b)
 	}
+	delete(r.noMerge, b.seq)
 	return true, r.setAside(b, err)
 }
 

@@ -548,3 +548,115 @@ func TestRefusedBatchIsSetAside(t *testing.T) {
 		t.Errorf("refused after drop = %d", s.Refused)
 	}
 }
+
+func TestLostAnswersApplyOnce(t *testing.T) {
+	srv := startServer(t)
+	const user = "henry"
+	rec := &recorder{decide: client.ServerWins}
+	a, net := device(t, srv, "a.db", user, client.Options{Resolver: rec.resolve})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 20*time.Second, func() error {
+		if st := a.Status(); !st.Watching {
+			return fmt.Errorf("status %+v", st)
+		}
+		return nil
+	})
+	// The batch reaches the server, its answer never comes back; the
+	// watch brings the device its own commit meanwhile.
+	net.setLoseSync(true)
+	if err := a.Put("k", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 20*time.Second, func() error {
+		if st := a.Status(); st.Version != 1 || st.Pending != 1 {
+			return fmt.Errorf("status %+v, want version 1 by watch and the batch still pending", st)
+		}
+		return nil
+	})
+	if err := a.Put("k", []byte("2")); err != nil {
+		t.Fatal(err)
+	}
+	if got := getString(t, a, "k"); got != `"2"` {
+		t.Errorf("k = %s, want the latest local write", got)
+	}
+	net.setLoseSync(false)
+	checkFor(t, 20*time.Second, func() error {
+		if st := a.Status(); st.Pending != 0 {
+			return fmt.Errorf("status %+v", st)
+		}
+		return nil
+	})
+	if got := rec.conflicts(); len(got) != 0 {
+		t.Errorf("the device's own commit was taken for a conflict: %v", describe(got))
+	}
+	st, version := srv.state(t, user)
+	if version != 2 || show(st["k"]) != `"2"` {
+		t.Errorf("server at version %d with k=%s; want 2 commits, k=2 (each batch applied once)", version, show(st["k"]))
+	}
+	requireSame(t, srv, user, a)
+}
+
+// TestSeenChangeIsNotAConflict: after a real conflict on c is resolved,
+// the rewritten batch goes up merged with the later ones: a list op on l,
+// which has an unseen remote list change (that merges), and a write to k,
+// whose remote change the device had seen before writing. The base version
+// sent must be low enough for l, which makes the server flag k too; the
+// resolver must see c only.
+func TestSeenChangeIsNotAConflict(t *testing.T) {
+	srv := startServer(t)
+	const user = "ivy"
+	rec := &recorder{decide: client.ClientWins}
+	a, net := device(t, srv, "a.db", user, client.Options{Resolver: rec.resolve})
+	srv.commit(t, user, listAdd("l", "start"), put("k", "k0"), put("c", "c0"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitVersion := func(v uint64) {
+		t.Helper()
+		checkFor(t, 20*time.Second, func() error {
+			if got := a.Status().Version; got < v {
+				return fmt.Errorf("at version %d, want %d", got, v)
+			}
+			return nil
+		})
+	}
+	waitVersion(1)
+	net.setBlockSync(true)
+	if err := a.Put("c", []byte("mine")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ListAdd("l", []byte("mine")); err != nil {
+		t.Fatal(err)
+	}
+	srv.commit(t, user, put("c", "theirs"))                   // unseen: c is pending
+	waitVersion(srv.commit(t, user, listAdd("l", "theirs"))) // unseen: l is pending
+	waitVersion(srv.commit(t, user, put("k", "k1")))         // seen: k is not pending
+	if got := getString(t, a, "k"); got != `"k1"` {
+		t.Fatalf("k = %s, want the watched k1", got)
+	}
+	if err := a.Put("k", []byte("k2")); err != nil {
+		t.Fatal(err)
+	}
+	net.setBlockSync(false)
+	checkFor(t, 20*time.Second, func() error {
+		if st := a.Status(); st.Pending != 0 || st.LastError != nil {
+			return fmt.Errorf("status %+v", st)
+		}
+		return nil
+	})
+	if got, want := describe(rec.conflicts()), []string{`c: "c0" "mine" "theirs"`}; !slices.Equal(got, want) {
+		t.Errorf("resolver saw %q, want %q", got, want)
+	}
+	requireSame(t, srv, user, a)
+	for key, want := range map[string]string{"l": "[start,theirs,mine]", "k": `"k2"`, "c": `"mine"`} {
+		if got := getString(t, a, key); got != want {
+			t.Errorf("%s = %s, want %s", key, got, want)
+		}
+	}
+}
