@@ -634,7 +634,7 @@ func TestSeenChangeIsNotAConflict(t *testing.T) {
 	if err := a.ListAdd("l", []byte("mine")); err != nil {
 		t.Fatal(err)
 	}
-	srv.commit(t, user, put("c", "theirs"))                   // unseen: c is pending
+	srv.commit(t, user, put("c", "theirs"))                  // unseen: c is pending
 	waitVersion(srv.commit(t, user, listAdd("l", "theirs"))) // unseen: l is pending
 	waitVersion(srv.commit(t, user, put("k", "k1")))         // seen: k is not pending
 	if got := getString(t, a, "k"); got != `"k1"` {
