@@ -33,7 +33,11 @@ func (r *Replica) Start(ctx context.Context) error {
 	r.loop.mu.Lock()
 	defer r.loop.mu.Unlock()
 	if r.loop.done != nil {
-		return ErrRunning
+		select {
+		case <-r.loop.done: // ended with its context: start again
+		default:
+			return ErrRunning
+		}
 	}
 	r.mu.RLock()
 	err := r.checkOpen()

@@ -1,7 +1,9 @@
 package client_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -309,4 +311,38 @@ func TestClosedReplica(t *testing.T) {
 	if err := r.Put("a", nil); !errors.Is(err, client.ErrClosed) {
 		t.Errorf("Put after Close: %v", err)
 	}
+}
+
+func TestStartAgainAfterContextEnds(t *testing.T) {
+	srv := startServer(t)
+	a, _ := device(t, srv, "a.db", "jo", client.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(context.Background()); !errors.Is(err, client.ErrRunning) {
+		t.Errorf("second Start: %v, want ErrRunning", err)
+	}
+	cancel()
+	checkFor(t, 10*time.Second, func() error {
+		ctx2, cancel2 := context.WithCancel(context.Background())
+		defer cancel2()
+		if err := a.Start(ctx2); err != nil {
+			return err
+		}
+		a.Stop()
+		return nil
+	})
+	if err := a.Put("k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 20*time.Second, func() error {
+		if st := a.Status(); st.Pending != 0 {
+			return fmt.Errorf("status %+v", st)
+		}
+		return nil
+	})
 }
