@@ -58,13 +58,15 @@
 //
 //   - One process at a time: a second [Open] of the file fails with
 //     [ErrLocked].
-//   - When a batch holds ops on several keys of which some have unseen
-//     remote changes, the base version sent is the lowest the keys need, and
-//     the server may then also flag a key whose change the device had seen.
-//     The replica recognises those and sends again, at most
-//     [Options.MaxConflictRounds] times. A key with only list ops and an
-//     unseen remote change can in rare orders be shown to the resolver
-//     although the server would have merged it.
+//   - The protocol sends one base version per batch. When a batch holds
+//     ops on several keys of which some have unseen remote changes, the
+//     base sent is the lowest the keys need, and the server may then also
+//     flag a key whose change the device had seen. The replica recognises
+//     those (they never reach the resolver) and sends again; a batch takes
+//     at most [Options.MaxConflictRounds] rounds per sync.
+//   - A server that lost its data (the device's version is ahead of it) is
+//     taken as the truth: the device takes its state again, keeping its
+//     pending writes.
 //   - Values returned by reads belong to the caller; values in a [Change]
 //     and a [Conflict] are shared with other receivers and must not be
 //     modified.

@@ -191,3 +191,34 @@ func TestSharedPartitions(t *testing.T) {
 		t.Errorf("catalog = %v, %v", items, err)
 	}
 }
+
+// TestServerBehindTheDevice: the server lost its data (a new data
+// directory), so the device's version is ahead of it. The device takes the
+// server's state again, keeps its pending write and sends it.
+func TestServerBehindTheDevice(t *testing.T) {
+	srv := startServer(t)
+	const user = "kim"
+	srv.commit(t, user, put("old1", "x"), put("old2", "y"))
+	srv.commit(t, user, put("old3", "z"))
+	a, net := device(t, srv, "a.db", user, client.Options{})
+	mustSync(t, a)
+	if got := a.Status().Version; got != 2 {
+		t.Fatalf("version %d, want 2", got)
+	}
+	fresh := startServer(t)
+	net.mu.Lock()
+	net.srv = fresh
+	net.mu.Unlock()
+	fresh.commit(t, user, put("new", "n"))
+	if err := a.Put("mine", []byte("m")); err != nil {
+		t.Fatal(err)
+	}
+	mustSync(t, a)
+	requireSame(t, fresh, user, a)
+	if got := getString(t, a, "old1"); got != "<absent>" {
+		t.Errorf("old1 = %s: the device kept state the server no longer has", got)
+	}
+	if got := getString(t, a, "mine"); got != `"m"` {
+		t.Errorf("mine = %s: the pending write was lost", got)
+	}
+}
