@@ -299,49 +299,60 @@ func (b *bencher) startServer(ctx context.Context) error {
 		return err
 	}
 	b.secret, b.key = []byte(secret), key
+	data := filepath.Join(b.dir, "server")
+	if b.srv, b.pprofAddr, err = b.spawnServer(ctx, data, b.cfg.ServerProfile != ""); err != nil {
+		return err
+	}
+	b.url = b.srv.URL()
+	fmt.Fprintf(b.out, "server pid %d on %s, data in %s\n", b.srv.PID(), b.url, data)
+	return nil
+}
+
+// spawnServer starts `dalv serve` on data with the bench's secrets and
+// flags, and with a pprof listener, whose address it returns, if asked.
+func (b *bencher) spawnServer(ctx context.Context, data string, pprof bool) (*proc.Server, string, error) {
 	args := []string{"--rate-limit", "-1", "--log-level", "warn"}
-	// pprof for the CPU profile, and for idle-watchers to have the server
-	// collect its garbage before weighing it.
-	pprof := b.cfg.ServerProfile != "" || slices.Contains(b.cfg.Scenarios, IdleWatchers)
 	if pprof {
 		args = append(args, "--pprof-addr", "127.0.0.1:0")
 	}
-	data := filepath.Join(b.dir, "server")
-	b.srv, err = proc.Start(ctx, proc.Options{
+	srv, err := proc.Start(ctx, proc.Options{
 		Binary: b.cfg.Binary,
 		Data:   data,
 		Args:   append(args, b.cfg.ServerArgs...),
-		Env:    []string{"DALV_JWT_SECRET=" + secret, "DALV_BACKEND_KEYS=" + key},
+		Env:    []string{"DALV_JWT_SECRET=" + string(b.secret), "DALV_BACKEND_KEYS=" + b.key},
 	})
 	if err != nil {
-		return fmt.Errorf("start server: %w", err)
+		return nil, "", fmt.Errorf("start server: %w", err)
 	}
-	b.url = b.srv.URL()
+	var pprofAddr string
 	if pprof {
-		for _, line := range strings.Split(b.srv.Stdout(), "\n") {
+		for _, line := range strings.Split(srv.Stdout(), "\n") {
 			if rest, ok := strings.CutPrefix(line, pprofLine); ok {
-				b.pprofAddr, _, _ = strings.Cut(rest, "/")
+				pprofAddr, _, _ = strings.Cut(rest, "/")
 			}
 		}
-		if b.pprofAddr == "" {
-			return fmt.Errorf("server printed no %q line; is it a dalv with --pprof-addr?\n%s", pprofLine, b.srv.Stdout())
+		if pprofAddr == "" {
+			_ = srv.Stop(10 * time.Second)
+			return nil, "", fmt.Errorf("server printed no %q line; is it a dalv with --pprof-addr?\n%s", pprofLine, srv.Stdout())
 		}
 	}
-	fmt.Fprintf(b.out, "server pid %d on %s, data in %s\n", b.srv.PID(), b.url, data)
-	return nil
+	return srv, pprofAddr, nil
 }
 
 // pprofLine is what `dalv serve --pprof-addr` prints before the address.
 const pprofLine = "pprof listening on http://"
 
 // serverErr says why the server is gone, if it is.
-func (b *bencher) serverErr() error {
-	if b.srv == nil {
+func (b *bencher) serverErr() error { return exitErr(b.srv) }
+
+// exitErr says why srv is gone, if it is; nil for no server.
+func exitErr(srv *proc.Server) error {
+	if srv == nil {
 		return nil
 	}
 	select {
-	case <-b.srv.Done():
-		return fmt.Errorf("%w (%v):\n%s", ErrServerDied, b.srv.ExitErr(), tail(b.srv.Stderr(), 40))
+	case <-srv.Done():
+		return fmt.Errorf("%w (%v):\n%s", ErrServerDied, srv.ExitErr(), tail(srv.Stderr(), 40))
 	default:
 		return nil
 	}

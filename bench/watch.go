@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -146,14 +148,34 @@ type watchSet struct {
 	received atomic.Uint64
 }
 
+// watchTarget is the server the watches go to: the bench's, or, for
+// idle-watchers, one of its own.
+type watchTarget struct {
+	url       string
+	srv       *proc.Server // nil for a server the bench did not start
+	pprofAddr string       // empty without a pprof listener
+}
+
+func (b *bencher) mainTarget() *watchTarget {
+	return &watchTarget{url: b.url, srv: b.srv, pprofAddr: b.pprofAddr}
+}
+
+// done is closed when a server the bench started exits.
+func (t *watchTarget) done() <-chan struct{} {
+	if t.srv == nil {
+		return nil
+	}
+	return t.srv.Done()
+}
+
 // openWatches opens n watches spread round robin over users, each with a
 // device of its own, streamsPerConn to a connection, and returns at once;
 // wait on each watcher's ready channel. deliver, when set, is called with
 // every live event received in order, with the time it was received.
-func (b *bencher) openWatches(ctx context.Context, tag string, n int, users []*watchUser, deliver func(*watchUser, uint64, time.Duration), clock func() time.Duration) (*watchSet, error) {
-	u, err := url.Parse(b.url)
+func (b *bencher) openWatches(ctx context.Context, t *watchTarget, tag string, n int, users []*watchUser, deliver func(*watchUser, uint64, time.Duration), clock func() time.Duration) (*watchSet, error) {
+	u, err := url.Parse(t.url)
 	if err != nil {
-		return nil, fmt.Errorf("%w: server URL %q: %w", ErrConfig, b.url, err)
+		return nil, fmt.Errorf("%w: server URL %q: %w", ErrConfig, t.url, err)
 	}
 	addr := u.Host
 	if _, _, err := net.SplitHostPort(addr); err != nil {
@@ -185,7 +207,7 @@ func (b *bencher) openWatches(ctx context.Context, tag string, n int, users []*w
 			return nil, fmt.Errorf("%w: HTTP/2 connection for watches: %w", ErrCallFailed, err)
 		}
 		set.conns = append(set.conns, cc)
-		clients = append(clients, dalvv1connect.NewClientServiceClient(&http.Client{Transport: oneWrite{cc}}, b.url, opts...))
+		clients = append(clients, dalvv1connect.NewClientServiceClient(&http.Client{Transport: oneWrite{cc}}, t.url, opts...))
 	}
 	opening := make(chan struct{}, maxOpening)
 	set.ws = make([]*watcher, n)
@@ -295,7 +317,7 @@ func (set *watchSet) close() {
 }
 
 // waitReady waits for every watch's catch-up heartbeat, printing progress.
-func (b *bencher) waitReady(ctx context.Context, label string, set *watchSet) error {
+func (b *bencher) waitReady(ctx context.Context, t *watchTarget, label string, set *watchSet) error {
 	start := time.Now()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -309,11 +331,11 @@ func (b *bencher) waitReady(ctx context.Context, label string, set *watchSet) er
 					return fmt.Errorf("%w: after %v, %d of %d watches have had no catch-up heartbeat", ErrCallFailed, openTimeout, len(set.ws)-i, len(set.ws))
 				}
 				fmt.Fprintf(b.out, "run %d/%d  %-10s open    %3.0fs  %9s of %s watches live  rss %s\n", b.run, b.cfg.Runs, label,
-					time.Since(start).Seconds(), group(float64(countReady(set.ws))), group(float64(len(set.ws))), mb(b.rssNow(ctx)))
+					time.Since(start).Seconds(), group(float64(countReady(set.ws))), group(float64(len(set.ws))), mb(b.rssNow(ctx, t)))
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-b.serverDone():
-				return b.serverErr()
+			case <-t.done():
+				return exitErr(t.srv)
 			}
 		}
 	}
@@ -366,13 +388,14 @@ func (b *bencher) deliveryScenario(ctx context.Context, vals map[string]float64)
 		}
 		u.mu.Unlock()
 	}
-	set, err := b.openWatches(ctx, "-dw", b.cfg.Watchers, users, deliver, clock)
+	t := b.mainTarget()
+	set, err := b.openWatches(ctx, t, "-dw", b.cfg.Watchers, users, deliver, clock)
 	if err != nil {
 		return err
 	}
-	defer b.closeWatches(ctx, string(Delivery), set)
+	defer b.closeWatches(ctx, t, string(Delivery), set)
 	t0 := time.Now()
-	if err := b.waitReady(ctx, string(Delivery), set); err != nil {
+	if err := b.waitReady(ctx, t, string(Delivery), set); err != nil {
 		return err
 	}
 	fmt.Fprintf(b.out, "run %d/%d  %-10s %s watches over %d users on %d h2c connection%s live in %.2fs; committing %s/s\n",
@@ -505,11 +528,11 @@ func (b *bencher) drainDeliveries(ctx context.Context, set *watchSet) error {
 
 // closeWatches ends the set's watches and waits for the server to let go
 // of them, so the next measurement starts from a server without them.
-func (b *bencher) closeWatches(ctx context.Context, label string, set *watchSet) {
+func (b *bencher) closeWatches(ctx context.Context, t *watchTarget, label string, set *watchSet) {
 	set.close()
 	deadline := time.Now().Add(closeTimeout)
 	for {
-		st, err := b.serverStats(ctx)
+		st, err := b.serverStats(ctx, t)
 		if err != nil || st.watches == 0 {
 			return
 		}
@@ -525,34 +548,59 @@ func (b *bencher) closeWatches(ctx context.Context, label string, set *watchSet)
 	}
 }
 
-// idleScenario weighs idle watches: the server's resident memory before
-// opening IdleWatchers watches over IdleUsers users (after a small warm-up
-// and a garbage collection, settled) and once all have had their catch-up
-// heartbeat and the memory has settled again, per watcher.
+// idleScenario weighs idle watches: the resident memory of a server before
+// IdleWatchers watches over IdleUsers users are opened (after a small
+// warm-up and a garbage collection, settled) and once all have had their
+// catch-up heartbeat and the memory has settled again, per watcher.
+//
+// The server is one the scenario starts for each run, with the bench's
+// flags: a Go server keeps memory it once used (the runtime returns it to
+// the system slowly), so the bench's own server, which has held earlier
+// runs' watches and loads, would take new watches into memory it already
+// holds and weigh them at next to nothing. With --url it is that server,
+// with that caveat.
 func (b *bencher) idleScenario(ctx context.Context, vals map[string]float64) error {
 	label := string(IdleWatchers)
+	t := b.mainTarget()
+	if b.srv != nil {
+		data := filepath.Join(b.dir, fmt.Sprintf("idle-run%d", b.run))
+		srv, pprofAddr, err := b.spawnServer(ctx, data, true)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := srv.Stop(10 * time.Second); err != nil && exitErr(srv) == nil {
+				fmt.Fprintf(b.out, "stop the idle-watchers server: %v\n", err)
+			}
+			if !b.cfg.KeepData {
+				_ = os.RemoveAll(data)
+			}
+		}()
+		t = &watchTarget{url: srv.URL(), srv: srv, pprofAddr: pprofAddr}
+		fmt.Fprintf(b.out, "run %d/%d  %-10s server pid %d on %s of its own\n", b.run, b.cfg.Runs, label, srv.PID(), t.url)
+	}
 	// Warm-up: the code paths and pools a first watch takes, not counted.
 	users, err := b.watchUsers("-iw0", 10)
 	if err != nil {
 		return err
 	}
-	set, err := b.openWatches(ctx, "-iw0", len(users), users, nil, nil)
+	set, err := b.openWatches(ctx, t, "-iw0", len(users), users, nil, nil)
 	if err != nil {
 		return err
 	}
-	err = b.waitReady(ctx, label, set)
-	b.closeWatches(ctx, label, set)
+	err = b.waitReady(ctx, t, label, set)
+	b.closeWatches(ctx, t, label, set)
 	if err != nil {
 		return err
 	}
 
 	// Before: garbage collected (when the server serves pprof), settled.
-	b.serverGC(ctx)
-	before, err := b.settledRSS(ctx)
+	b.serverGC(ctx, t)
+	before, err := b.settledRSS(ctx, t)
 	if err != nil {
 		return err
 	}
-	stats0, err := b.serverStats(ctx)
+	stats0, err := b.serverStats(ctx, t)
 	if err != nil {
 		return err
 	}
@@ -560,24 +608,24 @@ func (b *bencher) idleScenario(ctx context.Context, vals map[string]float64) err
 	if users, err = b.watchUsers("-iw", b.cfg.IdleUsers); err != nil {
 		return err
 	}
-	t0, cpu0 := time.Now(), b.mon.cpu()
-	if set, err = b.openWatches(ctx, "-iw", b.cfg.IdleWatchers, users, nil, nil); err != nil {
+	t0, cpu0, srvCPU0 := time.Now(), b.mon.cpu(), t.cpu()
+	if set, err = b.openWatches(ctx, t, "-iw", b.cfg.IdleWatchers, users, nil, nil); err != nil {
 		return err
 	}
-	defer b.closeWatches(ctx, label, set)
-	if err := b.waitReady(ctx, label, set); err != nil {
+	defer b.closeWatches(ctx, t, label, set)
+	if err := b.waitReady(ctx, t, label, set); err != nil {
 		return err
 	}
 	openTime := time.Since(t0)
 	n := float64(len(set.ws))
-	st, err := b.serverStats(ctx)
+	st, err := b.serverStats(ctx, t)
 	if err != nil {
 		return err
 	}
 	if st.watches-stats0.watches != n {
 		return fmt.Errorf("%w: %s watches are live but the server counts %.0f more than before", ErrWrongAnswer, group(n), st.watches-stats0.watches)
 	}
-	after, err := b.settledRSS(ctx)
+	after, err := b.settledRSS(ctx, t)
 	if err != nil {
 		return err
 	}
@@ -585,48 +633,61 @@ func (b *bencher) idleScenario(ctx context.Context, vals map[string]float64) err
 		return err
 	}
 	cpu := b.mon.cpu().sub(cpu0)
+	if t.srv != b.srv {
+		cpu.server += t.cpu() - srvCPU0 // not another process's
+	}
 	elapsed := time.Since(t0)
 	// The breakdown, after a collection so the heap is what the watches hold.
-	b.serverGC(ctx)
-	stats1, err := b.serverStats(ctx)
+	b.serverGC(ctx, t)
+	stats1, err := b.serverStats(ctx, t)
 	if err != nil {
 		return err
 	}
 	perWatcher := float64(after-before) / n
-	fmt.Fprintf(b.out, "run %d/%d  %-10s %s watches over %d users on %d h2c connection%s live in %.2fs: RSS %s -> %s, %.1f KiB each "+
+	heap, stacks, goroutines := (stats1.heapAlloc-stats0.heapAlloc)/n, (stats1.stackInuse-stats0.stackInuse)/n, (stats1.goroutines-stats0.goroutines)/n
+	fmt.Fprintf(b.out, "run %d/%d  %-10s %s watches over %s users on %d h2c connection%s live in %.2fs: RSS %s -> %s, %.1f KiB each "+
 		"(Go heap %.1f KiB, stacks %.1f KiB, %.2f goroutines)\n",
-		b.run, b.cfg.Runs, label, group(n), len(users), len(set.conns), plural(len(set.conns)), openTime.Seconds(), mb(before), mb(after), perWatcher/1024,
-		(stats1.heapAlloc-stats0.heapAlloc)/n/1024, (stats1.stackInuse-stats0.stackInuse)/n/1024, (stats1.goroutines-stats0.goroutines)/n)
+		b.run, b.cfg.Runs, label, group(n), group(float64(len(users))), len(set.conns), plural(len(set.conns)), openTime.Seconds(),
+		mb(before), mb(after), perWatcher/1024, heap/1024, stacks/1024, goroutines)
 	vals[metricID(IdleWatchers, "per_watcher")] = perWatcher / 1024
 	vals[metricID(IdleWatchers, "rss_before")] = float64(before)
 	vals[metricID(IdleWatchers, "rss_after")] = float64(after)
-	vals[metricID(IdleWatchers, "heap_per_watcher")] = (stats1.heapAlloc - stats0.heapAlloc) / n / 1024
-	vals[metricID(IdleWatchers, "stack_per_watcher")] = (stats1.stackInuse - stats0.stackInuse) / n / 1024
-	vals[metricID(IdleWatchers, "goroutines_per_watcher")] = (stats1.goroutines - stats0.goroutines) / n
+	vals[metricID(IdleWatchers, "heap_per_watcher")] = heap / 1024
+	vals[metricID(IdleWatchers, "stack_per_watcher")] = stacks / 1024
+	vals[metricID(IdleWatchers, "goroutines_per_watcher")] = goroutines
 	vals[metricID(IdleWatchers, "open_time")] = openTime.Seconds()
 	vals[metricID(IdleWatchers, "other_cores")] = cpu.others().Seconds() / elapsed.Seconds()
 	return nil
 }
 
+// cpu is the CPU time the server has used, if the bench started it.
+func (t *watchTarget) cpu() time.Duration {
+	if t.srv == nil {
+		return 0
+	}
+	d, _ := processCPU(t.srv.PID())
+	return d
+}
+
 // rssNow is the server's resident memory: sampled from /proc when the bench
 // started it, else as the server reports it on /metrics; 0 if unknown.
-func (b *bencher) rssNow(ctx context.Context) int64 {
-	if b.srv != nil {
-		rss, _ := proc.RSS(b.srv.PID())
+func (b *bencher) rssNow(ctx context.Context, t *watchTarget) int64 {
+	if t.srv != nil {
+		rss, _ := proc.RSS(t.srv.PID())
 		return rss
 	}
-	st, _ := b.serverStats(ctx)
+	st, _ := b.serverStats(ctx, t)
 	return int64(st.rss)
 }
 
 // settledRSS samples the server's resident memory until settleWindow
 // samples in a row lie within settleBytes, or for settleMax, and returns the
 // last sample.
-func (b *bencher) settledRSS(ctx context.Context) (int64, error) {
+func (b *bencher) settledRSS(ctx context.Context, t *watchTarget) (int64, error) {
 	deadline := time.Now().Add(settleMax)
 	var window []int64
 	for {
-		rss := b.rssNow(ctx)
+		rss := b.rssNow(ctx, t)
 		if window = append(window, rss); len(window) > settleWindow {
 			window = window[1:]
 		}
@@ -637,8 +698,8 @@ func (b *bencher) settledRSS(ctx context.Context) (int64, error) {
 		case <-time.After(sampleEvery):
 		case <-ctx.Done():
 			return 0, ctx.Err()
-		case <-b.serverDone():
-			return 0, b.serverErr()
+		case <-t.done():
+			return 0, exitErr(t.srv)
 		}
 	}
 }
@@ -648,9 +709,9 @@ type serverStats struct {
 	watches, goroutines, heapAlloc, stackInuse, rss float64
 }
 
-func (b *bencher) serverStats(ctx context.Context) (serverStats, error) {
+func (b *bencher) serverStats(ctx context.Context, t *watchTarget) (serverStats, error) {
 	var st serverStats
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.url+"/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.url+"/metrics", nil)
 	if err != nil {
 		return st, err
 	}
@@ -681,22 +742,25 @@ func (b *bencher) serverStats(ctx context.Context) (serverStats, error) {
 	return st, sc.Err()
 }
 
-// serverGC has the server collect its garbage, through its pprof listener
-// (a heap profile with gc=1), when it has one.
-func (b *bencher) serverGC(ctx context.Context) {
-	if b.pprofAddr == "" {
+// serverGC has the server collect its garbage twice, through its pprof
+// listener (a heap profile with gc=1), when it has one: twice, because
+// what sync.Pools hold survives one collection.
+func (b *bencher) serverGC(ctx context.Context, t *watchTarget) {
+	if t.pprofAddr == "" {
 		return
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.pprofAddr+"/debug/pprof/heap?gc=1", nil)
-	if err != nil {
-		return
+	for range 2 {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+t.pprofAddr+"/debug/pprof/heap?gc=1", nil)
+		if err != nil {
+			return
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	_ = resp.Body.Close()
 }
 
 func plural(n int) string {
@@ -715,7 +779,7 @@ func (s Settings) watchLines(ran func(Scenario) bool) string {
 			group(float64(s.Watchers)), s.WatchUsers, streamsPerConn, group(s.DeliveryRate))
 	}
 	if ran(IdleWatchers) {
-		fmt.Fprintf(&b, "idle-watchers: %s device watches over %s users (%d streams per h2c connection); the server's RSS before opening them "+
+		fmt.Fprintf(&b, "idle-watchers: %s device watches over %s users (%d streams per h2c connection), on a server started for each run; its RSS before opening them "+
 			"(after a garbage collection, settled) and once every one has had its catch-up heartbeat and the RSS has settled; "+
 			"Go heap and stacks from its /metrics, after another collection.\n",
 			group(float64(s.IdleWatchers)), group(float64(s.IdleUsers)), streamsPerConn)
