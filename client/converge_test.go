@@ -127,7 +127,7 @@ func TestConvergence(t *testing.T) {
 	}
 	rounds, steps, ndev := 4, 40, 3
 	if os.Getenv("DALV_CONVERGE_LONG") != "" {
-		rounds, steps, ndev = 40, 80, 4
+		rounds, steps, ndev = 150, 80, 4
 	}
 	t.Logf("seed %d (DALV_CONVERGE_SEED=%d to replay), %d rounds of %d steps, %d devices", seed, seed, rounds, steps, ndev)
 	rng := rand.New(rand.NewPCG(seed, seed^0x5851f42d4c957f2d))

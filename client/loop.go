@@ -130,6 +130,7 @@ func (r *Replica) run(ctx context.Context) {
 			// The watch goes on if it can: remote changes keep arriving
 			// while pushing fails, and a watch that ends says so on errc.
 			r.log.Warn("sync failed; retrying with backoff", "err", err)
+			r.forgetVerified() // the server may come back with other rules
 			if !sleep(ctx, syncBo.next()) {
 				return
 			}
@@ -157,6 +158,7 @@ func (r *Replica) run(ctx context.Context) {
 			}
 			r.log.Info("watch ended; resuming", "err", err)
 			r.setOnline(false, err)
+			r.forgetVerified()
 			if !sleep(ctx, watchBo.next()) {
 				return
 			}

@@ -660,3 +660,31 @@ func TestSeenChangeIsNotAConflict(t *testing.T) {
 		}
 	}
 }
+
+func TestRulesRefreshedWhenServerComesBack(t *testing.T) {
+	srv := startServer(t)
+	a, _ := device(t, srv, "a.db", "lee", client.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 20*time.Second, func() error {
+		if !a.Status().Watching {
+			return errors.New("not watching")
+		}
+		return nil
+	})
+	if err := a.Put("priv/x", []byte("1")); err != nil {
+		t.Fatalf("priv/ is user-domain by default: %v", err)
+	}
+	srv.stop()
+	srv.args = append(srv.args, "--system-prefix", "priv/")
+	srv.start()
+	checkFor(t, 20*time.Second, func() error {
+		if err := a.Put("priv/y", []byte("2")); !errors.Is(err, client.ErrSystemKey) {
+			return fmt.Errorf("write under the new system prefix: %v", err)
+		}
+		return nil
+	})
+}
