@@ -300,21 +300,8 @@ func (r *Replica) rewrite(b *batch, maxSeq uint64, decisions []decision, cleans,
 	r.mu.Lock()
 	r.queue = queue
 	for k, np := range pkUpd {
-		before := r.pend[k].local
-		var after *Value
-		if np == nil {
-			delete(r.pend, k)
-			v, _, err := getEntryView(r.db, "", k)
-			if err != nil {
-				r.log.Error("read replica", "key", k, "err", err)
-			}
-			after = v
-		} else {
-			r.pend[k] = np
-			after = np.local
-		}
-		if !equalValues(before, after) {
-			out = append(out, Change{Key: k, Value: after})
+		if c, changed := r.setPendingLocked(k, np); changed {
+			out = append(out, c)
 		}
 	}
 	r.inboxN += inboxAdded
@@ -322,4 +309,24 @@ func (r *Replica) rewrite(b *batch, maxSeq uint64, decisions []decision, cleans,
 	slices.SortFunc(out, func(a, b Change) int { return strings.Compare(a.Key, b.Key) })
 	r.emit(out)
 	return nil
+}
+
+// setPendingLocked records np as key's pending state (nil: none left, the
+// synced value shows again) and returns the change a reader sees, if any.
+// r.mu must be held.
+func (r *Replica) setPendingLocked(k string, np *pkey) (Change, bool) {
+	before := r.pend[k].local
+	var after *Value
+	if np == nil {
+		delete(r.pend, k)
+		v, _, err := getEntryView(r.db, "", k)
+		if err != nil {
+			r.log.Error("read replica", "key", k, "err", err)
+		}
+		after = v
+	} else {
+		r.pend[k] = np
+		after = np.local
+	}
+	return Change{Key: k, Value: after}, !equalValues(before, after)
 }

@@ -758,21 +758,8 @@ func (r *Replica) dropHead(b *batch, also func(*bolt.Tx) error) error {
 			continue
 		}
 		delete(pkUpd, k)
-		before := r.pend[k].local
-		var after *Value
-		if np == nil {
-			delete(r.pend, k)
-			v, _, err := getEntryView(r.db, "", k)
-			if err != nil {
-				r.log.Error("read replica", "key", k, "err", err)
-			}
-			after = v
-		} else {
-			r.pend[k] = np
-			after = np.local
-		}
-		if !equalValues(before, after) {
-			out = append(out, Change{Key: k, Value: after})
+		if c, changed := r.setPendingLocked(k, np); changed {
+			out = append(out, c)
 		}
 	}
 	r.mu.Unlock()
