@@ -68,8 +68,7 @@ func TestRun(t *testing.T) {
 	bin := dalvBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	start := time.Now()
-	rep, err := Run(ctx, Config{
+	rep := runLogged(ctx, t, Config{
 		Binary:         bin,
 		Scenarios:      []Scenario{Sync, Catchup, Floor, Storage},
 		Runs:           1,
@@ -82,15 +81,6 @@ func TestRun(t *testing.T) {
 		Dir:            t.TempDir(),
 		Progress:       lineWriter{t},
 	})
-	if err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	t.Logf("Run took %v", time.Since(start))
-	var table strings.Builder
-	if err := rep.WriteTable(&table); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("\n%s", table.String())
 
 	get := func(sc Scenario, name string) float64 {
 		t.Helper()
@@ -248,8 +238,7 @@ func TestWatchScenarios(t *testing.T) {
 	bin := dalvBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	start := time.Now()
-	rep, err := Run(ctx, Config{
+	rep := runLogged(ctx, t, Config{
 		Binary:       bin,
 		Scenarios:    []Scenario{Delivery, IdleWatchers},
 		Runs:         1,
@@ -263,15 +252,6 @@ func TestWatchScenarios(t *testing.T) {
 		Dir:          t.TempDir(),
 		Progress:     lineWriter{t},
 	})
-	if err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	t.Logf("Run took %v", time.Since(start))
-	var table strings.Builder
-	if err := rep.WriteTable(&table); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("\n%s", table.String())
 
 	if got := result(t, rep, Delivery, "missed"); got != 0 {
 		t.Errorf("delivery missed = %v, want 0", got)
@@ -399,4 +379,22 @@ func (f skippingBackend) Commit(_ context.Context, req *connect.Request[dalvv1.C
 		ch <- f.heads[user]
 	}
 	return connect.NewResponse(&dalvv1.CommitResponse{Version: f.heads[user]}), nil
+}
+
+// runLogged runs the bench with cfg, failing the test on an error, and logs
+// how long it took and the report's table.
+func runLogged(ctx context.Context, t *testing.T, cfg Config) *Report {
+	t.Helper()
+	start := time.Now()
+	rep, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	t.Logf("Run took %v", time.Since(start))
+	var table strings.Builder
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", table.String())
+	return rep
 }
