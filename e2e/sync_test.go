@@ -266,6 +266,28 @@ func (r *replica) apply(pages []*dalvv1.SyncResponse) {
 }
 
 // items renders r like partition.items, without versions.
+// check fails t unless r ends at version with every key of want, each
+// received exactly once, and nothing else.
+func (r *replica) check(t *testing.T, version uint64, want map[string]string) {
+	t.Helper()
+	if r.version != version {
+		t.Fatalf("final version = %d, want %d", r.version, version)
+	}
+	for k, n := range r.seen {
+		if n != 1 {
+			t.Errorf("key %s came %d times, want once", k, n)
+		}
+	}
+	if got := len(r.values); got != len(want) {
+		t.Fatalf("replica holds %d keys, want %d", got, len(want))
+	}
+	for k, v := range want {
+		if r.values[k] != v {
+			t.Fatalf("key %s = %.20q..., want %.20q...", k, r.values[k], v)
+		}
+	}
+}
+
 func (r *replica) items() []string {
 	var out []string
 	for k, v := range r.values {
@@ -712,22 +734,7 @@ func TestSyncPaging(t *testing.T) {
 		checkPages(t, pages, 10)
 		var r replica
 		r.apply(pages)
-		if got, want := r.version, head; got != want {
-			t.Fatalf("final version = %d, want %d", got, want)
-		}
-		for k, n := range r.seen {
-			if n != 1 {
-				t.Errorf("key %s came %d times, want once", k, n)
-			}
-		}
-		if got, want := len(r.values), len(want); got != want {
-			t.Fatalf("%d keys pulled, want %d", got, want)
-		}
-		for k, v := range want {
-			if r.values[k] != v {
-				t.Fatalf("key %s = %.20q..., want %.20q...", k, r.values[k], v)
-			}
-		}
+		r.check(t, head, want)
 
 		// From a base in the middle: exactly the keys of later commits.
 		mid := versions[14]
@@ -791,22 +798,7 @@ func TestSyncPaging(t *testing.T) {
 		checkPages(t, pages, 10)
 		r := replica{values: map[string]string{"stale": "from before the erase"}}
 		r.apply(pages)
-		if got, want := r.version, versions[len(versions)-1]; got != want {
-			t.Fatalf("final version = %d, want %d", got, want)
-		}
-		for k, n := range r.seen {
-			if n != 1 {
-				t.Errorf("key %s came %d times, want once", k, n)
-			}
-		}
-		if got, want := len(r.values), len(want); got != want {
-			t.Fatalf("%d keys after the reset, want %d", got, want)
-		}
-		for k, v := range want {
-			if r.values[k] != v {
-				t.Fatalf("key %s = %.20q..., want %.20q...", k, r.values[k], v)
-			}
-		}
+		r.check(t, versions[len(versions)-1], want)
 	})
 }
 
