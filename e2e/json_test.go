@@ -209,6 +209,21 @@ func get(t testing.TB, srv *proc.Server, path string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+// scrape reads srv's /metrics.
+func scrape(t testing.TB, srv *proc.Server) map[string]*dto.MetricFamily {
+	t.Helper()
+	status, text := get(t, srv, "/metrics")
+	if status != http.StatusOK {
+		t.Fatalf("GET /metrics = %d, want 200", status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(strings.NewReader(text))
+	if err != nil {
+		t.Fatalf("GET /metrics is not Prometheus text: %v", err)
+	}
+	return fams
+}
+
 // metric finds the series of family with labels, or nil.
 func metric(fams map[string]*dto.MetricFamily, family string, labels map[string]string) *dto.Metric {
 	f := fams[family]
@@ -253,15 +268,7 @@ func TestHealthzAndMetrics(t *testing.T) {
 	_, err := trySync(t, c, &dalvv1.SyncRequest{DeviceId: "d", BaseVersion: 4, Batch: 4, Ops: ops(opPut("sys/x", "1"))})
 	wantError(t, err, connect.CodePermissionDenied)
 
-	status, text := get(t, srv, "/metrics")
-	if status != http.StatusOK {
-		t.Fatalf("GET /metrics = %d, want 200", status)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(strings.NewReader(text))
-	if err != nil {
-		t.Fatalf("GET /metrics is not Prometheus text: %v", err)
-	}
+	fams := scrape(t, srv)
 	sync := dalvv1connect.ClientServiceSyncProcedure
 	for _, tc := range []struct {
 		family string

@@ -560,6 +560,7 @@ func TestLifecycleBadFlags(t *testing.T) {
 		{[]string{"--retention", "soon"}, []string{"--retention", "soon"}},
 		{[]string{"--retention", "-1h"}, []string{"--retention", "-1h"}},
 		{[]string{"--drain-timeout", "0s"}, []string{"--drain-timeout", "0s"}},
+		{[]string{"--store-timeout", "-2s"}, []string{"--store-timeout", "-2s"}},
 		{[]string{"--bogus"}, []string{"--bogus"}},
 		{[]string{"stray"}, []string{"stray"}},
 	} {

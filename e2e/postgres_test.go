@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 	"github.com/dalvdb/dalv/internal/pgtest"
 	"github.com/dalvdb/dalv/internal/proc"
 )
@@ -204,11 +206,44 @@ func TestPostgresConnectionsKilled(t *testing.T) {
 	})
 }
 
+// TestPostgresConnectionDelayed delays every byte between a node and
+// PostgreSQL by more than the node's --store-timeout while devices sync
+// through it: requests in flight end with unavailable (the device retries
+// the same batch), and once the delay lifts the node serves on by itself,
+// with no acknowledged batch lost and none applied twice.
+func TestPostgresConnectionDelayed(t *testing.T) {
+	t.Parallel()
+	_, direct := pgtest.SchemaOn(t, pgtest.Server(t))
+	proxy, delayed := pgtest.NewProxy(t, direct)
+	nodes := []*proc.Server{
+		startServer(t, "--store", delayed, "--store-timeout", "1s", "--heartbeat", "2s"),
+		startServer(t, "--store", direct, "--heartbeat", "2s"),
+	}
+	codes := pgLoadWithFault(t, nodes, 6, 30, 1, func() {
+		proxy.SetDelay(3 * time.Second)
+		// The node gives up on its statements after 1s: wait until a sync
+		// has ended with unavailable, then lift the delay.
+		checkFor(t, time.Minute, 10*time.Millisecond, func() error {
+			m := metric(scrape(t, nodes[0]), "dalv_requests_total", map[string]string{
+				"procedure": dalvv1connect.ClientServiceSyncProcedure, "code": "unavailable"})
+			if m.GetCounter().GetValue() == 0 {
+				return errors.New("no sync has ended with unavailable yet")
+			}
+			return nil
+		})
+		proxy.SetDelay(0)
+	})
+	if codes["unavailable"] == 0 {
+		t.Errorf("answers %v: no request ended with unavailable while PostgreSQL was 3s away", codes)
+	}
+}
+
 // pgLoadWithFault has devices (each its own user) sync batches through
 // nodes[0], retrying a batch that ends with unavailable, and calls fault
 // faults times while the load is well under way. Then it checks through
-// nodes[1] that every batch is there once, and that nodes[0] serves on.
-func pgLoadWithFault(t *testing.T, nodes []*proc.Server, devices, batches, faults int, fault func()) {
+// nodes[1] that every batch is there once, and that nodes[0] serves on. It
+// returns how many answers each code had ("ok" for success).
+func pgLoadWithFault(t *testing.T, nodes []*proc.Server, devices, batches, faults int, fault func()) map[string]int {
 	t.Helper()
 	var acked atomic.Int64
 	var mu sync.Mutex
@@ -298,6 +333,7 @@ func pgLoadWithFault(t *testing.T, nodes []*proc.Server, devices, batches, fault
 	if resp.Msg.GetVersion() != uint64(batches)+1 {
 		t.Errorf("sync on node 1 after the faults: version %d, want %d", resp.Msg.GetVersion(), batches+1)
 	}
+	return codes
 }
 
 // pgxConnect connects to the database at u.

@@ -36,6 +36,7 @@ type serveFlags struct {
 	rateBurst         int
 	retention         time.Duration
 	drainTimeout      time.Duration
+	storeTimeout      time.Duration
 	watchBuffer       int
 	heartbeat         time.Duration
 	logLevel, logForm string
@@ -69,6 +70,7 @@ comma-separated list of backend API keys (each at least 16 bytes). With
 	fl.StringVar(&f.addr, "addr", "127.0.0.1:7070", "address to listen on (port 0 picks a free one)")
 	fl.StringVar(&f.data, "data", "./dalv-data", "data directory of the embedded store")
 	fl.StringVar(&f.store, "store", "", "PostgreSQL URL (postgres://...) to serve from instead of --data; default $DALV_STORE")
+	fl.DurationVar(&f.storeTimeout, "store-timeout", postgres.DefaultTimeout, "with --store: how long one store operation may wait for PostgreSQL before the request fails with unavailable")
 	fl.BoolVar(&f.dev, "dev", false, "generate and print development secrets when DALV_JWT_SECRET or DALV_BACKEND_KEYS is unset")
 	fl.StringArrayVar(&f.systemPrefixes, "system-prefix", nil, `key prefix that is system-domain (backend-only); repeatable (default "sys/")`)
 	fl.StringArrayVar(&f.shared, "shared", nil, "shared partition NAME, or NAME=CLAIM:VALUE to let only tokens whose CLAIM holds VALUE read it; repeatable")
@@ -192,7 +194,7 @@ func openStore(ctx context.Context, f serveFlags, log *slog.Logger) (st store.St
 	}
 	octx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	ps, err := postgres.Open(octx, url, postgres.Options{Logger: log})
+	ps, err := postgres.Open(octx, url, postgres.Options{Logger: log, Timeout: f.storeTimeout})
 	if err != nil {
 		if errors.Is(err, store.ErrUnavailable) {
 			return nil, "", fmt.Errorf("open store: %w\nis PostgreSQL running and reachable at the --store URL (DALV_STORE)?", err)
@@ -302,6 +304,9 @@ func (f serveFlags) validate() error {
 	}
 	if f.retention <= 0 {
 		return fmt.Errorf("--retention %v: must be positive", f.retention)
+	}
+	if f.storeTimeout <= 0 {
+		return fmt.Errorf("--store-timeout %v: must be positive", f.storeTimeout)
 	}
 	if f.drainTimeout <= 0 {
 		return fmt.Errorf("--drain-timeout %v: must be positive", f.drainTimeout)

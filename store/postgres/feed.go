@@ -128,8 +128,10 @@ func (s *Store) waitHorizon(ctx context.Context, held int64) error {
 		case <-t.C:
 		}
 		var horizon int64
-		if err := s.pool.QueryRow(ctx, "SELECT "+feedHorizon).Scan(&horizon); err != nil {
-			return fmt.Errorf("read feed: %w", storeErr(ctx, err))
+		b := &pgx.Batch{}
+		b.Queue("SELECT " + feedHorizon).QueryRow(func(row pgx.Row) error { return row.Scan(&horizon) })
+		if err := s.sendBatch(ctx, b); err != nil {
+			return fmt.Errorf("read feed: %w", err)
 		}
 		if horizon > held || time.Now().After(deadline) {
 			return nil
@@ -207,17 +209,22 @@ func (s *Store) FeedBounds(ctx context.Context) (horizon, last store.FeedPos, er
 	return horizon, max(horizon, last), nil
 }
 
-// sendBatch sends b on a pooled connection and reads every result.
+// sendBatch sends b on a pooled connection and reads every result, as one
+// operation (see opContext).
 func (s *Store) sendBatch(ctx context.Context, b *pgx.Batch) error {
-	conn, err := s.pool.Acquire(ctx)
+	octx, stop := s.opContext(ctx)
+	defer stop()
+	conn, err := s.acquire(ctx, octx)
 	if err != nil {
-		return storeErr(ctx, err)
+		return err
 	}
 	defer conn.Release()
-	err = conn.SendBatch(ctx, b).Close()
-	if err != nil {
-		err = connErr(ctx, conn, err)
-		s.rollback(conn)
+	if err := ctx.Err(); err != nil {
+		return err
 	}
-	return storeErr(ctx, err)
+	if err := conn.SendBatch(octx, b).Close(); err != nil {
+		s.rollback(conn)
+		return connErr(octx, conn, err)
+	}
+	return nil
 }

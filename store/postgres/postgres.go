@@ -65,6 +65,7 @@ const (
 	DefaultNotifyInterval  = 5 * time.Millisecond
 	DefaultApplicationName = "dalv"
 	DefaultFeedWait        = time.Second
+	DefaultTimeout         = 10 * time.Second
 )
 
 // Options configures [Open]. The zero value is ready to use.
@@ -86,6 +87,12 @@ type Options struct {
 	// flight that hold committed records back; 0 means DefaultFeedWait,
 	// negative not to wait.
 	FeedWait time.Duration
+	// Timeout bounds each operation's time with PostgreSQL: an Update, a
+	// View, one page of the feed. An operation past it fails with an error
+	// wrapping [store.ErrUnavailable], its connection closed; one whose
+	// COMMIT was in flight may or may not have committed. 0 means
+	// DefaultTimeout, negative no bound but the caller's.
+	Timeout time.Duration
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -97,6 +104,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.FeedWait == 0 {
 		o.FeedWait = DefaultFeedWait
+	}
+	if o.Timeout == 0 {
+		o.Timeout = DefaultTimeout
 	}
 	if o.NotifyInterval < 0 {
 		return o, fmt.Errorf("notify interval %v is negative", o.NotifyInterval)
@@ -117,6 +127,10 @@ type Store struct {
 	hooks   testHooks
 	// feedWait is Options.FeedWait.
 	feedWait time.Duration
+	// timeout is Options.Timeout, and errTimeout the error of an operation
+	// past it.
+	timeout    time.Duration
+	errTimeout error
 	// channel is the NOTIFY channel of the stores on this schema.
 	channel string
 
@@ -198,7 +212,10 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		node:     hex.EncodeToString(id[:]),
 		done:     make(chan struct{}),
 		feedWait: opts.FeedWait,
-		channel:  notifyChannel(schema),
+		timeout:  opts.Timeout,
+		errTimeout: fmt.Errorf("%w: PostgreSQL did not answer within %v (the store's timeout)",
+			store.ErrUnavailable, opts.Timeout),
+		channel: notifyChannel(schema),
 	}
 	s.ann = newAnnouncer(s, opts.NotifyInterval)
 	return s, nil
@@ -272,6 +289,44 @@ func (s *Store) Close() error {
 	return nil
 }
 
+// opContext returns the context an operation's statements run under, and
+// its cancel function. The caller's cancellation does not reach it: pgx
+// closes a connection whose statement is cancelled, and a new one costs
+// PostgreSQL a backend to start and warm, so a cancelled operation stops at
+// its next statement instead (see [live]). The caller's deadline does reach
+// it, and so does Options.Timeout, which ends it with s.errTimeout.
+func (s *Store) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	octx, stop := context.WithoutCancel(ctx), context.CancelFunc(func() {})
+	if d, ok := ctx.Deadline(); ok {
+		octx, stop = context.WithDeadline(octx, d)
+	}
+	if s.timeout > 0 {
+		var stopTimeout context.CancelFunc
+		octx, stopTimeout = context.WithTimeoutCause(octx, s.timeout, s.errTimeout)
+		stopDeadline := stop
+		stop = func() { stopTimeout(); stopDeadline() }
+	}
+	return octx, stop
+}
+
+// acquire takes a connection from the pool for an operation whose
+// statements run under octx (see opContext). Waiting for one ends when
+// either ctx or octx does: no connection is at stake yet.
+func (s *Store) acquire(ctx, octx context.Context) (*pgxpool.Conn, error) {
+	actx, cancel := context.WithCancelCause(octx)
+	defer cancel(nil)
+	stop := context.AfterFunc(ctx, func() { cancel(ctx.Err()) })
+	defer stop()
+	conn, err := s.pool.Acquire(actx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, storeErr(ctx, err)
+		}
+		return nil, storeErr(octx, err)
+	}
+	return conn, nil
+}
+
 // storeErr marks the errors of a lost, refused or failed connection with
 // store.ErrUnavailable. ctx's own errors are returned as they are.
 func storeErr(ctx context.Context, err error) error {
@@ -279,6 +334,9 @@ func storeErr(ctx context.Context, err error) error {
 		return err
 	}
 	if ctxErr := ctx.Err(); ctxErr != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, store.ErrUnavailable) {
+			return fmt.Errorf("%w (%v)", cause, err) // the store's timeout
+		}
 		if errors.Is(err, ctxErr) {
 			return err
 		}

@@ -637,3 +637,63 @@ func gatherOne(s *Store, name string) (float64, error) {
 	}
 	return 0, fmt.Errorf("no %s collected", name)
 }
+
+// TestCallerGone cancels an Update's caller while its statement runs: the
+// statement finishes, the Update rolls back and fails with the caller's
+// error, and the connection is kept, not closed and replaced.
+func TestCallerGone(t *testing.T) {
+	t.Parallel()
+	s := openFresh(t, Options{MaxConns: 1})
+	p := store.Partition{Name: "alice"}
+	if _, err := commitOne(context.Background(), s, p, "before"); err != nil {
+		t.Fatal(err)
+	}
+	conns := s.pool.Stat().NewConnsCount()
+	ctx, cancel := context.WithCancel(context.Background())
+	s.hooks.beforeLock = func(octx context.Context, conn *pgx.Conn) error {
+		cancel()
+		_, err := conn.Exec(octx, "SELECT pg_sleep(0.1)")
+		return err
+	}
+	_, err := commitOne(ctx, s, p, "cancelled")
+	s.hooks.beforeLock = nil
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Update whose caller went away: %v, want %v", err, context.Canceled)
+	}
+	if v, err := commitOne(context.Background(), s, p, "after"); err != nil || v != 2 {
+		t.Fatalf("commit after: version %d, %v; want version 2 (nothing of the cancelled Update committed)", v, err)
+	}
+	if n := s.pool.Stat().NewConnsCount(); n != conns {
+		t.Errorf("%d connections opened after the cancel, want none", n-conns)
+	}
+}
+
+// TestTimeout holds an Update's statement past Options.Timeout: the Update
+// fails once, with an error wrapping store.ErrUnavailable that says so, and
+// the store serves on.
+func TestTimeout(t *testing.T) {
+	t.Parallel()
+	s := openFresh(t, Options{Timeout: 300 * time.Millisecond})
+	p := store.Partition{Name: "alice"}
+	calls := 0
+	s.hooks.beforeLock = func(octx context.Context, conn *pgx.Conn) error {
+		calls++
+		_, err := conn.Exec(octx, "SELECT pg_sleep(5)")
+		return err
+	}
+	start := time.Now()
+	_, err := commitOne(context.Background(), s, p, "slow")
+	s.hooks.beforeLock = nil
+	if !errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), "did not answer within 300ms") {
+		t.Fatalf("Update past the timeout: %v, want %v saying how long it waited", err, store.ErrUnavailable)
+	}
+	if calls != 1 {
+		t.Errorf("the timed-out Update was tried %d times, want once", calls)
+	}
+	if waited := time.Since(start); waited > 4*time.Second {
+		t.Errorf("the Update failed after %v, not at its timeout", waited)
+	}
+	if v, err := commitOne(context.Background(), s, p, "after"); err != nil || v != 1 {
+		t.Fatalf("commit after the timeout: version %d, %v; want version 1", v, err)
+	}
+}

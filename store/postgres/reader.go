@@ -28,10 +28,11 @@ const (
 // one connection, in one transaction. In a View, the transaction begins with
 // the first statement, sent together with it.
 type reader struct {
-	ctx  context.Context
-	conn *pgxpool.Conn
-	p    store.Partition
-	part string
+	ctx    context.Context // the operation's (see Store.opContext)
+	caller context.Context // the caller's: checked before each statement
+	conn   *pgxpool.Conn
+	p      store.Partition
+	part   string
 
 	begin string // the BEGIN still to send with the first statement
 	begun bool
@@ -188,6 +189,9 @@ func cloneEntry(e store.Entry) store.Entry {
 // query runs sql and hands its rows to scan, which must read them all
 // (without calling back into the reader).
 func (r *reader) query(scan func(pgx.Rows) error, sql string, args ...any) error {
+	if err := r.caller.Err(); err != nil {
+		return err
+	}
 	if r.begin != "" {
 		b := &pgx.Batch{}
 		b.Queue(r.begin)
@@ -225,6 +229,9 @@ func (r *reader) Head() (store.Head, error) {
 	}
 	const sql = "SELECT version, horizon FROM dalv_heads WHERE part = $1"
 	var err error
+	if err := r.caller.Err(); err != nil {
+		return store.Head{}, err
+	}
 	if r.begin != "" && r.readAhead {
 		// A View's first read: the entries of a small partition come along.
 		b := &pgx.Batch{}
@@ -468,12 +475,14 @@ func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Rea
 	if p.Name == "" {
 		return errEmptyPartition
 	}
-	conn, err := s.pool.Acquire(ctx)
+	octx, stop := s.opContext(ctx)
+	defer stop()
+	conn, err := s.acquire(ctx, octx)
 	if err != nil {
-		return fmt.Errorf("view %s: %w", p, storeErr(ctx, err))
+		return fmt.Errorf("view %s: %w", p, err)
 	}
 	defer conn.Release()
-	r := &reader{ctx: ctx, conn: conn, p: p, part: partID(p), begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+	r := &reader{ctx: octx, caller: ctx, conn: conn, p: p, part: partID(p), begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
 		readAhead: !s.hooks.noReadAhead}
 	err = fn(r)
 	if r.begun && !conn.Conn().IsClosed() {
@@ -481,8 +490,8 @@ func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Rea
 		if err != nil {
 			end = "ROLLBACK"
 		}
-		if _, cerr := conn.Exec(ctx, end); cerr != nil && err == nil {
-			err = fmt.Errorf("view %s: %w", p, connErr(ctx, conn, cerr))
+		if _, cerr := conn.Exec(octx, end); cerr != nil && err == nil {
+			err = fmt.Errorf("view %s: %w", p, connErr(octx, conn, cerr))
 		}
 	}
 	return err

@@ -93,29 +93,31 @@ func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.R
 // (0 for none), and whether a failure may be retried: only when the
 // transaction certainly did not commit.
 func (s *Store) update(ctx context.Context, p store.Partition, part string, fn func(r store.Reader) (*store.Commit, error)) (version uint64, retry bool, err error) {
-	conn, err := s.pool.Acquire(ctx)
+	octx, stop := s.opContext(ctx)
+	defer stop()
+	conn, err := s.acquire(ctx, octx)
 	if err != nil {
-		return 0, false, fmt.Errorf("update %s: %w", p, storeErr(ctx, err))
+		return 0, false, fmt.Errorf("update %s: %w", p, err)
 	}
 	defer conn.Release() // a connection left in a transaction is destroyed
 	// failed classes a failure before COMMIT was sent: nothing committed.
 	failed := func(err error) (uint64, bool, error) {
 		s.rollback(conn)
 		code := sqlState(err)
-		retry := code == "40001" || code == "40P01" || conn.Conn().IsClosed() && ctx.Err() == nil
-		return 0, retry, connErr(ctx, conn, err)
+		retry := code == "40001" || code == "40P01" || conn.Conn().IsClosed() && octx.Err() == nil
+		return 0, retry, connErr(octx, conn, err)
 	}
 
 	var h, hz, feedKey, xid int64
 	var pf *prefetch // the reads ahead, sent with the lock
 	if s.hooks.beforeLock != nil {
-		if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+		if _, err := conn.Exec(octx, "BEGIN"); err != nil {
 			return failed(err)
 		}
-		if err := s.hooks.beforeLock(ctx, conn.Conn()); err != nil {
+		if err := s.hooks.beforeLock(octx, conn.Conn()); err != nil {
 			return failed(err)
 		}
-		err = conn.QueryRow(ctx, lockHead, part).Scan(&h, &hz, &feedKey, &xid)
+		err = conn.QueryRow(octx, lockHead, part).Scan(&h, &hz, &feedKey, &xid)
 	} else {
 		b := &pgx.Batch{}
 		b.Queue("BEGIN")
@@ -124,14 +126,14 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 			pf = &prefetch{}
 			pf.queueAll(b, part)
 		}
-		err = conn.SendBatch(ctx, b).Close()
+		err = conn.SendBatch(octx, b).Close()
 	}
 	if err != nil {
 		_, retry, err := failed(err)
 		return 0, retry, fmt.Errorf("update %s: lock head: %w", p, err)
 	}
 	head := store.Head{Version: uint64(h), Horizon: uint64(hz)}
-	r := &reader{ctx: ctx, conn: conn, p: p, part: part, headRead: true, head: head, pf: pf}
+	r := &reader{ctx: octx, caller: ctx, conn: conn, p: p, part: part, headRead: true, head: head, pf: pf}
 	c, err := fn(r)
 	if err != nil || c == nil {
 		_, retry, _ := failed(err)
@@ -150,24 +152,24 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 	if hook == nil {
 		b.Queue("COMMIT")
 	}
-	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+	if err := conn.SendBatch(octx, b).Close(); err != nil {
 		if conn.Conn().IsClosed() && hook == nil {
-			return 0, false, fmt.Errorf("commit %s version %d: %w: %w", p, c.Version, errUnknownOutcome, connErr(ctx, conn, err))
+			return 0, false, fmt.Errorf("commit %s version %d: %w: %w", p, c.Version, errUnknownOutcome, connErr(octx, conn, err))
 		}
 		_, retry, err := failed(err)
 		return 0, retry, fmt.Errorf("commit %s version %d: %w", p, c.Version, err)
 	}
 	if hook != nil {
 		hook(p, feedKey)
-		if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
-			return 0, false, fmt.Errorf("commit %s version %d: %w: %w", p, c.Version, errUnknownOutcome, connErr(ctx, conn, err))
+		if _, err := conn.Exec(octx, "COMMIT"); err != nil {
+			return 0, false, fmt.Errorf("commit %s version %d: %w: %w", p, c.Version, errUnknownOutcome, connErr(octx, conn, err))
 		}
 	}
 	if feedKey > xid {
 		// The key is above this transaction's id (the partition's previous
 		// commit had a later one). Readers pass it once the oldest running
 		// id is above it: take an id, so an idle database gets there too.
-		_, _ = conn.Exec(ctx, "SELECT pg_current_xact_id()")
+		_, _ = conn.Exec(octx, "SELECT pg_current_xact_id()")
 	}
 	return c.Version, false, nil
 }
