@@ -24,14 +24,15 @@ const (
 		WHERE tomb_nanos < $1 AND part > $2 ORDER BY part LIMIT $3`
 	// lockHeadOnly locks a partition's head against Updates.
 	lockHeadOnly = `SELECT version FROM dalv_heads WHERE part = $1 FOR UPDATE`
-	// dropTombs drops a partition's old tombstones and raises its horizon
-	// to the highest version dropped.
+	// dropTombs drops a partition's old tombstones, raises its horizon to
+	// the highest version dropped, and counts the compaction on its head.
 	dropTombs = `WITH d AS (
 		DELETE FROM dalv_entries WHERE part = $1 AND tomb_nanos < $2 RETURNING version
 	), m AS (
 		SELECT count(*) AS n, max(version) AS v FROM d
 	), u AS (
-		UPDATE dalv_heads h SET horizon = GREATEST(h.horizon, m.v) FROM m WHERE h.part = $1 AND m.n > 0
+		UPDATE dalv_heads h SET horizon = GREATEST(h.horizon, m.v), compactions = h.compactions + 1
+		FROM m WHERE h.part = $1 AND m.n > 0
 	)
 	SELECT n FROM m`
 	// compactFeedLock keeps two nodes' Compacts from dropping feed rows at

@@ -18,6 +18,12 @@ var (
 	descPoolConns = prometheus.NewDesc("dalv_postgres_pool_connections",
 		"Connections of this process's pool, by state.",
 		[]string{"state"}, nil)
+	descHeldCommits = prometheus.NewDesc("dalv_postgres_held_commits_total",
+		"Commits tried in one statement on a partition state this process holds: committed, or moved (another process had committed to the partition; the commit ran as a transaction).",
+		[]string{"outcome"}, nil)
+	descHeldParts = prometheus.NewDesc("dalv_postgres_held_partitions",
+		"Partition states this process holds, to commit to them in one statement.",
+		nil, nil)
 )
 
 // feedStall reads the age of the oldest transaction holding an id.
@@ -34,6 +40,8 @@ func (s *Store) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descFeedStall
 	ch <- descFeedLag
 	ch <- descPoolConns
+	ch <- descHeldCommits
+	ch <- descHeldParts
 }
 
 // Collect implements [prometheus.Collector]. A metric PostgreSQL does not
@@ -46,6 +54,9 @@ func (s *Store) Collect(ch chan<- prometheus.Metric) {
 	st := s.pool.Stat()
 	ch <- prometheus.MustNewConstMetric(descPoolConns, prometheus.GaugeValue, float64(st.IdleConns()), "idle")
 	ch <- prometheus.MustNewConstMetric(descPoolConns, prometheus.GaugeValue, float64(st.AcquiredConns()), "acquired")
+	ch <- prometheus.MustNewConstMetric(descHeldCommits, prometheus.CounterValue, float64(s.heldCommits.Load()), "committed")
+	ch <- prometheus.MustNewConstMetric(descHeldCommits, prometheus.CounterValue, float64(s.heldMoved.Load()), "moved")
+	ch <- prometheus.MustNewConstMetric(descHeldParts, prometheus.GaugeValue, float64(s.states.len()))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	var stall, lag float64

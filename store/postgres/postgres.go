@@ -87,6 +87,10 @@ type Options struct {
 	// flight that hold committed records back; 0 means DefaultFeedWait,
 	// negative not to wait.
 	FeedWait time.Duration
+	// CacheBytes bounds the memory of the small partitions' states the
+	// store keeps to commit to them in one statement; 0 means
+	// DefaultCacheBytes, negative keeps none.
+	CacheBytes int
 	// Timeout bounds each operation's time with PostgreSQL: an Update, a
 	// View, one page of the feed. An operation past it fails with an error
 	// wrapping [store.ErrUnavailable], its connection closed; one whose
@@ -108,6 +112,9 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Timeout == 0 {
 		o.Timeout = DefaultTimeout
 	}
+	if o.CacheBytes == 0 {
+		o.CacheBytes = DefaultCacheBytes
+	}
 	if o.NotifyInterval < 0 {
 		return o, fmt.Errorf("notify interval %v is negative", o.NotifyInterval)
 	}
@@ -124,7 +131,11 @@ type Store struct {
 	connCfg *pgx.ConnConfig // for the listening connections
 	node    string          // this store's id in its notifications
 	ann     *announcer
-	hooks   testHooks
+	states  *stateCache
+	// heldCommits and heldMoved count the commits tried on held states
+	// that committed, and those that found the head moved on.
+	heldCommits, heldMoved atomic.Int64
+	hooks                  testHooks
 	// feedWait is Options.FeedWait.
 	feedWait time.Duration
 	// timeout is Options.Timeout, and errTimeout the error of an operation
@@ -218,6 +229,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		channel: notifyChannel(schema),
 	}
 	s.ann = newAnnouncer(s, opts.NotifyInterval)
+	s.states = newStateCache(opts.CacheBytes)
 	return s, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -615,8 +616,8 @@ func TestMetrics(t *testing.T) {
 	ch := make(chan prometheus.Metric, 10)
 	s.Collect(ch)
 	close(ch)
-	if n := len(ch); n != 4 {
-		t.Errorf("%d series collected, want 4: stall, lag, and two of the pool", n)
+	if n := len(ch); n != 7 {
+		t.Errorf("%d series collected, want 7: stall, lag, two of the pool, and three of held states", n)
 	}
 }
 
@@ -695,5 +696,123 @@ func TestTimeout(t *testing.T) {
 	}
 	if v, err := commitOne(context.Background(), s, p, "after"); err != nil || v != 1 {
 		t.Fatalf("commit after the timeout: version %d, %v; want version 1", v, err)
+	}
+}
+
+// commitAt commits entries to p at its next version, made at time at, and
+// returns the version and whether fn's last run (the one committed) found
+// key probe.
+func commitAt(s *Store, p store.Partition, at time.Time, probe string, entries ...store.Entry) (v uint64, found bool, err error) {
+	err = s.Update(context.Background(), p, func(r store.Reader) (*store.Commit, error) {
+		h, err := r.Head()
+		if err != nil {
+			return nil, err
+		}
+		if _, found, err = r.Get(probe); err != nil {
+			return nil, err
+		}
+		v = h.Version + 1
+		c := &store.Commit{Version: v, Time: at, Ops: []byte("ops")}
+		for _, e := range entries {
+			e.Version, e.ScalarVersion = v, v
+			c.Entries = append(c.Entries, e)
+		}
+		return c, nil
+	})
+	return v, found, err
+}
+
+// heldCounts returns s's held commits: committed and moved.
+func heldCounts(s *Store) (committed, moved int64) { return s.heldCommits.Load(), s.heldMoved.Load() }
+
+// TestHeldState commits through two stores on one schema, as two nodes:
+// a store commits to a partition it holds in one statement; when the other
+// has committed meanwhile, the statement writes nothing and the commit runs
+// as a transaction on the partition as it is. Every commit lands once, in
+// version order, in the entries and in the feed.
+func TestHeldState(t *testing.T) {
+	t.Parallel()
+	schema, _ := pgtest.Schema(t)
+	a := openSchema(t, schema, Options{})
+	b := openSchema(t, schema, Options{})
+	p := store.Partition{Name: "alice"}
+	now := time.Now()
+	put := func(k string) store.Entry { return store.Entry{Key: k, Value: []byte(k)} }
+
+	if v, _, err := commitAt(a, p, now, "", put("a1")); err != nil || v != 1 {
+		t.Fatalf("first commit: version %d, %v", v, err)
+	}
+	if v, _, err := commitAt(a, p, now, "", put("a2")); err != nil || v != 2 {
+		t.Fatalf("second commit: version %d, %v", v, err)
+	}
+	if c, m := heldCounts(a); c != 1 || m != 0 {
+		t.Errorf("after two commits: %d held commits and %d moved, want 1 and 0", c, m)
+	}
+	if v, _, err := commitAt(b, p, now, "", put("b3")); err != nil || v != 3 {
+		t.Fatalf("other node's commit: version %d, %v", v, err)
+	}
+	// a's state is at version 2: its statement finds the head moved on.
+	v, found, err := commitAt(a, p, now, "b3", put("a4"))
+	if err != nil || v != 4 || !found {
+		t.Fatalf("commit after the other node's: version %d, saw b3 %v, %v; want version 4 having seen b3", v, found, err)
+	}
+	if c, m := heldCounts(a); c != 1 || m != 1 {
+		t.Errorf("after the other node's commit: %d held commits and %d moved, want 1 and 1", c, m)
+	}
+	if v, _, err := commitAt(a, p, now, "", put("a5")); err != nil || v != 5 {
+		t.Fatalf("commit on the state read afresh: version %d, %v", v, err)
+	}
+	if c, _ := heldCounts(a); c != 2 {
+		t.Errorf("%d held commits, want 2", c)
+	}
+
+	var keys []string
+	err = b.View(context.Background(), p, func(r store.Reader) error {
+		return r.Changes(0, func(e store.Entry) (bool, error) {
+			keys = append(keys, fmt.Sprintf("%s@%d", e.Key, e.Version))
+			return true, nil
+		})
+	})
+	if want := []string{"a1@1", "a2@2", "b3@3", "a4@4", "a5@5"}; err != nil || !slices.Equal(keys, want) {
+		t.Errorf("entries = %v, %v; want %v", keys, err, want)
+	}
+	waitFeedLen(t, b, 5)
+}
+
+// TestHeldStateCompacted drops a tombstone below the horizon, as retention
+// does when commit clocks disagree: the horizon stays, the compaction count
+// moves, and a store holding the tombstone commits on the partition as it
+// is, without it.
+func TestHeldStateCompacted(t *testing.T) {
+	t.Parallel()
+	schema, _ := pgtest.Schema(t)
+	a := openSchema(t, schema, Options{})
+	b := openSchema(t, schema, Options{})
+	p := store.Partition{Name: "bob"}
+	now := time.Now()
+	tomb := func(k string) store.Entry { return store.Entry{Key: k, Deleted: true} }
+	if _, _, err := commitAt(a, p, now, "", tomb("recent")); err != nil { // version 1
+		t.Fatal(err)
+	}
+	if _, _, err := commitAt(a, p, now.Add(-3*time.Hour), "", tomb("old")); err != nil { // version 2, an older clock
+		t.Fatal(err)
+	}
+	if _, err := b.Compact(context.Background(), now.Add(-time.Hour)); err != nil { // drops "old": horizon 2
+		t.Fatal(err)
+	}
+	// a's state has horizon 0: this commit runs as a transaction, and a
+	// holds the partition afresh, "recent" at version 1 included.
+	if _, found, err := commitAt(a, p, now, "recent", store.Entry{Key: "live", Value: []byte("x")}); err != nil || !found {
+		t.Fatalf("commit after the first compaction: saw the tombstone %v, %v; want it seen", found, err)
+	}
+	if _, err := b.Compact(context.Background(), now.Add(time.Hour)); err != nil { // drops "recent", below the horizon
+		t.Fatal(err)
+	}
+	moved := a.heldMoved.Load()
+	if _, found, err := commitAt(a, p, now, "recent", store.Entry{Key: "live", Value: []byte("y")}); err != nil || found {
+		t.Fatalf("commit after the second compaction: saw the dropped tombstone %v, %v; want it gone", found, err)
+	}
+	if a.heldMoved.Load() != moved+1 {
+		t.Errorf("the held commit after the compaction was not refused")
 	}
 }

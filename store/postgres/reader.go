@@ -192,6 +192,9 @@ func (r *reader) query(scan func(pgx.Rows) error, sql string, args ...any) error
 	if err := r.caller.Err(); err != nil {
 		return err
 	}
+	if r.conn == nil {
+		return errNeedLock // a held state's reader (see updateHeld)
+	}
 	if r.begin != "" {
 		b := &pgx.Batch{}
 		b.Queue(r.begin)

@@ -21,16 +21,17 @@ const maxAttempts = 5
 // partition's head row, and writes the head as the commit will leave it:
 // the next version, and the commit's feed key, at least this transaction's
 // id and above the partition's last key. (An Update that commits nothing
-// rolls it back.) It returns the head as it was, the feed key, and the
-// transaction's id.
+// rolls it back.) It returns the head as it was, its compactions, the feed
+// key, and the transaction's id.
 const lockHead = `INSERT INTO dalv_heads AS h (part, version, horizon, feed_key)
 VALUES ($1, 1, 0, pg_current_xact_id()::text::bigint)
 ON CONFLICT (part) DO UPDATE SET version = h.version + 1,
 	feed_key = GREATEST(pg_current_xact_id()::text::bigint, h.feed_key + 1)
-RETURNING h.version - 1, h.horizon, h.feed_key, pg_current_xact_id()::text::bigint`
+RETURNING h.version - 1, h.horizon, h.compactions, h.feed_key, pg_current_xact_id()::text::bigint`
 
 // writeCommit writes a commit in one statement: the device's batch, the
-// entries, and the feed row. (The head was written by lockHead; an erase
+// entries, and the feed row. Its parameters are commitArgs', then the feed
+// key. (The head was written by lockHead; an erase
 // also moves the horizon, by eraseHorizon.)
 const writeCommit = `WITH d AS (
 	INSERT INTO dalv_devices (part, device, batch) SELECT $1, $3::bytea, $4 WHERE $3::bytea IS NOT NULL
@@ -42,7 +43,7 @@ const writeCommit = `WITH d AS (
 	ON CONFLICT (part, key) DO UPDATE SET version = EXCLUDED.version, scalar_version = EXCLUDED.scalar_version,
 		value = EXCLUDED.value, tomb_nanos = EXCLUDED.tomb_nanos
 )
-INSERT INTO dalv_feed (part, feed_key, version, nanos, erase, ops) VALUES ($1, $5, $2, $6, $11, $12)`
+INSERT INTO dalv_feed (part, feed_key, version, nanos, erase, ops) VALUES ($1, $12, $2, $6, $11, $5)`
 
 // Erasing deletes the partition's entries and its earlier feed rows, before
 // the commit's own writes.
@@ -70,6 +71,15 @@ func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.R
 		return errEmptyPartition
 	}
 	part := partID(p)
+	if st := s.states.get(part); st != nil && s.hooks.none() {
+		version, done, err := s.updateHeld(ctx, p, part, st, fn)
+		if done {
+			if err == nil && version != 0 {
+				s.ann.add(part, version)
+			}
+			return err
+		}
+	}
 	for attempt := 1; ; attempt++ {
 		version, retry, err := s.update(ctx, p, part, fn)
 		if err == nil {
@@ -108,7 +118,7 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 		return 0, retry, connErr(octx, conn, err)
 	}
 
-	var h, hz, feedKey, xid int64
+	var h, hz, compactions, feedKey, xid int64
 	var pf *prefetch // the reads ahead, sent with the lock
 	if s.hooks.beforeLock != nil {
 		if _, err := conn.Exec(octx, "BEGIN"); err != nil {
@@ -117,11 +127,11 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 		if err := s.hooks.beforeLock(octx, conn.Conn()); err != nil {
 			return failed(err)
 		}
-		err = conn.QueryRow(octx, lockHead, part).Scan(&h, &hz, &feedKey, &xid)
+		err = conn.QueryRow(octx, lockHead, part).Scan(&h, &hz, &compactions, &feedKey, &xid)
 	} else {
 		b := &pgx.Batch{}
 		b.Queue("BEGIN")
-		b.Queue(lockHead, part).QueryRow(func(row pgx.Row) error { return row.Scan(&h, &hz, &feedKey, &xid) })
+		b.Queue(lockHead, part).QueryRow(func(row pgx.Row) error { return row.Scan(&h, &hz, &compactions, &feedKey, &xid) })
 		if !s.hooks.noReadAhead {
 			pf = &prefetch{}
 			pf.queueAll(b, part)
@@ -137,6 +147,9 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 	c, err := fn(r)
 	if err != nil || c == nil {
 		_, retry, _ := failed(err)
+		if err == nil && pf.holdable() {
+			s.states.put(part, &partState{head: head, compactions: compactions, pf: pf, size: pf.size()})
+		}
 		return 0, retry && errors.Is(err, store.ErrUnavailable), err
 	}
 	if err := ctx.Err(); err != nil {
@@ -165,6 +178,11 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 			return 0, false, fmt.Errorf("commit %s version %d: %w: %w", p, c.Version, errUnknownOutcome, connErr(octx, conn, err))
 		}
 	}
+	if pf.holdable() {
+		s.states.put(part, (&partState{head: head, compactions: compactions, pf: pf}).after(c))
+	} else {
+		s.states.put(part, nil)
+	}
 	if feedKey > xid {
 		// The key is above this transaction's id (the partition's previous
 		// commit had a later one). Readers pass it once the oldest running
@@ -186,8 +204,28 @@ func (s *Store) rollback(conn *pgxpool.Conn) {
 	}
 }
 
-// commitBatch checks c against head and returns the statements that write it.
+// commitBatch checks c against head and returns the statements that write
+// it in an Update's transaction.
 func commitBatch(part string, head store.Head, feedKey int64, c *store.Commit) (*pgx.Batch, error) {
+	args, err := commitArgs(part, head, c)
+	if err != nil {
+		return nil, err
+	}
+	b := &pgx.Batch{}
+	if c.Erase {
+		b.Queue(eraseEntries, part)
+		b.Queue(eraseFeed, part, feedKey)
+		b.Queue(eraseHorizon, part, int64(c.Version))
+	}
+	b.Queue(writeCommit, append(args, feedKey)...)
+	return b, nil
+}
+
+// commitArgs checks c against head and returns the parameters of
+// writeCommit and writeCached that write it: the partition, the version, the
+// device and its batch, the ops, the time, the entries' keys, scalar
+// versions, values and deletions, and whether it erases.
+func commitArgs(part string, head store.Head, c *store.Commit) ([]any, error) {
 	if c.Version != head.Version+1 {
 		return nil, fmt.Errorf("version must be %d", head.Version+1)
 	}
@@ -237,12 +275,6 @@ func commitBatch(part string, head store.Head, feedKey int64, c *store.Commit) (
 		vals = append(vals, val)
 		dels = append(dels, e.Deleted)
 	}
-	b := &pgx.Batch{}
-	if c.Erase {
-		b.Queue(eraseEntries, part)
-		b.Queue(eraseFeed, part, feedKey)
-		b.Queue(eraseHorizon, part, int64(c.Version))
-	}
 	var device []byte
 	if c.Device != "" {
 		device = []byte(c.Device)
@@ -254,7 +286,6 @@ func commitBatch(part string, head store.Head, feedKey int64, c *store.Commit) (
 	if ops == nil {
 		ops = []byte{}
 	}
-	b.Queue(writeCommit, part, int64(c.Version), device, int64(c.Batch), feedKey, nanos,
-		keys, svs, vals, dels, c.Erase, ops)
-	return b, nil
+	return []any{part, int64(c.Version), device, int64(c.Batch), ops, nanos,
+		keys, svs, vals, dels, c.Erase}, nil
 }

@@ -1,0 +1,232 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/dalvdb/dalv/store"
+)
+
+// A store keeps the state of small partitions it committed to: the head,
+// every entry and every device record, as the prefetch reads them. An
+// Update of a partition it holds runs fn on that state, with no round trip,
+// and writes the commit in one statement whose first step updates the head
+// only if it is still the state's (version, horizon and compactions): the
+// statement then holds the head row's lock, as an Update's transaction
+// does, and writes what fn decided on the partition as it is. If another
+// process committed in between, the statement writes nothing, and the
+// Update drops the state and runs as a transaction. A sync to a partition
+// only this process writes is then one round trip instead of two.
+
+// DefaultCacheBytes bounds the partition states a store keeps (see
+// Options.CacheBytes).
+const DefaultCacheBytes = 32 << 20
+
+// writeCached is the one statement of a commit on a held state. Its
+// parameters are commitArgs', then the head's version, horizon and
+// compactions as the state has them. It returns the commit's feed key and transaction id, or no row when
+// the head moved on.
+const writeCached = `WITH h AS (
+	UPDATE dalv_heads SET version = version + 1,
+		feed_key = GREATEST(pg_current_xact_id()::text::bigint, feed_key + 1)
+	WHERE part = $1 AND version = $12 AND horizon = $13 AND compactions = $14
+	RETURNING feed_key, pg_current_xact_id()::text::bigint AS xid
+), d AS (
+	INSERT INTO dalv_devices (part, device, batch) SELECT $1, $3::bytea, $4 FROM h WHERE $3::bytea IS NOT NULL
+	ON CONFLICT (part, device) DO UPDATE SET batch = EXCLUDED.batch
+), e AS (
+	INSERT INTO dalv_entries (part, key, version, scalar_version, value, tomb_nanos)
+	SELECT $1, t.k, $2, t.sv, CASE WHEN t.del THEN NULL ELSE COALESCE(t.v, '\x'::bytea) END, CASE WHEN t.del THEN $6::bigint END
+	FROM h, unnest($7::bytea[], $8::bigint[], $9::bytea[], $10::boolean[]) AS t(k, sv, v, del)
+	ON CONFLICT (part, key) DO UPDATE SET version = EXCLUDED.version, scalar_version = EXCLUDED.scalar_version,
+		value = EXCLUDED.value, tomb_nanos = EXCLUDED.tomb_nanos
+), f AS (
+	INSERT INTO dalv_feed (part, feed_key, version, nanos, erase, ops) SELECT $1, h.feed_key, $2, $6, $11, $5 FROM h
+)
+SELECT feed_key, xid FROM h`
+
+// errNeedLock ends fn's run on a held state when fn reads what the state
+// does not hold; the Update runs as a transaction instead.
+var errNeedLock = errors.New("postgres store: the read needs the partition's lock")
+
+// partState is a held partition state. It is never changed: a commit makes
+// a new one.
+type partState struct {
+	head        store.Head
+	compactions int64
+	pf          *prefetch // complete: every entry and device record
+	size        int
+}
+
+// stateCache holds partition states up to a byte budget; past it, states
+// are dropped at random (Go's map order), which keeps a bounded set of
+// partitions without bookkeeping on the hot path.
+type stateCache struct {
+	budget int
+
+	mu    sync.Mutex
+	parts map[string]*partState
+	size  int
+}
+
+func newStateCache(budget int) *stateCache {
+	return &stateCache{budget: budget, parts: make(map[string]*partState)}
+}
+
+// len returns how many states c holds.
+func (c *stateCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.parts)
+}
+
+func (c *stateCache) get(part string) *partState {
+	if c.budget <= 0 {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.parts[part]
+}
+
+// put holds st for part, or forgets part when st is nil.
+func (c *stateCache) put(part string, st *partState) {
+	if c.budget <= 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old, ok := c.parts[part]; ok {
+		c.size -= old.size
+		delete(c.parts, part)
+	}
+	if st == nil || st.size > c.budget/4 {
+		return
+	}
+	for p, old := range c.parts {
+		if c.size+st.size <= c.budget {
+			break
+		}
+		c.size -= old.size
+		delete(c.parts, p)
+	}
+	c.parts[part] = st
+	c.size += st.size
+}
+
+// after returns the state the commit c leaves on st, or nil when it would
+// not be held: an erase, or a partition grown past what the prefetch reads.
+func (st *partState) after(c *store.Commit) *partState {
+	if c.Erase {
+		return nil
+	}
+	pf := &prefetch{hasDevices: true, devicesAll: true, entriesAll: true,
+		entries: slices.Clone(st.pf.entries), devices: st.pf.devices}
+	for _, e := range c.Entries {
+		if !e.Deleted && len(e.Value) > prefetchValue {
+			return nil
+		}
+		e.Value = slices.Clone(e.Value)
+		if !e.Deleted && e.Value == nil {
+			e.Value = []byte{}
+		}
+		i, found := slices.BinarySearchFunc(pf.entries, e.Key, func(x store.Entry, key string) int { return strings.Compare(x.Key, key) })
+		if found {
+			pf.entries[i] = e
+		} else {
+			pf.entries = slices.Insert(pf.entries, i, e)
+		}
+	}
+	if c.Device != "" && pf.devices[c.Device] != c.Batch {
+		devices := make(map[string]uint64, len(pf.devices)+1)
+		for d, b := range pf.devices {
+			devices[d] = b
+		}
+		devices[c.Device] = c.Batch
+		pf.devices = devices
+	}
+	if len(pf.entries) > prefetchRows || len(pf.devices) > prefetchRows {
+		return nil
+	}
+	return &partState{head: store.Head{Version: c.Version, Horizon: st.head.Horizon}, compactions: st.compactions, pf: pf, size: pf.size()}
+}
+
+// size is about the bytes pf takes in memory.
+func (pf *prefetch) size() int {
+	n := 256
+	for _, e := range pf.entries {
+		n += len(e.Key) + len(e.Value) + 64
+	}
+	for d := range pf.devices {
+		n += len(d) + 48
+	}
+	return n
+}
+
+// holdable reports whether pf holds the whole partition, as a state must.
+func (pf *prefetch) holdable() bool {
+	return pf.complete() && pf.hasDevices && pf.devicesAll
+}
+
+// none reports whether no test hook is set: held states bypass them.
+func (h testHooks) none() bool {
+	return h.beforeLock == nil && h.beforeCommit == nil && !h.noReadAhead
+}
+
+// updateHeld makes an Update's attempt on the held state st. done is false
+// when the Update must run as a transaction instead: fn read past the
+// state, or the head moved on. Otherwise err is the Update's outcome.
+func (s *Store) updateHeld(ctx context.Context, p store.Partition, part string, st *partState,
+	fn func(r store.Reader) (*store.Commit, error)) (version uint64, done bool, err error) {
+	r := &reader{ctx: ctx, caller: ctx, p: p, part: part, headRead: true, head: st.head, pf: st.pf}
+	c, err := fn(r)
+	if err != nil || c == nil || c.Erase {
+		// What fn decided without a commit may rest on a state another
+		// process has moved past (an answer, a refusal): only a commit is
+		// checked against the head. These, and erases, take the
+		// transaction's way.
+		return 0, false, nil
+	}
+	args, err := commitArgs(part, st.head, c)
+	if err != nil {
+		return 0, true, fmt.Errorf("commit %s version %d: %w", p, c.Version, err)
+	}
+	octx, stop := s.opContext(ctx)
+	defer stop()
+	conn, err := s.acquire(ctx, octx)
+	if err != nil {
+		return 0, true, fmt.Errorf("update %s: %w", p, err)
+	}
+	defer conn.Release()
+	var feedKey, xid int64
+	args = append(args, int64(st.head.Version), int64(st.head.Horizon), st.compactions)
+	err = conn.QueryRow(octx, writeCached, args...).Scan(&feedKey, &xid)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		s.heldMoved.Add(1)
+		s.states.put(part, nil) // another process committed: read it afresh
+		return 0, false, nil
+	case err != nil && pgconn.SafeToRetry(err):
+		s.states.put(part, nil) // not sent: the transaction's way may still work
+		return 0, false, nil
+	case err != nil:
+		s.states.put(part, nil)
+		if conn.Conn().IsClosed() {
+			return 0, true, fmt.Errorf("commit %s version %d: %w: %w", p, c.Version, errUnknownOutcome, connErr(octx, conn, err))
+		}
+		return 0, true, fmt.Errorf("commit %s version %d: %w", p, c.Version, connErr(octx, conn, err))
+	}
+	s.heldCommits.Add(1)
+	s.states.put(part, st.after(c))
+	if feedKey > xid {
+		_, _ = conn.Exec(octx, "SELECT pg_current_xact_id()") // see update
+	}
+	return c.Version, true, nil
+}
