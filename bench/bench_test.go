@@ -19,6 +19,7 @@ import (
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+	"github.com/dalvdb/dalv/internal/pgtest"
 	"github.com/dalvdb/dalv/internal/proc"
 )
 
@@ -397,4 +398,53 @@ func runLogged(ctx context.Context, t *testing.T, cfg Config) *Report {
 	}
 	t.Logf("\n%s", table.String())
 	return rep
+}
+
+// TestRunPostgres runs the PostgreSQL bench once, briefly, with one and two
+// nodes, and checks that every part of it measured something: pgbench's
+// two scripts (when pgbench is installed), the nodes' syncs, and the
+// commits reaching a watcher on the other node.
+func TestRunPostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL nodes and pgbench")
+	}
+	bin := dalvBinary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	rep, err := RunPostgres(ctx, PostgresConfig{
+		Binary:     bin,
+		Store:      pgtest.Server(t),
+		Nodes:      []int{1, 2},
+		Devices:    4,
+		Runs:       1,
+		Duration:   500 * time.Millisecond,
+		Warmup:     200 * time.Millisecond,
+		Probes:     1,
+		ProbeEvery: 20 * time.Millisecond,
+		Progress:   lineWriter{t},
+	})
+	if err != nil {
+		t.Fatalf("RunPostgres: %v", err)
+	}
+	t.Logf("RunPostgres took %v", time.Since(start))
+	var table strings.Builder
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", table.String())
+	if findPgbench() != "" && (rep.Pgbench.Rate <= 0 || rep.Commit.Rate <= 0) {
+		t.Errorf("pgbench rates %v and %v, want both above 0", rep.Pgbench.Rate, rep.Commit.Rate)
+	}
+	if len(rep.Nodes) != 2 {
+		t.Fatalf("%d node counts measured, want 2", len(rep.Nodes))
+	}
+	for _, n := range rep.Nodes {
+		if n.Syncs.Rate <= 0 {
+			t.Errorf("%d nodes: sync rate %v, want above 0", n.Nodes, n.Syncs.Rate)
+		}
+	}
+	if two := rep.Nodes[1]; two.WatchSamples == 0 || two.WatchP99ms <= 0 || two.IdleWatchP99ms <= 0 {
+		t.Errorf("2 nodes: %d commits timed to the watcher, p99 %v ms, idle p99 %v ms; want some", two.WatchSamples, two.WatchP99ms, two.IdleWatchP99ms)
+	}
 }
