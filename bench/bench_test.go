@@ -420,7 +420,7 @@ func TestRunPostgres(t *testing.T) {
 		Runs:       1,
 		Duration:   500 * time.Millisecond,
 		Warmup:     200 * time.Millisecond,
-		Probes:     1,
+		Probes:     2,
 		ProbeEvery: 20 * time.Millisecond,
 		Progress:   lineWriter{t},
 	})
@@ -446,5 +446,7 @@ func TestRunPostgres(t *testing.T) {
 	}
 	if two := rep.Nodes[1]; two.WatchSamples == 0 || two.WatchP99ms <= 0 || two.IdleWatchP99ms <= 0 {
 		t.Errorf("2 nodes: %d commits timed to the watcher, p99 %v ms, idle p99 %v ms; want some", two.WatchSamples, two.WatchP99ms, two.IdleWatchP99ms)
+	} else if two.WatchAfterAnswerP99ms > two.WatchP99ms {
+		t.Errorf("2 nodes: p99 after the answer %v ms is above the p99 from sending %v ms", two.WatchAfterAnswerP99ms, two.WatchP99ms)
 	}
 }
