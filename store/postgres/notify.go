@@ -49,10 +49,13 @@ func notifyChannel(schema string) string {
 
 // announcer coalesces this store's commits into NOTIFYs: commits made while
 // one is sent, or within the interval after it, share the next one, which
-// names each partition once with its latest version.
+// names each partition once with its latest version. It sends them on a
+// connection of its own, so they never queue behind the commits that fill
+// the pool: a busy node's watchers elsewhere would hear of its commits late.
 type announcer struct {
 	s        *Store
 	interval time.Duration
+	conn     *pgx.Conn // the loop's; nil until connected, and after a failure
 
 	mu      sync.Mutex
 	pending map[string]uint64 // partition id -> highest version
@@ -96,6 +99,7 @@ func (a *announcer) close() {
 
 func (a *announcer) loop() {
 	defer close(a.stopped)
+	defer a.closeConn()
 	var last time.Time
 	for range a.kick {
 		if wait := a.interval - time.Since(last); wait > 0 {
@@ -137,12 +141,35 @@ func (a *announcer) payloads(pending map[string]uint64) []string {
 	return out
 }
 
-// send sends one NOTIFY; a failure loses it, which is allowed.
+// send sends one NOTIFY, connecting first when it must; a failure loses
+// it, which is allowed, and drops the connection.
 func (a *announcer) send(payload string) {
 	ctx, cancel := context.WithTimeout(context.Background(), notifyTimeout)
 	defer cancel()
-	if _, err := a.s.pool.Exec(ctx, "SELECT pg_notify($1, $2)", a.s.channel, payload); err != nil {
+	var err error
+	if a.conn == nil {
+		cfg := a.s.connCfg.Copy()
+		// A notification is a hint, not data: its transaction need not
+		// wait for the WAL to reach the disk, behind every commit's flush.
+		cfg.RuntimeParams["synchronous_commit"] = "off"
+		a.conn, err = pgx.ConnectConfig(ctx, cfg)
+	}
+	if err == nil {
+		_, err = a.conn.Exec(ctx, "SELECT pg_notify($1, $2)", a.s.channel, payload)
+	}
+	if err != nil {
 		a.s.log.Warn("postgres store: notification not sent; other nodes find the commits at their next poll", "err", err)
+		a.closeConn()
+	}
+}
+
+// closeConn closes the loop's connection, if any.
+func (a *announcer) closeConn() {
+	if a.conn != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = a.conn.Close(ctx)
+		a.conn = nil
 	}
 }
 

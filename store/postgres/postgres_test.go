@@ -475,10 +475,6 @@ func TestNotifications(t *testing.T) {
 	a := openSchema(t, schema, Options{})
 	b := openSchema(t, schema, Options{})
 	ctx, cancel := context.WithCancel(context.Background())
-	type note struct {
-		p store.Partition
-		v uint64
-	}
 	got := make(chan note, 100)
 	listening := make(chan error, 1)
 	go func() {
@@ -489,26 +485,7 @@ func TestNotifications(t *testing.T) {
 		_ = a.Notifications(ctx, func(p store.Partition, v uint64) { own <- note{p, v} })
 	}()
 	p := store.Partition{Name: "a\nb %"}
-	// The listener may not be listening yet: commit until one arrives.
-	deadline := time.After(20 * time.Second)
-	var last uint64
-	for found := false; !found; {
-		v, err := commitOne(context.Background(), a, p, "k")
-		if err != nil {
-			t.Fatal(err)
-		}
-		last = v
-		select {
-		case n := <-got:
-			if n.p != p || n.v < 1 || n.v > last {
-				t.Fatalf("notification %+v, want %s at 1..%d", n, p, last)
-			}
-			found = true
-		case <-time.After(100 * time.Millisecond):
-		case <-deadline:
-			t.Fatal("no notification")
-		}
-	}
+	commitUntilNotified(t, a, p, got, 1)
 	select {
 	case n := <-own:
 		t.Errorf("a store was notified of its own commit %+v", n)
@@ -517,6 +494,71 @@ func TestNotifications(t *testing.T) {
 	cancel()
 	if err := <-listening; err != nil {
 		t.Errorf("Notifications after cancel = %v, want nil", err)
+	}
+}
+
+// TestNotificationsAfterKill kills a store's connections, the one it
+// announces its commits on included: its later commits are announced again.
+func TestNotificationsAfterKill(t *testing.T) {
+	t.Parallel()
+	schema, u := pgtest.Schema(t)
+	app := "dalv-test-notify-" + schema
+	a, err := Open(context.Background(), pgtest.WithParam(u, "application_name", app), Options{Schema: schema, MaxConns: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	b := openSchema(t, schema, Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan note, 100)
+	go func() { _ = b.Notifications(ctx, func(p store.Partition, v uint64) { got <- note{p, v} }) }()
+	p := store.Partition{Name: "alice"}
+	last := commitUntilNotified(t, a, p, got, 1)
+	pgtest.Exec(t, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", app)
+	commitUntilNotified(t, a, p, got, last+1)
+}
+
+// note is a notification of a commit.
+type note struct {
+	p store.Partition
+	v uint64
+}
+
+// commitUntilNotified commits to p through s until got brings a
+// notification of p at version least or later (a listener may not listen
+// yet, a lost connection loses a notification), and returns the last
+// version committed. Commits that fail with store.ErrUnavailable are tried
+// again.
+func commitUntilNotified(t *testing.T, s *Store, p store.Partition, got <-chan note, least uint64) uint64 {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	var last uint64
+	for {
+		v, err := commitOne(context.Background(), s, p, "k")
+		switch {
+		case err == nil:
+			last = v
+		case !errors.Is(err, store.ErrUnavailable):
+			t.Fatal(err)
+		}
+		wait := time.After(100 * time.Millisecond)
+	drain:
+		for {
+			select {
+			case n := <-got:
+				if n.p != p || n.v < 1 || n.v > last {
+					t.Fatalf("notification %+v, want %s at 1..%d", n, p, last)
+				}
+				if n.v >= least {
+					return last
+				}
+			case <-wait:
+				break drain
+			case <-deadline:
+				t.Fatalf("no notification of %s at version %d or later", p, least)
+			}
+		}
 	}
 }
 
