@@ -450,3 +450,29 @@ func TestRunPostgres(t *testing.T) {
 		t.Errorf("2 nodes: p99 after the answer %v ms is above the p99 from sending %v ms", two.WatchAfterAnswerP99ms, two.WatchP99ms)
 	}
 }
+
+// TestMedianRatio checks the ratio the PostgreSQL bench reports: the median
+// of each run's ratio, runs whose reference measured nothing left out.
+func TestMedianRatio(t *testing.T) {
+	rates := func(rs ...float64) []pgSample {
+		ss := make([]pgSample, len(rs))
+		for i, r := range rs {
+			ss[i].rate = r
+		}
+		return ss
+	}
+	for _, tc := range []struct {
+		a, b []pgSample
+		want float64
+	}{
+		{rates(10, 40, 30), rates(10, 10, 100), 1}, // 1, 4, 0.3
+		{rates(10, 40), rates(20, 0), 0.5},         // the second run's reference is 0
+		{rates(10, 40, 50), rates(10), 1},          // only runs both have
+		{rates(10), nil, 0},                        // no reference at all
+		{rates(2, 3, 4, 5), rates(1, 1, 1, 1), 4},  // an even count takes the upper middle
+	} {
+		if got := medianRatio(tc.a, tc.b); got != tc.want {
+			t.Errorf("medianRatio(%v, %v) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+}

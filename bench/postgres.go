@@ -128,8 +128,10 @@ type PostgresReport struct {
 	// PUT, as a node sends it for a partition it holds, with as many
 	// clients: what PostgreSQL does with no node in the way. CommitScript
 	// is that statement.
-	Commit       PgRate `json:"pgbench_dalv_commit"`
-	CommitScript string `json:"pgbench_dalv_commit_script"`
+	Commit PgRate `json:"pgbench_dalv_commit"`
+	// CommitRatio is Commit's rate over Pgbench's, as Ratio is.
+	CommitRatio  float64 `json:"pgbench_dalv_commit_ratio"`
+	CommitScript string  `json:"pgbench_dalv_commit_script"`
 	// Nodes has one entry per node count measured.
 	Nodes []PgNodes `json:"nodes"`
 	Pass  bool      `json:"pass"`
@@ -148,7 +150,8 @@ type PgRate struct {
 type PgNodes struct {
 	Nodes int    `json:"nodes"`
 	Syncs PgRate `json:"syncs"`
-	// Ratio is the sync rate over pgbench's.
+	// Ratio is the sync rate over pgbench's, the median of the runs'
+	// ratios: each run measures pgbench and the nodes one after the other.
 	Ratio float64 `json:"ratio"`
 	// WatchP50ms and WatchP99ms are the probes' times from sending a sync
 	// on one node to its commit reaching a watcher on another (0 with one
@@ -213,6 +216,9 @@ func RunPostgres(ctx context.Context, cfg PostgresConfig) (*PostgresReport, erro
 		}
 	}
 	rep.Pgbench, rep.Commit = medianRate(pgRuns), medianRate(commitRuns)
+	if len(pgRuns) > 0 {
+		rep.CommitRatio = medianRatio(commitRuns, pgRuns)
+	}
 	rep.Pass = pb.pgbench != ""
 	for i, n := range cfg.Nodes {
 		r := PgNodes{Nodes: n, Syncs: medianRate(nodeRuns[i])}
@@ -224,8 +230,8 @@ func RunPostgres(ctx context.Context, cfg PostgresConfig) (*PostgresReport, erro
 		idle := slices.Clone(nodeRuns[i])
 		slices.SortFunc(idle, func(a, b pgSample) int { return cmp.Compare(a.idleWatchP99, b.idleWatchP99) })
 		r.IdleWatchP99ms = ms(idle[len(idle)/2].idleWatchP99)
-		if rep.Pgbench.Rate > 0 {
-			r.Ratio = r.Syncs.Rate / rep.Pgbench.Rate
+		if len(pgRuns) == len(nodeRuns[i]) {
+			r.Ratio = medianRatio(nodeRuns[i], pgRuns)
 		}
 		if h := &watch[i].fromSend; h.Count() > 0 {
 			r.WatchP50ms, r.WatchP99ms, r.WatchSamples = ms(h.Quantile(0.50)), ms(h.Quantile(0.99)), h.Count()
@@ -252,6 +258,21 @@ type pgSample struct {
 	pacedP99  time.Duration
 	// idleWatchP99 is the commit-to-watcher p99 with the probes alone.
 	idleWatchP99 time.Duration
+}
+
+// medianRatio is the median over the runs of a's rate over b's.
+func medianRatio(a, b []pgSample) float64 {
+	var rs []float64
+	for i := range min(len(a), len(b)) {
+		if b[i].rate > 0 {
+			rs = append(rs, a[i].rate/b[i].rate)
+		}
+	}
+	if len(rs) == 0 {
+		return 0
+	}
+	slices.Sort(rs)
+	return rs[len(rs)/2]
 }
 
 func medianRate(ss []pgSample) PgRate {
@@ -828,7 +849,7 @@ func (r *PostgresReport) WriteTable(w io.Writer) error {
 	fmt.Fprintf(&b, "%-34s %12s %9s %9s %8s   %s\n", "", "rate /s", "p50 ms", "p99 ms", "ratio", "target")
 	if r.Pgbench.Rate > 0 {
 		fmt.Fprintf(&b, "%-34s %12s %9.2f %9.2f %8s\n", "pgbench: UPDATE 1 row + INSERT", group(r.Pgbench.Rate), r.Pgbench.P50ms, r.Pgbench.P99ms, "100%")
-		fmt.Fprintf(&b, "%-34s %12s %9.2f %9.2f %7.1f%%\n", "pgbench: dalv's commit statement", group(r.Commit.Rate), r.Commit.P50ms, r.Commit.P99ms, 100*r.Commit.Rate/r.Pgbench.Rate)
+		fmt.Fprintf(&b, "%-34s %12s %9.2f %9.2f %7.1f%%\n", "pgbench: dalv's commit statement", group(r.Commit.Rate), r.Commit.P50ms, r.Commit.P99ms, 100*r.CommitRatio)
 	} else {
 		fmt.Fprintf(&b, "%-34s %12s\n", "pgbench", "(not run)")
 	}
