@@ -210,10 +210,17 @@ func TestPostgresConnectionsKilled(t *testing.T) {
 // PostgreSQL by more than the node's --store-timeout while devices sync
 // through it: requests in flight end with unavailable (the device retries
 // the same batch), and once the delay lifts the node serves on by itself,
-// with no acknowledged batch lost and none applied twice.
+// with no acknowledged batch lost and none applied twice. It uses a server
+// of its own: the delayed transactions stay open for seconds, and would
+// stall the change feed of every other test on a shared server.
 func TestPostgresConnectionDelayed(t *testing.T) {
 	t.Parallel()
-	_, direct := pgtest.SchemaOn(t, pgtest.Server(t))
+	srv, err := pgtest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	_, direct := pgtest.SchemaOn(t, srv.URL)
 	proxy, delayed := pgtest.NewProxy(t, direct)
 	nodes := []*proc.Server{
 		startServer(t, "--store", delayed, "--store-timeout", "1s", "--heartbeat", "2s"),

@@ -370,7 +370,11 @@ func testFeedCompact(t *testing.T, s store.Store) {
 func testFeedErase(t *testing.T, s store.Store) {
 	p, q := user("alice"), user("bob")
 	commit(t, s, p, store.Commit{Time: minute(0), Entries: []store.Entry{put("a", "1")}, Ops: []byte("p1")})
-	cursor := feed(t, s, "")[0].Pos
+	first := feed(t, s, "")
+	if len(first) == 0 {
+		t.Fatal("Feed from the start after a commit delivered nothing")
+	}
+	cursor := first[0].Pos
 	commit(t, s, q, store.Commit{Time: minute(1), Ops: []byte("q1")})
 	commit(t, s, p, store.Commit{Time: minute(2), Entries: []store.Entry{del("a")}, Ops: []byte("p2")})
 	commit(t, s, p, store.Commit{Time: minute(3), Erase: true, Entries: []store.Entry{put("c", "3")}, Ops: []byte("erase")})
