@@ -23,6 +23,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dalvdb/dalv/auth"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
@@ -331,7 +332,7 @@ func (pb *pgBench) setup(ctx context.Context) error {
 	if pb.dir, err = os.MkdirTemp("", "dalv-pgbench-"); err != nil {
 		return err
 	}
-	conn, err := pgx.Connect(ctx, pb.cfg.Store)
+	conn, err := pb.connect(ctx)
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", u.Redacted(), err)
 	}
@@ -418,7 +419,7 @@ SELECT feed_key FROM h;
 func (pb *pgBench) cleanup() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if conn, err := pgx.Connect(ctx, pb.cfg.Store); err == nil {
+	if conn, err := pb.connect(ctx); err == nil {
 		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{pb.schema}.Sanitize()+" CASCADE"); err != nil {
 			fmt.Fprintf(pb.out, "drop schema %s: %v\n", pb.schema, err)
 		}
@@ -427,6 +428,16 @@ func (pb *pgBench) cleanup() {
 	if pb.dir != "" {
 		_ = os.RemoveAll(pb.dir)
 	}
+}
+
+// connect opens a connection of the bench's own to the store URL, which may
+// hold pgxpool's parameters (pool_max_conns...) for the nodes.
+func (pb *pgBench) connect(ctx context.Context) (*pgx.Conn, error) {
+	cfg, err := pgxpool.ParseConfig(pb.cfg.Store)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.ConnectConfig(ctx, cfg.ConnConfig)
 }
 
 // libpqURL is the store URL without the parameters that only pgx knows.
