@@ -858,3 +858,103 @@ func TestHeldStateCompacted(t *testing.T) {
 		t.Errorf("the held commit after the compaction was not refused")
 	}
 }
+
+// TestHeldStateMatchesStore commits puts, deletes and repeated keys to a
+// partition through one store, and checks after each commit that the state
+// it holds is what a fresh read of the partition finds: the entries, their
+// versions and values, and the device records.
+func TestHeldStateMatchesStore(t *testing.T) {
+	t.Parallel()
+	s := openFresh(t, Options{})
+	p := store.Partition{Name: "carol"}
+	part := partID(p)
+	for i := 1; i <= 40; i++ {
+		v := uint64(i)
+		c := &store.Commit{Version: v, Time: time.Now(), Ops: []byte("ops"), Device: fmt.Sprint("dev", i%3), Batch: v}
+		for j := range i%4 + 1 {
+			k := fmt.Sprint("k", (i*7+j*3)%9)
+			if (i+j)%5 == 0 {
+				c.Entries = append(c.Entries, store.Entry{Key: k, Deleted: true, Version: v, ScalarVersion: v})
+			} else {
+				c.Entries = append(c.Entries, store.Entry{Key: k, Value: fmt.Appendf(nil, "%d.%d", i, j), Version: v, ScalarVersion: v - uint64(j%2)})
+			}
+		}
+		if i%6 == 0 {
+			c.Entries = append(c.Entries, store.Entry{Key: "empty", Version: v, ScalarVersion: v}) // live, no value: stored as an empty one
+		}
+		err := s.Update(context.Background(), p, func(r store.Reader) (*store.Commit, error) { return c, nil })
+		if err != nil {
+			t.Fatalf("commit %d: %v", i, err)
+		}
+		st := s.states.get(part)
+		if st == nil {
+			t.Fatalf("after commit %d the store holds no state of %s", i, p)
+		}
+		var want []store.Entry
+		devices := make(map[string]uint64)
+		err = s.View(context.Background(), p, func(r store.Reader) error {
+			if h, err := r.Head(); err != nil || h != st.head {
+				return fmt.Errorf("head %+v, %v; the state holds %+v", h, err, st.head)
+			}
+			for d := range 3 {
+				b, err := r.DeviceBatch(fmt.Sprint("dev", d))
+				if err != nil {
+					return err
+				}
+				if b != 0 {
+					devices[fmt.Sprint("dev", d)] = b
+				}
+			}
+			return r.Changes(0, func(e store.Entry) (bool, error) {
+				want = append(want, e)
+				return true, nil
+			})
+		})
+		if err != nil {
+			t.Fatalf("after commit %d: %v", i, err)
+		}
+		slices.SortFunc(want, func(a, b store.Entry) int { return strings.Compare(a.Key, b.Key) })
+		if got := fmt.Sprintf("%+v", st.pf.entries); got != fmt.Sprintf("%+v", want) {
+			t.Fatalf("after commit %d the held entries are\n%s\nthe store's\n%+v", i, got, want)
+		}
+		for _, e := range st.pf.entries {
+			if (e.Value == nil) != e.Deleted {
+				t.Fatalf("after commit %d the held entry %q has value %v and deleted %v: a live entry has a value, if empty, and a tombstone none", i, e.Key, e.Value, e.Deleted)
+			}
+		}
+		if fmt.Sprint(st.pf.devices) != fmt.Sprint(devices) {
+			t.Fatalf("after commit %d the held devices are %v, the store's %v", i, st.pf.devices, devices)
+		}
+	}
+	if c, m := heldCounts(s); c != 39 || m != 0 {
+		t.Errorf("%d held commits and %d moved, want 39 and 0", c, m)
+	}
+}
+
+// TestStateCacheBudget fills a state cache past its budget: it stays within
+// it, and a state too big for it is not held.
+func TestStateCacheBudget(t *testing.T) {
+	c := newStateCache(10_000)
+	for i := range 100 {
+		c.put(fmt.Sprint("u:", i), &partState{size: 1_000})
+		if c.size > c.budget {
+			t.Fatalf("after %d states the cache holds %d bytes, over its budget of %d", i+1, c.size, c.budget)
+		}
+	}
+	if n := c.len(); n != 10 {
+		t.Errorf("the cache holds %d states of 1,000 bytes in 10,000, want 10", n)
+	}
+	c.put("u:big", &partState{size: 5_000})
+	if c.get("u:big") != nil {
+		t.Errorf("a state of half the budget was held")
+	}
+	c.put("u:99", nil)
+	if c.get("u:99") != nil {
+		t.Errorf("a forgotten state is still held")
+	}
+	off := newStateCache(-1)
+	off.put("u:x", &partState{size: 1})
+	if off.get("u:x") != nil || off.len() != 0 {
+		t.Errorf("a cache with no budget held a state")
+	}
+}
