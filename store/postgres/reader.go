@@ -8,6 +8,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -484,18 +485,33 @@ func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Rea
 	if err != nil {
 		return fmt.Errorf("view %s: %w", p, err)
 	}
-	defer conn.Release()
 	r := &reader{ctx: octx, caller: ctx, conn: conn, p: p, part: partID(p), begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
 		readAhead: !s.hooks.noReadAhead}
 	err = fn(r)
-	if r.begun && !conn.Conn().IsClosed() {
-		end := "COMMIT"
-		if err != nil {
-			end = "ROLLBACK"
-		}
-		if _, cerr := conn.Exec(octx, end); cerr != nil && err == nil {
-			err = fmt.Errorf("view %s: %w", p, connErr(octx, conn, cerr))
-		}
+	switch {
+	case !r.begun || conn.Conn().IsClosed():
+		conn.Release()
+	case err != nil:
+		_, _ = conn.Exec(octx, "ROLLBACK")
+		conn.Release() // the pool drops a connection left in a transaction
+	default:
+		// Every read of the snapshot is in, and a read-only transaction's
+		// COMMIT can neither change nor fail them: end it without making
+		// the caller wait a round trip (a watch delivers sooner).
+		s.active.Add(1)
+		go s.endView(conn)
 	}
 	return err
+}
+
+// endView commits a View's transaction and gives its connection back (or
+// closes it, when the COMMIT fails).
+func (s *Store) endView(conn *pgxpool.Conn) {
+	defer s.active.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), max(s.timeout, time.Second))
+	defer cancel()
+	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+		_ = conn.Conn().Close(ctx)
+	}
+	conn.Release()
 }
