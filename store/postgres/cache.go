@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -28,6 +29,12 @@ import (
 // DefaultCacheBytes bounds the partition states a store keeps (see
 // Options.CacheBytes).
 const DefaultCacheBytes = 32 << 20
+
+// coolDown is how long a store holds no state of a partition after another
+// process committed to it under its held state: while several nodes take
+// turns on a partition (a load balancer that spreads one device's requests),
+// each held commit would cost a wasted statement before the transaction.
+const coolDown = 10 * time.Second
 
 // writeCached is the one statement of a commit on a held state. Its
 // parameters are commitArgs', then the head's version, horizon and
@@ -57,19 +64,22 @@ SELECT feed_key, xid FROM h`
 var errNeedLock = errors.New("postgres store: the read needs the partition's lock")
 
 // partState is a held partition state. It is never changed: a commit makes
-// a new one.
+// a new one. A state with no pf holds nothing: it marks a partition whose
+// state is not to be held until cool.
 type partState struct {
 	head        store.Head
 	compactions int64
 	pf          *prefetch // complete: every entry and device record
 	size        int
+	cool        time.Time
 }
 
 // stateCache holds partition states up to a byte budget; past it, states
 // are dropped at random (Go's map order), which keeps a bounded set of
 // partitions without bookkeeping on the hot path.
 type stateCache struct {
-	budget int
+	budget  int
+	coolFor time.Duration // how long coolDown holds no state; 0 for not at all
 
 	mu    sync.Mutex
 	parts map[string]*partState
@@ -77,32 +87,66 @@ type stateCache struct {
 }
 
 func newStateCache(budget int) *stateCache {
-	return &stateCache{budget: budget, parts: make(map[string]*partState)}
+	return &stateCache{budget: budget, coolFor: coolDown, parts: make(map[string]*partState)}
 }
 
 // len returns how many states c holds.
 func (c *stateCache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.parts)
+	n := 0
+	for _, st := range c.parts {
+		if st.pf != nil {
+			n++
+		}
+	}
+	return n
 }
 
+// get returns the state held for part, or nil.
 func (c *stateCache) get(part string) *partState {
 	if c.budget <= 0 {
 		return nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.parts[part]
+	if st := c.parts[part]; st != nil && st.pf != nil {
+		return st
+	}
+	return nil
 }
 
-// put holds st for part, or forgets part when st is nil.
-func (c *stateCache) put(part string, st *partState) {
+// hold holds st for part, unless part cools down; with st nil, it forgets
+// part's state (a cool-down stays).
+func (c *stateCache) hold(part string, st *partState) {
 	if c.budget <= 0 {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if old := c.parts[part]; old != nil && old.pf == nil && time.Now().Before(old.cool) {
+		return
+	}
+	c.putLocked(part, st)
+}
+
+// coolDown forgets part's state and holds none for c.coolFor.
+func (c *stateCache) coolDown(part string) {
+	if c.budget <= 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.coolFor <= 0 {
+		c.putLocked(part, nil)
+		return
+	}
+	c.putLocked(part, &partState{size: 64 + len(part), cool: time.Now().Add(c.coolFor)})
+}
+
+// putLocked holds st for part, or forgets part when st is nil, dropping
+// others to stay within the budget.
+func (c *stateCache) putLocked(part string, st *partState) {
 	if old, ok := c.parts[part]; ok {
 		c.size -= old.size
 		delete(c.parts, part)
@@ -211,20 +255,20 @@ func (s *Store) updateHeld(ctx context.Context, p store.Partition, part string, 
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		s.heldMoved.Add(1)
-		s.states.put(part, nil) // another process committed: read it afresh
+		s.states.coolDown(part) // another process committed: it may take turns with this one
 		return 0, false, nil
 	case err != nil && pgconn.SafeToRetry(err):
-		s.states.put(part, nil) // not sent: the transaction's way may still work
+		s.states.hold(part, nil) // not sent: the transaction's way may still work
 		return 0, false, nil
 	case err != nil:
-		s.states.put(part, nil)
+		s.states.hold(part, nil)
 		if conn.Conn().IsClosed() {
 			return 0, true, fmt.Errorf("commit %s version %d: %w: %w", p, c.Version, errUnknownOutcome, connErr(octx, conn, err))
 		}
 		return 0, true, fmt.Errorf("commit %s version %d: %w", p, c.Version, connErr(octx, conn, err))
 	}
 	s.heldCommits.Add(1)
-	s.states.put(part, st.after(c))
+	s.states.hold(part, st.after(c))
 	if feedKey > xid {
 		_, _ = conn.Exec(octx, "SELECT pg_current_xact_id()") // see update
 	}

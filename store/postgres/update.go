@@ -148,7 +148,7 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 	if err != nil || c == nil {
 		_, retry, _ := failed(err)
 		if err == nil && pf.holdable() {
-			s.states.put(part, &partState{head: head, compactions: compactions, pf: pf, size: pf.size()})
+			s.states.hold(part, &partState{head: head, compactions: compactions, pf: pf, size: pf.size()})
 		}
 		return 0, retry && errors.Is(err, store.ErrUnavailable), err
 	}
@@ -179,9 +179,9 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 		}
 	}
 	if pf.holdable() {
-		s.states.put(part, (&partState{head: head, compactions: compactions, pf: pf}).after(c))
+		s.states.hold(part, (&partState{head: head, compactions: compactions, pf: pf}).after(c))
 	} else {
-		s.states.put(part, nil)
+		s.states.hold(part, nil)
 	}
 	if feedKey > xid {
 		// The key is above this transaction's id (the partition's previous
