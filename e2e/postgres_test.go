@@ -345,3 +345,78 @@ func pgLoadWithFault(t *testing.T, nodes []*proc.Server, devices, batches, fault
 
 // pgxConnect connects to the database at u.
 func pgxConnect(ctx context.Context, u string) (*pgx.Conn, error) { return pgx.Connect(ctx, u) }
+
+// TestPostgresRoundRobin spreads each device's requests over three nodes,
+// one after another, as a balancer that balances requests rather than
+// connections does, while three devices of one user sync at once: every
+// batch applies once, versions stay dense, a batch retried on another node
+// is answered as the first time, and the feed carries each commit once, in
+// version order.
+func TestPostgresRoundRobin(t *testing.T) {
+	t.Parallel()
+	nodes, _ := pgNodes(t, pgtest.Server(t), 3)
+	const batches = 30
+	devices := []string{"phone", "tablet", "laptop"}
+	var wg sync.WaitGroup
+	for d, device := range devices {
+		wg.Go(func() {
+			var version uint64
+			for b := uint64(1); b <= batches; b++ {
+				req := &dalvv1.SyncRequest{DeviceId: device, BaseVersion: version, Batch: b,
+					Ops: ops(opPut(fmt.Sprintf("%s/%02d", device, b), fmt.Sprint(b)))}
+				node := nodes[(d+int(b))%len(nodes)]
+				resp, err := deviceClient(t, node, "erin").Sync(ctx(t), connect.NewRequest(req))
+				if err != nil || resp.Msg.GetStatus() != accepted {
+					t.Errorf("%s batch %d on %s: %v, %v; want accepted", device, b, node.URL(), resp, err)
+					return
+				}
+				if b%10 == 0 {
+					// The answer was lost: the same batch on the next node is
+					// answered as a success, with the partition as it is now
+					// (its own key among the changes), and applies nothing:
+					// the final version below counts each batch once.
+					again, err := deviceClient(t, nodes[(d+int(b)+1)%len(nodes)], "erin").Sync(ctx(t), connect.NewRequest(req))
+					if err != nil || again.Msg.GetStatus() != accepted || again.Msg.GetVersion() < resp.Msg.GetVersion() {
+						t.Errorf("%s batch %d again: %v, %v; want accepted at version %d or later", device, b, again, err, resp.Msg.GetVersion())
+						return
+					}
+					key, found := fmt.Sprintf("%s/%02d", device, b), false
+					for _, c := range again.Msg.GetChanges() {
+						found = found || c.GetKey() == key && show(c.GetValue()) == fmt.Sprint(b)
+					}
+					if !found {
+						t.Errorf("%s batch %d again: changes %v lack its own %s", device, b, again.Msg.GetChanges(), key)
+					}
+				}
+				version = resp.Msg.GetVersion()
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	total := uint64(len(devices) * batches)
+	resp, err := deviceClient(t, nodes[0], "erin").Sync(ctx(t), connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "watch"}))
+	if err != nil || resp.Msg.GetVersion() != total {
+		t.Fatalf("pull after the load: %v, %v; want version %d, one for each batch", resp, err, total)
+	}
+	if n := len(resp.Msg.GetChanges()); n != int(total) {
+		t.Errorf("pull after the load: %d keys, want %d", n, total)
+	}
+
+	// The feed, from the start, on one node: each version once, in order.
+	sctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	feed, err := backendClient(t, nodes[1]).Watch(sctx, pgBearer(connect.NewRequest(&dalvv1.BackendServiceWatchRequest{Cursor: "start"}), testBackendKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := pgStream(feed)
+	for v := uint64(1); v <= total; v++ {
+		ev := pgNext(t, events, 30*time.Second, fmt.Sprintf("erin's version %d on the feed", v), func(ev *dalvv1.ChangeEvent) bool { return !ev.GetHeartbeat() })
+		if ev.GetUser() != "erin" || ev.GetVersion() != v {
+			t.Fatalf("feed event %d = %s at version %d, want erin at version %d", v, ev.GetUser(), ev.GetVersion(), v)
+		}
+	}
+}
