@@ -11,6 +11,11 @@
 //     transaction, so a batch retried on another node is answered as the
 //     first success. Deadlocks and serialisation failures, and connection
 //     failures before COMMIT was sent, are retried: fn may be called again.
+//   - A store holds the state of small partitions it commits to, and
+//     commits to one in a single statement that updates the head only if
+//     it is still the held one, taking the same lock; when another process
+//     committed meanwhile, the statement writes nothing and the Update runs
+//     as the transaction above (see cache.go).
 //   - A commit is durable when Update returns (with the server's
 //     synchronous_commit). When the connection is lost while COMMIT is in
 //     flight, the outcome is unknown: Update fails with an error wrapping
@@ -28,8 +33,11 @@
 //     channel dalv_commits (of the schema) after they commit; [Store.Notifications] listens
 //     on a connection of its own and reconnects by itself. Notifications
 //     are hints: nothing depends on their arrival.
-//   - A lost or refused connection fails the operation with an error
-//     wrapping [store.ErrUnavailable]; the pool reconnects by itself.
+//   - A lost or refused connection, or PostgreSQL not answering within
+//     Options.Timeout, fails the operation with an error wrapping
+//     [store.ErrUnavailable]; the pool reconnects by itself. A caller that
+//     goes away stops the operation before its next statement, never in
+//     the middle of one.
 //
 // Caveats: an erase deletes the partition's rows, but PostgreSQL keeps the
 // dead tuples' bytes on disk until VACUUM reuses the space (and in its WAL
