@@ -2,7 +2,7 @@
 GO ?= go
 TOOL = $(GO) tool -modfile=tools/go.mod
 
-.PHONY: all build generate check-generated lint test test-race soak bench fuzz
+.PHONY: all build generate check-generated lint test test-race soak bench bench-postgres fuzz
 
 all: build
 
@@ -47,3 +47,8 @@ fuzz:
 ## bench: the server benchmark (medians of 5 runs)
 bench: build
 	./bin/dalv bench --runs 5
+
+## bench-postgres: 1 and 3 nodes over PostgreSQL beside pgbench (medians of 5 runs);
+## the database is $DALV_TEST_POSTGRES, or the machine's PostgreSQL
+bench-postgres: build
+	./bin/dalv bench --store "$${DALV_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable}" --runs 5
