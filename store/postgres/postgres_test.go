@@ -359,14 +359,22 @@ func TestManyNodesSerialised(t *testing.T) {
 	waitFeedLen(t, nodes[0], 2*3*each)
 }
 
+// waitFeedLen is waitFeedOf alice's partition.
 func waitFeedLen(t *testing.T, s *Store, n int) {
+	t.Helper()
+	waitFeedOf(t, s, "alice", n)
+}
+
+// waitFeedOf waits until s's feed holds n records, and checks they are
+// user's versions 1 to n, in order.
+func waitFeedOf(t *testing.T, s *Store, user string, n int) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		got := readFeed(t, s, "")
 		if len(got) == n {
 			for i, r := range got {
-				if want := fmt.Sprintf("user:alice@%d", i+1); r != want {
+				if want := fmt.Sprintf("user:%s@%d", user, i+1); r != want {
 					t.Fatalf("feed record %d = %s, want %s", i, r, want)
 				}
 			}
@@ -1003,4 +1011,78 @@ func TestHeldStateTakingTurns(t *testing.T) {
 	if ma+mb > 2 {
 		t.Errorf("%d held commits found the head moved over 20 turns, want at most one a store", ma+mb)
 	}
+}
+
+// TestHeldStateRace has two stores, each with four goroutines, commit to
+// one small partition at once with no cool-down, so held commits race each
+// other and the other store's: every commit lands once at its own version,
+// and each key ends as the highest version that wrote it left it.
+func TestHeldStateRace(t *testing.T) {
+	t.Parallel()
+	schema, _ := pgtest.Schema(t)
+	stores := []*Store{openSchema(t, schema, Options{}), openSchema(t, schema, Options{})}
+	for _, s := range stores {
+		s.states.coolFor = 0
+	}
+	p := store.Partition{Name: "grace"}
+	const each = 25
+	type write struct {
+		key, val string
+	}
+	var mu sync.Mutex
+	wrote := make(map[uint64]write)
+	var wg sync.WaitGroup
+	for i, s := range stores {
+		for g := range 4 {
+			wg.Go(func() {
+				for j := range each {
+					w := write{fmt.Sprint("k", (g+j)%4), fmt.Sprintf("s%d.g%d.%d", i, g, j)}
+					v, _, err := commitAt(s, p, time.Now(), "", store.Entry{Key: w.key, Value: []byte(w.val)})
+					if err != nil {
+						t.Errorf("store %d: %v", i, err)
+						return
+					}
+					mu.Lock()
+					if old, dup := wrote[v]; dup {
+						t.Errorf("version %d committed twice: %v and %v", v, old, w)
+					}
+					wrote[v] = w
+					mu.Unlock()
+				}
+			})
+		}
+	}
+	wg.Wait()
+	total := uint64(len(stores) * 4 * each)
+	if uint64(len(wrote)) != total {
+		t.Fatalf("%d versions committed, want %d", len(wrote), total)
+	}
+	want := make(map[string]string)
+	for v := uint64(1); v <= total; v++ {
+		w, ok := wrote[v]
+		if !ok {
+			t.Fatalf("no commit at version %d", v)
+		}
+		want[w.key] = fmt.Sprintf("%s@%d", w.val, v)
+	}
+	got := make(map[string]string)
+	err := stores[0].View(context.Background(), p, func(r store.Reader) error {
+		return r.Changes(0, func(e store.Entry) (bool, error) {
+			got[e.Key] = fmt.Sprintf("%s@%d", e.Value, e.Version)
+			return true, nil
+		})
+	})
+	if err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("entries = %v, %v; want %v", got, err, want)
+	}
+	var held, moved int64
+	for _, s := range stores {
+		c, m := heldCounts(s)
+		held, moved = held+c, moved+m
+	}
+	t.Logf("%d held commits, %d found the head moved", held, moved)
+	if held == 0 || moved == 0 {
+		t.Errorf("%d held commits and %d moved: the race did not take both ways", held, moved)
+	}
+	waitFeedOf(t, stores[1], "grace", int(total))
 }
