@@ -443,6 +443,9 @@ func TestRunPostgres(t *testing.T) {
 		if n.Syncs.Rate <= 0 {
 			t.Errorf("%d nodes: sync rate %v, want above 0", n.Nodes, n.Syncs.Rate)
 		}
+		if n.CPU.Client <= 0 || n.CPU.Nodes <= 0 {
+			t.Errorf("%d nodes: CPU per sync %+v, want the client's and the nodes' above 0", n.Nodes, n.CPU)
+		}
 	}
 	if two := rep.Nodes[1]; two.WatchSamples == 0 || two.WatchP99ms <= 0 || two.IdleWatchP99ms <= 0 {
 		t.Errorf("2 nodes: %d commits timed to the watcher, p99 %v ms, idle p99 %v ms; want some", two.WatchSamples, two.WatchP99ms, two.IdleWatchP99ms)

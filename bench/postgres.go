@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -130,6 +131,10 @@ type PostgresReport struct {
 	// clients: what PostgreSQL does with no node in the way. CommitScript
 	// is that statement.
 	Commit PgRate `json:"pgbench_dalv_commit"`
+	// PgbenchCPU and CommitCPU split the CPU per transaction of the two
+	// pgbench scripts (whole runs, warm-up included).
+	PgbenchCPU PgCPU `json:"pgbench_cpu"`
+	CommitCPU  PgCPU `json:"pgbench_dalv_commit_cpu"`
 	// CommitRatio is Commit's rate over Pgbench's, as Ratio is.
 	CommitRatio  float64 `json:"pgbench_dalv_commit_ratio"`
 	CommitScript string  `json:"pgbench_dalv_commit_script"`
@@ -151,6 +156,8 @@ type PgRate struct {
 type PgNodes struct {
 	Nodes int    `json:"nodes"`
 	Syncs PgRate `json:"syncs"`
+	// CPU splits the CPU per sync of the closed-loop load.
+	CPU PgCPU `json:"cpu"`
 	// Ratio is the sync rate over pgbench's, the median of the runs'
 	// ratios: each run measures pgbench and the nodes one after the other.
 	Ratio float64 `json:"ratio"`
@@ -217,12 +224,13 @@ func RunPostgres(ctx context.Context, cfg PostgresConfig) (*PostgresReport, erro
 		}
 	}
 	rep.Pgbench, rep.Commit = medianRate(pgRuns), medianRate(commitRuns)
+	rep.PgbenchCPU, rep.CommitCPU = medianCPU(pgRuns), medianCPU(commitRuns)
 	if len(pgRuns) > 0 {
 		rep.CommitRatio = medianRatio(commitRuns, pgRuns)
 	}
 	rep.Pass = pb.pgbench != ""
 	for i, n := range cfg.Nodes {
-		r := PgNodes{Nodes: n, Syncs: medianRate(nodeRuns[i])}
+		r := PgNodes{Nodes: n, Syncs: medianRate(nodeRuns[i]), CPU: medianCPU(nodeRuns[i])}
 		paced := slices.Clone(nodeRuns[i])
 		slices.SortFunc(paced, func(a, b pgSample) int { return cmp.Compare(a.pacedRate, b.pacedRate) })
 		if p := paced[len(paced)/2]; p.pacedRate > 0 {
@@ -259,6 +267,65 @@ type pgSample struct {
 	pacedP99  time.Duration
 	// idleWatchP99 is the commit-to-watcher p99 with the probes alone.
 	idleWatchP99 time.Duration
+	// cpu is the CPU time per sync or transaction, by who spent it.
+	cpu PgCPU
+}
+
+// PgCPU is CPU time per sync (or pgbench transaction), in microseconds, by
+// who spent it while the load was measured: the client (the bench's load
+// generator, or pgbench), the dalv nodes, and the rest of the machine
+// (PostgreSQL, and anything else running).
+type PgCPU struct {
+	Client float64 `json:"client_us"`
+	Nodes  float64 `json:"nodes_us"`
+	Rest   float64 `json:"rest_us"`
+}
+
+// cpuMark is a reading of the CPU time used so far, by who used it.
+type cpuMark struct{ self, nodes, machine time.Duration }
+
+// markCPU reads the CPU time this process, the nodes and the machine have
+// used so far.
+func markCPU(nodes []*proc.Server) cpuMark {
+	var m cpuMark
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		m.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	for _, n := range nodes {
+		c, _ := processCPU(n.PID())
+		m.nodes += c
+	}
+	m.machine, _ = machineCPU()
+	return m
+}
+
+// perOp splits the CPU used since from, with client the CPU of a client
+// process other than this one, over ops operations.
+func (m cpuMark) perOp(from cpuMark, client time.Duration, ops float64) PgCPU {
+	if ops <= 0 {
+		return PgCPU{}
+	}
+	self, nodes, machine := m.self-from.self, m.nodes-from.nodes, m.machine-from.machine
+	us := func(d time.Duration) float64 { return float64(max(d, 0).Microseconds()) / ops }
+	return PgCPU{Client: us(self + client), Nodes: us(nodes), Rest: us(machine - self - client - nodes)}
+}
+
+// medianCPU is the median of each part over the runs.
+func medianCPU(ss []pgSample) PgCPU {
+	if len(ss) == 0 {
+		return PgCPU{}
+	}
+	med := func(f func(PgCPU) float64) float64 {
+		v := make([]float64, len(ss))
+		for i, s := range ss {
+			v[i] = f(s.cpu)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	return PgCPU{Client: med(func(c PgCPU) float64 { return c.Client }), Nodes: med(func(c PgCPU) float64 { return c.Nodes }),
+		Rest: med(func(c PgCPU) float64 { return c.Rest })}
 }
 
 // medianRatio is the median over the runs of a's rate over b's.
@@ -466,10 +533,12 @@ func (pb *pgBench) runPgbench(ctx context.Context, run int, file, what string) (
 	fmt.Fprintf(pb.out, "run %d/%d  pgbench -c %d -T %d (%s)\n", run, pb.cfg.Runs, pb.cfg.Devices, secs, what)
 	cmd := exec.CommandContext(ctx, pb.pgbench, args...)
 	cmd.Dir = pb.dir
+	before := markCPU(nil)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return pgSample{}, fmt.Errorf("pgbench: %w\n%s", err, out)
 	}
+	after := markCPU(nil)
 	// Log lines: client_id transaction_no time_us script_no epoch_s epoch_us.
 	files, _ := filepath.Glob(filepath.Join(pb.dir, prefix+".*"))
 	var h histogram
@@ -517,6 +586,9 @@ func (pb *pgBench) runPgbench(ctx context.Context, run int, file, what string) (
 		return pgSample{}, errors.New("pgbench ran too short to measure")
 	}
 	s := pgSample{rate: float64(n) / elapsed.Seconds(), p50: h.Quantile(0.50), p99: h.Quantile(0.99)}
+	// Over the whole run, warm-up included: pgbench's own CPU is known
+	// only for all of it.
+	s.cpu = after.perOp(before, cmd.ProcessState.UserTime()+cmd.ProcessState.SystemTime(), float64(len(lines)))
 	fmt.Fprintf(pb.out, "run %d/%d  pgbench (%s): %s tx/s, p99 %.2f ms\n", run, pb.cfg.Runs, what, group(s.rate), ms(s.p99))
 	return s, nil
 }
@@ -575,7 +647,7 @@ func (pb *pgBench) runNodes(ctx context.Context, run, n int) (pgSample, *probeTi
 	if n > 1 {
 		label += "s"
 	}
-	s, err := pb.closedLoop(ctx, run, label, devs, 0)
+	s, err := pb.closedLoop(ctx, run, label, nodes, devs, 0)
 	if err != nil {
 		return s, nil, err
 	}
@@ -600,7 +672,7 @@ func (pb *pgBench) runNodes(ctx context.Context, run, n int) (pgSample, *probeTi
 			cancel()
 			return s, nil, err
 		}
-		paced, err := pb.closedLoop(lctx, run, label+" paced", devs, interval)
+		paced, err := pb.closedLoop(lctx, run, label+" paced", nodes, devs, interval)
 		cancel()
 		probes.Wait()
 		if err != nil {
@@ -705,7 +777,7 @@ func (d *pgDevice) sync(ctx context.Context) error {
 // returns (or, with an interval, once every interval, staggered, a late
 // sync's latency counted from when it was due), for the warm-up and then
 // the measured duration.
-func (pb *pgBench) closedLoop(ctx context.Context, run int, label string, devs []*pgDevice, interval time.Duration) (pgSample, error) {
+func (pb *pgBench) closedLoop(ctx context.Context, run int, label string, nodes []*proc.Server, devs []*pgDevice, interval time.Duration) (pgSample, error) {
 	var (
 		measuring atomic.Bool
 		done      atomic.Bool
@@ -753,13 +825,16 @@ func (pb *pgBench) closedLoop(ctx context.Context, run int, label string, devs [
 		}
 	}
 	var start time.Time
+	var before, after cpuMark
 	if wait(pb.cfg.Warmup) {
+		before = markCPU(nodes)
 		measuring.Store(true)
 		start = time.Now()
 		wait(pb.cfg.Duration)
 	}
 	done.Store(true)
 	elapsed := time.Since(start)
+	after = markCPU(nodes)
 	cancel()
 	wg.Wait()
 	if firstErr != nil {
@@ -772,7 +847,8 @@ func (pb *pgBench) closedLoop(ctx context.Context, run int, label string, devs [
 	for i := range hists {
 		h.Merge(&hists[i])
 	}
-	return pgSample{rate: float64(h.Count()) / elapsed.Seconds(), p50: h.Quantile(0.50), p99: h.Quantile(0.99)}, nil
+	return pgSample{rate: float64(h.Count()) / elapsed.Seconds(), p50: h.Quantile(0.50), p99: h.Quantile(0.99),
+		cpu: after.perOp(before, 0, float64(h.Count()))}, nil
 }
 
 // probe syncs user's phone through one node every ProbeEvery while its
@@ -885,6 +961,15 @@ func (r *PostgresReport) WriteTable(w io.Writer) error {
 			fmt.Fprintf(&b, "%-34s %12s %9s %9.2f\n", "  the same, no other load", "", "", n.IdleWatchP99ms)
 		}
 	}
+	fmt.Fprintf(&b, "\nCPU per sync or transaction, µs: %10s %10s %10s\n", "client", "dalv nodes", "the rest")
+	if r.Pgbench.Rate > 0 {
+		fmt.Fprintf(&b, "  %-28s %10.0f %10s %10.0f\n", "pgbench: UPDATE + INSERT", r.PgbenchCPU.Client, "", r.PgbenchCPU.Rest)
+		fmt.Fprintf(&b, "  %-28s %10.0f %10s %10.0f\n", "pgbench: dalv's commit", r.CommitCPU.Client, "", r.CommitCPU.Rest)
+	}
+	for _, n := range r.Nodes {
+		fmt.Fprintf(&b, "  %-28s %10.0f %10.0f %10.0f\n", fmt.Sprintf("dalv syncs, %d node%s", n.Nodes, map[bool]string{true: "s"}[n.Nodes > 1]), n.CPU.Client, n.CPU.Nodes, n.CPU.Rest)
+	}
+	fmt.Fprintf(&b, "  (the rest: PostgreSQL, and anything else running on the machine)\n")
 	fmt.Fprintf(&b, "\npgbench's transaction:\n%s\ndalv's commit statement, one PUT to a partition the node holds (pgbench's second script):\n%s", r.Script, r.CommitScript)
 	_, err := io.WriteString(w, b.String())
 	return err
