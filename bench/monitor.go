@@ -107,16 +107,21 @@ const clockTick = 10 * time.Millisecond
 // cpu reads the CPU time (user and system) the server and this process have
 // used; the server's is 0 without a server.
 func (m *monitor) cpu() cpuTimes {
-	var c cpuTimes
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		c.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	}
+	c := cpuTimes{self: selfCPU()}
 	if m.pid != 0 {
 		c.server, _ = processCPU(m.pid)
 	}
 	c.machine, _ = machineCPU()
 	return c
+}
+
+// selfCPU is the CPU time (user and system) this process has used.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // machineCPU reads the busy time of all cores from /proc/stat: everything

@@ -19,7 +19,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -287,11 +286,7 @@ type cpuMark struct{ self, nodes, machine time.Duration }
 // markCPU reads the CPU time this process, the nodes and the machine have
 // used so far.
 func markCPU(nodes []*proc.Server) cpuMark {
-	var m cpuMark
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		m.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	}
+	m := cpuMark{self: selfCPU()}
 	for _, n := range nodes {
 		c, _ := processCPU(n.PID())
 		m.nodes += c
@@ -313,19 +308,31 @@ func (m cpuMark) perOp(from cpuMark, client time.Duration, ops float64) PgCPU {
 
 // medianCPU is the median of each part over the runs.
 func medianCPU(ss []pgSample) PgCPU {
-	if len(ss) == 0 {
-		return PgCPU{}
+	return PgCPU{
+		Client: runsMedian(ss, func(s pgSample) float64 { return s.cpu.Client }),
+		Nodes:  runsMedian(ss, func(s pgSample) float64 { return s.cpu.Nodes }),
+		Rest:   runsMedian(ss, func(s pgSample) float64 { return s.cpu.Rest }),
 	}
-	med := func(f func(PgCPU) float64) float64 {
-		v := make([]float64, len(ss))
-		for i, s := range ss {
-			v[i] = f(s.cpu)
-		}
-		slices.Sort(v)
-		return v[len(v)/2]
+}
+
+// runsMedian is the median over the runs of one figure of each: with an
+// even count, the upper of the middle two (a figure one run measured).
+func runsMedian(ss []pgSample, f func(pgSample) float64) float64 {
+	v := make([]float64, len(ss))
+	for i, s := range ss {
+		v[i] = f(s)
 	}
-	return PgCPU{Client: med(func(c PgCPU) float64 { return c.Client }), Nodes: med(func(c PgCPU) float64 { return c.Nodes }),
-		Rest: med(func(c PgCPU) float64 { return c.Rest })}
+	return upperMiddle(v)
+}
+
+// upperMiddle sorts v and returns its middle value (the upper of the two
+// middle ones for an even count), or 0 when v is empty.
+func upperMiddle(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	slices.Sort(v)
+	return v[len(v)/2]
 }
 
 // medianRatio is the median over the runs of a's rate over b's.
@@ -336,11 +343,7 @@ func medianRatio(a, b []pgSample) float64 {
 			rs = append(rs, a[i].rate/b[i].rate)
 		}
 	}
-	if len(rs) == 0 {
-		return 0
-	}
-	slices.Sort(rs)
-	return rs[len(rs)/2]
+	return upperMiddle(rs)
 }
 
 func medianRate(ss []pgSample) PgRate {
@@ -351,17 +354,9 @@ func medianRate(ss []pgSample) PgRate {
 	for _, s := range ss {
 		r.Runs = append(r.Runs, s.rate)
 	}
-	med := func(f func(pgSample) float64) float64 {
-		v := make([]float64, len(ss))
-		for i, s := range ss {
-			v[i] = f(s)
-		}
-		slices.Sort(v)
-		return v[len(v)/2]
-	}
-	r.Rate = med(func(s pgSample) float64 { return s.rate })
-	r.P50ms = med(func(s pgSample) float64 { return ms(s.p50) })
-	r.P99ms = med(func(s pgSample) float64 { return ms(s.p99) })
+	r.Rate = runsMedian(ss, func(s pgSample) float64 { return s.rate })
+	r.P50ms = runsMedian(ss, func(s pgSample) float64 { return ms(s.p50) })
+	r.P99ms = runsMedian(ss, func(s pgSample) float64 { return ms(s.p99) })
 	return r
 }
 

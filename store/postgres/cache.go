@@ -165,10 +165,21 @@ func (c *stateCache) putLocked(part string, st *partState) {
 	c.size += st.size
 }
 
+// newState returns the state of a partition whose head, compactions and
+// reads ahead an Update's transaction found, or nil when the reads ahead do
+// not hold the whole partition.
+func newState(head store.Head, compactions int64, pf *prefetch) *partState {
+	if !pf.holdable() {
+		return nil
+	}
+	return &partState{head: head, compactions: compactions, pf: pf, size: pf.size()}
+}
+
 // after returns the state the commit c leaves on st, or nil when it would
-// not be held: an erase, or a partition grown past what the prefetch reads.
+// not be held: st is nil, c erases, or the partition grew past what the
+// prefetch reads.
 func (st *partState) after(c *store.Commit) *partState {
-	if c.Erase {
+	if st == nil || c.Erase {
 		return nil
 	}
 	pf := &prefetch{hasDevices: true, devicesAll: true, entriesAll: true,
@@ -269,8 +280,6 @@ func (s *Store) updateHeld(ctx context.Context, p store.Partition, part string, 
 	}
 	s.heldCommits.Add(1)
 	s.states.hold(part, st.after(c))
-	if feedKey > xid {
-		_, _ = conn.Exec(octx, "SELECT pg_current_xact_id()") // see update
-	}
+	passFeedKey(octx, conn, feedKey, xid)
 	return c.Version, true, nil
 }

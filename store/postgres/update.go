@@ -147,8 +147,8 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 	c, err := fn(r)
 	if err != nil || c == nil {
 		_, retry, _ := failed(err)
-		if err == nil && pf.holdable() {
-			s.states.hold(part, &partState{head: head, compactions: compactions, pf: pf, size: pf.size()})
+		if err == nil {
+			s.states.hold(part, newState(head, compactions, pf)) // nothing changed
 		}
 		return 0, retry && errors.Is(err, store.ErrUnavailable), err
 	}
@@ -178,18 +178,19 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 			return 0, false, fmt.Errorf("commit %s version %d: %w: %w", p, c.Version, errUnknownOutcome, connErr(octx, conn, err))
 		}
 	}
-	if pf.holdable() {
-		s.states.hold(part, (&partState{head: head, compactions: compactions, pf: pf}).after(c))
-	} else {
-		s.states.hold(part, nil)
-	}
-	if feedKey > xid {
-		// The key is above this transaction's id (the partition's previous
-		// commit had a later one). Readers pass it once the oldest running
-		// id is above it: take an id, so an idle database gets there too.
-		_, _ = conn.Exec(octx, "SELECT pg_current_xact_id()")
-	}
+	s.states.hold(part, newState(head, compactions, pf).after(c))
+	passFeedKey(octx, conn, feedKey, xid)
 	return c.Version, false, nil
+}
+
+// passFeedKey makes sure readers of the feed get past a commit's feed key
+// when it is above the commit's transaction id (the partition's previous
+// commit had a later one): they pass it once the oldest running id is above
+// it, so it takes an id, and an idle database gets there too.
+func passFeedKey(ctx context.Context, conn *pgxpool.Conn, feedKey, xid int64) {
+	if feedKey > xid {
+		_, _ = conn.Exec(ctx, "SELECT pg_current_xact_id()")
+	}
 }
 
 // rollback ends conn's transaction, if it still has one.
