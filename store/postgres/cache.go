@@ -9,9 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/dalvdb/dalv/store"
 )
 
@@ -35,29 +32,6 @@ const DefaultCacheBytes = 32 << 20
 // turns on a partition (a load balancer that spreads one device's requests),
 // each held commit would cost a wasted statement before the transaction.
 const coolDown = 10 * time.Second
-
-// writeCached is the one statement of a commit on a held state. Its
-// parameters are commitArgs', then the head's version, horizon and
-// compactions as the state has them. It returns the commit's feed key and transaction id, or no row when
-// the head moved on.
-const writeCached = `WITH h AS (
-	UPDATE dalv_heads SET version = version + 1,
-		feed_key = GREATEST(pg_current_xact_id()::text::bigint, feed_key + 1)
-	WHERE part = $1 AND version = $12 AND horizon = $13 AND compactions = $14
-	RETURNING feed_key, pg_current_xact_id()::text::bigint AS xid
-), d AS (
-	INSERT INTO dalv_devices (part, device, batch) SELECT $1, $3::bytea, $4 FROM h WHERE $3::bytea IS NOT NULL
-	ON CONFLICT (part, device) DO UPDATE SET batch = EXCLUDED.batch
-), e AS (
-	INSERT INTO dalv_entries (part, key, version, scalar_version, value, tomb_nanos)
-	SELECT $1, t.k, $2, t.sv, CASE WHEN t.del THEN NULL ELSE COALESCE(t.v, '\x'::bytea) END, CASE WHEN t.del THEN $6::bigint END
-	FROM h, unnest($7::bytea[], $8::bigint[], $9::bytea[], $10::boolean[]) AS t(k, sv, v, del)
-	ON CONFLICT (part, key) DO UPDATE SET version = EXCLUDED.version, scalar_version = EXCLUDED.scalar_version,
-		value = EXCLUDED.value, tomb_nanos = EXCLUDED.tomb_nanos
-), f AS (
-	INSERT INTO dalv_feed (part, feed_key, version, nanos, erase, ops) SELECT $1, h.feed_key, $2, $6, $11, $5 FROM h
-)
-SELECT feed_key, xid FROM h`
 
 // errNeedLock ends fn's run on a held state when fn reads what the state
 // does not hold; the Update runs as a transaction instead.
@@ -116,16 +90,20 @@ func (c *stateCache) get(part string) *partState {
 	return nil
 }
 
-// hold holds st for part, unless part cools down; with st nil, it forgets
-// part's state (a cool-down stays).
+// hold holds st for part, unless part cools down or the state held is of a
+// later version; with st nil, it forgets part's state (a cool-down stays).
 func (c *stateCache) hold(part string, st *partState) {
 	if c.budget <= 0 {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if old := c.parts[part]; old != nil && old.pf == nil && time.Now().Before(old.cool) {
+	old := c.parts[part]
+	if old != nil && old.pf == nil && time.Now().Before(old.cool) {
 		return
+	}
+	if old != nil && old.pf != nil && st != nil && st.head.Version < old.head.Version {
+		return // a commit that finished late: the state held is later
 	}
 	c.putLocked(part, st)
 }
@@ -240,46 +218,40 @@ func (h testHooks) none() bool {
 // state, or the head moved on. Otherwise err is the Update's outcome.
 func (s *Store) updateHeld(ctx context.Context, p store.Partition, part string, st *partState,
 	fn func(r store.Reader) (*store.Commit, error)) (version uint64, done bool, err error) {
-	r := &reader{ctx: ctx, caller: ctx, p: p, part: part, headRead: true, head: st.head, pf: st.pf}
-	c, err := fn(r)
-	if err != nil || c == nil || c.Erase {
-		// What fn decided without a commit may rest on a state another
-		// process has moved past (an answer, a refusal): only a commit is
-		// checked against the head. These, and erases, take the
-		// transaction's way.
-		return 0, false, nil
-	}
-	args, err := commitArgs(part, st.head, c)
-	if err != nil {
-		return 0, true, fmt.Errorf("commit %s version %d: %w", p, c.Version, err)
-	}
-	octx, stop := s.opContext(ctx)
-	defer stop()
-	conn, err := s.acquire(ctx, octx)
-	if err != nil {
-		return 0, true, fmt.Errorf("update %s: %w", p, err)
-	}
-	defer conn.Release()
-	var feedKey, xid int64
-	args = append(args, int64(st.head.Version), int64(st.head.Horizon), st.compactions)
-	err = conn.QueryRow(octx, writeCached, args...).Scan(&feedKey, &xid)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		s.heldMoved.Add(1)
-		s.states.coolDown(part) // another process committed: it may take turns with this one
-		return 0, false, nil
-	case err != nil && pgconn.SafeToRetry(err):
-		s.states.hold(part, nil) // not sent: the transaction's way may still work
-		return 0, false, nil
-	case err != nil:
-		s.states.hold(part, nil)
-		if conn.Conn().IsClosed() {
-			return 0, true, fmt.Errorf("commit %s version %d: %w: %w", p, c.Version, errUnknownOutcome, connErr(octx, conn, err))
+	for {
+		r := &reader{ctx: ctx, caller: ctx, p: p, part: part, headRead: true, head: st.head, pf: st.pf}
+		c, err := fn(r)
+		if err != nil || c == nil || c.Erase {
+			// What fn decided without a commit may rest on a state another
+			// process has moved past (an answer, a refusal): only a commit is
+			// checked against the head. These, and erases, take the
+			// transaction's way.
+			return 0, false, nil
 		}
-		return 0, true, fmt.Errorf("commit %s version %d: %w", p, c.Version, connErr(octx, conn, err))
+		row, err := newCommitRow(part, st.head, c)
+		if err != nil {
+			return 0, true, fmt.Errorf("commit %s version %d: %w", p, c.Version, err)
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, true, err
+		}
+		hc := &heldCommit{p: p, st: st, c: c, row: row}
+		s.group.commit(hc)
+		switch hc.outcome {
+		case heldCommitted:
+			return c.Version, true, nil
+		case heldFailed:
+			return 0, true, hc.err
+		case heldBusy:
+			// Another sync of this process commits to the partition (two
+			// devices of a user): once it has, go on from the state it
+			// leaves.
+			<-hc.after
+			if st = s.states.get(part); st == nil {
+				return 0, false, nil
+			}
+		default:
+			return 0, false, nil
+		}
 	}
-	s.heldCommits.Add(1)
-	s.states.hold(part, st.after(c))
-	passFeedKey(octx, conn, feedKey, xid)
-	return c.Version, true, nil
 }

@@ -21,6 +21,9 @@ var (
 	descHeldCommits = prometheus.NewDesc("dalv_postgres_held_commits_total",
 		"Commits tried in one statement on a partition state this process holds: committed, or moved (another process had committed to the partition; the commit ran as a transaction).",
 		[]string{"outcome"}, nil)
+	descHeldStatements = prometheus.NewDesc("dalv_postgres_held_statements_total",
+		"Statements that wrote commits on held partition states; each writes the commits that queued while others were in flight, so commits per statement is the grouping.",
+		nil, nil)
 	descHeldParts = prometheus.NewDesc("dalv_postgres_held_partitions",
 		"Partition states this process holds, to commit to them in one statement.",
 		nil, nil)
@@ -41,6 +44,7 @@ func (s *Store) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descFeedLag
 	ch <- descPoolConns
 	ch <- descHeldCommits
+	ch <- descHeldStatements
 	ch <- descHeldParts
 }
 
@@ -56,6 +60,7 @@ func (s *Store) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPoolConns, prometheus.GaugeValue, float64(st.AcquiredConns()), "acquired")
 	ch <- prometheus.MustNewConstMetric(descHeldCommits, prometheus.CounterValue, float64(s.heldCommits.Load()), "committed")
 	ch <- prometheus.MustNewConstMetric(descHeldCommits, prometheus.CounterValue, float64(s.heldMoved.Load()), "moved")
+	ch <- prometheus.MustNewConstMetric(descHeldStatements, prometheus.CounterValue, float64(s.heldStatements.Load()))
 	ch <- prometheus.MustNewConstMetric(descHeldParts, prometheus.GaugeValue, float64(s.states.len()))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()

@@ -140,10 +140,12 @@ type Store struct {
 	node    string          // this store's id in its notifications
 	ann     *announcer
 	states  *stateCache
+	group   *group
 	// heldCommits and heldMoved count the commits tried on held states
-	// that committed, and those that found the head moved on.
-	heldCommits, heldMoved atomic.Int64
-	hooks                  testHooks
+	// that committed, and those that found the head moved on;
+	// heldStatements the statements that wrote them.
+	heldCommits, heldMoved, heldStatements atomic.Int64
+	hooks                                  testHooks
 	// feedWait is Options.FeedWait.
 	feedWait time.Duration
 	// timeout is Options.Timeout, and errTimeout the error of an operation
@@ -238,6 +240,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	}
 	s.ann = newAnnouncer(s, opts.NotifyInterval)
 	s.states = newStateCache(opts.CacheBytes)
+	s.group = newGroup(s)
 	return s, nil
 }
 

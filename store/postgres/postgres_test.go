@@ -666,8 +666,8 @@ func TestMetrics(t *testing.T) {
 	ch := make(chan prometheus.Metric, 10)
 	s.Collect(ch)
 	close(ch)
-	if n := len(ch); n != 7 {
-		t.Errorf("%d series collected, want 7: stall, lag, two of the pool, and three of held states", n)
+	if n := len(ch); n != 8 {
+		t.Errorf("%d series collected, want 8: stall, lag, two of the pool, and four of held states", n)
 	}
 }
 
@@ -1016,7 +1016,9 @@ func TestHeldStateTakingTurns(t *testing.T) {
 // TestHeldStateRace has two stores, each with four goroutines, commit to
 // one small partition at once with no cool-down, so held commits race each
 // other and the other store's: every commit lands once at its own version,
-// and each key ends as the highest version that wrote it left it.
+// and each key ends as the highest version that wrote it left it. Most held
+// commits find the head moved or locked; each goroutine commits on until
+// some were written too, so the race takes both ways.
 func TestHeldStateRace(t *testing.T) {
 	t.Parallel()
 	schema, _ := pgtest.Schema(t)
@@ -1025,7 +1027,15 @@ func TestHeldStateRace(t *testing.T) {
 		s.states.coolFor = 0
 	}
 	p := store.Partition{Name: "grace"}
-	const each = 25
+	const least, most = 25, 500
+	bothWays := func() bool {
+		var held, moved int64
+		for _, s := range stores {
+			c, m := heldCounts(s)
+			held, moved = held+c, moved+m
+		}
+		return held > 0 && moved > 0
+	}
 	type write struct {
 		key, val string
 	}
@@ -1035,7 +1045,7 @@ func TestHeldStateRace(t *testing.T) {
 	for i, s := range stores {
 		for g := range 4 {
 			wg.Go(func() {
-				for j := range each {
+				for j := 0; j < most && (j < least || !bothWays()); j++ {
 					w := write{fmt.Sprint("k", (g+j)%4), fmt.Sprintf("s%d.g%d.%d", i, g, j)}
 					v, _, err := commitAt(s, p, time.Now(), "", store.Entry{Key: w.key, Value: []byte(w.val)})
 					if err != nil {
@@ -1053,9 +1063,9 @@ func TestHeldStateRace(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	total := uint64(len(stores) * 4 * each)
-	if uint64(len(wrote)) != total {
-		t.Fatalf("%d versions committed, want %d", len(wrote), total)
+	total := uint64(len(wrote))
+	if total < uint64(len(stores)*4*least) {
+		t.Fatalf("%d versions committed, want at least %d", total, len(stores)*4*least)
 	}
 	want := make(map[string]string)
 	for v := uint64(1); v <= total; v++ {

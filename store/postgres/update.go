@@ -30,9 +30,9 @@ ON CONFLICT (part) DO UPDATE SET version = h.version + 1,
 RETURNING h.version - 1, h.horizon, h.compactions, h.feed_key, pg_current_xact_id()::text::bigint`
 
 // writeCommit writes a commit in one statement: the device's batch, the
-// entries, and the feed row. Its parameters are commitArgs', then the feed
-// key. (The head was written by lockHead; an erase
-// also moves the horizon, by eraseHorizon.)
+// entries, and the feed row. Its parameters are a commitRow's fields in
+// order, then whether it erases, then the feed key. (The head was written by
+// lockHead; an erase also moves the horizon, by eraseHorizon.)
 const writeCommit = `WITH d AS (
 	INSERT INTO dalv_devices (part, device, batch) SELECT $1, $3::bytea, $4 WHERE $3::bytea IS NOT NULL
 	ON CONFLICT (part, device) DO UPDATE SET batch = EXCLUDED.batch
@@ -208,7 +208,7 @@ func (s *Store) rollback(conn *pgxpool.Conn) {
 // commitBatch checks c against head and returns the statements that write
 // it in an Update's transaction.
 func commitBatch(part string, head store.Head, feedKey int64, c *store.Commit) (*pgx.Batch, error) {
-	args, err := commitArgs(part, head, c)
+	row, err := newCommitRow(part, head, c)
 	if err != nil {
 		return nil, err
 	}
@@ -218,15 +218,29 @@ func commitBatch(part string, head store.Head, feedKey int64, c *store.Commit) (
 		b.Queue(eraseFeed, part, feedKey)
 		b.Queue(eraseHorizon, part, int64(c.Version))
 	}
-	b.Queue(writeCommit, append(args, feedKey)...)
+	b.Queue(writeCommit, row.part, row.version, row.device, row.batch, row.ops, row.nanos,
+		row.keys, row.svs, row.vals, row.dels, c.Erase, feedKey)
 	return b, nil
 }
 
-// commitArgs checks c against head and returns the parameters of
-// writeCommit and writeCached that write it: the partition, the version, the
-// device and its batch, the ops, the time, the entries' keys, scalar
-// versions, values and deletions, and whether it erases.
-func commitArgs(part string, head store.Head, c *store.Commit) ([]any, error) {
+// commitRow is a commit as the statements that write it take it.
+type commitRow struct {
+	part       string
+	version    int64
+	device     []byte // nil for a backend's commit
+	batch      int64
+	ops        []byte
+	nanos      int64
+	keys, vals [][]byte // a deleted entry's value is nil
+	svs        []int64
+	dels       []bool
+	size       int // about the bytes it sends
+}
+
+// newCommitRow checks c against head and returns it as a row: the
+// partition, the version, the device and its batch, the ops, the time, and
+// the entries' keys, scalar versions, values and deletions.
+func newCommitRow(part string, head store.Head, c *store.Commit) (*commitRow, error) {
 	if c.Version != head.Version+1 {
 		return nil, fmt.Errorf("version must be %d", head.Version+1)
 	}
@@ -236,13 +250,21 @@ func commitArgs(part string, head store.Head, c *store.Commit) ([]any, error) {
 	if c.Time.IsZero() {
 		return nil, errors.New("commit time is zero")
 	}
-	nanos := max(c.Time.UnixNano(), 0)
+	if c.Batch > math.MaxInt64 {
+		return nil, errors.New("batch out of range")
+	}
 	// The last entry of a key wins, as it does in a batch of writes.
 	n := len(c.Entries)
-	keys := make([][]byte, 0, n)
-	svs := make([]int64, 0, n)
-	vals := make([][]byte, 0, n)
-	dels := make([]bool, 0, n)
+	r := &commitRow{part: part, version: int64(c.Version), batch: int64(c.Batch), ops: c.Ops,
+		nanos: max(c.Time.UnixNano(), 0), keys: make([][]byte, 0, n), svs: make([]int64, 0, n),
+		vals: make([][]byte, 0, n), dels: make([]bool, 0, n)}
+	if c.Device != "" {
+		r.device = []byte(c.Device)
+	}
+	if r.ops == nil {
+		r.ops = []byte{}
+	}
+	r.size = len(part) + len(r.device) + len(r.ops) + 64
 	var seen map[string]int
 	if n > 1 {
 		seen = make(map[string]int, n)
@@ -264,29 +286,18 @@ func commitArgs(part string, head store.Head, c *store.Commit) ([]any, error) {
 		} else if val == nil {
 			val = []byte{}
 		}
+		r.size += len(e.Key) + len(val) + 32
 		if j, dup := seen[e.Key]; dup {
-			svs[j], vals[j], dels[j] = int64(e.ScalarVersion), val, e.Deleted
+			r.svs[j], r.vals[j], r.dels[j] = int64(e.ScalarVersion), val, e.Deleted
 			continue
 		}
 		if seen != nil {
-			seen[e.Key] = len(keys)
+			seen[e.Key] = len(r.keys)
 		}
-		keys = append(keys, []byte(e.Key))
-		svs = append(svs, int64(e.ScalarVersion))
-		vals = append(vals, val)
-		dels = append(dels, e.Deleted)
+		r.keys = append(r.keys, []byte(e.Key))
+		r.svs = append(r.svs, int64(e.ScalarVersion))
+		r.vals = append(r.vals, val)
+		r.dels = append(r.dels, e.Deleted)
 	}
-	var device []byte
-	if c.Device != "" {
-		device = []byte(c.Device)
-	}
-	if c.Batch > math.MaxInt64 {
-		return nil, errors.New("batch out of range")
-	}
-	ops := c.Ops
-	if ops == nil {
-		ops = []byte{}
-	}
-	return []any{part, int64(c.Version), device, int64(c.Batch), ops, nanos,
-		keys, svs, vals, dels, c.Erase}, nil
+	return r, nil
 }

@@ -1,0 +1,263 @@
+package postgres
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dalvdb/dalv/internal/pgtest"
+	"github.com/dalvdb/dalv/store"
+)
+
+// grouped runs n commits on s as one group: it holds the group's statement
+// back until all n have queued, then lets them go in one. It returns each
+// commit's error.
+func grouped(t *testing.T, s *Store, n int, commit func(i int) error) []error {
+	t.Helper()
+	g := s.group
+	g.mu.Lock()
+	g.running += groupStatements
+	g.mu.Unlock()
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { errs[i] = commit(i) })
+	}
+	queued := func() int {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return len(g.queue)
+	}
+	for deadline := time.Now().Add(10 * time.Second); queued() < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d commits queued", queued(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	g.mu.Lock()
+	g.running -= groupStatements - 1 // one of the held statements runs the group
+	batch := g.takeLocked()
+	g.mu.Unlock()
+	g.run(batch)
+	wg.Wait()
+	return errs
+}
+
+// heldStatements returns how many statements s has written held commits in.
+func heldStatements(s *Store) int64 { return s.heldStatements.Load() }
+
+// entriesOf returns p's entries as KEY=VALUE@VERSION, read through s.
+func entriesOf(t *testing.T, s *Store, p store.Partition) []string {
+	t.Helper()
+	var got []string
+	err := s.View(context.Background(), p, func(r store.Reader) error {
+		return r.Changes(0, func(e store.Entry) (bool, error) {
+			got = append(got, fmt.Sprintf("%s=%s@%d", e.Key, e.Value, e.Version))
+			return true, nil
+		})
+	})
+	if err != nil {
+		t.Fatalf("read %s: %v", p, err)
+	}
+	return got
+}
+
+// TestGroupCommit commits to six partitions a store holds in one statement,
+// one of them moved on by another store: the other five are written by the
+// statement, the moved one as a transaction on the partition as it is, and
+// every commit lands once, in the entries and, in version order, the feed.
+func TestGroupCommit(t *testing.T) {
+	t.Parallel()
+	schema, _ := pgtest.Schema(t)
+	a := openSchema(t, schema, Options{})
+	b := openSchema(t, schema, Options{})
+	now := time.Now()
+	put := func(k string) store.Entry { return store.Entry{Key: k, Value: []byte(k)} }
+	parts := make([]store.Partition, 6)
+	for i := range parts {
+		parts[i] = store.Partition{Name: fmt.Sprint("g", i)}
+		if _, _, err := commitAt(a, parts[i], now, "", put("first")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := commitAt(b, parts[2], now, "", put("other")); err != nil {
+		t.Fatal(err)
+	}
+	statements, held := heldStatements(a), a.heldCommits.Load()
+	errs := grouped(t, a, len(parts), func(i int) error {
+		_, found, err := commitAt(a, parts[i], now, "other", put("second"))
+		if err == nil && found != (i == 2) {
+			return fmt.Errorf("%s: saw the other store's commit: %v", parts[i], found)
+		}
+		return err
+	})
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("commit to %s: %v", parts[i], err)
+		}
+	}
+	if n := heldStatements(a) - statements; n != 1 {
+		t.Errorf("%d statements wrote the group, want 1", n)
+	}
+	if c, m := heldCounts(a); c-held != 5 || m != 1 {
+		t.Errorf("%d held commits and %d moved, want 5 and 1", c-held, m)
+	}
+	for i, p := range parts {
+		want := []string{"first=first@1", "second=second@2"}
+		if i == 2 {
+			want = []string{"first=first@1", "other=other@2", "second=second@3"}
+		}
+		if got := entriesOf(t, b, p); !slices.Equal(got, want) {
+			t.Errorf("%s: entries %v, want %v", p, got, want)
+		}
+	}
+	feed := readFeed(t, b, "")
+	for deadline := time.Now().Add(20 * time.Second); len(feed) < 2*len(parts)+1; feed = readFeed(t, b, "") {
+		if time.Now().After(deadline) {
+			t.Fatalf("feed holds %v, want %d records", feed, 2*len(parts)+1)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(feed) != 2*len(parts)+1 {
+		t.Errorf("feed holds %d records, want %d", len(feed), 2*len(parts)+1)
+	}
+	last := make(map[string]int)
+	for _, r := range feed {
+		part, v, _ := strings.Cut(r, "@")
+		var n int
+		fmt.Sscan(v, &n)
+		if n != last[part]+1 {
+			t.Errorf("feed: %s after version %d", r, last[part])
+		}
+		last[part] = n
+	}
+}
+
+// TestGroupCommitLocked commits, in one statement, to a partition whose
+// head another transaction holds locked and to one it does not: the
+// statement does not wait for the lock. The free partition's commit is done
+// while the lock is held; the locked one's runs as a transaction, after it.
+func TestGroupCommitLocked(t *testing.T) {
+	t.Parallel()
+	schema, _ := pgtest.Schema(t)
+	s := openSchema(t, schema, Options{})
+	ctx := context.Background()
+	now := time.Now()
+	free, locked := store.Partition{Name: "free"}, store.Partition{Name: "locked"}
+	for _, p := range []store.Partition{free, locked} {
+		if _, _, err := commitAt(s, p, now, "", store.Entry{Key: "k", Value: []byte("1")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "SELECT 1 FROM dalv_heads WHERE part = $1 FOR UPDATE", partID(locked)); err != nil {
+		t.Fatal(err)
+	}
+	lockedDone := make(chan error, 1)
+	errs := grouped(t, s, 2, func(i int) error {
+		if i == 0 {
+			_, _, err := commitAt(s, free, now, "", store.Entry{Key: "k", Value: []byte("2")})
+			return err
+		}
+		go func() {
+			_, _, err := commitAt(s, locked, now, "", store.Entry{Key: "k", Value: []byte("2")})
+			lockedDone <- err
+		}()
+		return nil
+	})
+	if errs[0] != nil {
+		t.Fatalf("commit to the free partition: %v", errs[0])
+	}
+	if got := entriesOf(t, s, free); !slices.Equal(got, []string{"k=2@2"}) {
+		t.Errorf("free partition while the other is locked: %v, want k=2@2", got)
+	}
+	select {
+	case err := <-lockedDone:
+		t.Fatalf("commit to the locked partition returned while its head was locked: %v", err)
+	default:
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-lockedDone:
+		if err != nil {
+			t.Fatalf("commit to the locked partition: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("commit to the locked partition still waits after the lock was released")
+	}
+	if got := entriesOf(t, s, locked); !slices.Equal(got, []string{"k=2@2"}) {
+		t.Errorf("locked partition after its lock: %v, want k=2@2", got)
+	}
+	if c, m := heldCounts(s); c != 1 || m != 1 {
+		t.Errorf("%d held commits and %d moved, want 1 and 1", c, m)
+	}
+}
+
+// TestGroupCommitFails commits, in one statement, a commit PostgreSQL
+// refuses (a key too long for its index) among others: the statement writes
+// nothing, each commit runs as a transaction of its own, and only the
+// refused one fails, leaving its partition as it was.
+func TestGroupCommitFails(t *testing.T) {
+	t.Parallel()
+	schema, _ := pgtest.Schema(t)
+	s := openSchema(t, schema, Options{})
+	now := time.Now()
+	parts := make([]store.Partition, 4)
+	for i := range parts {
+		parts[i] = store.Partition{Name: fmt.Sprint("f", i)}
+		if _, _, err := commitAt(s, parts[i], now, "", store.Entry{Key: "k", Value: []byte("1")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	long := rand.Text() // random, so PostgreSQL cannot compress it below the index's limit
+	for len(long) < 10000 {
+		long += rand.Text()
+	}
+	statements := heldStatements(s)
+	errs := grouped(t, s, len(parts), func(i int) error {
+		key := "k"
+		if i == 1 {
+			key = long
+		}
+		_, _, err := commitAt(s, parts[i], now, "", store.Entry{Key: key, Value: []byte("2")})
+		return err
+	})
+	for i, err := range errs {
+		switch {
+		case i == 1 && err == nil:
+			t.Errorf("commit of a %d-byte key: no error", len(long))
+		case i == 1 && !strings.Contains(err.Error(), "index row"):
+			t.Errorf("commit of a %d-byte key: %v, want PostgreSQL's index row error", len(long), err)
+		case i != 1 && err != nil:
+			t.Errorf("commit to %s beside the refused one: %v", parts[i], err)
+		}
+	}
+	if n := heldStatements(s) - statements; n != 0 {
+		t.Errorf("%d statements wrote held commits, want 0: the group's failed", n)
+	}
+	for i, p := range parts {
+		want := []string{"k=2@2"}
+		if i == 1 {
+			want = []string{"k=1@1"}
+		}
+		if got := entriesOf(t, s, p); !slices.Equal(got, want) {
+			t.Errorf("%s: entries %v, want %v", p, got, want)
+		}
+	}
+}
