@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -153,7 +154,9 @@ type PgRate struct {
 
 // PgNodes is the sync load on one node count.
 type PgNodes struct {
-	Nodes int    `json:"nodes"`
+	Nodes int `json:"nodes"`
+	// Procs is the GOMAXPROCS each node ran with (see [nodeProcs]).
+	Procs int    `json:"gomaxprocs"`
 	Syncs PgRate `json:"syncs"`
 	// CPU splits the CPU per sync of the closed-loop load.
 	CPU PgCPU `json:"cpu"`
@@ -229,7 +232,7 @@ func RunPostgres(ctx context.Context, cfg PostgresConfig) (*PostgresReport, erro
 	}
 	rep.Pass = pb.pgbench != ""
 	for i, n := range cfg.Nodes {
-		r := PgNodes{Nodes: n, Syncs: medianRate(nodeRuns[i]), CPU: medianCPU(nodeRuns[i])}
+		r := PgNodes{Nodes: n, Procs: nodeProcs(n), Syncs: medianRate(nodeRuns[i]), CPU: medianCPU(nodeRuns[i])}
 		paced := slices.Clone(nodeRuns[i])
 		slices.SortFunc(paced, func(a, b pgSample) int { return cmp.Compare(a.pacedRate, b.pacedRate) })
 		if p := paced[len(paced)/2]; p.pacedRate > 0 {
@@ -590,6 +593,19 @@ func (pb *pgBench) runPgbench(ctx context.Context, run int, file, what string) (
 
 // runNodes starts n nodes, runs the device load spread over them (and the
 // watch probes with several nodes), and stops them.
+// nodeProcs is the GOMAXPROCS each of n nodes runs with: its share of the
+// machine's cores, at least one, as Go would set it itself in a container
+// given that share. On their own, n Go processes on these cores would each
+// keep as many threads looking for work as the machine has cores, and burn
+// the time PostgreSQL and the other nodes need. $GOMAXPROCS, when set,
+// overrides it.
+func nodeProcs(n int) int {
+	if v, err := strconv.Atoi(os.Getenv("GOMAXPROCS")); err == nil && v > 0 {
+		return v
+	}
+	return max(1, runtime.NumCPU()/n)
+}
+
 func (pb *pgBench) runNodes(ctx context.Context, run, n int) (pgSample, *probeTimes, error) {
 	nodes := make([]*proc.Server, 0, n)
 	defer func() {
@@ -607,7 +623,8 @@ func (pb *pgBench) runNodes(ctx context.Context, run, n int) (pgSample, *probeTi
 			Binary: pb.cfg.Binary,
 			Data:   filepath.Join(pb.dir, "unused"),
 			Args:   args,
-			Env:    []string{"DALV_JWT_SECRET=" + string(pb.secret), "DALV_BACKEND_KEYS=" + pb.key},
+			Env: []string{"DALV_JWT_SECRET=" + string(pb.secret), "DALV_BACKEND_KEYS=" + pb.key,
+				"GOMAXPROCS=" + strconv.Itoa(nodeProcs(n))},
 		})
 		if err != nil {
 			return pgSample{}, nil, fmt.Errorf("start node %d: %w", i+1, err)
@@ -964,7 +981,14 @@ func (r *PostgresReport) WriteTable(w io.Writer) error {
 	for _, n := range r.Nodes {
 		fmt.Fprintf(&b, "  %-28s %10.0f %10.0f %10.0f\n", fmt.Sprintf("dalv syncs, %d node%s", n.Nodes, map[bool]string{true: "s"}[n.Nodes > 1]), n.CPU.Client, n.CPU.Nodes, n.CPU.Rest)
 	}
-	fmt.Fprintf(&b, "  (the rest: PostgreSQL, and anything else running on the machine)\n")
+	fmt.Fprintf(&b, "  (the rest: PostgreSQL, and anything else running on the machine)\n\n")
+	for _, n := range r.Nodes {
+		fmt.Fprintf(&b, "%d node%s: GOMAXPROCS=%d each", n.Nodes, map[bool]string{true: "s"}[n.Nodes > 1], n.Procs)
+		if n.Nodes > 1 {
+			fmt.Fprintf(&b, " (the nodes' share of the %d cores)", runtime.NumCPU())
+		}
+		b.WriteString("\n")
+	}
 	fmt.Fprintf(&b, "\npgbench's transaction:\n%s\ndalv's commit statement, one PUT to a partition the node holds (pgbench's second script):\n%s", r.Script, r.CommitScript)
 	_, err := io.WriteString(w, b.String())
 	return err
