@@ -71,6 +71,9 @@ type PostgresConfig struct {
 	Pgbench string
 	// ServerArgs are extra flags for each `dalv serve`.
 	ServerArgs []string
+	// ClientProcs, when above 0, is the GOMAXPROCS of this process, the
+	// load generator, while it measures (see [ClientProcs]).
+	ClientProcs int
 	// Progress receives progress lines; nil discards them.
 	Progress io.Writer
 }
@@ -140,7 +143,9 @@ type PostgresReport struct {
 	CommitScript string  `json:"pgbench_dalv_commit_script"`
 	// Nodes has one entry per node count measured.
 	Nodes []PgNodes `json:"nodes"`
-	Pass  bool      `json:"pass"`
+	// ClientProcs is the GOMAXPROCS the load generator ran with.
+	ClientProcs int  `json:"client_gomaxprocs"`
+	Pass        bool `json:"pass"`
 }
 
 // PgRate is a rate with its latencies, each the median over the runs.
@@ -190,6 +195,9 @@ type PgNodes struct {
 // time commits from one node to a watcher on another.
 func RunPostgres(ctx context.Context, cfg PostgresConfig) (*PostgresReport, error) {
 	cfg, err := cfg.withDefaults()
+	if cfg.ClientProcs > 0 {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(cfg.ClientProcs))
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -198,7 +206,8 @@ func RunPostgres(ctx context.Context, cfg PostgresConfig) (*PostgresReport, erro
 		return nil, err
 	}
 	defer pb.cleanup()
-	rep := &PostgresReport{Devices: cfg.Devices, Runs: cfg.Runs, Duration: cfg.Duration.String(), Server: pb.version}
+	rep := &PostgresReport{Devices: cfg.Devices, Runs: cfg.Runs, Duration: cfg.Duration.String(), Server: pb.version,
+		ClientProcs: runtime.GOMAXPROCS(0)}
 	rep.Script, rep.CommitScript = pb.script, pb.commitScript
 	pgRuns := make([]pgSample, 0, cfg.Runs)
 	commitRuns := make([]pgSample, 0, cfg.Runs)
@@ -591,8 +600,6 @@ func (pb *pgBench) runPgbench(ctx context.Context, run int, file, what string) (
 	return s, nil
 }
 
-// runNodes starts n nodes, runs the device load spread over them (and the
-// watch probes with several nodes), and stops them.
 // nodeProcs is the GOMAXPROCS each of n nodes runs with: its share of the
 // machine's cores, at least one, as Go would set it itself in a container
 // given that share. On their own, n Go processes on these cores would each
@@ -600,12 +607,34 @@ func (pb *pgBench) runPgbench(ctx context.Context, run int, file, what string) (
 // the time PostgreSQL and the other nodes need. $GOMAXPROCS, when set,
 // overrides it.
 func nodeProcs(n int) int {
-	if v, err := strconv.Atoi(os.Getenv("GOMAXPROCS")); err == nil && v > 0 {
+	if v := envProcs(); v > 0 {
 		return v
 	}
 	return max(1, runtime.NumCPU()/n)
 }
 
+// ClientProcs is the GOMAXPROCS `dalv bench --store` gives itself, the load
+// generator: one, or $GOMAXPROCS when set. Its devices need well under a
+// core, and more processors would only look for work on the cores the
+// nodes and PostgreSQL share; so limited, its CPU per sync is about what
+// pgbench's client spends per transaction.
+func ClientProcs() int {
+	if v := envProcs(); v > 0 {
+		return v
+	}
+	return 1
+}
+
+// envProcs is $GOMAXPROCS, or 0 when it is not set to a number above 0.
+func envProcs() int {
+	if v, err := strconv.Atoi(os.Getenv("GOMAXPROCS")); err == nil && v > 0 {
+		return v
+	}
+	return 0
+}
+
+// runNodes starts n nodes, runs the device load spread over them (and the
+// watch probes with several nodes), and stops them.
 func (pb *pgBench) runNodes(ctx context.Context, run, n int) (pgSample, *probeTimes, error) {
 	nodes := make([]*proc.Server, 0, n)
 	defer func() {
@@ -982,6 +1011,7 @@ func (r *PostgresReport) WriteTable(w io.Writer) error {
 		fmt.Fprintf(&b, "  %-28s %10.0f %10.0f %10.0f\n", fmt.Sprintf("dalv syncs, %d node%s", n.Nodes, map[bool]string{true: "s"}[n.Nodes > 1]), n.CPU.Client, n.CPU.Nodes, n.CPU.Rest)
 	}
 	fmt.Fprintf(&b, "  (the rest: PostgreSQL, and anything else running on the machine)\n\n")
+	fmt.Fprintf(&b, "the client (this bench): GOMAXPROCS=%d\n", r.ClientProcs)
 	for _, n := range r.Nodes {
 		fmt.Fprintf(&b, "%d node%s: GOMAXPROCS=%d each", n.Nodes, map[bool]string{true: "s"}[n.Nodes > 1], n.Procs)
 		if n.Nodes > 1 {

@@ -20,13 +20,14 @@ func runPostgresBench(ctx context.Context, cmd *cobra.Command, cfg bench.Config,
 		return errors.New("--store starts its own nodes: leave out --url")
 	}
 	pc := bench.PostgresConfig{
-		Binary:     cfg.Binary,
-		Store:      store,
-		Duration:   cfg.Duration,
-		Warmup:     cfg.Warmup,
-		ValueBytes: cfg.ValueBytes,
-		ServerArgs: cfg.ServerArgs,
-		Progress:   cfg.Progress,
+		Binary:      cfg.Binary,
+		Store:       store,
+		Duration:    cfg.Duration,
+		Warmup:      cfg.Warmup,
+		ValueBytes:  cfg.ValueBytes,
+		ServerArgs:  cfg.ServerArgs,
+		Progress:    cfg.Progress,
+		ClientProcs: bench.ClientProcs(),
 	}
 	if fl := cmd.Flags(); fl.Changed("devices") {
 		pc.Devices = cfg.Devices
