@@ -261,3 +261,62 @@ func TestGroupCommitFails(t *testing.T) {
 		}
 	}
 }
+
+// TestGroupCommitConcurrent has sixteen goroutines commit to partitions of
+// their own through one store, as devices on one node do: commits that
+// arrive while a statement is in flight go together in the next, and every
+// commit lands once, at its own version, in the entries and the feed.
+func TestGroupCommitConcurrent(t *testing.T) {
+	t.Parallel()
+	schema, _ := pgtest.Schema(t)
+	s := openSchema(t, schema, Options{})
+	const writers, each = 16, 20
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			p := store.Partition{Name: fmt.Sprint("c", w)}
+			for i := range each {
+				v, _, err := commitAt(s, p, time.Now(), "", store.Entry{Key: fmt.Sprint("k", i%3), Value: fmt.Append(nil, i)})
+				if err != nil || v != uint64(i+1) {
+					t.Errorf("%s, commit %d: version %d, %v", p, i+1, v, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	committed, _ := heldCounts(s)
+	statements := heldStatements(s)
+	t.Logf("%d held commits in %d statements", committed, statements)
+	if committed < writers*(each-1)/2 || statements >= committed {
+		t.Errorf("%d held commits in %d statements: want most commits held, in fewer statements", committed, statements)
+	}
+	for w := range writers {
+		p := store.Partition{Name: fmt.Sprint("c", w)}
+		want := []string{"k2=17@18", "k0=18@19", "k1=19@20"} // in version order
+		if got := entriesOf(t, s, p); !slices.Equal(got, want) {
+			t.Errorf("%s: entries %v, want %v", p, got, want)
+		}
+	}
+	want := writers * each
+	feed := readFeed(t, s, "")
+	for deadline := time.Now().Add(20 * time.Second); len(feed) < want; feed = readFeed(t, s, "") {
+		if time.Now().After(deadline) {
+			t.Fatalf("feed holds %d records, want %d", len(feed), want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	last := make(map[string]int)
+	for _, r := range feed {
+		part, v, _ := strings.Cut(r, "@")
+		var n int
+		fmt.Sscan(v, &n)
+		if n != last[part]+1 {
+			t.Errorf("feed: %s after version %d", r, last[part])
+		}
+		last[part] = n
+	}
+	if len(feed) != want {
+		t.Errorf("feed holds %d records, want %d", len(feed), want)
+	}
+}
