@@ -561,6 +561,7 @@ func TestLifecycleBadFlags(t *testing.T) {
 		{[]string{"--retention", "-1h"}, []string{"--retention", "-1h"}},
 		{[]string{"--drain-timeout", "0s"}, []string{"--drain-timeout", "0s"}},
 		{[]string{"--store-timeout", "-2s"}, []string{"--store-timeout", "-2s"}},
+		{[]string{"--store-cache-bytes", "-1"}, []string{"--store-cache-bytes", "-1", "0 (off)"}},
 		{[]string{"--bogus"}, []string{"--bogus"}},
 		{[]string{"stray"}, []string{"stray"}},
 	} {

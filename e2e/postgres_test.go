@@ -420,3 +420,46 @@ func TestPostgresRoundRobin(t *testing.T) {
 		}
 	}
 }
+
+// TestPostgresStoreCacheOff checks --store-cache-bytes: by default a node
+// commits a device's later syncs on the partition state it holds, in its
+// grouped statements; with 0 it holds none, and every commit is a
+// transaction of its own. Both apply every batch once.
+func TestPostgresStoreCacheOff(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		held bool
+	}{
+		{nil, true},
+		{[]string{"--store-cache-bytes", "0"}, false},
+	} {
+		t.Run(fmt.Sprint(tc.args), func(t *testing.T) {
+			t.Parallel()
+			nodes, _ := pgNodes(t, pgtest.Server(t), 1, tc.args...)
+			const batches = 10
+			var version uint64
+			for b := uint64(1); b <= batches; b++ {
+				req := &dalvv1.SyncRequest{DeviceId: "phone", BaseVersion: version, Batch: b, Ops: ops(opPut("k", fmt.Sprint(b)))}
+				resp, err := deviceClient(t, nodes[0], "fay").Sync(ctx(t), connect.NewRequest(req))
+				if err != nil || resp.Msg.GetStatus() != accepted || resp.Msg.GetVersion() != b {
+					t.Fatalf("batch %d: %v, %v; want accepted at version %d", b, resp, err, b)
+				}
+				version = b
+			}
+			fams := scrape(t, nodes[0])
+			m := metric(fams, "dalv_postgres_held_commits_total", map[string]string{"outcome": "committed"})
+			s := metric(fams, "dalv_postgres_held_statements_total", nil)
+			if m == nil || s == nil {
+				t.Fatal("no dalv_postgres_held_commits_total or dalv_postgres_held_statements_total on /metrics")
+			}
+			held, statements := m.GetCounter().GetValue(), s.GetCounter().GetValue()
+			switch {
+			case tc.held && (held != batches-1 || statements != held):
+				t.Errorf("%v held commits in %v statements, want %d in as many: the first sync reads the partition, the others commit on the state it left", held, statements, batches-1)
+			case !tc.held && (held != 0 || statements != 0):
+				t.Errorf("%v held commits in %v statements with the cache off, want none", held, statements)
+			}
+		})
+	}
+}

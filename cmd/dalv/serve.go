@@ -37,6 +37,7 @@ type serveFlags struct {
 	retention         time.Duration
 	drainTimeout      time.Duration
 	storeTimeout      time.Duration
+	storeCacheBytes   int
 	watchBuffer       int
 	heartbeat         time.Duration
 	logLevel, logForm string
@@ -71,6 +72,7 @@ comma-separated list of backend API keys (each at least 16 bytes). With
 	fl.StringVar(&f.data, "data", "./dalv-data", "data directory of the embedded store")
 	fl.StringVar(&f.store, "store", "", "PostgreSQL URL (postgres://...) to serve from instead of --data; default $DALV_STORE")
 	fl.DurationVar(&f.storeTimeout, "store-timeout", postgres.DefaultTimeout, "with --store: how long one store operation may wait for PostgreSQL before the request fails with unavailable")
+	fl.IntVar(&f.storeCacheBytes, "store-cache-bytes", postgres.DefaultCacheBytes, "with --store: memory for the states of small partitions this node commits to, whose commits then go in grouped statements of one round trip (0 turns it off: every commit is a transaction of its own)")
 	fl.BoolVar(&f.dev, "dev", false, "generate and print development secrets when DALV_JWT_SECRET or DALV_BACKEND_KEYS is unset")
 	fl.StringArrayVar(&f.systemPrefixes, "system-prefix", nil, `key prefix that is system-domain (backend-only); repeatable (default "sys/")`)
 	fl.StringArrayVar(&f.shared, "shared", nil, "shared partition NAME, or NAME=CLAIM:VALUE to let only tokens whose CLAIM holds VALUE read it; repeatable")
@@ -194,7 +196,11 @@ func openStore(ctx context.Context, f serveFlags, log *slog.Logger) (st store.St
 	}
 	octx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	ps, err := postgres.Open(octx, url, postgres.Options{Logger: log, Timeout: f.storeTimeout})
+	cacheBytes := f.storeCacheBytes
+	if cacheBytes == 0 {
+		cacheBytes = -1 // Options' "none"
+	}
+	ps, err := postgres.Open(octx, url, postgres.Options{Logger: log, Timeout: f.storeTimeout, CacheBytes: cacheBytes})
 	if err != nil {
 		if errors.Is(err, store.ErrUnavailable) {
 			return nil, "", fmt.Errorf("open store: %w\nis PostgreSQL running and reachable at the --store URL (DALV_STORE)?", err)
@@ -307,6 +313,9 @@ func (f serveFlags) validate() error {
 	}
 	if f.storeTimeout <= 0 {
 		return fmt.Errorf("--store-timeout %v: must be positive", f.storeTimeout)
+	}
+	if f.storeCacheBytes < 0 {
+		return fmt.Errorf("--store-cache-bytes %d: must be 0 (off) or more", f.storeCacheBytes)
 	}
 	if f.drainTimeout <= 0 {
 		return fmt.Errorf("--drain-timeout %v: must be positive", f.drainTimeout)
