@@ -2,7 +2,11 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"net/http"
+	"strconv"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -72,6 +76,7 @@ func (i metricsInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc 
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 		start := time.Now()
 		resp, err := next(ctx, req)
+		markObserved(ctx)
 		i.m.observe(req.Spec().Procedure, start, err)
 		return resp, err
 	}
@@ -85,11 +90,13 @@ func (i metricsInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFu
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
 		start := time.Now()
 		err := next(ctx, conn)
+		markObserved(ctx)
 		i.m.observe(conn.Spec().Procedure, start, err)
 		return err
 	}
 }
 
+// observe counts and times one RPC with the code err carries.
 func (m *metrics) observe(procedure string, start time.Time, err error) {
 	code := "ok"
 	if err != nil {
@@ -101,4 +108,113 @@ func (m *metrics) observe(procedure string, start time.Time, err error) {
 	}
 	m.requests.WithLabelValues(procedure, code).Inc()
 	m.latency.WithLabelValues(procedure).Observe(time.Since(start).Seconds())
+}
+
+// Connect answers some requests itself, before any interceptor runs: a body
+// that does not decode, a content type or protocol it does not speak, a
+// procedure the service does not have. countRefused counts those, with
+// the code the client reads from the answer, so dalv_requests_total counts
+// every request to the RPC handlers once.
+func (m *metrics) countRefused(procedures map[string]bool, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &refusalRecorder{ResponseWriter: w}
+		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), observedKey{}, rec)))
+		if rec.observed.Load() {
+			return
+		}
+		procedure := r.URL.Path
+		if !procedures[procedure] {
+			procedure = "unknown" // a path the client chose: not a label value
+		}
+		m.requests.WithLabelValues(procedure, rec.code()).Inc()
+		m.latency.WithLabelValues(procedure).Observe(time.Since(start).Seconds())
+	})
+}
+
+// observedKey is the context key of a request's refusalRecorder.
+type observedKey struct{}
+
+// markObserved tells the request's refusalRecorder, if any, that the
+// metrics interceptor counted the request.
+func markObserved(ctx context.Context) {
+	if rec, ok := ctx.Value(observedKey{}).(*refusalRecorder); ok {
+		rec.observed.Store(true)
+	}
+}
+
+// refusalRecorder keeps what a refusal's code can be read from: the HTTP
+// status, and the start of an error's body.
+type refusalRecorder struct {
+	http.ResponseWriter
+	observed atomic.Bool
+	status   int
+	body     []byte // the first bytes of a body under an error status
+}
+
+func (r *refusalRecorder) WriteHeader(status int) {
+	if r.status == 0 {
+		r.status = status
+	}
+	r.ResponseWriter.WriteHeader(status)
+}
+
+func (r *refusalRecorder) Write(p []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	if r.status != http.StatusOK && !r.observed.Load() && len(r.body) < 1024 {
+		r.body = append(r.body, p[:min(len(p), 1024-len(r.body))]...)
+	}
+	return r.ResponseWriter.Write(p)
+}
+
+// Flush passes a flush on: Connect flushes streams.
+func (r *refusalRecorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (r *refusalRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// code is the Connect code of a refused request as its client reads it:
+// gRPC and gRPC-Web carry it in grpc-status (in the headers: a refusal
+// sends no message), Connect in its error body, and an answer with neither
+// by its HTTP status, as Connect's protocol maps it.
+func (r *refusalRecorder) code() string {
+	if v := r.Header().Get("Grpc-Status"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > int(connect.CodeUnauthenticated) {
+			return connect.CodeUnknown.String()
+		}
+		if n == 0 {
+			return "ok"
+		}
+		return connect.Code(n).String()
+	}
+	if r.status == http.StatusOK || r.status == 0 {
+		return "ok"
+	}
+	var body struct {
+		Code string `json:"code"`
+	}
+	var c connect.Code
+	if json.Unmarshal(r.body, &body) == nil && c.UnmarshalText([]byte(body.Code)) == nil {
+		return c.String()
+	}
+	switch r.status {
+	case http.StatusBadRequest:
+		return connect.CodeInternal.String()
+	case http.StatusUnauthorized:
+		return connect.CodeUnauthenticated.String()
+	case http.StatusForbidden:
+		return connect.CodePermissionDenied.String()
+	case http.StatusNotFound:
+		return connect.CodeUnimplemented.String()
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return connect.CodeUnavailable.String()
+	}
+	return connect.CodeUnknown.String()
 }

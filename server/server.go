@@ -24,6 +24,7 @@ import (
 
 	"github.com/dalvdb/dalv/auth"
 	"github.com/dalvdb/dalv/engine"
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 	"github.com/dalvdb/dalv/store"
 )
@@ -185,12 +186,14 @@ func (s *Server) routes() http.Handler {
 		connect.WithCompressMinBytes(1024),
 	}
 	mux := http.NewServeMux()
-	mux.Handle(dalvv1connect.NewClientServiceHandler(&clientService{s: s}, opts...))
-	mux.Handle(dalvv1connect.NewBackendServiceHandler(&backendService{s: s}, opts...))
+	procedures := rpcProcedures()
+	handle := func(path string, h http.Handler) { mux.Handle(path, s.metrics.countRefused(procedures, h)) }
+	handle(dalvv1connect.NewClientServiceHandler(&clientService{s: s}, opts...))
+	handle(dalvv1connect.NewBackendServiceHandler(&backendService{s: s}, opts...))
 	// The standard gRPC health check, for load balancers; it is also the
 	// no-op call `dalv bench` measures the transport's floor with.
 	s.health = grpchealth.NewStaticChecker(dalvv1connect.ClientServiceName, dalvv1connect.BackendServiceName)
-	mux.Handle(grpchealth.NewHandler(s.health, opts...))
+	handle(grpchealth.NewHandler(s.health, opts...))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if s.draining.Load() {
 			http.Error(w, "draining", http.StatusServiceUnavailable)
@@ -200,6 +203,23 @@ func (s *Server) routes() http.Handler {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
 	return s.limitRequestSize(mux)
+}
+
+// rpcProcedures are the paths of the procedures the server serves: the
+// values dalv_requests_total's procedure label may take.
+func rpcProcedures() map[string]bool {
+	procs := make(map[string]bool)
+	for _, m := range []string{"Check", "Watch"} {
+		procs["/"+grpchealth.HealthV1ServiceName+"/"+m] = true
+	}
+	services := dalvv1.File_dalv_v1_dalv_proto.Services()
+	for i := range services.Len() {
+		sd := services.Get(i)
+		for j := range sd.Methods().Len() {
+			procs["/"+string(sd.FullName())+"/"+string(sd.Methods().Get(j).Name())] = true
+		}
+	}
+	return procs
 }
 
 // Handler returns the server's HTTP handler: both services, /healthz and

@@ -1,0 +1,96 @@
+package server
+
+import (
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+)
+
+// TestRateLimiter checks that a user's burst is allowed and the next
+// request is not, that users have buckets of their own, and that buckets
+// idle past limiterIdle are dropped.
+func TestRateLimiter(t *testing.T) {
+	t.Parallel()
+	rl := newRateLimiter(0.001, 2) // a token every 1000 s: none comes back during the test
+	for i := range 2 {
+		if !rl.allow("erin") {
+			t.Fatalf("request %d within the burst of 2 refused", i+1)
+		}
+	}
+	if rl.allow("erin") {
+		t.Error("request past the burst allowed")
+	}
+	if !rl.allow("frank") {
+		t.Error("another user's first request refused: users share a bucket")
+	}
+	buckets := func() int {
+		n := 0
+		for i := range rl.shards {
+			n += len(rl.shards[i].buckets)
+		}
+		return n
+	}
+	if n := buckets(); n != 2 {
+		t.Fatalf("%d buckets for two users, want 2", n)
+	}
+	rl.sweep(time.Now().Add(limiterIdle + time.Second))
+	if n := buckets(); n != 0 {
+		t.Errorf("%d buckets after everyone was idle past %v, want 0", n, limiterIdle)
+	}
+	if !rl.allow("erin") {
+		t.Error("a user whose bucket was dropped is refused: it should start full")
+	}
+}
+
+// TestLimitedBody checks that reading a body past the limit fails with
+// resource_exhausted naming the flag, and that a body within it reads whole.
+func TestLimitedBody(t *testing.T) {
+	t.Parallel()
+	within := &limitedBody{ReadCloser: io.NopCloser(strings.NewReader("12345678")), max: 8}
+	if b, err := io.ReadAll(within); err != nil || string(b) != "12345678" {
+		t.Errorf("a body of exactly the limit: %q, %v", b, err)
+	}
+	over := &limitedBody{ReadCloser: io.NopCloser(strings.NewReader("123456789")), max: 8}
+	_, err := io.ReadAll(over)
+	wantLimitErr(t, err, "--max-request-bytes")
+}
+
+// TestLimitedGzip checks that a compressed body that decompresses past the
+// limit fails with resource_exhausted saying so, though it is small on the
+// wire, and that the decompressor is reusable after Reset.
+func TestLimitedGzip(t *testing.T) {
+	t.Parallel()
+	zipped := func(n int) io.Reader {
+		var b bytes.Buffer
+		w := gzip.NewWriter(&b)
+		_, _ = w.Write(bytes.Repeat([]byte("x"), n))
+		_ = w.Close()
+		return &b
+	}
+	d := &limitedGzip{max: 1000}
+	if err := d.Reset(zipped(5000)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := io.ReadAll(d)
+	wantLimitErr(t, err, "once decompressed")
+	if err := d.Reset(zipped(1000)); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(d); err != nil || len(b) != 1000 {
+		t.Errorf("after Reset, a body of the limit: %d bytes, %v", len(b), err)
+	}
+}
+
+func wantLimitErr(t *testing.T, err error, says string) {
+	t.Helper()
+	var ce *connect.Error
+	if !errors.As(err, &ce) || ce.Code() != connect.CodeResourceExhausted || !strings.Contains(err.Error(), says) {
+		t.Errorf("read past the limit: %v, want resource_exhausted saying %q", err, says)
+	}
+}

@@ -1,0 +1,176 @@
+package server
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/dalvdb/dalv/auth"
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+	"github.com/dalvdb/dalv/store/pebble"
+)
+
+// These tests run a Server in the test process, on an embedded store in a
+// temporary directory, behind httptest; the end-to-end tests in package e2e
+// run `dalv serve` as a process.
+
+var testSecret = []byte("server-test-secret-0123456789abcdef")
+
+const testKey = "server-test-backend-key-0123"
+
+// testServer starts a Server and returns it with its base URL and registry.
+func testServer(t *testing.T, cfg Config) (*Server, string, *prometheus.Registry) {
+	t.Helper()
+	st, err := pebble.Open(t.TempDir(), pebble.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	v, err := auth.NewHS256(testSecret, auth.HS256Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := auth.NewKeySet([]string{testKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Store, cfg.Verifier, cfg.BackendKeys = st, v, keys
+	cfg.Registry = prometheus.NewRegistry()
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(s.Handler())
+	t.Cleanup(hs.Close)
+	return s, hs.URL, cfg.Registry
+}
+
+// token mints a device token for user.
+func token(t *testing.T, user string) string {
+	t.Helper()
+	tok, err := auth.Mint(testSecret, user, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// requests returns dalv_requests_total for procedure and code.
+func requests(t *testing.T, reg *prometheus.Registry, procedure, code string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "dalv_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if label(m, "procedure") == procedure && label(m, "code") == code {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+func label(m *dto.Metric, name string) string {
+	for _, lp := range m.GetLabel() {
+		if lp.GetName() == name {
+			return lp.GetValue()
+		}
+	}
+	return ""
+}
+
+// TestRequestsCounted checks that dalv_requests_total counts every request
+// to a procedure once, with its code: those the handlers answer, and those
+// Connect refuses before any handler runs (a body that does not decode, a
+// content type it does not speak).
+func TestRequestsCounted(t *testing.T) {
+	t.Parallel()
+	_, url, reg := testServer(t, Config{RateLimit: -1})
+	sync := dalvv1connect.ClientServiceSyncProcedure
+	client := dalvv1connect.NewClientServiceClient(http.DefaultClient, url)
+
+	req := connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "phone"})
+	req.Header().Set("Authorization", "Bearer "+token(t, "gina"))
+	if _, err := client.Sync(context.Background(), req); err != nil {
+		t.Fatalf("pull: %v", err)
+	}
+	if _, err := client.Sync(context.Background(), connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "phone"})); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("sync without a token: %v, want unauthenticated", err)
+	}
+	for _, tc := range []struct {
+		name, contentType, body string
+		status                  int
+		code                    string
+	}{
+		{"a body that is not protobuf", "application/proto", "\xff\xff\xff", http.StatusBadRequest, "invalid_argument"},
+		{"a body that is not JSON", "application/json", "{not json", http.StatusBadRequest, "invalid_argument"},
+		{"a content type Connect does not speak", "text/plain", "hello", http.StatusUnsupportedMediaType, "unknown"},
+		{"a procedure the service does not have", "application/json", "{}", http.StatusNotFound, "unimplemented"},
+	} {
+		path := sync
+		if tc.status == http.StatusNotFound {
+			path = "/dalv.v1.ClientService/Bogus"
+		}
+		hr, err := http.Post(url+path, tc.contentType, strings.NewReader(tc.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hr.Body.Close()
+		if hr.StatusCode != tc.status {
+			t.Errorf("%s: HTTP %d, want %d", tc.name, hr.StatusCode, tc.status)
+		}
+	}
+	for code, want := range map[string]float64{"ok": 1, "unauthenticated": 1, "invalid_argument": 2, "unknown": 1} {
+		if got := requests(t, reg, sync, code); got != want {
+			t.Errorf("dalv_requests_total{procedure=%q,code=%q} = %v, want %v", sync, code, got, want)
+		}
+	}
+	// A path the client made up is not a label value.
+	if got := requests(t, reg, "unknown", "unimplemented"); got != 1 {
+		t.Errorf(`dalv_requests_total{procedure="unknown",code="unimplemented"} = %v, want 1`, got)
+	}
+}
+
+// TestRefusalCode checks the code read from a refusal of each protocol.
+func TestRefusalCode(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		header string // grpc-status
+		status int
+		body   string
+		want   string
+	}{
+		{"gRPC, invalid argument", "3", http.StatusOK, "", "invalid_argument"},
+		{"gRPC, ok", "0", http.StatusOK, "", "ok"},
+		{"gRPC, out of range", "99", http.StatusOK, "", "unknown"},
+		{"Connect, error body", "", http.StatusBadRequest, `{"code":"invalid_argument","message":"x"}`, "invalid_argument"},
+		{"Connect, no body, 400", "", http.StatusBadRequest, "", "internal"},
+		{"Connect, no body, 404", "", http.StatusNotFound, "", "unimplemented"},
+		{"Connect, no body, 503", "", http.StatusServiceUnavailable, "", "unavailable"},
+		{"Connect, no body, 415", "", http.StatusUnsupportedMediaType, "", "unknown"},
+	} {
+		rec := &refusalRecorder{ResponseWriter: httptest.NewRecorder()}
+		if tc.header != "" {
+			rec.Header().Set("Grpc-Status", tc.header)
+		}
+		rec.WriteHeader(tc.status)
+		_, _ = rec.Write([]byte(tc.body))
+		if got := rec.code(); got != tc.want {
+			t.Errorf("%s: code %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
