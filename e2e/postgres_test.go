@@ -308,6 +308,15 @@ func pgLoadWithFault(t *testing.T, nodes []*proc.Server, devices, batches, fault
 	}
 	wg.Wait()
 	t.Logf("answers: %v", codes)
+	// The load went through grouped statements of held commits, so the
+	// faults struck them too.
+	fams := scrape(t, nodes[0])
+	held, statements := metric(fams, "dalv_postgres_held_commits_total", map[string]string{"outcome": "committed"}), metric(fams, "dalv_postgres_held_statements_total", nil)
+	if held == nil || statements == nil || statements.GetCounter().GetValue() == 0 || held.GetCounter().GetValue() <= statements.GetCounter().GetValue() {
+		t.Errorf("held commits %v in statements %v: want grouped statements under the load", held, statements)
+	} else {
+		t.Logf("%v held commits in %v statements", held.GetCounter().GetValue(), statements.GetCounter().GetValue())
+	}
 
 	// Through the other node: every acknowledged batch is there once.
 	for d := range devices {
