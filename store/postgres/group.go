@@ -1,7 +1,9 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -215,24 +217,32 @@ func (g *group) write(batch []*heldCommit) {
 	defer conn.Release()
 	written := make([]bool, n)
 	var lastKey, xid int64
+	var readErr error // a row that could not be read: its commit's outcome is unknown
 	rows, _ := conn.Query(octx, writeHeld, parts, versions, devices, batches, ops, nanos, was, horizons, comps,
 		eix, ekeys, esv, evals, edels)
 	for rows.Next() {
 		var ix, feedKey int64
-		if err := rows.Scan(&ix, &feedKey, &xid); err == nil && ix >= 1 && ix <= int64(n) {
-			written[ix-1] = true
-			lastKey = max(lastKey, feedKey)
+		if err := rows.Scan(&ix, &feedKey, &xid); err != nil || ix < 1 || ix > int64(n) {
+			readErr = cmp.Or(err, fmt.Errorf("the statement returned commit %d of %d", ix, n))
+			continue
 		}
+		written[ix-1] = true
+		lastKey = max(lastKey, feedKey)
 	}
 	if err := rows.Err(); err != nil {
-		outcome := heldRetry // not sent, or rolled back: each runs as a transaction, which tells its own error
-		if !pgconn.SafeToRetry(err) && conn.Conn().IsClosed() {
-			outcome, err = heldFailed, fmt.Errorf("%w: %w", errUnknownOutcome, connErr(octx, conn, err))
+		// Retried as transactions only when certainly not written: not
+		// sent, or refused by PostgreSQL on a connection that lives on
+		// (the statement's own transaction rolled back). Each transaction
+		// then tells its own error.
+		outcome := heldFailed
+		var pgErr *pgconn.PgError
+		if pgconn.SafeToRetry(err) || errors.As(err, &pgErr) && !conn.Conn().IsClosed() {
+			outcome = heldRetry
 		}
 		for _, hc := range batch {
 			hc.outcome = outcome
 			if outcome == heldFailed {
-				hc.err = fmt.Errorf("commit %s version %d: %w", hc.p, hc.c.Version, err)
+				hc.err = fmt.Errorf("commit %s version %d: %w: %w", hc.p, hc.c.Version, errUnknownOutcome, connErr(octx, conn, err))
 			}
 			s.states.hold(hc.row.part, nil)
 		}
@@ -240,11 +250,16 @@ func (g *group) write(batch []*heldCommit) {
 	}
 	s.heldStatements.Add(1)
 	for i, hc := range batch {
-		if written[i] {
+		switch {
+		case written[i]:
 			hc.outcome = heldCommitted
 			s.heldCommits.Add(1)
 			s.states.hold(hc.row.part, hc.st.after(hc.c))
-		} else {
+		case readErr != nil:
+			hc.outcome = heldFailed
+			hc.err = fmt.Errorf("commit %s version %d: %w: %w", hc.p, hc.c.Version, errUnknownOutcome, readErr)
+			s.states.hold(hc.row.part, nil)
+		default:
 			hc.outcome = heldMoved
 			s.heldMoved.Add(1)
 			s.states.coolDown(hc.row.part) // another process committed: it may take turns with this one

@@ -3,12 +3,16 @@ package postgres
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/dalvdb/dalv/internal/pgtest"
 	"github.com/dalvdb/dalv/store"
@@ -318,5 +322,89 @@ func TestGroupCommitConcurrent(t *testing.T) {
 	}
 	if len(feed) != want {
 		t.Errorf("feed holds %d records, want %d", len(feed), want)
+	}
+}
+
+// TestGroupCommitConnectionLost kills the backend of a group's statement
+// while it waits for a lock: no commit in it can know whether it was
+// written, so each fails as unavailable with an unknown outcome, none is
+// retried behind the caller's back, and the store commits on afterwards.
+func TestGroupCommitConnectionLost(t *testing.T) {
+	t.Parallel()
+	schema, u := pgtest.Schema(t)
+	app := "dalv-test-" + schema
+	ctx := context.Background()
+	// A timeout well past the test's: the statement ends by the kill.
+	s, err := Open(ctx, pgtest.WithParam(u, "application_name", app), Options{Schema: schema, MaxConns: 4, Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	now := time.Now()
+	parts := []store.Partition{{Name: "l0"}, {Name: "l1"}, {Name: "l2"}}
+	for _, p := range parts {
+		if _, _, err := commitAt(s, p, now, "", store.Entry{Key: "k", Value: []byte("1")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another transaction keeps the feed from taking rows, so the group's
+	// statement waits, its heads locked, until its backend is killed.
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{schema, "dalv_feed"}.Sanitize()+" IN EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	// The killer looks from a connection of its own: a transaction sees
+	// pg_stat_activity as it was at its first look.
+	killer, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer killer.Close(ctx)
+	killed := make(chan struct{})
+	var terminated atomic.Bool
+	go func() {
+		defer close(killed)
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			var n int
+			err := killer.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+				WHERE application_name = $1 AND wait_event_type = 'Lock' AND query LIKE 'WITH c AS%'`, app).Scan(&n)
+			if err != nil || n > 0 {
+				terminated.Store(n > 0)
+				return
+			}
+		}
+	}()
+	errs := grouped(t, s, len(parts), func(i int) error {
+		_, _, err := commitAt(s, parts[i], now, "", store.Entry{Key: "k", Value: []byte("2")})
+		return err
+	})
+	<-killed
+	if !terminated.Load() {
+		t.Fatal("the group's statement was never seen waiting for the feed's lock")
+	}
+	for i, err := range errs {
+		if !errors.Is(err, store.ErrUnavailable) || !errors.Is(err, errUnknownOutcome) {
+			t.Errorf("commit to %s in the killed statement: %v, want unavailable with an unknown outcome", parts[i], err)
+		}
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range parts {
+		if got := entriesOf(t, s, p); !slices.Equal(got, []string{"k=1@1"}) {
+			t.Errorf("%s after the killed statement: %v, want k=1@1", p, got)
+		}
+		if v, _, err := commitAt(s, p, now, "", store.Entry{Key: "k", Value: []byte("3")}); err != nil || v != 2 {
+			t.Errorf("commit to %s afterwards: version %d, %v; want 2", p, v, err)
+		}
 	}
 }
