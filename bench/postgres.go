@@ -129,10 +129,10 @@ type PostgresReport struct {
 	// is that transaction.
 	Pgbench PgRate `json:"pgbench"`
 	Script  string `json:"pgbench_script"`
-	// Commit is pgbench running DalvDB's own one-statement commit of one
-	// PUT, as a node sends it for a partition it holds, with as many
-	// clients: what PostgreSQL does with no node in the way. CommitScript
-	// is that statement.
+	// Commit is pgbench running DalvDB's commit of one PUT to a partition
+	// a node holds, as one statement (the writes a node's grouped statement
+	// makes for each commit in it), with as many clients: what PostgreSQL
+	// does with no node in the way. CommitScript is that statement.
 	Commit PgRate `json:"pgbench_dalv_commit"`
 	// PgbenchCPU and CommitCPU split the CPU per transaction of the two
 	// pgbench scripts (whole runs, warm-up included).
@@ -450,9 +450,9 @@ END;
 
 // setupCommit creates DalvDB's tables in the bench's schema, as a node
 // does, with a partition for each pgbench client, and writes the script
-// that commits one PUT to the client's partition as a node does for a
-// partition it holds: one statement, updating the head and writing the
-// device record, the entry and the feed row. (Its literals never hold a
+// that commits one PUT to the client's partition, with the writes a node
+// makes for each commit to a partition it holds: one statement, updating
+// the head and writing the device record, the entry and the feed row. (Its literals never hold a
 // colon before a letter, which pgbench would take for a variable.)
 func (pb *pgBench) setupCommit(ctx context.Context, conn *pgx.Conn) error {
 	st, err := postgres.Open(ctx, pb.url, postgres.Options{})
@@ -1019,7 +1019,7 @@ func (r *PostgresReport) WriteTable(w io.Writer) error {
 		}
 		b.WriteString("\n")
 	}
-	fmt.Fprintf(&b, "\npgbench's transaction:\n%s\ndalv's commit statement, one PUT to a partition the node holds (pgbench's second script):\n%s", r.Script, r.CommitScript)
+	fmt.Fprintf(&b, "\npgbench's transaction:\n%s\ndalv's commit statement, one PUT to a partition the node holds, alone (pgbench's second script;\na node's statement writes this for each commit of its group):\n%s", r.Script, r.CommitScript)
 	_, err := io.WriteString(w, b.String())
 	return err
 }

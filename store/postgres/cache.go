@@ -15,13 +15,14 @@ import (
 // A store keeps the state of small partitions it committed to: the head,
 // every entry and every device record, as the prefetch reads them. An
 // Update of a partition it holds runs fn on that state, with no round trip,
-// and writes the commit in one statement whose first step updates the head
+// and writes the commit in a statement (shared with the other commits that
+// wait for it: see group.go) whose first step locks and updates the head
 // only if it is still the state's (version, horizon and compactions): the
 // statement then holds the head row's lock, as an Update's transaction
 // does, and writes what fn decided on the partition as it is. If another
-// process committed in between, the statement writes nothing, and the
-// Update drops the state and runs as a transaction. A sync to a partition
-// only this process writes is then one round trip instead of two.
+// process committed in between, the statement writes nothing for it, and
+// the Update drops the state and runs as a transaction. A sync to a
+// partition only this process writes is then one round trip instead of two.
 
 // DefaultCacheBytes bounds the partition states a store keeps (see
 // Options.CacheBytes).

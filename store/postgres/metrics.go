@@ -19,13 +19,13 @@ var (
 		"Connections of this process's pool, by state.",
 		[]string{"state"}, nil)
 	descHeldCommits = prometheus.NewDesc("dalv_postgres_held_commits_total",
-		"Commits tried in one statement on a partition state this process holds: committed, or moved (another process had committed to the partition; the commit ran as a transaction).",
+		"Commits tried in a grouped statement on a partition state this process holds: committed, or moved (another process had committed to the partition, or was committing; the commit ran as a transaction).",
 		[]string{"outcome"}, nil)
 	descHeldStatements = prometheus.NewDesc("dalv_postgres_held_statements_total",
 		"Statements that wrote commits on held partition states; each writes the commits that queued while others were in flight, so commits per statement is the grouping.",
 		nil, nil)
 	descHeldParts = prometheus.NewDesc("dalv_postgres_held_partitions",
-		"Partition states this process holds, to commit to them in one statement.",
+		"Partition states this process holds, to commit to them in grouped statements.",
 		nil, nil)
 )
 
