@@ -2,8 +2,11 @@ package server
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,8 +16,10 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dalvdb/dalv/auth"
+	"github.com/dalvdb/dalv/engine"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+	"github.com/dalvdb/dalv/store"
 	"github.com/dalvdb/dalv/store/pebble"
 )
 
@@ -173,4 +178,94 @@ func TestRefusalCode(t *testing.T) {
 			t.Errorf("%s: code %q, want %q", tc.name, got, tc.want)
 		}
 	}
+}
+
+// TestToConnect checks that domain errors take the code of codeTable, that
+// a Connect error keeps its own, and that anything else is internal with a
+// message that leaks nothing of the error.
+func TestToConnect(t *testing.T) {
+	t.Parallel()
+	s, _, _ := testServer(t, Config{})
+	for _, tc := range []struct {
+		err  error
+		want connect.Code
+	}{
+		{engine.Errorf(engine.ErrInvalid, "bad key"), connect.CodeInvalidArgument},
+		{engine.Errorf(engine.ErrStale, "behind"), connect.CodeFailedPrecondition},
+		{fmt.Errorf("wrapped: %w", store.ErrUnavailable), connect.CodeUnavailable},
+		{fmt.Errorf("wrapped: %w", store.ErrCorruption), connect.CodeDataLoss},
+		{auth.ErrExpired, connect.CodeUnauthenticated},
+		{context.DeadlineExceeded, connect.CodeDeadlineExceeded},
+		{connect.NewError(connect.CodeAborted, errors.New("as it was")), connect.CodeAborted},
+		{errors.New("disk on fire at /secret/path"), connect.CodeInternal},
+	} {
+		err := s.toConnect("/test", tc.err)
+		if got := connect.CodeOf(err); got != tc.want {
+			t.Errorf("toConnect(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+		if tc.want == connect.CodeInternal && strings.Contains(err.Error(), "secret") {
+			t.Errorf("an internal error's message %q shows the error", err)
+		}
+	}
+	if err := s.toConnect("/test", nil); err != nil {
+		t.Errorf("toConnect(nil) = %v", err)
+	}
+}
+
+// TestPartitions checks which partition a device and a backend name: a
+// device its own, or a shared one its token's claims open; a backend
+// exactly one of a valid user or a configured shared partition.
+func TestPartitions(t *testing.T) {
+	t.Parallel()
+	s, _, _ := testServer(t, Config{Shared: []SharedPartition{{Name: "catalog"}, {Name: "beta", Claim: "tier", Value: "beta"}}})
+	plain := &auth.Claims{Subject: "hana", Raw: map[string]any{"sub": "hana"}}
+	beta := &auth.Claims{Subject: "ivan", Raw: map[string]any{"sub": "ivan", "tier": []any{"gold", "beta"}}}
+	for _, tc := range []struct {
+		c      *auth.Claims
+		shared string
+		want   store.Partition
+		code   connect.Code // 0: no error
+	}{
+		{plain, "", store.Partition{Name: "hana"}, 0},
+		{plain, "catalog", store.Partition{Shared: true, Name: "catalog"}, 0},
+		{plain, "beta", store.Partition{}, connect.CodePermissionDenied},
+		{beta, "beta", store.Partition{Shared: true, Name: "beta"}, 0},
+		{plain, "nope", store.Partition{}, connect.CodeNotFound},
+	} {
+		p, err := s.devicePartition(tc.c, tc.shared)
+		if code := codeOrZero(s, err); code != tc.code || p != tc.want {
+			t.Errorf("device %s, shared %q: %v, %v; want %v, code %v", tc.c.Subject, tc.shared, p, err, tc.want, tc.code)
+		}
+	}
+	if got := s.readableShared(plain); !slices.Equal(got, []string{"catalog"}) {
+		t.Errorf("shared partitions hana may read: %v, want [catalog]", got)
+	}
+	if got := s.readableShared(beta); !slices.Equal(got, []string{"beta", "catalog"}) {
+		t.Errorf("shared partitions ivan may read: %v, want [beta catalog]", got)
+	}
+	for _, tc := range []struct {
+		user, shared string
+		want         store.Partition
+		code         connect.Code
+	}{
+		{"hana", "", store.Partition{Name: "hana"}, 0},
+		{"", "beta", store.Partition{Shared: true, Name: "beta"}, 0},
+		{"hana", "beta", store.Partition{}, connect.CodeInvalidArgument},
+		{"", "", store.Partition{}, connect.CodeInvalidArgument},
+		{"", "nope", store.Partition{}, connect.CodeNotFound},
+		{"bad\xffuser", "", store.Partition{}, connect.CodeInvalidArgument}, // not UTF-8
+	} {
+		p, err := s.backendPartition(tc.user, tc.shared)
+		if code := codeOrZero(s, err); code != tc.code || p != tc.want {
+			t.Errorf("backend user %q, shared %q: %v, %v; want %v, code %v", tc.user, tc.shared, p, err, tc.want, tc.code)
+		}
+	}
+}
+
+// codeOrZero is err's Connect code as the server answers it, or 0 for nil.
+func codeOrZero(s *Server, err error) connect.Code {
+	if err == nil {
+		return 0
+	}
+	return connect.CodeOf(s.toConnect("/test", err))
 }
