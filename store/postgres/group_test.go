@@ -52,6 +52,32 @@ func grouped(t *testing.T, s *Store, n int, commit func(i int) error) []error {
 	return errs
 }
 
+// waitFeedInOrder waits until s's feed holds n records, and checks there
+// are no more and that each partition's versions come once, in order, from 1.
+func waitFeedInOrder(t *testing.T, s *Store, n int) {
+	t.Helper()
+	feed := readFeed(t, s, "")
+	for deadline := time.Now().Add(20 * time.Second); len(feed) < n; feed = readFeed(t, s, "") {
+		if time.Now().After(deadline) {
+			t.Fatalf("feed holds %d records, want %d", len(feed), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(feed) != n {
+		t.Errorf("feed holds %d records, want %d", len(feed), n)
+	}
+	last := make(map[string]int)
+	for _, r := range feed {
+		part, v, _ := strings.Cut(r, "@")
+		var version int
+		fmt.Sscan(v, &version)
+		if version != last[part]+1 {
+			t.Errorf("feed: %s after version %d", r, last[part])
+		}
+		last[part] = version
+	}
+}
+
 // heldStatements returns how many statements s has written held commits in.
 func heldStatements(s *Store) int64 { return s.heldStatements.Load() }
 
@@ -120,26 +146,7 @@ func TestGroupCommit(t *testing.T) {
 			t.Errorf("%s: entries %v, want %v", p, got, want)
 		}
 	}
-	feed := readFeed(t, b, "")
-	for deadline := time.Now().Add(20 * time.Second); len(feed) < 2*len(parts)+1; feed = readFeed(t, b, "") {
-		if time.Now().After(deadline) {
-			t.Fatalf("feed holds %v, want %d records", feed, 2*len(parts)+1)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if len(feed) != 2*len(parts)+1 {
-		t.Errorf("feed holds %d records, want %d", len(feed), 2*len(parts)+1)
-	}
-	last := make(map[string]int)
-	for _, r := range feed {
-		part, v, _ := strings.Cut(r, "@")
-		var n int
-		fmt.Sscan(v, &n)
-		if n != last[part]+1 {
-			t.Errorf("feed: %s after version %d", r, last[part])
-		}
-		last[part] = n
-	}
+	waitFeedInOrder(t, b, 2*len(parts)+1)
 }
 
 // TestGroupCommitLocked commits, in one statement, to a partition whose
@@ -302,27 +309,7 @@ func TestGroupCommitConcurrent(t *testing.T) {
 			t.Errorf("%s: entries %v, want %v", p, got, want)
 		}
 	}
-	want := writers * each
-	feed := readFeed(t, s, "")
-	for deadline := time.Now().Add(20 * time.Second); len(feed) < want; feed = readFeed(t, s, "") {
-		if time.Now().After(deadline) {
-			t.Fatalf("feed holds %d records, want %d", len(feed), want)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	last := make(map[string]int)
-	for _, r := range feed {
-		part, v, _ := strings.Cut(r, "@")
-		var n int
-		fmt.Sscan(v, &n)
-		if n != last[part]+1 {
-			t.Errorf("feed: %s after version %d", r, last[part])
-		}
-		last[part] = n
-	}
-	if len(feed) != want {
-		t.Errorf("feed holds %d records, want %d", len(feed), want)
-	}
+	waitFeedInOrder(t, s, writers*each)
 }
 
 // TestGroupCommitConnectionLost kills the backend of a group's statement
