@@ -43,7 +43,6 @@ import (
 	"syscall"
 
 	pebbledb "github.com/cockroachdb/pebble/v2"
-	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/dalvdb/dalv/store"
 )
@@ -156,26 +155,8 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open store %s: lock: %w", dir, err)
 	}
-	logger := slogLogger{opts.Logger}
-	popts := &pebbledb.Options{
-		// Pebble charges memtables to its cache: reserve room for the two it
-		// may hold (one filling, one flushing) on top of the block cache.
-		CacheSize:          opts.CacheSize + 2*opts.MemTableSize,
-		MemTableSize:       uint64(opts.MemTableSize),
-		FormatMajorVersion: pebbledb.FormatNewest,
-		Logger:             logger,
-		Lock:               dirLock,
-		EventListener: &pebbledb.EventListener{
-			// Pebble's default is to exit; reads of damaged data fail with
-			// errors that wrap store.ErrCorruption instead.
-			DataCorruption: func(info pebbledb.DataCorruptionInfo) {
-				opts.Logger.Error("pebble: data corruption", "info", info.String())
-			},
-		},
-	}
-	// Most lookups are point Gets (heads, devices, keys), many of keys not
-	// there yet: bloom filters (inherited by every level) spare their reads.
-	popts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
+	popts := dbOptions(opts)
+	popts.Lock = dirLock
 	if opts.FS != nil {
 		popts.FS = opts.FS
 	}

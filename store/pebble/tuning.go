@@ -1,0 +1,43 @@
+package pebble
+
+import (
+	pebbledb "github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
+)
+
+// DBOptions returns the Pebble options [Open] opens its database with for
+// opts: the block cache and memtable sizes, the newest format, bloom
+// filters, Pebble's messages routed to opts.Logger and data corruption
+// reported there rather than exiting. [Open] adds its directory lock and
+// opts.FS. The bench's storage floor opens Pebble with them, so that it
+// measures the engine as the store tunes it.
+func DBOptions(opts Options) (*pebbledb.Options, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return dbOptions(opts), nil
+}
+
+// dbOptions is [DBOptions] for opts with its defaults filled in.
+func dbOptions(opts Options) *pebbledb.Options {
+	popts := &pebbledb.Options{
+		// Pebble charges memtables to its cache: reserve room for the two it
+		// may hold (one filling, one flushing) on top of the block cache.
+		CacheSize:          opts.CacheSize + 2*opts.MemTableSize,
+		MemTableSize:       uint64(opts.MemTableSize),
+		FormatMajorVersion: pebbledb.FormatNewest,
+		Logger:             slogLogger{opts.Logger},
+		EventListener: &pebbledb.EventListener{
+			// Pebble's default is to exit; reads of damaged data fail with
+			// errors that wrap store.ErrCorruption instead.
+			DataCorruption: func(info pebbledb.DataCorruptionInfo) {
+				opts.Logger.Error("pebble: data corruption", "info", info.String())
+			},
+		},
+	}
+	// Most lookups are point Gets (heads, devices, keys), many of keys not
+	// there yet: bloom filters (inherited by every level) spare their reads.
+	popts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
+	return popts
+}
