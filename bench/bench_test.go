@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -63,14 +64,7 @@ func (w lineWriter) Write(p []byte) (int, error) {
 // TestRun runs the request scenarios once, briefly, against a real server
 // and checks the figures are sane (TestWatchScenarios runs the others).
 func TestRun(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a server")
-	}
-	bin := dalvBinary(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	rep := runLogged(ctx, t, Config{
-		Binary:         bin,
+	rep := runLogged(t, Config{
 		Scenarios:      []Scenario{Sync, Catchup, Floor, Storage},
 		Runs:           1,
 		Duration:       300 * time.Millisecond,
@@ -79,22 +73,11 @@ func TestRun(t *testing.T) {
 		CatchupCommits: 1000,
 		CatchupKeys:    100,
 		CatchupPulls:   5,
-		Dir:            t.TempDir(),
-		Progress:       lineWriter{t},
 	})
 
 	get := func(sc Scenario, name string) float64 {
 		t.Helper()
-		for _, r := range rep.Results {
-			if r.Scenario == sc && r.Metric == name {
-				if got, want := len(r.Runs), 1; got != want {
-					t.Fatalf("%s.%s has %d runs, want %d", sc, name, got, want)
-				}
-				return r.Median
-			}
-		}
-		t.Fatalf("no %s.%s in the report", sc, name)
-		return 0
+		return result(t, rep, sc, name)
 	}
 	positive := []struct {
 		sc   Scenario
@@ -233,14 +216,7 @@ func result(t *testing.T, rep *Report, sc Scenario, name string) float64 {
 // real server: every delivery arrives, once and in order, and an idle
 // watch costs the server some memory, but not a lot.
 func TestWatchScenarios(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a server")
-	}
-	bin := dalvBinary(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	rep := runLogged(ctx, t, Config{
-		Binary:       bin,
+	rep := runLogged(t, Config{
 		Scenarios:    []Scenario{Delivery, IdleWatchers},
 		Runs:         1,
 		Duration:     500 * time.Millisecond,
@@ -250,8 +226,6 @@ func TestWatchScenarios(t *testing.T) {
 		DeliveryRate: 200,
 		IdleWatchers: 500,
 		IdleUsers:    50,
-		Dir:          t.TempDir(),
-		Progress:     lineWriter{t},
 	})
 
 	if got := result(t, rep, Delivery, "missed"); got != 0 {
@@ -382,22 +356,37 @@ func (f skippingBackend) Commit(_ context.Context, req *connect.Request[dalvv1.C
 	return connect.NewResponse(&dalvv1.CommitResponse{Version: f.heads[user]}), nil
 }
 
-// runLogged runs the bench with cfg, failing the test on an error, and logs
-// how long it took and the report's table.
-func runLogged(ctx context.Context, t *testing.T, cfg Config) *Report {
+// runLogged runs the bench with cfg on a server it starts from the dalv
+// built for the tests (skipped with -short), with a minute to finish and
+// its progress in the test log, failing the test on an error, and logs how
+// long it took and the report's table.
+func runLogged(t *testing.T, cfg Config) *Report {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a server")
+	}
+	cfg.Binary, cfg.Dir, cfg.Progress = dalvBinary(t), t.TempDir(), lineWriter{t}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	start := time.Now()
 	rep, err := Run(ctx, cfg)
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	t.Logf("Run took %v", time.Since(start))
+	logTable(t, "Run", start, rep)
+	return rep
+}
+
+// logTable logs how long the run named name took since start, and its
+// report's table.
+func logTable(t *testing.T, name string, start time.Time, rep interface{ WriteTable(io.Writer) error }) {
+	t.Helper()
+	t.Logf("%s took %v", name, time.Since(start))
 	var table strings.Builder
 	if err := rep.WriteTable(&table); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("\n%s", table.String())
-	return rep
 }
 
 // TestRunPostgres runs the PostgreSQL bench once, briefly, with one and two
@@ -427,12 +416,7 @@ func TestRunPostgres(t *testing.T) {
 	if err != nil {
 		t.Fatalf("RunPostgres: %v", err)
 	}
-	t.Logf("RunPostgres took %v", time.Since(start))
-	var table strings.Builder
-	if err := rep.WriteTable(&table); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("\n%s", table.String())
+	logTable(t, "RunPostgres", start, rep)
 	if findPgbench() != "" && (rep.Pgbench.Rate <= 0 || rep.Commit.Rate <= 0) {
 		t.Errorf("pgbench rates %v and %v, want both above 0", rep.Pgbench.Rate, rep.Commit.Rate)
 	}
