@@ -1,27 +1,55 @@
-// Package bench measures a real `dalv serve` over loopback: the rate and
-// latency of durable single-op device syncs, the time and size of a
-// catch-up pull, and two floors to compare the sync rate with: the rate of
-// a no-op Connect call (the gRPC health check) through the same server, and
-// the rate of synced batch commits of the storage engine alone; then device
-// watches: the time from a commit to its delivery to many watchers, and the
-// resident memory an idle watch costs. It samples the server's resident
-// memory throughout.
+// Package bench measures DalvDB through real `dalv serve` processes over
+// loopback. It holds two benches.
 //
+// [Run], the embedded bench, measures one server on its Pebble store: the
+// rate and latency of durable single-op device syncs, closed-loop and then
+// paced; the time and size of a catch-up pull; two floors to compare the
+// sync rate with, the rate of a no-op Connect call (the gRPC health check)
+// through the same server and the rate of synced batch commits of Pebble
+// alone, opened with the store's options; then device watches: the time
+// from a commit to its delivery to many watchers, and the resident memory
+// an idle watch costs. It samples the server's resident memory throughout.
 // Each figure is taken [Config.Runs] times and reported as the median, with
 // the minimum and maximum, against DalvDB's targets (see [Targets]).
 //
-// Guarantees: every sync is checked (status accepted, version advancing) and
-// any failed call fails the run with the first error; a catch-up answer
-// must hold one entry per key and not be cut. Caveats: the load generator
-// runs on the same machine as the server and competes with it for the CPU,
-// so the figures are a floor of what the server does on its own; the
-// storage floor runs inside the bench process while the server idles.
+// [RunPostgres], the PostgreSQL bench, measures `dalv serve --store` nodes
+// sharing one PostgreSQL database: closed-loop device syncs spread over 1
+// and then 3 nodes, beside pgbench running, in the same run and with as
+// many clients, a comparable single-row transaction and DalvDB's own commit
+// statement, so that the sync rate is given as a share of what PostgreSQL
+// does alone; with several nodes, the time from a sync on one node to its
+// commit's arrival at a watcher on another, beside half the sustained load
+// and alone; and the CPU per sync split between the load generator, the
+// nodes and the rest of the machine. Its figures are medians over
+// [PostgresConfig.Runs] runs, against [TargetPgbenchRatio] and
+// [TargetWatchP99].
+//
+// Both benches drive their servers with the same simulated devices and the
+// same load loop: closed-loop workers, each calling as soon as its last
+// call returns, or paced ones whose late calls count from when they were
+// due, so a server that falls behind is not hidden; a warm-up that is not
+// measured; latencies in log-linear histograms.
+//
+// Guarantees: every sync is checked (status accepted, version advancing),
+// and any failed call or a server that exits fails the run with the first
+// error; a catch-up answer must hold one entry per key and not be cut; the
+// delivery scenario counts every version a watcher misses or receives out
+// of order, and fails its target on any.
+//
+// Caveats: the load generator runs on the same machine as the servers and
+// competes with them for the CPU, so the figures are a floor of what a
+// server does on its own; both benches report the CPU that other processes
+// used while they measured. The storage floor runs inside the bench
+// process while the server idles. Watch streams share few HTTP/2
+// connections, which leaves most of a device connection's cost out of the
+// memory per watch. In the PostgreSQL bench the nodes, the load generator
+// and PostgreSQL share the cores, each node limited to its share of them
+// and the load generator to [ClientProcs]; pgbench's own CPU is known only
+// for a whole run, warm-up included.
 package bench
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -30,7 +58,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dalvdb/dalv/auth"
 	"github.com/dalvdb/dalv/internal/proc"
 )
 
@@ -232,7 +259,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &bencher{cfg: cfg, out: cfg.Progress}
+	b := &bencher{cfg: cfg, meter: meter{out: cfg.Progress, runs: cfg.Runs, warmup: cfg.Warmup, duration: cfg.Duration}}
 	defer b.close()
 	if err := b.start(ctx); err != nil {
 		return nil, err
@@ -255,26 +282,21 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 // bencher holds what the runs share: the server, the clients, the
 // catch-up partition.
 type bencher struct {
+	meter
+	secrets
 	cfg Config
-	out io.Writer
-	run int
 
 	dir       string // temporary, removed by close unless KeepData
 	srv       *proc.Server
 	pprofAddr string
 	url       string
-	secret    []byte
-	key       string
 	id        string // distinguishes this bench's users and devices
-	mon       *monitor
 	clients   *clients
 	catchup   *catchupData
 }
 
 func (b *bencher) start(ctx context.Context) error {
-	var id [4]byte
-	_, _ = rand.Read(id[:]) // never fails
-	b.id = hex.EncodeToString(id[:])
+	b.id = newRunID()
 	var err error
 	if b.dir, err = os.MkdirTemp(b.cfg.Dir, "dalv-bench-"); err != nil {
 		return fmt.Errorf("temporary directory: %w", err)
@@ -284,21 +306,20 @@ func (b *bencher) start(ctx context.Context) error {
 	} else if err := b.startServer(ctx); err != nil {
 		return err
 	}
-	b.mon = startMonitor(b.srv)
+	if b.srv != nil {
+		b.mon = startMonitor(b.srv)
+	} else {
+		b.mon = startMonitor()
+	}
 	b.clients = newClients(b.cfg, b.url)
 	return nil
 }
 
 func (b *bencher) startServer(ctx context.Context) error {
-	secret, err := auth.GenerateSecret(32)
-	if err != nil {
+	var err error
+	if b.secrets, err = newSecrets(); err != nil {
 		return err
 	}
-	key, err := auth.GenerateSecret(24)
-	if err != nil {
-		return err
-	}
-	b.secret, b.key = []byte(secret), key
 	data := filepath.Join(b.dir, "server")
 	if b.srv, b.pprofAddr, err = b.spawnServer(ctx, data, b.cfg.ServerProfile != ""); err != nil {
 		return err
@@ -311,16 +332,11 @@ func (b *bencher) startServer(ctx context.Context) error {
 // spawnServer starts `dalv serve` on data with the bench's secrets and
 // flags, and with a pprof listener, whose address it returns, if asked.
 func (b *bencher) spawnServer(ctx context.Context, data string, pprof bool) (*proc.Server, string, error) {
-	args := []string{"--rate-limit", "-1", "--log-level", "warn"}
+	var args []string
 	if pprof {
-		args = append(args, "--pprof-addr", "127.0.0.1:0")
+		args = []string{"--pprof-addr", "127.0.0.1:0"}
 	}
-	srv, err := proc.Start(ctx, proc.Options{
-		Binary: b.cfg.Binary,
-		Data:   data,
-		Args:   append(args, b.cfg.ServerArgs...),
-		Env:    []string{"DALV_JWT_SECRET=" + string(b.secret), "DALV_BACKEND_KEYS=" + b.key},
-	})
+	srv, err := startServe(ctx, b.cfg.Binary, data, append(args, b.cfg.ServerArgs...), b.secrets)
 	if err != nil {
 		return nil, "", fmt.Errorf("start server: %w", err)
 	}
@@ -344,19 +360,6 @@ const pprofLine = "pprof listening on http://"
 
 // serverErr says why the server is gone, if it is.
 func (b *bencher) serverErr() error { return exitErr(b.srv) }
-
-// exitErr says why srv is gone, if it is; nil for no server.
-func exitErr(srv *proc.Server) error {
-	if srv == nil {
-		return nil
-	}
-	select {
-	case <-srv.Done():
-		return fmt.Errorf("%w (%v):\n%s", ErrServerDied, srv.ExitErr(), tail(srv.Stderr(), 40))
-	default:
-		return nil
-	}
-}
 
 func (b *bencher) close() {
 	if b.mon != nil {

@@ -3,13 +3,11 @@ package bench
 import (
 	"context"
 	"fmt"
-	"slices"
 	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/dalvdb/dalv/auth"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 )
 
@@ -72,8 +70,7 @@ func (b *bencher) catchupScenario(ctx context.Context, vals map[string]float64) 
 		times = append(times, d)
 		last, body = m, n
 	}
-	slices.Sort(times)
-	t := medianDuration(times)
+	t := median(times, meanOfMiddle)
 	fmt.Fprintf(b.out, "run %d/%d  %-10s %d pulls of %d commits: median %.2f ms, %d entries, %d bytes\n",
 		b.run, b.cfg.Runs, Catchup, len(times), cd.head-cd.base, ms(t), len(last.GetChanges()), proto.Size(last))
 	vals[metricID(Catchup, "time")] = ms(t)
@@ -84,27 +81,15 @@ func (b *bencher) catchupScenario(ctx context.Context, vals map[string]float64) 
 	return nil
 }
 
-func medianDuration(sorted []time.Duration) time.Duration {
-	n := len(sorted)
-	if n == 0 {
-		return 0
-	}
-	if n%2 == 1 {
-		return sorted[n/2]
-	}
-	return (sorted[n/2-1] + sorted[n/2]) / 2
-}
-
 // writeCatchup writes the catch-up partition: CatchupCommits backend
 // commits of one PUT each, cycling over CatchupKeys keys. One partition's
 // commits are serialised by the server, so they go one after another.
 func (b *bencher) writeCatchup(ctx context.Context) (*catchupData, error) {
 	cd := &catchupData{user: fmt.Sprintf("b%s-catchup", b.id)}
-	tok, err := auth.Mint(b.secret, cd.user, tokenTTL, time.Now())
-	if err != nil {
+	var err error
+	if cd.auth, err = b.deviceAuth(cd.user); err != nil {
 		return nil, err
 	}
-	cd.auth = authorization(tok)
 	// The version before the commits: 0 on a new partition.
 	pull := connect.NewRequest(&dalvv1.SyncRequest{DeviceId: fmt.Sprintf("b%s-catchup-setup", b.id)})
 	pull.Header()["Authorization"] = cd.auth

@@ -9,7 +9,6 @@ import (
 
 	"connectrpc.com/grpchealth"
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/cockroachdb/pebble/v2/bloom"
 
 	dalvpebble "github.com/dalvdb/dalv/store/pebble"
 )
@@ -36,17 +35,7 @@ func (b *bencher) floorScenario(ctx context.Context, vals map[string]float64) er
 	if err != nil {
 		return err
 	}
-	cpu := res.perCall()
-	vals[metricID(Floor, "rate")] = res.rate()
-	vals[metricID(Floor, "p50")] = ms(res.hist.Quantile(0.50))
-	vals[metricID(Floor, "p99")] = ms(res.hist.Quantile(0.99))
-	vals[metricID(Floor, "bench_cpu")] = us(cpu.self)
-	if b.srv != nil {
-		vals[metricID(Floor, "server_cpu")] = us(cpu.server)
-		vals[metricID(Floor, "server_cores")] = res.cores(res.cpu.server)
-	}
-	vals[metricID(Floor, "bench_cores")] = res.cores(res.cpu.self)
-	vals[metricID(Floor, "other_cores")] = res.cores(res.cpu.others())
+	res.record(vals, Floor, b.srv != nil)
 	if s, ok := vals[metricID(Sync, "rate")]; ok {
 		vals[metricID(Floor, "ratio")] = 100 * s / res.rate()
 	}
@@ -68,15 +57,12 @@ const (
 // would have if syncs cost nothing but their commit.
 func (b *bencher) storageScenario(ctx context.Context, vals map[string]float64) error {
 	dir := filepath.Join(b.dir, fmt.Sprintf("pebble-run%d", b.run))
-	// Sized as store/pebble opens it by default, so the floor is the
+	// Opened as store/pebble opens it by default, so the floor is the
 	// server's engine less the server.
-	opts := &pebble.Options{
-		CacheSize:          dalvpebble.DefaultCacheSize + 2*dalvpebble.DefaultMemTableSize,
-		MemTableSize:       dalvpebble.DefaultMemTableSize,
-		FormatMajorVersion: pebble.FormatNewest,
-		Logger:             quietLogger{},
+	opts, err := dalvpebble.DBOptions(dalvpebble.Options{})
+	if err != nil {
+		return err
 	}
-	opts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
 		return fmt.Errorf("open pebble in %s: %w", dir, err)
@@ -121,23 +107,9 @@ func (b *bencher) storageScenario(ctx context.Context, vals map[string]float64) 
 	if err != nil {
 		return err
 	}
-	vals[metricID(Storage, "rate")] = res.rate()
-	vals[metricID(Storage, "p50")] = ms(res.hist.Quantile(0.50))
-	vals[metricID(Storage, "p99")] = ms(res.hist.Quantile(0.99))
-	vals[metricID(Storage, "bench_cpu")] = us(res.perCall().self)
-	vals[metricID(Storage, "bench_cores")] = res.cores(res.cpu.self)
-	vals[metricID(Storage, "other_cores")] = res.cores(res.cpu.others())
+	res.record(vals, Storage, false) // the server idles
 	if s, ok := vals[metricID(Sync, "rate")]; ok {
 		vals[metricID(Storage, "ratio")] = 100 * s / res.rate()
 	}
 	return nil
-}
-
-// quietLogger discards Pebble's messages but its fatal ones.
-type quietLogger struct{}
-
-func (quietLogger) Infof(string, ...any)  {}
-func (quietLogger) Errorf(string, ...any) {}
-func (quietLogger) Fatalf(format string, args ...any) {
-	panic(fmt.Sprintf("pebble: "+format, args...))
 }

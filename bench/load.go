@@ -3,10 +3,26 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
 )
+
+// meter is what the loads of a bench share: where progress lines go, which
+// run of how many is measuring, the warm-up and measurement lengths, and the
+// monitor of the servers under load. Both benches embed one.
+type meter struct {
+	out              io.Writer
+	run, runs        int
+	warmup, duration time.Duration
+	mon              *monitor
+}
+
+// progress writes a progress line, after the run it belongs to.
+func (m *meter) progress(format string, args ...any) {
+	fmt.Fprintf(m.out, "run %d/%d  "+format+"\n", append([]any{m.run, m.runs}, args...)...)
+}
 
 // call is one worker's next call; a worker calls it in a loop, one call at
 // a time, until the measurement ends.
@@ -42,7 +58,24 @@ type loadResult struct {
 
 func (r *loadResult) rate() float64 { return float64(r.calls) / r.elapsed.Seconds() }
 
-// perCall is the server's and the bench's CPU time per completed call.
+// record adds the load's rate, latency and CPU use to vals as figures of
+// sc; server says whether the CPU time of a server the bench started is
+// part of it.
+func (r *loadResult) record(vals map[string]float64, sc Scenario, server bool) {
+	cpu := r.perCall()
+	vals[metricID(sc, "rate")] = r.rate()
+	vals[metricID(sc, "p50")] = ms(r.hist.Quantile(0.50))
+	vals[metricID(sc, "p99")] = ms(r.hist.Quantile(0.99))
+	vals[metricID(sc, "bench_cpu")] = us(cpu.self)
+	if server {
+		vals[metricID(sc, "server_cpu")] = us(cpu.server)
+		vals[metricID(sc, "server_cores")] = r.cores(r.cpu.server)
+	}
+	vals[metricID(sc, "bench_cores")] = r.cores(r.cpu.self)
+	vals[metricID(sc, "other_cores")] = r.cores(r.cpu.others())
+}
+
+// perCall is the servers' and the bench's CPU time per completed call.
 func (r *loadResult) perCall() cpuTimes {
 	if r.calls == 0 {
 		return cpuTimes{}
@@ -62,8 +95,8 @@ const (
 
 // load runs spec for the warm-up, then measures it for the duration,
 // printing a progress line every second. The first failed call stops it and
-// is its error.
-func (b *bencher) load(ctx context.Context, spec loadSpec) (*loadResult, error) {
+// is its error; a server that exits stops it with ErrServerDied.
+func (m *meter) load(ctx context.Context, spec loadSpec) (*loadResult, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -122,13 +155,13 @@ func (b *bencher) load(ctx context.Context, spec loadSpec) (*loadResult, error) 
 	)
 	measure := func() {
 		mStart = time.Now()
-		cpu0 = b.mon.cpu()
+		cpu0 = m.mon.cpu()
 		phase.Store(phaseMeasure)
 		if spec.measuring != nil {
 			waitFor = spec.measuring()
 		}
 	}
-	if b.cfg.Warmup == 0 {
+	if m.warmup == 0 {
 		measure()
 	}
 	tick := time.NewTicker(time.Second)
@@ -137,9 +170,9 @@ func (b *bencher) load(ctx context.Context, spec loadSpec) (*loadResult, error) 
 	for {
 		var next time.Time
 		if mStart.IsZero() {
-			next = started.Add(b.cfg.Warmup)
+			next = started.Add(m.warmup)
 		} else {
-			next = mStart.Add(b.cfg.Duration)
+			next = mStart.Add(m.duration)
 		}
 		timer := time.NewTimer(time.Until(next))
 		select {
@@ -156,24 +189,24 @@ func (b *bencher) load(ctx context.Context, spec loadSpec) (*loadResult, error) 
 				status = spec.status(now.Sub(lastT))
 			}
 			lastN, lastT = n, now
-			fmt.Fprintf(b.out, "run %d/%d  %-10s %s %3.0fs  %9s %s  rss %s%s\n", b.run, b.cfg.Runs, spec.label, state,
-				now.Sub(started).Seconds(), group(rate), spec.unit, mb(b.mon.current()), status)
+			m.progress("%-10s %s %3.0fs  %9s %s  rss %s%s", spec.label, state,
+				now.Sub(started).Seconds(), group(rate), spec.unit, mb(m.mon.current()), status)
 			continue
 		case <-timer.C:
 		case <-failed:
 			timer.Stop()
 			cancel()
 			stop()
-			fmt.Fprintf(b.out, "run %d/%d  %-10s FAILED: %v\n", b.run, b.cfg.Runs, spec.label, firstErr)
-			if err := b.serverErr(); err != nil {
+			m.progress("%-10s FAILED: %v", spec.label, firstErr)
+			if err := m.mon.err(); err != nil {
 				return nil, err
 			}
 			return nil, fmt.Errorf("%w: %w", ErrCallFailed, firstErr)
-		case <-b.serverDone():
+		case <-m.mon.done():
 			timer.Stop()
 			cancel()
 			stop()
-			return nil, b.serverErr()
+			return nil, m.mon.err()
 		case <-ctx.Done():
 			timer.Stop()
 			stop()
@@ -186,7 +219,7 @@ func (b *bencher) load(ctx context.Context, spec loadSpec) (*loadResult, error) 
 		// The measurement ends: calls finishing from now on are not counted.
 		phase.Store(phaseDone)
 		res.elapsed = time.Since(mStart)
-		cpu1 := b.mon.cpu()
+		cpu1 := m.mon.cpu()
 		res.cpu = cpu1.sub(cpu0)
 		break
 	}
@@ -204,15 +237,6 @@ func (b *bencher) load(ctx context.Context, spec loadSpec) (*loadResult, error) 
 		return nil, fmt.Errorf("%w: %w", ErrCallFailed, firstErr)
 	}
 	return res, nil
-}
-
-// serverDone is closed when the server the bench started exits; never
-// without one.
-func (b *bencher) serverDone() <-chan struct{} {
-	if b.srv == nil {
-		return nil
-	}
-	return b.srv.Done()
 }
 
 // group formats v with thousands separators and no decimals.

@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -216,7 +217,7 @@ func (r *Report) finish() {
 	for i := range r.Results {
 		res := &r.Results[i]
 		sorted := slices.Sorted(slices.Values(res.Runs))
-		res.Min, res.Max, res.Median = sorted[0], sorted[len(sorted)-1], median(sorted)
+		res.Min, res.Max, res.Median = sorted[0], sorted[len(sorted)-1], median(sorted, meanOfMiddle)
 		if m := metrics[order(*res)]; m.pass != nil {
 			ok := m.pass(res.Median)
 			res.Pass = &ok
@@ -225,12 +226,31 @@ func (r *Report) finish() {
 	}
 }
 
-func median(sorted []float64) float64 {
-	n := len(sorted)
-	if n%2 == 1 {
-		return sorted[n/2]
+// evenCount says how [median] takes the median of an even count of values.
+type evenCount int
+
+const (
+	// meanOfMiddle takes the mean of the two middle values: the embedded
+	// bench's report and its catch-up times.
+	meanOfMiddle evenCount = iota
+	// upperOfMiddle takes the upper of the two middle values, a figure one
+	// run measured: the PostgreSQL bench, whose figures taken together
+	// (a paced rate and its p99) must come from one run.
+	upperOfMiddle
+)
+
+// median sorts v and returns its middle value, 0 when v is empty; even
+// says which with an even count.
+func median[T float64 | time.Duration](v []T, even evenCount) T {
+	n := len(v)
+	if n == 0 {
+		return 0
 	}
-	return (sorted[n/2-1] + sorted[n/2]) / 2
+	slices.Sort(v)
+	if n%2 == 1 || even == upperOfMiddle {
+		return v[n/2]
+	}
+	return (v[n/2-1] + v[n/2]) / 2
 }
 
 // WriteTable writes the report for people: one row per figure with its
@@ -239,45 +259,23 @@ func (r *Report) WriteTable(w io.Writer) error {
 	rows := [][]string{{"scenario", "figure", "median", "min", "max", "unit", "target", "result"}}
 	for _, res := range r.Results {
 		m := metrics[slices.IndexFunc(metrics, func(m metric) bool { return m.scenario == res.Scenario && m.name == res.Metric })]
-		verdict := ""
+		v := ""
 		if res.Pass != nil {
-			verdict = "pass"
-			if !*res.Pass {
-				verdict = "MISS"
-			}
+			v = verdict(*res.Pass)
 		}
 		rows = append(rows, []string{string(res.Scenario), res.Label,
-			m.format(res.Median), m.format(res.Min), m.format(res.Max), res.Unit, res.Target, verdict})
-	}
-	numeric := []bool{false, false, true, true, true, false, false, false}
-	widths := make([]int, len(numeric))
-	for _, row := range rows {
-		for i, cell := range row {
-			widths[i] = max(widths[i], utf8.RuneCountInString(cell))
-		}
+			m.format(res.Median), m.format(res.Min), m.format(res.Max), res.Unit, res.Target, v})
 	}
 	var buf bytes.Buffer
-	for _, row := range rows {
-		line := make([]string, len(row))
-		for i, cell := range row {
-			pad := strings.Repeat(" ", widths[i]-utf8.RuneCountInString(cell))
-			if numeric[i] {
-				line[i] = pad + cell
-			} else {
-				line[i] = cell + pad
-			}
-		}
-		buf.WriteString(strings.TrimRight(strings.Join(line, "  "), " "))
-		buf.WriteByte('\n')
-	}
+	writeColumns(&buf, rows, []bool{false, false, true, true, true, false, false, false})
 	s := r.Settings
-	verdict := "all targets met"
+	summary := "all targets met"
 	if !r.Pass {
-		verdict = "some targets MISSED"
+		summary = "some targets MISSED"
 	}
 	fmt.Fprintf(&buf, "\n%s: median of %d runs (%s each after %s of warm-up), %d devices over %d users, %s, gzip %v; %s.\n"+
 		"machine: %s, %d cores, Linux %s, %s %s/%s; the load generator shares it.\n",
-		verdict, s.Runs, s.Duration, s.Warmup, s.Devices, s.Users, s.Protocol, s.Gzip, s.Server,
+		summary, s.Runs, s.Duration, s.Warmup, s.Devices, s.Users, s.Protocol, s.Gzip, s.Server,
 		r.Machine.CPU, r.Machine.Cores, r.Machine.Kernel, r.Machine.Go, r.Machine.OS, r.Machine.Arch)
 	if s.PacedRate > 0 {
 		fmt.Fprintf(&buf, "paced: the same devices offered %s syncs/s in all, each on a fixed schedule; latency counts from the scheduled start.\n", group(s.PacedRate))
@@ -296,6 +294,50 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	_, err := w.Write(buf.Bytes())
 	return err
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r *Report) WriteJSON(w io.Writer) error { return writeJSON(w, r) }
+
+// writeJSON writes v as indented JSON, with <, > and & as they are (the
+// targets hold them).
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}
+
+// verdict is a figure's result against its target, as the tables print it.
+func verdict(pass bool) string {
+	if pass {
+		return "pass"
+	}
+	return "MISS"
+}
+
+// writeColumns writes rows as a table for people: columns two spaces
+// apart, each as wide as its widest cell, numeric ones aligned right.
+func writeColumns(buf *bytes.Buffer, rows [][]string, numeric []bool) {
+	widths := make([]int, len(numeric))
+	for _, row := range rows {
+		for i, cell := range row {
+			widths[i] = max(widths[i], utf8.RuneCountInString(cell))
+		}
+	}
+	for _, row := range rows {
+		line := make([]string, len(row))
+		for i, cell := range row {
+			pad := strings.Repeat(" ", widths[i]-utf8.RuneCountInString(cell))
+			if numeric[i] {
+				line[i] = pad + cell
+			} else {
+				line[i] = cell + pad
+			}
+		}
+		buf.WriteString(strings.TrimRight(strings.Join(line, "  "), " "))
+		buf.WriteByte('\n')
+	}
 }
 
 // noisyCores is the CPU use of other processes from which the table warns.

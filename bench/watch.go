@@ -20,7 +20,6 @@ import (
 
 	"connectrpc.com/connect"
 
-	"github.com/dalvdb/dalv/auth"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 	"github.com/dalvdb/dalv/internal/proc"
@@ -359,11 +358,10 @@ func (b *bencher) watchUsers(tag string, n int) ([]*watchUser, error) {
 	users := make([]*watchUser, n)
 	for i := range users {
 		u := &watchUser{name: fmt.Sprintf("b%s-r%d%s-u%d", b.id, b.run, tag, i)}
-		tok, err := auth.Mint(b.secret, u.name, tokenTTL, time.Now())
-		if err != nil {
+		var err error
+		if u.auth, err = b.deviceAuth(u.name); err != nil {
 			return nil, err
 		}
-		u.auth = authorization(tok)
 		users[i] = u
 	}
 	return users, nil

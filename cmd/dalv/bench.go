@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -99,10 +98,7 @@ give it --rate-limit -1 or the rate limit is what you measure.`,
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				enc.SetEscapeHTML(false)
-				return enc.Encode(rep)
+				return rep.WriteJSON(cmd.OutOrStdout())
 			}
 			return rep.WriteTable(cmd.OutOrStdout())
 		},

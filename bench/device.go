@@ -1,0 +1,90 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/dalvdb/dalv/auth"
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+)
+
+// tokenTTL is how long the bench's device tokens live: longer than any run.
+const tokenTTL = 24 * time.Hour
+
+// deviceAuth mints a device token for user and returns it as a ready
+// Authorization header value.
+func (s secrets) deviceAuth(user string) ([]string, error) {
+	tok, err := auth.Mint(s.secret, user, tokenTTL, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	return authorization(tok), nil
+}
+
+// device is one simulated device: it PUTs its own key, one op per sync,
+// each batch numbered after the last and based on the version the last
+// answer gave. The sync loads of both benches, and the PostgreSQL bench's
+// watch probes, are made of them.
+type device struct {
+	client dalvv1connect.ClientServiceClient
+	auth   []string
+	req    *dalvv1.SyncRequest // reused: the call is done with it on return
+	value  []byte              // the PUT's value, rewritten per batch
+	base   uint64
+}
+
+// newDevice is device id of user, syncing through c values of valueBytes
+// bytes to the key "bench/" + id.
+func (s secrets) newDevice(c *clients, user, id string, valueBytes int) (*device, error) {
+	a, err := s.deviceAuth(user)
+	if err != nil {
+		return nil, err
+	}
+	d := &device{client: c.device, auth: a, value: make([]byte, valueBytes)}
+	for i := range d.value {
+		d.value[i] = 'v'
+	}
+	d.req = &dalvv1.SyncRequest{
+		DeviceId: id,
+		Ops: []*dalvv1.Op{{
+			Kind:  dalvv1.OpKind_OP_KIND_PUT,
+			Key:   "bench/" + id,
+			Value: &dalvv1.Value{Kind: &dalvv1.Value_Scalar{Scalar: d.value}},
+		}},
+	}
+	return d, nil
+}
+
+// sync uploads the next batch.
+func (d *device) sync(ctx context.Context) error {
+	d.req.Batch++
+	d.req.BaseVersion = d.base
+	putNumber(d.value, d.req.Batch)
+	req := connect.NewRequest(d.req)
+	req.Header()["Authorization"] = d.auth
+	resp, err := d.client.Sync(ctx, req)
+	if err != nil {
+		return fmt.Errorf("device %s, batch %d: %w", d.req.DeviceId, d.req.Batch, err)
+	}
+	m := resp.Msg
+	if m.GetStatus() != dalvv1.SyncStatus_SYNC_STATUS_ACCEPTED || m.GetVersion() <= d.base {
+		return fmt.Errorf("%w: device %s, batch %d from version %d: status %v, version %d, conflicts %q",
+			ErrWrongAnswer, d.req.DeviceId, d.req.Batch, d.base, m.GetStatus(), m.GetVersion(), m.GetConflicts())
+	}
+	d.base = m.GetVersion()
+	return nil
+}
+
+// putNumber writes n in decimal at the end of b, as far as it fits.
+func putNumber(b []byte, n uint64) {
+	for i := len(b) - 1; i >= 0; i-- {
+		b[i] = byte('0' + n%10)
+		if n /= 10; n == 0 {
+			return
+		}
+	}
+}

@@ -1,0 +1,186 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/dalvdb/dalv/store/postgres"
+)
+
+// The PostgreSQL bench's reference: pgbench, with as many clients as the
+// bench has devices, running two scripts in the bench's schema: a
+// comparable single-row transaction (tx.sql), and DalvDB's commit of one
+// PUT as one statement (commit.sql).
+
+// findPgbench finds pgbench, or returns "" (the report says it is missing).
+func findPgbench() string {
+	if p, err := exec.LookPath("pgbench"); err == nil {
+		return p
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pgbench")
+	slices.Sort(dirs)
+	if len(dirs) > 0 {
+		return dirs[len(dirs)-1]
+	}
+	return ""
+}
+
+// setupTx creates pgbench's tables in the bench's schema, a row for each
+// client, and writes the comparable single-row transaction: an UPDATE of
+// the client's row by key and an INSERT.
+func (pb *pgBench) setupTx(ctx context.Context, conn *pgx.Conn) error {
+	s := pgx.Identifier{pb.schema}.Sanitize()
+	_, err := conn.Exec(ctx, fmt.Sprintf(`CREATE TABLE %[1]s.pgb_heads (id integer PRIMARY KEY, version bigint NOT NULL);
+		CREATE TABLE %[1]s.pgb_log (id integer NOT NULL, version bigint NOT NULL, at timestamptz NOT NULL DEFAULT now());
+		INSERT INTO %[1]s.pgb_heads SELECT g, 0 FROM generate_series(1, %[2]d) g`, s, pb.cfg.Devices))
+	if err != nil {
+		return fmt.Errorf("create pgbench's tables: %w", err)
+	}
+	pb.script = fmt.Sprintf(`\set id :client_id + 1
+BEGIN;
+UPDATE %[1]s.pgb_heads SET version = version + 1 WHERE id = :id;
+INSERT INTO %[1]s.pgb_log (id, version) VALUES (:id, 1);
+END;
+`, s)
+	return os.WriteFile(filepath.Join(pb.dir, "tx.sql"), []byte(pb.script), 0o644)
+}
+
+// setupCommit creates DalvDB's tables in the bench's schema, as a node
+// does, with a partition for each pgbench client, and writes the script
+// that commits one PUT to the client's partition, with the writes a node
+// makes for each commit to a partition it holds: one statement, updating
+// the head and writing the device record, the entry and the feed row.
+// (Its literals never hold a colon before a letter, which pgbench would
+// take for a variable.)
+func (pb *pgBench) setupCommit(ctx context.Context, conn *pgx.Conn) error {
+	st, err := postgres.Open(ctx, pb.url, postgres.Options{})
+	if err != nil {
+		return fmt.Errorf("create DalvDB's tables: %w", err)
+	}
+	st.Close()
+	s := pgx.Identifier{pb.schema}.Sanitize()
+	_, err = conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %[1]s.dalv_heads (part, version, horizon, feed_key)
+		SELECT 'u:pgbench-' || g, 0, 0, 0 FROM generate_series(0, %[2]d) g`, s, pb.cfg.Devices-1))
+	if err != nil {
+		return fmt.Errorf("create pgbench's partitions: %w", err)
+	}
+	value := strings.Repeat("76", pb.cfg.ValueBytes) // 'v' in hex
+	pb.commitScript = fmt.Sprintf(`WITH h AS (
+	UPDATE %[1]s.dalv_heads SET version = version + 1,
+		feed_key = GREATEST(pg_current_xact_id()::text::bigint, feed_key + 1)
+	WHERE part = 'u:' || 'pgbench-' || (:client_id)::text
+	RETURNING part, version, feed_key
+), d AS (
+	INSERT INTO %[1]s.dalv_devices (part, device, batch) SELECT part, '\x70686f6e65'::bytea, version FROM h
+	ON CONFLICT (part, device) DO UPDATE SET batch = EXCLUDED.batch
+), e AS (
+	INSERT INTO %[1]s.dalv_entries (part, key, version, scalar_version, value, tomb_nanos)
+	SELECT part, '\x62656e63682f70686f6e65'::bytea, version, version, '\x%[2]s'::bytea, NULL FROM h
+	ON CONFLICT (part, key) DO UPDATE SET version = EXCLUDED.version, scalar_version = EXCLUDED.scalar_version,
+		value = EXCLUDED.value, tomb_nanos = EXCLUDED.tomb_nanos
+), f AS (
+	INSERT INTO %[1]s.dalv_feed (part, feed_key, version, nanos, erase, ops)
+	SELECT part, feed_key, version, 0, false, '\x%[2]s'::bytea FROM h
+)
+SELECT feed_key FROM h;
+`, s, value)
+	return os.WriteFile(filepath.Join(pb.dir, "commit.sql"), []byte(pb.commitScript), 0o644)
+}
+
+// libpqURL is the store URL without the parameters that only pgx knows.
+func (pb *pgBench) libpqURL() string {
+	u, _ := url.Parse(pb.cfg.Store)
+	q := u.Query()
+	for k := range q {
+		switch k {
+		case "sslmode", "connect_timeout", "application_name", "sslrootcert", "sslcert", "sslkey", "passfile", "target_session_attrs":
+		default:
+			q.Del(k)
+		}
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// runPgbench runs the pgbench script file (what says what it does) with as
+// many clients as devices, for the warm-up and the duration, and reads its
+// rate and latencies from its per-transaction log.
+func (pb *pgBench) runPgbench(ctx context.Context, file, what string) (pgSample, error) {
+	secs := max(1, int((pb.cfg.Warmup+pb.cfg.Duration)/time.Second))
+	prefix := fmt.Sprintf("pgbench-r%d-%s", pb.run, strings.TrimSuffix(file, ".sql"))
+	args := []string{"-n", "-M", "prepared", "-c", strconv.Itoa(pb.cfg.Devices), "-j", "2",
+		"-T", strconv.Itoa(secs), "-f", file, "-l", "--log-prefix", prefix, pb.libpqURL()}
+	pb.progress("pgbench -c %d -T %d (%s)", pb.cfg.Devices, secs, what)
+	cmd := exec.CommandContext(ctx, pb.pgbench, args...)
+	cmd.Dir = pb.dir
+	before := readCPU(nil)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return pgSample{}, fmt.Errorf("pgbench: %w\n%s", err, out)
+	}
+	cpu := readCPU(nil).sub(before)
+	// Log lines: client_id transaction_no time_us script_no epoch_s epoch_us.
+	files, _ := filepath.Glob(filepath.Join(pb.dir, prefix+".*"))
+	var h histogram
+	var first, last int64
+	warmupEnd := int64(0)
+	var lines [][2]int64 // (end time µs, latency µs)
+	for _, f := range files {
+		fh, err := os.Open(f)
+		if err != nil {
+			return pgSample{}, err
+		}
+		sc := bufio.NewScanner(fh)
+		for sc.Scan() {
+			fs := strings.Fields(sc.Text())
+			if len(fs) < 6 {
+				continue
+			}
+			lat, _ := strconv.ParseInt(fs[2], 10, 64)
+			sec, _ := strconv.ParseInt(fs[4], 10, 64)
+			usec, _ := strconv.ParseInt(fs[5], 10, 64)
+			lines = append(lines, [2]int64{sec*1e6 + usec, lat})
+		}
+		fh.Close()
+		os.Remove(f)
+	}
+	if len(lines) == 0 {
+		return pgSample{}, fmt.Errorf("pgbench logged no transactions:\n%s", out)
+	}
+	first = lines[0][0]
+	for _, l := range lines {
+		first = min(first, l[0])
+	}
+	warmupEnd = first + pb.cfg.Warmup.Microseconds()
+	last = warmupEnd
+	n := 0
+	for _, l := range lines {
+		if l[0] >= warmupEnd {
+			h.Record(time.Duration(l[1]) * time.Microsecond)
+			last = max(last, l[0])
+			n++
+		}
+	}
+	elapsed := time.Duration(last-warmupEnd) * time.Microsecond
+	if elapsed <= 0 {
+		return pgSample{}, errors.New("pgbench ran too short to measure")
+	}
+	s := pgSample{rate: float64(n) / elapsed.Seconds(), p50: h.Quantile(0.50), p99: h.Quantile(0.99)}
+	// Over the whole run, warm-up included: pgbench's own CPU is known
+	// only for all of it.
+	s.cpu = cpu.split(cmd.ProcessState.UserTime()+cmd.ProcessState.SystemTime(), float64(len(lines)))
+	pb.progress("pgbench (%s): %s tx/s, p99 %.2f ms", what, group(s.rate), ms(s.p99))
+	return s, nil
+}

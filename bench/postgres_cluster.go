@@ -1,0 +1,197 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dalvdb/dalv/internal/proc"
+)
+
+// setup creates the bench's schema, with pgbench's tables and DalvDB's in
+// it, and the nodes' secrets.
+func (pb *pgBench) setup(ctx context.Context) error {
+	pb.id = newRunID()
+	pb.schema = "dalv_bench_" + pb.id
+	u, err := url.Parse(pb.cfg.Store)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return fmt.Errorf("%w: --store %q is not a postgres:// URL", ErrConfig, pb.cfg.Store)
+	}
+	q := u.Query()
+	q.Set("search_path", pb.schema)
+	u.RawQuery = q.Encode()
+	pb.url = u.String()
+	if pb.dir, err = os.MkdirTemp("", "dalv-pgbench-"); err != nil {
+		return err
+	}
+	conn, err := pb.connect(ctx)
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", u.Redacted(), err)
+	}
+	defer conn.Close(ctx)
+	if err := conn.QueryRow(ctx, "SHOW server_version").Scan(&pb.version); err != nil {
+		return err
+	}
+	pb.version = "PostgreSQL " + pb.version
+	if _, err = conn.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{pb.schema}.Sanitize()); err != nil {
+		return fmt.Errorf("create the bench schema: %w", err)
+	}
+	if err := pb.setupTx(ctx, conn); err != nil {
+		return err
+	}
+	if err := pb.setupCommit(ctx, conn); err != nil {
+		return err
+	}
+	pb.pgbench = pb.cfg.Pgbench
+	if pb.pgbench == "" {
+		fmt.Fprintln(pb.out, "pgbench not found (install PostgreSQL's client tools): no comparison")
+	}
+	pb.secrets, err = newSecrets()
+	return err
+}
+
+// cleanup drops the bench's schema and files.
+func (pb *pgBench) cleanup() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if conn, err := pb.connect(ctx); err == nil {
+		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{pb.schema}.Sanitize()+" CASCADE"); err != nil {
+			fmt.Fprintf(pb.out, "drop schema %s: %v\n", pb.schema, err)
+		}
+		_ = conn.Close(ctx)
+	}
+	if pb.dir != "" {
+		_ = os.RemoveAll(pb.dir)
+	}
+}
+
+// connect opens a connection of the bench's own to the store URL, which may
+// hold pgxpool's parameters (pool_max_conns...) for the nodes.
+func (pb *pgBench) connect(ctx context.Context) (*pgx.Conn, error) {
+	cfg, err := pgxpool.ParseConfig(pb.cfg.Store)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.ConnectConfig(ctx, cfg.ConnConfig)
+}
+
+// startNodes starts n nodes on the bench's schema, each with its share of
+// the cores (see [nodeProcs]) and an application name that tells its
+// connections apart in PostgreSQL.
+func (pb *pgBench) startNodes(ctx context.Context, n int) ([]*proc.Server, error) {
+	nodes := make([]*proc.Server, 0, n)
+	for i := range n {
+		nodeURL, _ := url.Parse(pb.url)
+		q := nodeURL.Query()
+		q.Set("application_name", fmt.Sprintf("dalv-bench-%s-node%d", pb.id, i+1))
+		nodeURL.RawQuery = q.Encode()
+		s, err := startServe(ctx, pb.cfg.Binary, filepath.Join(pb.dir, "unused"),
+			append([]string{"--store", nodeURL.String()}, pb.cfg.ServerArgs...), pb.secrets,
+			"GOMAXPROCS="+strconv.Itoa(nodeProcs(n)))
+		if err != nil {
+			stopNodes(nodes)
+			return nil, fmt.Errorf("start node %d: %w", i+1, err)
+		}
+		nodes = append(nodes, s)
+	}
+	return nodes, nil
+}
+
+// stopNodes stops the nodes.
+func stopNodes(nodes []*proc.Server) {
+	for _, s := range nodes {
+		_ = s.Stop(10 * time.Second)
+	}
+}
+
+// runNodes starts n nodes, runs the device load spread over them (and the
+// watch probes with several nodes), and stops them.
+func (pb *pgBench) runNodes(ctx context.Context, n int) (pgSample, *probeTimes, error) {
+	nodes, err := pb.startNodes(ctx, n)
+	if err != nil {
+		return pgSample{}, nil, err
+	}
+	defer stopNodes(nodes)
+	pb.mon = startMonitor(nodes...)
+	defer pb.mon.stop()
+	ccfg := Config{Devices: pb.cfg.Devices/n + pb.cfg.Probes + 1}
+	clients := make([]*clients, n)
+	for i, s := range nodes {
+		clients[i] = newClients(ccfg, s.URL())
+		defer clients[i].close()
+	}
+	tag := fmt.Sprintf("b%s-r%d-n%d", pb.id, pb.run, n)
+	// Each load gets devices of its own: a device whose sync the end of a
+	// load cut off does not know its version.
+	devices := func(tag string) ([]call, error) {
+		workers := make([]call, pb.cfg.Devices)
+		for i := range workers {
+			d, err := pb.newDevice(clients[i%n], fmt.Sprintf("%s-u%d", tag, i), "phone", pb.cfg.ValueBytes)
+			if err != nil {
+				return nil, err
+			}
+			workers[i] = d.sync
+		}
+		return workers, nil
+	}
+	workers, err := devices(tag)
+	if err != nil {
+		return pgSample{}, nil, err
+	}
+	label := nodeCount(n)
+	res, err := pb.load(ctx, loadSpec{label: label, unit: "syncs/s", workers: workers})
+	if err != nil {
+		return pgSample{}, nil, err
+	}
+	s := sampleOf(res)
+	var watch probeTimes
+	if n > 1 && pb.cfg.Probes > 0 {
+		// Commit-to-watcher at half the load the nodes sustain: under a
+		// saturated closed loop it measures the queue, not the delivery.
+		interval := time.Duration(float64(time.Second) * float64(len(workers)) / (s.rate / 2))
+		workers, err := devices(tag + "p")
+		if err != nil {
+			return s, nil, err
+		}
+		lctx, cancel := context.WithCancel(ctx)
+		waitProbes := pb.startProbes(lctx, clients, tag, &watch)
+		paced, err := pb.load(lctx, loadSpec{label: label + " paced", unit: "syncs/s", workers: workers, interval: interval})
+		cancel()
+		if perr := waitProbes(); err == nil {
+			err = perr
+		}
+		if err != nil {
+			return s, nil, err
+		}
+		s.pacedRate, s.pacedP99 = paced.rate(), paced.hist.Quantile(0.99)
+		// And with the probes alone: the delivery itself, unloaded.
+		var idle probeTimes
+		if err := pb.probesAlone(ctx, clients, tag+"i", &idle); err != nil {
+			return s, nil, err
+		}
+		s.idleWatchP99 = idle.fromSend.Quantile(0.99)
+	}
+	if err := pb.mon.err(); err != nil {
+		return s, nil, err
+	}
+	line := fmt.Sprintf("%s: %s syncs/s, p99 %.2f ms", label, group(s.rate), ms(s.p99))
+	if w := &watch.fromSend; w.Count() > 0 {
+		line += fmt.Sprintf("; at %s syncs/s, sync p99 %.2f ms, commit to watcher on another node p99 %.2f ms (%d; %.2f ms after the answer), %.2f ms with no other load",
+			group(s.pacedRate), ms(s.pacedP99), ms(w.Quantile(0.99)), w.Count(), ms(watch.fromAnswer.Quantile(0.99)), ms(s.idleWatchP99))
+	}
+	pb.progress("%s", line)
+	return s, &watch, nil
+}
+
+// sampleOf is a load's rate, latencies and CPU split per call.
+func sampleOf(res *loadResult) pgSample {
+	return pgSample{rate: res.rate(), p50: res.hist.Quantile(0.50), p99: res.hist.Quantile(0.99),
+		cpu: res.cpu.split(0, float64(res.calls))}
+}

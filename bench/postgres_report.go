@@ -1,0 +1,145 @@
+package bench
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"runtime"
+)
+
+// PostgresReport is what [RunPostgres] measured: medians over the runs.
+type PostgresReport struct {
+	Server   string `json:"server"`
+	Devices  int    `json:"devices"`
+	Runs     int    `json:"runs"`
+	Duration string `json:"duration"`
+	// Pgbench is pgbench's rate and latency for its transaction; Script
+	// is that transaction.
+	Pgbench PgRate `json:"pgbench"`
+	Script  string `json:"pgbench_script"`
+	// Commit is pgbench running DalvDB's commit of one PUT to a partition
+	// a node holds, as one statement (the writes a node's grouped statement
+	// makes for each commit in it), with as many clients: what PostgreSQL
+	// does with no node in the way. CommitScript is that statement.
+	Commit PgRate `json:"pgbench_dalv_commit"`
+	// PgbenchCPU and CommitCPU split the CPU per transaction of the two
+	// pgbench scripts (whole runs, warm-up included).
+	PgbenchCPU PgCPU `json:"pgbench_cpu"`
+	CommitCPU  PgCPU `json:"pgbench_dalv_commit_cpu"`
+	// CommitRatio is Commit's rate over Pgbench's, as Ratio is.
+	CommitRatio  float64 `json:"pgbench_dalv_commit_ratio"`
+	CommitScript string  `json:"pgbench_dalv_commit_script"`
+	// Nodes has one entry per node count measured.
+	Nodes []PgNodes `json:"nodes"`
+	// ClientProcs is the GOMAXPROCS the load generator ran with.
+	ClientProcs int  `json:"client_gomaxprocs"`
+	Pass        bool `json:"pass"`
+}
+
+// PgRate is a rate with its latencies, each the median over the runs.
+type PgRate struct {
+	Rate  float64 `json:"rate"`
+	P50ms float64 `json:"p50_ms"`
+	P99ms float64 `json:"p99_ms"`
+	// Runs are the runs' rates.
+	Runs []float64 `json:"runs"`
+}
+
+// PgNodes is the sync load on one node count.
+type PgNodes struct {
+	Nodes int `json:"nodes"`
+	// Procs is the GOMAXPROCS each node ran with (see [nodeProcs]).
+	Procs int    `json:"gomaxprocs"`
+	Syncs PgRate `json:"syncs"`
+	// CPU splits the CPU per sync of the closed-loop load.
+	CPU PgCPU `json:"cpu"`
+	// Ratio is the sync rate over pgbench's, the median of the runs'
+	// ratios: each run measures pgbench and the nodes one after the other.
+	Ratio float64 `json:"ratio"`
+	// WatchP50ms and WatchP99ms are the probes' times from sending a sync
+	// on one node to its commit reaching a watcher on another (0 with one
+	// node); WatchSamples how many they took.
+	WatchP50ms   float64 `json:"watch_p50_ms"`
+	WatchP99ms   float64 `json:"watch_p99_ms"`
+	WatchSamples uint64  `json:"watch_samples"`
+	// WatchAfterAnswerP99ms is the probes' p99 from the sync's answer to
+	// the commit's arrival at the watcher (0 when it arrived first): the
+	// delivery without the sync's own latency.
+	WatchAfterAnswerP99ms float64 `json:"watch_after_answer_p99_ms"`
+	// PacedRate and PacedP99ms are of the paced load (half the sustained
+	// rate) the probes ran beside.
+	PacedRate  float64 `json:"paced_rate,omitempty"`
+	PacedP99ms float64 `json:"paced_p99_ms,omitempty"`
+	// IdleWatchP99ms is the probes' p99 with no other load.
+	IdleWatchP99ms float64 `json:"idle_watch_p99_ms,omitempty"`
+}
+
+// RunPostgres measures `dalv serve --store` nodes over one PostgreSQL:
+// closed-loop device syncs spread over 1 and then 3 nodes (or as
+
+// WriteTable writes the report for people.
+func (r *PostgresReport) WriteTable(w io.Writer) error {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "dalv serve --store over %s: %d devices (pgbench: as many clients), %s per measurement, median of %d runs\n\n",
+		r.Server, r.Devices, r.Duration, r.Runs)
+	f2 := fixed(2)
+	pct := func(v float64) string { return fmt.Sprintf("%.1f%%", 100*v) }
+	rows := [][]string{{"", "rate /s", "p50 ms", "p99 ms", "ratio", "target"}}
+	if r.Pgbench.Rate > 0 {
+		rows = append(rows,
+			[]string{"pgbench: UPDATE 1 row + INSERT", group(r.Pgbench.Rate), f2(r.Pgbench.P50ms), f2(r.Pgbench.P99ms), "100%", ""},
+			[]string{"pgbench: dalv's commit statement", group(r.Commit.Rate), f2(r.Commit.P50ms), f2(r.Commit.P99ms), pct(r.CommitRatio), ""})
+	} else {
+		rows = append(rows, []string{"pgbench", "(not run)", "", "", "", ""})
+	}
+	for _, n := range r.Nodes {
+		target := ""
+		if n.Nodes == 3 {
+			target = fmt.Sprintf(">= %.0f%% %s", 100*TargetPgbenchRatio, verdict(n.Ratio >= TargetPgbenchRatio))
+		}
+		rows = append(rows, []string{"dalv syncs, " + nodeCount(n.Nodes), group(n.Syncs.Rate), f2(n.Syncs.P50ms), f2(n.Syncs.P99ms), pct(n.Ratio), target})
+	}
+	for _, n := range r.Nodes {
+		if n.WatchSamples > 0 {
+			rows = append(rows,
+				[]string{fmt.Sprintf("dalv syncs, %d nodes, paced", n.Nodes), group(n.PacedRate), "", f2(n.PacedP99ms), "", ""},
+				[]string{"  beside: commit to watcher on", fmt.Sprintf("(%d)", n.WatchSamples), f2(n.WatchP50ms), f2(n.WatchP99ms), "",
+					fmt.Sprintf("< %.0f ms %s", ms(TargetWatchP99), verdict(n.WatchP99ms < ms(TargetWatchP99)))},
+				[]string{"  another node (from sending the sync)", "", "", "", "", ""},
+				[]string{"  of which after the sync's answer", "", "", f2(n.WatchAfterAnswerP99ms), "", ""},
+				[]string{"  the same, no other load", "", "", f2(n.IdleWatchP99ms), "", ""})
+		}
+	}
+	writeColumns(&b, rows, []bool{false, true, true, true, true, false})
+
+	f0 := fixed(0)
+	b.WriteString("\n")
+	rows = [][]string{{"CPU per sync or transaction, µs:", "client", "dalv nodes", "the rest"}}
+	if r.Pgbench.Rate > 0 {
+		rows = append(rows,
+			[]string{"  pgbench: UPDATE + INSERT", f0(r.PgbenchCPU.Client), "", f0(r.PgbenchCPU.Rest)},
+			[]string{"  pgbench: dalv's commit", f0(r.CommitCPU.Client), "", f0(r.CommitCPU.Rest)})
+	}
+	for _, n := range r.Nodes {
+		rows = append(rows, []string{"  dalv syncs, " + nodeCount(n.Nodes), f0(n.CPU.Client), f0(n.CPU.Nodes), f0(n.CPU.Rest)})
+	}
+	writeColumns(&b, rows, []bool{false, true, true, true})
+	fmt.Fprintf(&b, "  (the rest: PostgreSQL, and anything else running on the machine)\n\n")
+	fmt.Fprintf(&b, "the client (this bench): GOMAXPROCS=%d\n", r.ClientProcs)
+	for _, n := range r.Nodes {
+		fmt.Fprintf(&b, "%s: GOMAXPROCS=%d each", nodeCount(n.Nodes), n.Procs)
+		if n.Nodes > 1 {
+			fmt.Fprintf(&b, " (the nodes' share of the %d cores)", runtime.NumCPU())
+		}
+		b.WriteString("\n")
+	}
+	fmt.Fprintf(&b, "\npgbench's transaction:\n%s\ndalv's commit statement, one PUT to a partition the node holds, alone (pgbench's second script;\na node's statement writes this for each commit of its group):\n%s", r.Script, r.CommitScript)
+	_, err := w.Write(b.Bytes())
+	return err
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r *PostgresReport) WriteJSON(w io.Writer) error { return writeJSON(w, r) }
+
+// nodeCount is "1 node", "3 nodes".
+func nodeCount(n int) string { return fmt.Sprintf("%d node%s", n, plural(n)) }
