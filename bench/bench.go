@@ -10,7 +10,8 @@
 // from a commit to its delivery to many watchers, and the resident memory
 // an idle watch costs. It samples the server's resident memory throughout.
 // Each figure is taken [Config.Runs] times and reported as the median, with
-// the minimum and maximum, against DalvDB's targets (see [Targets]).
+// the minimum and maximum, against DalvDB's targets ([TargetSyncRate] and
+// the other Target constants).
 //
 // [RunPostgres], the PostgreSQL bench, measures `dalv serve --store` nodes
 // sharing one PostgreSQL database: closed-loop device syncs spread over 1

@@ -71,8 +71,8 @@ func (b *bencher) catchupScenario(ctx context.Context, vals map[string]float64) 
 		last, body = m, n
 	}
 	t := median(times, meanOfMiddle)
-	fmt.Fprintf(b.out, "run %d/%d  %-10s %d pulls of %d commits: median %.2f ms, %d entries, %d bytes\n",
-		b.run, b.cfg.Runs, Catchup, len(times), cd.head-cd.base, ms(t), len(last.GetChanges()), proto.Size(last))
+	b.progress("%-10s %d pulls of %d commits: median %.2f ms, %d entries, %d bytes",
+		Catchup, len(times), cd.head-cd.base, ms(t), len(last.GetChanges()), proto.Size(last))
 	vals[metricID(Catchup, "time")] = ms(t)
 	vals[metricID(Catchup, "entries")] = float64(len(last.GetChanges()))
 	vals[metricID(Catchup, "proto_bytes")] = float64(proto.Size(last))

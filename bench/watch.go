@@ -329,7 +329,7 @@ func (b *bencher) waitReady(ctx context.Context, t *watchTarget, label string, s
 				if time.Since(start) > openTimeout {
 					return fmt.Errorf("%w: after %v, %d of %d watches have had no catch-up heartbeat", ErrCallFailed, openTimeout, len(set.ws)-i, len(set.ws))
 				}
-				fmt.Fprintf(b.out, "run %d/%d  %-10s open    %3.0fs  %9s of %s watches live  rss %s\n", b.run, b.cfg.Runs, label,
+				b.progress("%-10s open    %3.0fs  %9s of %s watches live  rss %s", label,
 					time.Since(start).Seconds(), group(float64(countReady(set.ws))), group(float64(len(set.ws))), mb(b.rssNow(ctx, t)))
 			case <-ctx.Done():
 				return ctx.Err()
@@ -396,8 +396,8 @@ func (b *bencher) deliveryScenario(ctx context.Context, vals map[string]float64)
 	if err := b.waitReady(ctx, t, string(Delivery), set); err != nil {
 		return err
 	}
-	fmt.Fprintf(b.out, "run %d/%d  %-10s %s watches over %d users on %d h2c connection%s live in %.2fs; committing %s/s\n",
-		b.run, b.cfg.Runs, Delivery, group(float64(len(set.ws))), len(users), len(set.conns), plural(len(set.conns)), time.Since(t0).Seconds(), group(b.cfg.DeliveryRate))
+	b.progress("%-10s %s watches over %d users on %d h2c connection%s live in %.2fs; committing %s/s",
+		Delivery, group(float64(len(set.ws))), len(users), len(set.conns), plural(len(set.conns)), time.Since(t0).Seconds(), group(b.cfg.DeliveryRate))
 
 	var measuring atomic.Bool
 	keyAuth := authorization(b.key)
@@ -476,8 +476,8 @@ func (b *bencher) deliveryScenario(ctx context.Context, vals map[string]float64)
 			missed += want - w.inOrder.Load()
 		}
 	}
-	fmt.Fprintf(b.out, "run %d/%d  %-10s %s commits/s: %s deliveries, p50 %.2f ms, p99 %.2f ms, max %.2f ms (fan-out p99 %.2f ms, commit p99 %.2f ms), missed %d\n",
-		b.run, b.cfg.Runs, Delivery, group(res.rate()), group(float64(lat.Count())),
+	b.progress("%-10s %s commits/s: %s deliveries, p50 %.2f ms, p99 %.2f ms, max %.2f ms (fan-out p99 %.2f ms, commit p99 %.2f ms), missed %d",
+		Delivery, group(res.rate()), group(float64(lat.Count())),
 		ms(lat.Quantile(0.50)), ms(lat.Quantile(0.99)), ms(lat.Quantile(1)), ms(fanout.Quantile(0.99)), ms(res.hist.Quantile(0.99)), missed)
 	vals[metricID(Delivery, "p50")] = ms(lat.Quantile(0.50))
 	vals[metricID(Delivery, "p99")] = ms(lat.Quantile(0.99))
@@ -513,7 +513,7 @@ func (b *bencher) drainDeliveries(ctx context.Context, set *watchSet) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			fmt.Fprintf(b.out, "run %d/%d  %-10s %d watchers still behind their user's last commit after %v\n", b.run, b.cfg.Runs, Delivery, behind, drainTimeout)
+			b.progress("%-10s %d watchers still behind their user's last commit after %v", Delivery, behind, drainTimeout)
 			return nil // the missing deliveries count as missed
 		}
 		select {
@@ -535,7 +535,7 @@ func (b *bencher) closeWatches(ctx context.Context, t *watchTarget, label string
 			return
 		}
 		if time.Now().After(deadline) {
-			fmt.Fprintf(b.out, "run %d/%d  %-10s the server still counts %.0f open watches %v after they closed\n", b.run, b.cfg.Runs, label, st.watches, closeTimeout)
+			b.progress("%-10s the server still counts %.0f open watches %v after they closed", label, st.watches, closeTimeout)
 			return
 		}
 		select {
@@ -575,7 +575,7 @@ func (b *bencher) idleScenario(ctx context.Context, vals map[string]float64) err
 			}
 		}()
 		t = &watchTarget{url: srv.URL(), srv: srv, pprofAddr: pprofAddr}
-		fmt.Fprintf(b.out, "run %d/%d  %-10s server pid %d on %s of its own\n", b.run, b.cfg.Runs, label, srv.PID(), t.url)
+		b.progress("%-10s server pid %d on %s of its own", label, srv.PID(), t.url)
 	}
 	// Warm-up: the code paths and pools a first watch takes, not counted.
 	users, err := b.watchUsers("-iw0", 10)
@@ -643,9 +643,9 @@ func (b *bencher) idleScenario(ctx context.Context, vals map[string]float64) err
 	}
 	perWatcher := float64(after-before) / n
 	heap, stacks, goroutines := (stats1.heapAlloc-stats0.heapAlloc)/n, (stats1.stackInuse-stats0.stackInuse)/n, (stats1.goroutines-stats0.goroutines)/n
-	fmt.Fprintf(b.out, "run %d/%d  %-10s %s watches over %s users on %d h2c connection%s live in %.2fs: RSS %s -> %s, %.1f KiB each "+
-		"(Go heap %.1f KiB, stacks %.1f KiB, %.2f goroutines)\n",
-		b.run, b.cfg.Runs, label, group(n), group(float64(len(users))), len(set.conns), plural(len(set.conns)), openTime.Seconds(),
+	b.progress("%-10s %s watches over %s users on %d h2c connection%s live in %.2fs: RSS %s -> %s, %.1f KiB each "+
+		"(Go heap %.1f KiB, stacks %.1f KiB, %.2f goroutines)",
+		label, group(n), group(float64(len(users))), len(set.conns), plural(len(set.conns)), openTime.Seconds(),
 		mb(before), mb(after), perWatcher/1024, heap/1024, stacks/1024, goroutines)
 	vals[metricID(IdleWatchers, "per_watcher")] = perWatcher / 1024
 	vals[metricID(IdleWatchers, "rss_before")] = float64(before)
