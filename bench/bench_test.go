@@ -463,3 +463,28 @@ func TestMedianRatio(t *testing.T) {
 		}
 	}
 }
+
+// TestMedian checks the one median both benches take: the middle value,
+// and with an even count the mean of the middle two or, for the
+// PostgreSQL bench, the upper of them.
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		v           []float64
+		mean, upper float64
+	}{
+		{nil, 0, 0},
+		{[]float64{7}, 7, 7},
+		{[]float64{3, 1, 2}, 2, 2},
+		{[]float64{4, 1, 3, 2}, 2.5, 3},
+	} {
+		if got := median(slices.Clone(tc.v), meanOfMiddle); got != tc.mean {
+			t.Errorf("median(%v, meanOfMiddle) = %v, want %v", tc.v, got, tc.mean)
+		}
+		if got := median(slices.Clone(tc.v), upperOfMiddle); got != tc.upper {
+			t.Errorf("median(%v, upperOfMiddle) = %v, want %v", tc.v, got, tc.upper)
+		}
+	}
+	if got, want := median([]time.Duration{4, 1, 3, 2}, meanOfMiddle), time.Duration(2); got != want {
+		t.Errorf("median of durations 1-4 = %v, want %v (integer mean)", got, want)
+	}
+}
