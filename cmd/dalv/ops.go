@@ -327,6 +327,13 @@ watch then show them as base64:... unless they happen to be JSON.`,
 	return cmd
 }
 
+// eraseResult is erase's --json output: Erased is false when the
+// partition never had data, and Version then 0.
+type eraseResult struct {
+	Version uint64 `json:"version,string"`
+	Erased  bool   `json:"erased"`
+}
+
 func newEraseCmd() *cobra.Command {
 	var (
 		o   opsFlags
@@ -335,6 +342,10 @@ func newEraseCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "erase USER | erase --shared NAME",
 		Short: "Erase all data of a partition (asks first unless --yes)",
+		Long: `Erase all data of a partition: its keys, their history and its feed
+records; devices get a reset. It asks first unless --yes. A partition that
+never had data is left alone ("nothing to erase"). With --json it prints
+{"version": "N", "erased": true|false}.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			user, shared, rest, err := o.partition(args)
 			if err != nil {
@@ -347,6 +358,28 @@ func newEraseCmd() *cobra.Command {
 			if shared != "" {
 				name = shared
 			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			// A partition that never had a commit has nothing to erase;
+			// one with no keys may still hold history and tombstones
+			// (deleted keys and their past values in the feed), which the
+			// erase removes.
+			ctx, cancel := o.ctx(cmd.Context())
+			before, err := c.List(ctx, connect.NewRequest(&dalvv1.ListRequest{User: user, Shared: shared, PageSize: 1}))
+			cancel()
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if before.Msg.GetVersion() == 0 {
+				if o.json {
+					return writeJSON(out, eraseResult{})
+				}
+				_, err = fmt.Fprintf(out, "nothing to erase: %q has no data\n", name)
+				return err
+			}
 			if !yes {
 				fmt.Fprintf(cmd.ErrOrStderr(), "Erase every key of %q? Devices will get a reset. Type the name to confirm: ", name)
 				line, err := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
@@ -357,20 +390,20 @@ func newEraseCmd() *cobra.Command {
 					return errors.New("not confirmed; nothing erased")
 				}
 			}
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := o.ctx(cmd.Context())
+			ctx, cancel = o.ctx(cmd.Context()) // the answer may have taken a while
 			defer cancel()
 			resp, err := c.DeletePartition(ctx, connect.NewRequest(&dalvv1.DeletePartitionRequest{User: user, Shared: shared}))
 			if err != nil {
 				return err
 			}
 			if o.json {
-				return printJSON(cmd.OutOrStdout(), resp.Msg)
+				return writeJSON(out, eraseResult{Version: resp.Msg.GetVersion(), Erased: true})
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "erased %q at version %d\n", name, resp.Msg.GetVersion())
+			if len(before.Msg.GetItems()) == 0 {
+				_, err = fmt.Fprintf(out, "erased %q at version %d: it held no keys, only the history of deleted ones\n", name, resp.Msg.GetVersion())
+				return err
+			}
+			_, err = fmt.Fprintf(out, "erased %q at version %d\n", name, resp.Msg.GetVersion())
 			return err
 		},
 	}
