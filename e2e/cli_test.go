@@ -561,3 +561,110 @@ func TestCLIWatch(t *testing.T) {
 		t.Fatalf("watch --prefix a/ printed %q, want %q (nothing for b/3)", got, want)
 	}
 }
+
+// TestCLIValueEncoding checks the commands' one value encoding, round trip:
+// put stores JSON as given, a bare word as a JSON string and --raw bytes as
+// they are, refusing broken JSON; get, list and watch print JSON values as
+// JSON and other bytes as base64 behind a marker, in tables and with --json.
+func TestCLIValueEncoding(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	env, b := cliEnv(srv), backendClient(t, srv)
+	const user = "cli-enc"
+	feed := cliStart(t, env, "watch", "--json", "--cursor", "start")
+	text := cliStart(t, env, "watch", "--cursor", "start")
+	raw := "\xff\xfeok\x01" // not UTF-8; no NUL, which arguments cannot hold
+	for _, args := range [][]string{
+		{"put", user, "obj", `{"a": [1, 2], "b": "<x>"}`},
+		{"put", user, "word", "light"},
+		{"put", user, "--raw", "bin", raw},
+		{"put", user, "--list-add", "tags", "red"},
+	} {
+		cliOK(t, env, args...)
+	}
+	cliFails(t, env, "", []string{"put", user, "bad", `{"a":`}, "not valid JSON", "--raw")
+	cliFails(t, env, "", []string{"put", user, "bad", "3 apples"}, "not valid JSON")
+
+	// What is stored: the bytes as given, a JSON string, the raw bytes.
+	api, err := b.Get(ctx(t), connect.NewRequest(&dalvv1.GetRequest{User: user, Keys: []string{"obj", "word", "bin", "tags", "bad"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := render(api.Msg.GetItems()), []string{`obj={"a": [1, 2], "b": "<x>"}@1`, `word="light"@2`, "bin=" + raw + "@3", `tags=["red"]@4`}; !slices.Equal(got, want) {
+		t.Fatalf("stored %q, want %q", got, want)
+	}
+
+	want := `[[bin 3 base64://5vawE=] [obj 1 {"a":[1,2],"b":"<x>"}] [tags 4 ["red"]] [word 2 "light"]]`
+	if got := fmt.Sprint(cliTable(t, cliOK(t, env, "list", user))); got != want {
+		t.Errorf("list printed %s, want %s", got, want)
+	}
+	if got, want := fmt.Sprint(cliTable(t, cliOK(t, env, "get", user, "word", "bin"))), `[[word 2 "light"] [bin 3 base64://5vawE=]]`; got != want {
+		t.Errorf("get printed %s, want %s", got, want)
+	}
+	wantJSON := `{"version":"4","items":[` +
+		`{"key":"bin","value":{"base64":"//5vawE="},"version":"3"},` +
+		`{"key":"obj","value":{"json":{"a":[1,2],"b":"<x>"}},"version":"1"},` +
+		`{"key":"tags","value":{"list":[{"json":"red"}]},"version":"4"},` +
+		`{"key":"word","value":{"json":"light"},"version":"2"}]}` + "\n"
+	if got := cliOK(t, env, "list", "--json", user); got != wantJSON {
+		t.Errorf("list --json printed\n%s want\n%s", got, wantJSON)
+	}
+	if got, want := cliOK(t, env, "get", "--json", user, "word"), `{"version":"4","items":[{"key":"word","value":{"json":"light"},"version":"2"}]}`+"\n"; got != want {
+		t.Errorf("get --json printed\n%s want\n%s", got, want)
+	}
+
+	// watch: the same encoding per op, after the cursor.
+	for _, w := range []struct{ json, text string }{
+		{`{"cursor":"%s","user":"cli-enc","version":"1","ops":[{"kind":"OP_KIND_PUT","key":"obj","value":{"json":{"a":[1,2],"b":"<x>"}}}]}`,
+			`%s user:cli-enc v1 PUT obj={"a":[1,2],"b":"<x>"}`},
+		{`{"cursor":"%s","user":"cli-enc","version":"2","ops":[{"kind":"OP_KIND_PUT","key":"word","value":{"json":"light"}}]}`,
+			`%s user:cli-enc v2 PUT word="light"`},
+		{`{"cursor":"%s","user":"cli-enc","version":"3","ops":[{"kind":"OP_KIND_PUT","key":"bin","value":{"base64":"//5vawE="}}]}`,
+			`%s user:cli-enc v3 PUT bin=base64://5vawE=`},
+		{`{"cursor":"%s","user":"cli-enc","version":"4","ops":[{"kind":"OP_KIND_LIST_ADD","key":"tags","value":{"json":"red"}}]}`,
+			`%s user:cli-enc v4 LIST_ADD tags="red"`},
+	} {
+		line := feed.line(t, streamWait)
+		var ev struct{ Cursor string }
+		if err := json.Unmarshal([]byte(line), &ev); err != nil || ev.Cursor == "" {
+			t.Fatalf("watch --json printed %q: %v", line, err)
+		}
+		if want := fmt.Sprintf(w.json, ev.Cursor); line != want {
+			t.Errorf("watch --json printed\n%s want\n%s", line, want)
+		}
+		if got, want := text.line(t, streamWait), fmt.Sprintf(w.text, ev.Cursor); got != want {
+			t.Errorf("watch printed %q, want %q", got, want)
+		}
+	}
+}
+
+// TestCLIEraseNothing checks that erasing a partition that never had data
+// says so and commits nothing, and that a partition whose keys were all
+// deleted is still erased (its history goes), saying it held no keys.
+func TestCLIEraseNothing(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	env, b := cliEnv(srv), backendClient(t, srv)
+	if got, want := cliOK(t, env, "erase", "--yes", "nobody"), "nothing to erase: \"nobody\" has no data\n"; got != want {
+		t.Fatalf("erase of an empty partition printed %q, want %q", got, want)
+	}
+	// No --yes: nothing to confirm, nothing asked.
+	r := cliRun(t, env, "", "erase", "nobody")
+	if r.code != 0 || r.stdout != "nothing to erase: \"nobody\" has no data\n" || r.stderr != "" {
+		t.Fatalf("erase of an empty partition without --yes:\n%v", r)
+	}
+	if got, want := cliOK(t, env, "erase", "--yes", "--json", "nobody"), `{"version":"0","erased":false}`+"\n"; got != want {
+		t.Fatalf("erase --json of an empty partition printed %q, want %q", got, want)
+	}
+	wantPartition(t, b, "nobody", partition{}) // version 0: no erase was committed
+
+	commit(t, b, "deleted", opPut("k", `"v"`))
+	commit(t, b, "deleted", opDelete("k"))
+	if got, want := cliOK(t, env, "erase", "--yes", "deleted"), "erased \"deleted\" at version 3: it held no keys, only the history of deleted ones\n"; got != want {
+		t.Fatalf("erase of a partition with only deleted keys printed %q, want %q", got, want)
+	}
+	commit(t, b, "full", opPut("k", `"v"`))
+	if got, want := cliOK(t, env, "erase", "--yes", "--json", "full"), `{"version":"2","erased":true}`+"\n"; got != want {
+		t.Fatalf("erase --json printed %q, want %q", got, want)
+	}
+}
