@@ -186,6 +186,7 @@ func (s *Server) routes() http.Handler {
 		// Compressing small answers costs more CPU than the bytes it saves.
 		connect.WithCompressMinBytes(1024),
 	}
+	opts = append(opts, jsonCodecs()...)
 	mux := http.NewServeMux()
 	procedures := rpcProcedures()
 	handle := func(path string, h http.Handler) { mux.Handle(path, s.metrics.countRefused(procedures, h)) }

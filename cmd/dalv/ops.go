@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -108,14 +109,14 @@ func (o *opsFlags) ctx(parent context.Context) (context.Context, context.CancelF
 	return context.WithTimeout(parent, o.timeout)
 }
 
-// printJSON writes m as one line of JSON, as Connect's JSON codec would.
+// printJSON writes m as one line of JSON, as the server's JSON answers
+// are: protojson without whitespace.
 func printJSON(w io.Writer, m proto.Message) error {
 	b, err := protojson.MarshalOptions{UseProtoNames: false}.Marshal(m)
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(w, "%s\n", b)
-	return err
+	return writeJSON(w, json.RawMessage(b))
 }
 
 func printChanges(w io.Writer, items []*dalvv1.Change) error {
