@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/spf13/pflag"
+	"github.com/spf13/cobra"
 
 	"github.com/dalvdb/dalv/internal/devsecret"
 )
@@ -17,8 +17,8 @@ const defaultData = "./dalv-data"
 
 // dataFlag registers --data on a command that reads the development
 // secrets when the environment has none.
-func dataFlag(fl *pflag.FlagSet, data *string) {
-	fl.StringVar(data, "data", defaultData, "data directory of a `dalv serve --dev` whose development secrets to use when the environment has none")
+func dataFlag(cmd *cobra.Command, data *string) {
+	cmd.Flags().StringVar(data, "data", defaultData, "data directory of a `dalv serve --dev` whose development secrets to use when the environment has none")
 }
 
 // devSecrets reads the secrets `dalv serve --dev` keeps in dataDir. When

@@ -46,6 +46,6 @@ that is unset, with the secret a ` + "`dalv serve --dev`" + ` keeps in --data.`,
 	}
 	cmd.Flags().StringVar(&user, "user", "", "user id (the token's sub claim)")
 	cmd.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid")
-	dataFlag(cmd.Flags(), &data)
+	dataFlag(cmd, &data)
 	return cmd
 }
