@@ -18,7 +18,7 @@ const defaultData = "./dalv-data"
 // dataFlag registers --data on a command that reads the development
 // secrets when the environment has none.
 func dataFlag(cmd *cobra.Command, data *string) {
-	cmd.Flags().StringVar(data, "data", defaultData, "data directory of a `dalv serve --dev` whose development secrets to use when the environment has none")
+	cmd.Flags().StringVar(data, "data", defaultData, "the data `DIR` of the dalv serve --dev whose development secrets to use when the environment has none")
 }
 
 // devSecrets reads the secrets `dalv serve --dev` keeps in dataDir. When

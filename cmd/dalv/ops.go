@@ -34,7 +34,7 @@ type opsFlags struct {
 func (o *opsFlags) register(cmd *cobra.Command, partition bool) {
 	fl := cmd.Flags()
 	fl.StringVar(&o.addr, "addr", "", "server URL (default $DALV_ADDR, else http://127.0.0.1:7070)")
-	fl.StringVar(&o.key, "key", "", "backend API key (default $DALV_BACKEND_KEY, else the one `dalv serve --dev` keeps in --data)")
+	fl.StringVar(&o.key, "key", "", "backend API key (default $DALV_BACKEND_KEY, else the one dalv serve --dev keeps in --data)")
 	dataFlag(cmd, &o.data)
 	fl.BoolVar(&o.json, "json", false, "print JSON for programs instead of a table")
 	fl.DurationVar(&o.timeout, "timeout", 30*time.Second, "deadline of each request")

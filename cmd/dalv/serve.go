@@ -53,7 +53,7 @@ func newServeCmd() *cobra.Command {
 		Long: `Run the DalvDB server on an embedded, crash-safe store in --data, or,
 with --store postgres://... (or DALV_STORE), as one of any number of
 stateless nodes over one PostgreSQL database: no data directory is used
-then, and the schema is created or migrated at start (the URL's
+then (but --dev keeps its secrets in --data), and the schema is created or migrated at start (the URL's
 search_path names its schema; pool_max_conns, application_name and the
 other pgx parameters apply). See docs/postgres.md.
 
