@@ -18,6 +18,7 @@ import (
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+	"github.com/dalvdb/dalv/internal/pgtest"
 	"github.com/dalvdb/dalv/internal/proc"
 )
 
@@ -129,6 +130,29 @@ func TestDevSecretsKept(t *testing.T) {
 	}
 	if got, want := fmt.Sprint(cliTable(t, cliOK(t, env, "get", "--data", data, "alice", "prefs/theme", "prefs/font"))), `[[prefs/theme 1 "light"] [prefs/font 3 "mono"]]`; got != want {
 		t.Fatalf("get after the restart: %s, want %s", got, want)
+	}
+}
+
+// TestDevSecretsWithPostgres checks that `dalv serve --dev --store
+// postgres://...` keeps its secrets in --data too, says so, and that a
+// token `dalv token --data` mints from them works.
+func TestDevSecretsWithPostgres(t *testing.T) {
+	t.Parallel()
+	_, u := pgtest.SchemaOn(t, pgtest.Server(t))
+	data := filepath.Join(t.TempDir(), "data")
+	srv := startDev(t, data, "--store", u)
+	path := filepath.Join(data, "dev-secrets.env")
+	if want := "kept in " + path + ", the --data directory, also with --store"; !strings.Contains(srv.Stdout(), want) {
+		t.Errorf("dalv serve --dev --store does not say %q:\n%s", want, srv.Stdout())
+	}
+	secret, _ := devPrinted(t, srv)
+	if b, err := os.ReadFile(path); err != nil || !strings.Contains(string(b), "DALV_JWT_SECRET="+secret+"\n") {
+		t.Fatalf("%s does not hold the printed secret (%v):\n%s", path, err, b)
+	}
+	tok := strings.TrimSpace(cliOK(t, noSecrets(), "token", "--data", data, "--user", "pg-dev"))
+	device := dalvv1connect.NewClientServiceClient(http.DefaultClient, srv.URL(), bearer(tok))
+	if _, err := device.GetConfig(ctx(t), connect.NewRequest(&dalvv1.GetConfigRequest{})); err != nil {
+		t.Fatalf("GetConfig with the token of dalv token --data: %v", err)
 	}
 }
 
