@@ -133,6 +133,32 @@ func TestDevSecretsKept(t *testing.T) {
 	}
 }
 
+// TestDevSecretsEnvironmentWins checks that with --dev a secret set in the
+// environment is used and not printed, and only the missing one comes from
+// the kept file.
+func TestDevSecretsEnvironmentWins(t *testing.T) {
+	t.Parallel()
+	c, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv, err := proc.Start(c, proc.Options{Binary: binary, Data: filepath.Join(t.TempDir(), "data"), Args: []string{"--dev"},
+		Env: append(noSecrets(), "DALV_JWT_SECRET="+testSecret)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Stop(15 * time.Second); err != nil {
+			t.Errorf("stop: %v\n%s", err, srv.Stderr())
+		}
+	})
+	out := srv.Stdout()
+	if strings.Contains(out, "DALV_JWT_SECRET") || !strings.Contains(out, "export DALV_BACKEND_KEYS=") {
+		t.Errorf("with DALV_JWT_SECRET set, serve --dev printed:\n%s\nwant the backend key's export line alone", out)
+	}
+	if _, err := deviceClient(t, srv, "alice").GetConfig(ctx(t), connect.NewRequest(&dalvv1.GetConfigRequest{})); err != nil {
+		t.Fatalf("a token signed with the environment's DALV_JWT_SECRET: %v", err)
+	}
+}
+
 // TestDevSecretsWithPostgres checks that `dalv serve --dev --store
 // postgres://...` keeps its secrets in --data too, says so, and that a
 // token `dalv token --data` mints from them works.
