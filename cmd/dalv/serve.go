@@ -53,9 +53,10 @@ func newServeCmd() *cobra.Command {
 		Long: `Run the DalvDB server on an embedded, crash-safe store in --data, or,
 with --store postgres://... (or DALV_STORE), as one of any number of
 stateless nodes over one PostgreSQL database: no data directory is used
-then (but --dev keeps its secrets in --data), and the schema is created or migrated at start (the URL's
-search_path names its schema; pool_max_conns, application_name and the
-other pgx parameters apply). See docs/postgres.md.
+then (but --dev keeps its secrets in --data), and the schema is created
+or migrated at start (the URL's search_path names its schema;
+pool_max_conns, application_name and the other pgx parameters apply). See
+docs/postgres.md.
 
 Secrets come from the environment: DALV_JWT_SECRET is the HS256 key device
 tokens are signed with (at least 32 bytes); DALV_BACKEND_KEYS is a
