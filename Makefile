@@ -1,4 +1,5 @@
-# Developer targets. The README's test command is `go test ./...`; CI runs .ci/run.
+# Developer targets. The README's test command is `go test -race -count=1 ./...`
+# (make test-race runs it but reuses cached results); CI runs .ci/run.
 GO ?= go
 TOOL = $(GO) tool -modfile=tools/go.mod
 

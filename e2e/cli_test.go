@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -110,12 +112,95 @@ func cliTable(t testing.TB, out string) [][]string {
 	return rows
 }
 
-// cliJSON parses one line of JSON a command printed into m.
+// cliJSON parses one line of JSON a command printed into m. The commands
+// print each value as {"json": V}, {"base64": "..."} or {"list": [...]};
+// those are turned back into the API's form first, so that what a command
+// printed compares with what the API answers.
 func cliJSON(t testing.TB, line string, m proto.Message) {
 	t.Helper()
-	if err := protojson.Unmarshal([]byte(line), m); err != nil {
+	api, err := cliToAPI([]byte(line))
+	if err != nil {
+		t.Fatalf("output %q: %v", line, err)
+	}
+	if err := protojson.Unmarshal(api, m); err != nil {
 		t.Fatalf("output %q is not a %T as JSON: %v", line, m, err)
 	}
+}
+
+// cliToAPI rewrites the values of a command's JSON line (those of "items"
+// and of "ops") into the API's JSON form.
+func cliToAPI(line []byte) ([]byte, error) {
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(line, &doc); err != nil {
+		return nil, err
+	}
+	for _, field := range []string{"items", "ops"} {
+		if doc[field] == nil {
+			continue
+		}
+		var elems []map[string]json.RawMessage
+		if err := json.Unmarshal(doc[field], &elems); err != nil {
+			return nil, err
+		}
+		for _, e := range elems {
+			if e["value"] == nil {
+				continue
+			}
+			v, err := cliValueToAPI(e["value"])
+			if err != nil {
+				return nil, fmt.Errorf("%s value: %w", field, err)
+			}
+			e["value"] = v
+		}
+		b, err := json.Marshal(elems)
+		if err != nil {
+			return nil, err
+		}
+		doc[field] = b
+	}
+	return json.Marshal(doc)
+}
+
+// cliValue is a value as the commands print it with --json.
+type cliValue struct {
+	JSON   json.RawMessage `json:"json"`
+	Base64 *string         `json:"base64"`
+	List   []cliValue      `json:"list"`
+}
+
+// bytes are the scalar bytes v stands for.
+func (v cliValue) bytes() ([]byte, error) {
+	switch {
+	case v.JSON != nil && v.Base64 == nil && v.List == nil:
+		return v.JSON, nil
+	case v.Base64 != nil && v.JSON == nil && v.List == nil:
+		return base64.StdEncoding.DecodeString(*v.Base64)
+	}
+	return nil, fmt.Errorf("scalar %+v: want exactly one of json and base64", v)
+}
+
+// cliValueToAPI turns one printed value into dalv.v1.Value's JSON.
+func cliValueToAPI(raw json.RawMessage) (json.RawMessage, error) {
+	var v cliValue
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return nil, err
+	}
+	if v.List != nil {
+		items := make([][]byte, len(v.List))
+		for i, it := range v.List {
+			b, err := it.bytes()
+			if err != nil {
+				return nil, err
+			}
+			items[i] = b
+		}
+		return json.Marshal(map[string]any{"list": map[string]any{"items": items}})
+	}
+	b, err := v.bytes()
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(map[string]any{"scalar": b})
 }
 
 // TestCLIPutGetList checks put (PUT, --delete, --list-add, --list-remove,
@@ -140,7 +225,8 @@ func TestCLIPutGetList(t *testing.T) {
 			t.Fatalf("dalv %s printed %q, want %q", strings.Join(args, " "), got, want)
 		}
 	}
-	want := partition{7, []string{"greeting=hi there@7", "tags=[blue]@4"}}
+	// VALUE is JSON; a bare word is a JSON string.
+	want := partition{7, []string{`greeting="hi there"@7`, `tags=["blue"]@4`}}
 	wantPartition(t, b, user, want)
 
 	// A stale --expect-version changes nothing and says why.
@@ -155,7 +241,7 @@ func TestCLIPutGetList(t *testing.T) {
 
 	// get: a table, and JSON that is the backend API's answer.
 	rows := cliTable(t, cliOK(t, env, "get", user, "tags", "greeting"))
-	if got, want := fmt.Sprint(rows), "[[tags 4 [blue]] [greeting 7 hi there]]"; got != want {
+	if got, want := fmt.Sprint(rows), `[[tags 4 ["blue"]] [greeting 7 "hi there"]]`; got != want {
 		t.Fatalf("get rows %s, want %s", got, want)
 	}
 	var gr dalvv1.GetResponse
@@ -173,15 +259,15 @@ func TestCLIPutGetList(t *testing.T) {
 	}
 
 	// list: every key, or under a prefix; JSON as the backend API's.
-	if got, want := fmt.Sprint(cliTable(t, cliOK(t, env, "list", user))), "[[greeting 7 hi there] [n 8 1] [tags 4 [blue]]]"; got != want {
+	if got, want := fmt.Sprint(cliTable(t, cliOK(t, env, "list", user))), `[[greeting 7 "hi there"] [n 8 1] [tags 4 ["blue"]]]`; got != want {
 		t.Fatalf("list rows %s, want %s", got, want)
 	}
-	if got, want := fmt.Sprint(cliTable(t, cliOK(t, env, "list", user, "t"))), "[[tags 4 [blue]]]"; got != want {
+	if got, want := fmt.Sprint(cliTable(t, cliOK(t, env, "list", user, "t"))), `[[tags 4 ["blue"]]]`; got != want {
 		t.Fatalf("list with prefix t: rows %s, want %s", got, want)
 	}
 	var lr dalvv1.ListResponse
 	cliJSON(t, strings.TrimSpace(cliOK(t, env, "list", "--json", user, "g")), &lr)
-	if got, want := render(lr.GetItems()), []string{"greeting=hi there@7"}; lr.GetVersion() != 8 || !slices.Equal(got, want) {
+	if got, want := render(lr.GetItems()), []string{`greeting="hi there"@7`}; lr.GetVersion() != 8 || !slices.Equal(got, want) {
 		t.Fatalf("list --json: version %d items %v, want version 8 items %v", lr.GetVersion(), got, want)
 	}
 
@@ -386,7 +472,8 @@ func cliFreeAddr(t testing.TB) string {
 // TestCLIWatch checks dalv watch: one line per commit, as text or JSON,
 // with --prefix and --cursor, for users and shared partitions, and that it
 // keeps running across a server restart and prints later commits, each
-// once.
+// once. Values that are JSON print as JSON, others (the list element e) as
+// base64.
 func TestCLIWatch(t *testing.T) {
 	t.Parallel()
 	addr := cliFreeAddr(t)
@@ -397,16 +484,16 @@ func TestCLIWatch(t *testing.T) {
 
 	js := cliStart(t, env, "watch", "--json", "--cursor", "start")
 	text := cliStart(t, env, "watch", "--prefix", "a/", "--cursor", "start")
-	v1 := commit(t, b, "cli-w", opPut("a/1", "one"), opPut("b/1", "one"))
-	v2 := commit(t, b, "cli-w", opPut("b/2", "two"))
-	s1 := sharedCommit(t, b, "catalog", opPut("a/cat", "c"))
+	v1 := commit(t, b, "cli-w", opPut("a/1", `"one"`), opPut("b/1", `"one"`))
+	v2 := commit(t, b, "cli-w", opPut("b/2", `"two"`))
+	s1 := sharedCommit(t, b, "catalog", opPut("a/cat", `{"c":1}`))
 	v3 := commit(t, b, "cli-w", opDelete("a/1"), opAdd("a/list", "e"))
 
 	// JSON: one ChangeEvent per line, every commit, in order.
 	want := []string{
-		fmt.Sprintf("user:cli-w@%d: PUT a/1=one, PUT b/1=one", v1),
-		fmt.Sprintf("user:cli-w@%d: PUT b/2=two", v2),
-		fmt.Sprintf("shared:catalog@%d: PUT a/cat=c", s1),
+		fmt.Sprintf(`user:cli-w@%d: PUT a/1="one", PUT b/1="one"`, v1),
+		fmt.Sprintf(`user:cli-w@%d: PUT b/2="two"`, v2),
+		fmt.Sprintf(`shared:catalog@%d: PUT a/cat={"c":1}`, s1),
 		fmt.Sprintf("user:cli-w@%d: DELETE a/1, LIST_ADD a/list=e", v3),
 	}
 	var cursors []string
@@ -422,9 +509,9 @@ func TestCLIWatch(t *testing.T) {
 	// Text with --prefix a/: the cursor, the partition, the version, the
 	// matching ops only; no line for b/2.
 	for i, w := range []string{
-		fmt.Sprintf("%s user:cli-w v%d PUT a/1=one", cursors[0], v1),
-		fmt.Sprintf("%s shared:catalog v%d PUT a/cat=c", cursors[2], s1),
-		fmt.Sprintf("%s user:cli-w v%d DELETE a/1 LIST_ADD a/list=e", cursors[3], v3),
+		fmt.Sprintf(`%s user:cli-w v%d PUT a/1="one"`, cursors[0], v1),
+		fmt.Sprintf(`%s shared:catalog v%d PUT a/cat={"c":1}`, cursors[2], s1),
+		fmt.Sprintf("%s user:cli-w v%d DELETE a/1 LIST_ADD a/list=base64:ZQ==", cursors[3], v3),
 	} {
 		if got := text.line(t, streamWait); got != w {
 			t.Fatalf("watch --prefix a/ line %d = %q, want %q", i, got, w)
@@ -448,13 +535,13 @@ func TestCLIWatch(t *testing.T) {
 	}
 	srv = startServerOn(t, data, args...)
 	b = backendClient(t, srv)
-	v4 := commit(t, b, "cli-w", opPut("a/2", "after restart"))
+	v4 := commit(t, b, "cli-w", opPut("a/2", `"after restart"`))
 	var ev dalvv1.ChangeEvent
 	cliJSON(t, js.line(t, 30*time.Second), &ev)
-	if got, want := feedRender(&ev), fmt.Sprintf("user:cli-w@%d: PUT a/2=after restart", v4); got != want {
+	if got, want := feedRender(&ev), fmt.Sprintf(`user:cli-w@%d: PUT a/2="after restart"`, v4); got != want {
 		t.Fatalf("after the restart watch --json printed %q, want %q", got, want)
 	}
-	if got, want := text.line(t, 30*time.Second), fmt.Sprintf("%s user:cli-w v%d PUT a/2=after restart", ev.GetCursor(), v4); got != want {
+	if got, want := text.line(t, 30*time.Second), fmt.Sprintf(`%s user:cli-w v%d PUT a/2="after restart"`, ev.GetCursor(), v4); got != want {
 		t.Fatalf("after the restart watch --prefix printed %q, want %q", got, want)
 	}
 	for _, p := range []*cliProc{js, text} {
@@ -462,15 +549,122 @@ func TestCLIWatch(t *testing.T) {
 			t.Errorf("dalv %s did not say it reconnects after the restart:\n%s", strings.Join(p.cmd.Args[1:], " "), e)
 		}
 	}
-	v5 := commit(t, b, "cli-w", opPut("b/3", "three"))
-	v6 := commit(t, b, "cli-w", opPut("a/3", "three"))
-	for _, w := range []string{fmt.Sprintf("user:cli-w@%d: PUT b/3=three", v5), fmt.Sprintf("user:cli-w@%d: PUT a/3=three", v6)} {
+	v5 := commit(t, b, "cli-w", opPut("b/3", `"three"`))
+	v6 := commit(t, b, "cli-w", opPut("a/3", `"three"`))
+	for _, w := range []string{fmt.Sprintf(`user:cli-w@%d: PUT b/3="three"`, v5), fmt.Sprintf(`user:cli-w@%d: PUT a/3="three"`, v6)} {
 		cliJSON(t, js.line(t, streamWait), &ev)
 		if got := feedRender(&ev); got != w {
 			t.Fatalf("watch --json printed %q, want %q", got, w)
 		}
 	}
-	if got, want := text.line(t, streamWait), fmt.Sprintf("%s user:cli-w v%d PUT a/3=three", ev.GetCursor(), v6); got != want {
+	if got, want := text.line(t, streamWait), fmt.Sprintf(`%s user:cli-w v%d PUT a/3="three"`, ev.GetCursor(), v6); got != want {
 		t.Fatalf("watch --prefix a/ printed %q, want %q (nothing for b/3)", got, want)
+	}
+}
+
+// TestCLIValueEncoding checks the commands' one value encoding, round trip:
+// put stores JSON as given, a bare word as a JSON string and --raw bytes as
+// they are, refusing broken JSON; get, list and watch print JSON values as
+// JSON and other bytes as base64 behind a marker, in tables and with --json.
+func TestCLIValueEncoding(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	env, b := cliEnv(srv), backendClient(t, srv)
+	const user = "cli-enc"
+	feed := cliStart(t, env, "watch", "--json", "--cursor", "start")
+	text := cliStart(t, env, "watch", "--cursor", "start")
+	raw := "\xff\xfeok\x01" // not UTF-8; no NUL, which arguments cannot hold
+	for _, args := range [][]string{
+		{"put", user, "obj", `{"a": [1, 2], "b": "<x>"}`},
+		{"put", user, "word", "light"},
+		{"put", user, "--raw", "bin", raw},
+		{"put", user, "--list-add", "tags", "red"},
+	} {
+		cliOK(t, env, args...)
+	}
+	cliFails(t, env, "", []string{"put", user, "bad", `{"a":`}, "not valid JSON", "--raw")
+	cliFails(t, env, "", []string{"put", user, "bad", "3 apples"}, "not valid JSON")
+
+	// What is stored: the bytes as given, a JSON string, the raw bytes.
+	api, err := b.Get(ctx(t), connect.NewRequest(&dalvv1.GetRequest{User: user, Keys: []string{"obj", "word", "bin", "tags", "bad"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := render(api.Msg.GetItems()), []string{`obj={"a": [1, 2], "b": "<x>"}@1`, `word="light"@2`, "bin=" + raw + "@3", `tags=["red"]@4`}; !slices.Equal(got, want) {
+		t.Fatalf("stored %q, want %q", got, want)
+	}
+
+	want := `[[bin 3 base64://5vawE=] [obj 1 {"a":[1,2],"b":"<x>"}] [tags 4 ["red"]] [word 2 "light"]]`
+	if got := fmt.Sprint(cliTable(t, cliOK(t, env, "list", user))); got != want {
+		t.Errorf("list printed %s, want %s", got, want)
+	}
+	if got, want := fmt.Sprint(cliTable(t, cliOK(t, env, "get", user, "word", "bin"))), `[[word 2 "light"] [bin 3 base64://5vawE=]]`; got != want {
+		t.Errorf("get printed %s, want %s", got, want)
+	}
+	wantJSON := `{"version":"4","items":[` +
+		`{"key":"bin","value":{"base64":"//5vawE="},"version":"3"},` +
+		`{"key":"obj","value":{"json":{"a":[1,2],"b":"<x>"}},"version":"1"},` +
+		`{"key":"tags","value":{"list":[{"json":"red"}]},"version":"4"},` +
+		`{"key":"word","value":{"json":"light"},"version":"2"}]}` + "\n"
+	if got := cliOK(t, env, "list", "--json", user); got != wantJSON {
+		t.Errorf("list --json printed\n%s want\n%s", got, wantJSON)
+	}
+	if got, want := cliOK(t, env, "get", "--json", user, "word"), `{"version":"4","items":[{"key":"word","value":{"json":"light"},"version":"2"}]}`+"\n"; got != want {
+		t.Errorf("get --json printed\n%s want\n%s", got, want)
+	}
+
+	// watch: the same encoding per op, after the cursor.
+	for _, w := range []struct{ json, text string }{
+		{`{"cursor":"%s","user":"cli-enc","version":"1","ops":[{"kind":"OP_KIND_PUT","key":"obj","value":{"json":{"a":[1,2],"b":"<x>"}}}]}`,
+			`%s user:cli-enc v1 PUT obj={"a":[1,2],"b":"<x>"}`},
+		{`{"cursor":"%s","user":"cli-enc","version":"2","ops":[{"kind":"OP_KIND_PUT","key":"word","value":{"json":"light"}}]}`,
+			`%s user:cli-enc v2 PUT word="light"`},
+		{`{"cursor":"%s","user":"cli-enc","version":"3","ops":[{"kind":"OP_KIND_PUT","key":"bin","value":{"base64":"//5vawE="}}]}`,
+			`%s user:cli-enc v3 PUT bin=base64://5vawE=`},
+		{`{"cursor":"%s","user":"cli-enc","version":"4","ops":[{"kind":"OP_KIND_LIST_ADD","key":"tags","value":{"json":"red"}}]}`,
+			`%s user:cli-enc v4 LIST_ADD tags="red"`},
+	} {
+		line := feed.line(t, streamWait)
+		var ev struct{ Cursor string }
+		if err := json.Unmarshal([]byte(line), &ev); err != nil || ev.Cursor == "" {
+			t.Fatalf("watch --json printed %q: %v", line, err)
+		}
+		if want := fmt.Sprintf(w.json, ev.Cursor); line != want {
+			t.Errorf("watch --json printed\n%s want\n%s", line, want)
+		}
+		if got, want := text.line(t, streamWait), fmt.Sprintf(w.text, ev.Cursor); got != want {
+			t.Errorf("watch printed %q, want %q", got, want)
+		}
+	}
+}
+
+// TestCLIEraseNothing checks that erasing a partition that never had data
+// says so and commits nothing, and that a partition whose keys were all
+// deleted is still erased (its history goes), saying it held no keys.
+func TestCLIEraseNothing(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	env, b := cliEnv(srv), backendClient(t, srv)
+	if got, want := cliOK(t, env, "erase", "--yes", "nobody"), "nothing to erase: \"nobody\" has no data\n"; got != want {
+		t.Fatalf("erase of an empty partition printed %q, want %q", got, want)
+	}
+	// No --yes: nothing to confirm, nothing asked.
+	r := cliRun(t, env, "", "erase", "nobody")
+	if r.code != 0 || r.stdout != "nothing to erase: \"nobody\" has no data\n" || r.stderr != "" {
+		t.Fatalf("erase of an empty partition without --yes:\n%v", r)
+	}
+	if got, want := cliOK(t, env, "erase", "--yes", "--json", "nobody"), `{"version":"0","erased":false}`+"\n"; got != want {
+		t.Fatalf("erase --json of an empty partition printed %q, want %q", got, want)
+	}
+	wantPartition(t, b, "nobody", partition{}) // version 0: no erase was committed
+
+	commit(t, b, "deleted", opPut("k", `"v"`))
+	commit(t, b, "deleted", opDelete("k"))
+	if got, want := cliOK(t, env, "erase", "--yes", "deleted"), "erased \"deleted\" at version 3: it held no keys, only the history of deleted ones\n"; got != want {
+		t.Fatalf("erase of a partition with only deleted keys printed %q, want %q", got, want)
+	}
+	commit(t, b, "full", opPut("k", `"v"`))
+	if got, want := cliOK(t, env, "erase", "--yes", "--json", "full"), `{"version":"2","erased":true}`+"\n"; got != want {
+		t.Fatalf("erase --json printed %q, want %q", got, want)
 	}
 }

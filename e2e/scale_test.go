@@ -21,8 +21,9 @@ import (
 	"github.com/dalvdb/dalv/value"
 )
 
-// Sizes of TestFirstSync100k: DESIGN's "the first sync of a device with
-// 100,000 keys works", filled by a backend in commits of the most ops allowed.
+// Sizes of TestFirstSync100k: the first sync of a device with 100,000 keys
+// works, paged, the partition filled by a backend in commits of the most
+// ops allowed.
 const (
 	scaleKeys      = 100_000
 	scaleCommitOps = 1000

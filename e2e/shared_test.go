@@ -14,7 +14,8 @@ import (
 	"github.com/dalvdb/dalv/internal/proc"
 )
 
-// This file holds the tests of DESIGN's shared partitions: named
+// This file holds the tests of shared partitions (the README's
+// "Partitions"): named
 // partitions backends write and devices read (all of them, or those whose
 // token carries a claim), never write; separate from any user's partition.
 

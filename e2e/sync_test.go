@@ -16,7 +16,7 @@ import (
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 )
 
-// This file holds the tests of DESIGN's "Sync" section, and the helpers the
+// This file holds the tests of Sync (the README's "How it behaves"), and the helpers the
 // other test files of the package share.
 
 const (
@@ -306,7 +306,7 @@ func withoutVersions(items []string) []string {
 	return out
 }
 
-// TestSyncIdempotentRetry checks DESIGN's rule 1: a batch sent again (its
+// TestSyncIdempotentRetry checks Sync's first rule: a batch sent again (its
 // answer was lost) is answered as a success and never applied twice.
 func TestSyncIdempotentRetry(t *testing.T) {
 	t.Parallel()
@@ -361,7 +361,7 @@ func TestSyncIdempotentRetry(t *testing.T) {
 	wantPartition(t, b, "alice", partition{4, []string{"name=Alicia@4", "tags=[x]@3"}})
 }
 
-// TestSyncSystemKeys checks DESIGN's rule 2: devices may not write
+// TestSyncSystemKeys checks Sync's second rule: devices may not write
 // system-domain keys, by the default prefix or a configured one, and a
 // refused sync applies none of its ops; backends write them and devices read
 // them.
@@ -433,7 +433,7 @@ func TestSyncSystemKeys(t *testing.T) {
 	})
 }
 
-// TestSyncConflicts checks DESIGN's rule 3, the per-key conflict check.
+// TestSyncConflicts checks Sync's third rule, the per-key conflict check.
 func TestSyncConflicts(t *testing.T) {
 	t.Parallel()
 	srv := startServer(t)
@@ -548,7 +548,7 @@ func TestSyncConflicts(t *testing.T) {
 	})
 }
 
-// TestSyncAtomicApply checks DESIGN's rule 4 and "Sync is all or nothing":
+// TestSyncAtomicApply checks Sync's fourth rule, all or nothing:
 // one bad op refuses the batch, and the refused batch's number is not used up.
 func TestSyncAtomicApply(t *testing.T) {
 	t.Parallel()
@@ -802,7 +802,7 @@ func TestSyncPaging(t *testing.T) {
 	})
 }
 
-// TestSyncRefusals checks the invalid syncs of DESIGN's "Sync" section.
+// TestSyncRefusals checks the syncs that are refused as invalid.
 func TestSyncRefusals(t *testing.T) {
 	t.Parallel()
 	srv := startServer(t)

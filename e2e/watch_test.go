@@ -28,7 +28,7 @@ import (
 	"github.com/dalvdb/dalv/internal/proc"
 )
 
-// This file holds the tests of DESIGN's "Watch" for devices: the catch-up
+// This file holds the tests of the device Watch (the README's "Watch"): the catch-up
 // collapsed as Sync collapses it, then live commits in version order, the
 // prefix filter, resets, heartbeats and slow watchers. It also holds the
 // stream helpers that feed_test.go, shared_test.go and cli_test.go share.

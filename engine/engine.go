@@ -115,7 +115,7 @@ type SyncRequest struct {
 	ResetHorizon uint64
 }
 
-// Sync runs DESIGN's sync: idempotency, authorisation, conflict check, an
+// Sync runs a device's sync: idempotency, authorisation, conflict check, an
 // atomic durable apply, and an answer with the changes since the base
 // version. A conflict is not an error: it is SYNC_STATUS_CONFLICT.
 func (e *Engine) Sync(ctx context.Context, req SyncRequest) (*dalvv1.SyncResponse, error) {

@@ -23,7 +23,7 @@ type Limits struct {
 	MaxResponseBytes int
 }
 
-// Default limits, as DESIGN's "Limits" gives them.
+// Default limits, the defaults of dalv serve's --max-* flags.
 const (
 	DefaultMaxKeyBytes      = 1024
 	DefaultMaxValueBytes    = 1 << 20

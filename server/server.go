@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -185,6 +186,7 @@ func (s *Server) routes() http.Handler {
 		// Compressing small answers costs more CPU than the bytes it saves.
 		connect.WithCompressMinBytes(1024),
 	}
+	opts = append(opts, jsonCodecs()...)
 	mux := http.NewServeMux()
 	procedures := rpcProcedures()
 	handle := func(path string, h http.Handler) { mux.Handle(path, s.metrics.countRefused(procedures, h)) }
@@ -202,7 +204,45 @@ func (s *Server) routes() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
+	// "GET /{$}" is the root alone: every other unknown path stays 404.
+	page := indexPage()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		_, _ = w.Write(page)
+	})
 	return s.limitRequestSize(mux)
+}
+
+// indexPage is what GET / answers: what this server is and where its
+// endpoints are, for a person who opens its address in a browser or with
+// curl. The procedures come from the protocol's descriptors.
+func indexPage() []byte {
+	var b strings.Builder
+	b.WriteString(`<!doctype html>
+<html><head><meta charset="utf-8"><title>DalvDB</title></head>
+<body>
+<h1>DalvDB</h1>
+<p>A DalvDB server: the ConnectRPC protocol dalv.v1 (Connect, gRPC and
+gRPC-Web; HTTP/1.1 and h2c), one POST per procedure. Devices send a JWT,
+backends an API key, as Authorization: Bearer.</p>
+<ul>
+`)
+	services := dalvv1.File_dalv_v1_dalv_proto.Services()
+	for i := range services.Len() {
+		sd := services.Get(i)
+		var methods []string
+		for j := range sd.Methods().Len() {
+			methods = append(methods, string(sd.Methods().Get(j).Name()))
+		}
+		fmt.Fprintf(&b, "<li><code>/%s/</code>: %s</li>\n", sd.FullName(), strings.Join(methods, ", "))
+	}
+	b.WriteString(`<li><code>/grpc.health.v1.Health/</code>: Check, Watch</li>
+<li><a href="/healthz">/healthz</a>: ok, or 503 while draining</li>
+<li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
+</ul>
+</body></html>
+`)
+	return []byte(b.String())
 }
 
 // rpcProcedures are the paths of the procedures the server serves: the

@@ -3,7 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,8 +12,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
@@ -28,6 +26,7 @@ import (
 // opsFlags are the flags every operator command shares.
 type opsFlags struct {
 	addr, key, shared string
+	data              string
 	json              bool
 	timeout           time.Duration
 }
@@ -35,7 +34,8 @@ type opsFlags struct {
 func (o *opsFlags) register(cmd *cobra.Command, partition bool) {
 	fl := cmd.Flags()
 	fl.StringVar(&o.addr, "addr", "", "server URL (default $DALV_ADDR, else http://127.0.0.1:7070)")
-	fl.StringVar(&o.key, "key", "", "backend API key (default $DALV_BACKEND_KEY)")
+	fl.StringVar(&o.key, "key", "", "backend API key (default $DALV_BACKEND_KEY, else the one dalv serve --dev keeps in --data)")
+	dataFlag(cmd, &o.data)
 	fl.BoolVar(&o.json, "json", false, "print JSON for programs instead of a table")
 	fl.DurationVar(&o.timeout, "timeout", 30*time.Second, "deadline of each request")
 	if partition {
@@ -60,7 +60,10 @@ func (o *opsFlags) client() (dalvv1connect.BackendServiceClient, error) {
 		key = os.Getenv("DALV_BACKEND_KEY")
 	}
 	if key == "" {
-		return nil, errors.New("no backend API key: pass --key or set DALV_BACKEND_KEY (one of the server's DALV_BACKEND_KEYS)")
+		var err error
+		if key, err = devBackendKey(o.data); err != nil {
+			return nil, err
+		}
 	}
 	auth := connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
 		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
@@ -106,41 +109,21 @@ func (o *opsFlags) ctx(parent context.Context) (context.Context, context.CancelF
 	return context.WithTimeout(parent, o.timeout)
 }
 
-// printJSON writes m as one line of JSON, as Connect's JSON codec would.
+// printJSON writes m as one line of JSON, as the server's JSON answers
+// are: protojson without whitespace.
 func printJSON(w io.Writer, m proto.Message) error {
 	b, err := protojson.MarshalOptions{UseProtoNames: false}.Marshal(m)
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(w, "%s\n", b)
-	return err
-}
-
-// showValue renders a value for people: text when it is printable UTF-8,
-// else base64; lists as [a, b].
-func showValue(v *dalvv1.Value) string {
-	if l := v.GetList(); l != nil {
-		items := make([]string, len(l.GetItems()))
-		for i, it := range l.GetItems() {
-			items[i] = showBytes(it)
-		}
-		return "[" + strings.Join(items, ", ") + "]"
-	}
-	return showBytes(v.GetScalar())
-}
-
-func showBytes(b []byte) string {
-	if utf8.Valid(b) && strings.IndexFunc(string(b), func(r rune) bool { return !unicode.IsPrint(r) }) < 0 {
-		return string(b)
-	}
-	return "base64:" + base64.StdEncoding.EncodeToString(b)
+	return writeJSON(w, json.RawMessage(b))
 }
 
 func printChanges(w io.Writer, items []*dalvv1.Change) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "KEY\tVERSION\tVALUE")
 	for _, c := range items {
-		fmt.Fprintf(tw, "%s\t%d\t%s\n", c.GetKey(), c.GetVersion(), showValue(c.GetValue()))
+		fmt.Fprintf(tw, "%s\t%d\t%s\n", c.GetKey(), c.GetVersion(), valueText(c.GetValue()))
 	}
 	return tw.Flush()
 }
@@ -150,6 +133,7 @@ func newGetCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "get USER KEY... | get --shared NAME KEY...",
 		Short: "Read keys of a partition through the backend API",
+		Long:  "Read keys of a partition through the backend API.\n\n" + valueHelp,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			user, shared, keys, err := o.partition(args)
 			if err != nil {
@@ -170,7 +154,7 @@ func newGetCmd() *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			if o.json {
-				err = printJSON(out, resp.Msg)
+				err = writeJSON(out, jsonRead{Version: resp.Msg.GetVersion(), Items: toJSONChanges(resp.Msg.GetItems())})
 			} else {
 				err = printChanges(out, resp.Msg.GetItems())
 			}
@@ -205,6 +189,7 @@ func newListCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "list USER [PREFIX] | list --shared NAME [PREFIX]",
 		Short: "List the keys of a partition under a prefix",
+		Long:  "List the keys of a partition under a prefix, every page.\n\n" + valueHelp,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			user, shared, rest, err := o.partition(args)
 			if err != nil {
@@ -244,7 +229,7 @@ func newListCmd() *cobra.Command {
 				all = all[:limit]
 			}
 			if o.json {
-				return printJSON(cmd.OutOrStdout(), &dalvv1.ListResponse{Version: version, Items: all})
+				return writeJSON(cmd.OutOrStdout(), jsonRead{Version: version, Items: toJSONChanges(all)})
 			}
 			return printChanges(cmd.OutOrStdout(), all)
 		},
@@ -258,11 +243,20 @@ func newPutCmd() *cobra.Command {
 	var (
 		o                     opsFlags
 		del, listAdd, listRem bool
+		raw                   bool
 		expect                int64
 	)
 	cmd := &cobra.Command{
 		Use:   "put USER KEY [VALUE] | put --shared NAME KEY [VALUE]",
 		Short: "Commit one op to a partition: PUT (default), --delete, --list-add or --list-remove",
+		Long: `Commit one op to a partition: PUT (default), --delete, --list-add or
+--list-remove.
+
+VALUE is JSON, as devices store it: 42, true, '{"a":1}', '"two words"'. A
+bare word that is not JSON is stored as a JSON string: light is stored as
+"light". Text that starts like JSON but is not ('{"a":', '3 apples') is
+refused. --raw stores VALUE's bytes exactly as given instead; get, list and
+watch then show them as base64:... unless they happen to be JSON.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			user, shared, rest, err := o.partition(args)
 			if err != nil {
@@ -293,7 +287,11 @@ func newPutCmd() *cobra.Command {
 			}
 			op.Key = rest[0]
 			if !del {
-				op.Value = value.Scalar([]byte(rest[1]))
+				b, err := encodeArg(rest[1], raw)
+				if err != nil {
+					return err
+				}
+				op.Value = value.Scalar(b)
 			}
 			req := &dalvv1.CommitRequest{User: user, Shared: shared, Ops: []*dalvv1.Op{op}}
 			if cmd.Flags().Changed("expect-version") {
@@ -325,8 +323,16 @@ func newPutCmd() *cobra.Command {
 	fl.BoolVar(&del, "delete", false, "delete KEY")
 	fl.BoolVar(&listAdd, "list-add", false, "add VALUE to the list at KEY")
 	fl.BoolVar(&listRem, "list-remove", false, "remove VALUE from the list at KEY")
+	fl.BoolVar(&raw, "raw", false, "store VALUE's bytes as given instead of as JSON")
 	fl.Int64Var(&expect, "expect-version", 0, "commit only if the partition is at this version")
 	return cmd
+}
+
+// eraseResult is erase's --json output: Erased is false when the
+// partition never had data, and Version then 0.
+type eraseResult struct {
+	Version uint64 `json:"version,string"`
+	Erased  bool   `json:"erased"`
 }
 
 func newEraseCmd() *cobra.Command {
@@ -337,6 +343,10 @@ func newEraseCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "erase USER | erase --shared NAME",
 		Short: "Erase all data of a partition (asks first unless --yes)",
+		Long: `Erase all data of a partition: its keys, their history and its feed
+records; devices get a reset. It asks first unless --yes. A partition that
+never had data is left alone ("nothing to erase"). With --json it prints
+{"version": "N", "erased": true|false}.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			user, shared, rest, err := o.partition(args)
 			if err != nil {
@@ -349,6 +359,28 @@ func newEraseCmd() *cobra.Command {
 			if shared != "" {
 				name = shared
 			}
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			// A partition that never had a commit has nothing to erase;
+			// one with no keys may still hold history and tombstones
+			// (deleted keys and their past values in the feed), which the
+			// erase removes.
+			ctx, cancel := o.ctx(cmd.Context())
+			before, err := c.List(ctx, connect.NewRequest(&dalvv1.ListRequest{User: user, Shared: shared, PageSize: 1}))
+			cancel()
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if before.Msg.GetVersion() == 0 {
+				if o.json {
+					return writeJSON(out, eraseResult{})
+				}
+				_, err = fmt.Fprintf(out, "nothing to erase: %q has no data\n", name)
+				return err
+			}
 			if !yes {
 				fmt.Fprintf(cmd.ErrOrStderr(), "Erase every key of %q? Devices will get a reset. Type the name to confirm: ", name)
 				line, err := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
@@ -359,20 +391,20 @@ func newEraseCmd() *cobra.Command {
 					return errors.New("not confirmed; nothing erased")
 				}
 			}
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := o.ctx(cmd.Context())
+			ctx, cancel = o.ctx(cmd.Context()) // the answer may have taken a while
 			defer cancel()
 			resp, err := c.DeletePartition(ctx, connect.NewRequest(&dalvv1.DeletePartitionRequest{User: user, Shared: shared}))
 			if err != nil {
 				return err
 			}
 			if o.json {
-				return printJSON(cmd.OutOrStdout(), resp.Msg)
+				return writeJSON(out, eraseResult{Version: resp.Msg.GetVersion(), Erased: true})
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "erased %q at version %d\n", name, resp.Msg.GetVersion())
+			if len(before.Msg.GetItems()) == 0 {
+				_, err = fmt.Fprintf(out, "erased %q at version %d: it held no keys, only the history of deleted ones\n", name, resp.Msg.GetVersion())
+				return err
+			}
+			_, err = fmt.Fprintf(out, "erased %q at version %d\n", name, resp.Msg.GetVersion())
 			return err
 		},
 	}

@@ -10,8 +10,11 @@ func newRootCmd() *cobra.Command {
 		Short:         "DalvDB: a sync database for user-owned data",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       versionString(),
 	}
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.AddCommand(newServeCmd(), newTokenCmd(), newBenchCmd(),
-		newGetCmd(), newListCmd(), newPutCmd(), newEraseCmd(), newWatchCmd())
+		newGetCmd(), newListCmd(), newPutCmd(), newEraseCmd(), newWatchCmd(),
+		newVersionCmd())
 	return root
 }

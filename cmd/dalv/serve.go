@@ -19,6 +19,7 @@ import (
 
 	"github.com/dalvdb/dalv/auth"
 	"github.com/dalvdb/dalv/engine"
+	"github.com/dalvdb/dalv/internal/devsecret"
 	"github.com/dalvdb/dalv/server"
 	"github.com/dalvdb/dalv/store"
 	"github.com/dalvdb/dalv/store/pebble"
@@ -52,14 +53,18 @@ func newServeCmd() *cobra.Command {
 		Long: `Run the DalvDB server on an embedded, crash-safe store in --data, or,
 with --store postgres://... (or DALV_STORE), as one of any number of
 stateless nodes over one PostgreSQL database: no data directory is used
-then, and the schema is created or migrated at start (the URL's
-search_path names its schema; pool_max_conns, application_name and the
-other pgx parameters apply). See docs/postgres.md.
+then (but --dev keeps its secrets in --data), and the schema is created
+or migrated at start (the URL's search_path names its schema;
+pool_max_conns, application_name and the other pgx parameters apply). See
+docs/postgres.md.
 
 Secrets come from the environment: DALV_JWT_SECRET is the HS256 key device
 tokens are signed with (at least 32 bytes); DALV_BACKEND_KEYS is a
 comma-separated list of backend API keys (each at least 16 bytes). With
---dev, missing secrets are generated and printed once.`,
+--dev, missing secrets come from the file dev-secrets.env in --data
+(also with --store), generated on the first start and reused after a
+restart, so tokens stay valid; they are printed at each start, once the
+server listens. dalv token and the operator commands find them there.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
@@ -69,11 +74,11 @@ comma-separated list of backend API keys (each at least 16 bytes). With
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.addr, "addr", "127.0.0.1:7070", "address to listen on (port 0 picks a free one)")
-	fl.StringVar(&f.data, "data", "./dalv-data", "data directory of the embedded store")
+	fl.StringVar(&f.data, "data", defaultData, "data directory of the embedded store, and where --dev keeps its secrets")
 	fl.StringVar(&f.store, "store", "", "PostgreSQL URL (postgres://...) to serve from instead of --data; default $DALV_STORE")
 	fl.DurationVar(&f.storeTimeout, "store-timeout", postgres.DefaultTimeout, "with --store: how long one store operation may wait for PostgreSQL before the request fails with unavailable")
 	fl.IntVar(&f.storeCacheBytes, "store-cache-bytes", postgres.DefaultCacheBytes, "with --store: memory for the states of small partitions this node commits to, whose commits then go in grouped statements of one round trip (0 turns it off: every commit is a transaction of its own)")
-	fl.BoolVar(&f.dev, "dev", false, "generate and print development secrets when DALV_JWT_SECRET or DALV_BACKEND_KEYS is unset")
+	fl.BoolVar(&f.dev, "dev", false, "when DALV_JWT_SECRET or DALV_BACKEND_KEYS is unset, use development secrets kept in --data (generated on the first start), and print them")
 	fl.StringArrayVar(&f.systemPrefixes, "system-prefix", nil, `key prefix that is system-domain (backend-only); repeatable (default "sys/")`)
 	fl.StringArrayVar(&f.shared, "shared", nil, "shared partition NAME, or NAME=CLAIM:VALUE to let only tokens whose CLAIM holds VALUE read it; repeatable")
 	fl.IntVar(&f.limits.MaxKeyBytes, "max-key-bytes", engine.DefaultMaxKeyBytes, "largest key, in bytes")
@@ -101,7 +106,14 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 	if err != nil {
 		return err
 	}
-	secret, keys, err := secrets(cmd, f.dev)
+	// Listen first: a server that cannot listen neither keeps nor prints
+	// development secrets. Serve closes ln; so does an earlier failure.
+	ln, err := net.Listen("tcp", f.addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", f.addr, err)
+	}
+	defer ln.Close()
+	secret, keys, devNote, err := secrets(f)
 	if err != nil {
 		return err
 	}
@@ -160,10 +172,7 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 		}
 		defer stopPprof()
 	}
-	ln, err := net.Listen("tcp", f.addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", f.addr, err)
-	}
+	fmt.Fprint(cmd.OutOrStdout(), devNote)
 	fmt.Fprintf(cmd.OutOrStdout(), "DalvDB listening on http://%s (%s)\n", ln.Addr(), where)
 	log.Info("serving", "addr", ln.Addr().String(), "store", where)
 	if err := srv.Serve(ctx, ln); err != nil {
@@ -244,20 +253,17 @@ func servePprof(ctx context.Context, cmd *cobra.Command, addr string, log *slog.
 	return func() { _ = hs.Close() }, nil
 }
 
-// secrets reads DALV_JWT_SECRET and DALV_BACKEND_KEYS, generating and
-// printing the missing ones with --dev.
-func secrets(cmd *cobra.Command, dev bool) (string, []string, error) {
-	secret := os.Getenv("DALV_JWT_SECRET")
-	var keys []string
-	for _, k := range strings.Split(os.Getenv("DALV_BACKEND_KEYS"), ",") {
-		if k = strings.TrimSpace(k); k != "" {
-			keys = append(keys, k)
-		}
-	}
+// secrets reads DALV_JWT_SECRET and DALV_BACKEND_KEYS. With --dev, those
+// the environment lacks come from the development secrets kept in --data
+// (generated there on the first start), and note is what to print about
+// them: export lines, and where they are kept.
+func secrets(f serveFlags) (secret string, keys []string, note string, err error) {
+	secret = os.Getenv("DALV_JWT_SECRET")
+	keys = devsecret.SplitKeys(os.Getenv("DALV_BACKEND_KEYS"))
 	if secret != "" && len(keys) > 0 {
-		return secret, keys, nil
+		return secret, keys, "", nil
 	}
-	if !dev {
+	if !f.dev {
 		var missing []string
 		if secret == "" {
 			missing = append(missing, "DALV_JWT_SECRET (the HS256 key device tokens are signed with, 32 bytes or more)")
@@ -265,27 +271,36 @@ func secrets(cmd *cobra.Command, dev bool) (string, []string, error) {
 		if len(keys) == 0 {
 			missing = append(missing, "DALV_BACKEND_KEYS (comma-separated backend API keys, 16 bytes or more each)")
 		}
-		return "", nil, fmt.Errorf("missing secrets: set %s in the environment, or run `dalv serve --dev` to generate development secrets", strings.Join(missing, " and "))
+		return "", nil, "", fmt.Errorf("missing secrets: set %s in the environment, or run `dalv serve --dev` to generate development secrets", strings.Join(missing, " and "))
 	}
-	out := cmd.OutOrStdout()
-	fmt.Fprintln(out, "Development secrets (shown once; export them to use dalv token and the backend API):")
+	dev, created, err := devsecret.LoadOrCreate(f.data)
+	if err != nil {
+		return "", nil, "", err
+	}
+	var b strings.Builder
+	how := "kept in"
+	if created {
+		how = "new, kept in"
+	}
+	fmt.Fprintf(&b, "Development secrets (%s %s", how, devsecret.Path(f.data))
+	if f.store != "" || os.Getenv("DALV_STORE") != "" {
+		b.WriteString(", the --data directory, also with --store")
+	}
+	b.WriteString("; a restart reuses them):\n")
 	if secret == "" {
-		s, err := auth.GenerateSecret(32)
-		if err != nil {
-			return "", nil, err
-		}
-		secret = s
-		fmt.Fprintf(out, "  export DALV_JWT_SECRET=%s\n", secret)
+		secret = dev.JWTSecret
+		fmt.Fprintf(&b, "  export DALV_JWT_SECRET=%s\n", secret)
 	}
 	if len(keys) == 0 {
-		k, err := auth.GenerateSecret(24)
-		if err != nil {
-			return "", nil, err
-		}
-		keys = []string{k}
-		fmt.Fprintf(out, "  export DALV_BACKEND_KEYS=%s DALV_BACKEND_KEY=%s\n", k, k)
+		keys = dev.BackendKeys
+		fmt.Fprintf(&b, "  export DALV_BACKEND_KEYS=%s DALV_BACKEND_KEY=%s\n", strings.Join(keys, ","), keys[0])
 	}
-	return secret, keys, nil
+	if f.data == defaultData {
+		b.WriteString("`dalv token` and the operator commands run in this directory find them there.\n")
+	} else {
+		fmt.Fprintf(&b, "`dalv token` and the operator commands find them there with --data %s.\n", f.data)
+	}
+	return secret, keys, b.String(), nil
 }
 
 // validate refuses sizes and durations the server would otherwise replace

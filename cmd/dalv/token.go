@@ -13,17 +13,22 @@ import (
 
 func newTokenCmd() *cobra.Command {
 	var (
-		user string
-		ttl  time.Duration
+		user, data string
+		ttl        time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "token --user USER [--ttl 1h]",
 		Short: "Print a development device token signed with DALV_JWT_SECRET",
-		Args:  cobra.NoArgs,
+		Long: `Print a development device token signed with DALV_JWT_SECRET, or, when
+that is unset, with the secret a ` + "`dalv serve --dev`" + ` keeps in --data.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			secret := os.Getenv("DALV_JWT_SECRET")
 			if secret == "" {
-				return errors.New("DALV_JWT_SECRET is not set: export the secret the server uses (dalv serve --dev prints one)")
+				var err error
+				if secret, err = devJWTSecret(data); err != nil {
+					return err
+				}
 			}
 			if user == "" {
 				return errors.New("--user is required: the user id the token is for")
@@ -41,5 +46,6 @@ func newTokenCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&user, "user", "", "user id (the token's sub claim)")
 	cmd.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid")
+	dataFlag(cmd, &data)
 	return cmd
 }

@@ -28,7 +28,10 @@ func newWatchCmd() *cobra.Command {
 its cursor, partition, version and ops. With no --cursor it starts from now;
 --cursor start starts from the oldest retained commit; any printed cursor
 resumes right after that commit. On a lost connection or a server restart it
-reconnects from the last cursor by itself.`,
+reconnects from the last cursor by itself.
+
+With --json each line is {"cursor", "user" or "shared", "version",
+"erased", "ops": [{"kind", "key", "value"}]}. ` + valueHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := o.client()
@@ -44,7 +47,7 @@ reconnects from the last cursor by itself.`,
 						return nil
 					}
 					if o.json {
-						return printJSON(out, ev)
+						return writeJSON(out, toJSONEvent(ev))
 					}
 					_, err := fmt.Fprintln(out, formatEvent(ev))
 					return err
@@ -126,7 +129,7 @@ func formatEvent(ev *dalvv1.ChangeEvent) string {
 			fmt.Fprintf(&b, " %s %s", kind, op.GetKey())
 			continue
 		}
-		fmt.Fprintf(&b, " %s %s=%s", kind, op.GetKey(), showValue(op.GetValue()))
+		fmt.Fprintf(&b, " %s %s=%s", kind, op.GetKey(), valueText(op.GetValue()))
 	}
 	return b.String()
 }
