@@ -269,6 +269,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if n, ok := fileLimit(); ok && s.cfg.MaxConnections > n {
 		s.log.Warn("the connection cap is above the open-file limit: connections can take the descriptors the store needs",
 			"max_connections", s.cfg.MaxConnections, "file_limit", n)
+	} else {
+		s.log.Info("connections capped", "max_connections", s.cfg.MaxConnections, "file_limit", n, "body_timeout", s.cfg.BodyTimeout)
 	}
 	hs := &http.Server{
 		Handler: s.handler,
