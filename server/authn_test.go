@@ -169,3 +169,27 @@ func TestTokenVerifiedOnce(t *testing.T) {
 		t.Errorf("a sync and a watch verified tokens %d times, want 2", got)
 	}
 }
+
+// TestRefusedWithBodySent checks that a client whose token is not accepted
+// reads the refusal, not a reset connection, when it sent a whole body the
+// server never read: small, or past what net/http drains.
+func TestRefusedWithBodySent(t *testing.T) {
+	t.Parallel()
+	_, base, _ := testServer(t, Config{})
+	client := dalvv1connect.NewClientServiceClient(http.DefaultClient, base)
+	for _, size := range []int{10, 100 << 10, 4 << 20} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			t.Parallel()
+			req := connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "phone", Ops: []*dalvv1.Op{{
+				Kind: dalvv1.OpKind_OP_KIND_PUT, Key: "k",
+				Value: &dalvv1.Value{Kind: &dalvv1.Value_Scalar{Scalar: make([]byte, size)}},
+			}}})
+			req.Header().Set("Authorization", "Bearer e30.e30.c2ln")
+			for i := range 5 {
+				if _, err := client.Sync(context.Background(), req); connect.CodeOf(err) != connect.CodeUnauthenticated {
+					t.Fatalf("try %d: %v, want unauthenticated", i+1, err)
+				}
+			}
+		})
+	}
+}
