@@ -158,7 +158,7 @@ func TestHeldConnectionsDoNotStarveSync(t *testing.T) {
 	const (
 		silent      = 4000
 		trickling   = 300
-		bodyTimeout = 3 * time.Second
+		bodyTimeout = 4 * time.Second
 	)
 	raiseFileLimit(t, silent+trickling+1000)
 	srv := startServerWith(t, proc.Options{NoFile: 4096, Args: []string{"--body-timeout", bodyTimeout.String()}})
