@@ -55,9 +55,20 @@ func startServer(t testing.TB, args ...string) *proc.Server {
 // startServerOn is startServer on a given data directory.
 func startServerOn(t testing.TB, data string, args ...string) *proc.Server {
 	t.Helper()
+	return startServerWith(t, proc.Options{Data: data, Args: args})
+}
+
+// startServerWith is startServer with options: a fresh data directory
+// unless o names one, the test binary and environment.
+func startServerWith(t testing.TB, o proc.Options) *proc.Server {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv, err := proc.Start(ctx, proc.Options{Binary: binary, Data: data, Args: args, Env: testEnv()})
+	if o.Data == "" {
+		o.Data = filepath.Join(t.TempDir(), "data")
+	}
+	o.Binary, o.Env = binary, append(testEnv(), o.Env...)
+	srv, err := proc.Start(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}

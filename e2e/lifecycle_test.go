@@ -557,6 +557,8 @@ func TestLifecycleBadFlags(t *testing.T) {
 		{[]string{"--max-ops", "abc"}, []string{"--max-ops", "abc"}},
 		{[]string{"--max-request-bytes", "-8"}, []string{"--max-request-bytes", "-8"}},
 		{[]string{"--rate-burst", "-3"}, []string{"--rate-burst", "-3"}},
+		{[]string{"--body-timeout", "0s"}, []string{"--body-timeout", "0s"}},
+		{[]string{"--max-connections", "-1"}, []string{"--max-connections", "-1", "open-file limit"}},
 		{[]string{"--retention", "soon"}, []string{"--retention", "soon"}},
 		{[]string{"--retention", "-1h"}, []string{"--retention", "-1h"}},
 		{[]string{"--drain-timeout", "0s"}, []string{"--drain-timeout", "0s"}},

@@ -2,10 +2,12 @@ package server
 
 import (
 	"compress/gzip"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"io"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +39,42 @@ func (s *Server) limitRequestSize(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// limitBodyTime gives a request's body BodyTimeout from its headers to
+// arrive whole: a read past it fails with deadline_exceeded, and the
+// connection is closed after the answer. The deadline ends with the body:
+// net/http lifts an HTTP/1 connection's read deadline when, at the body's
+// end, it starts watching for the client hanging up, and an HTTP/2 stream's
+// only concerns its body. So the handler's work and a stream's messages
+// are not bounded by it.
+func (s *Server) limitBodyTime(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body != nil && r.Body != http.NoBody {
+			if http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout)) == nil {
+				// A copy: net/http still looks at the request it passed.
+				r = r.WithContext(r.Context())
+				r.Body = &timedBody{ReadCloser: r.Body, timeout: s.cfg.BodyTimeout}
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// timedBody turns a read past the body's deadline into a Connect error
+// naming the flag.
+type timedBody struct {
+	io.ReadCloser
+	timeout time.Duration
+}
+
+func (b *timedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = connect.NewError(connect.CodeDeadlineExceeded, fmt.Errorf(
+			"request body not received within %v of its headers (--body-timeout)", b.timeout))
+	}
+	return n, err
 }
 
 // limitedBody fails the read that takes a body past max bytes with a Connect

@@ -3,13 +3,18 @@ package server
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"errors"
 	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
+
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 )
 
 // TestRateLimiter checks that a user's burst is allowed and the next
@@ -92,5 +97,57 @@ func wantLimitErr(t *testing.T, err error, says string) {
 	var ce *connect.Error
 	if !errors.As(err, &ce) || ce.Code() != connect.CodeResourceExhausted || !strings.Contains(err.Error(), says) {
 		t.Errorf("read past the limit: %v, want resource_exhausted saying %q", err, says)
+	}
+}
+
+// TestBodyTimeout checks that a body still arriving BodyTimeout after its
+// headers is cut off with deadline_exceeded naming the flag, and its
+// connection closed.
+func TestBodyTimeout(t *testing.T) {
+	t.Parallel()
+	const timeout = 300 * time.Millisecond
+	_, base, _ := testServer(t, Config{BodyTimeout: timeout})
+	header := http.Header{"Content-Type": {"application/proto"}, "Authorization": {"Bearer " + token(t, "ivy")}}
+	start := time.Now()
+	conn, br := rawRequest(t, base, dalvv1connect.ClientServiceSyncProcedure, header, 100, "\x0a\x05phone")
+	resp, body := readAnswer(t, conn, br, 5*time.Second)
+	if took := time.Since(start); took < timeout || took > timeout+2*time.Second {
+		t.Errorf("answered %v after the headers, want just after %v", took, timeout)
+	}
+	if !strings.Contains(body, `"code":"deadline_exceeded"`) || !strings.Contains(body, "--body-timeout") {
+		t.Errorf("HTTP %d %q, want deadline_exceeded naming --body-timeout", resp.StatusCode, body)
+	}
+	serverCloses(t, conn, br, 2*time.Second)
+}
+
+// TestBodyTimeoutEndsWithBody checks that the body's deadline does not
+// outlive the body: a watch stream lives on past it, over HTTP/1.1 and
+// HTTP/2.
+func TestBodyTimeoutEndsWithBody(t *testing.T) {
+	t.Parallel()
+	const timeout = 100 * time.Millisecond
+	_, base, _ := testServer(t, Config{BodyTimeout: timeout, Heartbeat: 20 * time.Millisecond})
+	h2c := &http.Transport{Protocols: new(http.Protocols)}
+	h2c.Protocols.SetUnencryptedHTTP2(true)
+	for name, hc := range map[string]*http.Client{"HTTP/1.1": http.DefaultClient, "h2c": {Transport: h2c}} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			client := dalvv1connect.NewClientServiceClient(hc, base)
+			req := connect.NewRequest(&dalvv1.WatchRequest{DeviceId: "phone"})
+			req.Header().Set("Authorization", "Bearer "+token(t, "ivy"))
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			stream, err := client.Watch(ctx, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stream.Close()
+			start := time.Now()
+			for time.Since(start) < 5*timeout {
+				if !stream.Receive() {
+					t.Fatalf("the watch ended %v after it began: %v", time.Since(start), stream.Err())
+				}
+			}
+		})
 	}
 }

@@ -67,6 +67,32 @@ func newMetrics(reg *prometheus.Registry, st store.Store) *metrics {
 	return m
 }
 
+// registerConnections adds the series of the connection cap: the open
+// connections and those of them idle, the connections refused for want of
+// room and the idle ones closed to make room. ln returns the listener of
+// the running Serve, or nil.
+func (m *metrics) registerConnections(reg *prometheus.Registry, ln func() *limitListener) {
+	stat := func(pick func(open, idle int, refused, evicted uint64) float64) func() float64 {
+		return func() float64 {
+			l := ln()
+			if l == nil {
+				return 0
+			}
+			return pick(l.stats())
+		}
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dalv_connections", Help: "Open client connections (--max-connections caps them)."},
+			stat(func(open, _ int, _, _ uint64) float64 { return float64(open) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dalv_connections_idle", Help: "Open client connections idle between requests."},
+			stat(func(_, idle int, _, _ uint64) float64 { return float64(idle) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "dalv_connections_refused_total", Help: "Connections closed unanswered because --max-connections were open and none freed in time."},
+			stat(func(_, _ int, refused, _ uint64) float64 { return float64(refused) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "dalv_connections_idle_closed_total", Help: "Idle connections closed to make room under --max-connections."},
+			stat(func(_, _ int, _, evicted uint64) float64 { return float64(evicted) })),
+	)
+}
+
 // interceptor counts and times every RPC; for streams, the whole stream.
 func (m *metrics) interceptor() connect.Interceptor { return metricsInterceptor{m} }
 

@@ -1,9 +1,11 @@
 // Package server serves DalvDB's dalv.v1 protocol over ConnectRPC (Connect,
 // gRPC and gRPC-Web, HTTP/1.1 and h2c on one port), plus GET /healthz and
 // GET /metrics. It authenticates devices by JWT and backends by API key,
-// enforces limits, runs package engine's rules over a store, and is the only
-// place that speaks Connect codes (see errors.go). A Server can be started in
-// a test process as well as by `dalv serve`.
+// from a request's headers before any of its body is read, enforces limits
+// (on requests, on the time a body may take to arrive, on open connections),
+// runs package engine's rules over a store, and is the only place that
+// speaks Connect codes (see errors.go). A Server can be started in a test
+// process as well as by `dalv serve`.
 package server
 
 import (
@@ -46,6 +48,17 @@ type Config struct {
 	Limits engine.Limits
 	// MaxRequestBytes bounds a request body (default 8 MiB).
 	MaxRequestBytes int
+	// BodyTimeout bounds the time from a request's headers to the end of
+	// its body (default 15s); a body still arriving then is cut off with
+	// deadline_exceeded. What follows the body (a stream's messages, the
+	// answer) is not bounded by it.
+	BodyTimeout time.Duration
+	// MaxConnections caps the open connections (0: DefaultMaxConnections,
+	// derived from the file limit). Past it, idle keep-alive connections
+	// are closed to make room; with none, a new connection waits up to
+	// ConnectionWait (default 1s) for room and is then closed unanswered.
+	MaxConnections int
+	ConnectionWait time.Duration
 	// RateLimit is the sustained requests per second allowed per user (0:
 	// DefaultRateLimit; negative: no limit); RateBurst the burst (default
 	// the rate, at least 1).
@@ -85,6 +98,8 @@ type SharedPartition struct {
 // Defaults.
 const (
 	DefaultMaxRequestBytes = 8 << 20
+	DefaultBodyTimeout     = 15 * time.Second
+	DefaultConnectionWait  = time.Second
 	DefaultRateLimit       = 1000
 	DefaultRetention       = 7 * 24 * time.Hour
 	DefaultDrainTimeout    = 10 * time.Second
@@ -103,8 +118,9 @@ type Server struct {
 	shared   map[string]SharedPartition
 	health   *grpchealth.StaticChecker
 	hub      *hub
-	notifier store.Notifier // when the store is shared with other processes
-	drain    chan struct{}  // closed when shutdown begins: streams end
+	notifier store.Notifier                // when the store is shared with other processes
+	conns    atomic.Pointer[limitListener] // of the running Serve, for the metrics
+	drain    chan struct{}                 // closed when shutdown begins: streams end
 	draining atomic.Bool
 }
 
@@ -117,6 +133,18 @@ func New(cfg Config) (*Server, error) {
 	cfg.Shared = slices.Clone(cfg.Shared)
 	if cfg.MaxRequestBytes <= 0 {
 		cfg.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
+	}
+	if cfg.MaxConnections < 0 {
+		return nil, fmt.Errorf("server: MaxConnections %d is negative", cfg.MaxConnections)
+	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = DefaultMaxConnections()
+	}
+	if cfg.ConnectionWait <= 0 {
+		cfg.ConnectionWait = DefaultConnectionWait
 	}
 	if cfg.RateLimit == 0 {
 		cfg.RateLimit = DefaultRateLimit
@@ -160,6 +188,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.notifier, _ = cfg.Store.(store.Notifier)
 	s.metrics = newMetrics(cfg.Registry, cfg.Store)
+	s.metrics.registerConnections(cfg.Registry, func() *limitListener { return s.conns.Load() })
 	eng, err := engine.New(engine.Config{
 		Store:          cfg.Store,
 		SystemPrefixes: cfg.SystemPrefixes,
@@ -190,10 +219,13 @@ func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	procedures := rpcProcedures()
 	handle := func(path string, h http.Handler) { mux.Handle(path, s.metrics.countRefused(procedures, h)) }
-	handle(dalvv1connect.NewClientServiceHandler(&clientService{s: s}, opts...))
-	handle(dalvv1connect.NewBackendServiceHandler(&backendService{s: s}, opts...))
-	// The standard gRPC health check, for load balancers; it is also the
-	// no-op call `dalv bench` measures the transport's floor with.
+	path, h := dalvv1connect.NewClientServiceHandler(&clientService{s: s}, opts...)
+	handle(path, s.authenticate(deviceToken, h))
+	path, h = dalvv1connect.NewBackendServiceHandler(&backendService{s: s}, opts...)
+	handle(path, s.authenticate(backendKey, h))
+	// The standard gRPC health check, for load balancers, open to all; it
+	// is also the no-op call `dalv bench` measures the transport's floor
+	// with.
 	s.health = grpchealth.NewStaticChecker(dalvv1connect.ClientServiceName, dalvv1connect.BackendServiceName)
 	handle(grpchealth.NewHandler(s.health, opts...))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -210,7 +242,7 @@ func (s *Server) routes() http.Handler {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		_, _ = w.Write(page)
 	})
-	return s.limitRequestSize(mux)
+	return s.limitBodyTime(s.limitRequestSize(mux))
 }
 
 // indexPage is what GET / answers: what this server is and where its
@@ -270,13 +302,26 @@ func (s *Server) Handler() http.Handler { return s.handler }
 func (s *Server) Engine() *engine.Engine { return s.eng }
 
 // Serve serves on ln until ctx is done, then stops taking connections,
-// drains in-flight requests (up to DrainTimeout) and returns. It runs the
-// retention compaction in the background meanwhile. The store stays open.
+// drains in-flight requests (up to DrainTimeout) and returns. It keeps at
+// most MaxConnections of ln's connections open, and runs the retention
+// compaction in the background meanwhile. The store stays open.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	lim := newLimitListener(ln, s.cfg.MaxConnections, s.cfg.ConnectionWait)
+	s.conns.Store(lim)
+	if n, ok := fileLimit(); ok && s.cfg.MaxConnections > n {
+		s.log.Warn("the connection cap is above the open-file limit: connections can take the descriptors the store needs",
+			"max_connections", s.cfg.MaxConnections, "file_limit", n)
+	} else {
+		s.log.Info("connections capped", "max_connections", s.cfg.MaxConnections, "file_limit", n, "body_timeout", s.cfg.BodyTimeout)
+	}
 	hs := &http.Server{
-		Handler:           s.handler,
+		Handler: s.handler,
+		// A request's body has its own deadline (BodyTimeout, see
+		// limitBodyTime); a connection idle between requests is closed
+		// after IdleTimeout, or sooner when the connection cap needs room.
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
+		ConnState:         lim.connState,
 		Protocols:         new(http.Protocols),
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
@@ -302,7 +347,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
+	go func() { errc <- hs.Serve(lim) }()
 	select {
 	case err := <-errc:
 		stopBG()

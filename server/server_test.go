@@ -32,6 +32,7 @@ var testSecret = []byte("server-test-secret-0123456789abcdef")
 const testKey = "server-test-backend-key-0123"
 
 // testServer starts a Server and returns it with its base URL and registry.
+// Device tokens are checked with testSecret unless cfg has a Verifier.
 func testServer(t *testing.T, cfg Config) (*Server, string, *prometheus.Registry) {
 	t.Helper()
 	st, err := pebble.Open(t.TempDir(), pebble.Options{})
@@ -47,13 +48,20 @@ func testServer(t *testing.T, cfg Config) (*Server, string, *prometheus.Registry
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Store, cfg.Verifier, cfg.BackendKeys = st, v, keys
+	if cfg.Verifier == nil {
+		cfg.Verifier = v
+	}
+	cfg.Store, cfg.BackendKeys = st, keys
 	cfg.Registry = prometheus.NewRegistry()
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(s.Handler())
+	hs := httptest.NewUnstartedServer(s.Handler())
+	hs.Config.Protocols = new(http.Protocols)
+	hs.Config.Protocols.SetHTTP1(true)
+	hs.Config.Protocols.SetUnencryptedHTTP2(true)
+	hs.Start()
 	t.Cleanup(hs.Close)
 	return s, hs.URL, cfg.Registry
 }
@@ -98,9 +106,9 @@ func label(m *dto.Metric, name string) string {
 }
 
 // TestRequestsCounted checks that dalv_requests_total counts every request
-// to a procedure once, with its code: those the handlers answer, and those
-// Connect refuses before any handler runs (a body that does not decode, a
-// content type it does not speak).
+// to a procedure once, with its code: those the handlers answer, those the
+// token check refuses, and those Connect refuses before any handler runs (a
+// body that does not decode, a content type it does not speak).
 func TestRequestsCounted(t *testing.T) {
 	t.Parallel()
 	_, url, reg := testServer(t, Config{RateLimit: -1})
@@ -129,7 +137,14 @@ func TestRequestsCounted(t *testing.T) {
 		if tc.status == http.StatusNotFound {
 			path = "/dalv.v1.ClientService/Bogus"
 		}
-		hr, err := http.Post(url+path, tc.contentType, strings.NewReader(tc.body))
+		hreq, err := http.NewRequest(http.MethodPost, url+path, strings.NewReader(tc.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Authenticated, so that Connect, not the token check, answers.
+		hreq.Header.Set("Content-Type", tc.contentType)
+		hreq.Header.Set("Authorization", "Bearer "+token(t, "gina"))
+		hr, err := http.DefaultClient.Do(hreq)
 		if err != nil {
 			t.Fatal(err)
 		}

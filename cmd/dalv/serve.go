@@ -33,6 +33,8 @@ type serveFlags struct {
 	shared            []string
 	limits            engine.Limits
 	maxRequestBytes   int
+	bodyTimeout       time.Duration
+	maxConnections    int
 	rateLimit         float64
 	rateBurst         int
 	retention         time.Duration
@@ -86,6 +88,8 @@ server listens. dalv token and the operator commands find them there.`,
 	fl.IntVar(&f.limits.MaxOps, "max-ops", engine.DefaultMaxOps, "most ops in one sync or commit")
 	fl.IntVar(&f.limits.MaxResponseBytes, "max-response-bytes", engine.DefaultMaxResponseBytes, "largest answer; larger catch-ups come in pages")
 	fl.IntVar(&f.maxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes, "largest request body, in bytes")
+	fl.DurationVar(&f.bodyTimeout, "body-timeout", server.DefaultBodyTimeout, "how long a request's body may take to arrive after its headers")
+	fl.IntVar(&f.maxConnections, "max-connections", 0, fmt.Sprintf("most open client connections; past it idle ones are closed to make room, else new ones wait a second and are refused (0: derived from the open-file limit, here %d)", server.DefaultMaxConnections()))
 	fl.Float64Var(&f.rateLimit, "rate-limit", server.DefaultRateLimit, "requests per second allowed per user (negative: no limit)")
 	fl.IntVar(&f.rateBurst, "rate-burst", 0, "burst of requests allowed per user (default: the rate)")
 	fl.DurationVar(&f.retention, "retention", server.DefaultRetention, "how long history and tombstones are kept; older base versions get a reset")
@@ -154,6 +158,8 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 		Shared:          shared,
 		Limits:          f.limits,
 		MaxRequestBytes: f.maxRequestBytes,
+		BodyTimeout:     f.bodyTimeout,
+		MaxConnections:  f.maxConnections,
 		RateLimit:       f.rateLimit,
 		RateBurst:       f.rateBurst,
 		Retention:       f.retention,
@@ -319,6 +325,12 @@ func (f serveFlags) validate() error {
 		if fl.n < 1 {
 			return fmt.Errorf("%s %d: must be at least 1", fl.name, fl.n)
 		}
+	}
+	if f.bodyTimeout <= 0 {
+		return fmt.Errorf("--body-timeout %v: must be positive", f.bodyTimeout)
+	}
+	if f.maxConnections < 0 {
+		return fmt.Errorf("--max-connections %d: must be 0 (derived from the open-file limit) or more", f.maxConnections)
 	}
 	if f.rateBurst < 0 {
 		return fmt.Errorf("--rate-burst %d: must be 0 (the rate) or more", f.rateBurst)

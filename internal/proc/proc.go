@@ -47,6 +47,10 @@ type Options struct {
 	Timeout time.Duration
 	// Stderr, when set, also receives the server's log.
 	Stderr io.Writer
+	// NoFile, when positive, is the server's limit on open files (soft and
+	// hard), set by starting it through util-linux's prlimit, which then
+	// runs the server as the same process.
+	NoFile int
 }
 
 const listening = "DalvDB listening on http://"
@@ -57,8 +61,15 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	if o.Timeout == 0 {
 		o.Timeout = 30 * time.Second
 	}
-	args := append([]string{"serve", "--addr", "127.0.0.1:0", "--data", o.Data}, o.Args...)
-	cmd := exec.Command(o.Binary, args...)
+	args := append([]string{o.Binary, "serve", "--addr", "127.0.0.1:0", "--data", o.Data}, o.Args...)
+	if o.NoFile > 0 {
+		prlimit, err := exec.LookPath("prlimit")
+		if err != nil {
+			return nil, fmt.Errorf("a server with a file limit is started through prlimit (util-linux): %w", err)
+		}
+		args = append([]string{prlimit, fmt.Sprintf("--nofile=%d:%d", o.NoFile, o.NoFile), "--"}, args...)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), o.Env...)
 	s := &Server{Data: o.Data, cmd: cmd, done: make(chan struct{})}
 	outPipe, err := cmd.StdoutPipe()
