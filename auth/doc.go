@@ -19,7 +19,13 @@
 //   - it has an exp claim and the current time is before exp plus the leeway;
 //   - nbf and iat, when present, are not after the current time plus the
 //     leeway;
-//   - its sub claim is a non-empty string, which becomes [Claims.Subject];
+//   - its header and claims are JSON with one reading: valid UTF-8, no
+//     escape of half a UTF-16 surrogate pair (\ud800 alone), and no object
+//     that gives a name twice, so no two libraries, and no two subjects,
+//     can read one token differently;
+//   - its sub claim is a non-empty string that is a valid user id (1 to 256
+//     bytes, no control characters: engine.ValidatePartitionName, the one
+//     rule for user ids), which becomes [Claims.Subject];
 //   - its aud contains [HS256Options.Audience] and its iss equals
 //     [HS256Options.Issuer], each when configured.
 //

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/dalvdb/dalv/engine"
 )
 
 // MinSecretBytes is the shortest HS256 secret [NewHS256] and [Mint] accept:
@@ -97,19 +99,17 @@ func (v *hs256) Verify(_ context.Context, token string) (*Claims, error) {
 	}
 	mc := jwt.MapClaims{}
 	tok, err := v.parser.ParseWithClaims(token, mc, v.key)
+	if err == nil || errors.Is(err, jwt.ErrTokenInvalidClaims) {
+		// The signature is good: check that the JSON signed has one
+		// reading before trusting any claim in it, including exp.
+		if err := strictSegments(token); err != nil {
+			return nil, err
+		}
+	}
 	if err != nil {
 		return nil, v.refusal(tok, mc, err)
 	}
-	sub, err := mc.GetSubject()
-	if err != nil {
-		return nil, fmt.Errorf("%w: sub is not a string", ErrMissingSubject)
-	}
-	if sub == "" {
-		return nil, ErrMissingSubject
-	}
-	// The parser has already required exp and checked its type.
-	exp, _ := mc.GetExpirationTime()
-	return &Claims{Subject: sub, ExpiresAt: exp.Time.UTC(), Raw: mc}, nil
+	return verified(mc, "sub")
 }
 
 // key hands the secret only to HS256 tokens. WithValidMethods already refuses
@@ -218,6 +218,9 @@ func Mint(secret []byte, subject string, ttl time.Duration, now time.Time) (stri
 	}
 	if subject == "" {
 		return "", fmt.Errorf("mint: %w", ErrMissingSubject)
+	}
+	if err := engine.ValidatePartitionName(subject); err != nil {
+		return "", fmt.Errorf("mint: %w: %s", ErrUserID, err.Error())
 	}
 	if ttl <= 0 {
 		return "", fmt.Errorf("mint: ttl must be positive, got %s", ttl)

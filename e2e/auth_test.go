@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -195,4 +196,123 @@ func TestBackendKeys(t *testing.T) {
 		})
 	}
 	wantPartition(t, b, "victim", partition{1, []string{"name=Victim@1"}})
+}
+
+// signRaw signs claims given as raw JSON (exp and iat appended) with the
+// test secret, so a token can carry bytes and escapes that no JSON encoder
+// writes: a lone surrogate, a raw 0xff, a claim given twice.
+func signRaw(t testing.TB, claims string) string {
+	t.Helper()
+	now := time.Now()
+	enc := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+	signing := enc(`{"alg":"HS256","typ":"JWT"}`) + "." + enc(fmt.Sprintf(`{%s,"iat":%d,"exp":%d}`, claims, now.Unix(), now.Add(time.Hour).Unix()))
+	sig, err := hs256.Sign(signing, []byte(testSecret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signing + "." + enc(string(sig))
+}
+
+// TestIdentityIsUnambiguous checks that a token names one user or is
+// refused: subjects that a lenient JSON decoder would turn into another
+// user's id (lone surrogates, invalid UTF-8, a sub given twice) and user ids
+// with control characters are refused as unauthenticated, on Sync, Watch
+// and GetConfig, and reach no partition.
+func TestIdentityIsUnambiguous(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	b := backendClient(t, srv)
+	// U+FFFD is what the decoder would have made of each bad subject.
+	const collided = "victim\ufffd"
+	commit(t, b, "victim", opPut("secret", "victim's"))
+	commit(t, b, collided, opPut("secret", "collided's"))
+
+	for _, tc := range []struct {
+		name   string
+		claims string
+		words  []string
+	}{
+		{"lone high surrogate", `"sub":"victim\ud800"`, []string{"not valid UTF-8", `\ud800`}},
+		{"lone high surrogate at the end of the range", `"sub":"victim\udbff"`, []string{"not valid UTF-8", `\udbff`}},
+		{"lone low surrogate", `"sub":"victim\udc00"`, []string{"not valid UTF-8", `\udc00`}},
+		{"raw byte 0xff", "\"sub\":\"victim\xff\"", []string{"not valid UTF-8", "0xff"}},
+		{"sub given twice", `"sub":"mallory","sub":"victim"`, []string{"repeats a claim", `"sub"`}},
+		{"sub given twice, once escaped", `"sub":"victim","s\u0075b":"mallory"`, []string{"repeats a claim", `"sub"`}},
+		{"NUL in sub", `"sub":"victim\u0000"`, []string{"user id", "control character", "U+0000"}},
+		{"newline in sub", `"sub":"victim\nadmin"`, []string{"user id", "control character", "U+000A"}},
+		{"sub too long", `"sub":"` + strings.Repeat("v", 257) + `"`, []string{"user id", "257 bytes"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			authorization := "Bearer " + signRaw(t, tc.claims)
+			c := clientWith(srv, authorization)
+			for _, user := range []string{"victim", collided} {
+				refused(t, b, user, func() error {
+					_, err := trySync(t, c, &dalvv1.SyncRequest{DeviceId: "d", BaseVersion: 1, Batch: 1, Ops: ops(opPut("secret", "pwned"))})
+					return err
+				}, connect.CodeUnauthenticated, tc.words...)
+			}
+			_, err := trySync(t, c, &dalvv1.SyncRequest{DeviceId: "d"})
+			wantError(t, err, connect.CodeUnauthenticated, tc.words...)
+			_, err = c.GetConfig(ctx(t), connect.NewRequest(&dalvv1.GetConfigRequest{}))
+			wantError(t, err, connect.CodeUnauthenticated, tc.words...)
+			w := watchDeviceWith(t, http.DefaultClient, srv, authorization, &dalvv1.WatchRequest{DeviceId: "d"})
+			wantError(t, w.end(t, streamWait), connect.CodeUnauthenticated, tc.words...)
+		})
+	}
+
+	// Subjects that differ only where the bad ones were bad are distinct
+	// users, each seeing only its own partition.
+	for _, tc := range []struct{ claims, want string }{
+		{`"sub":"victim"`, "secret=victim's@1"},
+		{`"sub":"victim\ufffd"`, "secret=collided's@1"},
+		{`"sub":"victim\ud83d\ude00"`, ""},
+	} {
+		resp := mustSync(t, clientWith(srv, "Bearer "+signRaw(t, tc.claims)), &dalvv1.SyncRequest{DeviceId: "d"})
+		var want []string
+		if tc.want != "" {
+			want = []string{tc.want}
+		}
+		if got := render(resp.GetChanges()); !slices.Equal(got, want) {
+			t.Errorf("pull with %s = %v, want %v", tc.claims, got, want)
+		}
+	}
+	wantPartition(t, b, "victim", partition{1, []string{"secret=victim's@1"}})
+	wantPartition(t, b, collided, partition{1, []string{"secret=collided's@1"}})
+}
+
+// TestDeviceIDs checks that device ids with control characters, empty or
+// too long are refused as invalid_argument on Sync and Watch, and change
+// nothing, while printable ones of any script work.
+func TestDeviceIDs(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	b := backendClient(t, srv)
+	c := deviceClient(t, srv, "alice")
+	mustSync(t, c, &dalvv1.SyncRequest{DeviceId: "Zoé's phone 📱", Batch: 1, Ops: ops(opPut("k", "1"))})
+	mustSync(t, c, &dalvv1.SyncRequest{DeviceId: strings.Repeat("d", 128), BaseVersion: 1, Batch: 1, Ops: ops(opPut("k", "2"))})
+
+	for _, tc := range []struct {
+		name, id string
+		words    []string
+	}{
+		{"empty", "", []string{"missing deviceId"}},
+		{"NUL", "phone\x00", []string{"deviceId", "control character", "U+0000"}},
+		{"newline", "phone\nlaptop", []string{"deviceId", "control character", "U+000A"}},
+		{"escape", "phone\x1b[2J", []string{"deviceId", "control character", "U+001B"}},
+		{"C1 control", "phone\u0085", []string{"deviceId", "control character", "U+0085"}},
+		{"129 bytes", strings.Repeat("d", 129), []string{"deviceId", "129 bytes", "over 128"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			refused(t, b, "alice", func() error {
+				_, err := trySync(t, c, &dalvv1.SyncRequest{DeviceId: tc.id, BaseVersion: 2, Batch: 2, Ops: ops(opPut("k", "pwned"))})
+				return err
+			}, connect.CodeInvalidArgument, tc.words...)
+			_, err := trySync(t, c, &dalvv1.SyncRequest{DeviceId: tc.id})
+			wantError(t, err, connect.CodeInvalidArgument, tc.words...)
+			w := watchDeviceWith(t, http.DefaultClient, srv, "Bearer "+token(t, "alice"), &dalvv1.WatchRequest{DeviceId: tc.id})
+			wantError(t, w.end(t, streamWait), connect.CodeInvalidArgument, tc.words...)
+		})
+	}
 }
