@@ -65,3 +65,9 @@ var ErrDuplicateClaim = errors.New("token repeats a claim")
 // usable user id: too long, or holding control characters. The message
 // says which rule it breaks.
 var ErrUserID = errors.New("token user id not accepted")
+
+// ErrUnknownKey is returned when no configured key may verify the token:
+// its kid names no key (even after fetching the JWKS again), its kid is not
+// a plausible key id, or its header offers a key of its own (jku, x5u, jwk,
+// x5c), which is never followed.
+var ErrUnknownKey = errors.New("token signing key not known")

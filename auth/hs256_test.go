@@ -29,7 +29,7 @@ var (
 var sentinels = []error{
 	ErrMissingToken, ErrMalformedToken, ErrAlgorithm, ErrSignature, ErrExpired,
 	ErrNotYetValid, ErrMissingExpiry, ErrMissingSubject, ErrAudience, ErrIssuer,
-	ErrNotUTF8, ErrDuplicateClaim, ErrUserID,
+	ErrNotUTF8, ErrDuplicateClaim, ErrUserID, ErrUnknownKey,
 }
 
 func at(t time.Time) func() time.Time { return func() time.Time { return t } }

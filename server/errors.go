@@ -39,6 +39,7 @@ var codeTable = []struct {
 	{auth.ErrNotUTF8, connect.CodeUnauthenticated},
 	{auth.ErrDuplicateClaim, connect.CodeUnauthenticated},
 	{auth.ErrUserID, connect.CodeUnauthenticated},
+	{auth.ErrUnknownKey, connect.CodeUnauthenticated},
 	{store.ErrClosed, connect.CodeUnavailable},
 	{store.ErrUnavailable, connect.CodeUnavailable},
 	{store.ErrCorruption, connect.CodeDataLoss},
