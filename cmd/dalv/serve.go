@@ -42,6 +42,7 @@ type serveFlags struct {
 	heartbeat         time.Duration
 	logLevel, logForm string
 	pprofAddr         string
+	tokens            tokenFlags
 }
 
 func newServeCmd() *cobra.Command {
@@ -59,7 +60,9 @@ other pgx parameters apply). See docs/postgres.md.
 Secrets come from the environment: DALV_JWT_SECRET is the HS256 key device
 tokens are signed with (at least 32 bytes); DALV_BACKEND_KEYS is a
 comma-separated list of backend API keys (each at least 16 bytes). With
---dev, missing secrets are generated and printed once.`,
+--dev, missing secrets are generated and printed once. With public-key
+tokens (--jwt-public-key, --jwks-url) DALV_JWT_SECRET is optional: set, it
+keeps HS256 tokens working beside them.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
@@ -89,6 +92,7 @@ comma-separated list of backend API keys (each at least 16 bytes). With
 	fl.DurationVar(&f.heartbeat, "heartbeat", server.DefaultHeartbeat, "how often idle streams get a keep-alive event")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logForm, "log-format", "text", "text or json")
+	f.tokens.register(fl)
 	fl.StringVar(&f.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this separate address (off by default; never expose it)")
 	return cmd
 }
@@ -101,16 +105,14 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 	if err != nil {
 		return err
 	}
-	secret, keys, err := secrets(cmd, f.dev)
+	secret, keys, err := secrets(cmd, f.dev, !f.tokens.publicKeysOn())
 	if err != nil {
 		return err
 	}
-	verifier, err := auth.NewHS256([]byte(secret), auth.HS256Options{})
+	verifier, err := deviceVerifier(ctx, f.tokens, secret, log)
 	if err != nil {
-		return fmt.Errorf("DALV_JWT_SECRET: %w", err)
+		return err
 	}
-	// A device sends its token with every request: check each token once.
-	verifier = auth.Cached(verifier, 0, nil)
 	keySet, err := auth.NewKeySet(keys)
 	if err != nil {
 		return fmt.Errorf("DALV_BACKEND_KEYS: %w", err)
@@ -245,8 +247,10 @@ func servePprof(ctx context.Context, cmd *cobra.Command, addr string, log *slog.
 }
 
 // secrets reads DALV_JWT_SECRET and DALV_BACKEND_KEYS, generating and
-// printing the missing ones with --dev.
-func secrets(cmd *cobra.Command, dev bool) (string, []string, error) {
+// printing the missing ones with --dev. The HS256 secret may be missing
+// when needSecret is false (public-key tokens are configured): HS256 is then
+// off.
+func secrets(cmd *cobra.Command, dev, needSecret bool) (string, []string, error) {
 	secret := os.Getenv("DALV_JWT_SECRET")
 	var keys []string
 	for _, k := range strings.Split(os.Getenv("DALV_BACKEND_KEYS"), ",") {
@@ -254,12 +258,12 @@ func secrets(cmd *cobra.Command, dev bool) (string, []string, error) {
 			keys = append(keys, k)
 		}
 	}
-	if secret != "" && len(keys) > 0 {
+	if (secret != "" || !needSecret) && len(keys) > 0 {
 		return secret, keys, nil
 	}
 	if !dev {
 		var missing []string
-		if secret == "" {
+		if secret == "" && needSecret {
 			missing = append(missing, "DALV_JWT_SECRET (the HS256 key device tokens are signed with, 32 bytes or more)")
 		}
 		if len(keys) == 0 {
@@ -269,7 +273,7 @@ func secrets(cmd *cobra.Command, dev bool) (string, []string, error) {
 	}
 	out := cmd.OutOrStdout()
 	fmt.Fprintln(out, "Development secrets (shown once; export them to use dalv token and the backend API):")
-	if secret == "" {
+	if secret == "" && needSecret {
 		s, err := auth.GenerateSecret(32)
 		if err != nil {
 			return "", nil, err
