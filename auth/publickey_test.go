@@ -713,3 +713,78 @@ func BenchmarkVerify(b *testing.B) {
 		})
 	}
 }
+
+// FuzzParseJWKS feeds arbitrary documents to the JWKS parser: it never
+// panics, and every key it keeps is usable and fits its alg.
+func FuzzParseJWKS(f *testing.F) {
+	f.Add(`{"keys":[` + string(jwk(f, testKey("p256"), "k", "ES256", "sig")) + `]}`)
+	f.Add(`{"keys":[` + string(jwk(f, testKey("rsa"), "r", "", "")) + `,` + string(jwk(f, testKey("ed25519"), "d", "", "enc")) + `]}`)
+	f.Add(`{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}`)
+	f.Add(`{"keys":[{"kty":"EC","crv":"P-256","x":"AAAA","y":"AAAA"}]}`)
+	f.Add(`{"keys":null}`)
+	f.Add(`[]`)
+	f.Fuzz(func(t *testing.T, doc string) {
+		keys, _, err := parseJWKS([]byte(doc), "fuzz")
+		if err != nil {
+			if len(keys) != 0 {
+				t.Fatalf("parseJWKS() returned %d keys with error %v", len(keys), err)
+			}
+			return
+		}
+		for _, k := range keys {
+			if err := usableKey(k.key); err != nil {
+				t.Fatalf("kept an unusable key: %v", err)
+			}
+			if k.alg != "" && !keyFitsAlg(k.key, k.alg) {
+				t.Fatalf("kept a %s key for %s", keyKind(k.key), k.alg)
+			}
+			if k.kid != "" && checkKID(k.kid) != nil {
+				t.Fatalf("kept kid %q", k.kid)
+			}
+		}
+	})
+}
+
+// FuzzVerifyPublicKey checks that the public-key verifier never panics,
+// refuses with exactly one sentinel, and accepts only what a configured
+// key signed.
+func FuzzVerifyPublicKey(f *testing.F) {
+	srv := newJWKSServer(f, jwk(f, testKey("p256"), "ec", "", ""), jwk(f, testKey("rsa"), "rsa", "", ""))
+	v := newPK(f, pkOptions(srv.URL))
+	for _, seed := range []string{
+		signKID(f, "ES256", testKey("p256"), "ec", pkClaims()),
+		signKID(f, "PS256", testKey("rsa"), "rsa", pkClaims()),
+		signKID(f, "ES256", testKey("p256b"), "ec", pkClaims()),
+		signKID(f, "ES256", testKey("p256"), "../x", pkClaims()),
+		sign(f, jwt.SigningMethodHS256, testSecret, pkClaims()),
+		handmade(`{"alg":"ES256","kid":"ec","jku":"http://x"}`, payload(f, pkClaims()), "AAAA"),
+		handmade(`{"alg":"none"}`, payload(f, pkClaims()), ""),
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, token string) {
+		c, err := v.Verify(context.Background(), token)
+		if err != nil {
+			if c != nil {
+				t.Fatalf("Verify() returned claims with error %v", err)
+			}
+			if got := matching(err); len(got) != 1 {
+				t.Fatalf("Verify() error = %v matches sentinels %v, want exactly one", err, got)
+			}
+			return
+		}
+		p := strings.Split(token, ".")
+		var h struct {
+			Alg, Kid string
+		}
+		header, _ := base64.RawURLEncoding.DecodeString(p[0])
+		if err := json.Unmarshal(header, &h); err != nil {
+			t.Fatalf("accepted a token whose header is %q", header)
+		}
+		sig, _ := base64.RawURLEncoding.DecodeString(p[2])
+		key := map[string]crypto.PublicKey{"ec": testKey("p256").Public(), "rsa": testKey("rsa").Public()}[h.Kid]
+		if key == nil || jwt.GetSigningMethod(h.Alg).Verify(p[0]+"."+p[1], sig, key) != nil {
+			t.Fatalf("accepted a token not signed by the key of kid %q: %q", h.Kid, token)
+		}
+	})
+}

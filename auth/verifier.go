@@ -21,7 +21,8 @@ type Verifier interface {
 
 // Claims is what a verified token says about its bearer.
 type Claims struct {
-	// Subject is the sub claim: the user id, never empty.
+	// Subject is the user id: the sub claim, or the configured user claim;
+	// never empty.
 	Subject string
 	// ExpiresAt is the exp claim.
 	ExpiresAt time.Time
