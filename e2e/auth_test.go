@@ -615,3 +615,21 @@ func TestPublicKeyStart(t *testing.T) {
 	_, err = trySync(t, clientWith(srv, "Bearer "+token(t, "alice")), &dalvv1.SyncRequest{DeviceId: "d"})
 	wantError(t, err, connect.CodeUnauthenticated, `"HS256"`, "accepts RS256")
 }
+
+// TestPublicKeyUserClaim runs the server with --user-claim, as for a
+// provider that puts the user id elsewhere than sub, and --jwt-no-audience.
+func TestPublicKeyUserClaim(t *testing.T) {
+	t.Parallel()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	srv, err := startPKServer(t, nil, "--jwt-public-key", pkixPEM(t, key), "--jwt-no-audience", "--user-claim", "user_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := backendClient(t, srv)
+	c := clientWith(srv, "Bearer "+signPK(t, "ES256", key, "", "ignored-sub", map[string]any{"user_id": "uid-7", "aud": "any-app", "iss": "anyone"}))
+	mustSync(t, c, &dalvv1.SyncRequest{DeviceId: "d", Batch: 1, Ops: ops(opPut("k", "v"))})
+	wantPartition(t, b, "uid-7", partition{1, []string{"k=v@1"}})
+	wantPartition(t, b, "ignored-sub", partition{0, nil})
+	_, err = trySync(t, clientWith(srv, "Bearer "+signPK(t, "ES256", key, "", "alice", nil)), &dalvv1.SyncRequest{DeviceId: "d"})
+	wantError(t, err, connect.CodeUnauthenticated, `user claim "user_id" is missing`)
+}
