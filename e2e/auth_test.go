@@ -293,6 +293,10 @@ func TestIdentityIsUnambiguous(t *testing.T) {
 	}
 	wantPartition(t, b, "victim", partition{1, []string{"secret=victim's@1"}})
 	wantPartition(t, b, collided, partition{1, []string{"secret=collided's@1"}})
+
+	// The backend API names users by the same rule.
+	_, err := b.Commit(ctx(t), connect.NewRequest(&dalvv1.CommitRequest{User: "victim\n", Ops: ops(opPut("secret", "pwned"))}))
+	wantError(t, err, connect.CodeInvalidArgument, "control character", "U+000A")
 }
 
 // TestDeviceIDs checks that device ids with control characters, empty or
