@@ -315,6 +315,9 @@ func TestPublicKeyRefusals(t *testing.T) {
 			s, _ := tk.SignedString(rsaPEM)
 			return s
 		}(), ErrSignature, "not signed"},
+		{"garbage, both kinds on", both, "not.a.token", ErrMalformedToken, "base64"},
+		{"header without alg, both kinds on", both, handmade(`{"kid":"rsa"}`, payload(t, pkClaims()), parts[2]), ErrMalformedToken, "no alg"},
+		{"two parts, both kinds on", both, parts[0] + "." + parts[1], ErrMalformedToken, "this has 2"},
 		{"alg none", pk, handmade(`{"alg":"none","kid":"rsa"}`, payload(t, pkClaims()), ""), ErrAlgorithm, `"none"`},
 		{"alg none, both kinds on", both, handmade(`{"alg":"none","kid":"rsa"}`, payload(t, pkClaims()), ""), ErrAlgorithm, `(this server accepts HS256, RS256`},
 		{"RS256 header with an EC key's kid", pk, handmade(`{"alg":"RS256","kid":"ec"}`, payload(t, pkClaims()), parts[2]), ErrAlgorithm, "for ES256 only"},
