@@ -44,6 +44,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeFeedRecord$$' -fuzztime 60s ./store/pebble/
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime 60s ./auth/
 	$(GO) test -run '^$$' -fuzz '^FuzzBearerToken$$' -fuzztime 60s ./auth/
+	$(GO) test -run '^$$' -fuzz '^FuzzVerifyPublicKey$$' -fuzztime 60s ./auth/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseJWKS$$' -fuzztime 60s ./auth/
 
 ## bench: the server benchmark (medians of 5 runs)
 bench: build

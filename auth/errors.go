@@ -49,3 +49,25 @@ var ErrIssuer = errors.New("token issuer not accepted")
 // ErrWeakKey is returned when configuring a secret or API key too short to
 // resist guessing.
 var ErrWeakKey = errors.New("key too short")
+
+// ErrNotUTF8 is returned when a token's header or claims are not valid
+// UTF-8, counting an escape of half a UTF-16 surrogate pair (such as
+// \ud800) as invalid: decoders replace such text with U+FFFD, so two
+// different subjects would become one user.
+var ErrNotUTF8 = errors.New("token is not valid UTF-8")
+
+// ErrDuplicateClaim is returned when a token's claims, or its header, give
+// one name twice in an object. Libraries disagree on which of the two
+// counts, so such a token has no single meaning.
+var ErrDuplicateClaim = errors.New("token repeats a claim")
+
+// ErrUserID is returned when a token's user id is a string that is not a
+// usable user id: too long, or holding control characters. The message
+// says which rule it breaks.
+var ErrUserID = errors.New("token user id not accepted")
+
+// ErrUnknownKey is returned when no configured key may verify the token:
+// its kid names no key (even after fetching the JWKS again), its kid is not
+// a plausible key id, or its header offers a key of its own (jku, x5u, jwk,
+// x5c), which is never followed.
+var ErrUnknownKey = errors.New("token signing key not known")

@@ -2,12 +2,12 @@ package auth
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/dalvdb/dalv/engine"
 )
 
 // MinSecretBytes is the shortest HS256 secret [NewHS256] and [Mint] accept:
@@ -38,12 +38,14 @@ type HS256Options struct {
 	Leeway time.Duration
 	// Now returns the current time; nil means time.Now. Tests inject a clock.
 	Now func() time.Time
+	// UserClaim names the claim that holds the user id; empty means
+	// DefaultUserClaim (sub).
+	UserClaim string
 }
 
 type hs256 struct {
 	secret []byte
-	opts   HS256Options
-	parser *jwt.Parser
+	check  *checker
 }
 
 // NewHS256 returns a Verifier for tokens signed with HMAC-SHA256 under
@@ -53,63 +55,18 @@ func NewHS256(secret []byte, opts HS256Options) (Verifier, error) {
 	if len(secret) < MinSecretBytes {
 		return nil, fmt.Errorf("%w: HS256 secret is %d bytes, need at least %d", ErrWeakKey, len(secret), MinSecretBytes)
 	}
-	switch {
-	case opts.Leeway == 0:
-		opts.Leeway = DefaultLeeway
-	case opts.Leeway < 0:
-		opts.Leeway = 0
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	popts := []jwt.ParserOption{
-		jwt.WithValidMethods([]string{algHS256}),
-		jwt.WithExpirationRequired(),
-		jwt.WithIssuedAt(),
-		jwt.WithLeeway(opts.Leeway),
-		jwt.WithTimeFunc(opts.Now),
-		// Refuse non-canonical base64, so one token has one spelling.
-		jwt.WithStrictDecoding(),
-	}
-	if opts.Audience != "" {
-		popts = append(popts, jwt.WithAudience(opts.Audience))
-	}
-	if opts.Issuer != "" {
-		popts = append(popts, jwt.WithIssuer(opts.Issuer))
-	}
 	return &hs256{
 		secret: append([]byte(nil), secret...),
-		opts:   opts,
-		parser: jwt.NewParser(popts...),
+		check: newChecker([]string{algHS256}, claimRules{
+			audience: opts.Audience, issuer: opts.Issuer, userClaim: opts.UserClaim,
+			leeway: opts.Leeway, now: opts.Now,
+		}),
 	}, nil
 }
 
 // Verify implements [Verifier]. It does no I/O and ignores ctx.
 func (v *hs256) Verify(_ context.Context, token string) (*Claims, error) {
-	if token == "" {
-		return nil, ErrMissingToken
-	}
-	if len(token) > MaxTokenBytes {
-		return nil, fmt.Errorf("%w: token is %d bytes, limit is %d", ErrMalformedToken, len(token), MaxTokenBytes)
-	}
-	if n := strings.Count(token, ".") + 1; n != 3 {
-		return nil, fmt.Errorf("%w: a JWT has 3 dot-separated parts, this has %d", ErrMalformedToken, n)
-	}
-	mc := jwt.MapClaims{}
-	tok, err := v.parser.ParseWithClaims(token, mc, v.key)
-	if err != nil {
-		return nil, v.refusal(tok, mc, err)
-	}
-	sub, err := mc.GetSubject()
-	if err != nil {
-		return nil, fmt.Errorf("%w: sub is not a string", ErrMissingSubject)
-	}
-	if sub == "" {
-		return nil, ErrMissingSubject
-	}
-	// The parser has already required exp and checked its type.
-	exp, _ := mc.GetExpirationTime()
-	return &Claims{Subject: sub, ExpiresAt: exp.Time.UTC(), Raw: mc}, nil
+	return v.check.verify(token, v.key)
 }
 
 // key hands the secret only to HS256 tokens. WithValidMethods already refuses
@@ -117,96 +74,9 @@ func (v *hs256) Verify(_ context.Context, token string) (*Claims, error) {
 // another algorithm's key if that option is lost.
 func (v *hs256) key(t *jwt.Token) (any, error) {
 	if t.Method != jwt.SigningMethodHS256 {
-		return nil, algError(t.Method.Alg())
+		return nil, v.check.algError(t.Method.Alg())
 	}
 	return v.secret, nil
-}
-
-func algError(alg string) error {
-	return fmt.Errorf("%w: %s (this server accepts %s)", ErrAlgorithm, quote(alg), algHS256)
-}
-
-// refusal maps a golang-jwt error onto this package's sentinels. The parser
-// checks in order: syntax, alg, signature, claims; so a forged token is
-// reported as such even if it is also expired.
-func (v *hs256) refusal(tok *jwt.Token, mc jwt.MapClaims, err error) error {
-	switch {
-	case errors.Is(err, jwt.ErrTokenMalformed):
-		return fmt.Errorf("%w: %s", ErrMalformedToken, detail(err, jwt.ErrTokenMalformed))
-	case tok != nil && tok.Header != nil && !errors.Is(err, jwt.ErrTokenInvalidClaims):
-		alg, ok := tok.Header["alg"].(string)
-		if !ok {
-			return fmt.Errorf("%w: header has no alg", ErrMalformedToken)
-		}
-		if alg != algHS256 {
-			return algError(alg)
-		}
-		if errors.Is(err, jwt.ErrTokenSignatureInvalid) {
-			return fmt.Errorf("%w: not signed with this server's key, or altered after signing", ErrSignature)
-		}
-	case errors.Is(err, jwt.ErrTokenInvalidClaims):
-		return v.claimsRefusal(mc, err)
-	}
-	return fmt.Errorf("%w: %v", ErrMalformedToken, err)
-}
-
-// claimsRefusal explains why the claims of a correctly signed token were
-// refused. golang-jwt names a missing or mistyped claim only in its message,
-// so those cases are told apart by looking at the claims themselves.
-func (v *hs256) claimsRefusal(mc jwt.MapClaims, err error) error {
-	exp, expErr := mc.GetExpirationTime()
-	switch {
-	case expErr != nil:
-		return fmt.Errorf("%w: exp is not a number", ErrMissingExpiry)
-	case exp == nil:
-		return ErrMissingExpiry
-	case errors.Is(err, jwt.ErrTokenExpired):
-		return fmt.Errorf("%w at %s", ErrExpired, stamp(exp.Time))
-	}
-	nbf, nbfErr := mc.GetNotBefore()
-	iat, iatErr := mc.GetIssuedAt()
-	switch {
-	case nbfErr != nil:
-		return fmt.Errorf("%w: nbf is not a number", ErrMalformedToken)
-	case iatErr != nil:
-		return fmt.Errorf("%w: iat is not a number", ErrMalformedToken)
-	case errors.Is(err, jwt.ErrTokenNotValidYet) && nbf != nil:
-		return fmt.Errorf("%w: valid from %s", ErrNotYetValid, stamp(nbf.Time))
-	case errors.Is(err, jwt.ErrTokenUsedBeforeIssued) && iat != nil:
-		return fmt.Errorf("%w: issued in the future, at %s", ErrNotYetValid, stamp(iat.Time))
-	}
-	if v.opts.Audience != "" {
-		aud, audErr := mc.GetAudience()
-		switch {
-		case audErr != nil:
-			return fmt.Errorf("%w: want %s, aud is not a string or array of strings", ErrAudience, quote(v.opts.Audience))
-		case len(aud) == 0 || len(aud) == 1 && aud[0] == "":
-			return fmt.Errorf("%w: want %s, token has no aud", ErrAudience, quote(v.opts.Audience))
-		case errors.Is(err, jwt.ErrTokenInvalidAudience):
-			return fmt.Errorf("%w: want %s, token is for %s", ErrAudience, quote(v.opts.Audience), quote(strings.Join(aud, ", ")))
-		}
-	}
-	if v.opts.Issuer != "" {
-		iss, issErr := mc.GetIssuer()
-		switch {
-		case issErr != nil:
-			return fmt.Errorf("%w: want %s, iss is not a string", ErrIssuer, quote(v.opts.Issuer))
-		case iss == "":
-			return fmt.Errorf("%w: want %s, token has no iss", ErrIssuer, quote(v.opts.Issuer))
-		case errors.Is(err, jwt.ErrTokenInvalidIssuer):
-			return fmt.Errorf("%w: want %s, token is from %s", ErrIssuer, quote(v.opts.Issuer), quote(iss))
-		}
-	}
-	return fmt.Errorf("%w: %s", ErrMalformedToken, detail(err, jwt.ErrTokenInvalidClaims))
-}
-
-// detail is golang-jwt's message without its sentinel's own text in front.
-func detail(err, sentinel error) string {
-	return strings.TrimPrefix(err.Error(), sentinel.Error()+": ")
-}
-
-func stamp(t time.Time) string {
-	return t.UTC().Format(time.RFC3339)
 }
 
 // Mint signs a development HS256 token for subject that carries sub, iat
@@ -218,6 +88,9 @@ func Mint(secret []byte, subject string, ttl time.Duration, now time.Time) (stri
 	}
 	if subject == "" {
 		return "", fmt.Errorf("mint: %w", ErrMissingSubject)
+	}
+	if err := engine.ValidatePartitionName(subject); err != nil {
+		return "", fmt.Errorf("mint: %w: %s", ErrUserID, err.Error())
 	}
 	if ttl <= 0 {
 		return "", fmt.Errorf("mint: ttl must be positive, got %s", ttl)

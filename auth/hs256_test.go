@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -27,6 +29,7 @@ var (
 var sentinels = []error{
 	ErrMissingToken, ErrMalformedToken, ErrAlgorithm, ErrSignature, ErrExpired,
 	ErrNotYetValid, ErrMissingExpiry, ErrMissingSubject, ErrAudience, ErrIssuer,
+	ErrNotUTF8, ErrDuplicateClaim, ErrUserID, ErrUnknownKey,
 }
 
 func at(t time.Time) func() time.Time { return func() time.Time { return t } }
@@ -344,6 +347,7 @@ func TestMintRefuses(t *testing.T) {
 	}{
 		{"short secret", []byte("short"), "alice", time.Hour, ErrWeakKey},
 		{"empty subject", testSecret, "", time.Hour, ErrMissingSubject},
+		{"subject with a newline", testSecret, "alice\nbob", time.Hour, ErrUserID},
 		{"zero ttl", testSecret, "alice", 0, nil},
 		{"negative ttl", testSecret, "alice", -time.Hour, nil},
 	}
@@ -378,6 +382,9 @@ func FuzzVerify(f *testing.F) {
 		"", ".", "..", "a.b.c", "not a token",
 	} {
 		f.Add(seed)
+	}
+	for _, tc := range identityCases {
+		f.Add(identityToken(f, tc.header, `"aud":"dalv",`+tc.claims))
 	}
 	v := newVerifier(f, HS256Options{Audience: "dalv"})
 	f.Fuzz(func(t *testing.T, token string) {
@@ -414,6 +421,13 @@ func FuzzVerify(f *testing.F) {
 		}
 		if c.Subject == "" || !c.ExpiresAt.Add(DefaultLeeway).After(testNow) || !c.Has("aud", "dalv") {
 			t.Fatalf("accepted claims %+v", c)
+		}
+		claims, _ := base64.RawURLEncoding.DecodeString(p[1])
+		if _, _, lone := loneSurrogate(claims); lone || !utf8.Valid(claims) || !utf8.Valid(header) {
+			t.Fatalf("accepted a token whose JSON is not valid UTF-8: %q %q", header, claims)
+		}
+		if strings.ContainsFunc(c.Subject, unicode.IsControl) || len(c.Subject) > 256 {
+			t.Fatalf("accepted the user id %q", c.Subject)
 		}
 	})
 }

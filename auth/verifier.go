@@ -2,8 +2,13 @@ package auth
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/dalvdb/dalv/engine"
 )
 
 // Verifier checks a device token and returns its claims.
@@ -16,7 +21,8 @@ type Verifier interface {
 
 // Claims is what a verified token says about its bearer.
 type Claims struct {
-	// Subject is the sub claim: the user id, never empty.
+	// Subject is the user id: the sub claim, or the configured user claim;
+	// never empty.
 	Subject string
 	// ExpiresAt is the exp claim.
 	ExpiresAt time.Time
@@ -59,4 +65,33 @@ func quote(s string) string {
 		return strconv.Quote(s[:limit]) + "..."
 	}
 	return strconv.Quote(s)
+}
+
+// verified builds the Claims of a token whose signature and time claims
+// have been checked, taking the user id from userClaim. The user id must be
+// a non-empty string that is a valid partition name, the rule every user id
+// follows ([engine.ValidatePartitionName]).
+func verified(mc jwt.MapClaims, userClaim string) (*Claims, error) {
+	name := "the sub claim"
+	if userClaim != "sub" {
+		name = "the user claim " + quote(userClaim)
+	}
+	raw, ok := mc[userClaim]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s is missing", ErrMissingSubject, name)
+	}
+	id, ok := raw.(string)
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("%w: %s is not a string", ErrMissingSubject, name)
+	case id == "":
+		return nil, fmt.Errorf("%w: %s is empty", ErrMissingSubject, name)
+	}
+	if err := engine.ValidatePartitionName(id); err != nil {
+		// Not wrapped: this is an authentication failure, not a bad argument.
+		return nil, fmt.Errorf("%w: %s is not a usable user id: %s", ErrUserID, name, err.Error())
+	}
+	// The parser has already required exp and checked its type.
+	exp, _ := mc.GetExpirationTime()
+	return &Claims{Subject: id, ExpiresAt: exp.Time.UTC(), Raw: mc}, nil
 }

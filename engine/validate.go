@@ -70,12 +70,23 @@ func ValidateKey(key string, max int) error {
 	case !utf8.ValidString(key):
 		return Errorf(ErrInvalid, "key %q is not valid UTF-8", key)
 	}
-	for _, r := range key {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return Errorf(ErrInvalid, "key %q contains the control character %U", key, r)
-		}
+	if r, ok := controlChar(key); ok {
+		return Errorf(ErrInvalid, "key %q contains the control character %U", key, r)
 	}
 	return nil
+}
+
+// controlChar returns the first control character in s, if any: C0 (below
+// U+0020, which includes NUL, tab and newline), DEL, or C1 (U+0080 to
+// U+009F). Keys, device ids and partition names may not hold them, so none
+// can forge a line in a log or a terminal, or end early in a C string.
+func controlChar(s string) (rune, bool) {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return r, true
+		}
+	}
+	return 0, false
 }
 
 // ValidateOps checks the shape of ops against l: their count, each kind,
@@ -141,7 +152,9 @@ func opName(k dalvv1.OpKind) string {
 	return strings.TrimPrefix(k.String(), "OP_KIND_")
 }
 
-// ValidateDeviceID checks a device id: 1 to MaxDeviceIDBytes of UTF-8.
+// ValidateDeviceID checks a device id: 1 to MaxDeviceIDBytes bytes of
+// valid UTF-8 with no control characters. Any other printable text is
+// accepted, so UUIDs, hex and names such as "Zoé's phone" all do.
 func ValidateDeviceID(id string) error {
 	switch {
 	case id == "":
@@ -149,20 +162,32 @@ func ValidateDeviceID(id string) error {
 	case len(id) > MaxDeviceIDBytes:
 		return Errorf(ErrInvalid, "deviceId is %d bytes, over %d", len(id), MaxDeviceIDBytes)
 	case !utf8.ValidString(id):
-		return Errorf(ErrInvalid, "deviceId is not valid UTF-8")
+		return Errorf(ErrInvalid, "deviceId %q is not valid UTF-8", id)
+	}
+	if r, ok := controlChar(id); ok {
+		return Errorf(ErrInvalid, "deviceId %q contains the control character %U; use printable text", id, r)
 	}
 	return nil
 }
 
-// ValidatePartitionName checks a user id or shared partition name.
+// MaxPartitionNameBytes bounds a user id or shared partition name.
+const MaxPartitionNameBytes = 256
+
+// ValidatePartitionName checks a user id or shared partition name: 1 to
+// MaxPartitionNameBytes bytes of valid UTF-8 with no control characters.
+// It is the one rule for user ids, whether they come from a token, a
+// backend request or a shared partition's configuration.
 func ValidatePartitionName(name string) error {
 	switch {
 	case name == "":
 		return Errorf(ErrInvalid, "empty partition name")
-	case len(name) > 256:
-		return Errorf(ErrInvalid, "partition name is %d bytes, over 256", len(name))
+	case len(name) > MaxPartitionNameBytes:
+		return Errorf(ErrInvalid, "partition name is %d bytes, over %d", len(name), MaxPartitionNameBytes)
 	case !utf8.ValidString(name):
-		return Errorf(ErrInvalid, "partition name is not valid UTF-8")
+		return Errorf(ErrInvalid, "partition name %q is not valid UTF-8", name)
+	}
+	if r, ok := controlChar(name); ok {
+		return Errorf(ErrInvalid, "partition name %q contains the control character %U", name, r)
 	}
 	return nil
 }

@@ -116,3 +116,63 @@ func FuzzValidateOps(f *testing.F) {
 		}
 	})
 }
+
+func TestValidateDeviceID(t *testing.T) {
+	tests := []struct {
+		id   string
+		want bool
+	}{
+		{"phone", true},
+		{"7f9c2ba4-e88f-4c2d-9a3b-1c5e8d2f6a01", true},
+		{"Zoé's phone 📱", true},
+		{strings.Repeat("d", MaxDeviceIDBytes), true},
+		{"", false},
+		{strings.Repeat("d", MaxDeviceIDBytes+1), false},
+		{"pho\x00ne", false},
+		{"phone\n", false},
+		{"tab\there", false},
+		{"del\x7f", false},
+		{"c1\u0085", false},
+		{"bad\xff", false},
+	}
+	for _, tt := range tests {
+		err := ValidateDeviceID(tt.id)
+		if got := err == nil; got != tt.want {
+			t.Errorf("ValidateDeviceID(%.20q) = %v, want accepted %v", tt.id, err, tt.want)
+		}
+		if err != nil && (!errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "deviceId")) {
+			t.Errorf("ValidateDeviceID(%.20q) = %v, want ErrInvalid naming deviceId", tt.id, err)
+		}
+	}
+}
+
+func TestValidatePartitionName(t *testing.T) {
+	tests := []struct {
+		name string
+		want bool
+	}{
+		{"alice", true},
+		{"auth0|5f7c8ec7c33c6c004bbafe82", true},
+		{"zoé", true},
+		{"victim\ufffd", true},
+		{strings.Repeat("u", MaxPartitionNameBytes), true},
+		{"", false},
+		{strings.Repeat("u", MaxPartitionNameBytes+1), false},
+		{"vic\x00tim", false},
+		{"victim\nadmin", false},
+		{"victim\r", false},
+		{"del\x7f", false},
+		{"c1\u009b", false},
+		{"victim\xff", false},
+		{"victim\xed\xa0\x80", false}, // a surrogate encoded as UTF-8
+	}
+	for _, tt := range tests {
+		err := ValidatePartitionName(tt.name)
+		if got := err == nil; got != tt.want {
+			t.Errorf("ValidatePartitionName(%.20q) = %v, want accepted %v", tt.name, err, tt.want)
+		}
+		if err != nil && !errors.Is(err, ErrInvalid) {
+			t.Errorf("ValidatePartitionName(%.20q) = %v, want ErrInvalid", tt.name, err)
+		}
+	}
+}

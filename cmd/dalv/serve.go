@@ -45,6 +45,7 @@ type serveFlags struct {
 	heartbeat         time.Duration
 	logLevel, logForm string
 	pprofAddr         string
+	tokens            tokenFlags
 }
 
 func newServeCmd() *cobra.Command {
@@ -66,7 +67,9 @@ comma-separated list of backend API keys (each at least 16 bytes). With
 --dev, missing secrets come from the file dev-secrets.env in --data
 (also with --store), generated on the first start and reused after a
 restart, so tokens stay valid; they are printed at each start, once the
-server listens. dalv token and the operator commands find them there.`,
+server listens. dalv token and the operator commands find them there.
+With public-key tokens (--jwt-public-key, --jwks-url) DALV_JWT_SECRET is
+optional: set, it keeps HS256 tokens working beside them.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
@@ -98,6 +101,7 @@ server listens. dalv token and the operator commands find them there.`,
 	fl.DurationVar(&f.heartbeat, "heartbeat", server.DefaultHeartbeat, "how often idle streams get a keep-alive event")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logForm, "log-format", "text", "text or json")
+	f.tokens.register(fl)
 	fl.StringVar(&f.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this separate address (off by default; never expose it)")
 	return cmd
 }
@@ -117,16 +121,14 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 		return fmt.Errorf("listen on %s: %w", f.addr, err)
 	}
 	defer ln.Close()
-	secret, keys, devNote, err := secrets(f)
+	secret, keys, devNote, err := secrets(f, !f.tokens.publicKeysOn())
 	if err != nil {
 		return err
 	}
-	verifier, err := auth.NewHS256([]byte(secret), auth.HS256Options{})
+	verifier, err := deviceVerifier(ctx, f.tokens, secret, log)
 	if err != nil {
-		return fmt.Errorf("DALV_JWT_SECRET: %w", err)
+		return err
 	}
-	// A device sends its token with every request: check each token once.
-	verifier = auth.Cached(verifier, 0, nil)
 	keySet, err := auth.NewKeySet(keys)
 	if err != nil {
 		return fmt.Errorf("DALV_BACKEND_KEYS: %w", err)
@@ -262,16 +264,18 @@ func servePprof(ctx context.Context, cmd *cobra.Command, addr string, log *slog.
 // secrets reads DALV_JWT_SECRET and DALV_BACKEND_KEYS. With --dev, those
 // the environment lacks come from the development secrets kept in --data
 // (generated there on the first start), and note is what to print about
-// them: export lines, and where they are kept.
-func secrets(f serveFlags) (secret string, keys []string, note string, err error) {
+// them: export lines, and where they are kept. The HS256 secret may be
+// missing when needSecret is false (public-key tokens are configured):
+// HS256 is then off, unless --dev supplies one.
+func secrets(f serveFlags, needSecret bool) (secret string, keys []string, note string, err error) {
 	secret = os.Getenv("DALV_JWT_SECRET")
 	keys = devsecret.SplitKeys(os.Getenv("DALV_BACKEND_KEYS"))
-	if secret != "" && len(keys) > 0 {
+	if (secret != "" || !needSecret) && len(keys) > 0 && !(f.dev && secret == "") {
 		return secret, keys, "", nil
 	}
 	if !f.dev {
 		var missing []string
-		if secret == "" {
+		if secret == "" && needSecret {
 			missing = append(missing, "DALV_JWT_SECRET (the HS256 key device tokens are signed with, 32 bytes or more)")
 		}
 		if len(keys) == 0 {
