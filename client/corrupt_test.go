@@ -8,8 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dalvdb/dalv/client"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
@@ -295,4 +297,133 @@ func limitOut(s string) string {
 		return s[:2000] + "\n..."
 	}
 	return s
+}
+
+// seedReplica makes a small real replica file (pending writes over a few
+// pages) and returns its bytes, its page size and its buckets' pages.
+func seedReplica(t testing.TB) ([]byte, int, map[string][]uint64) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "seed.replica")
+	r, err := client.Open(path, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		if err := r.Put(fmt.Sprintf("k/%03d", i), []byte(strings.Repeat("v", 100+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.ListAdd("list", []byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	seed, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, pages, err := client.BucketPages(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return seed, ps, pages
+}
+
+// openDamaged opens data as a replica file: Open must return a replica
+// (whose reads and writes must not crash) or an error matching
+// ErrCorrupt; with OnCorrupt it must return a replica.
+func openDamaged(t *testing.T, dir string, data []byte) {
+	t.Helper()
+	path := filepath.Join(dir, "r.replica")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := client.Open(path, client.Options{})
+	if err != nil {
+		if !errors.Is(err, client.ErrCorrupt) {
+			t.Fatalf("open: %v, want nil or an error matching ErrCorrupt", err)
+		}
+	} else {
+		_, _ = r.List("")
+		_, _ = r.Get("k/001")
+		_ = r.Put("new", []byte("x"))
+		r.Close()
+	}
+	r, err = client.Open(path, client.Options{OnCorrupt: func(client.CorruptReport) {}})
+	if err != nil {
+		t.Fatalf("open with OnCorrupt: %v", err)
+	}
+	_, _ = r.List("")
+	r.Close()
+}
+
+// TestOpenRandomlyDamaged flips random bits of a real replica file and
+// opens it, DALV_DAMAGE_ROUNDS times (default 200), logging the seed;
+// replay with DALV_DAMAGE_SEED.
+func TestOpenRandomlyDamaged(t *testing.T) {
+	t.Parallel()
+	rounds, seed := 200, uint64(time.Now().UnixNano())
+	if v := os.Getenv("DALV_DAMAGE_ROUNDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			t.Fatalf("DALV_DAMAGE_ROUNDS: %v", err)
+		}
+		rounds = n
+	}
+	if v := os.Getenv("DALV_DAMAGE_SEED"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			t.Fatalf("DALV_DAMAGE_SEED: %v", err)
+		}
+		seed = n
+	}
+	t.Logf("DALV_DAMAGE_SEED=%d", seed)
+	good, _, _ := seedReplica(t)
+	rng := rand.New(rand.NewPCG(seed, 0))
+	corrupt := 0
+	for i := range rounds {
+		b := bytes.Clone(good)
+		for range 1 + rng.IntN(8) {
+			b[rng.IntN(len(b))] ^= byte(1 << rng.IntN(8))
+		}
+		dir := filepath.Join(t.TempDir(), strconv.Itoa(i))
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		openDamaged(t, dir, b)
+		if _, err := os.Stat(filepath.Join(dir, "r.replica.salvage")); err == nil {
+			t.Fatalf("round %d: a salvage file was left behind", i)
+		}
+		if m, _ := filepath.Glob(filepath.Join(dir, "*.corrupt-*")); len(m) > 0 {
+			corrupt++
+		}
+	}
+	t.Logf("%d of %d damaged files were refused as corrupt; the rest opened", corrupt, rounds)
+}
+
+// FuzzOpenReplicaFile opens arbitrary bytes as a replica file, as
+// openDamaged does. The seeds are a small real replica and damaged copies
+// of it, made here rather than kept as binary files. Run it with
+//
+//	go test -run '^$' -fuzz FuzzOpenReplicaFile -fuzztime 60s ./client/
+func FuzzOpenReplicaFile(f *testing.F) {
+	seed, ps, pages := seedReplica(f)
+	f.Add(seed)
+	f.Add(seed[:len(seed)/2])
+	f.Add(seed[:2*ps])
+	f.Add([]byte{})
+	for _, ids := range pages {
+		for _, id := range ids {
+			b := bytes.Clone(seed)
+			clear(b[int(id)*ps:][:16])
+			f.Add(b)
+			b = bytes.Clone(seed)
+			b[int(id)*ps+11] ^= 0xff
+			f.Add(b)
+		}
+	}
+	b := bytes.Clone(seed)
+	b[16] ^= 0xff
+	b[ps+16] ^= 0xff
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, data []byte) { openDamaged(t, t.TempDir(), data) })
 }

@@ -136,3 +136,12 @@ func BucketPages(path string) (int, map[string][]uint64, error) {
 	}
 	return int(f.ps), pages, nil
 }
+
+// CheckReplicaFile runs the check Open runs on an existing file.
+func CheckReplicaFile(path string) error {
+	o, err := Options{}.withDefaults()
+	if err != nil {
+		return err
+	}
+	return checkReplicaFile(path, o)
+}

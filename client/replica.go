@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -174,10 +175,7 @@ func open(path string, o Options) (*Replica, error) {
 	if err := checkReplicaFile(path, o); err != nil {
 		return nil, fmt.Errorf("open replica %s: %w", path, err)
 	}
-	// The freelist is written with each commit (NoFreelistSync false):
-	// without it bbolt rebuilds it at open by walking every page in a
-	// goroutine of its own, where a damaged page crashes the process.
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: o.LockTimeout, NoStatistics: true, FreelistType: bolt.FreelistMapType})
+	db, err := openBolt(path, o)
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("open replica %s: %w (locked for more than %v; is another copy of the app running on it?)", path, ErrLocked, o.LockTimeout)
@@ -208,6 +206,28 @@ func open(path string, o Options) (*Replica, error) {
 	r.status.Pending = len(r.queue)
 	r.log.Debug("replica open", "path", path, "device", r.deviceID, "pending", len(r.queue), "version", r.versions[""])
 	return r, nil
+}
+
+// openBolt opens the checked file with bbolt. The freelist is written with
+// each commit (NoFreelistSync false): without it bbolt rebuilds it at open
+// by walking every page in a goroutine of its own, where a page damaged in
+// a way the check missed would crash the process; reading a synced
+// freelist happens in this goroutine, where guard catches it (and the
+// file, with its lock, is closed).
+func openBolt(path string, o Options) (db *bolt.DB, err error) {
+	var file *os.File
+	defer func() {
+		if db == nil && err != nil && file != nil {
+			file.Close()
+		}
+	}()
+	defer guard(path, &err)()
+	return bolt.Open(path, 0o600, &bolt.Options{Timeout: o.LockTimeout, NoStatistics: true, FreelistType: bolt.FreelistMapType,
+		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
+			f, err := os.OpenFile(name, flag, perm)
+			file = f
+			return f, err
+		}})
 }
 
 // init creates the buckets of a new file, or checks and loads an existing

@@ -15,6 +15,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/dalvdb/dalv/engine"
 )
 
 // CorruptReport says what [Open] did with a damaged replica file when
@@ -205,6 +207,9 @@ func salvageFrom(f *boltFile, m boltMeta) *salvaged {
 			}
 			seq := binary.BigEndian.Uint64(k)
 			b, err := decodeBatch(seq, v)
+			if err == nil {
+				err = checkSalvagedOps(b.ops)
+			}
 			if err != nil {
 				s.lost = append(s.lost, fmt.Sprintf("pending batch %d: %v", seq, err))
 				return
@@ -249,6 +254,21 @@ func salvageFrom(f *boltFile, m boltMeta) *salvaged {
 		s.lost = append(s.lost, "the device id (a new one was made; salvaged batches the server had already applied may apply again)")
 	}
 	return s
+}
+
+// checkSalvagedOps refuses a salvaged batch without ops or with a key the
+// device could not have written: that is damage, and bbolt could not
+// store such a key in the pending-key records.
+func checkSalvagedOps(ops []*Op) error {
+	if len(ops) == 0 {
+		return errors.New("no ops")
+	}
+	for _, op := range ops {
+		if err := engine.ValidateKey(op.GetKey(), bolt.MaxKeySize); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // isSyncedData reports whether a walker problem is in the synced data.
