@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -426,4 +427,115 @@ func FuzzOpenReplicaFile(f *testing.F) {
 	b[ps+16] ^= 0xff
 	f.Add(b)
 	f.Fuzz(func(t *testing.T, data []byte) { openDamaged(t, t.TempDir(), data) })
+}
+
+// TestOnCorruptAppliesSalvagedBatchOnce: a batch the server applied but
+// whose answer was lost is still pending when the file is damaged. The
+// fresh replica keeps the device id and the batch number, so the server
+// recognises the batch and does not apply it again.
+func TestOnCorruptAppliesSalvagedBatchOnce(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	const user = "salvage-once"
+	var ops []*dalvv1.Op
+	for i := range damagedSynced {
+		ops = append(ops, put(fmt.Sprintf("kv/%04d", i), strings.Repeat("x", 200)))
+	}
+	srv.commit(t, user, ops...)
+	r, n := device(t, srv, "app.replica", user, client.Options{})
+	mustSync(t, r)
+	if err := r.ListAdd("log", []byte("once")); err != nil {
+		t.Fatal(err)
+	}
+	n.setLoseSync(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.Sync(ctx); err == nil {
+		t.Fatal("sync succeeded though its answer was lost")
+	}
+	_, applied := srv.state(t, user)
+	if applied != 2 {
+		t.Fatalf("server at version %d after the lost answer, want 2 (the backend's commit and the batch)", applied)
+	}
+	if got := r.Status().Pending; got != 1 {
+		t.Fatalf("pending = %d, want 1", got)
+	}
+	file, device := r.Path(), r.DeviceID()
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ps, pages, err := client.BucketPages(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range pages["parts/o/kv"] {
+		clear(b[int(id)*ps:][:16])
+	}
+	if err := os.WriteFile(file, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	var rep client.CorruptReport
+	r2, err := client.Open(file, client.Options{ServerURL: srv.url(), TokenSource: tokens(user),
+		OnCorrupt: func(cr client.CorruptReport) { rep = cr }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeChecked(t, r2) })
+	if !rep.DeviceIDKept || r2.DeviceID() != device || rep.Batches != 1 {
+		t.Errorf("report: device kept %v (%s, was %s), %d batches; want the device kept and 1 batch", rep.DeviceIDKept, r2.DeviceID(), device, rep.Batches)
+	}
+	mustSync(t, r2)
+	state, version := srv.state(t, user)
+	if version != applied {
+		t.Errorf("server at version %d after the salvaged batch went up again, want %d: it applied twice", version, applied)
+	}
+	if got := show(state["log"]); got != "[once]" {
+		t.Errorf("log = %s on the server, want [once]", got)
+	}
+	if diff := diffStates(localState(t, r2), state); diff != "" {
+		t.Errorf("replica differs from the server: %s", diff)
+	}
+}
+
+// TestReadOfPageDamagedWhileOpen damages the synced data's pages under an
+// open replica (the file is mapped, so reads see it): reads return an error
+// matching ErrCorrupt where bbolt panics, and the process goes on.
+func TestReadOfPageDamagedWhileOpen(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	const user = "damaged-while-open"
+	var ops []*dalvv1.Op
+	for i := range damagedSynced {
+		ops = append(ops, put(fmt.Sprintf("kv/%04d", i), strings.Repeat("x", 200)))
+	}
+	srv.commit(t, user, ops...)
+	r := openReplica(t, "app.replica", client.Options{ServerURL: srv.url(), TokenSource: tokens(user)})
+	mustSync(t, r)
+	ps, pages, err := client.BucketPages(r.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(r.Path(), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range pages["parts/o/kv"] {
+		if _, err := f.WriteAt(make([]byte, 16), int64(id)*int64(ps)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Get("kv/0150"); !errors.Is(err, client.ErrCorrupt) || !strings.Contains(err.Error(), r.Path()) {
+		t.Errorf("get = %v, want an error matching ErrCorrupt naming the file", err)
+	}
+	if _, err := r.List(""); !errors.Is(err, client.ErrCorrupt) {
+		t.Errorf("list = %v, want an error matching ErrCorrupt", err)
+	}
 }
