@@ -91,10 +91,9 @@ func checkReplicaFile(path string, o Options) error {
 	if err := checkFile(data); err != nil {
 		return corruptf("%v", err)
 	}
-	if roErr != nil {
-		return corruptf("%v", roErr)
-	}
-	return nil
+	// The pages are sound: whatever else stopped bbolt (no memory to map
+	// the file, say) is not damage, and must not get the file set aside.
+	return roErr
 }
 
 // salvaged is what could be read from a damaged file.
