@@ -107,14 +107,14 @@ type salvaged struct {
 	inbox            map[string][]byte
 	refused          map[uint64][]byte
 	lost             []string
-	batchN, opN      int
+	batchN           int
 	inboxN, refusedN int
 }
 
 // salvage reads what it can of a damaged replica file's pending writes,
-// deferred conflicts and refused batches, its device id and user. It never
-// panics on bad input: every offset is bounded, and a panic in a decoder
-// would be a bug it still contains.
+// deferred conflicts and refused batches, its device id and user. Every
+// offset it reads is bounded; a panic anyway (a bug) costs the salvage,
+// not the process.
 func salvage(data []byte) (s *salvaged) {
 	s = &salvaged{}
 	defer func() {
@@ -215,7 +215,6 @@ func salvageFrom(f *boltFile, m boltMeta) *salvaged {
 			}
 			s.batches[seq] = slices.Clone(v)
 			s.batchN++
-			s.opN += len(b.ops)
 		case in(path, bktPkeys):
 			if _, err := decodePkey(v); err == nil {
 				s.pkeys[string(k)] = slices.Clone(v)
