@@ -539,3 +539,69 @@ func TestReadOfPageDamagedWhileOpen(t *testing.T) {
 		t.Errorf("list = %v, want an error matching ErrCorrupt", err)
 	}
 }
+
+// TestOnCorruptKeepsDeferredConflicts: a conflict waiting in the inbox
+// holds the device's own value; recovery carries it over, and it can be
+// settled after.
+func TestOnCorruptKeepsDeferredConflicts(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	const user = "salvage-inbox"
+	var ops []*dalvv1.Op
+	for i := range damagedSynced {
+		ops = append(ops, put(fmt.Sprintf("kv/%04d", i), strings.Repeat("x", 200)))
+	}
+	srv.commit(t, user, ops...)
+	r, err := client.Open(filepath.Join(t.TempDir(), "app.replica"), client.Options{ServerURL: srv.url(), TokenSource: tokens(user)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSync(t, r)
+	if err := r.Put("doc", []byte("mine")); err != nil {
+		t.Fatal(err)
+	}
+	srv.commit(t, user, put("doc", "theirs"))
+	mustSync(t, r) // no resolver: the conflict waits in the inbox
+	if c, err := r.Conflicts(); err != nil || len(c) != 1 {
+		t.Fatalf("conflicts = %v (err %v), want one", c, err)
+	}
+	file := r.Path()
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ps, pages, err := client.BucketPages(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clear(b[int(pages["parts/o/kv"][0])*ps:][:16])
+	if err := os.WriteFile(file, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	var rep client.CorruptReport
+	r2, err := client.Open(file, client.Options{ServerURL: srv.url(), TokenSource: tokens(user),
+		OnCorrupt: func(cr client.CorruptReport) { rep = cr }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeChecked(t, r2) })
+	if rep.Conflicts != 1 || len(rep.Lost) > 0 {
+		t.Errorf("report: %d conflicts carried over, lost %q; want 1 and nothing lost", rep.Conflicts, rep.Lost)
+	}
+	mustSync(t, r2)
+	c, err := r2.Conflicts()
+	if err != nil || len(c) != 1 || show(c[0].Local) != `"mine"` || show(c[0].Remote) != `"theirs"` {
+		t.Fatalf("conflicts after recovery = %v (err %v), want doc: local mine, remote theirs", c, err)
+	}
+	if err := r2.Settle("doc", client.Use(c[0].Local)); err != nil {
+		t.Fatal(err)
+	}
+	mustSync(t, r2)
+	if state, _ := srv.state(t, user); show(state["doc"]) != `"mine"` {
+		t.Errorf("doc = %s on the server after settling, want \"mine\"", show(state["doc"]))
+	}
+}

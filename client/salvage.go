@@ -107,6 +107,7 @@ type salvaged struct {
 	inbox            map[string][]byte
 	refused          map[uint64][]byte
 	lost             []string
+	whole            bool // nothing but synced data was unreadable
 	batchN           int
 	inboxN, refusedN int
 }
@@ -126,8 +127,9 @@ func salvage(data []byte) (s *salvaged) {
 	if f.ps == 0 {
 		return &salvaged{lost: []string{fmt.Sprintf("everything: %v", err)}}
 	}
-	// Try each meta page, valid ones first, newest first; keep the walk
-	// that recovered the most.
+	// Try each meta page, valid ones first, newest first (bbolt's choice
+	// first); keep the first walk that met no damage outside the synced
+	// data, or else the one that recovered the most.
 	metas := slices.Clone(f.metas)
 	slices.SortStableFunc(metas, func(a, b boltMeta) int {
 		if (a.err == "") != (b.err == "") {
@@ -146,8 +148,11 @@ func salvage(data []byte) (s *salvaged) {
 		c := salvageFrom(f, m)
 		if i > 0 {
 			// bbolt keeps the tree of the transaction before the last
-			// one: it may hold more, but not the last write.
+			// one: it may be whole, but lacks the last write.
 			c.lost = append(c.lost, fmt.Sprintf("the last transaction (the tree of meta page %d was read instead: the writes of the last transaction may be missing)", m.page))
+		}
+		if c.whole {
+			return c
 		}
 		if best == nil || c.score() > best.score() {
 			best = c
@@ -242,10 +247,12 @@ func salvageFrom(f *boltFile, m boltMeta) *salvaged {
 	hdr := binary.NativeEndian.AppendUint64(nil, m.root)
 	hdr = binary.NativeEndian.AppendUint64(hdr, m.rootSeq)
 	w.bucket(nil, hdr, 0)
+	s.whole = len(s.lost) == 0
 	for _, p := range w.problems {
 		// Damage to synced data costs nothing: the server has it.
 		if !isSyncedData(p) {
 			s.lost = append(s.lost, "unreadable, with what it held: "+p)
+			s.whole = false
 		}
 	}
 	if s.device == nil {
