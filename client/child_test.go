@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -18,6 +19,7 @@ func runChild(role string) int {
 		r, err := client.Open(os.Getenv("DALV_CLIENT_TEST_FILE"), client.Options{})
 		if err != nil {
 			fmt.Println("error:", err)
+			fmt.Println("corrupt:", errors.Is(err, client.ErrCorrupt))
 			return 3
 		}
 		r.Close()

@@ -53,6 +53,10 @@
 //   - A token for another user than the one whose data the file holds is
 //     refused ([ErrWrongUser]); an unauthenticated answer makes the replica
 //     ask the [Options.TokenSource] again and retry once.
+//   - A damaged file (truncated, overwritten, bad pages) never crashes the
+//     process: [Open] checks its pages first and returns [ErrCorrupt], or,
+//     with [Options.OnCorrupt], sets it aside and starts afresh with the
+//     pending writes it could read ([CorruptReport]).
 //
 // # Caveats
 //
@@ -67,6 +71,10 @@
 //   - A server that lost its data (the device's version is ahead of it) is
 //     taken as the truth: the device takes its state again, keeping its
 //     pending writes.
+//   - bbolt keeps no checksums of its pages: damage inside a value's bytes
+//     is found only where the replica's own decoding fails, and a damaged
+//     newest meta page makes bbolt (and the check) fall back to the
+//     transaction before it.
 //   - Values returned by reads belong to the caller; values in a [Change]
 //     and a [Conflict] are shared with other receivers and must not be
 //     modified.

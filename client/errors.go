@@ -35,7 +35,11 @@ var (
 	ErrClosed = errors.New("replica is closed")
 
 	// ErrCorrupt marks a replica file whose contents this package did not
-	// write; recovery means deleting the file and syncing again.
+	// write: damaged pages (a truncated file, flipped or overwritten bytes,
+	// bad meta pages) or records it cannot decode. The message names the
+	// file and the damage. [Open] checks the file and returns it rather
+	// than crash; with [Options.OnCorrupt] set it recovers instead, setting
+	// the file aside and salvaging its pending writes.
 	ErrCorrupt = errors.New("replica file is corrupt")
 
 	// ErrWrongUser refuses a token for another user than the one whose

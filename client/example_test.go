@@ -267,3 +267,50 @@ func ExampleReplica_Start() {
 	// Output:
 	// synced, user bob
 }
+
+// A damaged replica file: Open refuses it with ErrCorrupt, or, with
+// OnCorrupt set, sets it aside and starts afresh with the pending writes it
+// could read.
+func ExampleOptions_onCorrupt() {
+	path, cleanup := tempFile("app.replica")
+	defer cleanup()
+	r, err := client.Open(path, client.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := r.Put("notes/1", []byte("written offline")); err != nil {
+		log.Fatal(err)
+	}
+	r.Close()
+	// Damage both meta pages: the first two pages of the file.
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, off := range []int64{16, int64(os.Getpagesize()) + 16} {
+		if _, err := f.WriteAt(make([]byte, 4), off); err != nil {
+			log.Fatal(err)
+		}
+	}
+	f.Close()
+
+	if _, err := client.Open(path, client.Options{}); !errors.Is(err, client.ErrCorrupt) {
+		log.Fatalf("open: %v", err)
+	}
+	fmt.Println("refused as corrupt")
+
+	r, err = client.Open(path, client.Options{OnCorrupt: func(rep client.CorruptReport) {
+		fmt.Printf("set aside: %v; salvaged %d batches; device id kept: %v; lost: %q\n",
+			rep.MovedTo != "", rep.Batches, rep.DeviceIDKept, rep.Lost)
+	}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer r.Close()
+	v, _ := r.Get("notes/1")
+	fmt.Printf("%s\n", v.GetScalar())
+	// Output:
+	// refused as corrupt
+	// set aside: true; salvaged 1 batches; device id kept: true; lost: []
+	// written offline
+}

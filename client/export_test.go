@@ -3,6 +3,8 @@ package client
 import (
 	"encoding/binary"
 	"fmt"
+	"os"
+	"strings"
 
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
@@ -106,4 +108,40 @@ func (r *Replica) Check() error {
 		}
 		return nil
 	})
+}
+
+// BucketPages reads the closed replica file at path and returns its page
+// size and, for each bucket ("parts/o/kv"; "" for the root bucket), the
+// pages of its tree, so tests can damage the pages of one bucket.
+func BucketPages(path string) (int, map[string][]uint64, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, nil, err
+	}
+	f, err := parseBoltFile(data)
+	if err != nil {
+		return 0, nil, err
+	}
+	pages := map[string][]uint64{}
+	w := &walker{f: f, hwm: f.meta.pgid, seen: map[uint64]bool{}}
+	w.onPage = func(path []string, id uint64) {
+		k := strings.Join(path, "/")
+		pages[k] = append(pages[k], id)
+	}
+	hdr := binary.NativeEndian.AppendUint64(nil, f.meta.root)
+	hdr = binary.NativeEndian.AppendUint64(hdr, f.meta.rootSeq)
+	w.bucket(nil, hdr, 0)
+	if len(w.problems) > 0 {
+		return 0, nil, fmt.Errorf("%s", summarise(w.problems))
+	}
+	return int(f.ps), pages, nil
+}
+
+// CheckReplicaFile runs the check Open runs on an existing file.
+func CheckReplicaFile(path string) error {
+	o, err := Options{}.withDefaults()
+	if err != nil {
+		return err
+	}
+	return checkReplicaFile(path, o)
 }

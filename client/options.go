@@ -74,6 +74,16 @@ type Options struct {
 	// was set aside durably.
 	OnRefused func(RefusedBatch)
 
+	// OnCorrupt, when set, makes [Open] recover from a damaged replica
+	// file instead of returning [ErrCorrupt]: the file is set aside next to
+	// path (as path.corrupt-TIMESTAMP), a fresh replica starts holding the
+	// pending writes, deferred conflicts and refused batches that could be
+	// read, under the old device id and batch numbers when those could be
+	// read, and syncs the rest from the server. OnCorrupt is then called,
+	// before Open returns, with what was done and what was lost; the same
+	// is logged.
+	OnCorrupt func(CorruptReport)
+
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }

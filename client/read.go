@@ -73,9 +73,9 @@ func (r *Replica) getLocked(part, key string) (*Value, error) {
 }
 
 // syncedValue reads the synced value of key in part from the file.
-func (r *Replica) syncedValue(part, key string) (*Value, error) {
-	var v *Value
-	err := r.db.View(func(tx *bolt.Tx) error {
+func (r *Replica) syncedValue(part, key string) (v *Value, err error) {
+	defer guard(r.path, &err)()
+	err = r.db.View(func(tx *bolt.Tx) error {
 		var err error
 		v, _, err = getEntry(tx, part, key)
 		return err
@@ -131,12 +131,12 @@ func (r *Replica) List(prefix string) ([]Item, error) {
 	return r.listLocked("", prefix)
 }
 
-func (r *Replica) listLocked(part, prefix string) ([]Item, error) {
+func (r *Replica) listLocked(part, prefix string) (out []Item, err error) {
 	if err := r.checkOpen(); err != nil {
 		return nil, err
 	}
-	var out []Item
-	err := r.db.View(func(tx *bolt.Tx) error {
+	defer guard(r.path, &err)()
+	err = r.db.View(func(tx *bolt.Tx) error {
 		kv := kvBucket(tx, part)
 		if kv == nil {
 			return nil

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -143,12 +144,38 @@ func (c *config) systemPrefix(key string) (string, bool) {
 // id) if it does not exist. A file another process has open is refused with
 // [ErrLocked]. Open copies opts and fills in defaults; it does not contact
 // the server: reads and writes work offline at once.
+//
+// Open checks the whole file's structure first: a damaged file is refused
+// with an error matching [ErrCorrupt] that names the file and the damage,
+// never a crash. With [Options.OnCorrupt] set, Open instead sets the damaged
+// file aside, starts a fresh replica holding the pending writes it could
+// salvage, and reports what it did (see [CorruptReport]).
 func Open(path string, opts Options) (*Replica, error) {
 	o, err := opts.withDefaults()
 	if err != nil {
 		return nil, fmt.Errorf("open replica %s: %w", path, err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: o.LockTimeout, NoStatistics: true, FreelistType: bolt.FreelistMapType, NoFreelistSync: true})
+	r, err := open(path, o)
+	if err == nil || !errors.Is(err, ErrCorrupt) || o.OnCorrupt == nil {
+		return r, err
+	}
+	rep, rerr := recoverCorrupt(path, o, err)
+	if rerr != nil {
+		return nil, fmt.Errorf("%w; setting the file aside failed: %v", err, rerr)
+	}
+	if r, err = open(path, o); err != nil {
+		return nil, fmt.Errorf("open replica %s after setting the damaged file aside as %s: %w", path, rep.MovedTo, err)
+	}
+	reportCorrupt(o, rep)
+	return r, nil
+}
+
+// open is Open without recovery.
+func open(path string, o Options) (*Replica, error) {
+	if err := checkReplicaFile(path, o); err != nil {
+		return nil, fmt.Errorf("open replica %s: %w", path, err)
+	}
+	db, err := openBolt(path, o)
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("open replica %s: %w (locked for more than %v; is another copy of the app running on it?)", path, ErrLocked, o.LockTimeout)
@@ -169,6 +196,7 @@ func Open(path string, opts Options) (*Replica, error) {
 	}
 	r.life, r.lifeDone = context.WithCancel(context.Background())
 	if err := r.init(); err != nil {
+		r.lifeDone()
 		db.Close()
 		return nil, fmt.Errorf("open replica %s: %w", path, err)
 	}
@@ -180,9 +208,32 @@ func Open(path string, opts Options) (*Replica, error) {
 	return r, nil
 }
 
+// openBolt opens the checked file with bbolt. The freelist is written with
+// each commit (NoFreelistSync false): without it bbolt rebuilds it at open
+// by walking every page in a goroutine of its own, where a page damaged in
+// a way the check missed would crash the process; reading a synced
+// freelist happens in this goroutine, where guard catches it (and the
+// file, with its lock, is closed).
+func openBolt(path string, o Options) (db *bolt.DB, err error) {
+	var file *os.File
+	defer func() {
+		if db == nil && err != nil && file != nil {
+			file.Close()
+		}
+	}()
+	defer guard(path, &err)()
+	return bolt.Open(path, 0o600, &bolt.Options{Timeout: o.LockTimeout, NoStatistics: true, FreelistType: bolt.FreelistMapType,
+		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
+			f, err := os.OpenFile(name, flag, perm)
+			file = f
+			return f, err
+		}})
+}
+
 // init creates the buckets of a new file, or checks and loads an existing
 // one into memory.
-func (r *Replica) init() error {
+func (r *Replica) init() (err error) {
+	defer guard(r.path, &err)()
 	return r.db.Update(func(tx *bolt.Tx) error {
 		meta, err := tx.CreateBucketIfNotExists(bktMeta)
 		if err != nil {
@@ -204,11 +255,9 @@ func (r *Replica) init() error {
 		if id := meta.Get(keyDevice); id != nil {
 			r.deviceID = string(id)
 		} else {
-			var b [16]byte
-			if _, err := rand.Read(b[:]); err != nil {
+			if r.deviceID, err = newDeviceID(); err != nil {
 				return err
 			}
-			r.deviceID = hex.EncodeToString(b[:])
 			if err := meta.Put(keyDevice, []byte(r.deviceID)); err != nil {
 				return err
 			}
@@ -306,6 +355,15 @@ func (r *Replica) init() error {
 		r.refusedN = tx.Bucket(bktRefused).Stats().KeyN
 		return nil
 	})
+}
+
+// newDeviceID makes a random device id.
+func newDeviceID() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
 }
 
 // DeviceID returns the device's stable random id, created with the file.

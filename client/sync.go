@@ -666,6 +666,7 @@ func (r *Replica) applyRemote(u *update, acc *batch) error {
 
 // getEntryView reads one synced key in its own read transaction.
 func getEntryView(db *bolt.DB, part, key string) (v *Value, ver uint64, err error) {
+	defer guard(db.Path(), &err)()
 	err = db.View(func(tx *bolt.Tx) error {
 		v, ver, err = getEntry(tx, part, key)
 		return err
