@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"time"
 
@@ -22,6 +23,8 @@ func (h *clientService) Watch(ctx context.Context, req *connect.Request[dalvv1.W
 }
 
 func (s *Server) watch(ctx context.Context, req *connect.Request[dalvv1.WatchRequest], stream *connect.ServerStream[dalvv1.WatchEvent]) error {
+	out := s.newStreamOut(ctx)
+	defer out.finish()
 	claims, err := s.device(ctx, req.Header())
 	if err != nil {
 		return err
@@ -37,18 +40,38 @@ func (s *Server) watch(ctx context.Context, req *connect.Request[dalvv1.WatchReq
 	if err := s.validatePrefixes(m.GetPrefixes()); err != nil {
 		return err
 	}
-	w := &deviceWatch{s: s, p: p, prefixes: m.GetPrefixes(), stream: stream, at: m.GetFromVersion()}
+	release, err := s.admitWatch(claims.Subject, m.GetDeviceId())
+	if err != nil {
+		return err
+	}
+	defer release()
+	w := &deviceWatch{s: s, p: p, prefixes: m.GetPrefixes(), stream: stream, out: out, at: m.GetFromVersion()}
+	err = w.follow(ctx)
+	switch {
+	case errors.Is(err, errClientGone):
+		return nil
+	case errors.Is(err, errTooSlow):
+		s.metrics.streamTimeouts.WithLabelValues("device").Inc()
+		s.log.Debug("watch ended: a message waited too long to be written", "user", claims.Subject, "device", m.GetDeviceId(), "version", w.at)
+		return engine.Errorf(errRateLimited, "watcher too slow: a message waited more than %v to be written (--stream-write-timeout); resume from version %d", s.cfg.StreamWriteTimeout, w.at)
+	}
+	return err
+}
+
+// follow sends the catch-up, then live commits, until the watch ends.
+func (w *deviceWatch) follow(ctx context.Context) error {
+	s := w.s
 	// Subscribe before reading the catch-up, so no commit falls between.
-	sub := s.hub.subscribe(p, s.cfg.WatchBuffer)
-	defer s.hub.unsubscribe(p, sub)
+	sub := s.hub.subscribe(w.p, s.cfg.WatchBuffer)
+	defer s.hub.unsubscribe(w.p, sub)
 	s.metrics.watchers.Inc()
 	defer s.metrics.watchers.Dec()
 	if err := w.catchUp(ctx); err != nil {
 		return err
 	}
 	// A heartbeat marks the end of the catch-up: from here on, live.
-	if err := stream.Send(&dalvv1.WatchEvent{Version: w.at, Heartbeat: true}); err != nil {
-		return nil
+	if err := send(w.out, w.stream, &dalvv1.WatchEvent{Version: w.at, Heartbeat: true}); err != nil {
+		return err
 	}
 	heartbeat := time.NewTicker(s.cfg.Heartbeat)
 	defer heartbeat.Stop()
@@ -73,8 +96,8 @@ func (s *Server) watch(ctx context.Context, req *connect.Request[dalvv1.WatchReq
 					return err
 				}
 			}
-			if err := stream.Send(&dalvv1.WatchEvent{Version: w.at, Heartbeat: true}); err != nil {
-				return nil // the client went away
+			if err := send(w.out, w.stream, &dalvv1.WatchEvent{Version: w.at, Heartbeat: true}); err != nil {
+				return err
 			}
 		}
 	}
@@ -86,6 +109,7 @@ type deviceWatch struct {
 	p        store.Partition
 	prefixes []string
 	stream   *connect.ServerStream[dalvv1.WatchEvent]
+	out      *streamOut
 	at       uint64
 }
 
@@ -97,25 +121,26 @@ func (w *deviceWatch) deliver(ctx context.Context, ev *commitEvent) error {
 	case ev.version <= w.at:
 		return nil // already sent by the catch-up
 	case ev.version == w.at+1 && !ev.erase && !ev.remote:
-		w.at = ev.version
 		changes := w.filter(ev.changes)
-		if len(changes) == 0 {
-			return nil
+		if len(changes) > 0 {
+			if err := send(w.out, w.stream, &dalvv1.WatchEvent{Version: ev.version, Changes: changes}); err != nil {
+				return err
+			}
 		}
-		if err := w.stream.Send(&dalvv1.WatchEvent{Version: ev.version, Changes: changes}); err != nil {
-			return nil // the client went away
-		}
+		w.at = ev.version
 		return nil
 	}
 	return w.catchUp(ctx)
 }
 
-// catchUp sends everything after w.at from the store, in pages, following a
-// reset across pages as a device's pulls do.
+// catchUp sends everything after w.at from the store, in pages of at most
+// StreamPageBytes (or one commit), following a reset across pages as a
+// device's pulls do. Only one page is held at a time, so a watch's memory
+// does not grow with the partition.
 func (w *deviceWatch) catchUp(ctx context.Context) error {
 	var resetHorizon uint64
 	for {
-		resp, err := w.s.eng.Pull(ctx, w.p, w.at, resetHorizon)
+		resp, err := w.s.eng.PullPage(ctx, w.p, w.at, resetHorizon, w.s.cfg.StreamPageBytes)
 		if err != nil {
 			return err
 		}
@@ -123,7 +148,7 @@ func (w *deviceWatch) catchUp(ctx context.Context) error {
 			return nil // nothing new
 		}
 		ev := &dalvv1.WatchEvent{Version: resp.GetVersion(), Changes: w.filter(resp.GetChanges()), Reset_: resp.GetReset_(), More: resp.GetMore()}
-		if err := w.stream.Send(ev); err != nil {
+		if err := send(w.out, w.stream, ev); err != nil {
 			return err
 		}
 		w.at = resp.GetVersion()
