@@ -352,3 +352,42 @@ func TestFeedWatchCap(t *testing.T) {
 		return nil
 	})
 }
+
+// TestWatchResetInPages checks that a reset, too, comes in pages of
+// --stream-page-bytes: a watch from below the retention horizon of a
+// 3.6 MB partition gets several reset events, more set on all but the
+// last, that hold the whole partition and no tombstone.
+func TestWatchResetInPages(t *testing.T) {
+	t.Parallel()
+	const user = "reset-pages"
+	srv := startServer(t, "--retention", "2s")
+	bigPartition(t, srv, user)
+	head := commit(t, backendClient(t, srv), user, opDelete("big/000"))
+	dev := deviceClient(t, srv, user)
+	checkFor(t, 20*time.Second, 100*time.Millisecond, func() error {
+		if !mustSync(t, dev, &dalvv1.SyncRequest{DeviceId: "probe", BaseVersion: 1}).GetReset_() {
+			return errors.New("the tombstone of big/000 is not compacted yet")
+		}
+		return nil
+	})
+	w := watchDevice(t, srv, user, &dalvv1.WatchRequest{DeviceId: "d", FromVersion: 1})
+	evs, at := watchCatchUp(t, w)
+	if len(evs) < 2 || at != head {
+		t.Fatalf("reset from version 1: %d events, heartbeat at %d; want pages up to %d", len(evs), at, head)
+	}
+	keys := map[string]bool{}
+	for i, ev := range evs {
+		if !ev.GetReset_() || ev.GetMore() != (i < len(evs)-1) {
+			t.Fatalf("reset event %d of %d: reset %v more %v; want reset on every page, more on all but the last", i, len(evs), ev.GetReset_(), ev.GetMore())
+		}
+		for _, c := range ev.GetChanges() {
+			if c.GetDeleted() || keys[c.GetKey()] {
+				t.Fatalf("reset event %d: %s deleted %v, or sent twice", i, c.GetKey(), c.GetDeleted())
+			}
+			keys[c.GetKey()] = true
+		}
+	}
+	if got, want := len(keys), 2*bigCommits-1; got != want {
+		t.Fatalf("the reset held %d keys, want %d", got, want)
+	}
+}
