@@ -124,7 +124,8 @@ func (s *Server) newStreamOut(ctx context.Context) *streamOut {
 // send sends msg on stream. A message not written within the timeout fails
 // with errTooSlow: the connection is then broken, as a write cut off midway
 // leaves it, and the client sees the stream cut. Any other failure is
-// errClientGone.
+// errClientGone. The deadline is cleared once the message is written:
+// HTTP/2 resets a stream whose deadline passes even while it is idle.
 func send[T any](o *streamOut, stream *connect.ServerStream[T], msg *T) error {
 	var deadline time.Time
 	if o.rc != nil {
@@ -136,6 +137,9 @@ func send[T any](o *streamOut, stream *connect.ServerStream[T], msg *T) error {
 	err := stream.Send(msg)
 	switch {
 	case err == nil:
+		if o.rc != nil {
+			_ = o.rc.SetWriteDeadline(time.Time{})
+		}
 		return nil
 	case o.rc != nil && !time.Now().Before(deadline):
 		o.timedOut = true

@@ -44,11 +44,7 @@ func counter(t *testing.T, reg *prometheus.Registry, family, name, value string)
 func TestStreamWriteDeadlineHTTP2(t *testing.T) {
 	t.Parallel()
 	s, url, reg := testServer(t, Config{StreamWriteTimeout: 300 * time.Millisecond})
-	h2 := httptest.NewUnstartedServer(s.Handler())
-	h2.Config.Protocols = new(http.Protocols)
-	h2.Config.Protocols.SetUnencryptedHTTP2(true)
-	h2.Start()
-	t.Cleanup(h2.Close)
+	h2url, hc := h2cServer(t, s)
 
 	const commits = 12
 	backend := dalvv1connect.NewBackendServiceClient(http.DefaultClient, url)
@@ -65,10 +61,7 @@ func TestStreamWriteDeadlineHTTP2(t *testing.T) {
 		}
 	}
 
-	tr := &http.Transport{Protocols: new(http.Protocols)}
-	tr.Protocols.SetUnencryptedHTTP2(true)
-	t.Cleanup(tr.CloseIdleConnections)
-	client := dalvv1connect.NewClientServiceClient(&http.Client{Transport: tr}, h2.URL)
+	client := dalvv1connect.NewClientServiceClient(hc, h2url)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	req := connect.NewRequest(&dalvv1.WatchRequest{DeviceId: "d"})
@@ -95,6 +88,52 @@ func TestStreamWriteDeadlineHTTP2(t *testing.T) {
 	}
 	if got := requests(t, reg, dalvv1connect.ClientServiceWatchProcedure, "resource_exhausted"); got != 1 {
 		t.Errorf("dalv_requests_total{Watch, resource_exhausted} = %v, want 1", got)
+	}
+}
+
+// h2cServer serves s's handler over HTTP/2 without TLS and returns a
+// client for it.
+func h2cServer(t *testing.T, s *Server) (url string, hc *http.Client) {
+	t.Helper()
+	h2 := httptest.NewUnstartedServer(s.Handler())
+	h2.Config.Protocols = new(http.Protocols)
+	h2.Config.Protocols.SetUnencryptedHTTP2(true)
+	h2.Start()
+	t.Cleanup(h2.Close)
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	t.Cleanup(tr.CloseIdleConnections)
+	return h2.URL, &http.Client{Transport: tr}
+}
+
+// TestStreamIdleOverHTTP2 checks that an idle watch over HTTP/2 that
+// reads everything lives on across write timeouts: HTTP/2 resets a stream
+// whose write deadline passes even when nothing is being written, so the
+// deadline must not outlive the message it was set for.
+func TestStreamIdleOverHTTP2(t *testing.T) {
+	t.Parallel()
+	s, _, reg := testServer(t, Config{StreamWriteTimeout: 50 * time.Millisecond, Heartbeat: 200 * time.Millisecond})
+	url, hc := h2cServer(t, s)
+	client := dalvv1connect.NewClientServiceClient(hc, url)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req := connect.NewRequest(&dalvv1.WatchRequest{DeviceId: "d"})
+	req.Header().Set("Authorization", "Bearer "+token(t, "idle"))
+	stream, err := client.Watch(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	for i := range 5 {
+		if !stream.Receive() {
+			t.Fatalf("the idle watch ended after %d heartbeats: %v", i, stream.Err())
+		}
+		if !stream.Msg().GetHeartbeat() {
+			t.Fatalf("event %d: %v, want a heartbeat", i, stream.Msg())
+		}
+	}
+	if n := counter(t, reg, "dalv_stream_write_timeouts_total", "stream", "device"); n != 0 {
+		t.Errorf("%v streams ended by the write deadline, want 0", n)
 	}
 }
 
