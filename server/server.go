@@ -228,9 +228,7 @@ func (s *Server) routes() http.Handler {
 	}
 	mux := http.NewServeMux()
 	procedures := rpcProcedures()
-	handle := func(path string, h http.Handler) {
-		mux.Handle(path, s.metrics.countRefused(procedures, withResponseController(h)))
-	}
+	handle := func(path string, h http.Handler) { mux.Handle(path, s.metrics.countRefused(procedures, h)) }
 	handle(dalvv1connect.NewClientServiceHandler(&clientService{s: s}, opts...))
 	handle(dalvv1connect.NewBackendServiceHandler(&backendService{s: s}, opts...))
 	// The standard gRPC health check, for load balancers; it is also the

@@ -10,7 +10,6 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/dalvdb/dalv/engine"
-	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 )
 
 // This file bounds what the streams (device watches and the backend feed)
@@ -79,29 +78,6 @@ func (s *Server) admitFeed() (release func(), err error) {
 	}
 }
 
-// streamProcedures are the server-streaming procedures that set write
-// deadlines.
-var streamProcedures = map[string]bool{
-	dalvv1connect.ClientServiceWatchProcedure:  true,
-	dalvv1connect.BackendServiceWatchProcedure: true,
-}
-
-// responseControllerKey is the context key of a stream's
-// http.ResponseController.
-type responseControllerKey struct{}
-
-// withResponseController hands the stream procedures the controller of their
-// response, through the request's context: Connect's handlers see no
-// http.ResponseWriter, and the write deadline is set through it.
-func withResponseController(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if streamProcedures[r.URL.Path] {
-			r = r.WithContext(context.WithValue(r.Context(), responseControllerKey{}, http.NewResponseController(w)))
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
 // errTooSlow marks a stream message not written within the write timeout;
 // errClientGone a stream whose client went away.
 var (
@@ -116,9 +92,15 @@ type streamOut struct {
 	timedOut bool
 }
 
+// newStreamOut returns the streamOut of the stream whose handler has ctx.
+// Connect's handlers see no http.ResponseWriter; the one countRefused
+// wraps every RPC's response in is in the request's context.
 func (s *Server) newStreamOut(ctx context.Context) *streamOut {
-	rc, _ := ctx.Value(responseControllerKey{}).(*http.ResponseController)
-	return &streamOut{rc: rc, timeout: s.cfg.StreamWriteTimeout}
+	o := &streamOut{timeout: s.cfg.StreamWriteTimeout}
+	if rec, ok := ctx.Value(observedKey{}).(*refusalRecorder); ok {
+		o.rc = http.NewResponseController(rec)
+	}
+	return o
 }
 
 // send sends msg on stream. A message not written within the timeout fails
