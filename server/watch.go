@@ -18,41 +18,53 @@ import (
 // partition as it happens, each event carrying its version.
 func (h *clientService) Watch(ctx context.Context, req *connect.Request[dalvv1.WatchRequest], stream *connect.ServerStream[dalvv1.WatchEvent]) error {
 	s := h.s
-	err := s.watch(ctx, req, stream)
-	return s.toConnect(req.Spec().Procedure, err)
-}
-
-func (s *Server) watch(ctx context.Context, req *connect.Request[dalvv1.WatchRequest], stream *connect.ServerStream[dalvv1.WatchEvent]) error {
 	out := s.newStreamOut(ctx)
 	defer out.finish()
+	// The watch is opened in a call of its own, so that an idle watch's
+	// stack holds only what following it needs: thousands are open.
+	w, release, err := s.openWatch(ctx, req, stream, out)
+	if err != nil {
+		return s.toConnect(req.Spec().Procedure, err)
+	}
+	defer release()
+	return s.toConnect(req.Spec().Procedure, w.end(w.follow(ctx)))
+}
+
+// openWatch checks a watch request and admits it under the caps; release
+// uncounts it.
+func (s *Server) openWatch(ctx context.Context, req *connect.Request[dalvv1.WatchRequest], stream *connect.ServerStream[dalvv1.WatchEvent], out *streamOut) (w *deviceWatch, release func(), err error) {
 	claims, err := s.device(ctx, req.Header())
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	m := req.Msg
 	p, err := s.devicePartition(claims, m.GetShared())
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	if err := engine.ValidateDeviceID(m.GetDeviceId()); err != nil {
-		return err
+		return nil, nil, err
 	}
 	if err := s.validatePrefixes(m.GetPrefixes()); err != nil {
-		return err
+		return nil, nil, err
 	}
-	release, err := s.admitWatch(claims.Subject, m.GetDeviceId())
-	if err != nil {
-		return err
+	if release, err = s.admitWatch(claims.Subject, m.GetDeviceId()); err != nil {
+		return nil, nil, err
 	}
-	defer release()
-	w := &deviceWatch{s: s, p: p, prefixes: m.GetPrefixes(), stream: stream, out: out, at: m.GetFromVersion()}
-	err = w.follow(ctx)
+	w = &deviceWatch{s: s, p: p, user: claims.Subject, device: m.GetDeviceId(), prefixes: m.GetPrefixes(), stream: stream, out: out, at: m.GetFromVersion()}
+	return w, release, nil
+}
+
+// end turns how a watch ended into what its client is told: nothing when
+// it went away, "too slow" when a message was not written in time.
+func (w *deviceWatch) end(err error) error {
 	switch {
 	case errors.Is(err, errClientGone):
 		return nil
 	case errors.Is(err, errTooSlow):
+		s := w.s
 		s.metrics.streamTimeouts.WithLabelValues("device").Inc()
-		s.log.Debug("watch ended: a message waited too long to be written", "user", claims.Subject, "device", m.GetDeviceId(), "version", w.at)
+		s.log.Debug("watch ended: a message waited too long to be written", "user", w.user, "device", w.device, "version", w.at)
 		return engine.Errorf(errRateLimited, "watcher too slow: a message waited more than %v to be written (--stream-write-timeout); resume from version %d", s.cfg.StreamWriteTimeout, w.at)
 	}
 	return err
@@ -107,6 +119,8 @@ func (w *deviceWatch) follow(ctx context.Context) error {
 type deviceWatch struct {
 	s        *Server
 	p        store.Partition
+	user     string
+	device   string
 	prefixes []string
 	stream   *connect.ServerStream[dalvv1.WatchEvent]
 	out      *streamOut
