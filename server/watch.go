@@ -78,7 +78,7 @@ func (w *deviceWatch) follow(ctx context.Context) error {
 	defer s.hub.unsubscribe(w.p, sub)
 	s.metrics.watchers.Inc()
 	defer s.metrics.watchers.Dec()
-	if err := w.catchUp(ctx); err != nil {
+	if err := w.catchUp(ctx, nil); err != nil {
 		return err
 	}
 	// A heartbeat marks the end of the catch-up: from here on, live.
@@ -94,17 +94,22 @@ func (w *deviceWatch) follow(ctx context.Context) error {
 		case <-s.drain:
 			return engine.Errorf(errUnavailable, "server is shutting down; reconnect and resume from version %d", w.at)
 		case <-sub.overflowed:
-			s.metrics.slowWatchers.Inc()
-			return engine.Errorf(errRateLimited, "watcher too slow: it fell more than %d commits behind; resume from version %d", s.cfg.WatchBuffer, w.at)
+			return w.fellBehind()
 		case ev := <-sub.ch:
-			if err := w.deliver(ctx, ev); err != nil {
+			// An overflow while the event waited wins: select picks among
+			// ready cases at random, and an event after a dropped one would
+			// otherwise have the watch read everything since from the store.
+			if sub.hasOverflowed() {
+				return w.fellBehind()
+			}
+			if err := w.deliver(ctx, ev, sub); err != nil {
 				return err
 			}
 		case <-heartbeat.C:
 			if s.notifier != nil {
 				// A store shared with other processes: poll too, in case a
 				// notification was lost.
-				if err := w.catchUp(ctx); err != nil {
+				if err := w.catchUp(ctx, sub); err != nil {
 					return err
 				}
 			}
@@ -113,6 +118,12 @@ func (w *deviceWatch) follow(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// fellBehind is the error that ends a watch whose buffer overflowed.
+func (w *deviceWatch) fellBehind() error {
+	w.s.metrics.slowWatchers.Inc()
+	return engine.Errorf(errRateLimited, "watcher too slow: it fell more than %d commits behind; resume from version %d", w.s.cfg.WatchBuffer, w.at)
 }
 
 // deviceWatch is the state of one device watch: the version it has sent.
@@ -130,7 +141,7 @@ type deviceWatch struct {
 // deliver sends a live commit; a commit that does not follow the last one
 // sent (a gap, an erase, or an order the notifications lost) is read from
 // the store instead.
-func (w *deviceWatch) deliver(ctx context.Context, ev *commitEvent) error {
+func (w *deviceWatch) deliver(ctx context.Context, ev *commitEvent, sub *subscription) error {
 	switch {
 	case ev.version <= w.at:
 		return nil // already sent by the catch-up
@@ -144,14 +155,17 @@ func (w *deviceWatch) deliver(ctx context.Context, ev *commitEvent) error {
 		w.at = ev.version
 		return nil
 	}
-	return w.catchUp(ctx)
+	return w.catchUp(ctx, sub)
 }
 
 // catchUp sends everything after w.at from the store, in pages of at most
 // StreamPageBytes (or one commit), following a reset across pages as a
 // device's pulls do. Only one page is held at a time, so a watch's memory
-// does not grow with the partition.
-func (w *deviceWatch) catchUp(ctx context.Context) error {
+// does not grow with the partition. A live watch (sub set) that overflows
+// its buffer meanwhile ends between pages, as it would between events: it
+// reads slower than its partition changes. The first catch-up runs to the
+// end whatever comes meanwhile, so a large partition is always caught up.
+func (w *deviceWatch) catchUp(ctx context.Context, sub *subscription) error {
 	var resetHorizon uint64
 	for {
 		resp, err := w.s.eng.PullPage(ctx, w.p, w.at, resetHorizon, w.s.cfg.StreamPageBytes)
@@ -168,6 +182,9 @@ func (w *deviceWatch) catchUp(ctx context.Context) error {
 		w.at = resp.GetVersion()
 		if !resp.GetMore() {
 			return nil
+		}
+		if sub != nil && !resp.GetReset_() && sub.hasOverflowed() {
+			return w.fellBehind() // never inside a reset: it resumes from nowhere
 		}
 		if resp.GetReset_() {
 			resetHorizon = resp.GetHorizon()
