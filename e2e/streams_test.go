@@ -150,7 +150,7 @@ func syncWithin(t testing.TB, srv *proc.Server, user string) {
 
 // watchMemoryBound is the most resident memory the server may reach with
 // 150 watches that never read, from version 0, on a 3.6 MB partition. On
-// the development machine the server peaked at 2.7 GB before watches sent
+// the development machine the server peaked at 2.7-2.9 GB before watches sent
 // their catch-up in pages; with pages of 64 KiB it peaks near 360 MB (of
 // which about 80 MB are gzip compressors, one per stream compressing at
 // once, and most of the rest garbage the collector has yet to return).
