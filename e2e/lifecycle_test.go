@@ -564,6 +564,11 @@ func TestLifecycleBadFlags(t *testing.T) {
 		{[]string{"--drain-timeout", "0s"}, []string{"--drain-timeout", "0s"}},
 		{[]string{"--store-timeout", "-2s"}, []string{"--store-timeout", "-2s"}},
 		{[]string{"--store-cache-bytes", "-1"}, []string{"--store-cache-bytes", "-1", "0 (off)"}},
+		{[]string{"--max-watches-per-user", "0"}, []string{"--max-watches-per-user", "0"}},
+		{[]string{"--max-watches-per-device", "-1"}, []string{"--max-watches-per-device", "-1"}},
+		{[]string{"--max-feed-watches", "0"}, []string{"--max-feed-watches", "0"}},
+		{[]string{"--stream-page-bytes", "0"}, []string{"--stream-page-bytes", "0"}},
+		{[]string{"--stream-write-timeout", "0s"}, []string{"--stream-write-timeout", "0s"}},
 		{[]string{"--bogus"}, []string{"--bogus"}},
 		{[]string{"stray"}, []string{"stray"}},
 	} {

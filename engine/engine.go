@@ -154,7 +154,7 @@ func (e *Engine) Sync(ctx context.Context, req SyncRequest) (*dalvv1.SyncRespons
 			return nil, err
 		}
 		if req.Batch <= last {
-			return nil, e.collect(r, head, req.BaseVersion, req.ResetHorizon, nil, resp)
+			return nil, e.collect(r, head, req.BaseVersion, req.ResetHorizon, nil, e.lim.MaxResponseBytes, resp)
 		}
 		// 2. Authorisation by domain.
 		for _, op := range req.Ops {
@@ -173,7 +173,7 @@ func (e *Engine) Sync(ctx context.Context, req SyncRequest) (*dalvv1.SyncRespons
 		if conflicts := conflicts(ks, head, req.BaseVersion, req.Ops); len(conflicts) > 0 {
 			resp.Status = dalvv1.SyncStatus_SYNC_STATUS_CONFLICT
 			resp.Conflicts = conflicts
-			return nil, e.collect(r, head, req.BaseVersion, req.ResetHorizon, nil, resp)
+			return nil, e.collect(r, head, req.BaseVersion, req.ResetHorizon, nil, e.lim.MaxResponseBytes, resp)
 		}
 		// 4. Apply.
 		c, own, err := e.apply(ks, head.Version+1, req.Ops)
@@ -181,7 +181,7 @@ func (e *Engine) Sync(ctx context.Context, req SyncRequest) (*dalvv1.SyncRespons
 			return nil, err
 		}
 		c.Device, c.Batch = req.DeviceID, req.Batch
-		if err := e.collect(r, head, req.BaseVersion, req.ResetHorizon, own, resp); err != nil {
+		if err := e.collect(r, head, req.BaseVersion, req.ResetHorizon, own, e.lim.MaxResponseBytes, resp); err != nil {
 			return nil, err
 		}
 		applied, changes = c.Version, own
@@ -214,6 +214,19 @@ func (e *Engine) pull(ctx context.Context, req SyncRequest) (*dalvv1.SyncRespons
 // Pull answers what a sync with no ops answers: the changes after base, from
 // a consistent snapshot, paged and reset as Sync does.
 func (e *Engine) Pull(ctx context.Context, p store.Partition, base, resetHorizon uint64) (*dalvv1.SyncResponse, error) {
+	return e.PullPage(ctx, p, base, resetHorizon, e.lim.MaxResponseBytes)
+}
+
+// PullPage is Pull with the answer cut at pageBytes instead of the response
+// limit: streams send smaller pages, which bound the memory a stream holds
+// while its reader is slow. As at the response limit, the cut falls between
+// commits and a page holds at least one whole commit, so a page may pass
+// pageBytes by one commit's changes, which never pass the response limit.
+// A pageBytes below 1 or above the response limit means the response limit.
+func (e *Engine) PullPage(ctx context.Context, p store.Partition, base, resetHorizon uint64, pageBytes int) (*dalvv1.SyncResponse, error) {
+	if pageBytes < 1 || pageBytes > e.lim.MaxResponseBytes {
+		pageBytes = e.lim.MaxResponseBytes
+	}
 	resp := &dalvv1.SyncResponse{Status: dalvv1.SyncStatus_SYNC_STATUS_ACCEPTED}
 	err := e.st.View(ctx, p, func(r store.Reader) error {
 		head, err := r.Head()
@@ -223,7 +236,7 @@ func (e *Engine) Pull(ctx context.Context, p store.Partition, base, resetHorizon
 		if base > head.Version {
 			return Errorf(ErrInvalid, "version %d is ahead of the partition, which is at version %d; start from 0", base, head.Version)
 		}
-		return e.collect(r, head, base, resetHorizon, nil, resp)
+		return e.collect(r, head, base, resetHorizon, nil, pageBytes, resp)
 	})
 	if err != nil {
 		return nil, err
@@ -381,10 +394,10 @@ func changeSize(key string, v *dalvv1.Value) int {
 }
 
 // collect fills resp with the changes after base, collapsed to one entry per
-// key and cut at the response limit between commits, plus the keys own
-// changes at head.Version+1 (a commit being made). Below the horizon it
-// answers with a reset, or continues one when resetHorizon says so.
-func (e *Engine) collect(r store.Reader, head store.Head, base, resetHorizon uint64, own []*keyState, resp *dalvv1.SyncResponse) error {
+// key and cut at limit bytes between commits, plus the keys own changes at
+// head.Version+1 (a commit being made). Below the horizon it answers with a
+// reset, or continues one when resetHorizon says so.
+func (e *Engine) collect(r store.Reader, head store.Head, base, resetHorizon uint64, own []*keyState, limit int, resp *dalvv1.SyncResponse) error {
 	after, skipDeleted := base, false
 	resp.Horizon = head.Horizon
 	if base < head.Horizon {
@@ -393,7 +406,7 @@ func (e *Engine) collect(r store.Reader, head store.Head, base, resetHorizon uin
 			after, skipDeleted = 0, true
 		}
 	}
-	pg := pager{limit: e.lim.MaxResponseBytes, last: after}
+	pg := pager{limit: limit, last: after}
 	if after < head.Version {
 		err := r.Changes(after, func(ent store.Entry) (bool, error) {
 			if ent.Deleted && skipDeleted {

@@ -18,9 +18,10 @@ import (
 // retained commit.
 const StartCursor = "start"
 
-// feedBatch bounds the records sent between checks for shutdown, so a
-// reader far behind still stops promptly; reading is pulled at the
-// consumer's pace, so a slow consumer costs no memory.
+// feedBatch bounds the records read at once, as StreamPageBytes bounds
+// their bytes: a page is read, then sent, so a consumer that does not read
+// holds one page and no store resources, and a reader far behind still
+// stops promptly on shutdown.
 const feedBatch = 256
 
 // Watch follows the change feed across all partitions from a cursor:
@@ -32,6 +33,8 @@ func (h *backendService) Watch(ctx context.Context, req *connect.Request[dalvv1.
 }
 
 func (s *Server) feed(ctx context.Context, req *connect.Request[dalvv1.BackendServiceWatchRequest], stream *connect.ServerStream[dalvv1.ChangeEvent]) error {
+	out := s.newStreamOut(ctx)
+	defer out.finish()
 	if err := s.backend(req.Header()); err != nil {
 		return err
 	}
@@ -39,8 +42,11 @@ func (s *Server) feed(ctx context.Context, req *connect.Request[dalvv1.BackendSe
 	if err := s.validatePrefixes(prefixes); err != nil {
 		return err
 	}
-	s.hub.feedReaders.Add(1)
-	defer s.hub.feedReaders.Add(-1)
+	release, err := s.admitFeed()
+	if err != nil {
+		return err
+	}
+	defer release()
 	s.metrics.feedReaders.Inc()
 	defer s.metrics.feedReaders.Dec()
 	horizon, last, err := s.cfg.Store.FeedBounds(ctx)
@@ -67,43 +73,51 @@ func (s *Server) feed(ctx context.Context, req *connect.Request[dalvv1.BackendSe
 			return engine.Errorf(errOutOfRange, "cursor %q is older than the retention horizon: the commits after it were compacted; start again from %q or from now (empty cursor)", c, StartCursor)
 		}
 	}
-	// Tell the consumer where it stands at once, so it can resume from here.
-	if err := stream.Send(&dalvv1.ChangeEvent{Heartbeat: true, Cursor: encodeCursor(after)}); err != nil {
+	err = s.followFeed(ctx, stream, out, prefixes, &after)
+	switch {
+	case errors.Is(err, errClientGone):
 		return nil
+	case errors.Is(err, errTooSlow):
+		s.metrics.streamTimeouts.WithLabelValues("feed").Inc()
+		s.log.Debug("feed watch ended: a message waited too long to be written", "cursor", encodeCursor(after))
+		return engine.Errorf(errRateLimited, "feed watcher too slow: a message waited more than %v to be written (--stream-write-timeout); resume from cursor %q", s.cfg.StreamWriteTimeout, encodeCursor(after))
 	}
+	return err
+}
+
+// followFeed sends the feed after *after, page by page, then each commit
+// as it comes, until the stream ends; *after is the last position sent.
+func (s *Server) followFeed(ctx context.Context, stream *connect.ServerStream[dalvv1.ChangeEvent], out *streamOut, prefixes []string, after *store.FeedPos) error {
+	// Tell the consumer where it stands at once, so it can resume from here.
+	if err := send(out, stream, &dalvv1.ChangeEvent{Heartbeat: true, Cursor: encodeCursor(*after)}); err != nil {
+		return err
+	}
+	pageBytes := min(s.cfg.StreamPageBytes, s.eng.Limits().MaxResponseBytes)
 	heartbeat := time.NewTicker(s.cfg.Heartbeat)
 	defer heartbeat.Stop()
 	for {
 		wake := s.hub.feedWait() // before reading, so no commit falls between
-		n := 0
-		err := s.cfg.Store.Feed(ctx, after, func(r store.FeedRecord) (bool, error) {
-			ev, err := feedEvent(r, prefixes)
-			if err != nil {
-				return false, err
-			}
-			if ev != nil {
-				if err := stream.Send(ev); err != nil {
-					return false, errClientGone
-				}
-			}
-			after = r.Pos
-			n++
-			return n < feedBatch, nil
-		})
+		page, full, err := readFeedPage(ctx, s.cfg.Store, *after, prefixes, pageBytes)
 		switch {
-		case errors.Is(err, errClientGone):
-			return nil
 		case errors.Is(err, store.ErrInvalidPos):
-			return engine.Errorf(engine.ErrInvalid, "cursor %q is not one this feed gave; pass a delivered cursor, %q, or nothing for now", encodeCursor(after), StartCursor)
+			return engine.Errorf(engine.ErrInvalid, "cursor %q is not one this feed gave; pass a delivered cursor, %q, or nothing for now", encodeCursor(*after), StartCursor)
 		case errors.Is(err, store.ErrCompacted):
-			return engine.Errorf(errOutOfRange, "the feed fell behind the retention horizon at cursor %q; start again from %q", encodeCursor(after), StartCursor)
+			return engine.Errorf(errOutOfRange, "the feed fell behind the retention horizon at cursor %q; start again from %q", encodeCursor(*after), StartCursor)
 		case err != nil:
 			return err
 		}
-		if n == feedBatch {
+		for _, r := range page {
+			if r.ev != nil {
+				if err := send(out, stream, r.ev); err != nil {
+					return err
+				}
+			}
+			*after = r.pos
+		}
+		if full {
 			select {
 			case <-s.drain:
-				return engine.Errorf(errUnavailable, "server is shutting down; reconnect and resume from cursor %q", encodeCursor(after))
+				return engine.Errorf(errUnavailable, "server is shutting down; reconnect and resume from cursor %q", encodeCursor(*after))
 			default:
 				continue // more to read
 			}
@@ -112,19 +126,42 @@ func (s *Server) feed(ctx context.Context, req *connect.Request[dalvv1.BackendSe
 		case <-ctx.Done():
 			return nil
 		case <-s.drain:
-			return engine.Errorf(errUnavailable, "server is shutting down; reconnect and resume from cursor %q", encodeCursor(after))
+			return engine.Errorf(errUnavailable, "server is shutting down; reconnect and resume from cursor %q", encodeCursor(*after))
 		case <-wake:
 		case <-heartbeat.C:
 			// Wake for the poll too: a commit made by another node
 			// announces itself to that node only.
-			if err := stream.Send(&dalvv1.ChangeEvent{Heartbeat: true, Cursor: encodeCursor(after)}); err != nil {
-				return nil
+			if err := send(out, stream, &dalvv1.ChangeEvent{Heartbeat: true, Cursor: encodeCursor(*after)}); err != nil {
+				return err
 			}
 		}
 	}
 }
 
-var errClientGone = errors.New("client went away")
+// feedItem is one record of a feed page: its event, nil when the prefix
+// filter leaves none of its ops, and its position.
+type feedItem struct {
+	ev  *dalvv1.ChangeEvent
+	pos store.FeedPos
+}
+
+// readFeedPage reads the records after `after`: up to feedBatch of them and
+// about pageBytes of ops (at least one record, whatever its size). full
+// reports that it stopped at a bound, so more may follow at once.
+func readFeedPage(ctx context.Context, st store.Feeder, after store.FeedPos, prefixes []string, pageBytes int) (page []feedItem, full bool, err error) {
+	size := 0
+	err = st.Feed(ctx, after, func(r store.FeedRecord) (bool, error) {
+		ev, err := feedEvent(r, prefixes)
+		if err != nil {
+			return false, err
+		}
+		page = append(page, feedItem{ev: ev, pos: r.Pos})
+		size += len(r.Ops)
+		full = len(page) == feedBatch || size >= pageBytes
+		return !full, nil
+	})
+	return page, full, err
+}
 
 // feedEvent turns a record into the event sent, or nil when the prefix
 // filter leaves none of its ops (an erase is always sent).

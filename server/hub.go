@@ -42,6 +42,16 @@ type subscription struct {
 	once       sync.Once
 }
 
+// hasOverflowed reports whether the subscription's buffer overflowed.
+func (sub *subscription) hasOverflowed() bool {
+	select {
+	case <-sub.overflowed:
+		return true
+	default:
+		return false
+	}
+}
+
 func newHub() *hub {
 	return &hub{parts: make(map[store.Partition]map[*subscription]struct{}), feedSignal: make(chan struct{})}
 }

@@ -26,6 +26,9 @@ type metrics struct {
 	watchers     prometheus.Gauge
 	slowWatchers prometheus.Counter
 	feedReaders  prometheus.Gauge
+	// streamTimeouts counts streams ended because a message was not
+	// written within the write timeout, by stream: device or feed.
+	streamTimeouts *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry, st store.Store) *metrics {
@@ -51,7 +54,13 @@ func newMetrics(reg *prometheus.Registry, st store.Store) *metrics {
 	m.watchers = prometheus.NewGauge(prometheus.GaugeOpts{Name: "dalv_device_watches", Help: "Open device watches."})
 	m.slowWatchers = prometheus.NewCounter(prometheus.CounterOpts{Name: "dalv_slow_watchers_total", Help: "Watches ended because they fell too far behind."})
 	m.feedReaders = prometheus.NewGauge(prometheus.GaugeOpts{Name: "dalv_feed_watches", Help: "Open backend change-feed watches."})
-	reg.MustRegister(m.requests, m.latency, m.commits, m.conflicts, m.watchers, m.slowWatchers, m.feedReaders,
+	m.streamTimeouts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "dalv_stream_write_timeouts_total",
+		Help: "Streams ended because a message waited longer than the write timeout to be written, by stream (device or feed).",
+	}, []string{"stream"})
+	m.streamTimeouts.WithLabelValues("device")
+	m.streamTimeouts.WithLabelValues("feed")
+	reg.MustRegister(m.requests, m.latency, m.commits, m.conflicts, m.watchers, m.slowWatchers, m.feedReaders, m.streamTimeouts,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "dalv_store_bytes",
 			Help: "Approximate size of the store on disk.",

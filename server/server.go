@@ -75,6 +75,21 @@ type Config struct {
 	// Heartbeat is how often an idle stream gets a keep-alive event
 	// (default 15s).
 	Heartbeat time.Duration
+	// MaxWatchesPerUser and MaxWatchesPerDevice bound the device watches
+	// open at once for one user and for one device of a user (defaults 64
+	// and 8); past them a watch is refused with resource_exhausted.
+	MaxWatchesPerUser   int
+	MaxWatchesPerDevice int
+	// MaxFeedWatches bounds the backend change-feed watches open at once
+	// (default 64).
+	MaxFeedWatches int
+	// StreamWriteTimeout bounds the wait to write one stream message; past
+	// it the stream ends as too slow (default 10s).
+	StreamWriteTimeout time.Duration
+	// StreamPageBytes bounds the changes a stream reads and sends at once
+	// in a catch-up (default 64 KiB, at most Limits.MaxResponseBytes); a
+	// single commit larger than that goes whole.
+	StreamPageBytes int
 	// DrainTimeout bounds the wait for in-flight requests on shutdown
 	// (default 10s).
 	DrainTimeout time.Duration
@@ -105,6 +120,16 @@ const (
 	DefaultDrainTimeout    = 10 * time.Second
 	DefaultWatchBuffer     = 64
 	DefaultHeartbeat       = 15 * time.Second
+	// A device keeps one watch of its own partition and one per shared
+	// partition it reads, plus one that replaces a broken one before the
+	// server notices the break; a user has a handful of devices, browser
+	// tabs among them.
+	DefaultMaxWatchesPerDevice = 8
+	DefaultMaxWatchesPerUser   = 64
+	// Backends are few and trusted: the bound is against leaks.
+	DefaultMaxFeedWatches     = 64
+	DefaultStreamWriteTimeout = 10 * time.Second
+	DefaultStreamPageBytes    = 64 << 10
 )
 
 // Server is a DalvDB server over one store.
@@ -118,6 +143,7 @@ type Server struct {
 	shared   map[string]SharedPartition
 	health   *grpchealth.StaticChecker
 	hub      *hub
+	watches  watchCounts
 	notifier store.Notifier                // when the store is shared with other processes
 	conns    atomic.Pointer[limitListener] // of the running Serve, for the metrics
 	drain    chan struct{}                 // closed when shutdown begins: streams end
@@ -166,6 +192,21 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Heartbeat <= 0 {
 		cfg.Heartbeat = DefaultHeartbeat
+	}
+	if cfg.MaxWatchesPerUser <= 0 {
+		cfg.MaxWatchesPerUser = DefaultMaxWatchesPerUser
+	}
+	if cfg.MaxWatchesPerDevice <= 0 {
+		cfg.MaxWatchesPerDevice = DefaultMaxWatchesPerDevice
+	}
+	if cfg.MaxFeedWatches <= 0 {
+		cfg.MaxFeedWatches = DefaultMaxFeedWatches
+	}
+	if cfg.StreamWriteTimeout <= 0 {
+		cfg.StreamWriteTimeout = DefaultStreamWriteTimeout
+	}
+	if cfg.StreamPageBytes <= 0 {
+		cfg.StreamPageBytes = DefaultStreamPageBytes
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

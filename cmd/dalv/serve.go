@@ -43,6 +43,11 @@ type serveFlags struct {
 	storeCacheBytes   int
 	watchBuffer       int
 	heartbeat         time.Duration
+	maxWatchesUser    int
+	maxWatchesDevice  int
+	maxFeedWatches    int
+	streamWrite       time.Duration
+	streamPageBytes   int
 	logLevel, logForm string
 	pprofAddr         string
 	tokens            tokenFlags
@@ -99,6 +104,11 @@ optional: set, it keeps HS256 tokens working beside them.`,
 	fl.DurationVar(&f.drainTimeout, "drain-timeout", server.DefaultDrainTimeout, "how long SIGTERM waits for in-flight requests")
 	fl.IntVar(&f.watchBuffer, "watch-buffer", server.DefaultWatchBuffer, "commits a device watch may fall behind before it is ended as too slow")
 	fl.DurationVar(&f.heartbeat, "heartbeat", server.DefaultHeartbeat, "how often idle streams get a keep-alive event")
+	fl.IntVar(&f.maxWatchesUser, "max-watches-per-user", server.DefaultMaxWatchesPerUser, "device watches one user may have open at once")
+	fl.IntVar(&f.maxWatchesDevice, "max-watches-per-device", server.DefaultMaxWatchesPerDevice, "device watches one device of a user may have open at once")
+	fl.IntVar(&f.maxFeedWatches, "max-feed-watches", server.DefaultMaxFeedWatches, "backend change-feed watches open at once, in all")
+	fl.DurationVar(&f.streamWrite, "stream-write-timeout", server.DefaultStreamWriteTimeout, "how long one stream message may wait to be written before the stream ends as too slow")
+	fl.IntVar(&f.streamPageBytes, "stream-page-bytes", server.DefaultStreamPageBytes, "changes a watch or feed catch-up reads and sends at once (a larger commit goes whole); bounds a stream's memory")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logForm, "log-format", "text", "text or json")
 	f.tokens.register(fl)
@@ -153,22 +163,27 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 	}()
 
 	srv, err := server.New(server.Config{
-		Store:           st,
-		Verifier:        verifier,
-		BackendKeys:     keySet,
-		SystemPrefixes:  prefixes,
-		Shared:          shared,
-		Limits:          f.limits,
-		MaxRequestBytes: f.maxRequestBytes,
-		BodyTimeout:     f.bodyTimeout,
-		MaxConnections:  f.maxConnections,
-		RateLimit:       f.rateLimit,
-		RateBurst:       f.rateBurst,
-		Retention:       f.retention,
-		DrainTimeout:    f.drainTimeout,
-		WatchBuffer:     f.watchBuffer,
-		Heartbeat:       f.heartbeat,
-		Logger:          log,
+		Store:               st,
+		Verifier:            verifier,
+		BackendKeys:         keySet,
+		SystemPrefixes:      prefixes,
+		Shared:              shared,
+		Limits:              f.limits,
+		MaxRequestBytes:     f.maxRequestBytes,
+		BodyTimeout:         f.bodyTimeout,
+		MaxConnections:      f.maxConnections,
+		RateLimit:           f.rateLimit,
+		RateBurst:           f.rateBurst,
+		Retention:           f.retention,
+		DrainTimeout:        f.drainTimeout,
+		WatchBuffer:         f.watchBuffer,
+		Heartbeat:           f.heartbeat,
+		MaxWatchesPerUser:   f.maxWatchesUser,
+		MaxWatchesPerDevice: f.maxWatchesDevice,
+		MaxFeedWatches:      f.maxFeedWatches,
+		StreamWriteTimeout:  f.streamWrite,
+		StreamPageBytes:     f.streamPageBytes,
+		Logger:              log,
 	})
 	if err != nil {
 		return err
@@ -325,6 +340,10 @@ func (f serveFlags) validate() error {
 		{"--max-ops", f.limits.MaxOps},
 		{"--max-response-bytes", f.limits.MaxResponseBytes},
 		{"--max-request-bytes", f.maxRequestBytes},
+		{"--max-watches-per-user", f.maxWatchesUser},
+		{"--max-watches-per-device", f.maxWatchesDevice},
+		{"--max-feed-watches", f.maxFeedWatches},
+		{"--stream-page-bytes", f.streamPageBytes},
 	} {
 		if fl.n < 1 {
 			return fmt.Errorf("%s %d: must be at least 1", fl.name, fl.n)
@@ -356,6 +375,9 @@ func (f serveFlags) validate() error {
 	}
 	if f.heartbeat <= 0 {
 		return fmt.Errorf("--heartbeat %v: must be positive", f.heartbeat)
+	}
+	if f.streamWrite <= 0 {
+		return fmt.Errorf("--stream-write-timeout %v: must be positive", f.streamWrite)
 	}
 	return f.limits.Validate()
 }
