@@ -35,9 +35,6 @@ func (h *backendService) Watch(ctx context.Context, req *connect.Request[dalvv1.
 func (s *Server) feed(ctx context.Context, req *connect.Request[dalvv1.BackendServiceWatchRequest], stream *connect.ServerStream[dalvv1.ChangeEvent]) error {
 	out := s.newStreamOut(ctx)
 	defer out.finish()
-	if err := s.backend(req.Header()); err != nil {
-		return err
-	}
 	prefixes := req.Msg.GetPrefixes()
 	if err := s.validatePrefixes(prefixes); err != nil {
 		return err
