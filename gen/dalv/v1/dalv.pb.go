@@ -1156,8 +1156,15 @@ type CommitRequest struct {
 	// When set, the commit applies only if the partition is at this version;
 	// otherwise it fails with failed_precondition and applies nothing.
 	ExpectedVersion *uint64 `protobuf:"varint,4,opt,name=expected_version,json=expectedVersion,proto3,oneof" json:"expected_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// When set, names this commit so that a retry applies it at most once:
+	// a commit to the same partition with a key that already applied
+	// applies nothing and answers as the first success did (its version),
+	// for as long as the server's retention keeps history. The same key
+	// with other ops or another expected_version is failed_precondition.
+	// 1 to 128 printable ASCII characters (space to tilde); empty for none.
+	IdempotencyKey string `protobuf:"bytes,5,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CommitRequest) Reset() {
@@ -1218,10 +1225,19 @@ func (x *CommitRequest) GetExpectedVersion() uint64 {
 	return 0
 }
 
+func (x *CommitRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
 // CommitResponse carries the version of the new commit.
 type CommitResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The commit's version; for a retried idempotency_key, the version the
+	// first success had.
+	Version       uint64 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1590,12 +1606,13 @@ const file_dalv_v1_dalv_proto_rawDesc = "" +
 	"\fListResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12%\n" +
 	"\x05items\x18\x02 \x03(\v2\x0f.dalv.v1.ChangeR\x05items\x12&\n" +
-	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\x9f\x01\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\xc8\x01\n" +
 	"\rCommitRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x16\n" +
 	"\x06shared\x18\x02 \x01(\tR\x06shared\x12\x1d\n" +
 	"\x03ops\x18\x03 \x03(\v2\v.dalv.v1.OpR\x03ops\x12.\n" +
-	"\x10expected_version\x18\x04 \x01(\x04H\x00R\x0fexpectedVersion\x88\x01\x01B\x13\n" +
+	"\x10expected_version\x18\x04 \x01(\x04H\x00R\x0fexpectedVersion\x88\x01\x01\x12'\n" +
+	"\x0fidempotency_key\x18\x05 \x01(\tR\x0eidempotencyKeyB\x13\n" +
 	"\x11_expected_version\"*\n" +
 	"\x0eCommitResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\"D\n" +
