@@ -5,6 +5,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/dalvdb/dalv/engine"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 )
@@ -63,7 +64,8 @@ func (h *backendService) Commit(ctx context.Context, req *connect.Request[dalvv1
 		if err != nil {
 			return nil, err
 		}
-		version, err := s.eng.Commit(ctx, p, m.GetOps(), m.ExpectedVersion)
+		version, err := s.eng.Commit(ctx, p, m.GetOps(), engine.CommitOptions{
+			Expected: m.ExpectedVersion, IdempotencyKey: m.GetIdempotencyKey()})
 		return &dalvv1.CommitResponse{Version: version}, err
 	}()
 	if err != nil {

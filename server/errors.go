@@ -21,6 +21,7 @@ var codeTable = []struct {
 	{engine.ErrPermission, connect.CodePermissionDenied},
 	{engine.ErrStale, connect.CodeFailedPrecondition},
 	{engine.ErrState, connect.CodeFailedPrecondition},
+	{engine.ErrKeyReused, connect.CodeFailedPrecondition},
 	{errNotFound, connect.CodeNotFound},
 	{errRateLimited, connect.CodeResourceExhausted},
 	{errUnauthenticated, connect.CodeUnauthenticated},
