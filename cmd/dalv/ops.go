@@ -259,6 +259,7 @@ func newPutCmd() *cobra.Command {
 		o                     opsFlags
 		del, listAdd, listRem bool
 		expect                int64
+		idemKey               string
 	)
 	cmd := &cobra.Command{
 		Use:   "put USER KEY [VALUE] | put --shared NAME KEY [VALUE]",
@@ -295,7 +296,7 @@ func newPutCmd() *cobra.Command {
 			if !del {
 				op.Value = value.Scalar([]byte(rest[1]))
 			}
-			req := &dalvv1.CommitRequest{User: user, Shared: shared, Ops: []*dalvv1.Op{op}}
+			req := &dalvv1.CommitRequest{User: user, Shared: shared, Ops: []*dalvv1.Op{op}, IdempotencyKey: idemKey}
 			if cmd.Flags().Changed("expect-version") {
 				if expect < 0 {
 					return fmt.Errorf("--expect-version %d is negative", expect)
@@ -309,14 +310,14 @@ func newPutCmd() *cobra.Command {
 			}
 			ctx, cancel := o.ctx(cmd.Context())
 			defer cancel()
-			resp, err := c.Commit(ctx, connect.NewRequest(req))
+			resp, err := commitOnce(ctx, c, req)
 			if err != nil {
 				return err
 			}
 			if o.json {
-				return printJSON(cmd.OutOrStdout(), resp.Msg)
+				return printJSON(cmd.OutOrStdout(), resp)
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "committed version %d\n", resp.Msg.GetVersion())
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "committed version %d\n", resp.GetVersion())
 			return err
 		},
 	}
@@ -326,6 +327,7 @@ func newPutCmd() *cobra.Command {
 	fl.BoolVar(&listAdd, "list-add", false, "add VALUE to the list at KEY")
 	fl.BoolVar(&listRem, "list-remove", false, "remove VALUE from the list at KEY")
 	fl.Int64Var(&expect, "expect-version", 0, "commit only if the partition is at this version")
+	fl.StringVar(&idemKey, "idempotency-key", "", "the commit's idempotency key, to rerun a put that may have applied (default: a random one; retries reuse it)")
 	return cmd
 }
 
