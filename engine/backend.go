@@ -246,6 +246,40 @@ func (e *Engine) List(ctx context.Context, p store.Partition, prefix string, pag
 	return version, items, next, err
 }
 
+// Export reads every live key of p at one version, in key order, and hands
+// it to page in the pages List makes (at most MaxPageSize keys, and within
+// the response limit): memory stays bounded whatever the partition's size,
+// and no store view is held while page runs. Each page is read in its own
+// view; every page after the first must find the partition at the first
+// one's version, else Export fails with ErrChanged. Versions are dense and
+// every commit (an erase too) moves them, so pages all read at one version
+// are one consistent state of the partition. page gets that version with
+// every page, the first one even when the partition is empty.
+func (e *Engine) Export(ctx context.Context, p store.Partition, page func(version uint64, items []*dalvv1.Change) error) error {
+	var (
+		pinned uint64
+		token  string
+	)
+	for first := true; ; first = false {
+		version, items, next, err := e.List(ctx, p, "", MaxPageSize, token)
+		if err != nil {
+			return err
+		}
+		if first {
+			pinned = version
+		} else if version != pinned {
+			return Errorf(ErrChanged, "%s changed while it was exported (from version %d to %d); export it again", p, pinned, version)
+		}
+		if err := page(version, items); err != nil {
+			return err
+		}
+		if next == "" {
+			return nil
+		}
+		token = next
+	}
+}
+
 // Compact drops tombstones and feed records older than retention.
 func (e *Engine) Compact(ctx context.Context, retention time.Duration) (store.CompactStats, error) {
 	return e.st.Compact(ctx, e.now().Add(-retention))

@@ -92,3 +92,22 @@ func (h *backendService) DeletePartition(ctx context.Context, req *connect.Reque
 	}
 	return connect.NewResponse(resp), nil
 }
+
+// Export streams a partition's keys and values at one version, a page of
+// the engine's per message.
+func (h *backendService) Export(ctx context.Context, req *connect.Request[dalvv1.ExportRequest], stream *connect.ServerStream[dalvv1.ExportResponse]) error {
+	s, m := h.s, req.Msg
+	err := func() error {
+		if err := s.backend(req.Header()); err != nil {
+			return err
+		}
+		p, err := s.backendPartition(m.GetUser(), m.GetShared())
+		if err != nil {
+			return err
+		}
+		return s.eng.Export(ctx, p, func(version uint64, items []*dalvv1.Change) error {
+			return stream.Send(&dalvv1.ExportResponse{Version: version, Items: items})
+		})
+	}()
+	return s.toConnect(req.Spec().Procedure, err)
+}

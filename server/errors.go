@@ -22,6 +22,7 @@ var codeTable = []struct {
 	{engine.ErrStale, connect.CodeFailedPrecondition},
 	{engine.ErrState, connect.CodeFailedPrecondition},
 	{engine.ErrKeyReused, connect.CodeFailedPrecondition},
+	{engine.ErrChanged, connect.CodeAborted},
 	{errNotFound, connect.CodeNotFound},
 	{errRateLimited, connect.CodeResourceExhausted},
 	{errUnauthenticated, connect.CodeUnauthenticated},
