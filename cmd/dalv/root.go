@@ -12,6 +12,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newServeCmd(), newTokenCmd(), newBenchCmd(),
-		newGetCmd(), newListCmd(), newPutCmd(), newEraseCmd(), newWatchCmd())
+		newGetCmd(), newListCmd(), newPutCmd(), newEraseCmd(), newWatchCmd(),
+		newExportCmd(), newImportCmd())
 	return root
 }
