@@ -287,6 +287,10 @@ func newImportCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if o.json {
+				_, err = fmt.Fprintf(cmd.OutOrStdout(), "{\"keys\":%d,\"commits\":%d}\n", n, commits)
+				return err
+			}
 			_, err = fmt.Fprintf(cmd.OutOrStdout(), "imported %d keys in %d commits\n", n, commits)
 			return err
 		},
@@ -397,7 +401,7 @@ func importFile(ctx context.Context, c dalvv1connect.BackendServiceClient, o *op
 		return keys, commits, fmt.Errorf("after line %d: %w", lineNo, err)
 	}
 	if !ended {
-		return keys, commits, fmt.Errorf("the file ends at line %d without its trailer: it was cut short; nothing after line %d was imported", lineNo, lineNo)
+		return keys, commits, fmt.Errorf("the file ends at line %d without its trailer: it was cut short; %d keys were imported in %d commits before its end, the %d read since were not", lineNo, keys, commits, len(ops))
 	}
 	return keys, commits, flush()
 }
