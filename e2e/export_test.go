@@ -20,6 +20,8 @@ import (
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+	"github.com/dalvdb/dalv/internal/pgtest"
+	"github.com/dalvdb/dalv/internal/proc"
 )
 
 // This file tests dalv export and dalv import (BackendService.Export) as
@@ -55,10 +57,22 @@ func contents(t testing.TB, b dalvv1connect.BackendServiceClient, user string) [
 
 // TestCLIExportEraseImport exports a partition of every kind of value,
 // erases it, imports the export back in small commits, and finds the same
-// keys and values; and imports it into another user too.
+// keys and values; and imports it into another user too. It runs on the
+// embedded store and over PostgreSQL.
 func TestCLIExportEraseImport(t *testing.T) {
 	t.Parallel()
-	srv := startServer(t)
+	t.Run("Embedded", func(t *testing.T) {
+		t.Parallel()
+		testExportEraseImport(t, startServer(t))
+	})
+	t.Run("Postgres", func(t *testing.T) {
+		t.Parallel()
+		_, u := pgtest.SchemaOn(t, pgtest.Server(t))
+		testExportEraseImport(t, startServer(t, "--store", u))
+	})
+}
+
+func testExportEraseImport(t *testing.T, srv *proc.Server) {
 	b := backendClient(t, srv)
 	env := cliEnv(srv)
 	commitOps(t, b, "alice", opPut("prefs/theme", `"dark"`), opPut("profile", `{"name":"Ada","tags":["x"]}`),

@@ -12,6 +12,7 @@ import (
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/internal/pgtest"
+	"github.com/dalvdb/dalv/internal/proc"
 )
 
 // This file tests backend commits under an idempotency key: a retry of a
@@ -24,11 +25,23 @@ func keyedCommit(user, key string, o ...*dalvv1.Op) *connect.Request[dalvv1.Comm
 }
 
 // TestBackendCommitIdempotencyKey retries backend commits whose answers
-// were lost, on the embedded store: with a key the retry answers the first
-// version and applies nothing; without one it applies again.
+// were lost, on the embedded store and over PostgreSQL: with a key the
+// retry answers the first version and applies nothing; without one it
+// applies again.
 func TestBackendCommitIdempotencyKey(t *testing.T) {
 	t.Parallel()
-	srv := startServer(t)
+	t.Run("Embedded", func(t *testing.T) {
+		t.Parallel()
+		testCommitIdempotencyKey(t, startServer(t))
+	})
+	t.Run("Postgres", func(t *testing.T) {
+		t.Parallel()
+		_, u := pgtest.SchemaOn(t, pgtest.Server(t))
+		testCommitIdempotencyKey(t, startServer(t, "--store", u))
+	})
+}
+
+func testCommitIdempotencyKey(t *testing.T, srv *proc.Server) {
 	b := backendClient(t, srv)
 	commitV := func(req *connect.Request[dalvv1.CommitRequest]) uint64 {
 		t.Helper()
