@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
 	"strings"
@@ -14,10 +16,22 @@ import (
 	"github.com/dalvdb/dalv/value"
 )
 
+// CommitOptions are a backend commit's conditions.
+type CommitOptions struct {
+	// Expected, when set, makes the commit apply only when the partition
+	// is at that version, else fail with ErrStale.
+	Expected *uint64
+	// IdempotencyKey, when not empty, names the commit: a commit to the
+	// same partition under a key that already applied applies nothing and
+	// returns the first one's version, until retention drops the key's
+	// record. The same key with other ops or another Expected fails with
+	// ErrKeyReused. See ValidateIdempotencyKey.
+	IdempotencyKey string
+}
+
 // Commit applies ops to p atomically and durably for a trusted backend: both
-// domains, no conflict check. With expected set, it applies only when the
-// partition is at that version, else ErrStale. It returns the new version.
-func (e *Engine) Commit(ctx context.Context, p store.Partition, ops []*dalvv1.Op, expected *uint64) (uint64, error) {
+// domains, no conflict check, under opts. It returns the new version.
+func (e *Engine) Commit(ctx context.Context, p store.Partition, ops []*dalvv1.Op, opts CommitOptions) (uint64, error) {
 	if err := ValidatePartitionName(p.Name); err != nil {
 		return 0, err
 	}
@@ -27,17 +41,44 @@ func (e *Engine) Commit(ctx context.Context, p store.Partition, ops []*dalvv1.Op
 	if err := ValidateOps(ops, e.lim); err != nil {
 		return 0, err
 	}
+	if err := ValidateIdempotencyKey(opts.IdempotencyKey); err != nil {
+		return 0, err
+	}
+	var digest []byte
+	if opts.IdempotencyKey != "" {
+		var err error
+		if digest, err = commitDigest(ops, opts.Expected); err != nil {
+			return 0, err
+		}
+	}
 	var (
 		version uint64
 		changes []*keyState
+		applied bool
 	)
 	err := e.st.Update(ctx, p, func(r store.Reader) (*store.Commit, error) {
+		applied = false
+		// Idempotency first: a retry of a commit that applied is answered
+		// as it was, even though its expected version is stale by now.
+		if opts.IdempotencyKey != "" {
+			rec, ok, err := r.IdempotencyKey(opts.IdempotencyKey)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				if !bytes.Equal(rec.Digest, digest) {
+					return nil, Errorf(ErrKeyReused, "idempotencyKey %q already named the commit of version %d to %s, with other ops or another expectedVersion; use a new key for a new commit", opts.IdempotencyKey, rec.Version, p)
+				}
+				version = rec.Version
+				return nil, nil
+			}
+		}
 		head, err := r.Head()
 		if err != nil {
 			return nil, err
 		}
-		if expected != nil && *expected != head.Version {
-			return nil, Errorf(ErrStale, "expectedVersion is %d but %s is at version %d", *expected, p, head.Version)
+		if opts.Expected != nil && *opts.Expected != head.Version {
+			return nil, Errorf(ErrStale, "expectedVersion is %d but %s is at version %d", *opts.Expected, p, head.Version)
 		}
 		ks, err := loadKeys(r, head, ops)
 		if err != nil {
@@ -47,14 +88,29 @@ func (e *Engine) Commit(ctx context.Context, p store.Partition, ops []*dalvv1.Op
 		if err != nil {
 			return nil, err
 		}
-		version, changes = c.Version, own
+		c.IdempotencyKey, c.KeyDigest = opts.IdempotencyKey, digest
+		version, changes, applied = c.Version, own, true
 		return c, nil
 	})
 	if err != nil {
 		return 0, err
 	}
-	e.committed(CommitInfo{Partition: p, Version: version}, changes)
+	if applied {
+		e.committed(CommitInfo{Partition: p, Version: version}, changes)
+	}
 	return version, nil
+}
+
+// commitDigest is what an idempotency key's record keeps of its commit: a
+// SHA-256 of the ops and the expected version, so that a reused key is told
+// apart from a retry without the ops' values being kept in the clear.
+func commitDigest(ops []*dalvv1.Op, expected *uint64) ([]byte, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(&dalvv1.CommitRequest{Ops: ops, ExpectedVersion: expected})
+	if err != nil {
+		return nil, fmt.Errorf("digest of the commit: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	return sum[:], nil
 }
 
 // DeletePartition erases every key of p in one commit that records the
@@ -188,6 +244,40 @@ func (e *Engine) List(ctx context.Context, p store.Partition, prefix string, pag
 		})
 	})
 	return version, items, next, err
+}
+
+// Export reads every live key of p at one version, in key order, and hands
+// it to page in the pages List makes (at most MaxPageSize keys, and within
+// the response limit): memory stays bounded whatever the partition's size,
+// and no store view is held while page runs. Each page is read in its own
+// view; every page after the first must find the partition at the first
+// one's version, else Export fails with ErrChanged. Versions are dense and
+// every commit (an erase too) moves them, so pages all read at one version
+// are one consistent state of the partition. page gets that version with
+// every page, the first one even when the partition is empty.
+func (e *Engine) Export(ctx context.Context, p store.Partition, page func(version uint64, items []*dalvv1.Change) error) error {
+	var (
+		pinned uint64
+		token  string
+	)
+	for first := true; ; first = false {
+		version, items, next, err := e.List(ctx, p, "", MaxPageSize, token)
+		if err != nil {
+			return err
+		}
+		if first {
+			pinned = version
+		} else if version != pinned {
+			return Errorf(ErrChanged, "%s changed while it was exported (from version %d to %d); export it again", p, pinned, version)
+		}
+		if err := page(version, items); err != nil {
+			return err
+		}
+		if next == "" {
+			return nil
+		}
+		token = next
+	}
 }
 
 // Compact drops tombstones and feed records older than retention.

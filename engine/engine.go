@@ -1,5 +1,5 @@
 // Package engine holds DalvDB's rules, written once: idempotent batches per
-// device, authorisation by domain, the per-key conflict check in which list
+// device and backend commits under idempotency keys, authorisation by domain, the per-key conflict check in which list
 // ops on both sides merge, the atomic apply, the collapse of changes to one
 // entry per key, paging at the response limit, and resets past the horizon.
 // It runs over one store transaction per partition (package store) and knows

@@ -18,6 +18,12 @@ var (
 	// ErrStale marks a backend commit whose expected version is not the
 	// partition's version.
 	ErrStale = errors.New("stale expected version")
+	// ErrKeyReused marks a backend commit whose idempotency key already
+	// named a commit with other ops or another expected version.
+	ErrKeyReused = errors.New("idempotency key reused for another commit")
+	// ErrChanged marks a read across several views (an export) that found
+	// the partition changed between them; reading again may succeed.
+	ErrChanged = errors.New("partition changed while read")
 	// ErrState marks an op the key's current state does not allow, such as
 	// a list op on a key that holds a scalar.
 	ErrState = errors.New("key state does not allow the op")

@@ -31,6 +31,8 @@ const (
 	DefaultMaxResponseBytes = 4 << 20
 	// MaxDeviceIDBytes bounds a device id.
 	MaxDeviceIDBytes = 128
+	// MaxIdempotencyKeyBytes bounds a backend commit's idempotency key.
+	MaxIdempotencyKeyBytes = 128
 )
 
 func (l Limits) withDefaults() Limits {
@@ -188,6 +190,21 @@ func ValidatePartitionName(name string) error {
 	}
 	if r, ok := controlChar(name); ok {
 		return Errorf(ErrInvalid, "partition name %q contains the control character %U", name, r)
+	}
+	return nil
+}
+
+// ValidateIdempotencyKey checks a backend commit's idempotency key: empty
+// (none), or 1 to MaxIdempotencyKeyBytes printable ASCII characters (space
+// to tilde), which every client can send and every log can show.
+func ValidateIdempotencyKey(key string) error {
+	if len(key) > MaxIdempotencyKeyBytes {
+		return Errorf(ErrInvalid, "idempotencyKey is %d bytes, over the limit of %d; use a random id such as a UUID", len(key), MaxIdempotencyKeyBytes)
+	}
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; c < 0x20 || c > 0x7e {
+			return Errorf(ErrInvalid, "idempotencyKey %q holds the byte %#x at %d; only printable ASCII (space to tilde) is accepted", key, c, i)
+		}
 	}
 	return nil
 }

@@ -2,9 +2,11 @@ package server
 
 import (
 	"context"
+	"errors"
 
 	"connectrpc.com/connect"
 
+	"github.com/dalvdb/dalv/engine"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 )
@@ -56,7 +58,8 @@ func (h *backendService) Commit(ctx context.Context, req *connect.Request[dalvv1
 		if err != nil {
 			return nil, err
 		}
-		version, err := s.eng.Commit(ctx, p, m.GetOps(), m.ExpectedVersion)
+		version, err := s.eng.Commit(ctx, p, m.GetOps(), engine.CommitOptions{
+			Expected: m.ExpectedVersion, IdempotencyKey: m.GetIdempotencyKey()})
 		return &dalvv1.CommitResponse{Version: version}, err
 	}()
 	if err != nil {
@@ -79,4 +82,29 @@ func (h *backendService) DeletePartition(ctx context.Context, req *connect.Reque
 		return nil, s.toConnect(req.Spec().Procedure, err)
 	}
 	return connect.NewResponse(resp), nil
+}
+
+// Export streams a partition's keys and values at one version, a page of
+// the engine's per message.
+func (h *backendService) Export(ctx context.Context, req *connect.Request[dalvv1.ExportRequest], stream *connect.ServerStream[dalvv1.ExportResponse]) error {
+	s, m := h.s, req.Msg
+	out := s.newStreamOut(ctx)
+	defer out.finish()
+	err := func() error {
+		p, err := s.backendPartition(m.GetUser(), m.GetShared())
+		if err != nil {
+			return err
+		}
+		return s.eng.Export(ctx, p, func(version uint64, items []*dalvv1.Change) error {
+			return send(out, stream, &dalvv1.ExportResponse{Version: version, Items: items})
+		})
+	}()
+	switch {
+	case errors.Is(err, errClientGone):
+		return nil
+	case errors.Is(err, errTooSlow):
+		s.metrics.streamTimeouts.WithLabelValues("export").Inc()
+		err = engine.Errorf(errRateLimited, "export reader too slow: a page waited more than %v to be written (--stream-write-timeout); export again", s.cfg.StreamWriteTimeout)
+	}
+	return s.toConnect(req.Spec().Procedure, err)
 }

@@ -21,6 +21,8 @@ var codeTable = []struct {
 	{engine.ErrPermission, connect.CodePermissionDenied},
 	{engine.ErrStale, connect.CodeFailedPrecondition},
 	{engine.ErrState, connect.CodeFailedPrecondition},
+	{engine.ErrKeyReused, connect.CodeFailedPrecondition},
+	{engine.ErrChanged, connect.CodeAborted},
 	{errNotFound, connect.CodeNotFound},
 	{errRateLimited, connect.CodeResourceExhausted},
 	{errUnauthenticated, connect.CodeUnauthenticated},

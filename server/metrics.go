@@ -56,10 +56,11 @@ func newMetrics(reg *prometheus.Registry, st store.Store) *metrics {
 	m.feedReaders = prometheus.NewGauge(prometheus.GaugeOpts{Name: "dalv_feed_watches", Help: "Open backend change-feed watches."})
 	m.streamTimeouts = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "dalv_stream_write_timeouts_total",
-		Help: "Streams ended because a message waited longer than the write timeout to be written, by stream (device or feed).",
+		Help: "Streams ended because a message waited longer than the write timeout to be written, by stream (device, feed or export).",
 	}, []string{"stream"})
 	m.streamTimeouts.WithLabelValues("device")
 	m.streamTimeouts.WithLabelValues("feed")
+	m.streamTimeouts.WithLabelValues("export")
 	reg.MustRegister(m.requests, m.latency, m.commits, m.conflicts, m.watchers, m.slowWatchers, m.feedReaders, m.streamTimeouts,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "dalv_store_bytes",

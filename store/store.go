@@ -78,6 +78,18 @@ type Reader interface {
 	Scan(prefix, startAfter string, fn func(Entry) (bool, error)) error
 	// DeviceBatch returns the last batch recorded for device; 0 for none.
 	DeviceBatch(device string) (uint64, error)
+	// IdempotencyKey returns the record of the commit made under key; ok
+	// is false when there is none (never made, or dropped by Compact).
+	IdempotencyKey(key string) (rec KeyRecord, ok bool, err error)
+}
+
+// KeyRecord is what a store keeps of a commit made under an idempotency
+// key (Commit.IdempotencyKey), so that a retry is answered, not applied.
+type KeyRecord struct {
+	// Version is the commit's version.
+	Version uint64
+	// Digest is the commit's Commit.KeyDigest, opaque to the store.
+	Digest []byte
 }
 
 // Commit is one atomic change to a partition, built by package engine.
@@ -100,6 +112,16 @@ type Commit struct {
 	// device's last applied batch.
 	Device string
 	Batch  uint64
+	// IdempotencyKey, when not empty, records the commit under this key
+	// (with KeyDigest), to be read back by Reader.IdempotencyKey until
+	// Compact passes the commit's Time. A key is recorded once per
+	// partition: the caller reads it first, under the partition's lock. An
+	// erase keeps the records, as it keeps device batches, so a commit
+	// retried after an erase is never applied again.
+	IdempotencyKey string
+	// KeyDigest is kept with IdempotencyKey: the engine's digest of the
+	// request, which holds no value in the clear.
+	KeyDigest []byte
 	// Ops is the commit's ops, opaque to the store, kept for the change feed.
 	Ops []byte
 }
@@ -117,8 +139,8 @@ type Store interface {
 	Update(ctx context.Context, p Partition, fn func(r Reader) (*Commit, error)) error
 	// View runs fn on a consistent snapshot of the partition.
 	View(ctx context.Context, p Partition, fn func(r Reader) error) error
-	// Compact drops what retention no longer needs: tombstones and feed
-	// records of commits made before cutoff. A partition whose tombstones are
+	// Compact drops what retention no longer needs: tombstones, feed
+	// records and idempotency key records of commits made before cutoff. A partition whose tombstones are
 	// dropped has its horizon raised to the highest dropped version.
 	Compact(ctx context.Context, cutoff time.Time) (CompactStats, error)
 	// DiskBytes is the store's approximate size on disk.
@@ -133,4 +155,6 @@ type CompactStats struct {
 	Tombstones int
 	// FeedRecords is the number of change-feed records dropped.
 	FeedRecords int
+	// Keys is the number of idempotency key records dropped.
+	Keys int
 }

@@ -245,6 +245,7 @@ func newPutCmd() *cobra.Command {
 		del, listAdd, listRem bool
 		raw                   bool
 		expect                int64
+		idemKey               string
 	)
 	cmd := &cobra.Command{
 		Use:   "put USER KEY [VALUE] | put --shared NAME KEY [VALUE]",
@@ -293,7 +294,7 @@ watch then show them as base64:... unless they happen to be JSON.`,
 				}
 				op.Value = value.Scalar(b)
 			}
-			req := &dalvv1.CommitRequest{User: user, Shared: shared, Ops: []*dalvv1.Op{op}}
+			req := &dalvv1.CommitRequest{User: user, Shared: shared, Ops: []*dalvv1.Op{op}, IdempotencyKey: idemKey}
 			if cmd.Flags().Changed("expect-version") {
 				if expect < 0 {
 					return fmt.Errorf("--expect-version %d is negative", expect)
@@ -307,14 +308,14 @@ watch then show them as base64:... unless they happen to be JSON.`,
 			}
 			ctx, cancel := o.ctx(cmd.Context())
 			defer cancel()
-			resp, err := c.Commit(ctx, connect.NewRequest(req))
+			resp, err := commitOnce(ctx, c, req)
 			if err != nil {
 				return err
 			}
 			if o.json {
-				return printJSON(cmd.OutOrStdout(), resp.Msg)
+				return printJSON(cmd.OutOrStdout(), resp)
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "committed version %d\n", resp.Msg.GetVersion())
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "committed version %d\n", resp.GetVersion())
 			return err
 		},
 	}
@@ -325,6 +326,7 @@ watch then show them as base64:... unless they happen to be JSON.`,
 	fl.BoolVar(&listRem, "list-remove", false, "remove VALUE from the list at KEY")
 	fl.BoolVar(&raw, "raw", false, "store VALUE's bytes as given instead of as JSON")
 	fl.Int64Var(&expect, "expect-version", 0, "commit only if the partition is at this version")
+	fl.StringVar(&idemKey, "idempotency-key", "", "the commit's idempotency key, to rerun a put that may have applied (default: a random one; retries reuse it)")
 	return cmd
 }
 

@@ -15,11 +15,14 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
+	"unicode/utf8"
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/value"
 )
 
 // valueHelp is what --help says about the encoding, shared by the commands.
@@ -100,27 +103,80 @@ type jsonValue struct {
 	List   *[]jsonValue    `json:"list,omitempty"`
 }
 
+// toJSONValue renders v for --json output, JSON compacted.
 func toJSONValue(v *dalvv1.Value) *jsonValue {
 	if v == nil {
 		return nil
 	}
-	if l := v.GetList(); l != nil {
-		items := make([]jsonValue, len(l.GetItems()))
-		for i, it := range l.GetItems() {
-			items[i] = bytesJSON(it)
-		}
-		return &jsonValue{List: &items}
-	}
-	jv := bytesJSON(v.GetScalar())
+	jv := encodeValue(v, false)
 	return &jv
 }
 
-func bytesJSON(b []byte) jsonValue {
-	if j, ok := compactJSON(b); ok {
+// encodeValue renders v as a jsonValue. With exact, a scalar or list item
+// is JSON only when its bytes are already compact JSON, so that decoding
+// it gives back the same bytes (as an export must); otherwise JSON is
+// compacted for people to read.
+func encodeValue(v *dalvv1.Value, exact bool) jsonValue {
+	if l := v.GetList(); l != nil {
+		items := make([]jsonValue, len(l.GetItems()))
+		for i, it := range l.GetItems() {
+			items[i] = encodeBytes(it, exact)
+		}
+		return jsonValue{List: &items}
+	}
+	return encodeBytes(v.GetScalar(), exact)
+}
+
+func encodeBytes(b []byte, exact bool) jsonValue {
+	if j, ok := compactJSON(b); ok && (!exact || (len(b) > 0 && utf8.Valid(b) && bytes.Equal(j, b))) {
 		return jsonValue{JSON: j}
 	}
 	s := base64.StdEncoding.EncodeToString(b)
 	return jsonValue{Base64: &s}
+}
+
+// value returns the value v stands for: the inverse of encodeValue with
+// exact set.
+func (v jsonValue) value() (*dalvv1.Value, error) {
+	if v.List != nil {
+		if v.JSON != nil || v.Base64 != nil {
+			return nil, errors.New(`"list" is set with "json" or "base64"`)
+		}
+		items := make([][]byte, len(*v.List))
+		for i, it := range *v.List {
+			if it.List != nil {
+				return nil, fmt.Errorf("list item %d is a list", i)
+			}
+			b, err := it.bytes()
+			if err != nil {
+				return nil, fmt.Errorf("list item %d: %w", i, err)
+			}
+			items[i] = b
+		}
+		return value.List(items...), nil
+	}
+	b, err := v.bytes()
+	if err != nil {
+		return nil, err
+	}
+	return value.Scalar(b), nil
+}
+
+// bytes returns the bytes a scalar or list item stands for.
+func (v jsonValue) bytes() ([]byte, error) {
+	switch {
+	case v.JSON != nil && v.Base64 != nil:
+		return nil, errors.New(`both "json" and "base64" are set`)
+	case v.JSON != nil:
+		return []byte(v.JSON), nil
+	case v.Base64 != nil:
+		b, err := base64.StdEncoding.DecodeString(*v.Base64)
+		if err != nil {
+			return nil, fmt.Errorf(`"base64" is not standard base64: %v`, err)
+		}
+		return b, nil
+	}
+	return nil, errors.New(`neither "json" nor "base64" is set`)
 }
 
 // jsonChange is a dalvv1.Change in --json output. Versions are strings, as

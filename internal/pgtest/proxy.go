@@ -10,7 +10,8 @@ import (
 )
 
 // Proxy is a TCP proxy in front of a PostgreSQL server that can delay the
-// bytes crossing it, as a slow or stalled network does: each chunk read
+// bytes crossing it, as a slow or stalled network does, or cut its
+// connections ([Proxy.SetDown]): each chunk read
 // from either side is written to the other once the delay in force when it
 // was read has passed, in order. Tests give a node the proxy's URL, then
 // delay its connections with [Proxy.SetDelay].
@@ -21,6 +22,7 @@ type Proxy struct {
 	delay atomic.Int64 // nanoseconds
 
 	mu    sync.Mutex
+	down  bool
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
 }
@@ -51,6 +53,24 @@ func NewProxy(t testing.TB, u string) (*Proxy, string) {
 // SetDelay delays the bytes read from now on by d (0: none).
 func (p *Proxy) SetDelay(d time.Duration) { p.delay.Store(int64(d)) }
 
+// SetDown cuts every connection through the proxy and refuses new ones
+// while down is true, as a network partition does: the bytes in flight are
+// lost, each side learns of it only when it next reads or writes, and
+// nothing (a cancel request included) gets through. SetDown(false) serves
+// new connections again. It returns how many connections it cut.
+func (p *Proxy) SetDown(down bool) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = down
+	if !down {
+		return 0
+	}
+	for c := range p.conns {
+		c.Close()
+	}
+	return len(p.conns) / 2
+}
+
 func (p *Proxy) accept() {
 	for {
 		c, err := p.ln.Accept()
@@ -63,6 +83,13 @@ func (p *Proxy) accept() {
 
 // serve forwards one connection both ways until either side ends it.
 func (p *Proxy) serve(client net.Conn) {
+	p.mu.Lock()
+	down := p.down
+	p.mu.Unlock()
+	if down {
+		client.Close()
+		return
+	}
 	server, err := net.DialTimeout("tcp", p.target, 5*time.Second)
 	if err != nil {
 		client.Close()
@@ -121,7 +148,7 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 func (p *Proxy) track(conns ...net.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.conns == nil {
+	if p.conns == nil || p.down {
 		for _, c := range conns {
 			c.Close()
 		}

@@ -1,6 +1,7 @@
 package pebble
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"time"
@@ -155,6 +156,27 @@ func decodeHead(b []byte) (store.Head, error) {
 		return store.Head{}, corruptf("head: horizon %d above version %d", h.Horizon, h.Version)
 	}
 	return h, nil
+}
+
+// encodeKeyRecord appends an idempotency key record: uvarint version,
+// uvarint commit time in Unix nanoseconds, then the digest.
+func encodeKeyRecord(dst []byte, version, nanos uint64, digest []byte) []byte {
+	dst = binary.AppendUvarint(dst, version)
+	dst = binary.AppendUvarint(dst, nanos)
+	return append(dst, digest...)
+}
+
+// decodeKeyRecord decodes an idempotency key record; the digest is copied.
+func decodeKeyRecord(b []byte) (store.KeyRecord, error) {
+	v, w := uvarint(b)
+	if w <= 0 {
+		return store.KeyRecord{}, corruptf("key record: bad version")
+	}
+	_, w2 := uvarint(b[w:])
+	if w2 <= 0 {
+		return store.KeyRecord{}, corruptf("key record: bad time")
+	}
+	return store.KeyRecord{Version: v, Digest: bytes.Clone(b[w+w2:])}, nil
 }
 
 // decodeUvarint decodes a value that is exactly one uvarint: device batches

@@ -69,6 +69,15 @@ func (s *Store) Compact(ctx context.Context, cutoff time.Time) (store.CompactSta
 			wrote = true
 		}
 	}
+	keys, err := s.compactKeys(ctx, cut)
+	st.Keys = keys
+	if err != nil {
+		if errors.Is(err, store.ErrClosed) || ctx.Err() != nil {
+			return st, err
+		}
+		return st, fmt.Errorf("compact idempotency keys: %w", err)
+	}
+	wrote = wrote || keys > 0
 	n, err := s.compactFeed(ctx, int64(cut))
 	st.FeedRecords = n
 	if err != nil {
@@ -271,4 +280,59 @@ func (s *Store) compactFeed(ctx context.Context, cut int64) (int, error) {
 		return n, err
 	}
 	return n, flush()
+}
+
+// compactKeys drops the idempotency key records of commits made before cut,
+// with their index items, compactChunk at a time in unsynced batches. It
+// takes no partition lock: a record is written only when its key has none,
+// and only compaction drops one, so no Update writes a record it drops.
+func (s *Store) compactKeys(ctx context.Context, cut uint64) (int, error) {
+	upper := binary.BigEndian.AppendUint64([]byte{kindIdemTime}, cut)
+	n := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		if s.closing.Load() {
+			return n, store.ErrClosed
+		}
+		it, err := s.db.NewIter(&pebbledb.IterOptions{LowerBound: []byte{kindIdemTime}, UpperBound: upper})
+		if err != nil {
+			return n, err
+		}
+		b := s.db.NewBatch()
+		chunk := 0
+		var key []byte
+		for valid := it.First(); valid && chunk < compactChunk; valid = it.Next() {
+			pid, idem, err := decodeIdemTimeKey(it.Key())
+			if err == nil {
+				err = b.Delete(it.Key(), nil)
+			}
+			if err == nil {
+				key = appendKey(key[:0], kindIdemKey, pid, idem)
+				err = b.Delete(key, nil)
+			}
+			if err != nil {
+				_ = b.Close()
+				return n, closeIter(err, it)
+			}
+			chunk++
+		}
+		if err := closeIter(nil, it); err != nil {
+			_ = b.Close()
+			return n, err
+		}
+		if chunk == 0 {
+			return n, b.Close()
+		}
+		err = b.Commit(pebbledb.NoSync)
+		_ = b.Close()
+		if err != nil {
+			return n, pebbleErr(err)
+		}
+		n += chunk
+		if chunk < compactChunk {
+			return n, nil
+		}
+	}
 }

@@ -16,6 +16,8 @@ import (
 //	'k' pid key                   -> entry (see encodeEntry)
 //	'v' pid be64(version) key     -> empty; Changes walks it in (version, key) order
 //	'd' pid device                -> uvarint batch
+//	'i' pid idempotency key       -> key record (see encodeKeyRecord)
+//	'I' be64(unix nanos) pid key  -> empty; key records by commit time, for retention
 //	't' be64(unix nanos) pid key  -> uvarint version of a tombstone, for retention
 //	'f' be64(seq)                 -> feed record (see putFeedRecord)
 //	'F' pid be64(seq)             -> empty; a partition's feed records, for an erase
@@ -29,6 +31,8 @@ const (
 	kindEntry     = 'k'
 	kindVersion   = 'v'
 	kindDevice    = 'd'
+	kindIdemKey   = 'i'
+	kindIdemTime  = 'I'
 	kindTomb      = 't'
 	kindFeed      = 'f'
 	kindFeedIndex = 'F'
@@ -153,4 +157,29 @@ func prefixEnd(prefix []byte) []byte {
 		}
 	}
 	return nil
+}
+
+// appendIdemTimeKey appends the retention index key of the idempotency key
+// record of key, made at nanos.
+func appendIdemTimeKey(dst []byte, nanos uint64, pid []byte, key string) []byte {
+	dst = append(dst, kindIdemTime)
+	dst = binary.BigEndian.AppendUint64(dst, nanos)
+	dst = append(dst, pid...)
+	return append(dst, key...)
+}
+
+// decodeIdemTimeKey splits a retention index key of key records into its
+// partition's pid and the idempotency key.
+func decodeIdemTimeKey(k []byte) (pid []byte, key string, err error) {
+	if len(k) < 9 || k[0] != kindIdemTime {
+		return nil, "", corruptf("key record index key %x", k)
+	}
+	_, rest, err := decodePartition(k[9:])
+	if err != nil {
+		return nil, "", fmt.Errorf("key record index key: %w", err)
+	}
+	if len(rest) == 0 {
+		return nil, "", corruptf("key record index key %x: empty key", k)
+	}
+	return k[9 : len(k)-len(rest)], string(rest), nil
 }

@@ -248,6 +248,23 @@ func (r *reader) DeviceBatch(device string) (uint64, error) {
 	return batch, nil
 }
 
+// IdempotencyKey implements store.Reader.
+func (r *reader) IdempotencyKey(key string) (store.KeyRecord, bool, error) {
+	r.scratch = appendKey(r.scratch[:0], kindIdemKey, r.pid, key)
+	v, closer, err := r.src.Get(r.scratch)
+	if errors.Is(err, pebbledb.ErrNotFound) {
+		return store.KeyRecord{}, false, nil
+	}
+	if err != nil {
+		return store.KeyRecord{}, false, fmt.Errorf("idempotency key %s %q: %w", r.p, key, pebbleErr(err))
+	}
+	rec, err := decodeKeyRecord(v)
+	if err = errors.Join(err, closer.Close()); err != nil {
+		return store.KeyRecord{}, false, fmt.Errorf("idempotency key %s %q: %w", r.p, key, err)
+	}
+	return rec, true, nil
+}
+
 // closeIter closes it and returns err, or the iterator's error if err is nil.
 // err is returned as is, so that fn's own errors reach the caller unchanged.
 func closeIter(err error, it *pebbledb.Iterator) error {

@@ -17,8 +17,9 @@
 //     a reader resuming after the last record it saw never skips one.
 //   - An erase drops, in its own batch, every key that holds the erased
 //     partition's data: its entries and their indexes, and its earlier
-//     feed records. Only its head, its device records and the erase's own
-//     feed record remain.
+//     feed records. Only its head, its device records, its idempotency key
+//     records (a version and a digest each, until retention drops them)
+//     and the erase's own feed record remain.
 //
 // Caveats: erased and compacted data leaves the database at once, but the
 // bytes stay in Pebble's WAL and sstables until Pebble compacts them away.
@@ -384,6 +385,16 @@ func (s *Store) apply(r *reader, c *store.Commit) error {
 	if c.Device != "" {
 		key = appendKey(key[:0], kindDevice, pid, c.Device)
 		if err := b.Set(key, binary.AppendUvarint(v[:0], c.Batch), nil); err != nil {
+			return err
+		}
+	}
+	if c.IdempotencyKey != "" {
+		key = appendKey(key[:0], kindIdemKey, pid, c.IdempotencyKey)
+		if err := b.Set(key, encodeKeyRecord(nil, c.Version, uint64(nanos), c.KeyDigest), nil); err != nil {
+			return err
+		}
+		key = appendIdemTimeKey(key[:0], uint64(nanos), pid, c.IdempotencyKey)
+		if err := b.Set(key, nil, nil); err != nil {
 			return err
 		}
 	}

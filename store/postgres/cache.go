@@ -222,10 +222,11 @@ func (s *Store) updateHeld(ctx context.Context, p store.Partition, part string, 
 	for {
 		r := &reader{ctx: ctx, caller: ctx, p: p, part: part, headRead: true, head: st.head, pf: st.pf}
 		c, err := fn(r)
-		if err != nil || c == nil || c.Erase {
+		if err != nil || c == nil || c.Erase || c.IdempotencyKey != "" {
 			// What fn decided without a commit may rest on a state another
 			// process has moved past (an answer, a refusal): only a commit is
-			// checked against the head. These, and erases, take the
+			// checked against the head. These, erases, and commits under an
+			// idempotency key (a held state has no key records) take the
 			// transaction's way.
 			return 0, false, nil
 		}

@@ -35,6 +35,15 @@ const (
 		FROM m WHERE h.part = $1 AND m.n > 0
 	)
 	SELECT n FROM m`
+	// dropKeys drops up to $2 idempotency key rows of commits made before
+	// $1. It takes no head lock: a row is written only when its key has
+	// none, and only compaction drops one.
+	dropKeys = `WITH d AS (
+		DELETE FROM dalv_idempotency_keys WHERE (part, key) IN (
+			SELECT part, key FROM dalv_idempotency_keys WHERE nanos < $1 LIMIT $2)
+		RETURNING 1
+	)
+	SELECT count(*) FROM d`
 	// compactFeedLock keeps two nodes' Compacts from dropping feed rows at
 	// once (a transaction-scoped advisory lock).
 	compactFeedLock = `SELECT pg_advisory_xact_lock(7236937201839419241)`
@@ -53,7 +62,7 @@ const (
 
 // Compact implements [store.Store]. It drops, partition by partition under
 // the head's lock, the tombstones made before cutoff, raising each
-// horizon; then the oldest feed rows while their commit time is before
+// horizon; then the idempotency key rows made before cutoff; then the oldest feed rows while their commit time is before
 // cutoff, never past a row a reader may not pass yet (it waits for those as
 // Feed does), so the feed stays a contiguous run above its floor. Several nodes may compact at once: each
 // row is dropped, and counted, by one of them.
@@ -97,6 +106,27 @@ func (s *Store) Compact(ctx context.Context, cutoff time.Time) (store.CompactSta
 			break
 		}
 		after = parts[len(parts)-1]
+	}
+	for {
+		if s.isClosing() {
+			return st, store.ErrClosed
+		}
+		var n int64
+		err := s.query(ctx, func(rows pgx.Rows) error {
+			for rows.Next() {
+				if err := rows.Scan(&n); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, dropKeys, cut, compactFeed)
+		st.Keys += int(n)
+		if err != nil {
+			return st, fmt.Errorf("compact idempotency keys: %w", err)
+		}
+		if n < compactFeed {
+			break
+		}
 	}
 	// Rows committed but held back by transactions in flight are waited
 	// for, as Feed waits, so that a commit that returned can be dropped.

@@ -453,6 +453,29 @@ func (r *reader) DeviceBatch(device string) (uint64, error) {
 	return uint64(batch), nil
 }
 
+// IdempotencyKey implements store.Reader. A held state has no key records:
+// the read takes the transaction's way (errNeedLock).
+func (r *reader) IdempotencyKey(key string) (store.KeyRecord, bool, error) {
+	var (
+		rec store.KeyRecord
+		ok  bool
+	)
+	err := r.query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var v int64
+			if err := rows.Scan(&v, &rec.Digest); err != nil {
+				return err
+			}
+			rec.Version, ok = uint64(v), true
+		}
+		return nil
+	}, "SELECT version, digest FROM dalv_idempotency_keys WHERE part = $1 AND key = $2", r.part, []byte(key))
+	if err != nil {
+		return store.KeyRecord{}, false, fmt.Errorf("idempotency key %s %q: %w", r.p, key, err)
+	}
+	return rec, ok, nil
+}
+
 // prefixEnd returns the smallest byte string above every one that starts
 // with prefix, or nil when there is none (prefix is empty or all 0xff).
 func prefixEnd(prefix []byte) []byte {

@@ -30,12 +30,17 @@ ON CONFLICT (part) DO UPDATE SET version = h.version + 1,
 RETURNING h.version - 1, h.horizon, h.compactions, h.feed_key, pg_current_xact_id()::text::bigint`
 
 // writeCommit writes a commit in one statement: the device's batch, the
-// entries, and the feed row. Its parameters are a commitRow's fields in
-// order, then whether it erases, then the feed key. (The head was written by
+// idempotency key's record, the entries, and the feed row. Its parameters
+// are a commitRow's fields in order, then whether it erases, the feed key,
+// the idempotency key (NULL for none) and its digest. (The head was written by
 // lockHead; an erase also moves the horizon, by eraseHorizon.)
 const writeCommit = `WITH d AS (
 	INSERT INTO dalv_devices (part, device, batch) SELECT $1, $3::bytea, $4 WHERE $3::bytea IS NOT NULL
 	ON CONFLICT (part, device) DO UPDATE SET batch = EXCLUDED.batch
+), k AS (
+	INSERT INTO dalv_idempotency_keys (part, key, version, digest, nanos)
+	SELECT $1, $13::bytea, $2, COALESCE($14::bytea, '\x'::bytea), $6 WHERE $13::bytea IS NOT NULL
+	ON CONFLICT (part, key) DO UPDATE SET version = EXCLUDED.version, digest = EXCLUDED.digest, nanos = EXCLUDED.nanos
 ), e AS (
 	INSERT INTO dalv_entries (part, key, version, scalar_version, value, tomb_nanos)
 	SELECT $1, t.k, $2, t.sv, CASE WHEN t.del THEN NULL ELSE COALESCE(t.v, '\x'::bytea) END, CASE WHEN t.del THEN $6::bigint END
@@ -219,7 +224,7 @@ func commitBatch(part string, head store.Head, feedKey int64, c *store.Commit) (
 		b.Queue(eraseHorizon, part, int64(c.Version))
 	}
 	b.Queue(writeCommit, row.part, row.version, row.device, row.batch, row.ops, row.nanos,
-		row.keys, row.svs, row.vals, row.dels, c.Erase, feedKey)
+		row.keys, row.svs, row.vals, row.dels, c.Erase, feedKey, row.idemKey, c.KeyDigest)
 	return b, nil
 }
 
@@ -228,6 +233,7 @@ type commitRow struct {
 	part       string
 	version    int64
 	device     []byte // nil for a backend's commit
+	idemKey    []byte // nil for none
 	batch      int64
 	ops        []byte
 	nanos      int64
@@ -260,6 +266,9 @@ func newCommitRow(part string, head store.Head, c *store.Commit) (*commitRow, er
 		vals: make([][]byte, 0, n), dels: make([]bool, 0, n)}
 	if c.Device != "" {
 		r.device = []byte(c.Device)
+	}
+	if c.IdempotencyKey != "" {
+		r.idemKey = []byte(c.IdempotencyKey)
 	}
 	if r.ops == nil {
 		r.ops = []byte{}

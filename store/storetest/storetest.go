@@ -56,6 +56,8 @@ func RunOptions(t *testing.T, open func(t *testing.T) store.Store, opts Options)
 		{"Scan", testScan},
 		{"ScanStopAndError", testScanStopAndError},
 		{"DeviceBatch", testDeviceBatch},
+		{"IdempotencyKeys", testIdempotencyKeys},
+		{"CompactIdempotencyKeys", testCompactIdempotencyKeys},
 		{"NothingApplied", testNothingApplied},
 		{"Erase", testErase},
 		{"PartitionsSeparate", testPartitionsSeparate},

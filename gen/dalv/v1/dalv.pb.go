@@ -1156,8 +1156,15 @@ type CommitRequest struct {
 	// When set, the commit applies only if the partition is at this version;
 	// otherwise it fails with failed_precondition and applies nothing.
 	ExpectedVersion *uint64 `protobuf:"varint,4,opt,name=expected_version,json=expectedVersion,proto3,oneof" json:"expected_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// When set, names this commit so that a retry applies it at most once:
+	// a commit to the same partition with a key that already applied
+	// applies nothing and answers as the first success did (its version),
+	// for as long as the server's retention keeps history. The same key
+	// with other ops or another expected_version is failed_precondition.
+	// 1 to 128 printable ASCII characters (space to tilde); empty for none.
+	IdempotencyKey string `protobuf:"bytes,5,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CommitRequest) Reset() {
@@ -1218,10 +1225,19 @@ func (x *CommitRequest) GetExpectedVersion() uint64 {
 	return 0
 }
 
+func (x *CommitRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
 // CommitResponse carries the version of the new commit.
 type CommitResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The commit's version; for a retried idempotency_key, the version the
+	// first success had.
+	Version       uint64 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1263,6 +1279,115 @@ func (x *CommitResponse) GetVersion() uint64 {
 	return 0
 }
 
+// ExportRequest names the partition to export.
+type ExportRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	Shared        string                 `protobuf:"bytes,2,opt,name=shared,proto3" json:"shared,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportRequest) Reset() {
+	*x = ExportRequest{}
+	mi := &file_dalv_v1_dalv_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportRequest) ProtoMessage() {}
+
+func (x *ExportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dalv_v1_dalv_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportRequest.ProtoReflect.Descriptor instead.
+func (*ExportRequest) Descriptor() ([]byte, []int) {
+	return file_dalv_v1_dalv_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ExportRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *ExportRequest) GetShared() string {
+	if x != nil {
+		return x.Shared
+	}
+	return ""
+}
+
+// ExportResponse is one page of an export; the first page may be empty (an
+// empty partition), and every page carries the same version.
+type ExportResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The partition's version the export reads.
+	Version uint64 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// Live keys in key order, continuing the previous page.
+	Items         []*Change `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportResponse) Reset() {
+	*x = ExportResponse{}
+	mi := &file_dalv_v1_dalv_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportResponse) ProtoMessage() {}
+
+func (x *ExportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_dalv_v1_dalv_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportResponse.ProtoReflect.Descriptor instead.
+func (*ExportResponse) Descriptor() ([]byte, []int) {
+	return file_dalv_v1_dalv_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ExportResponse) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ExportResponse) GetItems() []*Change {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
 // DeletePartitionRequest erases a partition.
 type DeletePartitionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1274,7 +1399,7 @@ type DeletePartitionRequest struct {
 
 func (x *DeletePartitionRequest) Reset() {
 	*x = DeletePartitionRequest{}
-	mi := &file_dalv_v1_dalv_proto_msgTypes[16]
+	mi := &file_dalv_v1_dalv_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1411,7 @@ func (x *DeletePartitionRequest) String() string {
 func (*DeletePartitionRequest) ProtoMessage() {}
 
 func (x *DeletePartitionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dalv_v1_dalv_proto_msgTypes[16]
+	mi := &file_dalv_v1_dalv_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1424,7 @@ func (x *DeletePartitionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePartitionRequest.ProtoReflect.Descriptor instead.
 func (*DeletePartitionRequest) Descriptor() ([]byte, []int) {
-	return file_dalv_v1_dalv_proto_rawDescGZIP(), []int{16}
+	return file_dalv_v1_dalv_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DeletePartitionRequest) GetUser() string {
@@ -1327,7 +1452,7 @@ type DeletePartitionResponse struct {
 
 func (x *DeletePartitionResponse) Reset() {
 	*x = DeletePartitionResponse{}
-	mi := &file_dalv_v1_dalv_proto_msgTypes[17]
+	mi := &file_dalv_v1_dalv_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1339,7 +1464,7 @@ func (x *DeletePartitionResponse) String() string {
 func (*DeletePartitionResponse) ProtoMessage() {}
 
 func (x *DeletePartitionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dalv_v1_dalv_proto_msgTypes[17]
+	mi := &file_dalv_v1_dalv_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1352,7 +1477,7 @@ func (x *DeletePartitionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePartitionResponse.ProtoReflect.Descriptor instead.
 func (*DeletePartitionResponse) Descriptor() ([]byte, []int) {
-	return file_dalv_v1_dalv_proto_rawDescGZIP(), []int{17}
+	return file_dalv_v1_dalv_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DeletePartitionResponse) GetVersion() uint64 {
@@ -1376,7 +1501,7 @@ type BackendServiceWatchRequest struct {
 
 func (x *BackendServiceWatchRequest) Reset() {
 	*x = BackendServiceWatchRequest{}
-	mi := &file_dalv_v1_dalv_proto_msgTypes[18]
+	mi := &file_dalv_v1_dalv_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1388,7 +1513,7 @@ func (x *BackendServiceWatchRequest) String() string {
 func (*BackendServiceWatchRequest) ProtoMessage() {}
 
 func (x *BackendServiceWatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dalv_v1_dalv_proto_msgTypes[18]
+	mi := &file_dalv_v1_dalv_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1401,7 +1526,7 @@ func (x *BackendServiceWatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendServiceWatchRequest.ProtoReflect.Descriptor instead.
 func (*BackendServiceWatchRequest) Descriptor() ([]byte, []int) {
-	return file_dalv_v1_dalv_proto_rawDescGZIP(), []int{18}
+	return file_dalv_v1_dalv_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BackendServiceWatchRequest) GetPrefixes() []string {
@@ -1438,7 +1563,7 @@ type ChangeEvent struct {
 
 func (x *ChangeEvent) Reset() {
 	*x = ChangeEvent{}
-	mi := &file_dalv_v1_dalv_proto_msgTypes[19]
+	mi := &file_dalv_v1_dalv_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1450,7 +1575,7 @@ func (x *ChangeEvent) String() string {
 func (*ChangeEvent) ProtoMessage() {}
 
 func (x *ChangeEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_dalv_v1_dalv_proto_msgTypes[19]
+	mi := &file_dalv_v1_dalv_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1463,7 +1588,7 @@ func (x *ChangeEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeEvent.ProtoReflect.Descriptor instead.
 func (*ChangeEvent) Descriptor() ([]byte, []int) {
-	return file_dalv_v1_dalv_proto_rawDescGZIP(), []int{19}
+	return file_dalv_v1_dalv_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ChangeEvent) GetUser() string {
@@ -1590,15 +1715,22 @@ const file_dalv_v1_dalv_proto_rawDesc = "" +
 	"\fListResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12%\n" +
 	"\x05items\x18\x02 \x03(\v2\x0f.dalv.v1.ChangeR\x05items\x12&\n" +
-	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\x9f\x01\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\xc8\x01\n" +
 	"\rCommitRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x16\n" +
 	"\x06shared\x18\x02 \x01(\tR\x06shared\x12\x1d\n" +
 	"\x03ops\x18\x03 \x03(\v2\v.dalv.v1.OpR\x03ops\x12.\n" +
-	"\x10expected_version\x18\x04 \x01(\x04H\x00R\x0fexpectedVersion\x88\x01\x01B\x13\n" +
+	"\x10expected_version\x18\x04 \x01(\x04H\x00R\x0fexpectedVersion\x88\x01\x01\x12'\n" +
+	"\x0fidempotency_key\x18\x05 \x01(\tR\x0eidempotencyKeyB\x13\n" +
 	"\x11_expected_version\"*\n" +
 	"\x0eCommitResponse\x12\x18\n" +
-	"\aversion\x18\x01 \x01(\x04R\aversion\"D\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\";\n" +
+	"\rExportRequest\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x16\n" +
+	"\x06shared\x18\x02 \x01(\tR\x06shared\"Q\n" +
+	"\x0eExportResponse\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x12%\n" +
+	"\x05items\x18\x02 \x03(\v2\x0f.dalv.v1.ChangeR\x05items\"D\n" +
 	"\x16DeletePartitionRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x16\n" +
 	"\x06shared\x18\x02 \x01(\tR\x06shared\"3\n" +
@@ -1629,13 +1761,14 @@ const file_dalv_v1_dalv_proto_rawDesc = "" +
 	"\rClientService\x12G\n" +
 	"\tGetConfig\x12\x19.dalv.v1.GetConfigRequest\x1a\x1a.dalv.v1.GetConfigResponse\"\x03\x90\x02\x01\x123\n" +
 	"\x04Sync\x12\x14.dalv.v1.SyncRequest\x1a\x15.dalv.v1.SyncResponse\x125\n" +
-	"\x05Watch\x12\x15.dalv.v1.WatchRequest\x1a\x13.dalv.v1.WatchEvent0\x012\xd8\x02\n" +
+	"\x05Watch\x12\x15.dalv.v1.WatchRequest\x1a\x13.dalv.v1.WatchEvent0\x012\x9a\x03\n" +
 	"\x0eBackendService\x125\n" +
 	"\x03Get\x12\x13.dalv.v1.GetRequest\x1a\x14.dalv.v1.GetResponse\"\x03\x90\x02\x01\x128\n" +
 	"\x04List\x12\x14.dalv.v1.ListRequest\x1a\x15.dalv.v1.ListResponse\"\x03\x90\x02\x01\x129\n" +
 	"\x06Commit\x12\x16.dalv.v1.CommitRequest\x1a\x17.dalv.v1.CommitResponse\x12T\n" +
 	"\x0fDeletePartition\x12\x1f.dalv.v1.DeletePartitionRequest\x1a .dalv.v1.DeletePartitionResponse\x12D\n" +
-	"\x05Watch\x12#.dalv.v1.BackendServiceWatchRequest\x1a\x14.dalv.v1.ChangeEvent0\x01B+Z)github.com/dalvdb/dalv/gen/dalv/v1;dalvv1b\x06proto3"
+	"\x05Watch\x12#.dalv.v1.BackendServiceWatchRequest\x1a\x14.dalv.v1.ChangeEvent0\x01\x12@\n" +
+	"\x06Export\x12\x16.dalv.v1.ExportRequest\x1a\x17.dalv.v1.ExportResponse\"\x03\x90\x02\x010\x01B+Z)github.com/dalvdb/dalv/gen/dalv/v1;dalvv1b\x06proto3"
 
 var (
 	file_dalv_v1_dalv_proto_rawDescOnce sync.Once
@@ -1650,7 +1783,7 @@ func file_dalv_v1_dalv_proto_rawDescGZIP() []byte {
 }
 
 var file_dalv_v1_dalv_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_dalv_v1_dalv_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_dalv_v1_dalv_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_dalv_v1_dalv_proto_goTypes = []any{
 	(OpKind)(0),                        // 0: dalv.v1.OpKind
 	(SyncStatus)(0),                    // 1: dalv.v1.SyncStatus
@@ -1670,10 +1803,12 @@ var file_dalv_v1_dalv_proto_goTypes = []any{
 	(*ListResponse)(nil),               // 15: dalv.v1.ListResponse
 	(*CommitRequest)(nil),              // 16: dalv.v1.CommitRequest
 	(*CommitResponse)(nil),             // 17: dalv.v1.CommitResponse
-	(*DeletePartitionRequest)(nil),     // 18: dalv.v1.DeletePartitionRequest
-	(*DeletePartitionResponse)(nil),    // 19: dalv.v1.DeletePartitionResponse
-	(*BackendServiceWatchRequest)(nil), // 20: dalv.v1.BackendServiceWatchRequest
-	(*ChangeEvent)(nil),                // 21: dalv.v1.ChangeEvent
+	(*ExportRequest)(nil),              // 18: dalv.v1.ExportRequest
+	(*ExportResponse)(nil),             // 19: dalv.v1.ExportResponse
+	(*DeletePartitionRequest)(nil),     // 20: dalv.v1.DeletePartitionRequest
+	(*DeletePartitionResponse)(nil),    // 21: dalv.v1.DeletePartitionResponse
+	(*BackendServiceWatchRequest)(nil), // 22: dalv.v1.BackendServiceWatchRequest
+	(*ChangeEvent)(nil),                // 23: dalv.v1.ChangeEvent
 }
 var file_dalv_v1_dalv_proto_depIdxs = []int32{
 	3,  // 0: dalv.v1.Value.list:type_name -> dalv.v1.ListValue
@@ -1687,28 +1822,31 @@ var file_dalv_v1_dalv_proto_depIdxs = []int32{
 	5,  // 8: dalv.v1.GetResponse.items:type_name -> dalv.v1.Change
 	5,  // 9: dalv.v1.ListResponse.items:type_name -> dalv.v1.Change
 	4,  // 10: dalv.v1.CommitRequest.ops:type_name -> dalv.v1.Op
-	4,  // 11: dalv.v1.ChangeEvent.ops:type_name -> dalv.v1.Op
-	6,  // 12: dalv.v1.ClientService.GetConfig:input_type -> dalv.v1.GetConfigRequest
-	8,  // 13: dalv.v1.ClientService.Sync:input_type -> dalv.v1.SyncRequest
-	10, // 14: dalv.v1.ClientService.Watch:input_type -> dalv.v1.WatchRequest
-	12, // 15: dalv.v1.BackendService.Get:input_type -> dalv.v1.GetRequest
-	14, // 16: dalv.v1.BackendService.List:input_type -> dalv.v1.ListRequest
-	16, // 17: dalv.v1.BackendService.Commit:input_type -> dalv.v1.CommitRequest
-	18, // 18: dalv.v1.BackendService.DeletePartition:input_type -> dalv.v1.DeletePartitionRequest
-	20, // 19: dalv.v1.BackendService.Watch:input_type -> dalv.v1.BackendServiceWatchRequest
-	7,  // 20: dalv.v1.ClientService.GetConfig:output_type -> dalv.v1.GetConfigResponse
-	9,  // 21: dalv.v1.ClientService.Sync:output_type -> dalv.v1.SyncResponse
-	11, // 22: dalv.v1.ClientService.Watch:output_type -> dalv.v1.WatchEvent
-	13, // 23: dalv.v1.BackendService.Get:output_type -> dalv.v1.GetResponse
-	15, // 24: dalv.v1.BackendService.List:output_type -> dalv.v1.ListResponse
-	17, // 25: dalv.v1.BackendService.Commit:output_type -> dalv.v1.CommitResponse
-	19, // 26: dalv.v1.BackendService.DeletePartition:output_type -> dalv.v1.DeletePartitionResponse
-	21, // 27: dalv.v1.BackendService.Watch:output_type -> dalv.v1.ChangeEvent
-	20, // [20:28] is the sub-list for method output_type
-	12, // [12:20] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	5,  // 11: dalv.v1.ExportResponse.items:type_name -> dalv.v1.Change
+	4,  // 12: dalv.v1.ChangeEvent.ops:type_name -> dalv.v1.Op
+	6,  // 13: dalv.v1.ClientService.GetConfig:input_type -> dalv.v1.GetConfigRequest
+	8,  // 14: dalv.v1.ClientService.Sync:input_type -> dalv.v1.SyncRequest
+	10, // 15: dalv.v1.ClientService.Watch:input_type -> dalv.v1.WatchRequest
+	12, // 16: dalv.v1.BackendService.Get:input_type -> dalv.v1.GetRequest
+	14, // 17: dalv.v1.BackendService.List:input_type -> dalv.v1.ListRequest
+	16, // 18: dalv.v1.BackendService.Commit:input_type -> dalv.v1.CommitRequest
+	20, // 19: dalv.v1.BackendService.DeletePartition:input_type -> dalv.v1.DeletePartitionRequest
+	22, // 20: dalv.v1.BackendService.Watch:input_type -> dalv.v1.BackendServiceWatchRequest
+	18, // 21: dalv.v1.BackendService.Export:input_type -> dalv.v1.ExportRequest
+	7,  // 22: dalv.v1.ClientService.GetConfig:output_type -> dalv.v1.GetConfigResponse
+	9,  // 23: dalv.v1.ClientService.Sync:output_type -> dalv.v1.SyncResponse
+	11, // 24: dalv.v1.ClientService.Watch:output_type -> dalv.v1.WatchEvent
+	13, // 25: dalv.v1.BackendService.Get:output_type -> dalv.v1.GetResponse
+	15, // 26: dalv.v1.BackendService.List:output_type -> dalv.v1.ListResponse
+	17, // 27: dalv.v1.BackendService.Commit:output_type -> dalv.v1.CommitResponse
+	21, // 28: dalv.v1.BackendService.DeletePartition:output_type -> dalv.v1.DeletePartitionResponse
+	23, // 29: dalv.v1.BackendService.Watch:output_type -> dalv.v1.ChangeEvent
+	19, // 30: dalv.v1.BackendService.Export:output_type -> dalv.v1.ExportResponse
+	22, // [22:31] is the sub-list for method output_type
+	13, // [13:22] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_dalv_v1_dalv_proto_init() }
@@ -1727,7 +1865,7 @@ func file_dalv_v1_dalv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dalv_v1_dalv_proto_rawDesc), len(file_dalv_v1_dalv_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -55,6 +55,8 @@ const (
 	BackendServiceDeletePartitionProcedure = "/dalv.v1.BackendService/DeletePartition"
 	// BackendServiceWatchProcedure is the fully-qualified name of the BackendService's Watch RPC.
 	BackendServiceWatchProcedure = "/dalv.v1.BackendService/Watch"
+	// BackendServiceExportProcedure is the fully-qualified name of the BackendService's Export RPC.
+	BackendServiceExportProcedure = "/dalv.v1.BackendService/Export"
 )
 
 // ClientServiceClient is a client for the dalv.v1.ClientService service.
@@ -205,6 +207,10 @@ type BackendServiceClient interface {
 	DeletePartition(context.Context, *connect.Request[v1.DeletePartitionRequest]) (*connect.Response[v1.DeletePartitionResponse], error)
 	// Watch follows the change feed across all partitions.
 	Watch(context.Context, *connect.Request[v1.BackendServiceWatchRequest]) (*connect.ServerStreamForClient[v1.ChangeEvent], error)
+	// Export streams every key and value of one partition at one version, in
+	// key order, in pages of bounded size. A partition that changes while it
+	// is exported ends the stream with aborted: export it again.
+	Export(context.Context, *connect.Request[v1.ExportRequest]) (*connect.ServerStreamForClient[v1.ExportResponse], error)
 }
 
 // NewBackendServiceClient constructs a client for the dalv.v1.BackendService service. By default,
@@ -250,6 +256,13 @@ func NewBackendServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(backendServiceMethods.ByName("Watch")),
 			connect.WithClientOptions(opts...),
 		),
+		export: connect.NewClient[v1.ExportRequest, v1.ExportResponse](
+			httpClient,
+			baseURL+BackendServiceExportProcedure,
+			connect.WithSchema(backendServiceMethods.ByName("Export")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -260,6 +273,7 @@ type backendServiceClient struct {
 	commit          *connect.Client[v1.CommitRequest, v1.CommitResponse]
 	deletePartition *connect.Client[v1.DeletePartitionRequest, v1.DeletePartitionResponse]
 	watch           *connect.Client[v1.BackendServiceWatchRequest, v1.ChangeEvent]
+	export          *connect.Client[v1.ExportRequest, v1.ExportResponse]
 }
 
 // Get calls dalv.v1.BackendService.Get.
@@ -287,6 +301,11 @@ func (c *backendServiceClient) Watch(ctx context.Context, req *connect.Request[v
 	return c.watch.CallServerStream(ctx, req)
 }
 
+// Export calls dalv.v1.BackendService.Export.
+func (c *backendServiceClient) Export(ctx context.Context, req *connect.Request[v1.ExportRequest]) (*connect.ServerStreamForClient[v1.ExportResponse], error) {
+	return c.export.CallServerStream(ctx, req)
+}
+
 // BackendServiceHandler is an implementation of the dalv.v1.BackendService service.
 type BackendServiceHandler interface {
 	// Get reads keys of one partition.
@@ -299,6 +318,10 @@ type BackendServiceHandler interface {
 	DeletePartition(context.Context, *connect.Request[v1.DeletePartitionRequest]) (*connect.Response[v1.DeletePartitionResponse], error)
 	// Watch follows the change feed across all partitions.
 	Watch(context.Context, *connect.Request[v1.BackendServiceWatchRequest], *connect.ServerStream[v1.ChangeEvent]) error
+	// Export streams every key and value of one partition at one version, in
+	// key order, in pages of bounded size. A partition that changes while it
+	// is exported ends the stream with aborted: export it again.
+	Export(context.Context, *connect.Request[v1.ExportRequest], *connect.ServerStream[v1.ExportResponse]) error
 }
 
 // NewBackendServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -340,6 +363,13 @@ func NewBackendServiceHandler(svc BackendServiceHandler, opts ...connect.Handler
 		connect.WithSchema(backendServiceMethods.ByName("Watch")),
 		connect.WithHandlerOptions(opts...),
 	)
+	backendServiceExportHandler := connect.NewServerStreamHandler(
+		BackendServiceExportProcedure,
+		svc.Export,
+		connect.WithSchema(backendServiceMethods.ByName("Export")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/dalv.v1.BackendService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case BackendServiceGetProcedure:
@@ -352,6 +382,8 @@ func NewBackendServiceHandler(svc BackendServiceHandler, opts ...connect.Handler
 			backendServiceDeletePartitionHandler.ServeHTTP(w, r)
 		case BackendServiceWatchProcedure:
 			backendServiceWatchHandler.ServeHTTP(w, r)
+		case BackendServiceExportProcedure:
+			backendServiceExportHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -379,4 +411,8 @@ func (UnimplementedBackendServiceHandler) DeletePartition(context.Context, *conn
 
 func (UnimplementedBackendServiceHandler) Watch(context.Context, *connect.Request[v1.BackendServiceWatchRequest], *connect.ServerStream[v1.ChangeEvent]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("dalv.v1.BackendService.Watch is not implemented"))
+}
+
+func (UnimplementedBackendServiceHandler) Export(context.Context, *connect.Request[v1.ExportRequest], *connect.ServerStream[v1.ExportResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("dalv.v1.BackendService.Export is not implemented"))
 }
