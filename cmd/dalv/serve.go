@@ -19,6 +19,7 @@ import (
 
 	"github.com/dalvdb/dalv/auth"
 	"github.com/dalvdb/dalv/engine"
+	"github.com/dalvdb/dalv/internal/devsecret"
 	"github.com/dalvdb/dalv/server"
 	"github.com/dalvdb/dalv/store"
 	"github.com/dalvdb/dalv/store/pebble"
@@ -101,7 +102,7 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 	if err != nil {
 		return err
 	}
-	secret, keys, err := secrets(cmd, f.dev)
+	secret, keys, err := secrets(cmd, f.dev, f.data)
 	if err != nil {
 		return err
 	}
@@ -246,7 +247,7 @@ func servePprof(ctx context.Context, cmd *cobra.Command, addr string, log *slog.
 
 // secrets reads DALV_JWT_SECRET and DALV_BACKEND_KEYS, generating and
 // printing the missing ones with --dev.
-func secrets(cmd *cobra.Command, dev bool) (string, []string, error) {
+func secrets(cmd *cobra.Command, dev bool, data string) (string, []string, error) {
 	secret := os.Getenv("DALV_JWT_SECRET")
 	var keys []string
 	for _, k := range strings.Split(os.Getenv("DALV_BACKEND_KEYS"), ",") {
@@ -266,6 +267,13 @@ func secrets(cmd *cobra.Command, dev bool) (string, []string, error) {
 			missing = append(missing, "DALV_BACKEND_KEYS (comma-separated backend API keys, 16 bytes or more each)")
 		}
 		return "", nil, fmt.Errorf("missing secrets: set %s in the environment, or run `dalv serve --dev` to generate development secrets", strings.Join(missing, " and "))
+	}
+	if secret == "" && len(keys) == 0 {
+		kept, _, err := devsecret.LoadOrCreate(data)
+		if err != nil {
+			return "", nil, err
+		}
+		secret, keys = kept.JWTSecret, kept.BackendKeys
 	}
 	out := cmd.OutOrStdout()
 	fmt.Fprintln(out, "Development secrets (shown once; export them to use dalv token and the backend API):")
