@@ -266,11 +266,11 @@ func (r *Replica) Status() Status {
 // With the loop running ([Replica.Start]) it asks the loop to sync at once
 // and waits, through failures the loop retries by itself (the server
 // unreachable, rate limits), until ctx ends; it returns early with the
-// [*SyncError] of a failure that retrying alone cannot cure: a token the
+// [SyncError] of a failure that retrying alone cannot cure: a token the
 // server refuses ([ErrorUnauthenticated]), a token for another user
 // ([ErrorWrongUser]), or a replica that failed or was closed
 // ([ErrorLocal]). Without the loop it syncs once itself and returns that
-// sync's error as a [*SyncError].
+// sync's error as a [SyncError].
 func (r *Replica) WaitSynced(ctx context.Context) error {
 	if r.cli == nil {
 		return ErrNoServer
