@@ -49,7 +49,14 @@
 //   - A batch the server refuses for another reason than a conflict is set
 //     aside durably ([Replica.Refused], [Options.OnRefused]) and the batches
 //     after it go on. A conflict the resolver defers waits in a durable inbox
-//     ([Replica.Conflicts], [Replica.Settle]) while other keys keep syncing.
+//     ([Replica.Conflicts], [Replica.Settle]) while other keys keep syncing;
+//     for JSON objects the inbox names the conflicting fields, and
+//     [Replica.SettleFields] settles those alone, keeping every field
+//     nobody conflicted on.
+//   - [Replica.Status] is online only after a successful exchange with the
+//     server and keeps why the last sync failed as a [SyncError] with a
+//     [ErrorKind]; [Replica.WaitSynced] waits until the writes made before
+//     it are on the server.
 //   - A token for another user than the one whose data the file holds is
 //     refused ([ErrWrongUser]); an unauthenticated answer makes the replica
 //     ask the [Options.TokenSource] again and retry once.

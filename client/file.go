@@ -285,6 +285,16 @@ type Conflict struct {
 	// Note says why a conflict was deferred when the resolver did not
 	// choose to (for example, its value broke a limit).
 	Note string
+	// Fields are what conflicts, in path order (inbox entries only): the
+	// JSON fields changed on both sides to different values when the key
+	// holds JSON objects, or one entry with an empty Path when the key
+	// cannot be merged field by field. Settle them with
+	// [Replica.SettleFields].
+	Fields []FieldConflict
+	// Merged is the value with every field nobody conflicted on merged
+	// from both sides, and each of Fields at its Remote value (inbox
+	// entries only).
+	Merged *Value
 }
 
 func encodeConflict(c *Conflict) []byte {

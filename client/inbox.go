@@ -14,8 +14,10 @@ import (
 
 // Conflicts returns the deferred conflicts in the inbox, in key order. Each
 // holds what the device had (Local), what the server had (Remote) and their
-// common Base when the resolver deferred it; meanwhile the device shows the
-// server's value for the key and keeps syncing every other key.
+// common Base when the resolver deferred it, what conflicts (Fields: the
+// JSON fields both sides changed, or the whole value) and the value with
+// everything else merged (Merged); meanwhile the device shows the server's
+// value for the key and keeps syncing every other key.
 func (r *Replica) Conflicts() ([]Conflict, error) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
@@ -29,6 +31,7 @@ func (r *Replica) Conflicts() ([]Conflict, error) {
 			if err != nil {
 				return err
 			}
+			c.explain()
 			out = append(out, *c)
 			return nil
 		})
@@ -44,6 +47,26 @@ func (r *Replica) Settle(key string, res Resolution) error {
 	if res.deferred {
 		return fmt.Errorf("settle %q: %w: Defer does not settle a conflict", key, ErrInvalid)
 	}
+	return r.settle(key, func(*Conflict) (*Value, *Conflict, error) { return res.value, nil, nil })
+}
+
+// SettleFields settles the deferred conflict on key field by field: each
+// path of sides (a [FieldConflict].Path of the conflict) takes the value of
+// the side named, and every field nobody conflicted on keeps what the
+// merge of both sides gave it ([Conflict].Merged), so no change of either
+// side is lost. A conflict that is not field by field has one field, the
+// empty path, for the whole value.
+//
+// When sides names every conflicting field, the key holds the result,
+// written like a local write (as with [Replica.Settle]); otherwise the
+// conflict stays in the inbox with only the fields not yet chosen.
+func (r *Replica) SettleFields(key string, sides map[string]Side) error {
+	return r.settle(key, func(c *Conflict) (*Value, *Conflict, error) { return c.choose(sides) })
+}
+
+// settle ends or narrows the deferred conflict on key: decide returns the
+// value the key holds, or the conflict to keep in the inbox instead.
+func (r *Replica) settle(key string, decide func(*Conflict) (*Value, *Conflict, error)) error {
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
 	r.mu.RLock()
@@ -71,7 +94,19 @@ func (r *Replica) Settle(key string, res Resolution) error {
 	if err != nil {
 		return err
 	}
-	v := res.value
+	v, rest, err := decide(c)
+	if err != nil {
+		return err
+	}
+	if rest != nil {
+		err := r.db.Update(func(tx *bolt.Tx) error {
+			return tx.Bucket(bktInbox).Put([]byte(key), encodeConflict(rest))
+		})
+		if err != nil {
+			return fmt.Errorf("write to replica %s: %w", r.path, err)
+		}
+		return nil
+	}
 	var op *Op
 	if p != nil || !equalValues(v, remoteNow) {
 		op = &Op{Kind: dalvv1.OpKind_OP_KIND_DELETE, Key: key}

@@ -219,7 +219,7 @@ func (r *Replica) watch(ctx context.Context, part string, bo *backoff) error {
 			err := s.Err()
 			s.Close()
 			if err == nil {
-				err = errors.New("watch ended before its first event")
+				err = errStreamEnded
 			}
 			return err
 		}
@@ -264,7 +264,7 @@ func (r *Replica) watch(ctx context.Context, part string, bo *backoff) error {
 	if err := stream.Err(); err != nil {
 		return fmt.Errorf("watch: %w", err)
 	}
-	return errors.New("watch: the server ended the stream")
+	return fmt.Errorf("watch: %w", errStreamEnded)
 }
 
 // applyWatch applies a watch event unless a sync already brought the

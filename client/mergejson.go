@@ -3,7 +3,9 @@ package client
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/dalvdb/dalv/value"
 )
@@ -43,7 +45,7 @@ func mergeJSON(c Conflict, fallback Resolver) Resolution {
 		return whole()
 	}
 	m := merger{c: c, fallback: fallback}
-	out, ok := m.merge("", base, local, remote)
+	out, ok := m.merge(nil, base, local, remote)
 	if !ok {
 		return Defer()
 	}
@@ -77,9 +79,12 @@ func rawObject(b []byte) (map[string]json.RawMessage, bool) {
 type merger struct {
 	c        Conflict
 	fallback Resolver
+	// seen, when set, is told of each field changed on both sides before
+	// fallback decides it.
+	seen func(path []string, f Conflict)
 }
 
-func (m *merger) merge(path string, base, local, remote map[string]json.RawMessage) (map[string]json.RawMessage, bool) {
+func (m *merger) merge(path []string, base, local, remote map[string]json.RawMessage) (map[string]json.RawMessage, bool) {
 	var fields []string
 	for _, obj := range []map[string]json.RawMessage{base, local, remote} {
 		for f := range obj {
@@ -94,10 +99,7 @@ func (m *merger) merge(path string, base, local, remote map[string]json.RawMessa
 		b, bin := base[f]
 		l, lin := local[f]
 		r, rin := remote[f]
-		fpath := f
-		if path != "" {
-			fpath = path + "." + f
-		}
+		fpath := append(slices.Clone(path), f)
 		var v json.RawMessage
 		var in bool
 		switch {
@@ -127,7 +129,11 @@ func (m *merger) merge(path string, base, local, remote map[string]json.RawMessa
 			if m.fallback == nil {
 				return nil, false
 			}
-			res := m.fallback(Conflict{Key: m.c.Key, Field: fpath, Base: rawValue(b, bin), Local: rawValue(l, lin), Remote: rawValue(r, rin), Version: m.c.Version})
+			fc := Conflict{Key: m.c.Key, Field: strings.Join(fpath, "."), Base: rawValue(b, bin), Local: rawValue(l, lin), Remote: rawValue(r, rin), Version: m.c.Version}
+			if m.seen != nil {
+				m.seen(fpath, fc)
+			}
+			res := m.fallback(fc)
 			if res.deferred {
 				return nil, false
 			}
@@ -178,4 +184,155 @@ func canonicalJSON(b []byte) []byte {
 		return b
 	}
 	return out
+}
+
+// FieldConflict is one field of a deferred conflict that both sides
+// changed to different values.
+type FieldConflict struct {
+	// Path is the field's path, its names joined with dots
+	// ("address.city"); empty for a key that conflicts as a whole.
+	Path string
+	// Base, Local and Remote are the field's JSON on each side (the
+	// whole values for an empty Path); nil where the field is absent.
+	Base, Local, Remote *Value
+
+	segs []string
+}
+
+// Side names the side of a conflict a field takes in [Replica.SettleFields].
+type Side int
+
+const (
+	// KeepLocal takes the device's value.
+	KeepLocal Side = iota + 1
+	// KeepRemote takes the server's value.
+	KeepRemote
+)
+
+// explain sets c.Fields and c.Merged from its three sides.
+func (c *Conflict) explain() {
+	c.Fields, c.Merged = nil, nil
+	whole := func() {
+		c.Fields = []FieldConflict{{Base: c.Base, Local: c.Local, Remote: c.Remote}}
+		c.Merged = c.Remote
+	}
+	base, bok := jsonObject(c.Base)
+	local, lok := jsonObject(c.Local)
+	remote, rok := jsonObject(c.Remote)
+	if c.Local == nil || c.Remote == nil || !bok || !lok || !rok {
+		whole()
+		return
+	}
+	m := merger{c: *c, fallback: ServerWins, seen: func(path []string, f Conflict) {
+		c.Fields = append(c.Fields, FieldConflict{Path: f.Field, Base: f.Base, Local: f.Local, Remote: f.Remote, segs: path})
+	}}
+	out, ok := m.merge(nil, base, local, remote)
+	b, err := json.Marshal(out)
+	if !ok || err != nil {
+		whole()
+		return
+	}
+	c.Merged = value.Scalar(b)
+}
+
+// choose settles the fields of c named in sides: it returns the value the
+// key holds when every conflicting field is chosen, or else c with the
+// chosen fields no longer conflicting (their base becomes the remote value
+// and the local side holds the choice), to keep in the inbox.
+func (c *Conflict) choose(sides map[string]Side) (v *Value, rest *Conflict, err error) {
+	c.explain()
+	byPath := make(map[string]FieldConflict)
+	for _, f := range c.Fields {
+		byPath[f.Path] = f
+	}
+	for p, s := range sides {
+		if _, ok := byPath[p]; !ok {
+			return nil, nil, fmt.Errorf("settle %q: %w: field %q does not conflict", c.Key, ErrInvalid, p)
+		}
+		if s != KeepLocal && s != KeepRemote {
+			return nil, nil, fmt.Errorf("settle %q: %w: field %q: choose KeepLocal or KeepRemote", c.Key, ErrInvalid, p)
+		}
+	}
+	if f, ok := byPath[""]; ok {
+		switch sides[""] {
+		case KeepLocal:
+			return f.Local, nil, nil
+		case KeepRemote:
+			return f.Remote, nil, nil
+		}
+		return nil, c, nil
+	}
+	base, _ := jsonObject(c.Base)
+	local, _ := jsonObject(c.Local)
+	for _, f := range c.Fields {
+		s, ok := sides[f.Path]
+		if !ok {
+			continue
+		}
+		chosen := f.Local
+		if s == KeepRemote {
+			chosen = f.Remote
+		}
+		if base, err = setField(base, f.segs, f.Remote); err != nil {
+			return nil, nil, err
+		}
+		if local, err = setField(local, f.segs, chosen); err != nil {
+			return nil, nil, err
+		}
+	}
+	nc := *c
+	if nc.Base, err = objectValue(base); err != nil {
+		return nil, nil, err
+	}
+	if nc.Local, err = objectValue(local); err != nil {
+		return nil, nil, err
+	}
+	if len(sides) < len(c.Fields) {
+		nc.explain()
+		return nil, &nc, nil
+	}
+	remote, _ := jsonObject(c.Remote)
+	m := merger{c: nc}
+	out, ok := m.merge(nil, base, local, remote)
+	if !ok {
+		return nil, nil, fmt.Errorf("settle %q: internal: fields still conflict after every one was chosen", c.Key)
+	}
+	v, err = objectValue(out)
+	return v, nil, err
+}
+
+// setField sets the field at path in obj to v (nil removes it), creating
+// the objects on the way.
+func setField(obj map[string]json.RawMessage, path []string, v *Value) (map[string]json.RawMessage, error) {
+	if obj == nil {
+		obj = map[string]json.RawMessage{}
+	}
+	f := path[0]
+	if len(path) == 1 {
+		if v == nil {
+			delete(obj, f)
+		} else {
+			obj[f] = slices.Clone(v.GetScalar())
+		}
+		return obj, nil
+	}
+	sub, _ := rawObject(obj[f])
+	sub, err := setField(sub, path[1:], v)
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(sub)
+	if err != nil {
+		return nil, err
+	}
+	obj[f] = b
+	return obj, nil
+}
+
+func objectValue(obj map[string]json.RawMessage) (*Value, error) {
+	b, err := json.Marshal(obj)
+	if err != nil {
+		return nil, err
+	}
+	return value.Scalar(b), nil
 }

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
@@ -80,6 +79,7 @@ type Replica struct {
 
 	statusMu sync.Mutex
 	status   Status
+	syncs    syncRecord // guarded by statusMu
 
 	subsMu sync.Mutex
 	subs   map[*subscription]struct{}
@@ -404,64 +404,6 @@ func (r *Replica) Close() error {
 		return fmt.Errorf("close replica %s: %w", r.path, err)
 	}
 	return nil
-}
-
-// Status is a snapshot of the replica's sync state.
-type Status struct {
-	// Pending is the number of local batches not yet acknowledged.
-	Pending int
-	// Version is the partition version of the user's data the replica
-	// has synced to.
-	Version uint64
-	// LastSync is when the last sync completed; zero before the first.
-	LastSync time.Time
-	// LastError is the last error of a sync or watch, nil after a success.
-	LastError error
-	// Online reports whether the last exchange with the server succeeded.
-	Online bool
-	// Watching reports whether the live watch of the user's partition is
-	// open and caught up.
-	Watching bool
-	// Conflicts is the number of deferred conflicts in the inbox.
-	Conflicts int
-	// Refused is the number of batches the server refused, set aside.
-	Refused int
-}
-
-// Status returns the replica's sync state.
-func (r *Replica) Status() Status {
-	r.mu.RLock()
-	pending, version, inbox, refused := len(r.queue), r.versions[""], r.inboxN, r.refusedN
-	r.mu.RUnlock()
-	r.statusMu.Lock()
-	defer r.statusMu.Unlock()
-	s := r.status
-	s.Pending, s.Version, s.Conflicts, s.Refused = pending, version, inbox, refused
-	return s
-}
-
-func (r *Replica) setOnline(online bool, err error) {
-	r.statusMu.Lock()
-	defer r.statusMu.Unlock()
-	r.status.Online = online
-	if err != nil {
-		r.status.LastError = err
-	}
-}
-
-func (r *Replica) setWatching(w bool) {
-	r.statusMu.Lock()
-	defer r.statusMu.Unlock()
-	r.status.Watching = w
-}
-
-func (r *Replica) syncDone(err error) {
-	r.statusMu.Lock()
-	defer r.statusMu.Unlock()
-	r.status.LastError = err
-	if err == nil {
-		r.status.LastSync = r.opts.Now()
-	}
 }
 
 // checkOpen returns ErrClosed once Close was called; mu must be held.

@@ -33,7 +33,8 @@ func (r *Replica) Sync(ctx context.Context) error {
 func (r *Replica) syncAll(ctx context.Context) (shared []string, err, sharedErr error) {
 	r.syncMu.Lock()
 	defer r.syncMu.Unlock()
-	defer func() { r.syncDone(errors.Join(err, sharedErr)) }()
+	n := r.beginSync()
+	defer func() { r.syncDone(n, err, sharedErr) }()
 	r.mu.RLock()
 	err = r.checkOpen()
 	r.mu.RUnlock()
@@ -55,7 +56,7 @@ func (r *Replica) syncAll(ctx context.Context) (shared []string, err, sharedErr 
 		readable := slices.Contains(r.cfg.readable, s)
 		r.mu.RUnlock()
 		if !readable {
-			errs = append(errs, fmt.Errorf("shared partition %q: %w: the server does not let this token read it", s, ErrNotShared))
+			errs = append(errs, fmt.Errorf("the server does not let this token read shared partition %q (%w)", s, ErrNotShared))
 			continue
 		}
 		if err := r.pull(ctx, s); err != nil {
@@ -704,9 +705,7 @@ func (r *Replica) setAside(b *batch, cause error) error {
 	r.mu.Lock()
 	r.refusedN++
 	r.mu.Unlock()
-	r.statusMu.Lock()
-	r.status.LastError = *rb
-	r.statusMu.Unlock()
+	r.setRefused(*rb)
 	if r.opts.OnRefused != nil {
 		r.opts.OnRefused(*rb)
 	}

@@ -29,10 +29,10 @@ func (r *Replica) token(ctx context.Context, fresh bool) (string, error) {
 	}
 	t, err := r.opts.TokenSource(ctx)
 	if err != nil {
-		return "", fmt.Errorf("token source: %w", err)
+		return "", &tokenSourceError{err}
 	}
 	if t == "" {
-		return "", errors.New("token source returned an empty token")
+		return "", &tokenSourceError{errors.New("it returned an empty token")}
 	}
 	r.tok.tok = t
 	return t, nil
@@ -69,24 +69,6 @@ func (r *Replica) withToken(ctx context.Context, call func(ctx context.Context, 
 		if tok, err = r.token(ctx, true); err != nil {
 			return err
 		}
-	}
-}
-
-// noteReachable records whether the server answered at all.
-func (r *Replica) noteReachable(err error) {
-	if err == nil {
-		r.setOnline(true, nil)
-		return
-	}
-	var ce *connect.Error
-	if !errors.As(err, &ce) {
-		return // neither an answer nor a transport failure
-	}
-	switch ce.Code() {
-	case connect.CodeUnavailable, connect.CodeUnknown, connect.CodeDeadlineExceeded, connect.CodeCanceled:
-		r.setOnline(false, nil)
-	default:
-		r.setOnline(true, nil)
 	}
 }
 
@@ -134,7 +116,7 @@ func (r *Replica) setConfig(m *dalvv1.GetConfigResponse) error {
 		return err
 	}
 	if user != "" && user != c.user {
-		return fmt.Errorf("%w: the token is for user %q, but replica %s holds the data of user %q", ErrWrongUser, c.user, r.path, user)
+		return &wrongUserError{token: c.user, replica: user, path: r.path}
 	}
 	enc, err := proto.Marshal(m)
 	if err != nil {

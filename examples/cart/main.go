@@ -1,6 +1,8 @@
 // Command cart is a small offline-first shopping cart on DalvDB's Go client
-// SDK. Run `dalv serve --dev`, export the secrets it prints, then in two
-// terminals run a cart for the same user from two "devices":
+// SDK. Run `dalv serve --dev`, then, in the same directory, run a cart for
+// the same user from two "devices" in two more terminals (the cart finds the
+// development secrets the server keeps in ./dalv-data; -data names another
+// data directory):
 //
 //	go run ./examples/cart -user alice -db phone.replica
 //	go run ./examples/cart -user alice -db laptop.replica
@@ -9,8 +11,9 @@
 // live; stop the server, keep adding on both, start it again, and both carts
 // converge by themselves. The item list merges without conflicts (list
 // ops); the cart's note and delivery day are a JSON object merged field by
-// field, and an edit of the same field on both devices waits in the inbox
-// until you settle it.
+// field: an edit of the same field on both devices is announced at once and
+// waits in the inbox until you settle that field (`settle local note`);
+// every field nobody conflicted on keeps both devices' changes.
 package main
 
 import (
@@ -26,8 +29,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
+
 	"github.com/dalvdb/dalv/auth"
 	"github.com/dalvdb/dalv/client"
+	"github.com/dalvdb/dalv/internal/devsecret"
 )
 
 const (
@@ -58,10 +64,11 @@ func run(ctx context.Context, args []string, in io.Reader, out io.Writer) error 
 	serverURL := fs.String("server", "http://127.0.0.1:7070", "the DalvDB server")
 	user := fs.String("user", "alice", "the user whose cart this is")
 	path := fs.String("db", "cart.replica", "the replica file of this device")
+	data := fs.String("data", "./dalv-data", "the data directory of `dalv serve --dev`, whose development secrets mint tokens when DALV_JWT_SECRET is unset")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	tokens, err := tokenSource(*user)
+	tokens, err := tokenSource(*user, *data)
 	if err != nil {
 		return err
 	}
@@ -84,11 +91,48 @@ func run(ctx context.Context, args []string, in io.Reader, out io.Writer) error 
 		return err
 	}
 	defer r.Close()
+	// Conflicts are announced as they arrive: the resolver defers them
+	// while syncing, and the key then shows the server's value, a change
+	// that wakes announce.
+	wake := make(chan struct{}, 1)
+	announced := make(map[string]bool)
+	announce := func() {
+		cs, err := r.Conflicts()
+		if err != nil {
+			say("! %v", err)
+			return
+		}
+		now := make(map[string]bool)
+		for _, c := range cs {
+			now[c.Key] = true
+			if !announced[c.Key] {
+				say("! conflict on %s: %s; settle local|remote [field]", c.Key, describeConflict(c))
+			}
+		}
+		announced = now
+	}
 	defer r.Subscribe("cart/", func(c client.Change) {
 		if c.Remote {
 			say("~ from another device: %s", describe(c.Key, c.Value))
 		}
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
 	})()
+	actx, stopAnnounce := context.WithCancel(ctx)
+	defer stopAnnounce()
+	go func() {
+		for {
+			select {
+			case <-actx.Done():
+				return
+			case <-wake:
+				announce()
+			}
+		}
+	}()
+	wake <- struct{}{} // conflicts left from an earlier run
 	if err := r.Start(ctx); err != nil {
 		return err
 	}
@@ -119,7 +163,7 @@ func run(ctx context.Context, args []string, in io.Reader, out io.Writer) error 
 		switch cmd {
 		case "":
 		case "help":
-			say("add ITEM | rm ITEM | note TEXT | deliver DAY | show | status | conflicts | settle local|remote | sync | quit")
+			say("add ITEM | rm ITEM | note TEXT | deliver DAY | show | status | conflicts | settle local|remote [FIELD] | sync | quit")
 		case "add":
 			err = r.ListAdd(itemsKey, []byte(arg))
 		case "rm":
@@ -145,12 +189,16 @@ func run(ctx context.Context, args []string, in io.Reader, out io.Writer) error 
 			if st.Online {
 				online = "online"
 			}
-			say("status: %s, %d pending, %d conflicts, version %d, last error: %v", online, st.Pending, st.Conflicts, st.Version, st.LastError)
+			lastErr := "none"
+			if st.LastError != nil {
+				lastErr = fmt.Sprintf("%s (%s)", st.LastError.Message, st.LastError.Kind)
+			}
+			say("status: %s, %d pending writes in %d batches, %d conflicts, version %d, last error: %s", online, st.PendingOps, st.Pending, st.Conflicts, st.Version, lastErr)
 		case "conflicts":
 			cs, err2 := r.Conflicts()
 			err = err2
 			for _, c := range cs {
-				say("conflict on %s: mine %s, theirs %s", c.Key, c.Local.GetScalar(), c.Remote.GetScalar())
+				say("conflict on %s: %s", c.Key, describeConflict(c))
 			}
 			if err == nil && len(cs) == 0 {
 				say("no conflicts")
@@ -159,7 +207,7 @@ func run(ctx context.Context, args []string, in io.Reader, out io.Writer) error 
 			err = settle(r, arg)
 		case "sync":
 			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err = r.Sync(sctx)
+			err = r.WaitSynced(sctx)
 			cancel()
 			if err == nil {
 				say("synced")
@@ -175,24 +223,54 @@ func run(ctx context.Context, args []string, in io.Reader, out io.Writer) error 
 	}
 }
 
-// settle ends the conflict on the cart's meta with this device's side or
-// the other's.
-func settle(r *client.Replica, side string) error {
+// settle ends the conflicts on the cart with this device's side or the
+// other's, for one field or for every conflicting one.
+func settle(r *client.Replica, arg string) error {
+	sideName, field, one := strings.Cut(arg, " ")
+	side := map[string]client.Side{"local": client.KeepLocal, "remote": client.KeepRemote}[sideName]
+	if side == 0 {
+		return errors.New("settle local|remote [FIELD]")
+	}
 	cs, err := r.Conflicts()
 	if err != nil {
 		return err
 	}
-	for _, c := range cs {
-		switch side {
-		case "local":
-			return r.Settle(c.Key, client.Use(c.Local))
-		case "remote":
-			return r.Settle(c.Key, client.Use(c.Remote))
-		default:
-			return fmt.Errorf("settle local or settle remote")
-		}
+	if len(cs) == 0 {
+		return errors.New("no conflicts to settle")
 	}
-	return errors.New("no conflicts to settle")
+	for _, c := range cs {
+		sides := make(map[string]client.Side)
+		for _, f := range c.Fields {
+			if !one || f.Path == strings.TrimSpace(field) {
+				sides[f.Path] = side
+			}
+		}
+		if len(sides) == 0 {
+			continue
+		}
+		return r.SettleFields(c.Key, sides)
+	}
+	return fmt.Errorf("no conflicting field %q", field)
+}
+
+// describeConflict shows each conflicting field's two sides.
+func describeConflict(c client.Conflict) string {
+	var parts []string
+	for _, f := range c.Fields {
+		name := f.Path
+		if name == "" {
+			name = "the whole value"
+		}
+		parts = append(parts, fmt.Sprintf("%s: mine %s, theirs %s", name, shown(f.Local), shown(f.Remote)))
+	}
+	return strings.Join(parts, "; ")
+}
+
+func shown(v *client.Value) string {
+	if v == nil {
+		return "(none)"
+	}
+	return string(v.GetScalar())
 }
 
 func show(r *client.Replica) string {
@@ -235,18 +313,46 @@ func describe(key string, v *client.Value) string {
 	return fmt.Sprintf("%s = %s", key, v.GetScalar())
 }
 
-// tokenSource gives device tokens: DALV_TOKEN as it is, or, for
-// development, tokens minted with DALV_JWT_SECRET (which `dalv serve --dev`
-// prints). A real application asks its login service instead.
-func tokenSource(user string) (func(context.Context) (string, error), error) {
+// tokenSource gives device tokens for user: DALV_TOKEN as it is (refused
+// when it is for someone else), or, for development, tokens minted with
+// DALV_JWT_SECRET or with the secret `dalv serve --dev` keeps in its data
+// directory. A real application asks its login service instead.
+func tokenSource(user, dataDir string) (func(context.Context) (string, error), error) {
 	if tok := os.Getenv("DALV_TOKEN"); tok != "" {
+		sub, err := tokenSubject(tok)
+		if err != nil {
+			return nil, fmt.Errorf("DALV_TOKEN: %w", err)
+		}
+		if sub != user {
+			return nil, fmt.Errorf("DALV_TOKEN is a token for user %q, not for %q: run with -user %s, or mint one with `dalv token --user %s`", sub, user, sub, user)
+		}
 		return func(context.Context) (string, error) { return tok, nil }, nil
 	}
 	secret := os.Getenv("DALV_JWT_SECRET")
 	if secret == "" {
-		return nil, errors.New("set DALV_JWT_SECRET (printed by `dalv serve --dev`) or DALV_TOKEN (from `dalv token --user USER`)")
+		kept, err := devsecret.Load(dataDir)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("no development secrets in %s: run the cart in the directory where `dalv serve --dev` runs (or name its data directory with -data), or set DALV_JWT_SECRET or DALV_TOKEN", dataDir)
+			}
+			return nil, err
+		}
+		secret = kept.JWTSecret
 	}
 	return func(context.Context) (string, error) {
 		return auth.Mint([]byte(secret), user, time.Hour, time.Now())
 	}, nil
+}
+
+// tokenSubject reads a JWT's subject without verifying it: the server
+// verifies; this only catches a token meant for another user.
+func tokenSubject(tok string) (string, error) {
+	var claims jwt.RegisteredClaims
+	if _, _, err := jwt.NewParser().ParseUnverified(tok, &claims); err != nil {
+		return "", fmt.Errorf("not a JWT: %w", err)
+	}
+	if claims.Subject == "" {
+		return "", errors.New("the token names no user (no sub claim)")
+	}
+	return claims.Subject, nil
 }
