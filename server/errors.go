@@ -21,11 +21,11 @@ var codeTable = []struct {
 	{engine.ErrPermission, connect.CodePermissionDenied},
 	{engine.ErrStale, connect.CodeFailedPrecondition},
 	{engine.ErrState, connect.CodeFailedPrecondition},
+	{engine.ErrOutOfRange, connect.CodeOutOfRange},
 	{errNotFound, connect.CodeNotFound},
 	{errRateLimited, connect.CodeResourceExhausted},
 	{errUnauthenticated, connect.CodeUnauthenticated},
 	{errUnavailable, connect.CodeUnavailable},
-	{errOutOfRange, connect.CodeOutOfRange},
 	{auth.ErrMissingToken, connect.CodeUnauthenticated},
 	{auth.ErrMalformedToken, connect.CodeUnauthenticated},
 	{auth.ErrAlgorithm, connect.CodeUnauthenticated},
@@ -53,7 +53,6 @@ var (
 	errRateLimited     = errors.New("rate limited")
 	errUnauthenticated = errors.New("unauthenticated")
 	errUnavailable     = errors.New("unavailable")
-	errOutOfRange      = errors.New("out of range")
 )
 
 // toConnect turns err into a Connect error with the code from codeTable.
