@@ -1,7 +1,9 @@
 // Package engine holds DalvDB's rules, written once: idempotent batches per
 // device, authorisation by domain, the per-key conflict check in which list
 // ops on both sides merge, the atomic apply, the collapse of changes to one
-// entry per key, paging at the response limit, and resets past the horizon.
+// entry per key, paging at the response limit, resets past the horizon and
+// the following of pages across one ([Engine.CatchUp]), and the backends'
+// change feed with its opaque cursors and prefix filter ([Engine.OpenFeed]).
 // It runs over one store transaction per partition (package store) and knows
 // nothing of HTTP; package server turns its errors into Connect codes.
 package engine
