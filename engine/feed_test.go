@@ -298,27 +298,24 @@ func TestValidatePrefixes(t *testing.T) {
 func TestFilterChanges(t *testing.T) {
 	t.Parallel()
 	changes := []*dalvv1.Change{{Key: "a/1"}, {Key: "b/1"}, {Key: "a/2"}, {Key: "ab"}}
-	keys := func(cs []*dalvv1.Change) string {
-		var ks []string
+	keys := func(cs []*dalvv1.Change) (ks []string) {
 		for _, c := range cs {
 			ks = append(ks, c.GetKey())
 		}
-		return strings.Join(ks, " ")
+		return ks
 	}
-	for _, tt := range []struct {
-		prefixes []string
-		want     string
-	}{
-		{nil, "a/1 b/1 a/2 ab"},
-		{[]string{"a/"}, "a/1 a/2"},
-		{[]string{"b/", "a"}, "a/1 b/1 a/2 ab"},
-		{[]string{"c/"}, ""},
-	} {
-		if got := keys(FilterChanges(changes, tt.prefixes)); got != tt.want {
-			t.Errorf("FilterChanges(%q) = %q, want %q", tt.prefixes, got, tt.want)
+	tests := map[string][]string{ // prefixes, space-separated: the keys kept
+		"":     {"a/1", "b/1", "a/2", "ab"},
+		"a/":   {"a/1", "a/2"},
+		"b/ a": {"a/1", "b/1", "a/2", "ab"},
+		"c/":   nil,
+	}
+	for prefixes, want := range tests {
+		if got := keys(FilterChanges(changes, strings.Fields(prefixes))); !slices.Equal(got, want) {
+			t.Errorf("FilterChanges(%q) = %q, want %q", strings.Fields(prefixes), got, want)
 		}
 	}
-	if got, want := keys(changes), "a/1 b/1 a/2 ab"; got != want {
+	if got, want := keys(changes), []string{"a/1", "b/1", "a/2", "ab"}; !slices.Equal(got, want) {
 		t.Errorf("FilterChanges modified its input: %q, want %q", got, want)
 	}
 }
