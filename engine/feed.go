@@ -89,9 +89,10 @@ func (f *FeedReader) Cursor() string { return encodeCursor(f.after) }
 // and about the reader's page bytes of ops (at least one record, whatever
 // its size). full reports that it stopped at a bound, so more may follow at
 // once; a page that is not full reached the end of the feed for now. A
-// reader that fell behind the retention horizon gets ErrOutOfRange.
+// reader that fell behind the retention horizon gets ErrOutOfRange. After an
+// error the reader stays after the last page it returned.
 func (f *FeedReader) Next(ctx context.Context) (page []FeedItem, full bool, err error) {
-	size := 0
+	size, last := 0, f.after
 	err = f.st.Feed(ctx, f.after, func(r store.FeedRecord) (bool, error) {
 		cursor := encodeCursor(r.Pos)
 		ev, err := feedEvent(r, f.prefixes, cursor)
@@ -99,7 +100,7 @@ func (f *FeedReader) Next(ctx context.Context) (page []FeedItem, full bool, err 
 			return false, err
 		}
 		page = append(page, FeedItem{Event: ev, Cursor: cursor})
-		f.after = r.Pos
+		last = r.Pos
 		size += len(r.Ops)
 		full = len(page) == feedBatch || size >= f.pageBytes
 		return !full, nil
@@ -109,8 +110,11 @@ func (f *FeedReader) Next(ctx context.Context) (page []FeedItem, full bool, err 
 		return nil, false, invalidCursor(f.Cursor())
 	case errors.Is(err, store.ErrCompacted):
 		return nil, false, Errorf(ErrOutOfRange, "the feed fell behind the retention horizon at cursor %q; start again from %q", f.Cursor(), StartCursor)
+	case err != nil:
+		return nil, false, err
 	}
-	return page, full, err
+	f.after = last
+	return page, full, nil
 }
 
 // feedEvent turns a record into the event a consumer gets, or nil when the
