@@ -39,6 +39,7 @@ soak:
 ## fuzz: each fuzz target for a minute
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzValidateOps$$' -fuzztime 60s ./engine/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCursor$$' -fuzztime 60s ./engine/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 60s ./value/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEntry$$' -fuzztime 60s ./store/pebble/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeFeedRecord$$' -fuzztime 60s ./store/pebble/

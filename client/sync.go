@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/value"
 )
 
 // Sync exchanges with the server once: it sends the pending batches in
@@ -366,17 +367,15 @@ func (r *Replica) collect(ctx context.Context, part string, base uint64, resp *d
 	// A pull from 0 is the whole partition: what the device held goes.
 	u := &update{part: part, reset: base == 0 || resp.GetReset_(), changes: make(map[string]*dalvv1.Change)}
 	u.add(resp.GetChanges())
-	var horizon uint64
+	var pages value.Pages
+	pages.Add(resp)
 	for resp.GetMore() {
-		if resp.GetReset_() {
-			horizon = resp.GetHorizon()
-		}
 		var err error
-		resp, err = r.rpcSync(ctx, &dalvv1.SyncRequest{DeviceId: r.deviceID, BaseVersion: resp.GetVersion(), Shared: part, ResetHorizon: horizon})
+		resp, err = r.rpcSync(ctx, &dalvv1.SyncRequest{DeviceId: r.deviceID, BaseVersion: resp.GetVersion(), Shared: part, ResetHorizon: pages.ResetHorizon()})
 		if err != nil {
 			return nil, fmt.Errorf("pull the rest of the changes: %w", err)
 		}
-		if resp.GetReset_() && resp.GetHorizon() != horizon {
+		if pages.Add(resp) {
 			// The horizon moved: the server started the reset again.
 			u.reset, u.changes = true, make(map[string]*dalvv1.Change)
 		}

@@ -1,7 +1,9 @@
 // Package engine holds DalvDB's rules, written once: idempotent batches per
 // device and backend commits under idempotency keys, authorisation by domain, the per-key conflict check in which list
 // ops on both sides merge, the atomic apply, the collapse of changes to one
-// entry per key, paging at the response limit, and resets past the horizon.
+// entry per key, paging at the response limit, resets past the horizon and
+// the following of pages across one ([Engine.CatchUp]), and the backends'
+// change feed with its opaque cursors and prefix filter ([Engine.OpenFeed]).
 // It runs over one store transaction per partition (package store) and knows
 // nothing of HTTP; package server turns its errors into Connect codes.
 package engine
@@ -95,14 +97,7 @@ func (e *Engine) Limits() Limits { return e.lim }
 func (e *Engine) SystemPrefixes() []string { return slices.Clone(e.sys) }
 
 // IsSystemKey reports whether key is system-domain.
-func (e *Engine) IsSystemKey(key string) bool {
-	for _, p := range e.sys {
-		if strings.HasPrefix(key, p) {
-			return true
-		}
-	}
-	return false
-}
+func (e *Engine) IsSystemKey(key string) bool { return hasAnyPrefix(key, e.sys) }
 
 // SyncRequest is one device sync; the partition comes from the caller's
 // verified token, never from the request body.
@@ -224,9 +219,7 @@ func (e *Engine) Pull(ctx context.Context, p store.Partition, base, resetHorizon
 // pageBytes by one commit's changes, which never pass the response limit.
 // A pageBytes below 1 or above the response limit means the response limit.
 func (e *Engine) PullPage(ctx context.Context, p store.Partition, base, resetHorizon uint64, pageBytes int) (*dalvv1.SyncResponse, error) {
-	if pageBytes < 1 || pageBytes > e.lim.MaxResponseBytes {
-		pageBytes = e.lim.MaxResponseBytes
-	}
+	pageBytes = e.pageBytes(pageBytes)
 	resp := &dalvv1.SyncResponse{Status: dalvv1.SyncStatus_SYNC_STATUS_ACCEPTED}
 	err := e.st.View(ctx, p, func(r store.Reader) error {
 		head, err := r.Head()
@@ -242,6 +235,15 @@ func (e *Engine) PullPage(ctx context.Context, p store.Partition, base, resetHor
 		return nil, err
 	}
 	return resp, nil
+}
+
+// pageBytes is the page size a stream asked for, n, as the engine reads
+// pages: a page never passes the response limit, and n below 1 means it.
+func (e *Engine) pageBytes(n int) int {
+	if n < 1 || n > e.lim.MaxResponseBytes {
+		return e.lim.MaxResponseBytes
+	}
+	return n
 }
 
 // keyState is what one commit knows of one key it reads or writes.

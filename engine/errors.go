@@ -27,6 +27,9 @@ var (
 	// ErrState marks an op the key's current state does not allow, such as
 	// a list op on a key that holds a scalar.
 	ErrState = errors.New("key state does not allow the op")
+	// ErrOutOfRange marks a feed cursor older than the retention horizon:
+	// the commits after it were compacted.
+	ErrOutOfRange = errors.New("out of range")
 )
 
 // kindError is an error of one of the kinds above whose message is only the

@@ -23,11 +23,11 @@ var codeTable = []struct {
 	{engine.ErrState, connect.CodeFailedPrecondition},
 	{engine.ErrKeyReused, connect.CodeFailedPrecondition},
 	{engine.ErrChanged, connect.CodeAborted},
+	{engine.ErrOutOfRange, connect.CodeOutOfRange},
 	{errNotFound, connect.CodeNotFound},
 	{errRateLimited, connect.CodeResourceExhausted},
 	{errUnauthenticated, connect.CodeUnauthenticated},
 	{errUnavailable, connect.CodeUnavailable},
-	{errOutOfRange, connect.CodeOutOfRange},
 	{auth.ErrMissingToken, connect.CodeUnauthenticated},
 	{auth.ErrMalformedToken, connect.CodeUnauthenticated},
 	{auth.ErrAlgorithm, connect.CodeUnauthenticated},
@@ -55,7 +55,6 @@ var (
 	errRateLimited     = errors.New("rate limited")
 	errUnauthenticated = errors.New("unauthenticated")
 	errUnavailable     = errors.New("unavailable")
-	errOutOfRange      = errors.New("out of range")
 )
 
 // toConnect turns err into a Connect error with the code from codeTable.

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"errors"
-	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -45,7 +44,7 @@ func (s *Server) openWatch(ctx context.Context, req *connect.Request[dalvv1.Watc
 	if err := engine.ValidateDeviceID(m.GetDeviceId()); err != nil {
 		return nil, nil, err
 	}
-	if err := s.validatePrefixes(m.GetPrefixes()); err != nil {
+	if err := engine.ValidatePrefixes(m.GetPrefixes(), s.eng.Limits()); err != nil {
 		return nil, nil, err
 	}
 	if release, err = s.admitWatch(claims.Subject, m.GetDeviceId()); err != nil {
@@ -146,7 +145,7 @@ func (w *deviceWatch) deliver(ctx context.Context, ev *commitEvent, sub *subscri
 	case ev.version <= w.at:
 		return nil // already sent by the catch-up
 	case ev.version == w.at+1 && !ev.erase && !ev.remote:
-		changes := w.filter(ev.changes)
+		changes := engine.FilterChanges(ev.changes, w.prefixes)
 		if len(changes) > 0 {
 			if err := send(w.out, w.stream, &dalvv1.WatchEvent{Version: ev.version, Changes: changes}); err != nil {
 				return err
@@ -160,72 +159,21 @@ func (w *deviceWatch) deliver(ctx context.Context, ev *commitEvent, sub *subscri
 
 // catchUp sends everything after w.at from the store, in pages of at most
 // StreamPageBytes (or one commit), following a reset across pages as a
-// device's pulls do. Only one page is held at a time, so a watch's memory
-// does not grow with the partition. A live watch (sub set) that overflows
-// its buffer meanwhile ends between pages, as it would between events: it
-// reads slower than its partition changes. The first catch-up runs to the
-// end whatever comes meanwhile, so a large partition is always caught up.
+// device's pulls do (see [engine.Engine.CatchUp]). A live watch (sub set)
+// that overflows its buffer meanwhile ends between pages, as it would
+// between events: it reads slower than its partition changes. The first
+// catch-up runs to the end whatever comes meanwhile, so a large partition
+// is always caught up.
 func (w *deviceWatch) catchUp(ctx context.Context, sub *subscription) error {
-	var resetHorizon uint64
-	for {
-		resp, err := w.s.eng.PullPage(ctx, w.p, w.at, resetHorizon, w.s.cfg.StreamPageBytes)
-		if err != nil {
-			return err
-		}
-		if resp.GetVersion() == w.at && !resp.GetReset_() && len(resp.GetChanges()) == 0 {
-			return nil // nothing new
-		}
-		ev := &dalvv1.WatchEvent{Version: resp.GetVersion(), Changes: w.filter(resp.GetChanges()), Reset_: resp.GetReset_(), More: resp.GetMore()}
+	return w.s.eng.CatchUp(ctx, w.p, w.at, w.prefixes, w.s.cfg.StreamPageBytes, func(page *dalvv1.SyncResponse) error {
+		ev := &dalvv1.WatchEvent{Version: page.GetVersion(), Changes: page.GetChanges(), Reset_: page.GetReset_(), More: page.GetMore()}
 		if err := send(w.out, w.stream, ev); err != nil {
 			return err
 		}
-		w.at = resp.GetVersion()
-		if !resp.GetMore() {
-			return nil
-		}
-		if sub != nil && !resp.GetReset_() && sub.hasOverflowed() {
+		w.at = page.GetVersion()
+		if page.GetMore() && !page.GetReset_() && sub != nil && sub.hasOverflowed() {
 			return w.fellBehind() // never inside a reset: it resumes from nowhere
 		}
-		if resp.GetReset_() {
-			resetHorizon = resp.GetHorizon()
-		}
-	}
-}
-
-func (w *deviceWatch) filter(changes []*dalvv1.Change) []*dalvv1.Change {
-	if len(w.prefixes) == 0 {
-		return changes
-	}
-	out := make([]*dalvv1.Change, 0, len(changes))
-	for _, c := range changes {
-		if hasAnyPrefix(c.GetKey(), w.prefixes) {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-func hasAnyPrefix(key string, prefixes []string) bool {
-	for _, p := range prefixes {
-		if strings.HasPrefix(key, p) {
-			return true
-		}
-	}
-	return false
-}
-
-func (s *Server) validatePrefixes(prefixes []string) error {
-	lim := s.eng.Limits()
-	if len(prefixes) > lim.MaxOps {
-		return engine.Errorf(engine.ErrLimit, "%d prefixes, over the limit of %d (--max-ops)", len(prefixes), lim.MaxOps)
-	}
-	for _, p := range prefixes {
-		if p == "" {
-			return engine.Errorf(engine.ErrInvalid, "empty prefix; leave prefixes empty to watch every key")
-		}
-		if err := engine.ValidateKey(p, lim.MaxKeyBytes); err != nil {
-			return err
-		}
-	}
-	return nil
+		return nil
+	})
 }
