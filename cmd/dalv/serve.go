@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -45,6 +46,7 @@ type serveFlags struct {
 	heartbeat         time.Duration
 	logLevel, logForm string
 	pprofAddr         string
+	tlsCert, tlsKey   string
 }
 
 func newServeCmd() *cobra.Command {
@@ -98,6 +100,8 @@ server listens. dalv token and the operator commands find them there.`,
 	fl.DurationVar(&f.heartbeat, "heartbeat", server.DefaultHeartbeat, "how often idle streams get a keep-alive event")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logForm, "log-format", "text", "text or json")
+	fl.StringVar(&f.tlsCert, "tls-cert", "", "serve HTTPS (HTTP/2 and HTTP/1.1, TLS 1.2 at least) with the certificate chain in this PEM `FILE`; reloaded when it changes or on SIGHUP")
+	fl.StringVar(&f.tlsKey, "tls-key", "", "the private key (PEM `FILE`) of --tls-cert")
 	fl.StringVar(&f.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this separate address (off by default; never expose it)")
 	return cmd
 }
@@ -135,6 +139,10 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 	if err != nil {
 		return err
 	}
+	tlsConf, scheme, err := serveTLS(ctx, f, log)
+	if err != nil {
+		return err
+	}
 	var prefixes []string
 	if cmd.Flags().Changed("system-prefix") {
 		prefixes = f.systemPrefixes
@@ -166,6 +174,7 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 		DrainTimeout:    f.drainTimeout,
 		WatchBuffer:     f.watchBuffer,
 		Heartbeat:       f.heartbeat,
+		TLS:             tlsConf,
 		Logger:          log,
 	})
 	if err != nil {
@@ -179,13 +188,46 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 		defer stopPprof()
 	}
 	fmt.Fprint(cmd.OutOrStdout(), devNote)
-	fmt.Fprintf(cmd.OutOrStdout(), "DalvDB listening on http://%s (%s)\n", ln.Addr(), where)
+	fmt.Fprintf(cmd.OutOrStdout(), "DalvDB listening on %s://%s (%s)\n", scheme, ln.Addr(), where)
 	log.Info("serving", "addr", ln.Addr().String(), "store", where)
 	if err := srv.Serve(ctx, ln); err != nil {
 		return err
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// serveTLS loads --tls-cert and --tls-key, when given, and keeps them
+// current until ctx is done: polled for changes, and reloaded on SIGHUP. It
+// returns the server's TLS configuration (nil without TLS) and the URL
+// scheme.
+func serveTLS(ctx context.Context, f serveFlags, log *slog.Logger) (*tls.Config, string, error) {
+	if f.tlsCert == "" && f.tlsKey == "" {
+		return nil, "http", nil
+	}
+	if f.tlsCert == "" || f.tlsKey == "" {
+		return nil, "", errors.New("--tls-cert and --tls-key go together: give both, or neither for plain HTTP")
+	}
+	cf, err := server.LoadCertFiles(f.tlsCert, f.tlsKey, log)
+	if err != nil {
+		return nil, "", err
+	}
+	log.Info("TLS", "cert", f.tlsCert, "sha256", server.CertFingerprint(cf.Certificate()))
+	go cf.Watch(ctx, server.DefaultCertPoll)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				cf.ReloadAndLog()
+			}
+		}
+	}()
+	return &tls.Config{GetCertificate: cf.GetCertificate}, "https", nil
 }
 
 // openStore opens the store of --store (or $DALV_STORE) when one is given,
