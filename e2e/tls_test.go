@@ -6,9 +6,11 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -410,5 +412,61 @@ func TestTLSCLI(t *testing.T) {
 		"--catchup-commits", "50", "--catchup-keys", "5", "--catchup-pulls", "3")
 	if !strings.Contains(out, "over TLS") || !strings.Contains(out, "answer size (protobuf)") {
 		t.Fatalf("dalv bench over https printed:\n%s", out)
+	}
+}
+
+// TestTLSDevSelfSigned checks `dalv serve --dev --tls-self-signed`: it
+// serves HTTPS with a certificate kept in the data directory (key mode
+// 0600), prints its fingerprint and the file to trust, and reuses it after
+// a restart; without --dev the flag is refused.
+func TestTLSDevSelfSigned(t *testing.T) {
+	t.Parallel()
+	data := filepath.Join(t.TempDir(), "data")
+	srv := startServerOn(t, data, "--dev", "--tls-self-signed")
+	certFile := filepath.Join(data, "dev-tls.crt")
+	b, err := os.ReadFile(certFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		t.Fatalf("%s holds no PEM certificate", certFile)
+	}
+	sum := sha256.Sum256(block.Bytes)
+	fp := strings.ToUpper(hex.EncodeToString(sum[:]))
+	if out := strings.ReplaceAll(srv.Stdout(), ":", ""); !strings.Contains(out, fp) || !strings.Contains(srv.Stdout(), "--ca-file "+certFile) {
+		t.Fatalf("serve printed:\n%s\nwant the fingerprint %s and --ca-file %s", srv.Stdout(), fp, certFile)
+	}
+	if fi, err := os.Stat(filepath.Join(data, "dev-tls.key")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("dev-tls.key: %v, %v; want mode 0600", fi, err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(b)
+	for _, host := range []string{"127.0.0.1", "localhost"} {
+		_, port, _ := net.SplitHostPort(srv.Addr)
+		resp, err := tlsHTTPClient(pool).Get("https://" + net.JoinHostPort(host, port) + "/healthz")
+		if err != nil {
+			t.Fatalf("%s: %v", host, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 {
+			t.Fatalf("%s: %s over %s, want 200 over HTTP/2", host, resp.Status, resp.Proto)
+		}
+	}
+	if err := srv.Stop(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	srv = startServerOn(t, data, "--dev", "--tls-self-signed")
+	if b2, err := os.ReadFile(certFile); err != nil || !bytes.Equal(b, b2) {
+		t.Fatalf("a restart replaced the development certificate (%v)", err)
+	}
+	if !strings.Contains(srv.Stdout(), "kept in "+certFile) {
+		t.Fatalf("after a restart serve printed:\n%s", srv.Stdout())
+	}
+
+	cmd := exec.Command(binary, "serve", "--addr", "127.0.0.1:0", "--data", filepath.Join(t.TempDir(), "data"), "--tls-self-signed")
+	cmd.Env = append(os.Environ(), testEnv()...)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "--tls-self-signed is for development") {
+		t.Fatalf("--tls-self-signed without --dev: %v\n%s", err, out)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -157,7 +158,7 @@ func CertFingerprint(cert *tls.Certificate) string {
 		return ""
 	}
 	sum := sha256.Sum256(cert.Certificate[0])
-	h := hex.EncodeToString(sum[:])
+	h := strings.ToUpper(hex.EncodeToString(sum[:]))
 	out := make([]byte, 0, len(h)*3/2)
 	for i := 0; i < len(h); i += 2 {
 		if i > 0 {

@@ -47,6 +47,7 @@ type serveFlags struct {
 	logLevel, logForm string
 	pprofAddr         string
 	tlsCert, tlsKey   string
+	tlsSelfSigned     bool
 }
 
 func newServeCmd() *cobra.Command {
@@ -102,6 +103,7 @@ server listens. dalv token and the operator commands find them there.`,
 	fl.StringVar(&f.logForm, "log-format", "text", "text or json")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "serve HTTPS (HTTP/2 and HTTP/1.1, TLS 1.2 at least) with the certificate chain in this PEM `FILE`; reloaded when it changes or on SIGHUP")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "the private key (PEM `FILE`) of --tls-cert")
+	fl.BoolVar(&f.tlsSelfSigned, "tls-self-signed", false, "with --dev: serve HTTPS with a self-signed certificate for localhost kept in --data (generated on the first start), and print the file clients trust it by")
 	fl.StringVar(&f.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this separate address (off by default; never expose it)")
 	return cmd
 }
@@ -139,10 +141,11 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 	if err != nil {
 		return err
 	}
-	tlsConf, scheme, err := serveTLS(ctx, f, log)
+	tlsConf, scheme, tlsNote, err := serveTLS(ctx, f, log)
 	if err != nil {
 		return err
 	}
+	devNote += tlsNote
 	var prefixes []string
 	if cmd.Flags().Changed("system-prefix") {
 		prefixes = f.systemPrefixes
@@ -197,22 +200,42 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 	return nil
 }
 
-// serveTLS loads --tls-cert and --tls-key, when given, and keeps them
-// current until ctx is done: polled for changes, and reloaded on SIGHUP. It
-// returns the server's TLS configuration (nil without TLS) and the URL
-// scheme.
-func serveTLS(ctx context.Context, f serveFlags, log *slog.Logger) (*tls.Config, string, error) {
-	if f.tlsCert == "" && f.tlsKey == "" {
-		return nil, "http", nil
+// serveTLS loads --tls-cert and --tls-key, or with --dev --tls-self-signed
+// the development certificate in --data, and keeps them current until ctx
+// is done: polled for changes, and reloaded on SIGHUP. It returns the
+// server's TLS configuration (nil without TLS), the URL scheme, and what to
+// print about a development certificate.
+func serveTLS(ctx context.Context, f serveFlags, log *slog.Logger) (conf *tls.Config, scheme, note string, err error) {
+	certFile, keyFile := f.tlsCert, f.tlsKey
+	switch {
+	case f.tlsSelfSigned && !f.dev:
+		return nil, "", "", errors.New("--tls-self-signed is for development: give it with --dev, or give --tls-cert and --tls-key")
+	case f.tlsSelfSigned && (certFile != "" || keyFile != ""):
+		return nil, "", "", errors.New("--tls-self-signed and --tls-cert/--tls-key exclude each other: choose one")
+	case f.tlsSelfSigned:
+		var created bool
+		if certFile, keyFile, created, err = devsecret.LoadOrCreateCert(f.data, time.Now()); err != nil {
+			return nil, "", "", err
+		}
+		how := "kept in"
+		if created {
+			how = "new, kept in"
+		}
+		note = fmt.Sprintf("Development TLS certificate (self-signed for localhost, 127.0.0.1 and ::1; %s %s):\n  trust it with --ca-file %[2]s (DALV_CA_FILE, curl --cacert)\n", how, certFile)
+	case certFile == "" && keyFile == "":
+		return nil, "http", "", nil
+	case certFile == "" || keyFile == "":
+		return nil, "", "", errors.New("--tls-cert and --tls-key go together: give both, or neither for plain HTTP")
 	}
-	if f.tlsCert == "" || f.tlsKey == "" {
-		return nil, "", errors.New("--tls-cert and --tls-key go together: give both, or neither for plain HTTP")
-	}
-	cf, err := server.LoadCertFiles(f.tlsCert, f.tlsKey, log)
+	cf, err := server.LoadCertFiles(certFile, keyFile, log)
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
 	}
-	log.Info("TLS", "cert", f.tlsCert, "sha256", server.CertFingerprint(cf.Certificate()))
+	fingerprint := server.CertFingerprint(cf.Certificate())
+	if note != "" {
+		note += "  SHA-256 fingerprint " + fingerprint + "\n"
+	}
+	log.Info("TLS", "cert", certFile, "sha256", fingerprint)
 	go cf.Watch(ctx, server.DefaultCertPoll)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -227,7 +250,7 @@ func serveTLS(ctx context.Context, f serveFlags, log *slog.Logger) (*tls.Config,
 			}
 		}
 	}()
-	return &tls.Config{GetCertificate: cf.GetCertificate}, "https", nil
+	return &tls.Config{GetCertificate: cf.GetCertificate}, "https", note, nil
 }
 
 // openStore opens the store of --store (or $DALV_STORE) when one is given,
