@@ -269,7 +269,7 @@ func indexPage() []byte {
 <body>
 <h1>DalvDB</h1>
 <p>A DalvDB server: the ConnectRPC protocol dalv.v1 (Connect, gRPC and
-gRPC-Web; HTTP/1.1 and h2c), one POST per procedure. Devices send a JWT,
+gRPC-Web; HTTP/1.1 and HTTP/2), one POST per procedure. Devices send a JWT,
 backends an API key, as Authorization: Bearer.</p>
 <ul>
 `)

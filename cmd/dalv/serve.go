@@ -69,7 +69,12 @@ comma-separated list of backend API keys (each at least 16 bytes). With
 --dev, missing secrets come from the file dev-secrets.env in --data
 (also with --store), generated on the first start and reused after a
 restart, so tokens stay valid; they are printed at each start, once the
-server listens. dalv token and the operator commands find them there.`,
+server listens. dalv token and the operator commands find them there.
+
+With --tls-cert and --tls-key it serves HTTPS (HTTP/2 and HTTP/1.1, TLS
+1.2 at least), rereading both files when they change or on SIGHUP; with
+--dev --tls-self-signed, HTTPS with a certificate for localhost kept in
+--data, whose file clients trust by --ca-file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
