@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -322,8 +323,8 @@ func TestTLS(t *testing.T) {
 	})
 }
 
-// TestTLSRefusesOldVersions checks that TLS 1.1 and plain HTTP are refused
-// and that TLS 1.2 is enough.
+// TestTLSRefusesOldVersions checks that TLS 1.1 and plain HTTP are refused,
+// that TLS 1.2 is enough, and that ALPN offers HTTP/2 and HTTP/1.1.
 func TestTLSRefusesOldVersions(t *testing.T) {
 	t.Parallel()
 	srv, ca, _, _ := startTLSServer(t)
@@ -337,6 +338,14 @@ func TestTLSRefusesOldVersions(t *testing.T) {
 	}
 	if got, want := conn.ConnectionState().NegotiatedProtocol, "h2"; got != want {
 		t.Errorf("ALPN chose %q, want %q", got, want)
+	}
+	conn.Close()
+	conn, err = tls.Dial("tcp", srv.Addr, &tls.Config{RootCAs: ca.pool(), NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatalf("an HTTP/1.1 client: %v", err)
+	}
+	if got, want := conn.ConnectionState().NegotiatedProtocol, "http/1.1"; got != want {
+		t.Errorf("ALPN chose %q for an HTTP/1.1 client, want %q", got, want)
 	}
 	conn.Close()
 	resp, err := http.Get("http://" + srv.Addr + "/healthz")
@@ -468,5 +477,31 @@ func TestTLSDevSelfSigned(t *testing.T) {
 	cmd.Env = append(os.Environ(), testEnv()...)
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "--tls-self-signed is for development") {
 		t.Fatalf("--tls-self-signed without --dev: %v\n%s", err, out)
+	}
+}
+
+// TestTLSSIGHUP checks that SIGHUP rereads the certificate files even when
+// the poll saw no change, and that new connections then get what is in them.
+func TestTLSSIGHUP(t *testing.T) {
+	t.Parallel()
+	srv, ca, _, _ := startTLSServer(t)
+	reloads := func() int { return strings.Count(srv.Stderr(), "TLS certificate reloaded") }
+	before := reloads()
+	if err := syscall.Kill(srv.PID(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if reloads() == before {
+			return fmt.Errorf("no reload logged after SIGHUP:\n%s", srv.Stderr())
+		}
+		return nil
+	})
+	if serial, err := peerSerial(srv.Addr, ca.pool()); err != nil || serial != 1 {
+		t.Fatalf("after SIGHUP a new connection got serial %d (%v), want 1", serial, err)
+	}
+	select {
+	case <-srv.Done():
+		t.Fatalf("SIGHUP stopped the server: %v", srv.ExitErr())
+	default:
 	}
 }
