@@ -1,8 +1,9 @@
 // Package server serves DalvDB's dalv.v1 protocol over ConnectRPC (Connect,
 // gRPC and gRPC-Web on one port: HTTP/1.1 and h2c, or with TLS HTTPS with
-// HTTP/2 by ALPN and HTTP/1.1), plus GET /healthz and GET /metrics. It authenticates devices by JWT and backends by API key,
-// from a request's headers before any of its body is read, enforces limits
-// (on requests, on the time a body may take to arrive, on open connections),
+// HTTP/2 by ALPN and HTTP/1.1), plus GET /healthz and GET /metrics. It
+// authenticates devices by JWT and backends by API key, from a request's
+// headers before any of its body is read, enforces limits (on requests, on
+// the time a body may take to arrive, on open connections),
 // runs package engine's rules over a store, and is the only place that
 // speaks Connect codes (see errors.go). A Server can be started in a test
 // process as well as by `dalv serve`.
