@@ -51,6 +51,7 @@ package bench
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"os"
@@ -124,6 +125,10 @@ type Config struct {
 	URL        string
 	JWTSecret  string
 	BackendKey string
+	// TLS configures the clients for an https:// URL (RootCAs for a
+	// server whose certificate a private CA signed); nil uses the system's
+	// roots.
+	TLS *tls.Config
 
 	// Scenarios to run, in run order; nil means all.
 	Scenarios []Scenario
@@ -163,7 +168,8 @@ type Config struct {
 	IdleWatchers int
 	IdleUsers    int
 	// H2C speaks HTTP/2 without TLS (one multiplexed connection) instead
-	// of HTTP/1.1 with a kept-alive connection per device.
+	// of HTTP/1.1 with a kept-alive connection per device; to an https://
+	// URL, HTTP/2 over TLS.
 	H2C bool
 	// Gzip lets the client accept gzipped answers, as connect-go clients do
 	// by default.

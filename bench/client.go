@@ -29,7 +29,7 @@ type clients struct {
 
 // newClients builds the HTTP client so that it is not the bottleneck: a
 // kept-alive connection per concurrent caller (HTTP/1.1) or one
-// multiplexed connection (h2c), no proxy lookup, the Connect protocol with
+// multiplexed connection (h2c, or HTTP/2 over TLS), no proxy lookup, the Connect protocol with
 // the binary protobuf codec.
 func newClients(cfg Config, url string) *clients {
 	tr := &http.Transport{
@@ -42,9 +42,11 @@ func newClients(cfg Config, url string) *clients {
 		// ask for gzip nor decompress, so body sizes are what crossed the wire.
 		DisableCompression: true,
 		Protocols:          new(http.Protocols),
+		TLSClientConfig:    cfg.TLS,
 	}
 	if cfg.H2C {
 		tr.Protocols.SetUnencryptedHTTP2(true)
+		tr.Protocols.SetHTTP2(true) // to an https:// URL
 	} else {
 		tr.Protocols.SetHTTP1(true)
 	}

@@ -185,6 +185,9 @@ func newReport(cfg Config) *Report {
 	if cfg.H2C {
 		s.Protocol = "Connect, protobuf, h2c"
 	}
+	if strings.HasPrefix(cfg.URL, "https://") {
+		s.Protocol = strings.Replace(s.Protocol, "h2c", "HTTP/2", 1) + " over TLS"
+	}
 	if s.Server == "" {
 		s.Server = "dalv serve on loopback, started by the bench"
 	}

@@ -189,6 +189,7 @@ func (b *bencher) openWatches(ctx context.Context, t *watchTarget, tag string, n
 		DialContext:        (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		DisableCompression: true,
 		Protocols:          new(http.Protocols),
+		TLSClientConfig:    b.cfg.TLS,
 	}
 	tr.Protocols.SetUnencryptedHTTP2(true)
 	tr.Protocols.SetHTTP2(true)

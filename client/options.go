@@ -17,7 +17,8 @@ import (
 // offline only; set ServerURL and TokenSource to sync.
 type Options struct {
 	// ServerURL is the base URL of a DalvDB server, as in
-	// "http://127.0.0.1:7070". Empty: the replica never syncs.
+	// "http://127.0.0.1:7070" or "https://dalv.example.com". Empty: the
+	// replica never syncs.
 	ServerURL string
 
 	// TokenSource returns a device token (a JWT whose subject is the user).
@@ -33,7 +34,16 @@ type Options struct {
 
 	// HTTPClient carries the requests. Nil means a client of this replica's
 	// own, without a timeout (watches are long-lived); RequestTimeout bounds
-	// each unary call instead.
+	// each unary call instead. To an https:// server both speak HTTP/2, one
+	// connection carrying the watches and the syncs. For a server whose
+	// certificate a private CA signed, pass a client trusting that CA,
+	// built from a clone of http.DefaultTransport (a bare Transport with
+	// a TLSClientConfig of its own speaks HTTP/1.1 only, unless
+	// ForceAttemptHTTP2 is set):
+	//
+	//	tr := http.DefaultTransport.(*http.Transport).Clone()
+	//	tr.TLSClientConfig = &tls.Config{RootCAs: pool} // pool: x509.NewCertPool, AppendCertsFromPEM
+	//	opts.HTTPClient = &http.Client{Transport: tr}
 	HTTPClient *http.Client
 
 	// Shared names the shared partitions to keep: pulled and watched like

@@ -2,6 +2,7 @@ package server
 
 import (
 	"container/list"
+	"crypto/tls"
 	"net"
 	"net/http"
 	"sync"
@@ -168,6 +169,9 @@ func (l *limitListener) signalLocked() {
 // connState is the http.Server.ConnState hook that tells the listener which
 // connections are idle.
 func (l *limitListener) connState(c net.Conn, state http.ConnState) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn() // TLS runs over the connections the listener admitted
+	}
 	lc, ok := c.(*limitedConn)
 	if !ok || state == http.StateNew {
 		return // a new connection is listed as fresh by admit

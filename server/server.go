@@ -1,8 +1,9 @@
 // Package server serves DalvDB's dalv.v1 protocol over ConnectRPC (Connect,
-// gRPC and gRPC-Web, HTTP/1.1 and h2c on one port), plus GET /healthz and
-// GET /metrics. It authenticates devices by JWT and backends by API key,
-// from a request's headers before any of its body is read, enforces limits
-// (on requests, on the time a body may take to arrive, on open connections),
+// gRPC and gRPC-Web on one port: HTTP/1.1 and h2c, or with TLS HTTPS with
+// HTTP/2 by ALPN and HTTP/1.1), plus GET /healthz and GET /metrics. It
+// authenticates devices by JWT and backends by API key, from a request's
+// headers before any of its body is read, enforces limits (on requests, on
+// the time a body may take to arrive, on open connections),
 // runs package engine's rules over a store, and is the only place that
 // speaks Connect codes (see errors.go). A Server can be started in a test
 // process as well as by `dalv serve`.
@@ -10,6 +11,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -93,6 +95,12 @@ type Config struct {
 	// DrainTimeout bounds the wait for in-flight requests on shutdown
 	// (default 10s).
 	DrainTimeout time.Duration
+	// TLS, when set, makes Serve speak HTTPS: HTTP/2 (negotiated by ALPN,
+	// for gRPC and browsers) and HTTP/1.1, TLS 1.2 at least (a zero
+	// MinVersion means 1.2; a lower one is refused). It needs a certificate
+	// source; [CertFiles.GetCertificate] reloads one from files. Nil: plain
+	// HTTP/1.1 and h2c. The server copies it; NextProtos are its own.
+	TLS *tls.Config
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
 	// Registry receives the metrics; nil makes a new one, served on /metrics.
@@ -211,6 +219,13 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.TLS != nil {
+		c, err := serverTLSConfig(cfg.TLS)
+		if err != nil {
+			return nil, err
+		}
+		cfg.TLS = c
+	}
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
@@ -296,7 +311,7 @@ func indexPage() []byte {
 <body>
 <h1>DalvDB</h1>
 <p>A DalvDB server: the ConnectRPC protocol dalv.v1 (Connect, gRPC and
-gRPC-Web; HTTP/1.1 and h2c), one POST per procedure. Devices send a JWT,
+gRPC-Web; HTTP/1.1 and HTTP/2), one POST per procedure. Devices send a JWT,
 backends an API key, as Authorization: Bearer.</p>
 <ul>
 `)
@@ -345,7 +360,11 @@ func (s *Server) Engine() *engine.Engine { return s.eng }
 // Serve serves on ln until ctx is done, then stops taking connections,
 // drains in-flight requests (up to DrainTimeout) and returns. It keeps at
 // most MaxConnections of ln's connections open, and runs the retention
-// compaction in the background meanwhile. The store stays open.
+// compaction in the background meanwhile. The store stays open. With
+// Config.TLS, ln is a plain TCP listener: Serve runs TLS over the
+// connections it admits, so the cap counts TCP connections, and one whose
+// handshake stalls is closed after ReadHeaderTimeout, or sooner when the cap
+// needs its slot (it counts as having sent nothing).
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	lim := newLimitListener(ln, s.cfg.MaxConnections, s.cfg.ConnectionWait)
 	s.conns.Store(lim)
@@ -360,6 +379,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		// A request's body has its own deadline (BodyTimeout, see
 		// limitBodyTime); a connection idle between requests is closed
 		// after IdleTimeout, or sooner when the connection cap needs room.
+		// ReadHeaderTimeout also bounds a TLS handshake.
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ConnState:         lim.connState,
@@ -367,7 +387,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	hs.Protocols.SetHTTP1(true)
-	hs.Protocols.SetUnencryptedHTTP2(true)
+	serve := func() error { return hs.Serve(lim) }
+	if s.cfg.TLS != nil {
+		hs.Protocols.SetHTTP2(true)
+		hs.TLSConfig = s.cfg.TLS // ServeTLS copies it and sets NextProtos to h2 and http/1.1
+		serve = func() error { return hs.ServeTLS(lim, "", "") }
+	} else {
+		hs.Protocols.SetUnencryptedHTTP2(true)
+	}
 
 	bg, stopBG := context.WithCancel(context.Background())
 	defer stopBG()
@@ -388,7 +415,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(lim) }()
+	go func() { errc <- serve() }()
 	select {
 	case err := <-errc:
 		stopBG()

@@ -20,6 +20,7 @@ func newBenchCmd() *cobra.Command {
 		scenarios, serverArgs string
 		asJSON                bool
 		cpuProfile, store     string
+		caFile                string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench [--runs 5] [--duration 5s] [--scenario sync,catchup,floor,storage,delivery,idle-watchers]",
@@ -74,6 +75,9 @@ give it --rate-limit -1 or the rate limit is what you measure.`,
 				if cfg.JWTSecret == "" || cfg.BackendKey == "" {
 					return errors.New("--url needs the server's secrets: export DALV_JWT_SECRET and DALV_BACKEND_KEY")
 				}
+				if cfg.TLS, err = clientTLS(caFile); err != nil {
+					return err
+				}
 			} else if cfg.Binary, err = os.Executable(); err != nil {
 				return fmt.Errorf("find the dalv binary to start: %w", err)
 			}
@@ -127,7 +131,8 @@ give it --rate-limit -1 or the rate limit is what you measure.`,
 	fl.BoolVar(&cfg.KeepData, "keep-data", false, "keep the temporary data directories (for debugging)")
 	fl.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the bench process to this file")
 	fl.StringVar(&cfg.ServerProfile, "server-cpuprofile", "", "write a CPU profile of the server during the last run's sync measurement to this file")
-	fl.StringVar(&cfg.URL, "url", "", "measure the running server at this URL instead of starting one")
+	fl.StringVar(&cfg.URL, "url", "", "measure the running server at this URL (http:// or https://) instead of starting one")
+	fl.StringVar(&caFile, "ca-file", "", "with --url: "+caFileHelp)
 	fl.StringVar(&store, "store", "", "measure 1 and 3 `dalv serve --store` nodes over this PostgreSQL URL beside pgbench (see docs/postgres.md)")
 	return cmd
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -26,16 +25,17 @@ import (
 // opsFlags are the flags every operator command shares.
 type opsFlags struct {
 	addr, key, shared string
-	data              string
+	data, caFile      string
 	json              bool
 	timeout           time.Duration
 }
 
 func (o *opsFlags) register(cmd *cobra.Command, partition bool) {
 	fl := cmd.Flags()
-	fl.StringVar(&o.addr, "addr", "", "server URL (default $DALV_ADDR, else http://127.0.0.1:7070)")
+	fl.StringVar(&o.addr, "addr", "", "server URL, http:// or https:// (default $DALV_ADDR, else http://127.0.0.1:7070)")
 	fl.StringVar(&o.key, "key", "", "backend API key (default $DALV_BACKEND_KEY, else the one dalv serve --dev keeps in --data)")
 	dataFlag(cmd, &o.data)
+	fl.StringVar(&o.caFile, "ca-file", "", caFileHelp)
 	fl.BoolVar(&o.json, "json", false, "print JSON for programs instead of a table")
 	fl.DurationVar(&o.timeout, "timeout", 30*time.Second, "deadline of each request")
 	if partition {
@@ -65,13 +65,17 @@ func (o *opsFlags) client() (dalvv1connect.BackendServiceClient, error) {
 			return nil, err
 		}
 	}
+	hc, err := httpClient(o.caFile)
+	if err != nil {
+		return nil, err
+	}
 	auth := connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
 		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 			req.Header().Set("Authorization", "Bearer "+key)
 			return next(ctx, req)
 		}
 	})
-	return dalvv1connect.NewBackendServiceClient(http.DefaultClient, strings.TrimRight(addr, "/"),
+	return dalvv1connect.NewBackendServiceClient(hc, strings.TrimRight(addr, "/"),
 		connect.WithInterceptors(auth, streamAuth(key))), nil
 }
 

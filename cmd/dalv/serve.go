@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -51,6 +52,8 @@ type serveFlags struct {
 	logLevel, logForm string
 	pprofAddr         string
 	tokens            tokenFlags
+	tlsCert, tlsKey   string
+	tlsSelfSigned     bool
 }
 
 func newServeCmd() *cobra.Command {
@@ -74,7 +77,12 @@ comma-separated list of backend API keys (each at least 16 bytes). With
 restart, so tokens stay valid; they are printed at each start, once the
 server listens. dalv token and the operator commands find them there.
 With public-key tokens (--jwt-public-key, --jwks-url) DALV_JWT_SECRET is
-optional: set, it keeps HS256 tokens working beside them.`,
+optional: set, it keeps HS256 tokens working beside them.
+
+With --tls-cert and --tls-key it serves HTTPS (HTTP/2 and HTTP/1.1, TLS
+1.2 at least), rereading both files when they change or on SIGHUP; with
+--dev --tls-self-signed, HTTPS with a certificate for localhost kept in
+--data, whose file clients trust by --ca-file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
@@ -112,6 +120,9 @@ optional: set, it keeps HS256 tokens working beside them.`,
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logForm, "log-format", "text", "text or json")
 	f.tokens.register(fl)
+	fl.StringVar(&f.tlsCert, "tls-cert", "", "serve HTTPS (HTTP/2 and HTTP/1.1, TLS 1.2 at least) with the certificate chain in this PEM `FILE`; reloaded when it changes or on SIGHUP")
+	fl.StringVar(&f.tlsKey, "tls-key", "", "the private key (PEM `FILE`) of --tls-cert")
+	fl.BoolVar(&f.tlsSelfSigned, "tls-self-signed", false, "with --dev: serve HTTPS with a self-signed certificate for localhost kept in --data (generated on the first start), and print the file clients trust it by")
 	fl.StringVar(&f.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this separate address (off by default; never expose it)")
 	return cmd
 }
@@ -147,6 +158,11 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 	if err != nil {
 		return err
 	}
+	tlsConf, scheme, tlsNote, err := serveTLS(ctx, f, log)
+	if err != nil {
+		return err
+	}
+	devNote += tlsNote
 	var prefixes []string
 	if cmd.Flags().Changed("system-prefix") {
 		prefixes = f.systemPrefixes
@@ -183,6 +199,7 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 		MaxFeedWatches:      f.maxFeedWatches,
 		StreamWriteTimeout:  f.streamWrite,
 		StreamPageBytes:     f.streamPageBytes,
+		TLS:                 tlsConf,
 		Logger:              log,
 	})
 	if err != nil {
@@ -196,13 +213,66 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 		defer stopPprof()
 	}
 	fmt.Fprint(cmd.OutOrStdout(), devNote)
-	fmt.Fprintf(cmd.OutOrStdout(), "DalvDB listening on http://%s (%s)\n", ln.Addr(), where)
+	fmt.Fprintf(cmd.OutOrStdout(), "DalvDB listening on %s://%s (%s)\n", scheme, ln.Addr(), where)
 	log.Info("serving", "addr", ln.Addr().String(), "store", where)
 	if err := srv.Serve(ctx, ln); err != nil {
 		return err
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// serveTLS loads --tls-cert and --tls-key, or with --dev --tls-self-signed
+// the development certificate in --data, and keeps them current until ctx
+// is done: polled for changes, and reloaded on SIGHUP. It returns the
+// server's TLS configuration (nil without TLS), the URL scheme, and what to
+// print about a development certificate.
+func serveTLS(ctx context.Context, f serveFlags, log *slog.Logger) (conf *tls.Config, scheme, note string, err error) {
+	certFile, keyFile := f.tlsCert, f.tlsKey
+	switch {
+	case f.tlsSelfSigned && !f.dev:
+		return nil, "", "", errors.New("--tls-self-signed is for development: give it with --dev, or give --tls-cert and --tls-key")
+	case f.tlsSelfSigned && (certFile != "" || keyFile != ""):
+		return nil, "", "", errors.New("--tls-self-signed and --tls-cert/--tls-key exclude each other: choose one")
+	case f.tlsSelfSigned:
+		var created bool
+		if certFile, keyFile, created, err = devsecret.LoadOrCreateCert(f.data, time.Now()); err != nil {
+			return nil, "", "", err
+		}
+		how := "kept in"
+		if created {
+			how = "new, kept in"
+		}
+		note = fmt.Sprintf("Development TLS certificate (self-signed for localhost, 127.0.0.1 and ::1; %s %s):\n  trust it with --ca-file %[2]s (DALV_CA_FILE, curl --cacert)\n", how, certFile)
+	case certFile == "" && keyFile == "":
+		return nil, "http", "", nil
+	case certFile == "" || keyFile == "":
+		return nil, "", "", errors.New("--tls-cert and --tls-key go together: give both, or neither for plain HTTP")
+	}
+	cf, err := server.LoadCertFiles(certFile, keyFile, log)
+	if err != nil {
+		return nil, "", "", err
+	}
+	fingerprint := server.CertFingerprint(cf.Certificate())
+	if note != "" {
+		note += "  SHA-256 fingerprint " + fingerprint + "\n"
+	}
+	log.Info("TLS", "cert", certFile, "sha256", fingerprint)
+	go cf.Watch(ctx, server.DefaultCertPoll)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				cf.ReloadAndLog()
+			}
+		}
+	}()
+	return &tls.Config{GetCertificate: cf.GetCertificate}, "https", note, nil
 }
 
 // openStore opens the store of --store (or $DALV_STORE) when one is given,

@@ -8,6 +8,9 @@
 // temporary file, fsync, rename), and read only where the caller asked for
 // development mode or named the data directory. Production secrets never
 // come from here: they come from the environment.
+//
+// With `--tls-self-signed` it also keeps a self-signed certificate for
+// localhost and its key (mode 0600) beside them ([LoadOrCreateCert]).
 package devsecret
 
 import (
@@ -103,34 +106,40 @@ func SplitKeys(list string) []string {
 }
 
 func write(dataDir string, s Secrets) error {
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return fmt.Errorf("keep development secrets: %w", err)
-	}
 	content := "# Development secrets of `dalv serve --dev`; delete this file for new ones.\n" +
 		"DALV_JWT_SECRET=" + s.JWTSecret + "\n" +
 		"DALV_BACKEND_KEYS=" + strings.Join(s.BackendKeys, ",") + "\n"
-	f, err := os.CreateTemp(dataDir, FileName+".tmp*")
-	if err != nil {
+	if err := writeFile(dataDir, FileName, []byte(content)); err != nil {
 		return fmt.Errorf("keep development secrets: %w", err)
+	}
+	return nil
+}
+
+// writeFile writes name in dataDir (created if needed) with mode 0600, at
+// once: a temporary file, fsync'd, renamed over it.
+func writeFile(dataDir, name string, content []byte) error {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dataDir, name+".tmp*")
+	if err != nil {
+		return err
 	}
 	defer os.Remove(f.Name()) // a no-op once renamed
 	if err := f.Chmod(0o600); err != nil {
 		f.Close()
-		return fmt.Errorf("keep development secrets: %w", err)
+		return err
 	}
-	if _, err := f.WriteString(content); err != nil {
+	if _, err := f.Write(content); err != nil {
 		f.Close()
-		return fmt.Errorf("keep development secrets: %w", err)
+		return err
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return fmt.Errorf("keep development secrets: %w", err)
+		return err
 	}
 	if err := f.Close(); err != nil {
-		return fmt.Errorf("keep development secrets: %w", err)
+		return err
 	}
-	if err := os.Rename(f.Name(), Path(dataDir)); err != nil {
-		return fmt.Errorf("keep development secrets: %w", err)
-	}
-	return nil
+	return os.Rename(f.Name(), filepath.Join(dataDir, name))
 }

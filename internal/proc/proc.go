@@ -23,10 +23,11 @@ type Server struct {
 	// Addr is the host:port it listens on.
 	Addr string
 	// Data is its data directory.
-	Data string
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error // of Wait, once done is closed
+	Data   string
+	scheme string // http, or https when it serves TLS
+	cmd    *exec.Cmd
+	done   chan struct{}
+	err    error // of Wait, once done is closed
 
 	mu     sync.Mutex
 	stdout strings.Builder // everything it printed, for failure messages
@@ -53,7 +54,7 @@ type Options struct {
 	NoFile int
 }
 
-const listening = "DalvDB listening on http://"
+const listening = "DalvDB listening on "
 
 // Start starts the server and returns once it listens. The caller must
 // Stop or Kill it.
@@ -95,9 +96,9 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 			s.stdout.WriteString(line + "\n")
 			s.mu.Unlock()
 			if rest, ok := strings.CutPrefix(line, listening); ok {
-				addr, _, _ := strings.Cut(rest, " ")
+				url, _, _ := strings.Cut(rest, " ")
 				select {
-				case addrc <- addr:
+				case addrc <- url:
 				default:
 				}
 			}
@@ -125,7 +126,8 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	t := time.NewTimer(o.Timeout)
 	defer t.Stop()
 	select {
-	case s.Addr = <-addrc:
+	case url := <-addrc:
+		s.scheme, s.Addr, _ = strings.Cut(url, "://")
 		return s, nil
 	case <-s.done:
 		return nil, fmt.Errorf("dalv serve exited before listening (%v):\n%s%s", s.err, s.Stdout(), s.Stderr())
@@ -138,8 +140,8 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	}
 }
 
-// URL is the server's base URL.
-func (s *Server) URL() string { return "http://" + s.Addr }
+// URL is the server's base URL: http://, or https:// when it serves TLS.
+func (s *Server) URL() string { return s.scheme + "://" + s.Addr }
 
 // PID is the server's process id.
 func (s *Server) PID() int { return s.cmd.Process.Pid }
