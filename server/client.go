@@ -64,5 +64,6 @@ func (s *Server) sync(ctx context.Context, req *connect.Request[dalvv1.SyncReque
 		Batch:        m.GetBatch(),
 		Ops:          m.GetOps(),
 		ResetHorizon: m.GetResetHorizon(),
+		Claims:       claims.Raw,
 	})
 }
