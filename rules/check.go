@@ -276,3 +276,21 @@ func jsonschemaDoc(b []byte) (any, error) {
 func jsonschemaUnmarshal(b []byte) (any, error) {
 	return jsonschema.UnmarshalJSON(bytes.NewReader(b))
 }
+
+// CheckOp checks op on a key that holds old (nil when absent): it works out
+// the value op leaves and checks the write as Check does. An op the value
+// does not allow (a list op on a scalar) returns value's error.
+func (s *Set) CheckOp(op *dalvv1.Op, old *dalvv1.Value, writer Writer, user string, claims map[string]any) error {
+	next, changed, err := value.Apply(old, op)
+	if err != nil {
+		return err
+	}
+	if !changed {
+		next = old
+	}
+	w := Write{Key: op.GetKey(), Op: op.GetKind(), Old: old, New: next, Writer: writer, User: user, Claims: claims}
+	if op.GetKind() == dalvv1.OpKind_OP_KIND_LIST_ADD {
+		w.Element = op.GetValue().GetScalar()
+	}
+	return s.Check(w)
+}

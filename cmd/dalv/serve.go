@@ -15,11 +15,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/dalvdb/dalv/auth"
 	"github.com/dalvdb/dalv/engine"
 	"github.com/dalvdb/dalv/internal/devsecret"
+	"github.com/dalvdb/dalv/rules"
 	"github.com/dalvdb/dalv/server"
 	"github.com/dalvdb/dalv/store"
 	"github.com/dalvdb/dalv/store/pebble"
@@ -51,6 +53,8 @@ type serveFlags struct {
 	logLevel, logForm string
 	pprofAddr         string
 	tokens            tokenFlags
+	rulesFile         string
+	rulesPoll         time.Duration
 }
 
 func newServeCmd() *cobra.Command {
@@ -112,6 +116,8 @@ optional: set, it keeps HS256 tokens working beside them.`,
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logForm, "log-format", "text", "text or json")
 	f.tokens.register(fl)
+	fl.StringVar(&f.rulesFile, "rules", "", "write rules file (YAML or JSON): every write is checked against it; reloaded on SIGHUP and when the file changes (see dalv rules check)")
+	fl.DurationVar(&f.rulesPoll, "rules-poll", defaultRulesPoll, "with --rules: how often the rules file's modification time is looked at")
 	fl.StringVar(&f.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this separate address (off by default; never expose it)")
 	return cmd
 }
@@ -151,6 +157,14 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 	if cmd.Flags().Changed("system-prefix") {
 		prefixes = f.systemPrefixes
 	}
+	var ruleSet *rules.Set
+	var rulesInfo os.FileInfo
+	if f.rulesFile != "" {
+		if ruleSet, rulesInfo, err = loadRules(f.rulesFile); err != nil {
+			return err
+		}
+	}
+	reg := prometheus.NewRegistry()
 
 	st, where, err := openStore(ctx, f, log)
 	if err != nil {
@@ -184,9 +198,16 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 		StreamWriteTimeout:  f.streamWrite,
 		StreamPageBytes:     f.streamPageBytes,
 		Logger:              log,
+		Rules:               ruleSet,
+		Registry:            reg,
 	})
 	if err != nil {
 		return err
+	}
+	if ruleSet != nil {
+		rl := newRulesReloader(f.rulesFile, ruleSet, rulesInfo, srv.SetRules, reg, log)
+		go rl.run(ctx, f.rulesPoll)
+		log.Info("write rules in force", "file", f.rulesFile, "hash", ruleSet.Hash())
 	}
 	if f.pprofAddr != "" {
 		stopPprof, err := servePprof(ctx, cmd, f.pprofAddr, log)
@@ -375,6 +396,9 @@ func (f serveFlags) validate() error {
 	}
 	if f.heartbeat <= 0 {
 		return fmt.Errorf("--heartbeat %v: must be positive", f.heartbeat)
+	}
+	if f.rulesPoll <= 0 {
+		return fmt.Errorf("--rules-poll %v: must be positive", f.rulesPoll)
 	}
 	if f.streamWrite <= 0 {
 		return fmt.Errorf("--stream-write-timeout %v: must be positive", f.streamWrite)
