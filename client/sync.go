@@ -81,7 +81,7 @@ func (r *Replica) push(ctx context.Context) (caughtUp bool, err error) {
 		}
 		base := r.sentBase(b)
 		r.sentSeq = b.seq
-		resp, err := r.rpcSync(ctx, &dalvv1.SyncRequest{DeviceId: r.deviceID, BaseVersion: base, Batch: b.no, Ops: b.ops})
+		resp, err := r.syncChecked(ctx, b, &dalvv1.SyncRequest{DeviceId: r.deviceID, BaseVersion: base, Batch: b.no, Ops: b.ops})
 		if err != nil {
 			if handled, err := r.refused(ctx, b, err); handled || err != nil {
 				if err != nil {

@@ -39,10 +39,5 @@ func (c *writeCheck) op(op *dalvv1.Op, old, next *dalvv1.Value) error {
 	if c == nil {
 		return nil
 	}
-	w := rules.Write{Key: op.GetKey(), Op: op.GetKind(), Old: old, New: next,
-		Writer: c.writer, User: c.user, Claims: c.claims}
-	if op.GetKind() == dalvv1.OpKind_OP_KIND_LIST_ADD {
-		w.Element = op.GetValue().GetScalar()
-	}
-	return c.set.Check(w)
+	return c.set.Check(rules.NewWrite(op, old, next, c.writer, c.user, c.claims))
 }

@@ -32,6 +32,10 @@ type Write struct {
 	User string
 	// Claims are the writer's token claims, empty for backends.
 	Claims map[string]any
+	// ClaimsUnknown says the claims are not known (a device checking its
+	// own write before queuing it): a check whose outcome depends on them
+	// passes, and the server decides.
+	ClaimsUnknown bool
 }
 
 // Check reports whether the rules allow w: nil, or an *Error wrapping
@@ -151,7 +155,18 @@ func (r *rule) evalCheck(w Write) error {
 		"old":    celValue(w.Old),
 		"claims": celClaims(w.Claims),
 	}
-	out, _, err := r.prog.Eval(vars)
+	var act any = vars
+	if w.ClaimsUnknown {
+		pv, err := cel.PartialVars(vars, cel.AttributePattern("claims"))
+		if err != nil {
+			return r.refuse(w, ErrInvalid, "check failed to evaluate: %v", err)
+		}
+		act = pv
+	}
+	out, _, err := r.prog.Eval(act)
+	if types.IsUnknown(out) {
+		return nil // it depends on the claims: the server decides
+	}
 	if err != nil {
 		return r.refuse(w, ErrInvalid, "check failed to evaluate: %v", err)
 	}
@@ -180,7 +195,7 @@ func compileCheck(env *cel.Env, src string) (cel.Program, error) {
 	if !ast.OutputType().IsExactType(cel.BoolType) {
 		return nil, fmt.Errorf("it is a %s, not a bool; compare explicitly (e.g. value.ok == true)", ast.OutputType())
 	}
-	return env.Program(ast, cel.EvalOptions(cel.OptOptimize), cel.CostLimit(1_000_000))
+	return env.Program(ast, cel.EvalOptions(cel.OptOptimize, cel.OptPartialEval), cel.CostLimit(1_000_000))
 }
 
 // celValue is how a value reads in a check: null when absent; a scalar as
@@ -278,9 +293,9 @@ func jsonschemaUnmarshal(b []byte) (any, error) {
 }
 
 // CheckOp checks op on a key that holds old (nil when absent): it works out
-// the value op leaves and checks the write as Check does. An op the value
-// does not allow (a list op on a scalar) returns value's error.
-func (s *Set) CheckOp(op *dalvv1.Op, old *dalvv1.Value, writer Writer, user string, claims map[string]any) error {
+// the value op leaves and checks the write as CheckApplied does. An op the
+// value does not allow (a list op on a scalar) returns value's error.
+func (s *Set) CheckOp(op *dalvv1.Op, old *dalvv1.Value, by Writer, user string, claims map[string]any) error {
 	next, changed, err := value.Apply(old, op)
 	if err != nil {
 		return err
@@ -288,9 +303,15 @@ func (s *Set) CheckOp(op *dalvv1.Op, old *dalvv1.Value, writer Writer, user stri
 	if !changed {
 		next = old
 	}
-	w := Write{Key: op.GetKey(), Op: op.GetKind(), Old: old, New: next, Writer: writer, User: user, Claims: claims}
+	return s.Check(NewWrite(op, old, next, by, user, claims))
+}
+
+// NewWrite is the Write of op, which takes its key from old to next (nil
+// when absent), by a writer to user's partition.
+func NewWrite(op *dalvv1.Op, old, next *dalvv1.Value, by Writer, user string, claims map[string]any) Write {
+	w := Write{Key: op.GetKey(), Op: op.GetKind(), Old: old, New: next, Writer: by, User: user, Claims: claims}
 	if op.GetKind() == dalvv1.OpKind_OP_KIND_LIST_ADD {
 		w.Element = op.GetValue().GetScalar()
 	}
-	return s.Check(w)
+	return w
 }

@@ -54,6 +54,7 @@ type rulesReloader struct {
 	failures prometheus.Counter
 	reloads  prometheus.Counter
 	seen     os.FileInfo
+	hup      chan os.Signal
 }
 
 func newRulesReloader(path string, s *rules.Set, fi os.FileInfo, apply func(*rules.Set), reg prometheus.Registerer, log *slog.Logger) *rulesReloader {
@@ -70,13 +71,15 @@ func newRulesReloader(path string, s *rules.Set, fi os.FileInfo, apply func(*rul
 	}
 	reg.MustRegister(r.info, r.failures, r.reloads)
 	r.info.WithLabelValues(s.Hash()).Set(1)
+	// SIGHUP is caught from here on, so it never ends the server.
+	r.hup = make(chan os.Signal, 1)
+	signal.Notify(r.hup, syscall.SIGHUP)
 	return r
 }
 
 // run reloads until ctx ends.
 func (r *rulesReloader) run(ctx context.Context, poll time.Duration) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
+	hup := r.hup
 	defer signal.Stop(hup)
 	t := time.NewTicker(poll)
 	defer t.Stop()
