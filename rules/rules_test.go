@@ -286,3 +286,37 @@ func TestHashAndSource(t *testing.T) {
 		t.Fatal("rules from Source lost the check")
 	}
 }
+
+func TestClaimsUnknown(t *testing.T) {
+	t.Parallel()
+	s := mustParse(t, shop)
+	// A device checking locally does not know its claims: the check that
+	// reads them is left to the server, the rest still applies.
+	w := put("inbox/u1", `"hi"`)
+	w.ClaimsUnknown = true
+	if err := s.Check(w); err != nil {
+		t.Fatalf("a check on unknown claims refused: %v", err)
+	}
+	w = put("inbox/u2", `"hi"`)
+	w.ClaimsUnknown = true
+	wantRefused(t, s.Check(w), ErrInvalid, "inbox/*", "check is false")
+	w = put("cart/qty/a", "100")
+	w.ClaimsUnknown = true
+	wantRefused(t, s.Check(w), ErrInvalid, "cart/qty/*", "check is false")
+}
+
+// BenchmarkCheck is the cost of checking one PUT against a rule with a
+// schema and a CEL check.
+func BenchmarkCheck(b *testing.B) {
+	s, err := Parse([]byte(shop))
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := put("profile", `{"name":"Ann","createdAt":1}`)
+	w.Old = value.Scalar([]byte(`{"name":"A","createdAt":1}`))
+	for b.Loop() {
+		if err := s.Check(w); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
