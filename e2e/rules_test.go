@@ -18,6 +18,7 @@ import (
 	"github.com/dalvdb/dalv/client"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+	"github.com/dalvdb/dalv/internal/pgtest"
 	"github.com/dalvdb/dalv/internal/proc"
 	"github.com/dalvdb/dalv/rules"
 )
@@ -136,10 +137,23 @@ func partitionVersion(t *testing.T, b dalvv1connect.BackendServiceClient, user, 
 
 func TestRulesShop(t *testing.T) {
 	t.Parallel()
+	runRulesShop(t, func(args ...string) *proc.Server { return startServer(t, args...) })
+}
+
+// TestRulesShopPostgres is TestRulesShop on a node over PostgreSQL.
+func TestRulesShopPostgres(t *testing.T) {
+	t.Parallel()
+	runRulesShop(t, func(args ...string) *proc.Server {
+		nodes, _ := pgNodes(t, pgtest.Server(t), 1, args...)
+		return nodes[0]
+	})
+}
+
+func runRulesShop(t *testing.T, start func(args ...string) *proc.Server) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "rules.yaml")
 	writeRules(t, file, shopRules)
-	srv := startServer(t, "--rules", file, "--rules-poll", "50ms", "--system-prefix", "internal/", "--shared", "catalog")
+	srv := start("--rules", file, "--rules-poll", "50ms", "--system-prefix", "internal/", "--shared", "catalog")
 	b := backendClient(t, srv)
 	commit := func(user, shared string, o ...*dalvv1.Op) error {
 		_, err := b.Commit(ctx(t), connect.NewRequest(&dalvv1.CommitRequest{User: user, Shared: shared, Ops: o}))
