@@ -48,6 +48,11 @@ func (c *config) checkRules(op *Op, cur, next *Value) error {
 // refusal the server would give, so the batch is set aside and reported as
 // a server refusal is, never sent and never silently dropped.
 func (r *Replica) syncChecked(ctx context.Context, b *batch, req *dalvv1.SyncRequest) (*dalvv1.SyncResponse, error) {
+	// The token's first use fetches the server's config, and with it the
+	// rules in force; a verified token costs nothing here.
+	if err := r.withToken(ctx, func(context.Context, string) error { return nil }); err != nil {
+		return nil, err
+	}
 	if err := r.rulesRefusal(b); err != nil {
 		code := connect.CodeInvalidArgument
 		if errors.Is(err, rules.ErrPermission) {

@@ -270,6 +270,8 @@ func (r *Replica) refused(ctx context.Context, b *batch, err error) (handled boo
 	case connect.CodePermissionDenied, connect.CodeFailedPrecondition:
 		r.forgetVerified() // the domains may have changed: fetch them again
 	case connect.CodeInvalidArgument:
+		// The server's write rules may have changed: fetch them again.
+		r.forgetVerified()
 		// The server may have lost data and be behind the device's base
 		// version; then the device resyncs and sends the batch again.
 		perr := r.pull(ctx, "")

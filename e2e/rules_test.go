@@ -235,9 +235,27 @@ func runRulesShop(t *testing.T, start func(args ...string) *proc.Server) {
 		}
 	}
 
-	// A queued write the tightened rules refuse is set aside and reported.
+	// A queued write the tightened rules refuse is set aside and reported:
+	// by the server for r, which sends it under the rules it knew; by the
+	// SDK itself for r2, which is reopened and fetches the new rules before
+	// sending.
 	if err := r.Update(func(tx *client.Tx) error { return tx.Put("cart/qty/sku5", []byte("50")) }); err != nil {
 		t.Fatalf("queue 50 under the old rules: %v", err)
+	}
+	r2path := filepath.Join(dir, "ann2.dalv")
+	r2opts := client.Options{ServerURL: srv.URL(), TokenSource: func(context.Context) (string, error) { return token(t, "ann"), nil }}
+	r2, err := client.Open(r2path, r2opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.Sync(ctx(t)); err != nil {
+		t.Fatalf("r2 sync: %v", err)
+	}
+	if err := r2.Update(func(tx *client.Tx) error { return tx.Put("cart/qty/sku6", []byte("50")) }); err != nil {
+		t.Fatalf("r2 queue 50 under the old rules: %v", err)
+	}
+	if err := r2.Close(); err != nil {
+		t.Fatal(err)
 	}
 	oldHash := rulesHash(t, d)
 	writeRules(t, file, strings.Replace(shopRules, "value <= 99", "value <= 10", 1))
@@ -270,6 +288,25 @@ func runRulesShop(t *testing.T, start func(args ...string) *proc.Server) {
 	}
 	if !found {
 		t.Fatalf("the queued write the new rules refuse was not set aside: %v", refused)
+	}
+	if r2, err = client.Open(r2path, r2opts); err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	if err := r2.Sync(ctx(t)); err != nil {
+		t.Fatalf("r2 sync after reload: %v", err)
+	}
+	refused, err = r2.Refused()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The SDK's refusal starts with the write it refuses; the server's
+	// does not.
+	if len(refused) != 1 || !strings.HasPrefix(refused[0].Message, `write "cart/qty/sku6": key "cart/qty/sku6" refused by rule "cart/qty/*"`) || refused[0].Code != "invalid_argument" {
+		t.Fatalf("r2's queued write was not set aside by the SDK's check: %+v", refused)
+	}
+	if _, err := r2.Get("cart/qty/sku6"); !errors.Is(err, client.ErrNotFound) {
+		t.Fatalf("r2 still shows the refused write: %v", err)
 	}
 
 	// A broken file is refused and the rules in force stay.
