@@ -8,10 +8,20 @@ import (
 
 // SetRules replaces the write rules every later sync and commit is checked
 // against; nil means no rules (only the system prefixes restrict writes).
-// Syncs and commits under way keep the rules they started with.
-func (e *Engine) SetRules(s *rules.Set) { e.rules.Store(s) }
+// The system prefixes that end in "/" become rules of their own (writer:
+// backend) beside s's; the prefix check still runs first. Syncs and commits
+// under way keep the rules they started with.
+func (e *Engine) SetRules(s *rules.Set) {
+	if s != nil {
+		if withSys, err := s.WithSystemPrefixes(e.sys); err == nil {
+			s = withSys
+		}
+	}
+	e.rules.Store(s)
+}
 
-// Rules returns the write rules in force, nil when there are none.
+// Rules returns the write rules in force, the system prefixes' among them;
+// nil when there are none.
 func (e *Engine) Rules() *rules.Set { return e.rules.Load() }
 
 // writeCheck checks each op of one sync or commit against the rules, with

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 
@@ -92,6 +93,7 @@ type Set struct {
 	rules         []*rule // in file order
 	source        []byte  // canonical JSON form
 	hash          string
+	spec          fileSpec
 }
 
 type rule struct {
@@ -408,6 +410,7 @@ func compile(spec fileSpec, lines []map[string]int) (*Set, error) {
 		return nil, fmt.Errorf("rules: encode: %w", err)
 	}
 	s.source = src
+	s.spec = spec
 	sum := sha256.Sum256(src)
 	s.hash = hex.EncodeToString(sum[:])
 	// Most specific first, so lookup takes the first match.
@@ -494,6 +497,34 @@ func (r *rule) matches(key string) bool {
 		}
 	}
 	return false
+}
+
+// WithSystemPrefixes returns s with a rule "P**" (writer: backend) added
+// for each system prefix P that ends in "/" and for which s has no rule of
+// that pattern, so that the rules say what the prefixes mean and devices
+// that know only the rules refuse those keys too. Other prefixes cannot be
+// written as a pattern and are left to the prefix check.
+func (s *Set) WithSystemPrefixes(prefixes []string) (*Set, error) {
+	spec := s.spec
+	spec.Rules = slices.Clone(spec.Rules)
+	have := make(map[string]bool, len(spec.Rules))
+	for _, r := range spec.Rules {
+		have[r.Match] = true
+	}
+	added := false
+	for _, p := range prefixes {
+		m := p + "**"
+		if !strings.HasSuffix(p, "/") || strings.Contains(p, "*") || have[m] {
+			continue
+		}
+		have[m] = true
+		spec.Rules = append(spec.Rules, ruleSpec{Match: m, Writer: string(Backend)})
+		added = true
+	}
+	if !added {
+		return s, nil
+	}
+	return compile(spec, make([]map[string]int, len(spec.Rules)))
 }
 
 // Hash is the hex SHA-256 of the rules' canonical JSON form: equal rules

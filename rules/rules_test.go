@@ -320,3 +320,26 @@ func BenchmarkCheck(b *testing.B) {
 		}
 	}
 }
+
+func TestWithSystemPrefixes(t *testing.T) {
+	t.Parallel()
+	s := mustParse(t, "rules:\n  - match: \"prefs/*\"\n  - match: \"internal/**\"\n    writer: backend\n    kind: json\n")
+	w, err := s.WithSystemPrefixes([]string{"sys/", "internal/", "legacy."})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := w.Rule("sys/orders/1"); got != "sys/**" {
+		t.Fatalf("sys/orders/1 is governed by %q, want sys/**", got)
+	}
+	wantRefused(t, w.Check(put("sys/orders/1", "1")), ErrPermission, "sys/**", "only backends")
+	// A rule of the same pattern is kept as written.
+	b := put("internal/x", "not json")
+	b.Writer = Backend
+	wantRefused(t, w.Check(b), ErrInvalid, "internal/**", "not JSON")
+	if w.Hash() == s.Hash() || !strings.Contains(string(w.Source()), `"sys/**"`) {
+		t.Fatalf("the prefix rule is not in the source: %s", w.Source())
+	}
+	if same, _ := s.WithSystemPrefixes([]string{"legacy."}); same != s {
+		t.Fatal("a prefix that is no pattern changed the rules")
+	}
+}

@@ -9,6 +9,13 @@ import (
 // rules file is reloaded.
 func (s *Server) SetRules(r *rules.Set) { s.eng.SetRules(r) }
 
+// RulesHash is the hash of the write rules in force, the system prefixes'
+// among them (what GetConfig tells devices); empty when there are none.
+func (s *Server) RulesHash() string {
+	h, _ := s.rulesConfig()
+	return h
+}
+
 // rulesConfig is what GetConfig says of the rules in force: their hash and
 // their JSON form, both empty when there are none.
 func (s *Server) rulesConfig() (hash, source string) {

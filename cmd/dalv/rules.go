@@ -50,6 +50,7 @@ type rulesReloader struct {
 	path     string
 	log      *slog.Logger
 	apply    func(*rules.Set)
+	hash     func() string // of the rules in force
 	info     *prometheus.GaugeVec
 	failures prometheus.Counter
 	reloads  prometheus.Counter
@@ -57,8 +58,8 @@ type rulesReloader struct {
 	hup      chan os.Signal
 }
 
-func newRulesReloader(path string, s *rules.Set, fi os.FileInfo, apply func(*rules.Set), reg prometheus.Registerer, log *slog.Logger) *rulesReloader {
-	r := &rulesReloader{path: path, log: log, apply: apply, seen: fi,
+func newRulesReloader(path string, fi os.FileInfo, apply func(*rules.Set), hash func() string, reg prometheus.Registerer, log *slog.Logger) *rulesReloader {
+	r := &rulesReloader{path: path, log: log, apply: apply, hash: hash, seen: fi,
 		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "dalv_rules_info", Help: "1 for the hash of the write rules in force.",
 		}, []string{"hash"}),
@@ -70,7 +71,7 @@ func newRulesReloader(path string, s *rules.Set, fi os.FileInfo, apply func(*rul
 		}),
 	}
 	reg.MustRegister(r.info, r.failures, r.reloads)
-	r.info.WithLabelValues(s.Hash()).Set(1)
+	r.info.WithLabelValues(hash()).Set(1)
 	// SIGHUP is caught from here on, so it never ends the server.
 	r.hup = make(chan os.Signal, 1)
 	signal.Notify(r.hup, syscall.SIGHUP)
@@ -116,8 +117,8 @@ func (r *rulesReloader) reload(why string) {
 	r.apply(s)
 	r.reloads.Inc()
 	r.info.Reset()
-	r.info.WithLabelValues(s.Hash()).Set(1)
-	r.log.Info("rules reloaded", "why", why, "hash", s.Hash())
+	r.info.WithLabelValues(r.hash()).Set(1)
+	r.log.Info("rules reloaded", "why", why, "hash", r.hash())
 }
 
 func newRulesCmd() *cobra.Command {

@@ -205,9 +205,9 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 		return err
 	}
 	if ruleSet != nil {
-		rl := newRulesReloader(f.rulesFile, ruleSet, rulesInfo, srv.SetRules, reg, log)
+		rl := newRulesReloader(f.rulesFile, rulesInfo, srv.SetRules, srv.RulesHash, reg, log)
 		go rl.run(ctx, f.rulesPoll)
-		log.Info("write rules in force", "file", f.rulesFile, "hash", ruleSet.Hash())
+		log.Info("write rules in force", "file", f.rulesFile, "hash", srv.RulesHash())
 	}
 	if f.pprofAddr != "" {
 		stopPprof, err := servePprof(ctx, cmd, f.pprofAddr, log)
