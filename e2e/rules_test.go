@@ -110,9 +110,15 @@ var deviceRuleCases = []ruleCase{
 	{"unmatched", opPut("notes/1", "anything"), "ok", ""},
 }
 
+// writeRules replaces the rules file at path in one rename, so the server's
+// polling never reads it half written.
 func writeRules(t *testing.T, path, src string) {
 	t.Helper()
-	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
 	}
 }
