@@ -11,7 +11,6 @@ import (
 
 	"github.com/google/cel-go/cel"
 	"github.com/google/cel-go/common/types"
-	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/value"
@@ -97,16 +96,31 @@ func (r *rule) check(w Write) error {
 			return r.refuse(w, ErrInvalid, "the list holds %d items, over max_items %d", n, r.maxItems)
 		}
 	}
-	if r.kind == KindJSON && !json.Valid(w.New.GetScalar()) {
+	// A scalar is decoded once, for the kind, the schema and the check.
+	var doc any
+	var docErr error
+	if !isList && (r.kind == KindJSON || r.schema != nil || r.prog != nil) {
+		doc, docErr = decodeJSON(w.New.GetScalar())
+	}
+	if r.kind == KindJSON && docErr != nil {
 		return r.refuse(w, ErrInvalid, "the value is not JSON (kind: json)")
 	}
 	if r.schema != nil {
-		if err := r.validateSchema(w); err != nil {
+		if err := r.validateSchema(w, doc, docErr); err != nil {
 			return err
 		}
 	}
 	if r.prog != nil {
-		return r.evalCheck(w)
+		var v any
+		switch {
+		case isList:
+			v = celValue(w.New)
+		case docErr == nil:
+			v = doc
+		default:
+			v = celScalarText(w.New.GetScalar())
+		}
+		return r.evalCheck(w, v)
 	}
 	return nil
 }
@@ -114,9 +128,8 @@ func (r *rule) check(w Write) error {
 // validateSchema checks a json value, or a list's elements: only the
 // element added for LIST_ADD (the others passed when they were added), all
 // of them for a PUT.
-func (r *rule) validateSchema(w Write) error {
-	one := func(b []byte, what string) error {
-		doc, err := jsonschemaDoc(b)
+func (r *rule) validateSchema(w Write, doc any, docErr error) error {
+	validate := func(doc any, err error, what string) error {
 		if err != nil {
 			return r.refuse(w, ErrInvalid, "%s is not JSON: %v", what, err)
 		}
@@ -125,8 +138,12 @@ func (r *rule) validateSchema(w Write) error {
 		}
 		return nil
 	}
+	one := func(b []byte, what string) error {
+		doc, err := decodeJSON(b)
+		return validate(doc, err, what)
+	}
 	if !value.IsList(w.New) {
-		return one(w.New.GetScalar(), "the value")
+		return validate(doc, docErr, "the value")
 	}
 	if w.Op == dalvv1.OpKind_OP_KIND_LIST_ADD {
 		return one(w.Element, "the element")
@@ -147,11 +164,11 @@ func schemaReason(err error) string {
 	return strings.Join(strings.Fields(err.Error()), " ")
 }
 
-func (r *rule) evalCheck(w Write) error {
+func (r *rule) evalCheck(w Write, val any) error {
 	vars := map[string]any{
 		"key":    w.Key,
 		"user":   w.User,
-		"value":  celValue(w.New),
+		"value":  val,
 		"old":    celValue(w.Old),
 		"claims": celClaims(w.Claims),
 	}
@@ -221,6 +238,11 @@ func celScalar(b []byte) any {
 	if x, err := decodeJSON(b); err == nil {
 		return x
 	}
+	return celScalarText(b)
+}
+
+// celScalarText is a scalar that is not JSON as a check reads it.
+func celScalarText(b []byte) any {
 	if utf8.Valid(b) {
 		return string(b)
 	}
@@ -254,8 +276,6 @@ func decodeJSON(b []byte) (any, error) {
 
 func normalize(x any) any {
 	switch v := x.(type) {
-	case nil:
-		return types.NullValue
 	case json.Number:
 		if i, err := v.Int64(); err == nil {
 			return i
@@ -282,14 +302,6 @@ func normalize(x any) any {
 	default:
 		return v
 	}
-}
-
-func jsonschemaDoc(b []byte) (any, error) {
-	return jsonschemaUnmarshal(b)
-}
-
-func jsonschemaUnmarshal(b []byte) (any, error) {
-	return jsonschema.UnmarshalJSON(bytes.NewReader(b))
 }
 
 // CheckOp checks op on a key that holds old (nil when absent): it works out
