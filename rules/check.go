@@ -19,13 +19,17 @@ import (
 // Write is one op to check: what the key held before it (Old, nil when
 // absent) and after it (New, nil when deleted), who writes it and for whom.
 type Write struct {
+	// Key is the key written.
 	Key string
 	// Op is the op's kind; for LIST_ADD, Element is the element added.
 	Op      dalvv1.OpKind
 	Element []byte
-	Old     *dalvv1.Value
-	New     *dalvv1.Value
-	Writer  Writer
+	// Old is what the key held before the op, nil when absent.
+	Old *dalvv1.Value
+	// New is what the key holds after the op, nil when absent.
+	New *dalvv1.Value
+	// Writer is who writes.
+	Writer Writer
 	// User is the partition's user id (a shared partition's name for
 	// backend writes to it).
 	User string

@@ -59,8 +59,11 @@ const (
 // pattern, or "default: refuse") and what failed. It wraps ErrPermission or
 // ErrInvalid.
 type Error struct {
-	Key    string
-	Rule   string
+	// Key is the key written.
+	Key string
+	// Rule is the governing rule's match pattern, or "default: refuse".
+	Rule string
+	// Reason says what failed.
 	Reason string
 	kind   error
 }
@@ -75,7 +78,8 @@ func (e *Error) Unwrap() error { return e.kind }
 // CompileError is one problem in a rules file, at a line of it.
 type CompileError struct {
 	// Line is the 1-based line of the file, 0 when unknown.
-	Line   int
+	Line int
+	// Reason says what is wrong, naming the rule.
 	Reason string
 }
 
