@@ -20,6 +20,7 @@ import (
 	"github.com/dalvdb/dalv/engine"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+	"github.com/dalvdb/dalv/rules"
 )
 
 // Value is what a key holds: a scalar (opaque bytes) or a list (an ordered
@@ -101,6 +102,7 @@ type config struct {
 	maxRequestBytes int
 	user            string
 	known           bool
+	rules           *rules.Set // the server's write rules; nil when none
 }
 
 func defaultConfig() config {
@@ -127,6 +129,7 @@ func configFrom(m *dalvv1.GetConfigResponse) config {
 	set(&c.maxRequestBytes, m.GetMaxRequestBytes())
 	c.user = m.GetUser()
 	c.known = true
+	c.rules = compiledRules(m)
 	return c
 }
 

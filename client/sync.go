@@ -81,7 +81,7 @@ func (r *Replica) push(ctx context.Context) (caughtUp bool, err error) {
 		}
 		base := r.sentBase(b)
 		r.sentSeq = b.seq
-		resp, err := r.rpcSync(ctx, &dalvv1.SyncRequest{DeviceId: r.deviceID, BaseVersion: base, Batch: b.no, Ops: b.ops})
+		resp, err := r.syncChecked(ctx, b, &dalvv1.SyncRequest{DeviceId: r.deviceID, BaseVersion: base, Batch: b.no, Ops: b.ops})
 		if err != nil {
 			if handled, err := r.refused(ctx, b, err); handled || err != nil {
 				if err != nil {
@@ -270,6 +270,8 @@ func (r *Replica) refused(ctx context.Context, b *batch, err error) (handled boo
 	case connect.CodePermissionDenied, connect.CodeFailedPrecondition:
 		r.forgetVerified() // the domains may have changed: fetch them again
 	case connect.CodeInvalidArgument:
+		// The server's write rules may have changed: fetch them again.
+		r.forgetVerified()
 		// The server may have lost data and be behind the device's base
 		// version; then the device resyncs and sends the batch again.
 		perr := r.pull(ctx, "")

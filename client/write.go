@@ -157,6 +157,9 @@ func (tx *Tx) add(op *Op) error {
 	if n := value.Size(next); n > tx.cfg.lim.MaxValueBytes {
 		return fmt.Errorf("write %q: %w: the key would hold %d bytes, over the value limit of %d bytes", key, ErrLimit, n, tx.cfg.lim.MaxValueBytes)
 	}
+	if err := tx.cfg.checkRules(op, cur, next); err != nil {
+		return err
+	}
 	if tx.vals == nil {
 		tx.vals = make(map[string]*Value)
 	}

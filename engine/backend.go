@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/rules"
 	"github.com/dalvdb/dalv/store"
 	"github.com/dalvdb/dalv/value"
 )
@@ -84,7 +85,7 @@ func (e *Engine) Commit(ctx context.Context, p store.Partition, ops []*dalvv1.Op
 		if err != nil {
 			return nil, err
 		}
-		c, own, err := e.apply(ks, head.Version+1, ops)
+		c, own, err := e.apply(ks, head.Version+1, ops, e.writeCheck(p, rules.Backend, nil))
 		if err != nil {
 			return nil, err
 		}

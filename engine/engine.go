@@ -14,11 +14,13 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/rules"
 	"github.com/dalvdb/dalv/store"
 	"github.com/dalvdb/dalv/value"
 )
@@ -64,6 +66,8 @@ type Engine struct {
 	lim Limits
 	now func() time.Time
 	on  func(CommitInfo)
+	// rules are the write rules in force; nil means none.
+	rules atomic.Pointer[rules.Set]
 }
 
 // New returns an Engine for cfg. It does not modify cfg.
@@ -108,6 +112,8 @@ type SyncRequest struct {
 	Batch        uint64
 	Ops          []*dalvv1.Op
 	ResetHorizon uint64
+	// Claims are the device token's claims, which write rules may read.
+	Claims map[string]any
 }
 
 // Sync runs a device's sync: idempotency, authorisation, conflict check, an
@@ -171,7 +177,7 @@ func (e *Engine) Sync(ctx context.Context, req SyncRequest) (*dalvv1.SyncRespons
 			return nil, e.collect(r, head, req.BaseVersion, req.ResetHorizon, nil, e.lim.MaxResponseBytes, resp)
 		}
 		// 4. Apply.
-		c, own, err := e.apply(ks, head.Version+1, req.Ops)
+		c, own, err := e.apply(ks, head.Version+1, req.Ops, e.writeCheck(req.Partition, rules.Device, req.Claims))
 		if err != nil {
 			return nil, err
 		}
@@ -334,7 +340,7 @@ func conflicts(ks *keyStates, head store.Head, base uint64, ops []*dalvv1.Op) []
 
 // apply runs ops over ks and returns the commit at version, and the keys it
 // changes.
-func (e *Engine) apply(ks *keyStates, version uint64, ops []*dalvv1.Op) (*store.Commit, []*keyState, error) {
+func (e *Engine) apply(ks *keyStates, version uint64, ops []*dalvv1.Op, chk *writeCheck) (*store.Commit, []*keyState, error) {
 	for _, op := range ops {
 		s := ks.get(op.GetKey())
 		next, changed, err := value.Apply(s.val, op)
@@ -343,6 +349,13 @@ func (e *Engine) apply(ks *keyStates, version uint64, ops []*dalvv1.Op) (*store.
 				return nil, nil, Errorf(ErrState, "%v", err)
 			}
 			return nil, nil, Errorf(ErrInvalid, "%v", err)
+		}
+		after := s.val
+		if changed {
+			after = next
+		}
+		if err := chk.op(op, s.val, after); err != nil {
+			return nil, nil, err
 		}
 		if changed {
 			s.val, s.changed = next, true

@@ -23,6 +23,7 @@ func (h *clientService) GetConfig(ctx context.Context, req *connect.Request[dalv
 		return nil, s.toConnect(req.Spec().Procedure, err)
 	}
 	lim := s.eng.Limits()
+	rulesHash, rulesSource := s.rulesConfig()
 	return connect.NewResponse(&dalvv1.GetConfigResponse{
 		SystemPrefixes:   s.eng.SystemPrefixes(),
 		SharedPartitions: s.readableShared(claims),
@@ -32,6 +33,8 @@ func (h *clientService) GetConfig(ctx context.Context, req *connect.Request[dalv
 		MaxRequestBytes:  uint32(s.cfg.MaxRequestBytes),
 		MaxResponseBytes: uint32(lim.MaxResponseBytes),
 		User:             claims.Subject,
+		RulesHash:        rulesHash,
+		Rules:            rulesSource,
 	}), nil
 }
 
@@ -64,5 +67,6 @@ func (s *Server) sync(ctx context.Context, req *connect.Request[dalvv1.SyncReque
 		Batch:        m.GetBatch(),
 		Ops:          m.GetOps(),
 		ResetHorizon: m.GetResetHorizon(),
+		Claims:       claims.Raw,
 	})
 }

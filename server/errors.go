@@ -8,6 +8,7 @@ import (
 
 	"github.com/dalvdb/dalv/auth"
 	"github.com/dalvdb/dalv/engine"
+	"github.com/dalvdb/dalv/rules"
 	"github.com/dalvdb/dalv/store"
 )
 
@@ -24,6 +25,8 @@ var codeTable = []struct {
 	{engine.ErrKeyReused, connect.CodeFailedPrecondition},
 	{engine.ErrChanged, connect.CodeAborted},
 	{engine.ErrOutOfRange, connect.CodeOutOfRange},
+	{rules.ErrPermission, connect.CodePermissionDenied},
+	{rules.ErrInvalid, connect.CodeInvalidArgument},
 	{errNotFound, connect.CodeNotFound},
 	{errRateLimited, connect.CodeResourceExhausted},
 	{errUnauthenticated, connect.CodeUnauthenticated},

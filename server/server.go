@@ -31,6 +31,7 @@ import (
 	"github.com/dalvdb/dalv/engine"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+	"github.com/dalvdb/dalv/rules"
 	"github.com/dalvdb/dalv/store"
 )
 
@@ -103,6 +104,9 @@ type Config struct {
 	TLS *tls.Config
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
+	// Rules are the write rules every sync and commit is checked against;
+	// nil means none. SetRules replaces them.
+	Rules *rules.Set
 	// Registry receives the metrics; nil makes a new one, served on /metrics.
 	Registry *prometheus.Registry
 	// Now is the clock; nil means time.Now.
@@ -256,6 +260,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.eng = eng
+	eng.SetRules(cfg.Rules)
 	if cfg.RateLimit > 0 {
 		s.limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -18,6 +19,7 @@ func newBenchCmd() *cobra.Command {
 	var (
 		cfg                   bench.Config
 		scenarios, serverArgs string
+		rulesFile             string
 		asJSON                bool
 		cpuProfile, store     string
 		caFile                string
@@ -65,6 +67,16 @@ give it --rate-limit -1 or the rate limit is what you measure.`,
 				return err
 			}
 			cfg.ServerArgs = strings.Fields(serverArgs)
+			if rulesFile != "" {
+				if cfg.URL != "" {
+					return errors.New("--rules starts the server with write rules; with --url, start that server with --rules instead")
+				}
+				abs, err := filepath.Abs(rulesFile)
+				if err != nil {
+					return err
+				}
+				cfg.ServerArgs = append(cfg.ServerArgs, "--rules", abs)
+			}
 			cfg.Progress = cmd.ErrOrStderr()
 			if cfg.URL != "" {
 				cfg.JWTSecret = os.Getenv("DALV_JWT_SECRET")
@@ -125,6 +137,7 @@ give it --rate-limit -1 or the rate limit is what you measure.`,
 	fl.IntVar(&cfg.IdleUsers, "idle-users", 0, fmt.Sprintf("users the idle watches are spread over (default %d, at most --idle-watchers)", bench.DefaultIdleUsers))
 	fl.StringVar(&scenarios, "scenario", "all", "comma-separated scenarios to run: sync, catchup, floor, storage, delivery, idle-watchers, or all")
 	fl.StringVar(&serverArgs, "server-args", "", `extra flags for dalv serve, space-separated (e.g. "--max-ops 10")`)
+	fl.StringVar(&rulesFile, "rules", "", "start dalv serve with this write rules file, to measure their CPU cost against a run without (bench/rules.yaml is one with a CEL check on the bench's keys)")
 	fl.BoolVar(&cfg.H2C, "h2c", false, "speak HTTP/2 without TLS over one connection instead of HTTP/1.1 with one per device")
 	fl.BoolVar(&cfg.Gzip, "gzip", false, "accept gzipped answers, as connect-go clients do by default")
 	fl.BoolVar(&asJSON, "json", false, "print the report as JSON")

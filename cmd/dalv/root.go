@@ -15,6 +15,6 @@ func newRootCmd() *cobra.Command {
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.AddCommand(newServeCmd(), newTokenCmd(), newBenchCmd(),
 		newGetCmd(), newListCmd(), newPutCmd(), newEraseCmd(), newWatchCmd(),
-		newExportCmd(), newImportCmd(), newVersionCmd())
+		newExportCmd(), newImportCmd(), newRulesCmd(), newVersionCmd())
 	return root
 }

@@ -16,11 +16,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/dalvdb/dalv/auth"
 	"github.com/dalvdb/dalv/engine"
 	"github.com/dalvdb/dalv/internal/devsecret"
+	"github.com/dalvdb/dalv/rules"
 	"github.com/dalvdb/dalv/server"
 	"github.com/dalvdb/dalv/store"
 	"github.com/dalvdb/dalv/store/pebble"
@@ -54,6 +56,8 @@ type serveFlags struct {
 	tokens            tokenFlags
 	tlsCert, tlsKey   string
 	tlsSelfSigned     bool
+	rulesFile         string
+	rulesPoll         time.Duration
 }
 
 func newServeCmd() *cobra.Command {
@@ -123,6 +127,8 @@ With --tls-cert and --tls-key it serves HTTPS (HTTP/2 and HTTP/1.1, TLS
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "serve HTTPS (HTTP/2 and HTTP/1.1, TLS 1.2 at least) with the certificate chain in this PEM `FILE`; reloaded when it changes or on SIGHUP")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "the private key (PEM `FILE`) of --tls-cert")
 	fl.BoolVar(&f.tlsSelfSigned, "tls-self-signed", false, "with --dev: serve HTTPS with a self-signed certificate for localhost kept in --data (generated on the first start), and print the file clients trust it by")
+	fl.StringVar(&f.rulesFile, "rules", "", "write rules file (YAML or JSON): every write is checked against it; reloaded on SIGHUP and when the file changes (see dalv rules check)")
+	fl.DurationVar(&f.rulesPoll, "rules-poll", defaultRulesPoll, "with --rules: how often the rules file's modification time is looked at")
 	fl.StringVar(&f.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this separate address (off by default; never expose it)")
 	return cmd
 }
@@ -167,6 +173,14 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 	if cmd.Flags().Changed("system-prefix") {
 		prefixes = f.systemPrefixes
 	}
+	var ruleSet *rules.Set
+	var rulesInfo os.FileInfo
+	if f.rulesFile != "" {
+		if ruleSet, rulesInfo, err = loadRules(f.rulesFile); err != nil {
+			return err
+		}
+	}
+	reg := prometheus.NewRegistry()
 
 	st, where, err := openStore(ctx, f, log)
 	if err != nil {
@@ -201,9 +215,16 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 		StreamPageBytes:     f.streamPageBytes,
 		TLS:                 tlsConf,
 		Logger:              log,
+		Rules:               ruleSet,
+		Registry:            reg,
 	})
 	if err != nil {
 		return err
+	}
+	if ruleSet != nil {
+		rl := newRulesReloader(f.rulesFile, rulesInfo, srv.SetRules, srv.RulesHash, reg, log)
+		go rl.run(ctx, f.rulesPoll)
+		log.Info("write rules in force", "file", f.rulesFile, "hash", srv.RulesHash())
 	}
 	if f.pprofAddr != "" {
 		stopPprof, err := servePprof(ctx, cmd, f.pprofAddr, log)
@@ -445,6 +466,9 @@ func (f serveFlags) validate() error {
 	}
 	if f.heartbeat <= 0 {
 		return fmt.Errorf("--heartbeat %v: must be positive", f.heartbeat)
+	}
+	if f.rulesPoll <= 0 {
+		return fmt.Errorf("--rules-poll %v: must be positive", f.rulesPoll)
 	}
 	if f.streamWrite <= 0 {
 		return fmt.Errorf("--stream-write-timeout %v: must be positive", f.streamWrite)

@@ -451,7 +451,14 @@ type GetConfigResponse struct {
 	MaxRequestBytes  uint32   `protobuf:"varint,6,opt,name=max_request_bytes,json=maxRequestBytes,proto3" json:"max_request_bytes,omitempty"`
 	MaxResponseBytes uint32   `protobuf:"varint,7,opt,name=max_response_bytes,json=maxResponseBytes,proto3" json:"max_response_bytes,omitempty"`
 	// The user id the server took from the caller's token.
-	User          string `protobuf:"bytes,8,opt,name=user,proto3" json:"user,omitempty"`
+	User string `protobuf:"bytes,8,opt,name=user,proto3" json:"user,omitempty"`
+	// The hex SHA-256 of the write rules in force; empty when the server has
+	// none. It changes when the rules are reloaded.
+	RulesHash string `protobuf:"bytes,9,opt,name=rules_hash,json=rulesHash,proto3" json:"rules_hash,omitempty"`
+	// The write rules in force, as a JSON rules file (what dalv serve --rules
+	// read, in canonical form); empty when the server has none. Devices check
+	// their writes against them before queuing.
+	Rules         string `protobuf:"bytes,10,opt,name=rules,proto3" json:"rules,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -538,6 +545,20 @@ func (x *GetConfigResponse) GetMaxResponseBytes() uint32 {
 func (x *GetConfigResponse) GetUser() string {
 	if x != nil {
 		return x.User
+	}
+	return ""
+}
+
+func (x *GetConfigResponse) GetRulesHash() string {
+	if x != nil {
+		return x.RulesHash
+	}
+	return ""
+}
+
+func (x *GetConfigResponse) GetRules() string {
+	if x != nil {
+		return x.Rules
 	}
 	return ""
 }
@@ -1660,7 +1681,7 @@ const file_dalv_v1_dalv_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\v2\x0e.dalv.v1.ValueR\x05value\x12\x18\n" +
 	"\adeleted\x18\x03 \x01(\bR\adeleted\x12\x18\n" +
 	"\aversion\x18\x04 \x01(\x04R\aversion\"\x12\n" +
-	"\x10GetConfigRequest\"\xbc\x02\n" +
+	"\x10GetConfigRequest\"\xf1\x02\n" +
 	"\x11GetConfigResponse\x12'\n" +
 	"\x0fsystem_prefixes\x18\x01 \x03(\tR\x0esystemPrefixes\x12+\n" +
 	"\x11shared_partitions\x18\x02 \x03(\tR\x10sharedPartitions\x12\"\n" +
@@ -1669,7 +1690,11 @@ const file_dalv_v1_dalv_proto_rawDesc = "" +
 	"\amax_ops\x18\x05 \x01(\rR\x06maxOps\x12*\n" +
 	"\x11max_request_bytes\x18\x06 \x01(\rR\x0fmaxRequestBytes\x12,\n" +
 	"\x12max_response_bytes\x18\a \x01(\rR\x10maxResponseBytes\x12\x12\n" +
-	"\x04user\x18\b \x01(\tR\x04user\"\xbf\x01\n" +
+	"\x04user\x18\b \x01(\tR\x04user\x12\x1d\n" +
+	"\n" +
+	"rules_hash\x18\t \x01(\tR\trulesHash\x12\x14\n" +
+	"\x05rules\x18\n" +
+	" \x01(\tR\x05rules\"\xbf\x01\n" +
 	"\vSyncRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12!\n" +
 	"\fbase_version\x18\x02 \x01(\x04R\vbaseVersion\x12\x14\n" +
