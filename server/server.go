@@ -30,6 +30,7 @@ import (
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 	"github.com/dalvdb/dalv/store"
+	"github.com/dalvdb/dalv/value"
 )
 
 // Config configures a Server. Zero fields take the documented defaults.
@@ -45,7 +46,7 @@ type Config struct {
 	// Shared are the shared partitions devices may read.
 	Shared []SharedPartition
 	// Limits are the engine's limits.
-	Limits engine.Limits
+	Limits value.Limits
 	// MaxRequestBytes bounds a request body (default 8 MiB).
 	MaxRequestBytes int
 	// BodyTimeout bounds the time from a request's headers to the end of
@@ -97,14 +98,13 @@ type SharedPartition struct {
 
 // Defaults.
 const (
-	DefaultMaxRequestBytes = 8 << 20
-	DefaultBodyTimeout     = 15 * time.Second
-	DefaultConnectionWait  = time.Second
-	DefaultRateLimit       = 1000
-	DefaultRetention       = 7 * 24 * time.Hour
-	DefaultDrainTimeout    = 10 * time.Second
-	DefaultWatchBuffer     = 64
-	DefaultHeartbeat       = 15 * time.Second
+	DefaultBodyTimeout    = 15 * time.Second
+	DefaultConnectionWait = time.Second
+	DefaultRateLimit      = 1000
+	DefaultRetention      = 7 * 24 * time.Hour
+	DefaultDrainTimeout   = 10 * time.Second
+	DefaultWatchBuffer    = 64
+	DefaultHeartbeat      = 15 * time.Second
 )
 
 // Server is a DalvDB server over one store.
@@ -132,7 +132,7 @@ func New(cfg Config) (*Server, error) {
 	cfg.SystemPrefixes = slices.Clone(cfg.SystemPrefixes)
 	cfg.Shared = slices.Clone(cfg.Shared)
 	if cfg.MaxRequestBytes <= 0 {
-		cfg.MaxRequestBytes = DefaultMaxRequestBytes
+		cfg.MaxRequestBytes = value.DefaultMaxRequestBytes
 	}
 	if cfg.BodyTimeout <= 0 {
 		cfg.BodyTimeout = DefaultBodyTimeout
@@ -178,7 +178,7 @@ func New(cfg Config) (*Server, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	for _, sp := range cfg.Shared {
-		if err := engine.ValidatePartitionName(sp.Name); err != nil {
+		if err := value.ValidatePartitionName(sp.Name); err != nil {
 			return nil, fmt.Errorf("shared partition %q: %w", sp.Name, err)
 		}
 		if _, dup := s.shared[sp.Name]; dup {

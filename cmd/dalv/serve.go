@@ -18,12 +18,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dalvdb/dalv/auth"
-	"github.com/dalvdb/dalv/engine"
 	"github.com/dalvdb/dalv/internal/devsecret"
 	"github.com/dalvdb/dalv/server"
 	"github.com/dalvdb/dalv/store"
 	"github.com/dalvdb/dalv/store/pebble"
 	"github.com/dalvdb/dalv/store/postgres"
+	"github.com/dalvdb/dalv/value"
 )
 
 type serveFlags struct {
@@ -31,7 +31,7 @@ type serveFlags struct {
 	dev               bool
 	systemPrefixes    []string
 	shared            []string
-	limits            engine.Limits
+	limits            value.Limits
 	maxRequestBytes   int
 	bodyTimeout       time.Duration
 	maxConnections    int
@@ -86,11 +86,11 @@ optional: set, it keeps HS256 tokens working beside them.`,
 	fl.BoolVar(&f.dev, "dev", false, "when DALV_JWT_SECRET or DALV_BACKEND_KEYS is unset, use development secrets kept in --data (generated on the first start), and print them")
 	fl.StringArrayVar(&f.systemPrefixes, "system-prefix", nil, `key prefix that is system-domain (backend-only); repeatable (default "sys/")`)
 	fl.StringArrayVar(&f.shared, "shared", nil, "shared partition NAME, or NAME=CLAIM:VALUE to let only tokens whose CLAIM holds VALUE read it; repeatable")
-	fl.IntVar(&f.limits.MaxKeyBytes, "max-key-bytes", engine.DefaultMaxKeyBytes, "largest key, in bytes")
-	fl.IntVar(&f.limits.MaxValueBytes, "max-value-bytes", engine.DefaultMaxValueBytes, "largest value, in bytes")
-	fl.IntVar(&f.limits.MaxOps, "max-ops", engine.DefaultMaxOps, "most ops in one sync or commit")
-	fl.IntVar(&f.limits.MaxResponseBytes, "max-response-bytes", engine.DefaultMaxResponseBytes, "largest answer; larger catch-ups come in pages")
-	fl.IntVar(&f.maxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes, "largest request body, in bytes")
+	fl.IntVar(&f.limits.MaxKeyBytes, "max-key-bytes", value.DefaultMaxKeyBytes, "largest key, in bytes")
+	fl.IntVar(&f.limits.MaxValueBytes, "max-value-bytes", value.DefaultMaxValueBytes, "largest value, in bytes")
+	fl.IntVar(&f.limits.MaxOps, "max-ops", value.DefaultMaxOps, "most ops in one sync or commit")
+	fl.IntVar(&f.limits.MaxResponseBytes, "max-response-bytes", value.DefaultMaxResponseBytes, "largest answer; larger catch-ups come in pages")
+	fl.IntVar(&f.maxRequestBytes, "max-request-bytes", value.DefaultMaxRequestBytes, "largest request body, in bytes")
 	fl.DurationVar(&f.bodyTimeout, "body-timeout", server.DefaultBodyTimeout, "how long a request's body may take to arrive after its headers")
 	fl.IntVar(&f.maxConnections, "max-connections", 0, fmt.Sprintf("most open client connections; past it idle ones are closed to make room, else new ones wait a second and are refused (0: derived from the open-file limit, here %d)", server.DefaultMaxConnections()))
 	fl.Float64Var(&f.rateLimit, "rate-limit", server.DefaultRateLimit, "requests per second allowed per user (negative: no limit)")
