@@ -147,7 +147,6 @@ func validateOp(op *dalvv1.Op, l Limits) error {
 	return nil
 }
 
-
 // ValidateDeviceID checks a device id: 1 to MaxDeviceIDBytes bytes of
 // valid UTF-8 with no control characters. Any other printable text is
 // accepted, so UUIDs, hex and names such as "Zoé's phone" all do.
