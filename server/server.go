@@ -201,7 +201,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.eng = eng
 	if cfg.RateLimit > 0 {
-		s.limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst)
+		s.limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst, cfg.Now)
 	}
 	s.handler = s.routes()
 	return s, nil
