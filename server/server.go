@@ -33,7 +33,9 @@ import (
 	"github.com/dalvdb/dalv/value"
 )
 
-// Config configures a Server. Zero fields take the documented defaults.
+// Config configures a Server. Zero fields take the documented defaults; a
+// negative size, count or duration is refused by New with an error naming
+// the field, except RateLimit, where negative means no limit.
 type Config struct {
 	// Store holds the data. Required. The Server does not close it.
 	Store store.Store
@@ -124,6 +126,42 @@ type Server struct {
 	draining atomic.Bool
 }
 
+// checkConfig refuses the negative sizes, counts and durations of cfg with
+// an error naming the field and its dalv serve flag. (The limits' own rules
+// are the engine's, checked by engine.New.)
+func checkConfig(cfg Config) error {
+	for _, f := range []struct {
+		name, flag string
+		v          any
+		neg        bool
+		zero       string
+	}{
+		{"MaxRequestBytes", "--max-request-bytes", cfg.MaxRequestBytes, cfg.MaxRequestBytes < 0, "the default"},
+		{"BodyTimeout", "--body-timeout", cfg.BodyTimeout, cfg.BodyTimeout < 0, "the default"},
+		{"MaxConnections", "--max-connections", cfg.MaxConnections, cfg.MaxConnections < 0, "derived from the open-file limit"},
+		{"ConnectionWait", "", cfg.ConnectionWait, cfg.ConnectionWait < 0, "the default"},
+		{"RateBurst", "--rate-burst", cfg.RateBurst, cfg.RateBurst < 0, "the rate"},
+		{"Retention", "--retention", cfg.Retention, cfg.Retention < 0, "the default"},
+		{"CompactEvery", "", cfg.CompactEvery, cfg.CompactEvery < 0, "the default"},
+		{"WatchBuffer", "--watch-buffer", cfg.WatchBuffer, cfg.WatchBuffer < 0, "the default"},
+		{"Heartbeat", "--heartbeat", cfg.Heartbeat, cfg.Heartbeat < 0, "the default"},
+		{"DrainTimeout", "--drain-timeout", cfg.DrainTimeout, cfg.DrainTimeout < 0, "the default"},
+		{"Limits.MaxKeyBytes", "--max-key-bytes", cfg.Limits.MaxKeyBytes, cfg.Limits.MaxKeyBytes < 0, "the default"},
+		{"Limits.MaxValueBytes", "--max-value-bytes", cfg.Limits.MaxValueBytes, cfg.Limits.MaxValueBytes < 0, "the default"},
+		{"Limits.MaxOps", "--max-ops", cfg.Limits.MaxOps, cfg.Limits.MaxOps < 0, "the default"},
+		{"Limits.MaxResponseBytes", "--max-response-bytes", cfg.Limits.MaxResponseBytes, cfg.Limits.MaxResponseBytes < 0, "the default"},
+	} {
+		if f.neg {
+			name := f.name
+			if f.flag != "" {
+				name += " (" + f.flag + ")"
+			}
+			return fmt.Errorf("server: %s %v: must be 0 (%s) or more", name, f.v, f.zero)
+		}
+	}
+	return nil
+}
+
 // New validates cfg and returns a Server. It does not modify cfg.
 func New(cfg Config) (*Server, error) {
 	if cfg.Store == nil || cfg.Verifier == nil || cfg.BackendKeys == nil {
@@ -131,40 +169,40 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg.SystemPrefixes = slices.Clone(cfg.SystemPrefixes)
 	cfg.Shared = slices.Clone(cfg.Shared)
-	if cfg.MaxRequestBytes <= 0 {
+	if err := checkConfig(cfg); err != nil {
+		return nil, err
+	}
+	if cfg.MaxRequestBytes == 0 {
 		cfg.MaxRequestBytes = value.DefaultMaxRequestBytes
 	}
-	if cfg.BodyTimeout <= 0 {
+	if cfg.BodyTimeout == 0 {
 		cfg.BodyTimeout = DefaultBodyTimeout
-	}
-	if cfg.MaxConnections < 0 {
-		return nil, fmt.Errorf("server: MaxConnections %d is negative", cfg.MaxConnections)
 	}
 	if cfg.MaxConnections == 0 {
 		cfg.MaxConnections = DefaultMaxConnections()
 	}
-	if cfg.ConnectionWait <= 0 {
+	if cfg.ConnectionWait == 0 {
 		cfg.ConnectionWait = DefaultConnectionWait
 	}
 	if cfg.RateLimit == 0 {
 		cfg.RateLimit = DefaultRateLimit
 	}
-	if cfg.RateBurst <= 0 {
+	if cfg.RateBurst == 0 {
 		cfg.RateBurst = max(1, int(cfg.RateLimit))
 	}
-	if cfg.Retention <= 0 {
+	if cfg.Retention == 0 {
 		cfg.Retention = DefaultRetention
 	}
-	if cfg.CompactEvery <= 0 {
+	if cfg.CompactEvery == 0 {
 		cfg.CompactEvery = min(max(cfg.Retention/100, time.Second), time.Hour)
 	}
-	if cfg.DrainTimeout <= 0 {
+	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = DefaultDrainTimeout
 	}
-	if cfg.WatchBuffer <= 0 {
+	if cfg.WatchBuffer == 0 {
 		cfg.WatchBuffer = DefaultWatchBuffer
 	}
-	if cfg.Heartbeat <= 0 {
+	if cfg.Heartbeat == 0 {
 		cfg.Heartbeat = DefaultHeartbeat
 	}
 	if cfg.Now == nil {

@@ -284,3 +284,57 @@ func codeOrZero(s *Server, err error) connect.Code {
 	}
 	return connect.CodeOf(s.toConnect("/test", err))
 }
+
+// TestNewRefusesNegativeConfig checks that New refuses a negative size,
+// count or duration with an error naming the field and its flag, instead of
+// silently taking the default, and still takes zero as the default.
+func TestNewRefusesNegativeConfig(t *testing.T) {
+	t.Parallel()
+	st, err := pebble.Open(t.TempDir(), pebble.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	v, err := auth.NewHS256(testSecret, auth.HS256Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := auth.NewKeySet([]string{testKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := func() Config {
+		return Config{Store: st, Verifier: v, BackendKeys: keys, Registry: prometheus.NewRegistry()}
+	}
+	for _, tc := range []struct {
+		set  func(*Config)
+		want []string
+	}{
+		{func(c *Config) { c.MaxRequestBytes = -8 }, []string{"MaxRequestBytes", "--max-request-bytes", "-8"}},
+		{func(c *Config) { c.BodyTimeout = -time.Second }, []string{"BodyTimeout", "--body-timeout", "-1s"}},
+		{func(c *Config) { c.MaxConnections = -1 }, []string{"MaxConnections", "open-file limit"}},
+		{func(c *Config) { c.RateBurst = -3 }, []string{"RateBurst", "--rate-burst", "-3"}},
+		{func(c *Config) { c.Retention = -time.Hour }, []string{"Retention", "--retention"}},
+		{func(c *Config) { c.WatchBuffer = -1 }, []string{"WatchBuffer", "--watch-buffer"}},
+		{func(c *Config) { c.Heartbeat = -time.Second }, []string{"Heartbeat", "--heartbeat"}},
+		{func(c *Config) { c.DrainTimeout = -time.Second }, []string{"DrainTimeout", "--drain-timeout"}},
+		{func(c *Config) { c.Limits.MaxOps = -1 }, []string{"MaxOps", "--max-ops"}},
+		{func(c *Config) { c.Limits.MaxResponseBytes = 10 }, []string{"--max-response-bytes", "10"}},
+	} {
+		cfg := base()
+		tc.set(&cfg)
+		_, err := New(cfg)
+		if err == nil {
+			t.Errorf("New accepted %v", tc.want)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("error %q does not name %q", err, w)
+			}
+		}
+	}
+	if _, err := New(base()); err != nil {
+		t.Errorf("New refused the zero (default) configuration: %v", err)
+	}
+}
