@@ -126,10 +126,11 @@ type Server struct {
 	draining atomic.Bool
 }
 
-// checkConfig refuses the negative sizes, counts and durations of cfg with
-// an error naming the field and its dalv serve flag. (The limits' own rules
-// are the engine's, checked by engine.New.)
-func checkConfig(cfg Config) error {
+// Check reports what New would refuse in cfg's sizes, counts, durations and
+// limits, without needing its Store: a negative value (an error naming the
+// field and its dalv serve flag), or limits that cannot hold one key and
+// value in an answer.
+func (cfg Config) Check() error {
 	for _, f := range []struct {
 		name, flag string
 		v          any
@@ -159,7 +160,7 @@ func checkConfig(cfg Config) error {
 			return fmt.Errorf("server: %s %v: must be 0 (%s) or more", name, f.v, f.zero)
 		}
 	}
-	return nil
+	return cfg.Limits.Validate()
 }
 
 // New validates cfg and returns a Server. It does not modify cfg.
@@ -169,7 +170,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg.SystemPrefixes = slices.Clone(cfg.SystemPrefixes)
 	cfg.Shared = slices.Clone(cfg.Shared)
-	if err := checkConfig(cfg); err != nil {
+	if err := cfg.Check(); err != nil {
 		return nil, err
 	}
 	if cfg.MaxRequestBytes == 0 {

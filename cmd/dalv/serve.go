@@ -152,24 +152,10 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 		}
 	}()
 
-	srv, err := server.New(server.Config{
-		Store:           st,
-		Verifier:        verifier,
-		BackendKeys:     keySet,
-		SystemPrefixes:  prefixes,
-		Shared:          shared,
-		Limits:          f.limits,
-		MaxRequestBytes: f.maxRequestBytes,
-		BodyTimeout:     f.bodyTimeout,
-		MaxConnections:  f.maxConnections,
-		RateLimit:       f.rateLimit,
-		RateBurst:       f.rateBurst,
-		Retention:       f.retention,
-		DrainTimeout:    f.drainTimeout,
-		WatchBuffer:     f.watchBuffer,
-		Heartbeat:       f.heartbeat,
-		Logger:          log,
-	})
+	cfg := f.config()
+	cfg.Store, cfg.Verifier, cfg.BackendKeys = st, verifier, keySet
+	cfg.SystemPrefixes, cfg.Shared, cfg.Logger = prefixes, shared, log
+	srv, err := server.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -313,8 +299,9 @@ func secrets(f serveFlags, needSecret bool) (secret string, keys []string, note 
 	return secret, keys, b.String(), nil
 }
 
-// validate refuses sizes and durations the server would otherwise replace
-// by its defaults without a word.
+// validate refuses flags set to 0 where 0 is the server's default only in
+// its Go configuration (a flag's default is shown in its help instead), and
+// the store's flags; the server's own rules come from server.Config.Check.
 func (f serveFlags) validate() error {
 	for _, fl := range []struct {
 		name string
@@ -332,12 +319,6 @@ func (f serveFlags) validate() error {
 	}
 	if f.bodyTimeout <= 0 {
 		return fmt.Errorf("--body-timeout %v: must be positive", f.bodyTimeout)
-	}
-	if f.maxConnections < 0 {
-		return fmt.Errorf("--max-connections %d: must be 0 (derived from the open-file limit) or more", f.maxConnections)
-	}
-	if f.rateBurst < 0 {
-		return fmt.Errorf("--rate-burst %d: must be 0 (the rate) or more", f.rateBurst)
 	}
 	if f.retention <= 0 {
 		return fmt.Errorf("--retention %v: must be positive", f.retention)
@@ -357,7 +338,24 @@ func (f serveFlags) validate() error {
 	if f.heartbeat <= 0 {
 		return fmt.Errorf("--heartbeat %v: must be positive", f.heartbeat)
 	}
-	return f.limits.Validate()
+	return f.config().Check()
+}
+
+// config is the server configuration of the flags, without the store,
+// the keys and the shared partitions.
+func (f serveFlags) config() server.Config {
+	return server.Config{
+		Limits:          f.limits,
+		MaxRequestBytes: f.maxRequestBytes,
+		BodyTimeout:     f.bodyTimeout,
+		MaxConnections:  f.maxConnections,
+		RateLimit:       f.rateLimit,
+		RateBurst:       f.rateBurst,
+		Retention:       f.retention,
+		DrainTimeout:    f.drainTimeout,
+		WatchBuffer:     f.watchBuffer,
+		Heartbeat:       f.heartbeat,
+	}
 }
 
 // parseShared reads --shared NAME and NAME=CLAIM:VALUE.
