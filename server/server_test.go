@@ -35,6 +35,28 @@ const testKey = "server-test-backend-key-0123"
 // Device tokens are checked with testSecret unless cfg has a Verifier.
 func testServer(t *testing.T, cfg Config) (*Server, string, *prometheus.Registry) {
 	t.Helper()
+	base := testConfig(t)
+	if cfg.Verifier == nil {
+		cfg.Verifier = base.Verifier
+	}
+	cfg.Store, cfg.BackendKeys, cfg.Registry = base.Store, base.BackendKeys, base.Registry
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewUnstartedServer(s.Handler())
+	hs.Config.Protocols = new(http.Protocols)
+	hs.Config.Protocols.SetHTTP1(true)
+	hs.Config.Protocols.SetUnencryptedHTTP2(true)
+	hs.Start()
+	t.Cleanup(hs.Close)
+	return s, hs.URL, cfg.Registry
+}
+
+// testConfig returns the required fields of a Config: a Pebble store in a
+// temp dir, a verifier of testSecret, testKey and a new registry.
+func testConfig(t *testing.T) Config {
+	t.Helper()
 	st, err := pebble.Open(t.TempDir(), pebble.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -48,22 +70,7 @@ func testServer(t *testing.T, cfg Config) (*Server, string, *prometheus.Registry
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Verifier == nil {
-		cfg.Verifier = v
-	}
-	cfg.Store, cfg.BackendKeys = st, keys
-	cfg.Registry = prometheus.NewRegistry()
-	s, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewUnstartedServer(s.Handler())
-	hs.Config.Protocols = new(http.Protocols)
-	hs.Config.Protocols.SetHTTP1(true)
-	hs.Config.Protocols.SetUnencryptedHTTP2(true)
-	hs.Start()
-	t.Cleanup(hs.Close)
-	return s, hs.URL, cfg.Registry
+	return Config{Store: st, Verifier: v, BackendKeys: keys, Registry: prometheus.NewRegistry()}
 }
 
 // token mints a device token for user.
@@ -290,21 +297,11 @@ func codeOrZero(s *Server, err error) connect.Code {
 // silently taking the default, and still takes zero as the default.
 func TestNewRefusesNegativeConfig(t *testing.T) {
 	t.Parallel()
-	st, err := pebble.Open(t.TempDir(), pebble.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	v, err := auth.NewHS256(testSecret, auth.HS256Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := auth.NewKeySet([]string{testKey})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := testConfig(t)
 	base := func() Config {
-		return Config{Store: st, Verifier: v, BackendKeys: keys, Registry: prometheus.NewRegistry()}
+		c := cfg
+		c.Registry = prometheus.NewRegistry()
+		return c
 	}
 	for _, tc := range []struct {
 		set  func(*Config)
