@@ -21,6 +21,7 @@ import (
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 	"github.com/dalvdb/dalv/store"
 	"github.com/dalvdb/dalv/store/pebble"
+	"github.com/dalvdb/dalv/value"
 )
 
 // These tests run a Server in the test process, on an embedded store in a
@@ -213,6 +214,7 @@ func TestToConnect(t *testing.T) {
 		want connect.Code
 	}{
 		{engine.Errorf(engine.ErrInvalid, "bad key"), connect.CodeInvalidArgument},
+		{fmt.Errorf("op 0: %w", value.Errorf(value.ErrLimit, "too big")), connect.CodeResourceExhausted},
 		{engine.Errorf(engine.ErrStale, "behind"), connect.CodeFailedPrecondition},
 		{fmt.Errorf("wrapped: %w", store.ErrUnavailable), connect.CodeUnavailable},
 		{fmt.Errorf("wrapped: %w", store.ErrCorruption), connect.CodeDataLoss},
