@@ -30,7 +30,7 @@
 //     can read one token differently;
 //   - its sub claim (or the configured user claim) is a non-empty string
 //     that is a valid user id (1 to 256 bytes, no control characters:
-//     engine.ValidatePartitionName, the one rule for user ids), which
+//     value.ValidatePartitionName, the one rule for user ids), which
 //     becomes [Claims.Subject];
 //   - its aud contains [HS256Options.Audience] and its iss equals
 //     [HS256Options.Issuer], each when configured.

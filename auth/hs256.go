@@ -7,7 +7,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/dalvdb/dalv/engine"
+	"github.com/dalvdb/dalv/value"
 )
 
 // MinSecretBytes is the shortest HS256 secret [NewHS256] and [Mint] accept:
@@ -89,7 +89,7 @@ func Mint(secret []byte, subject string, ttl time.Duration, now time.Time) (stri
 	if subject == "" {
 		return "", fmt.Errorf("mint: %w", ErrMissingSubject)
 	}
-	if err := engine.ValidatePartitionName(subject); err != nil {
+	if err := value.ValidatePartitionName(subject); err != nil {
 		return "", fmt.Errorf("mint: %w: %s", ErrUserID, err.Error())
 	}
 	if ttl <= 0 {

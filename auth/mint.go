@@ -14,7 +14,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/dalvdb/dalv/engine"
+	"github.com/dalvdb/dalv/value"
 )
 
 // MintOptions describes a token for [MintWithKey].
@@ -75,7 +75,7 @@ func MintWithKey(key crypto.Signer, o MintOptions) (string, error) {
 	if o.Subject == "" {
 		return "", fmt.Errorf("mint: %w", ErrMissingSubject)
 	}
-	if err := engine.ValidatePartitionName(o.Subject); err != nil {
+	if err := value.ValidatePartitionName(o.Subject); err != nil {
 		return "", fmt.Errorf("mint: %w: %s", ErrUserID, err.Error())
 	}
 	if o.TTL <= 0 {

@@ -8,7 +8,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/dalvdb/dalv/engine"
+	"github.com/dalvdb/dalv/value"
 )
 
 // Verifier checks a device token and returns its claims.
@@ -70,7 +70,7 @@ func quote(s string) string {
 // verified builds the Claims of a token whose signature and time claims
 // have been checked, taking the user id from userClaim. The user id must be
 // a non-empty string that is a valid partition name, the rule every user id
-// follows ([engine.ValidatePartitionName]).
+// follows ([value.ValidatePartitionName]).
 func verified(mc jwt.MapClaims, userClaim string) (*Claims, error) {
 	name := "the sub claim"
 	if userClaim != "sub" {
@@ -87,7 +87,7 @@ func verified(mc jwt.MapClaims, userClaim string) (*Claims, error) {
 	case id == "":
 		return nil, fmt.Errorf("%w: %s is empty", ErrMissingSubject, name)
 	}
-	if err := engine.ValidatePartitionName(id); err != nil {
+	if err := value.ValidatePartitionName(id); err != nil {
 		// Not wrapped: this is an authentication failure, not a bad argument.
 		return nil, fmt.Errorf("%w: %s is not a usable user id: %s", ErrUserID, name, err.Error())
 	}

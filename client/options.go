@@ -10,7 +10,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/dalvdb/dalv/engine"
+	"github.com/dalvdb/dalv/value"
 )
 
 // Options configures [Open]. The zero value opens a replica that works
@@ -124,7 +124,7 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	seen := make(map[string]bool)
 	for _, s := range o.Shared {
-		if err := engine.ValidatePartitionName(s); err != nil {
+		if err := value.ValidatePartitionName(s); err != nil {
 			return o, fmt.Errorf("Shared %q: %v", s, err)
 		}
 		if seen[s] {

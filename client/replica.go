@@ -17,10 +17,10 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/dalvdb/dalv/engine"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 	"github.com/dalvdb/dalv/rules"
+	"github.com/dalvdb/dalv/value"
 )
 
 // Value is what a key holds: a scalar (opaque bytes) or a list (an ordered
@@ -98,7 +98,7 @@ type Replica struct {
 type config struct {
 	systemPrefixes  []string
 	readable        []string // shared partitions the token may read
-	lim             engine.Limits
+	lim             value.Limits
 	maxRequestBytes int
 	user            string
 	known           bool
@@ -107,9 +107,9 @@ type config struct {
 
 func defaultConfig() config {
 	return config{
-		systemPrefixes:  slices.Clone(engine.DefaultSystemPrefixes),
-		lim:             engine.Limits{MaxKeyBytes: engine.DefaultMaxKeyBytes, MaxValueBytes: engine.DefaultMaxValueBytes, MaxOps: engine.DefaultMaxOps, MaxResponseBytes: engine.DefaultMaxResponseBytes},
-		maxRequestBytes: 8 << 20,
+		systemPrefixes:  slices.Clone(value.DefaultSystemPrefixes),
+		lim:             value.Limits{MaxKeyBytes: value.DefaultMaxKeyBytes, MaxValueBytes: value.DefaultMaxValueBytes, MaxOps: value.DefaultMaxOps, MaxResponseBytes: value.DefaultMaxResponseBytes},
+		maxRequestBytes: value.DefaultMaxRequestBytes,
 	}
 }
 

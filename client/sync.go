@@ -10,7 +10,6 @@ import (
 
 	"connectrpc.com/connect"
 	bolt "go.etcd.io/bbolt"
-	"google.golang.org/protobuf/proto"
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/value"
@@ -145,8 +144,7 @@ func (r *Replica) headBatch() (*batch, error) {
 		if len(next) > cfg.lim.MaxOps {
 			break
 		}
-		req := &dalvv1.SyncRequest{DeviceId: r.deviceID, BaseVersion: 1 << 62, Batch: 1 << 62, Ops: next}
-		if proto.Size(req) > cfg.maxRequestBytes*3/4 || answerSize(r.valuesAfter(next)) > cfg.lim.MaxResponseBytes*3/4 {
+		if r.requestSize(next) > cfg.maxRequestBytes*3/4 || answerSize(r.valuesAfter(next)) > cfg.lim.MaxResponseBytes*3/4 {
 			break
 		}
 		ops = next

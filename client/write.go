@@ -9,7 +9,6 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/dalvdb/dalv/engine"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/value"
 )
@@ -170,8 +169,8 @@ func (tx *Tx) add(op *Op) error {
 
 // checkKey refuses a key the device may not write.
 func (c *config) checkKey(key string) error {
-	if err := engine.ValidateKey(key, c.lim.MaxKeyBytes); err != nil {
-		return fmt.Errorf("write %.60q: %w", key, engineErr(err))
+	if err := value.ValidateKey(key, c.lim.MaxKeyBytes); err != nil {
+		return fmt.Errorf("write %.60q: %w", key, ruleErr(err))
 	}
 	if p, ok := c.systemPrefix(key); ok {
 		return fmt.Errorf("write %q: %w (it is under the system prefix %q, which only backends write)", key, ErrSystemKey, p)
@@ -179,12 +178,13 @@ func (c *config) checkKey(key string) error {
 	return nil
 }
 
-// engineErr turns an error of package engine's validation into one of ours.
-func engineErr(err error) error {
+// ruleErr turns an error of the server's shared checks (package value) into
+// one of ours.
+func ruleErr(err error) error {
 	switch {
-	case errors.Is(err, engine.ErrLimit):
+	case errors.Is(err, value.ErrLimit):
 		return fmt.Errorf("%w: %v", ErrLimit, err)
-	case errors.Is(err, engine.ErrInvalid):
+	case errors.Is(err, value.ErrInvalid):
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	return err
@@ -192,8 +192,8 @@ func engineErr(err error) error {
 
 // checkOps runs the server's own shape and limit checks on ops.
 func checkOps(ops []*Op, c config) error {
-	if err := engine.ValidateOps(ops, c.lim); err != nil {
-		return engineErr(err)
+	if err := value.ValidateOps(ops, c.lim); err != nil {
+		return ruleErr(err)
 	}
 	return nil
 }
@@ -205,8 +205,7 @@ func (r *Replica) checkBatch(c config, ops []*Op, vals map[string]*Value) error 
 	if err := checkOps(ops, c); err != nil {
 		return err
 	}
-	req := &dalvv1.SyncRequest{DeviceId: r.deviceID, BaseVersion: math.MaxUint64, Batch: math.MaxUint64, Ops: ops}
-	if n := proto.Size(req); n > c.maxRequestBytes {
+	if n := r.requestSize(ops); n > c.maxRequestBytes {
 		return fmt.Errorf("%w: the transaction's request would be %d bytes, over the request limit of %d bytes; split it", ErrLimit, n, c.maxRequestBytes)
 	}
 	if n := answerSize(vals); n > c.lim.MaxResponseBytes {
@@ -220,15 +219,20 @@ func (r *Replica) checkBatch(c config, ops []*Op, vals map[string]*Value) error 
 	return nil
 }
 
-// answerSize estimates the bytes the server counts for a commit's changes,
-// as package engine does: key, value, and a per-change and per-item
-// overhead.
+// answerSize estimates the bytes the server counts for a commit's changes
+// against its answer limit.
 func answerSize(vals map[string]*Value) int {
 	n := 0
 	for k, v := range vals {
-		n += len(k) + 32 + value.Size(v) + 6*len(v.GetList().GetItems())
+		n += value.ChangeSize(k, v)
 	}
 	return n
+}
+
+// requestSize bounds the encoded size of a sync request carrying ops, with
+// the largest base version and batch number.
+func (r *Replica) requestSize(ops []*Op) int {
+	return proto.Size(&dalvv1.SyncRequest{DeviceId: r.deviceID, BaseVersion: math.MaxUint64, Batch: math.MaxUint64, Ops: ops})
 }
 
 // Update runs fn as one transaction of local writes. If fn returns nil and

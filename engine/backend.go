@@ -42,7 +42,7 @@ func (e *Engine) Commit(ctx context.Context, p store.Partition, ops []*dalvv1.Op
 	if err := ValidateOps(ops, e.lim); err != nil {
 		return 0, err
 	}
-	if err := ValidateIdempotencyKey(opts.IdempotencyKey); err != nil {
+	if err := value.ValidateIdempotencyKey(opts.IdempotencyKey); err != nil {
 		return 0, err
 	}
 	var digest []byte

@@ -27,7 +27,7 @@ import (
 
 // DefaultSystemPrefixes is the zero-config domain split: keys under "sys/"
 // are system-domain, all others user-domain.
-var DefaultSystemPrefixes = []string{"sys/"}
+var DefaultSystemPrefixes = value.DefaultSystemPrefixes
 
 // Config configures an Engine.
 type Config struct {
@@ -75,7 +75,7 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("engine: no store")
 	}
-	e := &Engine{st: cfg.Store, lim: cfg.Limits.withDefaults(), now: cfg.Now, on: cfg.OnCommit}
+	e := &Engine{st: cfg.Store, lim: cfg.Limits.WithDefaults(), now: cfg.Now, on: cfg.OnCommit}
 	if err := e.lim.Validate(); err != nil {
 		return nil, err
 	}
@@ -381,7 +381,7 @@ func (e *Engine) apply(ks *keyStates, version uint64, ops []*dalvv1.Op, chk *wri
 		if s.val != nil {
 			ent.Value = value.Encode(nil, s.val)
 		}
-		size += changeSize(s.key, s.val)
+		size += value.ChangeSize(s.key, s.val)
 		c.Entries = append(c.Entries, ent)
 		own = append(own, s)
 	}
@@ -394,18 +394,6 @@ func (e *Engine) apply(ks *keyStates, version uint64, ops []*dalvv1.Op, chk *wri
 	}
 	c.Ops = ops2
 	return c, own, nil
-}
-
-// changeOverhead bounds the bytes a Change adds around its key and value.
-const changeOverhead = 32
-
-// changeSize is an upper bound of the encoded size of a Change.
-func changeSize(key string, v *dalvv1.Value) int {
-	n := len(key) + changeOverhead + value.Size(v)
-	if l := v.GetList(); l != nil {
-		n += 6 * len(l.GetItems())
-	}
-	return n
 }
 
 // collect fills resp with the changes after base, collapsed to one entry per
@@ -488,7 +476,7 @@ func (p *pager) add(c *dalvv1.Change) bool {
 		p.gver = c.Version
 	}
 	p.group = append(p.group, c)
-	p.gsize += changeSize(c.Key, c.Value)
+	p.gsize += value.ChangeSize(c.Key, c.Value)
 	return true
 }
 

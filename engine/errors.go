@@ -2,16 +2,20 @@ package engine
 
 import (
 	"errors"
-	"fmt"
+
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/value"
 )
 
 // The engine's errors. Each is wrapped with a message that says what was
 // wrong; package server maps them to Connect codes in one table.
 var (
-	// ErrInvalid marks malformed input: a bad key, op, value or field.
-	ErrInvalid = errors.New("invalid argument")
+	// ErrInvalid marks malformed input: a bad key, op, value or field. It
+	// is value.ErrInvalid, the error of the checks the clients share.
+	ErrInvalid = value.ErrInvalid
 	// ErrLimit marks input past a configured limit; the message names it.
-	ErrLimit = errors.New("limit exceeded")
+	// It is value.ErrLimit.
+	ErrLimit = value.ErrLimit
 	// ErrPermission marks a write the caller may not make: a device writing
 	// a system-domain key or a shared partition.
 	ErrPermission = errors.New("permission denied")
@@ -32,18 +36,30 @@ var (
 	ErrOutOfRange = errors.New("out of range")
 )
 
-// kindError is an error of one of the kinds above whose message is only the
-// specific text, so a client reads "key \"x\" is empty", not the kind twice.
-type kindError struct {
-	kind error
-	msg  string
-}
-
-func (e *kindError) Error() string { return e.msg }
-func (e *kindError) Unwrap() error { return e.kind }
-
 // Errorf returns an error of kind (one of the errors above) whose message is
-// only the formatted text.
+// only the formatted text; it is value.Errorf.
 func Errorf(kind error, format string, args ...any) error {
-	return &kindError{kind: kind, msg: fmt.Sprintf(format, args...)}
+	return value.Errorf(kind, format, args...)
 }
+
+// The shared rules the engine enforces, kept in package value so that the
+// clients check them without importing the engine.
+type (
+	// Limits are the sizes the engine enforces; see value.Limits.
+	Limits = value.Limits
+)
+
+// ValidateKey is value.ValidateKey.
+func ValidateKey(key string, max int) error { return value.ValidateKey(key, max) }
+
+// ValidateDeviceID is value.ValidateDeviceID.
+func ValidateDeviceID(id string) error { return value.ValidateDeviceID(id) }
+
+// ValidateOps is value.ValidateOps.
+func ValidateOps(ops []*dalvv1.Op, l Limits) error { return value.ValidateOps(ops, l) }
+
+// ValidatePartitionName is value.ValidatePartitionName.
+func ValidatePartitionName(name string) error { return value.ValidatePartitionName(name) }
+
+// changeSize is value.ChangeSize, the size a change counts in an answer.
+func changeSize(key string, v *dalvv1.Value) int { return value.ChangeSize(key, v) }

@@ -277,7 +277,7 @@ func TestFeedPageBounds(t *testing.T) {
 
 func TestValidatePrefixes(t *testing.T) {
 	t.Parallel()
-	l := Limits{MaxOps: 2, MaxKeyBytes: 8}.withDefaults()
+	l := Limits{MaxOps: 2, MaxKeyBytes: 8}.WithDefaults()
 	for _, tt := range []struct {
 		prefixes []string
 		want     error

@@ -11,6 +11,7 @@ import (
 	"github.com/dalvdb/dalv/auth"
 	"github.com/dalvdb/dalv/engine"
 	"github.com/dalvdb/dalv/store"
+	"github.com/dalvdb/dalv/value"
 )
 
 // credential is what a service's requests authenticate with.
@@ -103,7 +104,7 @@ func (s *Server) verifyDevice(ctx context.Context, h http.Header) (*auth.Claims,
 	if err != nil {
 		return nil, err
 	}
-	if err := engine.ValidatePartitionName(claims.Subject); err != nil {
+	if err := value.ValidatePartitionName(claims.Subject); err != nil {
 		return nil, engine.Errorf(errUnauthenticated, "the token's sub claim is not a usable user id: %v", err)
 	}
 	if s.limiter != nil && !s.limiter.allow(claims.Subject) {
@@ -171,7 +172,7 @@ func (s *Server) backendPartition(user, shared string) (store.Partition, error) 
 		}
 		return store.Partition{Shared: true, Name: shared}, nil
 	}
-	if err := engine.ValidatePartitionName(user); err != nil {
+	if err := value.ValidatePartitionName(user); err != nil {
 		return store.Partition{}, err
 	}
 	return store.Partition{Name: user}, nil

@@ -10,6 +10,7 @@ import (
 	"github.com/dalvdb/dalv/engine"
 	"github.com/dalvdb/dalv/rules"
 	"github.com/dalvdb/dalv/store"
+	"github.com/dalvdb/dalv/value"
 )
 
 // codeTable maps domain errors to Connect codes: the one place that does.
@@ -17,8 +18,8 @@ var codeTable = []struct {
 	err  error
 	code connect.Code
 }{
-	{engine.ErrInvalid, connect.CodeInvalidArgument},
-	{engine.ErrLimit, connect.CodeResourceExhausted},
+	{value.ErrInvalid, connect.CodeInvalidArgument},
+	{value.ErrLimit, connect.CodeResourceExhausted},
 	{engine.ErrPermission, connect.CodePermissionDenied},
 	{engine.ErrStale, connect.CodeFailedPrecondition},
 	{engine.ErrState, connect.CodeFailedPrecondition},

@@ -139,6 +139,7 @@ type rateLimiter struct {
 	seed   maphash.Seed
 	shards [64]limiterShard
 	sweeps atomic.Int64 // unix nanos of the last sweep
+	now    func() time.Time
 }
 
 type limiterShard struct {
@@ -153,17 +154,19 @@ type bucket struct {
 
 const limiterIdle = time.Minute
 
-func newRateLimiter(perSecond float64, burst int) *rateLimiter {
-	rl := &rateLimiter{rate: rate.Limit(perSecond), burst: burst, seed: maphash.MakeSeed()}
+// newRateLimiter returns a limiter of perSecond requests per user with the
+// given burst, reading the time from now (the server's clock).
+func newRateLimiter(perSecond float64, burst int, now func() time.Time) *rateLimiter {
+	rl := &rateLimiter{rate: rate.Limit(perSecond), burst: burst, seed: maphash.MakeSeed(), now: now}
 	for i := range rl.shards {
 		rl.shards[i].buckets = make(map[string]*bucket)
 	}
-	rl.sweeps.Store(time.Now().UnixNano())
+	rl.sweeps.Store(now().UnixNano())
 	return rl
 }
 
 func (rl *rateLimiter) allow(user string) bool {
-	now := time.Now()
+	now := rl.now()
 	sh := &rl.shards[maphash.String(rl.seed, user)%uint64(len(rl.shards))]
 	sh.mu.Lock()
 	b := sh.buckets[user]

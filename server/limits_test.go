@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,7 +23,7 @@ import (
 // idle past limiterIdle are dropped.
 func TestRateLimiter(t *testing.T) {
 	t.Parallel()
-	rl := newRateLimiter(0.001, 2) // a token every 1000 s: none comes back during the test
+	rl := newRateLimiter(0.001, 2, time.Now) // a token every 1000 s: none comes back during the test
 	for i := range 2 {
 		if !rl.allow("erin") {
 			t.Fatalf("request %d within the burst of 2 refused", i+1)
@@ -50,6 +51,28 @@ func TestRateLimiter(t *testing.T) {
 	}
 	if !rl.allow("erin") {
 		t.Error("a user whose bucket was dropped is refused: it should start full")
+	}
+}
+
+// TestRateLimiterClock checks that the limiter reads the clock it is given:
+// a token comes back when that clock, not the wall clock, has moved on.
+func TestRateLimiterClock(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	rl := newRateLimiter(1, 1, clock)
+	if !rl.allow("erin") {
+		t.Fatal("the first request refused")
+	}
+	if rl.allow("erin") {
+		t.Fatal("a request past the burst allowed before the clock moved")
+	}
+	mu.Lock()
+	now = now.Add(time.Second)
+	mu.Unlock()
+	if !rl.allow("erin") {
+		t.Error("refused a second after a token per second: the limiter does not read the given clock")
 	}
 }
 

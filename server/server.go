@@ -33,9 +33,12 @@ import (
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 	"github.com/dalvdb/dalv/rules"
 	"github.com/dalvdb/dalv/store"
+	"github.com/dalvdb/dalv/value"
 )
 
-// Config configures a Server. Zero fields take the documented defaults.
+// Config configures a Server. Zero fields take the documented defaults; a
+// negative size, count or duration is refused by New with an error naming
+// the field, except RateLimit, where negative means no limit.
 type Config struct {
 	// Store holds the data. Required. The Server does not close it.
 	Store store.Store
@@ -48,7 +51,7 @@ type Config struct {
 	// Shared are the shared partitions devices may read.
 	Shared []SharedPartition
 	// Limits are the engine's limits.
-	Limits engine.Limits
+	Limits value.Limits
 	// MaxRequestBytes bounds a request body (default 8 MiB).
 	MaxRequestBytes int
 	// BodyTimeout bounds the time from a request's headers to the end of
@@ -124,14 +127,13 @@ type SharedPartition struct {
 
 // Defaults.
 const (
-	DefaultMaxRequestBytes = 8 << 20
-	DefaultBodyTimeout     = 15 * time.Second
-	DefaultConnectionWait  = time.Second
-	DefaultRateLimit       = 1000
-	DefaultRetention       = 7 * 24 * time.Hour
-	DefaultDrainTimeout    = 10 * time.Second
-	DefaultWatchBuffer     = 64
-	DefaultHeartbeat       = 15 * time.Second
+	DefaultBodyTimeout    = 15 * time.Second
+	DefaultConnectionWait = time.Second
+	DefaultRateLimit      = 1000
+	DefaultRetention      = 7 * 24 * time.Hour
+	DefaultDrainTimeout   = 10 * time.Second
+	DefaultWatchBuffer    = 64
+	DefaultHeartbeat      = 15 * time.Second
 	// A device keeps one watch of its own partition and one per shared
 	// partition it reads, plus one that replaces a broken one before the
 	// server notices the break; a user has a handful of devices, browser
@@ -162,6 +164,48 @@ type Server struct {
 	draining atomic.Bool
 }
 
+// Check reports what New would refuse in cfg's sizes, counts, durations and
+// limits, without needing its Store: a negative value (an error naming the
+// field and its dalv serve flag), or limits that cannot hold one key and
+// value in an answer.
+func (cfg Config) Check() error {
+	for _, f := range []struct {
+		name, flag string
+		v          any
+		neg        bool
+		zero       string
+	}{
+		{"MaxRequestBytes", "--max-request-bytes", cfg.MaxRequestBytes, cfg.MaxRequestBytes < 0, "the default"},
+		{"BodyTimeout", "--body-timeout", cfg.BodyTimeout, cfg.BodyTimeout < 0, "the default"},
+		{"MaxConnections", "--max-connections", cfg.MaxConnections, cfg.MaxConnections < 0, "derived from the open-file limit"},
+		{"ConnectionWait", "", cfg.ConnectionWait, cfg.ConnectionWait < 0, "the default"},
+		{"RateBurst", "--rate-burst", cfg.RateBurst, cfg.RateBurst < 0, "the rate"},
+		{"Retention", "--retention", cfg.Retention, cfg.Retention < 0, "the default"},
+		{"CompactEvery", "", cfg.CompactEvery, cfg.CompactEvery < 0, "the default"},
+		{"WatchBuffer", "--watch-buffer", cfg.WatchBuffer, cfg.WatchBuffer < 0, "the default"},
+		{"Heartbeat", "--heartbeat", cfg.Heartbeat, cfg.Heartbeat < 0, "the default"},
+		{"DrainTimeout", "--drain-timeout", cfg.DrainTimeout, cfg.DrainTimeout < 0, "the default"},
+		{"MaxWatchesPerUser", "--max-watches-per-user", cfg.MaxWatchesPerUser, cfg.MaxWatchesPerUser < 0, "the default"},
+		{"MaxWatchesPerDevice", "--max-watches-per-device", cfg.MaxWatchesPerDevice, cfg.MaxWatchesPerDevice < 0, "the default"},
+		{"MaxFeedWatches", "--max-feed-watches", cfg.MaxFeedWatches, cfg.MaxFeedWatches < 0, "the default"},
+		{"StreamWriteTimeout", "--stream-write-timeout", cfg.StreamWriteTimeout, cfg.StreamWriteTimeout < 0, "the default"},
+		{"StreamPageBytes", "--stream-page-bytes", cfg.StreamPageBytes, cfg.StreamPageBytes < 0, "the default"},
+		{"Limits.MaxKeyBytes", "--max-key-bytes", cfg.Limits.MaxKeyBytes, cfg.Limits.MaxKeyBytes < 0, "the default"},
+		{"Limits.MaxValueBytes", "--max-value-bytes", cfg.Limits.MaxValueBytes, cfg.Limits.MaxValueBytes < 0, "the default"},
+		{"Limits.MaxOps", "--max-ops", cfg.Limits.MaxOps, cfg.Limits.MaxOps < 0, "the default"},
+		{"Limits.MaxResponseBytes", "--max-response-bytes", cfg.Limits.MaxResponseBytes, cfg.Limits.MaxResponseBytes < 0, "the default"},
+	} {
+		if f.neg {
+			name := f.name
+			if f.flag != "" {
+				name += " (" + f.flag + ")"
+			}
+			return fmt.Errorf("server: %s %v: must be 0 (%s) or more", name, f.v, f.zero)
+		}
+	}
+	return cfg.Limits.Validate()
+}
+
 // New validates cfg and returns a Server. It does not modify cfg.
 func New(cfg Config) (*Server, error) {
 	if cfg.Store == nil || cfg.Verifier == nil || cfg.BackendKeys == nil {
@@ -169,55 +213,55 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg.SystemPrefixes = slices.Clone(cfg.SystemPrefixes)
 	cfg.Shared = slices.Clone(cfg.Shared)
-	if cfg.MaxRequestBytes <= 0 {
-		cfg.MaxRequestBytes = DefaultMaxRequestBytes
+	if err := cfg.Check(); err != nil {
+		return nil, err
 	}
-	if cfg.BodyTimeout <= 0 {
+	if cfg.MaxRequestBytes == 0 {
+		cfg.MaxRequestBytes = value.DefaultMaxRequestBytes
+	}
+	if cfg.BodyTimeout == 0 {
 		cfg.BodyTimeout = DefaultBodyTimeout
-	}
-	if cfg.MaxConnections < 0 {
-		return nil, fmt.Errorf("server: MaxConnections %d is negative", cfg.MaxConnections)
 	}
 	if cfg.MaxConnections == 0 {
 		cfg.MaxConnections = DefaultMaxConnections()
 	}
-	if cfg.ConnectionWait <= 0 {
+	if cfg.ConnectionWait == 0 {
 		cfg.ConnectionWait = DefaultConnectionWait
 	}
 	if cfg.RateLimit == 0 {
 		cfg.RateLimit = DefaultRateLimit
 	}
-	if cfg.RateBurst <= 0 {
+	if cfg.RateBurst == 0 {
 		cfg.RateBurst = max(1, int(cfg.RateLimit))
 	}
-	if cfg.Retention <= 0 {
+	if cfg.Retention == 0 {
 		cfg.Retention = DefaultRetention
 	}
-	if cfg.CompactEvery <= 0 {
+	if cfg.CompactEvery == 0 {
 		cfg.CompactEvery = min(max(cfg.Retention/100, time.Second), time.Hour)
 	}
-	if cfg.DrainTimeout <= 0 {
+	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = DefaultDrainTimeout
 	}
-	if cfg.WatchBuffer <= 0 {
+	if cfg.WatchBuffer == 0 {
 		cfg.WatchBuffer = DefaultWatchBuffer
 	}
-	if cfg.Heartbeat <= 0 {
+	if cfg.Heartbeat == 0 {
 		cfg.Heartbeat = DefaultHeartbeat
 	}
-	if cfg.MaxWatchesPerUser <= 0 {
+	if cfg.MaxWatchesPerUser == 0 {
 		cfg.MaxWatchesPerUser = DefaultMaxWatchesPerUser
 	}
-	if cfg.MaxWatchesPerDevice <= 0 {
+	if cfg.MaxWatchesPerDevice == 0 {
 		cfg.MaxWatchesPerDevice = DefaultMaxWatchesPerDevice
 	}
-	if cfg.MaxFeedWatches <= 0 {
+	if cfg.MaxFeedWatches == 0 {
 		cfg.MaxFeedWatches = DefaultMaxFeedWatches
 	}
-	if cfg.StreamWriteTimeout <= 0 {
+	if cfg.StreamWriteTimeout == 0 {
 		cfg.StreamWriteTimeout = DefaultStreamWriteTimeout
 	}
-	if cfg.StreamPageBytes <= 0 {
+	if cfg.StreamPageBytes == 0 {
 		cfg.StreamPageBytes = DefaultStreamPageBytes
 	}
 	if cfg.Now == nil {
@@ -238,7 +282,7 @@ func New(cfg Config) (*Server, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	for _, sp := range cfg.Shared {
-		if err := engine.ValidatePartitionName(sp.Name); err != nil {
+		if err := value.ValidatePartitionName(sp.Name); err != nil {
 			return nil, fmt.Errorf("shared partition %q: %w", sp.Name, err)
 		}
 		if _, dup := s.shared[sp.Name]; dup {
@@ -262,7 +306,7 @@ func New(cfg Config) (*Server, error) {
 	s.eng = eng
 	eng.SetRules(cfg.Rules)
 	if cfg.RateLimit > 0 {
-		s.limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst)
+		s.limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst, cfg.Now)
 	}
 	s.handler = s.routes()
 	return s, nil

@@ -21,6 +21,7 @@ import (
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 	"github.com/dalvdb/dalv/store"
 	"github.com/dalvdb/dalv/store/pebble"
+	"github.com/dalvdb/dalv/value"
 )
 
 // These tests run a Server in the test process, on an embedded store in a
@@ -35,6 +36,28 @@ const testKey = "server-test-backend-key-0123"
 // Device tokens are checked with testSecret unless cfg has a Verifier.
 func testServer(t *testing.T, cfg Config) (*Server, string, *prometheus.Registry) {
 	t.Helper()
+	base := testConfig(t)
+	if cfg.Verifier == nil {
+		cfg.Verifier = base.Verifier
+	}
+	cfg.Store, cfg.BackendKeys, cfg.Registry = base.Store, base.BackendKeys, base.Registry
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewUnstartedServer(s.Handler())
+	hs.Config.Protocols = new(http.Protocols)
+	hs.Config.Protocols.SetHTTP1(true)
+	hs.Config.Protocols.SetUnencryptedHTTP2(true)
+	hs.Start()
+	t.Cleanup(hs.Close)
+	return s, hs.URL, cfg.Registry
+}
+
+// testConfig returns the required fields of a Config: a Pebble store in a
+// temp dir, a verifier of testSecret, testKey and a new registry.
+func testConfig(t *testing.T) Config {
+	t.Helper()
 	st, err := pebble.Open(t.TempDir(), pebble.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -48,22 +71,7 @@ func testServer(t *testing.T, cfg Config) (*Server, string, *prometheus.Registry
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Verifier == nil {
-		cfg.Verifier = v
-	}
-	cfg.Store, cfg.BackendKeys = st, keys
-	cfg.Registry = prometheus.NewRegistry()
-	s, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewUnstartedServer(s.Handler())
-	hs.Config.Protocols = new(http.Protocols)
-	hs.Config.Protocols.SetHTTP1(true)
-	hs.Config.Protocols.SetUnencryptedHTTP2(true)
-	hs.Start()
-	t.Cleanup(hs.Close)
-	return s, hs.URL, cfg.Registry
+	return Config{Store: st, Verifier: v, BackendKeys: keys, Registry: prometheus.NewRegistry()}
 }
 
 // token mints a device token for user.
@@ -206,6 +214,7 @@ func TestToConnect(t *testing.T) {
 		want connect.Code
 	}{
 		{engine.Errorf(engine.ErrInvalid, "bad key"), connect.CodeInvalidArgument},
+		{fmt.Errorf("op 0: %w", value.Errorf(value.ErrLimit, "too big")), connect.CodeResourceExhausted},
 		{engine.Errorf(engine.ErrStale, "behind"), connect.CodeFailedPrecondition},
 		{fmt.Errorf("wrapped: %w", store.ErrUnavailable), connect.CodeUnavailable},
 		{fmt.Errorf("wrapped: %w", store.ErrCorruption), connect.CodeDataLoss},
@@ -283,4 +292,48 @@ func codeOrZero(s *Server, err error) connect.Code {
 		return 0
 	}
 	return connect.CodeOf(s.toConnect("/test", err))
+}
+
+// TestNewRefusesNegativeConfig checks that New refuses a negative size,
+// count or duration with an error naming the field and its flag, instead of
+// silently taking the default, and still takes zero as the default.
+func TestNewRefusesNegativeConfig(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	base := func() Config {
+		c := cfg
+		c.Registry = prometheus.NewRegistry()
+		return c
+	}
+	for _, tc := range []struct {
+		set  func(*Config)
+		want []string
+	}{
+		{func(c *Config) { c.MaxRequestBytes = -8 }, []string{"MaxRequestBytes", "--max-request-bytes", "-8"}},
+		{func(c *Config) { c.BodyTimeout = -time.Second }, []string{"BodyTimeout", "--body-timeout", "-1s"}},
+		{func(c *Config) { c.MaxConnections = -1 }, []string{"MaxConnections", "open-file limit"}},
+		{func(c *Config) { c.RateBurst = -3 }, []string{"RateBurst", "--rate-burst", "-3"}},
+		{func(c *Config) { c.Retention = -time.Hour }, []string{"Retention", "--retention"}},
+		{func(c *Config) { c.WatchBuffer = -1 }, []string{"WatchBuffer", "--watch-buffer"}},
+		{func(c *Config) { c.Heartbeat = -time.Second }, []string{"Heartbeat", "--heartbeat"}},
+		{func(c *Config) { c.DrainTimeout = -time.Second }, []string{"DrainTimeout", "--drain-timeout"}},
+		{func(c *Config) { c.Limits.MaxOps = -1 }, []string{"MaxOps", "--max-ops"}},
+		{func(c *Config) { c.Limits.MaxResponseBytes = 10 }, []string{"--max-response-bytes", "10"}},
+	} {
+		cfg := base()
+		tc.set(&cfg)
+		_, err := New(cfg)
+		if err == nil {
+			t.Errorf("New accepted %v", tc.want)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("error %q does not name %q", err, w)
+			}
+		}
+	}
+	if _, err := New(base()); err != nil {
+		t.Errorf("New refused the zero (default) configuration: %v", err)
+	}
 }

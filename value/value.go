@@ -2,7 +2,10 @@
 // server and the client SDK alike: scalars are opaque bytes; lists are ordered
 // sets of byte strings in order of first addition, so LIST_ADD of a present
 // element and LIST_REMOVE of an absent one change nothing. It also holds the
-// compact binary encoding stores keep values in, and JSON helpers.
+// compact binary encoding stores keep values in, JSON helpers, and the rules
+// a device must know of the server's: the limits and their defaults, the
+// key, op, device-id and partition-name checks with their errors (ErrInvalid,
+// ErrLimit), and the size a change counts in an answer.
 package value
 
 import (

@@ -20,13 +20,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dalvdb/dalv/auth"
-	"github.com/dalvdb/dalv/engine"
 	"github.com/dalvdb/dalv/internal/devsecret"
 	"github.com/dalvdb/dalv/rules"
 	"github.com/dalvdb/dalv/server"
 	"github.com/dalvdb/dalv/store"
 	"github.com/dalvdb/dalv/store/pebble"
 	"github.com/dalvdb/dalv/store/postgres"
+	"github.com/dalvdb/dalv/value"
 )
 
 type serveFlags struct {
@@ -34,7 +34,7 @@ type serveFlags struct {
 	dev               bool
 	systemPrefixes    []string
 	shared            []string
-	limits            engine.Limits
+	limits            value.Limits
 	maxRequestBytes   int
 	bodyTimeout       time.Duration
 	maxConnections    int
@@ -103,11 +103,11 @@ With --tls-cert and --tls-key it serves HTTPS (HTTP/2 and HTTP/1.1, TLS
 	fl.BoolVar(&f.dev, "dev", false, "when DALV_JWT_SECRET or DALV_BACKEND_KEYS is unset, use development secrets kept in --data (generated on the first start), and print them")
 	fl.StringArrayVar(&f.systemPrefixes, "system-prefix", nil, `key prefix that is system-domain (backend-only); repeatable (default "sys/")`)
 	fl.StringArrayVar(&f.shared, "shared", nil, "shared partition NAME, or NAME=CLAIM:VALUE to let only tokens whose CLAIM holds VALUE read it; repeatable")
-	fl.IntVar(&f.limits.MaxKeyBytes, "max-key-bytes", engine.DefaultMaxKeyBytes, "largest key, in bytes")
-	fl.IntVar(&f.limits.MaxValueBytes, "max-value-bytes", engine.DefaultMaxValueBytes, "largest value, in bytes")
-	fl.IntVar(&f.limits.MaxOps, "max-ops", engine.DefaultMaxOps, "most ops in one sync or commit")
-	fl.IntVar(&f.limits.MaxResponseBytes, "max-response-bytes", engine.DefaultMaxResponseBytes, "largest answer; larger catch-ups come in pages")
-	fl.IntVar(&f.maxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes, "largest request body, in bytes")
+	fl.IntVar(&f.limits.MaxKeyBytes, "max-key-bytes", value.DefaultMaxKeyBytes, "largest key, in bytes")
+	fl.IntVar(&f.limits.MaxValueBytes, "max-value-bytes", value.DefaultMaxValueBytes, "largest value, in bytes")
+	fl.IntVar(&f.limits.MaxOps, "max-ops", value.DefaultMaxOps, "most ops in one sync or commit")
+	fl.IntVar(&f.limits.MaxResponseBytes, "max-response-bytes", value.DefaultMaxResponseBytes, "largest answer; larger catch-ups come in pages")
+	fl.IntVar(&f.maxRequestBytes, "max-request-bytes", value.DefaultMaxRequestBytes, "largest request body, in bytes")
 	fl.DurationVar(&f.bodyTimeout, "body-timeout", server.DefaultBodyTimeout, "how long a request's body may take to arrive after its headers")
 	fl.IntVar(&f.maxConnections, "max-connections", 0, fmt.Sprintf("most open client connections; past it idle ones are closed to make room, else new ones wait a second and are refused (0: derived from the open-file limit, here %d)", server.DefaultMaxConnections()))
 	fl.Float64Var(&f.rateLimit, "rate-limit", server.DefaultRateLimit, "requests per second allowed per user (negative: no limit)")
@@ -192,32 +192,11 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 		}
 	}()
 
-	srv, err := server.New(server.Config{
-		Store:               st,
-		Verifier:            verifier,
-		BackendKeys:         keySet,
-		SystemPrefixes:      prefixes,
-		Shared:              shared,
-		Limits:              f.limits,
-		MaxRequestBytes:     f.maxRequestBytes,
-		BodyTimeout:         f.bodyTimeout,
-		MaxConnections:      f.maxConnections,
-		RateLimit:           f.rateLimit,
-		RateBurst:           f.rateBurst,
-		Retention:           f.retention,
-		DrainTimeout:        f.drainTimeout,
-		WatchBuffer:         f.watchBuffer,
-		Heartbeat:           f.heartbeat,
-		MaxWatchesPerUser:   f.maxWatchesUser,
-		MaxWatchesPerDevice: f.maxWatchesDevice,
-		MaxFeedWatches:      f.maxFeedWatches,
-		StreamWriteTimeout:  f.streamWrite,
-		StreamPageBytes:     f.streamPageBytes,
-		TLS:                 tlsConf,
-		Logger:              log,
-		Rules:               ruleSet,
-		Registry:            reg,
-	})
+	cfg := f.config()
+	cfg.Store, cfg.Verifier, cfg.BackendKeys = st, verifier, keySet
+	cfg.SystemPrefixes, cfg.Shared, cfg.Logger = prefixes, shared, log
+	cfg.TLS, cfg.Rules, cfg.Registry = tlsConf, ruleSet, reg
+	srv, err := server.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -419,8 +398,9 @@ func secrets(f serveFlags, needSecret bool) (secret string, keys []string, note 
 	return secret, keys, b.String(), nil
 }
 
-// validate refuses sizes and durations the server would otherwise replace
-// by its defaults without a word.
+// validate refuses flags set to 0 where 0 is the server's default only in
+// its Go configuration (a flag's default is shown in its help instead), and
+// the store's flags; the server's own rules come from server.Config.Check.
 func (f serveFlags) validate() error {
 	for _, fl := range []struct {
 		name string
@@ -442,12 +422,6 @@ func (f serveFlags) validate() error {
 	}
 	if f.bodyTimeout <= 0 {
 		return fmt.Errorf("--body-timeout %v: must be positive", f.bodyTimeout)
-	}
-	if f.maxConnections < 0 {
-		return fmt.Errorf("--max-connections %d: must be 0 (derived from the open-file limit) or more", f.maxConnections)
-	}
-	if f.rateBurst < 0 {
-		return fmt.Errorf("--rate-burst %d: must be 0 (the rate) or more", f.rateBurst)
 	}
 	if f.retention <= 0 {
 		return fmt.Errorf("--retention %v: must be positive", f.retention)
@@ -473,7 +447,29 @@ func (f serveFlags) validate() error {
 	if f.streamWrite <= 0 {
 		return fmt.Errorf("--stream-write-timeout %v: must be positive", f.streamWrite)
 	}
-	return f.limits.Validate()
+	return f.config().Check()
+}
+
+// config is the server configuration of the flags, without the store,
+// the keys, the shared partitions, TLS and the rules.
+func (f serveFlags) config() server.Config {
+	return server.Config{
+		Limits:              f.limits,
+		MaxRequestBytes:     f.maxRequestBytes,
+		BodyTimeout:         f.bodyTimeout,
+		MaxConnections:      f.maxConnections,
+		RateLimit:           f.rateLimit,
+		RateBurst:           f.rateBurst,
+		Retention:           f.retention,
+		DrainTimeout:        f.drainTimeout,
+		WatchBuffer:         f.watchBuffer,
+		Heartbeat:           f.heartbeat,
+		MaxWatchesPerUser:   f.maxWatchesUser,
+		MaxWatchesPerDevice: f.maxWatchesDevice,
+		MaxFeedWatches:      f.maxFeedWatches,
+		StreamWriteTimeout:  f.streamWrite,
+		StreamPageBytes:     f.streamPageBytes,
+	}
 }
 
 // parseShared reads --shared NAME and NAME=CLAIM:VALUE.

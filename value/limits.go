@@ -1,13 +1,11 @@
-package engine
+package value
 
 import (
 	"bytes"
 	"fmt"
-	"strings"
 	"unicode/utf8"
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
-	"github.com/dalvdb/dalv/value"
 )
 
 // Limits are the sizes the engine enforces. Zero fields take the defaults.
@@ -35,7 +33,8 @@ const (
 	MaxIdempotencyKeyBytes = 128
 )
 
-func (l Limits) withDefaults() Limits {
+// WithDefaults returns l with zero or negative fields set to the defaults.
+func (l Limits) WithDefaults() Limits {
 	if l.MaxKeyBytes <= 0 {
 		l.MaxKeyBytes = DefaultMaxKeyBytes
 	}
@@ -54,8 +53,8 @@ func (l Limits) withDefaults() Limits {
 // Validate reports whether l, defaults filled in, is usable: one key and
 // value must fit in an answer.
 func (l Limits) Validate() error {
-	l = l.withDefaults()
-	if need := l.MaxKeyBytes + l.MaxValueBytes + changeOverhead; l.MaxResponseBytes < need {
+	l = l.WithDefaults()
+	if need := l.MaxKeyBytes + l.MaxValueBytes + ChangeOverhead; l.MaxResponseBytes < need {
 		return fmt.Errorf("max response bytes %d (--max-response-bytes) is below one key and value (%d bytes, from --max-key-bytes %d and --max-value-bytes %d): raise it or lower those", l.MaxResponseBytes, need, l.MaxKeyBytes, l.MaxValueBytes)
 	}
 	return nil
@@ -94,7 +93,7 @@ func controlChar(s string) (rune, bool) {
 // ValidateOps checks the shape of ops against l: their count, each kind,
 // key and value. It does not look at the partition's state or at domains.
 func ValidateOps(ops []*dalvv1.Op, l Limits) error {
-	l = l.withDefaults()
+	l = l.WithDefaults()
 	if len(ops) > l.MaxOps {
 		return Errorf(ErrLimit, "%d ops, over the limit of %d ops per sync or commit (--max-ops)", len(ops), l.MaxOps)
 	}
@@ -130,7 +129,7 @@ func validateOp(op *dalvv1.Op, l Limits) error {
 				}
 			}
 		}
-		if n := value.Size(v); n > l.MaxValueBytes {
+		if n := Size(v); n > l.MaxValueBytes {
 			return Errorf(ErrLimit, "PUT %q: value is %d bytes, over the value limit of %d bytes (--max-value-bytes)", key, n, l.MaxValueBytes)
 		}
 	case dalvv1.OpKind_OP_KIND_DELETE:
@@ -148,10 +147,6 @@ func validateOp(op *dalvv1.Op, l Limits) error {
 		return Errorf(ErrInvalid, "op on %q has kind %v; use PUT, DELETE, LIST_ADD or LIST_REMOVE", key, op.GetKind())
 	}
 	return nil
-}
-
-func opName(k dalvv1.OpKind) string {
-	return strings.TrimPrefix(k.String(), "OP_KIND_")
 }
 
 // ValidateDeviceID checks a device id: 1 to MaxDeviceIDBytes bytes of
@@ -208,3 +203,24 @@ func ValidateIdempotencyKey(key string) error {
 	}
 	return nil
 }
+
+// DefaultMaxRequestBytes bounds one request's encoded size, the default of
+// dalv serve's --max-request-bytes flag.
+const DefaultMaxRequestBytes = 8 << 20
+
+// ChangeOverhead bounds the bytes a Change adds around its key and value.
+const ChangeOverhead = 32
+
+// ChangeSize is an upper bound of the encoded size of a Change of key to v,
+// the size the server counts against MaxResponseBytes.
+func ChangeSize(key string, v *dalvv1.Value) int {
+	n := len(key) + ChangeOverhead + Size(v)
+	if l := v.GetList(); l != nil {
+		n += 6 * len(l.GetItems())
+	}
+	return n
+}
+
+// DefaultSystemPrefixes is the zero-config domain split: keys under "sys/"
+// are system-domain (only backends write them), all others user-domain.
+var DefaultSystemPrefixes = []string{"sys/"}

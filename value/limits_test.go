@@ -1,4 +1,4 @@
-package engine
+package value
 
 import (
 	"errors"
@@ -7,7 +7,6 @@ import (
 	"unicode/utf8"
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
-	"github.com/dalvdb/dalv/value"
 )
 
 func TestValidateKey(t *testing.T) {
@@ -34,7 +33,7 @@ func TestValidateKey(t *testing.T) {
 }
 
 func TestValidateOps(t *testing.T) {
-	l := Limits{MaxValueBytes: 8, MaxOps: 2}.withDefaults()
+	l := Limits{MaxValueBytes: 8, MaxOps: 2}.WithDefaults()
 	put := func(v *dalvv1.Value) *dalvv1.Op {
 		return &dalvv1.Op{Kind: dalvv1.OpKind_OP_KIND_PUT, Key: "k", Value: v}
 	}
@@ -43,21 +42,21 @@ func TestValidateOps(t *testing.T) {
 		ops  []*dalvv1.Op
 		want error
 	}{
-		{"put scalar", []*dalvv1.Op{put(value.Scalar([]byte("v")))}, nil},
-		{"put list", []*dalvv1.Op{put(value.List([]byte("a"), []byte("b")))}, nil},
+		{"put scalar", []*dalvv1.Op{put(Scalar([]byte("v")))}, nil},
+		{"put list", []*dalvv1.Op{put(List([]byte("a"), []byte("b")))}, nil},
 		{"no ops", nil, nil},
 		{"nil op", []*dalvv1.Op{nil}, ErrInvalid},
-		{"too many ops", []*dalvv1.Op{put(value.Scalar(nil)), put(value.Scalar(nil)), put(value.Scalar(nil))}, ErrLimit},
+		{"too many ops", []*dalvv1.Op{put(Scalar(nil)), put(Scalar(nil)), put(Scalar(nil))}, ErrLimit},
 		{"put without value", []*dalvv1.Op{put(nil)}, ErrInvalid},
 		{"put empty Value message", []*dalvv1.Op{put(&dalvv1.Value{})}, ErrInvalid},
-		{"put value too large", []*dalvv1.Op{put(value.Scalar([]byte("123456789")))}, ErrLimit},
-		{"put list too large", []*dalvv1.Op{put(value.List([]byte("12345"), []byte("6789")))}, ErrLimit},
-		{"put list duplicates", []*dalvv1.Op{put(value.List([]byte("a"), []byte("a")))}, ErrInvalid},
-		{"delete with value", []*dalvv1.Op{{Kind: dalvv1.OpKind_OP_KIND_DELETE, Key: "k", Value: value.Scalar(nil)}}, ErrInvalid},
+		{"put value too large", []*dalvv1.Op{put(Scalar([]byte("123456789")))}, ErrLimit},
+		{"put list too large", []*dalvv1.Op{put(List([]byte("12345"), []byte("6789")))}, ErrLimit},
+		{"put list duplicates", []*dalvv1.Op{put(List([]byte("a"), []byte("a")))}, ErrInvalid},
+		{"delete with value", []*dalvv1.Op{{Kind: dalvv1.OpKind_OP_KIND_DELETE, Key: "k", Value: Scalar(nil)}}, ErrInvalid},
 		{"delete", []*dalvv1.Op{{Kind: dalvv1.OpKind_OP_KIND_DELETE, Key: "k"}}, nil},
 		{"list add without element", []*dalvv1.Op{{Kind: dalvv1.OpKind_OP_KIND_LIST_ADD, Key: "k"}}, ErrInvalid},
-		{"list add with list", []*dalvv1.Op{{Kind: dalvv1.OpKind_OP_KIND_LIST_ADD, Key: "k", Value: value.List()}}, ErrInvalid},
-		{"list remove element too large", []*dalvv1.Op{{Kind: dalvv1.OpKind_OP_KIND_LIST_REMOVE, Key: "k", Value: value.Scalar([]byte("123456789"))}}, ErrLimit},
+		{"list add with list", []*dalvv1.Op{{Kind: dalvv1.OpKind_OP_KIND_LIST_ADD, Key: "k", Value: List()}}, ErrInvalid},
+		{"list remove element too large", []*dalvv1.Op{{Kind: dalvv1.OpKind_OP_KIND_LIST_REMOVE, Key: "k", Value: Scalar([]byte("123456789"))}}, ErrLimit},
 		{"unspecified kind", []*dalvv1.Op{{Key: "k"}}, ErrInvalid},
 		{"unknown kind", []*dalvv1.Op{{Kind: 42, Key: "k"}}, ErrInvalid},
 		{"bad key", []*dalvv1.Op{{Kind: dalvv1.OpKind_OP_KIND_DELETE, Key: ""}}, ErrInvalid},
@@ -85,13 +84,13 @@ func FuzzValidateOps(f *testing.F) {
 	f.Add(int32(2), "k\x00", []byte(nil), false, []byte(nil))
 	f.Add(int32(7), "\xff", []byte("x"), true, []byte("y"))
 	f.Fuzz(func(t *testing.T, kind int32, key string, v []byte, list bool, item []byte) {
-		l := Limits{MaxKeyBytes: 64, MaxValueBytes: 64}.withDefaults()
+		l := Limits{MaxKeyBytes: 64, MaxValueBytes: 64}.WithDefaults()
 		op := &dalvv1.Op{Kind: dalvv1.OpKind(kind), Key: key}
 		switch {
 		case list:
-			op.Value = value.List(v, item)
+			op.Value = List(v, item)
 		case v != nil:
-			op.Value = value.Scalar(v)
+			op.Value = Scalar(v)
 		}
 		err := ValidateOps([]*dalvv1.Op{op}, l)
 		if err != nil {
@@ -108,10 +107,10 @@ func FuzzValidateOps(f *testing.F) {
 				t.Fatalf("accepted key %q with a control character", key)
 			}
 		}
-		if value.Size(op.GetValue()) > l.MaxValueBytes {
-			t.Fatalf("accepted a value of %d bytes", value.Size(op.GetValue()))
+		if Size(op.GetValue()) > l.MaxValueBytes {
+			t.Fatalf("accepted a value of %d bytes", Size(op.GetValue()))
 		}
-		if _, _, err := value.Apply(nil, op); err != nil {
+		if _, _, err := Apply(nil, op); err != nil {
 			t.Fatalf("accepted op fails to apply: %v", err)
 		}
 	})
