@@ -16,7 +16,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
-	"github.com/dalvdb/dalv/engine"
+	"github.com/dalvdb/dalv/value"
 )
 
 // CorruptReport says what [Open] did with a damaged replica file when
@@ -269,7 +269,7 @@ func checkSalvagedOps(ops []*Op) error {
 		return errors.New("no ops")
 	}
 	for _, op := range ops {
-		if err := engine.ValidateKey(op.GetKey(), bolt.MaxKeySize); err != nil {
+		if err := value.ValidateKey(op.GetKey(), bolt.MaxKeySize); err != nil {
 			return err
 		}
 	}
