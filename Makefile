@@ -38,7 +38,7 @@ soak:
 
 ## fuzz: each fuzz target for a minute
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzValidateOps$$' -fuzztime 60s ./engine/
+	$(GO) test -run '^$$' -fuzz '^FuzzValidateOps$$' -fuzztime 60s ./value/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCursor$$' -fuzztime 60s ./engine/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 60s ./value/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEntry$$' -fuzztime 60s ./store/pebble/
@@ -47,6 +47,10 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzBearerToken$$' -fuzztime 60s ./auth/
 	$(GO) test -run '^$$' -fuzz '^FuzzVerifyPublicKey$$' -fuzztime 60s ./auth/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseJWKS$$' -fuzztime 60s ./auth/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 60s ./rules/
+	$(GO) test -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime 60s ./rules/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeKeys$$' -fuzztime 60s ./store/pebble/
+	$(GO) test -run '^$$' -fuzz '^FuzzOpenReplicaFile$$' -fuzztime 60s ./client/
 
 ## bench: the server benchmark (medians of 5 runs)
 bench: build
