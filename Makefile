@@ -51,6 +51,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime 60s ./rules/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeKeys$$' -fuzztime 60s ./store/pebble/
 	$(GO) test -run '^$$' -fuzz '^FuzzOpenReplicaFile$$' -fuzztime 60s ./client/
+	$(GO) test -run '^$$' -fuzz '^FuzzPartID$$' -fuzztime 60s ./store/postgres/
 
 ## bench: the server benchmark (medians of 5 runs)
 bench: build
