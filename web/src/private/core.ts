@@ -1,0 +1,468 @@
+import type { Conflict, Resolution } from "../conflict.js";
+import { DalvError } from "../errors.js";
+import type { Op } from "../op.js";
+import { applyOps, isScalarOp } from "../op.js";
+import type { RefusedBatch } from "../refused-batch.js";
+import type { Value } from "../value.js";
+import { valuesEqual } from "../value.js";
+import type { ServerConfig } from "./config.js";
+import { checkOps } from "./config.js";
+import { done, read, req, S, write } from "./idb.js";
+import type { Batch, Entry, PKey, Touched } from "./records.js";
+import { emptyTouched } from "./records.js";
+import type { Patch } from "./state.js";
+import { emptyPatch, State } from "./state.js";
+
+/** Update is the net effect of one or more answers or watch events on a partition. */
+export interface Update {
+  part: string;
+  version: number;
+  reset: boolean;
+  changes: Map<string, { value: Value | undefined; version: number }>;
+}
+
+/** Decision is a resolver's answer for one conflicting key. */
+export interface Decision {
+  c: Conflict;
+  res: Resolution;
+}
+
+/**
+ * Core is the replica's storage: the IndexedDB database and the state in
+ * memory. Every change is one IndexedDB transaction that reads what it
+ * needs from the database (other tabs write it too), then a Patch that
+ * makes memory current, handed to commit.
+ */
+export class Core {
+  readonly state = new State();
+
+  constructor(
+    readonly db: IDBDatabase,
+    private readonly commit: (patch: Patch, touched: Touched) => void,
+  ) {}
+
+  /** load reads the whole replica into memory, creating the device id of a new one. */
+  async load(): Promise<void> {
+    const tx = write(this.db, [S.kv, S.pkeys, S.pending, S.inbox, S.refused, S.meta]);
+    const meta = tx.objectStore(S.meta);
+    let device = (await req(meta.get("device"))) as string | undefined;
+    if (device === undefined) {
+      device = randomId();
+      meta.put(device, "device");
+    }
+    const config = (await req(meta.get("config"))) as ServerConfig | undefined;
+    const versions = ((await req(meta.get("versions"))) as Record<string, number> | undefined) ?? {};
+    const entries = (await req(tx.objectStore(S.kv).getAll())) as Entry[];
+    const pkeys = (await req(tx.objectStore(S.pkeys).getAll())) as PKey[];
+    const inbox = (await req(tx.objectStore(S.inbox).getAll())) as Conflict[];
+    const refused = (await req(tx.objectStore(S.refused).getAll())) as RefusedBatch[];
+    const pending = await req(tx.objectStore(S.pending).count());
+    await done(tx);
+    const st = this.state;
+    st.deviceId = device;
+    if (config) st.config = config;
+    for (const [p, v] of Object.entries(versions)) st.versions.set(p, v);
+    for (const e of entries) st.part(e.p).set(e.k, e);
+    for (const p of pkeys) st.pend.set(p.key, p);
+    for (const c of inbox) st.inbox.set(c.key, c);
+    for (const b of refused) st.refused.set(b.id, b);
+    st.pendingCount = pending;
+  }
+
+  /**
+   * writeLocal queues ops as one batch, durably, and applies them to what
+   * reads show. also runs in the same transaction (settling a conflict).
+   */
+  async writeLocal(ops: readonly Op[], also?: (tx: IDBTransaction, patch: Patch, t: Touched) => void): Promise<void> {
+    const tx = write(this.db, [S.kv, S.pkeys, S.pending, S.meta, S.inbox]);
+    const patch = emptyPatch(false);
+    const t = emptyTouched(false);
+    also?.(tx, patch, t);
+    if (ops.length > 0) {
+      const seq = await nextNumber(tx);
+      tx.objectStore(S.pending).put({ seq, no: seq, ops } satisfies Batch);
+      for (const [k, kops] of byKey(ops)) {
+        let p = (await req(tx.objectStore(S.pkeys).get(k))) as PKey | undefined;
+        if (!p) {
+          const e = (await req(tx.objectStore(S.kv).get(["", k]))) as Entry | undefined;
+          p = { key: k, base: e?.v, ops: [], local: e?.v, u: 0, ul: 0 };
+        }
+        const np: PKey = { ...p, ops: [...p.ops, ...kops], local: applyOps(p.local, kops) };
+        tx.objectStore(S.pkeys).put(np);
+        patch.pkeys.push([k, np]);
+        t.pkeys.push(k);
+      }
+      patch.pendingCount = await req(tx.objectStore(S.pending).count());
+      t.pending = true;
+    }
+    await done(tx);
+    this.commit(patch, t);
+  }
+
+  /** saveConfig records what the server said of itself. */
+  async saveConfig(cfg: ServerConfig): Promise<void> {
+    const tx = write(this.db, [S.meta]);
+    tx.objectStore(S.meta).put(cfg, "config");
+    await done(tx);
+    const patch = emptyPatch(true);
+    patch.config = cfg;
+    const t = emptyTouched(true);
+    t.config = true;
+    this.commit(patch, t);
+  }
+
+  /** head returns the first pending batch, read from the database (other tabs add to the queue). */
+  async head(): Promise<Batch | undefined> {
+    const tx = read(this.db, [S.pending]);
+    const c = await req(tx.objectStore(S.pending).openCursor());
+    return (c?.value as Batch | undefined) ?? undefined;
+  }
+
+  /**
+   * applyRemote applies u in one transaction; ack, when set, is the head
+   * batch, which u's answer acknowledged. A remote change to a key with
+   * pending ops does not change what reads show: it is recorded (the key's
+   * bound u) so that the next sync makes the server report the conflict.
+   */
+  async applyRemote(u: Update, ack?: Batch): Promise<void> {
+    const st = this.state;
+    const old = st.versions.get(u.part) ?? 0;
+    if (!ack && !u.reset && u.version <= old && u.changes.size === 0) return;
+    const own = u.part === "";
+    const tx = write(this.db, [S.kv, S.pkeys, S.pending, S.meta]);
+    const kv = tx.objectStore(S.kv);
+    const patch = emptyPatch(true);
+    const t = emptyTouched(true);
+    const cur = st.part(u.part);
+    const changed = new Map<string, { new: Value | undefined; version: number }>();
+    let next: Map<string, Entry> | undefined;
+    if (u.reset) {
+      next = new Map(cur);
+      for (const k of cur.keys()) {
+        const ch = u.changes.get(k);
+        if (ch && ch.value !== undefined) continue;
+        kv.delete([u.part, k]);
+        next.delete(k);
+        changed.set(k, { new: undefined, version: 0 });
+      }
+      t.resetParts.push(u.part);
+    }
+    const keys = [...u.changes.keys()].sort((a, b) => (u.changes.get(a)?.version ?? 0) - (u.changes.get(b)?.version ?? 0) || (a < b ? -1 : a > b ? 1 : 0));
+    for (const k of keys) {
+      const ch = u.changes.get(k);
+      if (!ch) continue;
+      changed.set(k, { new: ch.value, version: ch.version });
+      if (ch.value === undefined) {
+        kv.delete([u.part, k]);
+        if (next) next.delete(k);
+        else patch.kv.push({ p: u.part, k, e: null });
+      } else {
+        const e: Entry = { p: u.part, k, v: ch.value, ver: ch.version };
+        kv.put(e);
+        if (next) next.set(k, e);
+        else patch.kv.push({ p: u.part, k, e });
+      }
+      if (!u.reset) t.kv.push([u.part, k]);
+    }
+    if (next) patch.parts.set(u.part, next);
+    const versions = { ...Object.fromEntries(st.versions), [u.part]: u.version };
+    tx.objectStore(S.meta).put(versions, "versions");
+    patch.versions.push([u.part, u.version]);
+    t.versions.push(u.part);
+
+    if (own) {
+      const pk = tx.objectStore(S.pkeys);
+      const pend = new Map(((await req(pk.getAll())) as PKey[]).map((p) => [p.key, p]));
+      const upd = new Map<string, PKey | null>();
+      const syncedNow = (k: string) => (changed.has(k) ? changed.get(k)?.new : cur.get(k)?.v);
+      if (ack) {
+        tx.objectStore(S.pending).delete(ack.seq);
+        t.pending = true;
+        for (const [k, kops] of byKey(ack.ops)) {
+          const p = pend.get(k);
+          if (!p) throw new DalvError("storage", `internal: acknowledged op on ${JSON.stringify(k)} without a pending-key record`);
+          const rest = p.ops.slice(kops.length);
+          if (rest.length === 0) {
+            upd.set(k, null);
+            continue;
+          }
+          // Later batches write the key too: they apply to what the
+          // device expected this batch to leave. If the server holds
+          // something else (remote list ops merged in), that is a remote
+          // change the device has not shown.
+          const expected = applyOps(p.base, kops);
+          const ch = changed.get(k);
+          const now = syncedNow(k);
+          upd.set(k, { key: k, base: expected, ops: rest, local: p.local, u: valuesEqual(now, expected) ? 0 : Math.max(ch?.version ?? cur.get(k)?.ver ?? 1, 1), ul: 0 });
+        }
+      }
+      for (const [k, p] of pend) {
+        if (upd.has(k) || p.u !== 0) continue;
+        const s = changed.get(k);
+        if (!s || valuesEqual(s.new, p.base)) continue;
+        let bound = old + 1;
+        if (s.new !== undefined && s.version > 0 && s.version < bound) bound = s.version; // a server that lost data
+        upd.set(k, { ...p, u: bound });
+      }
+      for (const [k, np] of upd) {
+        if (np) pk.put(np);
+        else pk.delete(k);
+        patch.pkeys.push([k, np]);
+        t.pkeys.push(k);
+      }
+      if (ack) patch.pendingCount = await req(tx.objectStore(S.pending).count());
+    }
+    await done(tx);
+    this.commit(patch, t);
+  }
+
+  /** sentBase is the base version to send b with: lowered below the first unseen remote change of each key of b. */
+  async sentBase(b: Batch): Promise<number> {
+    const pend = await this.pendingKeys();
+    let base = this.state.versions.get("") ?? 0;
+    const scalar = scalarKeys(b.ops);
+    for (const op of b.ops) {
+      const p = pend.get(op.key);
+      if (!p || p.u === 0) continue;
+      let upper = p.u;
+      if (!scalar.has(op.key) && p.ul > upper) upper = p.ul; // list ops conflict only with scalar changes
+      if (upper - 1 < base) base = upper - 1;
+    }
+    return base;
+  }
+
+  /** pendingKeys reads the pending-key records from the database. */
+  async pendingKeys(): Promise<Map<string, PKey>> {
+    const tx = read(this.db, [S.pkeys]);
+    const all = (await req(tx.objectStore(S.pkeys).getAll())) as PKey[];
+    return new Map(all.map((p) => [p.key, p]));
+  }
+
+  /**
+   * conflicts sorts the keys the server flagged for b (sent with base) into
+   * real conflicts for the resolver, keys whose flag came from a change the
+   * device had seen (cleans), and list keys free of scalar changes (lifts).
+   */
+  async triage(b: Batch, base: number, flagged: readonly string[], version: number): Promise<{ calls: Conflict[]; cleans: string[]; lifts: string[]; maxSeq: number }> {
+    const tx = read(this.db, [S.pkeys, S.pending]);
+    const pend = new Map(((await req(tx.objectStore(S.pkeys).getAll())) as PKey[]).map((p) => [p.key, p]));
+    const last = await req(tx.objectStore(S.pending).openCursor(null, "prev"));
+    const maxSeq = (last?.value as Batch | undefined)?.seq ?? b.seq;
+    const scalar = scalarKeys(b.ops);
+    const calls: Conflict[] = [];
+    const cleans: string[] = [];
+    const lifts: string[] = [];
+    const isFlagged = new Set<string>();
+    const own = this.state.part("");
+    for (const k of flagged) {
+      if (isFlagged.has(k)) continue;
+      isFlagged.add(k);
+      const p = pend.get(k);
+      if (!p || p.u === 0 || base + 1 < p.u) continue;
+      const remote = own.get(k)?.v;
+      if (valuesEqual(remote, p.base)) {
+        cleans.push(k); // the remote changes undid themselves
+        continue;
+      }
+      calls.push({ key: k, base: p.base, local: p.local, remote, version, at: 0 });
+    }
+    const seen = new Set<string>();
+    for (const op of b.ops) {
+      const k = op.key;
+      if (isFlagged.has(k) || seen.has(k)) continue;
+      seen.add(k);
+      const p = pend.get(k);
+      if (!p || p.u === 0) continue;
+      if (!scalar.has(k)) lifts.push(k); // no scalar change since its bound
+      else if (base + 1 >= p.u) cleans.push(k); // no change at all since its bound
+    }
+    return { calls, cleans, lifts, maxSeq };
+  }
+
+  /**
+   * rewrite applies resolutions: the conflicting keys' ops in the batches up
+   * to maxSeq (those the resolver saw) are replaced by one op in the head
+   * batch b that sets the chosen value, or by an inbox entry; the batches
+   * get fresh numbers, since b was rewritten after it was refused.
+   */
+  async rewrite(b: Batch, maxSeq: number, decisions: Decision[], cleans: string[], lifts: string[], version: number, cfg: ServerConfig): Promise<void> {
+    const tx = write(this.db, [S.pkeys, S.pending, S.meta, S.inbox, S.kv]);
+    const pendingStore = tx.objectStore(S.pending);
+    const queue = (await req(pendingStore.getAll())) as Batch[];
+    if (queue[0]?.seq !== b.seq) {
+      tx.abort();
+      throw new DalvError("storage", `internal: conflicting batch ${b.no} is not the head of the queue`);
+    }
+    const pkStore = tx.objectStore(S.pkeys);
+    const pend = new Map(((await req(pkStore.getAll())) as PKey[]).map((p) => [p.key, p]));
+    const now = Date.now();
+    const decided = new Set<string>();
+    const headOps: Op[] = [];
+    const patch = emptyPatch(true);
+    const t = emptyTouched(true);
+    const upd = new Map<string, PKey | null>();
+    for (const d of decisions) {
+      const k = d.c.key;
+      decided.add(k);
+      // The key's ops in batches after maxSeq were written while the
+      // resolver ran: they apply to the resolution.
+      const later = queue.filter((q) => q.seq > maxSeq).flatMap((q) => q.ops.filter((op) => op.key === k));
+      const ops: Op[] = [];
+      let res = d.res;
+      let note: string | undefined;
+      if (!res.deferred && !valuesEqual(res.value, d.c.remote)) {
+        const op: Op = res.value === undefined ? { kind: "delete", key: k } : { kind: "put", key: k, value: res.value };
+        try {
+          checkOps([op], cfg);
+          ops.push(op);
+          headOps.push(op);
+        } catch (e) {
+          res = { deferred: true };
+          note = `the resolver's value was refused: ${(e as Error).message}`;
+        }
+      }
+      if (res.deferred) {
+        const c: Conflict = { ...d.c, at: now, ...(note ? { note } : {}) };
+        tx.objectStore(S.inbox).put(c);
+        patch.inbox.push([k, c]);
+        t.inbox.push(k);
+      }
+      ops.push(...later);
+      upd.set(k, ops.length === 0 ? null : { key: k, base: d.c.remote, ops, local: applyOps(d.c.remote, ops), u: 0, ul: 0 });
+    }
+    for (const k of cleans) {
+      const p = pend.get(k);
+      if (!p || decided.has(k)) continue;
+      const remote = this.state.part("").get(k)?.v;
+      upd.set(k, { key: k, base: remote, ops: p.ops, local: applyOps(remote, p.ops), u: 0, ul: 0 });
+    }
+    for (const k of lifts) {
+      const p = pend.get(k);
+      if (!p || decided.has(k)) continue;
+      upd.set(k, { ...p, ul: version + 1 });
+    }
+    if (decided.size > 0) {
+      for (const q of queue) {
+        let ops = q.seq <= maxSeq ? q.ops.filter((op) => !decided.has(op.key)) : [...q.ops];
+        if (q.seq === b.seq) ops = [...ops, ...headOps];
+        if (ops.length === 0) {
+          pendingStore.delete(q.seq);
+          continue;
+        }
+        // Fresh numbers: no request with the old ones can then apply a
+        // version of a batch the device no longer holds.
+        pendingStore.put({ seq: q.seq, no: await nextNumber(tx), ops } satisfies Batch);
+      }
+      patch.pendingCount = await req(pendingStore.count());
+      t.pending = true;
+    }
+    for (const [k, np] of upd) {
+      if (np) pkStore.put(np);
+      else pkStore.delete(k);
+      patch.pkeys.push([k, np]);
+      t.pkeys.push(k);
+    }
+    await done(tx);
+    this.commit(patch, t);
+  }
+
+  /** setAside moves the head batch b, which the server refused, to the refused batches; its ops no longer show in reads. */
+  async setAside(b: Batch, rb: RefusedBatch): Promise<void> {
+    const tx = write(this.db, [S.pkeys, S.pending, S.refused]);
+    const patch = emptyPatch(true);
+    const t = emptyTouched(true);
+    const first = await req(tx.objectStore(S.pending).openCursor());
+    if ((first?.value as Batch | undefined)?.seq !== b.seq) {
+      tx.abort();
+      throw new DalvError("storage", `internal: batch ${b.no} is not the head of the queue`);
+    }
+    tx.objectStore(S.pending).delete(b.seq);
+    tx.objectStore(S.refused).put(rb);
+    const pk = tx.objectStore(S.pkeys);
+    for (const [k, kops] of byKey(b.ops)) {
+      const p = (await req(pk.get(k))) as PKey | undefined;
+      if (!p) continue;
+      const rest = p.ops.slice(kops.length);
+      const np: PKey | null = rest.length === 0 ? null : { ...p, ops: rest, local: applyOps(p.base, rest) };
+      if (np) pk.put(np);
+      else pk.delete(k);
+      patch.pkeys.push([k, np]);
+      t.pkeys.push(k);
+    }
+    patch.refused.push([rb.id, rb]);
+    t.refused.push(rb.id);
+    patch.pendingCount = await req(tx.objectStore(S.pending).count());
+    t.pending = true;
+    await done(tx);
+    this.commit(patch, t);
+  }
+
+  /** dropRefused forgets a refused batch. */
+  async dropRefused(id: number): Promise<void> {
+    const tx = write(this.db, [S.refused]);
+    tx.objectStore(S.refused).delete(id);
+    await done(tx);
+    const patch = emptyPatch(false);
+    patch.refused.push([id, null]);
+    const t = emptyTouched(false);
+    t.refused.push(id);
+    this.commit(patch, t);
+  }
+
+  /** reread builds the patch of what another tab's transaction changed, from the database. */
+  async reread(t: Touched): Promise<Patch> {
+    const tx = read(this.db, [S.kv, S.pkeys, S.pending, S.inbox, S.refused, S.meta]);
+    const patch = emptyPatch(t.remote);
+    const kv = tx.objectStore(S.kv);
+    for (const p of t.resetParts) {
+      const all = (await req(kv.getAll(IDBKeyRange.bound([p], [p, []])))) as Entry[];
+      patch.parts.set(p, new Map(all.map((e) => [e.k, e])));
+    }
+    for (const [p, k] of t.kv) {
+      const e = (await req(kv.get([p, k]))) as Entry | undefined;
+      patch.kv.push({ p, k, e: e ?? null });
+    }
+    for (const k of t.pkeys) patch.pkeys.push([k, ((await req(tx.objectStore(S.pkeys).get(k))) as PKey | undefined) ?? null]);
+    for (const k of t.inbox) patch.inbox.push([k, ((await req(tx.objectStore(S.inbox).get(k))) as Conflict | undefined) ?? null]);
+    for (const id of t.refused) patch.refused.push([id, ((await req(tx.objectStore(S.refused).get(id))) as RefusedBatch | undefined) ?? null]);
+    if (t.versions.length > 0) {
+      const vs = ((await req(tx.objectStore(S.meta).get("versions"))) as Record<string, number> | undefined) ?? {};
+      for (const p of t.versions) patch.versions.push([p, vs[p] ?? 0]);
+    }
+    if (t.pending) patch.pendingCount = await req(tx.objectStore(S.pending).count());
+    if (t.config) {
+      const cfg = (await req(tx.objectStore(S.meta).get("config"))) as ServerConfig | undefined;
+      if (cfg) patch.config = cfg;
+    }
+    return patch;
+  }
+}
+
+/** nextNumber takes the next number of the device's counter, which numbers batches. */
+async function nextNumber(tx: IDBTransaction): Promise<number> {
+  const meta = tx.objectStore(S.meta);
+  const n = ((await req(meta.get("counter"))) as number | undefined) ?? 1;
+  meta.put(n + 1, "counter");
+  return n;
+}
+
+/** byKey groups ops by key, each group in order, keys in order of first op. */
+export function byKey(ops: readonly Op[]): Map<string, Op[]> {
+  const m = new Map<string, Op[]>();
+  for (const op of ops) {
+    const g = m.get(op.key);
+    if (g) g.push(op);
+    else m.set(op.key, [op]);
+  }
+  return m;
+}
+
+function scalarKeys(ops: readonly Op[]): Set<string> {
+  return new Set(ops.filter(isScalarOp).map((op) => op.key));
+}
+
+function randomId(): string {
+  const b = new Uint8Array(16);
+  crypto.getRandomValues(b);
+  return [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+}
