@@ -42,6 +42,7 @@ type serveFlags struct {
 	heartbeat         time.Duration
 	logLevel, logForm string
 	pprofAddr         string
+	corsOrigins       []string
 }
 
 func newServeCmd() *cobra.Command {
@@ -89,6 +90,7 @@ comma-separated list of backend API keys (each at least 16 bytes). With
 	fl.DurationVar(&f.heartbeat, "heartbeat", server.DefaultHeartbeat, "how often idle streams get a keep-alive event")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logForm, "log-format", "text", "text or json")
+	fl.StringArrayVar(&f.corsOrigins, "cors-origin", nil, `origin (https://app.example.com) whose browser pages may call the server; repeatable; "*" (any origin) only with --dev`)
 	fl.StringVar(&f.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this separate address (off by default; never expose it)")
 	return cmd
 }
@@ -149,6 +151,7 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 		WatchBuffer:     f.watchBuffer,
 		Heartbeat:       f.heartbeat,
 		Logger:          log,
+		CORSOrigins:     f.corsOrigins,
 	})
 	if err != nil {
 		return err
@@ -291,6 +294,11 @@ func secrets(cmd *cobra.Command, dev bool) (string, []string, error) {
 // validate refuses sizes and durations the server would otherwise replace
 // by its defaults without a word.
 func (f serveFlags) validate() error {
+	for _, o := range f.corsOrigins {
+		if err := validOrigin(o, f.dev); err != nil {
+			return err
+		}
+	}
 	for _, fl := range []struct {
 		name string
 		n    int
@@ -363,4 +371,20 @@ func newLogger(w interface{ Write([]byte) (int, error) }, level, format string) 
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: use text or json", format)
+}
+
+// validOrigin checks a --cors-origin: a scheme and host without a path, or
+// "*", which lets pages of any site call the server and so only goes with --dev.
+func validOrigin(o string, dev bool) error {
+	if o == "*" {
+		if !dev {
+			return errors.New(`--cors-origin "*" lets any web site's pages call the server: it is allowed only with --dev; name the origins instead`)
+		}
+		return nil
+	}
+	u, err := neturl.Parse(o)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.User != nil {
+		return fmt.Errorf("--cors-origin %q: want an origin such as https://app.example.com (scheme and host, no path)", o)
+	}
+	return nil
 }
