@@ -11,13 +11,17 @@ export function toWireValue(v: Value): WireValue {
   return create(ValueSchema, { kind: { case: "scalar", value: v.scalar } });
 }
 
-/** fromWireValue converts a protobuf value; an unset one is absent. */
+/**
+ * fromWireValue converts a protobuf value; an unset one is absent. The bytes
+ * are copied: decoded bytes are views into the whole answer's buffer, which
+ * IndexedDB would otherwise store whole with every value.
+ */
 export function fromWireValue(v: WireValue | undefined): Value | undefined {
   switch (v?.kind.case) {
     case "scalar":
-      return { scalar: v.kind.value };
+      return { scalar: v.kind.value.slice() };
     case "list":
-      return { list: v.kind.value.items };
+      return { list: v.kind.value.items.map((it) => it.slice()) };
     default:
       return undefined;
   }
