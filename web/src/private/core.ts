@@ -43,21 +43,29 @@ export class Core {
 
   /** load reads the whole replica into memory, creating the device id of a new one. */
   async load(): Promise<void> {
-    const tx = write(this.db, [S.kv, S.pkeys, S.pending, S.inbox, S.refused, S.meta]);
+    const tx = read(this.db, [S.kv, S.pkeys, S.pending, S.inbox, S.refused, S.meta]);
     const meta = tx.objectStore(S.meta);
-    let device = (await req(meta.get("device"))) as string | undefined;
+    const [stored, config, vs, entries, pkeys, inbox, refused, pending] = await Promise.all([
+      req(meta.get("device")) as Promise<string | undefined>,
+      req(meta.get("config")) as Promise<ServerConfig | undefined>,
+      req(meta.get("versions")) as Promise<Record<string, number> | undefined>,
+      req(tx.objectStore(S.kv).getAll()) as Promise<Entry[]>,
+      req(tx.objectStore(S.pkeys).getAll()) as Promise<PKey[]>,
+      req(tx.objectStore(S.inbox).getAll()) as Promise<Conflict[]>,
+      req(tx.objectStore(S.refused).getAll()) as Promise<RefusedBatch[]>,
+      req(tx.objectStore(S.pending).count()),
+    ]);
+    const versions = vs ?? {};
+    let device = stored;
     if (device === undefined) {
-      device = randomId();
-      meta.put(device, "device");
+      // A new replica: its device id is created once, by the first tab
+      // whose transaction gets there.
+      const wtx = write(this.db, [S.meta]);
+      const m = wtx.objectStore(S.meta);
+      device = ((await req(m.get("device"))) as string | undefined) ?? randomId();
+      m.put(device, "device");
+      await done(wtx);
     }
-    const config = (await req(meta.get("config"))) as ServerConfig | undefined;
-    const versions = ((await req(meta.get("versions"))) as Record<string, number> | undefined) ?? {};
-    const entries = (await req(tx.objectStore(S.kv).getAll())) as Entry[];
-    const pkeys = (await req(tx.objectStore(S.pkeys).getAll())) as PKey[];
-    const inbox = (await req(tx.objectStore(S.inbox).getAll())) as Conflict[];
-    const refused = (await req(tx.objectStore(S.refused).getAll())) as RefusedBatch[];
-    const pending = await req(tx.objectStore(S.pending).count());
-    await done(tx);
     const st = this.state;
     st.deviceId = device;
     if (config) st.config = config;
@@ -79,20 +87,31 @@ export class Core {
     const t = emptyTouched(false);
     also?.(tx, patch, t);
     if (ops.length > 0) {
-      const seq = await nextNumber(tx);
-      tx.objectStore(S.pending).put({ seq, no: seq, ops } satisfies Batch);
-      for (const [k, kops] of byKey(ops)) {
-        let p = (await req(tx.objectStore(S.pkeys).get(k))) as PKey | undefined;
-        if (!p) {
-          const e = (await req(tx.objectStore(S.kv).get(["", k]))) as Entry | undefined;
-          p = { key: k, base: e?.v, ops: [], local: e?.v, u: 0, ul: 0 };
-        }
+      // Every read is issued at once: one round trip to the storage, then
+      // the writes and the commit.
+      const groups = [...byKey(ops)];
+      const pkStore = tx.objectStore(S.pkeys);
+      const kvStore = tx.objectStore(S.kv);
+      const meta = tx.objectStore(S.meta);
+      const pendingStore = tx.objectStore(S.pending);
+      const [counter, count, pks, entries] = await Promise.all([
+        req(meta.get("counter")) as Promise<number | undefined>,
+        req(pendingStore.count()),
+        Promise.all(groups.map(([k]) => req(pkStore.get(k)) as Promise<PKey | undefined>)),
+        Promise.all(groups.map(([k]) => req(kvStore.get(["", k])) as Promise<Entry | undefined>)),
+      ]);
+      const seq = counter ?? 1;
+      meta.put(seq + 1, "counter");
+      pendingStore.put({ seq, no: seq, ops } satisfies Batch);
+      groups.forEach(([k, kops], i) => {
+        const e = entries[i];
+        const p = pks[i] ?? { key: k, base: e?.v, ops: [], local: e?.v, u: 0, ul: 0 };
         const np: PKey = { ...p, ops: [...p.ops, ...kops], local: applyOps(p.local, kops) };
-        tx.objectStore(S.pkeys).put(np);
+        pkStore.put(np);
         patch.pkeys.push([k, np]);
         t.pkeys.push(k);
-      }
-      patch.pendingCount = await req(tx.objectStore(S.pending).count());
+      });
+      patch.pendingCount = count + 1;
       t.pending = true;
     }
     await done(tx);
