@@ -259,7 +259,16 @@ export class Replica {
     this.wantSync = true;
     this.tabs.lead(() => {
       if (this.closed || !this.wantSync) return;
-      this.syncer?.start();
+      // The tab before may have committed a last transaction it had no
+      // time to tell: start from what the database holds.
+      void this.core.rereadAll().then(
+        (patch) => {
+          if (this.closed || !this.wantSync) return;
+          this.publish(patch);
+          this.syncer?.start();
+        },
+        () => this.syncer?.start(),
+      );
     });
   }
 

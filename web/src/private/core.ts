@@ -43,19 +43,10 @@ export class Core {
 
   /** load reads the whole replica into memory, creating the device id of a new one. */
   async load(): Promise<void> {
-    const tx = read(this.db, [S.kv, S.pkeys, S.pending, S.inbox, S.refused, S.meta]);
+    const patch = await this.rereadAll();
+    const tx = read(this.db, [S.meta]);
     const meta = tx.objectStore(S.meta);
-    const [stored, config, vs, entries, pkeys, inbox, refused, pending] = await Promise.all([
-      req(meta.get("device")) as Promise<string | undefined>,
-      req(meta.get("config")) as Promise<ServerConfig | undefined>,
-      req(meta.get("versions")) as Promise<Record<string, number> | undefined>,
-      req(tx.objectStore(S.kv).getAll()) as Promise<Entry[]>,
-      req(tx.objectStore(S.pkeys).getAll()) as Promise<PKey[]>,
-      req(tx.objectStore(S.inbox).getAll()) as Promise<Conflict[]>,
-      req(tx.objectStore(S.refused).getAll()) as Promise<RefusedBatch[]>,
-      req(tx.objectStore(S.pending).count()),
-    ]);
-    const versions = vs ?? {};
+    const [stored, config] = await Promise.all([req(meta.get("device")) as Promise<string | undefined>, req(meta.get("config")) as Promise<ServerConfig | undefined>]);
     let device = stored;
     if (device === undefined) {
       // A new replica: its device id is created once, by the first tab
@@ -66,15 +57,9 @@ export class Core {
       m.put(device, "device");
       await done(wtx);
     }
-    const st = this.state;
-    st.deviceId = device;
-    if (config) st.config = config;
-    for (const [p, v] of Object.entries(versions)) st.versions.set(p, v);
-    for (const e of entries) st.part(e.p).set(e.k, e);
-    for (const p of pkeys) st.pend.set(p.key, p);
-    for (const c of inbox) st.inbox.set(c.key, c);
-    for (const b of refused) st.refused.set(b.id, b);
-    st.pendingCount = pending;
+    this.state.deviceId = device;
+    if (config) patch.config = config;
+    this.state.apply(patch);
   }
 
   /**
@@ -98,7 +83,7 @@ export class Core {
         req(meta.get("counter")) as Promise<number | undefined>,
         req(pendingStore.count()),
         Promise.all(groups.map(([k]) => req(pkStore.get(k)) as Promise<PKey | undefined>)),
-        Promise.all(groups.map(([k]) => req(kvStore.get(["", k])) as Promise<Entry | undefined>)),
+        Promise.all(groups.map(async ([k]) => ((await req(kvStore.get(["", bucket(k)]))) as Chunk | undefined)?.m.get(k))),
       ]);
       const seq = counter ?? 1;
       meta.put(seq + 1, "counter");
@@ -155,33 +140,50 @@ export class Core {
     const cur = st.part(u.part);
     const changed = new Map<string, { new: Value | undefined; version: number }>();
     let next: Map<string, Entry> | undefined;
+    // The chunks the update touches, read here: the database, not this
+    // tab's memory, is the truth (a leader that just took over may not
+    // have heard the last transaction of the one before).
+    const chunks = new Map<number, Map<string, Entry>>();
     if (u.reset) {
-      next = new Map(cur);
+      next = new Map();
       for (const k of cur.keys()) {
         const ch = u.changes.get(k);
-        if (ch && ch.value !== undefined) continue;
-        kv.delete([u.part, k]);
-        next.delete(k);
-        changed.set(k, { new: undefined, version: 0 });
+        if (!ch || ch.value === undefined) changed.set(k, { new: undefined, version: 0 });
       }
+      kv.delete(IDBKeyRange.bound([u.part], [u.part, []]));
       t.resetParts.push(u.part);
+    } else {
+      const bs = [...new Set([...u.changes.keys()].map(bucket))];
+      const got = await Promise.all(bs.map((b) => req(kv.get([u.part, b])) as Promise<Chunk | undefined>));
+      bs.forEach((b, i) => chunks.set(b, new Map(got[i]?.m ?? [])));
     }
     const keys = [...u.changes.keys()].sort((a, b) => (u.changes.get(a)?.version ?? 0) - (u.changes.get(b)?.version ?? 0) || (a < b ? -1 : a > b ? 1 : 0));
     for (const k of keys) {
       const ch = u.changes.get(k);
       if (!ch) continue;
       changed.set(k, { new: ch.value, version: ch.version });
+      const chunk = next ?? chunks.get(bucket(k));
       if (ch.value === undefined) {
-        kv.delete([u.part, k]);
-        if (next) next.delete(k);
-        else patch.kv.push({ p: u.part, k, e: null });
+        chunk?.delete(k);
+        if (!next) patch.kv.push({ p: u.part, k, e: null });
       } else {
         const e: Entry = { p: u.part, k, v: ch.value, ver: ch.version };
-        kv.put(e);
-        if (next) next.set(k, e);
-        else patch.kv.push({ p: u.part, k, e });
+        chunk?.set(k, e);
+        if (!next) patch.kv.push({ p: u.part, k, e });
       }
       if (!u.reset) t.kv.push([u.part, k]);
+    }
+    if (next) {
+      for (const [k, e] of next) {
+        const b = bucket(k);
+        let m = chunks.get(b);
+        if (!m) chunks.set(b, (m = new Map()));
+        m.set(k, e);
+      }
+    }
+    for (const [b, m] of chunks) {
+      if (m.size === 0) kv.delete([u.part, b]);
+      else kv.put({ p: u.part, b, m } satisfies Chunk);
     }
     if (next) patch.parts.set(u.part, next);
     const versions = { ...Object.fromEntries(st.versions), [u.part]: u.version };
@@ -428,18 +430,55 @@ export class Core {
     this.commit(patch, t);
   }
 
+  /**
+   * rereadAll builds the patch that makes memory what the database holds,
+   * for a tab that becomes the leader: the tab before it may have committed
+   * a last transaction it had no time to tell.
+   */
+  async rereadAll(): Promise<Patch> {
+    const tx = read(this.db, [S.kv, S.pkeys, S.pending, S.inbox, S.refused, S.meta]);
+    const [chunks, pkeys, inbox, refused, pending, vs] = await Promise.all([
+      req(tx.objectStore(S.kv).getAll()) as Promise<Chunk[]>,
+      req(tx.objectStore(S.pkeys).getAll()) as Promise<PKey[]>,
+      req(tx.objectStore(S.inbox).getAll()) as Promise<Conflict[]>,
+      req(tx.objectStore(S.refused).getAll()) as Promise<RefusedBatch[]>,
+      req(tx.objectStore(S.pending).count()),
+      req(tx.objectStore(S.meta).get("versions")) as Promise<Record<string, number> | undefined>,
+    ]);
+    const st = this.state;
+    const patch = emptyPatch(true);
+    for (const p of st.synced.keys()) patch.parts.set(p, new Map());
+    for (const c of chunks) {
+      let m = patch.parts.get(c.p);
+      if (!m) patch.parts.set(c.p, (m = new Map()));
+      for (const [k, e] of c.m) m.set(k, e);
+    }
+    const pk = new Map(pkeys.map((p) => [p.key, p]));
+    for (const k of st.pend.keys()) if (!pk.has(k)) patch.pkeys.push([k, null]);
+    for (const [k, p] of pk) patch.pkeys.push([k, p]);
+    const ib = new Map(inbox.map((c) => [c.key, c]));
+    for (const k of st.inbox.keys()) if (!ib.has(k)) patch.inbox.push([k, null]);
+    for (const [k, c] of ib) patch.inbox.push([k, c]);
+    const rf = new Map(refused.map((b) => [b.id, b]));
+    for (const id of st.refused.keys()) if (!rf.has(id)) patch.refused.push([id, null]);
+    for (const [id, b] of rf) patch.refused.push([id, b]);
+    for (const [p, v] of Object.entries(vs ?? {})) patch.versions.push([p, v]);
+    patch.pendingCount = pending;
+    return patch;
+  }
+
   /** reread builds the patch of what another tab's transaction changed, from the database. */
   async reread(t: Touched): Promise<Patch> {
     const tx = read(this.db, [S.kv, S.pkeys, S.pending, S.inbox, S.refused, S.meta]);
     const patch = emptyPatch(t.remote);
     const kv = tx.objectStore(S.kv);
     for (const p of t.resetParts) {
-      const all = (await req(kv.getAll(IDBKeyRange.bound([p], [p, []])))) as Entry[];
-      patch.parts.set(p, new Map(all.map((e) => [e.k, e])));
+      const all = (await req(kv.getAll(IDBKeyRange.bound([p], [p, []])))) as Chunk[];
+      patch.parts.set(p, new Map(all.flatMap((c) => [...c.m])));
     }
     for (const [p, k] of t.kv) {
-      const e = (await req(kv.get([p, k]))) as Entry | undefined;
-      patch.kv.push({ p, k, e: e ?? null });
+      const c = (await req(kv.get([p, bucket(k)]))) as Chunk | undefined;
+      patch.kv.push({ p, k, e: c?.m.get(k) ?? null });
     }
     for (const k of t.pkeys) patch.pkeys.push([k, ((await req(tx.objectStore(S.pkeys).get(k))) as PKey | undefined) ?? null]);
     for (const k of t.inbox) patch.inbox.push([k, ((await req(tx.objectStore(S.inbox).get(k))) as Conflict | undefined) ?? null]);
@@ -455,6 +494,27 @@ export class Core {
     }
     return patch;
   }
+}
+
+/** BUCKETS is how many chunks hold a partition's synced keys. */
+const BUCKETS = 64;
+
+/**
+ * Chunk is one IndexedDB record holding the synced keys of one bucket of a
+ * partition: a first sync or an open then costs tens of records, not one
+ * per key, and a remote change rewrites one chunk.
+ */
+export interface Chunk {
+  readonly p: string;
+  readonly b: number;
+  readonly m: Map<string, Entry>;
+}
+
+/** bucket is the chunk of a key (FNV-1a of its UTF-16 code units). */
+export function bucket(k: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < k.length; i++) h = Math.imul(h ^ k.charCodeAt(i), 0x01000193);
+  return (h >>> 0) % BUCKETS;
 }
 
 /** nextNumber takes the next number of the device's counter, which numbers batches. */

@@ -9,7 +9,7 @@ export const FORMAT = 1;
 
 /** The object stores of a replica. */
 export const S = {
-  /** Synced values: {p: partition, k: key, v: Value, ver: version}, keyed [p, k]. */
+  /** Synced values, in chunks: {p: partition, b: bucket, m: key → {v: Value, ver: version}}, keyed [p, b]. */
   kv: "kv",
   /** Keys with pending ops: PKey records keyed by key. */
   pkeys: "pkeys",
@@ -30,7 +30,7 @@ export const S = {
  */
 function upgrade(db: IDBDatabase, from: number): void {
   if (from < 1) {
-    db.createObjectStore(S.kv, { keyPath: ["p", "k"] });
+    db.createObjectStore(S.kv, { keyPath: ["p", "b"] });
     db.createObjectStore(S.pkeys, { keyPath: "key" });
     db.createObjectStore(S.pending, { keyPath: "seq" });
     db.createObjectStore(S.inbox, { keyPath: "key" });
