@@ -11,6 +11,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -27,7 +28,7 @@ func main() {
 
 func run(args []string) error {
 	if len(args) < 3 {
-		return fmt.Errorf("usage: goreplica FILE SERVER_URL TOKEN COMMAND...")
+		return errors.New("usage: goreplica FILE SERVER_URL TOKEN COMMAND…")
 	}
 	file, url, tok := args[0], args[1], args[2]
 	var resolver client.Resolver = client.ClientWins
