@@ -233,3 +233,35 @@ test("a batch the server refuses is set aside and the next goes on", async () =>
     await srv2.stop();
   }
 });
+
+test("subscriptions see local and remote changes; a shared partition is pulled, watched and read-only", async () => {
+  const user = newUser();
+  const srv2 = await startServer(["--shared", "catalog", "--heartbeat", "1s"]);
+  try {
+    await srv2.commitShared("catalog", [put("cat/shoes", "Shoes")]);
+    const r = await openReplica({ name: `db-${n++}`, serverUrl: srv2.url, token: () => srv2.token(user), shared: ["catalog"], retryMinMs: 20 });
+    after(() => r.close());
+    const seen: string[] = [];
+    const off = r.subscribe("cart/", (c) => seen.push(`${c.key}=${c.remote ? "remote" : "local"}`));
+    const sharedSeen: string[] = [];
+    const cat = r.shared("catalog");
+    cat.subscribe("cat/", (c) => sharedSeen.push(c.key));
+    await r.listAdd("cart/items", "milk");
+    await r.put("prefs/x", "1"); // outside the prefix
+    await waitFor("watching", () => r.status.watching && cat.version > 0);
+    assert.equal(new TextDecoder().decode((cat.get("cat/shoes") as { scalar: Uint8Array }).scalar), "Shoes");
+    await srv2.commit(user, [put("cart/note", "ring")]);
+    await srv2.commitShared("catalog", [put("cat/hats", "Hats")]);
+    await waitFor("remote changes arrive by watch", () => seen.includes("cart/note=remote") && sharedSeen.includes("cat/hats"));
+    assert.deepEqual(seen.slice(0, 1), ["cart/items=local"]);
+    assert.ok(!seen.some((s) => s.startsWith("prefs/")));
+    assert.deepEqual(cat.list("cat/").map((it) => it.key), ["cat/hats", "cat/shoes"]);
+    await assert.rejects(cat.put("cat/x", 1), (e: DalvError) => e.code === "read_only");
+    off();
+    await r.put("cart/after", "1");
+    assert.ok(!seen.includes("cart/after=local"), "no calls after cancel");
+    r.close();
+  } finally {
+    await srv2.stop();
+  }
+});

@@ -27,6 +27,7 @@ export interface DalvServer {
   proc: ChildProcess;
   token(user: string): string;
   commit(user: string, ops: unknown[]): Promise<number>;
+  commitShared(name: string, ops: unknown[]): Promise<number>;
   get(user: string, key: string): Promise<{ value?: { scalar?: string; list?: { items?: string[] } }; version: string } | undefined>;
   metric(name: string): Promise<number>;
   stop(): Promise<void>;
@@ -65,6 +66,7 @@ export async function startServer(args: string[] = []): Promise<DalvServer> {
     proc,
     token: (user) => mintToken(user),
     commit: async (user, ops) => Number((await backend("Commit", { user, ops })).version ?? 0),
+    commitShared: async (shared, ops) => Number((await backend("Commit", { shared, ops })).version ?? 0),
     get: async (user, key) => {
       const j = (await backend("Get", { user, keys: [key] })) as { items?: { value?: never }[]; version: string };
       const it = j.items?.[0];
