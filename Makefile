@@ -1,24 +1,25 @@
-# Developer targets. The README's test command is `go test -race -count=1 ./...`
-# (make test-race runs it but reuses cached results); CI runs .ci/run.
+# Developer targets. The README's test command is `make test` (the Go suites
+# with the race detector, then the browser SDK's); CI runs .ci/run, which
+# runs exactly it.
 GO ?= go
 TOOL = $(GO) tool -modfile=tools/go.mod
 
-.PHONY: all build generate check-generated lint test test-race soak bench bench-postgres fuzz
+.PHONY: all build generate check-generated lint test test-go test-race soak bench bench-postgres fuzz web-deps test-web bundle-size bench-web
 
 all: build
 
 build:
 	$(GO) build -o bin/dalv ./cmd/dalv
 
-## generate: regenerate gen/ from proto/ (byte for byte what is committed)
-generate:
+## generate: regenerate gen/ and web/src/gen/ from proto/ (byte for byte what is committed)
+generate: web-deps
 	$(TOOL) buf lint
 	$(TOOL) buf generate
 
 ## check-generated: fail if gen/ is stale
 check-generated: generate
-	git diff --exit-code -- gen/
-	@test -z "$$(git status --porcelain -- gen/)" || (git status --porcelain -- gen/; echo "gen/ has untracked files: run make generate and commit"; exit 1)
+	git diff --exit-code -- gen/ web/src/gen/
+	@test -z "$$(git status --porcelain -- gen/ web/src/gen/)" || (git status --porcelain -- gen/ web/src/gen/; echo "gen/ or web/src/gen/ has untracked files: run make generate and commit"; exit 1)
 
 ## lint: gofmt, go vet, staticcheck
 lint:
@@ -26,8 +27,13 @@ lint:
 	$(GO) vet ./...
 	$(TOOL) staticcheck ./...
 
-test:
-	$(GO) test ./...
+## test: every test, the README's test command: the Go suites with the race
+## detector, then the browser SDK's suite (Node and headless Chromium)
+test: test-go test-web
+
+## test-go: the Go suites (unit, conformance, end to end, crash loop, fuzz seeds)
+test-go:
+	$(GO) test -race -count=1 ./...
 
 test-race:
 	$(GO) test -race ./...
@@ -61,3 +67,24 @@ bench: build
 ## the database is $DALV_TEST_POSTGRES, or the machine's PostgreSQL
 bench-postgres: build
 	./bin/dalv bench --store "$${DALV_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable}" --runs 5
+
+## web-deps: install the browser SDK's npm packages (pinned by web/package-lock.json) when missing
+web-deps:
+	@test -x web/node_modules/.bin/protoc-gen-es || npm ci --prefix web
+
+## test-web: the browser SDK's suite: type-check, build, unit tests in Node, browser tests in Chromium
+test-web: web-deps build
+	npm run --prefix web typecheck
+	npm run --prefix web build
+	npm run --prefix web test:unit
+	DALV_BIN=$(CURDIR)/bin/dalv npm run --prefix web test:browser
+
+## bundle-size: the minified, gzipped browser SDK with its runtime must stay within its budget
+bundle-size: web-deps
+	npm run --prefix web build
+	node web/scripts/bundle-size.mjs
+
+## bench-web: the browser SDK's figures in headless Chromium (medians of 3 runs)
+bench-web: web-deps build
+	npm run --prefix web build
+	DALV_BIN=$(CURDIR)/bin/dalv node web/scripts/bench.mjs

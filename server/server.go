@@ -112,6 +112,11 @@ type Config struct {
 	Rules *rules.Set
 	// Registry receives the metrics; nil makes a new one, served on /metrics.
 	Registry *prometheus.Registry
+	// CORSOrigins are the origins whose browser pages may call the server
+	// (Connect, gRPC-Web and streaming requests, with their preflights);
+	// "*" allows any origin. Empty: no CORS headers are sent, so only pages
+	// of the server's own origin can call it.
+	CORSOrigins []string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -308,7 +313,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.RateLimit > 0 {
 		s.limiter = newRateLimiter(cfg.RateLimit, cfg.RateBurst, cfg.Now)
 	}
-	s.handler = s.routes()
+	s.handler = withCORS(s.routes(), cfg.CORSOrigins)
 	return s, nil
 }
 

@@ -58,6 +58,7 @@ type serveFlags struct {
 	tlsSelfSigned     bool
 	rulesFile         string
 	rulesPoll         time.Duration
+	corsOrigins       []string
 }
 
 func newServeCmd() *cobra.Command {
@@ -129,6 +130,7 @@ With --tls-cert and --tls-key it serves HTTPS (HTTP/2 and HTTP/1.1, TLS
 	fl.BoolVar(&f.tlsSelfSigned, "tls-self-signed", false, "with --dev: serve HTTPS with a self-signed certificate for localhost kept in --data (generated on the first start), and print the file clients trust it by")
 	fl.StringVar(&f.rulesFile, "rules", "", "write rules file (YAML or JSON): every write is checked against it; reloaded on SIGHUP and when the file changes (see dalv rules check)")
 	fl.DurationVar(&f.rulesPoll, "rules-poll", defaultRulesPoll, "with --rules: how often the rules file's modification time is looked at")
+	fl.StringArrayVar(&f.corsOrigins, "cors-origin", nil, `origin (https://app.example.com) whose browser pages may call the server; repeatable; "*" (any origin) only with --dev`)
 	fl.StringVar(&f.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this separate address (off by default; never expose it)")
 	return cmd
 }
@@ -196,6 +198,7 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 	cfg.Store, cfg.Verifier, cfg.BackendKeys = st, verifier, keySet
 	cfg.SystemPrefixes, cfg.Shared, cfg.Logger = prefixes, shared, log
 	cfg.TLS, cfg.Rules, cfg.Registry = tlsConf, ruleSet, reg
+	cfg.CORSOrigins = f.corsOrigins
 	srv, err := server.New(cfg)
 	if err != nil {
 		return err
@@ -402,6 +405,11 @@ func secrets(f serveFlags, needSecret bool) (secret string, keys []string, note 
 // its Go configuration (a flag's default is shown in its help instead), and
 // the store's flags; the server's own rules come from server.Config.Check.
 func (f serveFlags) validate() error {
+	for _, o := range f.corsOrigins {
+		if err := validOrigin(o, f.dev); err != nil {
+			return err
+		}
+	}
 	for _, fl := range []struct {
 		name string
 		n    int
@@ -506,4 +514,20 @@ func newLogger(w interface{ Write([]byte) (int, error) }, level, format string) 
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: use text or json", format)
+}
+
+// validOrigin checks a --cors-origin: a scheme and host without a path, or
+// "*", which lets pages of any site call the server and so only goes with --dev.
+func validOrigin(o string, dev bool) error {
+	if o == "*" {
+		if !dev {
+			return errors.New(`--cors-origin "*" lets any web site's pages call the server: it is allowed only with --dev; name the origins instead`)
+		}
+		return nil
+	}
+	u, err := neturl.Parse(o)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.User != nil {
+		return fmt.Errorf("--cors-origin %q: want an origin such as https://app.example.com (scheme and host, no path)", o)
+	}
+	return nil
 }

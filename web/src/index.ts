@@ -1,0 +1,15 @@
+export { openReplica, Replica, bytes } from "./replica.js";
+export type { ReplicaOptions } from "./options.js";
+export type { Tx } from "./tx.js";
+export type { Value } from "./value.js";
+export { scalar, list, isList, valuesEqual } from "./value.js";
+export type { Op } from "./op.js";
+export type { Change, Item } from "./change.js";
+export type { Conflict, Resolution, Resolver } from "./conflict.js";
+export { use, deferToInbox, serverWins, clientWins } from "./conflict.js";
+export { mergeJSON, mergeJSONWith } from "./merge-json.js";
+export { DalvError } from "./errors.js";
+export type { DalvErrorCode } from "./errors.js";
+export type { RefusedBatch } from "./refused-batch.js";
+export type { SyncStatus } from "./status.js";
+export type { SharedPartition } from "./shared-partition.js";

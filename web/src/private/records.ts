@@ -1,0 +1,61 @@
+import type { Conflict } from "../conflict.js";
+import type { Op } from "../op.js";
+import type { RefusedBatch } from "../refused-batch.js";
+import type { Value } from "../value.js";
+
+/** Entry is one synced key. */
+export interface Entry {
+  readonly p: string;
+  readonly k: string;
+  readonly v: Value;
+  readonly ver: number;
+}
+
+/**
+ * PKey is one key of the user's partition with pending ops: base is the
+ * synced value the ops apply to, local what reads show. u, when not 0, is
+ * the version of the first remote change to the key the device has not
+ * shown (the key is dirty): the next sync sends a base below it so the
+ * server reports the key as a conflict. ul is the same bound for list ops,
+ * which conflict only with scalar changes.
+ */
+export interface PKey {
+  readonly key: string;
+  readonly base: Value | undefined;
+  readonly ops: readonly Op[];
+  readonly local: Value | undefined;
+  readonly u: number;
+  readonly ul: number;
+}
+
+/** Batch is one pending transaction (or several, merged), sent as one Sync. */
+export interface Batch {
+  /** Its place in the queue, stable. */
+  readonly seq: number;
+  /** The batch number the server's idempotency check sees; renewed when the batch is rewritten. */
+  readonly no: number;
+  readonly ops: readonly Op[];
+}
+
+/** InboxRecord is a deferred conflict as stored. */
+export type InboxRecord = Conflict;
+
+/** RefusedRecord is a refused batch as stored. */
+export type RefusedRecord = RefusedBatch;
+
+/** Touched names what a transaction changed, for the other tabs to read again. */
+export interface Touched {
+  kv: [string, string][];
+  resetParts: string[];
+  pkeys: string[];
+  inbox: string[];
+  refused: number[];
+  versions: string[];
+  pending: boolean;
+  config: boolean;
+  remote: boolean;
+}
+
+export function emptyTouched(remote: boolean): Touched {
+  return { kv: [], resetParts: [], pkeys: [], inbox: [], refused: [], versions: [], pending: false, config: false, remote };
+}
