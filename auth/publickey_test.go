@@ -15,6 +15,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/dalvdb/dalv/internal/wait"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -509,7 +510,7 @@ func TestJWKSDownAtStart(t *testing.T) {
 	tok := signKID(t, "ES256", testKey("p256"), "k", pkClaims())
 	wantRefused(t, v, tok, ErrUnknownKey, `kid "k" (known: none)`)
 	srv.set(jwk(t, testKey("p256"), "k", "", ""))
-	checkFor(t, 10*time.Second, func() error {
+	wait.For(t, 10*time.Second, func() error {
 		_, err := v.Verify(context.Background(), tok)
 		return err
 	})
@@ -517,7 +518,7 @@ func TestJWKSDownAtStart(t *testing.T) {
 	// Down later: the keys it has keep working.
 	srv.setBody(http.StatusInternalServerError, "oops")
 	before := srv.requests.Load()
-	checkFor(t, 10*time.Second, func() error {
+	wait.For(t, 10*time.Second, func() error {
 		if srv.requests.Load() < before+2 {
 			return errors.New("no refresh yet")
 		}
@@ -542,7 +543,7 @@ func TestJWKSDownLater(t *testing.T) {
 	srv.Close() // connection refused from now on
 	tok := signKID(t, "ES256", testKey("p256"), "k", pkClaims())
 	before := attempts.Load()
-	checkFor(t, 10*time.Second, func() error {
+	wait.For(t, 10*time.Second, func() error {
 		if attempts.Load() < before+3 {
 			return errors.New("fewer than 3 refresh attempts")
 		}
@@ -555,21 +556,6 @@ func TestJWKSDownLater(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
-
-func checkFor(t *testing.T, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 func TestJWKSBadDocuments(t *testing.T) {
 	t.Parallel()

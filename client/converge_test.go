@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/dalvdb/dalv/internal/wait"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -252,7 +253,7 @@ func TestConvergence(t *testing.T) {
 	}
 	var want map[string]*dalvv1.Value
 	var version uint64
-	checkFor(t, 60*time.Second, func() error {
+	wait.For(t, 60*time.Second, func() error {
 		want, version = srv.state(t, user)
 		for _, d := range devs {
 			st := d.r.Status()

@@ -414,22 +414,6 @@ func show(v *dalvv1.Value) string {
 	return fmt.Sprintf("%q", v.GetScalar())
 }
 
-// checkFor polls cond until it returns nil or timeout passes.
-func checkFor(t testing.TB, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func put(key, v string) *dalvv1.Op {
 	return &dalvv1.Op{Kind: dalvv1.OpKind_OP_KIND_PUT, Key: key, Value: value.Scalar([]byte(v))}
 }

@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
+	"github.com/dalvdb/dalv/internal/wait"
 	"testing"
 	"time"
 
@@ -50,7 +51,7 @@ func TestPostgresDelayed(t *testing.T) {
 	}
 
 	proxy.SetDelay(0)
-	checkFor(t, 30*time.Second, func() error { return r.Sync(ctx) })
+	wait.For(t, 30*time.Second, func() error { return r.Sync(ctx) })
 	if st := r.Status(); st.Pending != 0 || !st.Online {
 		t.Errorf("after the delay: %d pending, online %v; want none pending and online", st.Pending, st.Online)
 	}

@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"fmt"
+	"github.com/dalvdb/dalv/internal/wait"
 	"testing"
 	"time"
 
@@ -80,7 +81,7 @@ func TestResetReplacesState(t *testing.T) {
 		srv.commit(t, user, ops...)
 	}
 	raw := dalvv1connect.NewClientServiceClient(newNet(srv).client(), "http://dalv.test")
-	checkFor(t, 20*time.Second, func() error {
+	wait.For(t, 20*time.Second, func() error {
 		req := connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "probe", BaseVersion: base})
 		req.Header().Set("Authorization", "Bearer "+mustToken(t, user))
 		resp, err := raw.Sync(context.Background(), req)
@@ -113,7 +114,7 @@ func TestErasedPartitionReachesWatchingDevice(t *testing.T) {
 	if err := d.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 20*time.Second, func() error {
+	wait.For(t, 20*time.Second, func() error {
 		if st := d.Status(); !st.Watching || len(localState(t, d)) != 2 {
 			return fmt.Errorf("status %+v, %d keys", st, len(localState(t, d)))
 		}
@@ -122,14 +123,14 @@ func TestErasedPartitionReachesWatchingDevice(t *testing.T) {
 	if _, err := srv.backend().DeletePartition(context.Background(), connect.NewRequest(&dalvv1.DeletePartitionRequest{User: user})); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 20*time.Second, func() error {
+	wait.For(t, 20*time.Second, func() error {
 		if n := len(localState(t, d)); n != 0 {
 			return fmt.Errorf("%d keys left after the erase", n)
 		}
 		return nil
 	})
 	srv.commit(t, user, put("c", "3"))
-	checkFor(t, 20*time.Second, func() error {
+	wait.For(t, 20*time.Second, func() error {
 		if got := getString(t, d, "c"); got != `"3"` {
 			return fmt.Errorf("c = %s", got)
 		}
@@ -171,7 +172,7 @@ func TestSharedPartitions(t *testing.T) {
 	if err := d.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 20*time.Second, func() error {
+	wait.For(t, 20*time.Second, func() error {
 		if st := d.Status(); !st.Watching {
 			return fmt.Errorf("not watching")
 		}

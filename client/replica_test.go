@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/dalvdb/dalv/internal/wait"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -324,7 +325,7 @@ func TestStartAgainAfterContextEnds(t *testing.T) {
 		t.Errorf("second Start: %v, want ErrRunning", err)
 	}
 	cancel()
-	checkFor(t, 10*time.Second, func() error {
+	wait.For(t, 10*time.Second, func() error {
 		ctx2, cancel2 := context.WithCancel(context.Background())
 		defer cancel2()
 		if err := a.Start(ctx2); err != nil {
@@ -339,7 +340,7 @@ func TestStartAgainAfterContextEnds(t *testing.T) {
 	if err := a.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 20*time.Second, func() error {
+	wait.For(t, 20*time.Second, func() error {
 		if st := a.Status(); st.Pending != 0 {
 			return fmt.Errorf("status %+v", st)
 		}

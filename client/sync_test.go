@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/dalvdb/dalv/internal/wait"
 	"slices"
 	"strings"
 	"sync"
@@ -323,7 +324,7 @@ func TestWatchedRemoteChangeMeetsPendingWrite(t *testing.T) {
 	if err := a.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 20*time.Second, func() error {
+	wait.For(t, 20*time.Second, func() error {
 		if st := a.Status(); !st.Watching || st.Version < 1 {
 			return fmt.Errorf("status %+v: not watching yet", st)
 		}
@@ -335,7 +336,7 @@ func TestWatchedRemoteChangeMeetsPendingWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	v := srv.commit(t, user, put("doc", "remote"), put("other", "o1"))
-	checkFor(t, 20*time.Second, func() error {
+	wait.For(t, 20*time.Second, func() error {
 		if got := a.Status().Version; got < v {
 			return fmt.Errorf("replica at version %d, want %d by watch", got, v)
 		}
@@ -356,7 +357,7 @@ func TestWatchedRemoteChangeMeetsPendingWrite(t *testing.T) {
 		t.Fatalf("resolver called before any sync: %v", describe(got))
 	}
 	net.setBlockSync(false)
-	checkFor(t, 20*time.Second, func() error {
+	wait.For(t, 20*time.Second, func() error {
 		if st := a.Status(); st.Pending != 0 {
 			return fmt.Errorf("status %+v", st)
 		}
@@ -403,14 +404,14 @@ func TestLoopSyncsWhenServerComesBack(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	checkFor(t, 20*time.Second, func() error {
+	wait.For(t, 20*time.Second, func() error {
 		if st := a.Status(); st.Online || st.LastError == nil || st.Pending == 0 {
 			return fmt.Errorf("status %+v, want offline with an error and pending writes", st)
 		}
 		return nil
 	})
 	srv.start()
-	checkFor(t, 30*time.Second, func() error {
+	wait.For(t, 30*time.Second, func() error {
 		if st := a.Status(); st.Pending != 0 || !st.Online || st.LastError != nil {
 			return fmt.Errorf("a: %+v", st)
 		}
@@ -559,7 +560,7 @@ func TestLostAnswersApplyOnce(t *testing.T) {
 	if err := a.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 20*time.Second, func() error {
+	wait.For(t, 20*time.Second, func() error {
 		if st := a.Status(); !st.Watching {
 			return fmt.Errorf("status %+v", st)
 		}
@@ -571,7 +572,7 @@ func TestLostAnswersApplyOnce(t *testing.T) {
 	if err := a.Put("k", []byte("1")); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 20*time.Second, func() error {
+	wait.For(t, 20*time.Second, func() error {
 		if st := a.Status(); st.Version != 1 || st.Pending != 1 {
 			return fmt.Errorf("status %+v, want version 1 by watch and the batch still pending", st)
 		}
@@ -584,7 +585,7 @@ func TestLostAnswersApplyOnce(t *testing.T) {
 		t.Errorf("k = %s, want the latest local write", got)
 	}
 	net.setLoseSync(false)
-	checkFor(t, 20*time.Second, func() error {
+	wait.For(t, 20*time.Second, func() error {
 		if st := a.Status(); st.Pending != 0 {
 			return fmt.Errorf("status %+v", st)
 		}
@@ -619,7 +620,7 @@ func TestSeenChangeIsNotAConflict(t *testing.T) {
 	}
 	waitVersion := func(v uint64) {
 		t.Helper()
-		checkFor(t, 20*time.Second, func() error {
+		wait.For(t, 20*time.Second, func() error {
 			if got := a.Status().Version; got < v {
 				return fmt.Errorf("at version %d, want %d", got, v)
 			}
@@ -644,7 +645,7 @@ func TestSeenChangeIsNotAConflict(t *testing.T) {
 		t.Fatal(err)
 	}
 	net.setBlockSync(false)
-	checkFor(t, 20*time.Second, func() error {
+	wait.For(t, 20*time.Second, func() error {
 		if st := a.Status(); st.Pending != 0 || st.LastError != nil {
 			return fmt.Errorf("status %+v", st)
 		}
@@ -669,7 +670,7 @@ func TestRulesRefreshedWhenServerComesBack(t *testing.T) {
 	if err := a.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 20*time.Second, func() error {
+	wait.For(t, 20*time.Second, func() error {
 		if !a.Status().Watching {
 			return errors.New("not watching")
 		}
@@ -681,7 +682,7 @@ func TestRulesRefreshedWhenServerComesBack(t *testing.T) {
 	srv.stop()
 	srv.args = append(srv.args, "--system-prefix", "priv/")
 	srv.start()
-	checkFor(t, 20*time.Second, func() error {
+	wait.For(t, 20*time.Second, func() error {
 		if err := a.Put("priv/y", []byte("2")); !errors.Is(err, client.ErrSystemKey) {
 			return fmt.Errorf("write under the new system prefix: %v", err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"github.com/dalvdb/dalv/internal/wait"
 	"maps"
 	"net/http"
 	"regexp"
@@ -604,7 +605,7 @@ func TestFeedBadCursors(t *testing.T) {
 		cs = append(cs, feedNext(t, f).GetCursor())
 	}
 	f.stop()
-	checkFor(t, 20*time.Second, 100*time.Millisecond, func() error {
+	wait.ForEvery(t, 20*time.Second, 100*time.Millisecond, func() error {
 		n := 0
 		for _, m := range feedCompacted.FindAllStringSubmatch(srv.Stderr(), -1) {
 			k, _ := strconv.Atoi(m[1])

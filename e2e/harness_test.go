@@ -125,22 +125,6 @@ func h2cClient() *http.Client {
 	return &http.Client{Transport: tr}
 }
 
-// checkFor polls cond until it returns nil or timeout passes.
-func checkFor(t testing.TB, timeout, every time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v: %v", timeout, err)
-		}
-		time.Sleep(every)
-	}
-}
-
 // codeOf is the Connect code of err, or "ok".
 func codeOf(err error) string {
 	if err == nil {

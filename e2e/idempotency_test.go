@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/dalvdb/dalv/internal/wait"
 	"strings"
 	"testing"
 	"time"
@@ -168,7 +169,7 @@ func TestPostgresCommitCutMidCommit(t *testing.T) {
 			_, err := b.Commit(ctx(t), req)
 			done <- err
 		}()
-		checkFor(t, 30*time.Second, 5*time.Millisecond, func() error {
+		wait.ForEvery(t, 30*time.Second, 5*time.Millisecond, func() error {
 			c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			conn, err := pgxConnect(c, base)
@@ -202,7 +203,7 @@ func TestPostgresCommitCutMidCommit(t *testing.T) {
 	// it directly: the node cannot reach PostgreSQL yet.
 	applied := func(user string, want uint64) {
 		t.Helper()
-		checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		wait.ForEvery(t, 30*time.Second, 10*time.Millisecond, func() error {
 			c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			conn, err := pgxConnect(c, direct)
@@ -221,7 +222,7 @@ func TestPostgresCommitCutMidCommit(t *testing.T) {
 	retry := func(req *connect.Request[dalvv1.CommitRequest]) uint64 {
 		t.Helper()
 		var version uint64
-		checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		wait.ForEvery(t, 30*time.Second, 50*time.Millisecond, func() error {
 			resp, err := b.Commit(ctx(t), connect.NewRequest(req.Msg))
 			if err != nil {
 				if connect.CodeOf(err) == connect.CodeUnavailable {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/dalvdb/dalv/internal/wait"
 	"io"
 	"net"
 	"net/http"
@@ -456,13 +457,13 @@ func TestLifecycleGracefulStop(t *testing.T) {
 	if err := syscall.Kill(srv.PID(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+	wait.ForEvery(t, 10*time.Second, 5*time.Millisecond, func() error {
 		if !strings.Contains(srv.Stderr(), "draining") {
 			return errors.New("no draining in the log")
 		}
 		return nil
 	})
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+	wait.ForEvery(t, 10*time.Second, 5*time.Millisecond, func() error {
 		c, err := net.DialTimeout("tcp", srv.Addr, time.Second)
 		if err != nil {
 			return nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/dalvdb/dalv/internal/wait"
 	"io"
 	"net/http"
 	"strings"
@@ -232,7 +233,7 @@ func TestRateLimit(t *testing.T) {
 		readPartition(t, b, "alice")
 	}
 	// The bucket refills.
-	checkFor(t, 5*time.Second, 100*time.Millisecond, func() error {
+	wait.ForEvery(t, 5*time.Second, 100*time.Millisecond, func() error {
 		_, err := trySync(t, alice, &dalvv1.SyncRequest{DeviceId: "d", BaseVersion: uint64(len(applied))})
 		return err
 	})

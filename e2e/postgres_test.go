@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/dalvdb/dalv/internal/wait"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -41,7 +42,7 @@ func pgNodes(t *testing.T, base string, n int, args ...string) ([]*proc.Server, 
 // other nodes' commits, so that a commit made after it is announced to it.
 func pgWaitListening(t *testing.T, base, app string) {
 	t.Helper()
-	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+	wait.ForEvery(t, 30*time.Second, 10*time.Millisecond, func() error {
 		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		conn, err := pgxConnect(c, base)
@@ -230,7 +231,7 @@ func TestPostgresConnectionDelayed(t *testing.T) {
 		proxy.SetDelay(3 * time.Second)
 		// The node gives up on its statements after 1s: wait until a sync
 		// has ended with unavailable, then lift the delay.
-		checkFor(t, time.Minute, 10*time.Millisecond, func() error {
+		wait.ForEvery(t, time.Minute, 10*time.Millisecond, func() error {
 			m := metric(scrape(t, nodes[0]), "dalv_requests_total", map[string]string{
 				"procedure": dalvv1connect.ClientServiceSyncProcedure, "code": "unavailable"})
 			if m.GetCounter().GetValue() == 0 {
@@ -298,7 +299,7 @@ func pgLoadWithFault(t *testing.T, nodes []*proc.Server, devices, batches, fault
 	for k := range faults {
 		// Strike when the load is well under way, then let it go on.
 		target := int64((k + 1) * devices * batches / (faults + 1))
-		checkFor(t, time.Minute, time.Millisecond, func() error {
+		wait.ForEvery(t, time.Minute, time.Millisecond, func() error {
 			if acked.Load() < target {
 				return fmt.Errorf("%d batches acknowledged, waiting for %d", acked.Load(), target)
 			}
@@ -322,7 +323,7 @@ func pgLoadWithFault(t *testing.T, nodes []*proc.Server, devices, batches, fault
 	for d := range devices {
 		user := fmt.Sprintf("user%d", d)
 		var resp *connect.Response[dalvv1.SyncResponse]
-		checkFor(t, 30*time.Second, 10*time.Millisecond, func() (err error) {
+		wait.ForEvery(t, 30*time.Second, 10*time.Millisecond, func() (err error) {
 			resp, err = deviceClient(t, nodes[1], user).Sync(ctx(t), connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "laptop"}))
 			return err
 		})
@@ -341,7 +342,7 @@ func pgLoadWithFault(t *testing.T, nodes []*proc.Server, devices, batches, fault
 	}
 	// The node that saw the faults serves on.
 	var resp *connect.Response[dalvv1.SyncResponse]
-	checkFor(t, 30*time.Second, 10*time.Millisecond, func() (err error) {
+	wait.ForEvery(t, 30*time.Second, 10*time.Millisecond, func() (err error) {
 		resp, err = deviceClient(t, nodes[0], "user0").Sync(ctx(t), connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "phone",
 			BaseVersion: uint64(batches), Batch: uint64(batches) + 1, Ops: ops(opPut("after", "x"))}))
 		return err

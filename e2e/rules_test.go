@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"github.com/dalvdb/dalv/internal/wait"
 	"io"
 	"net/http"
 	"os"
@@ -268,7 +269,7 @@ func runRulesShop(t *testing.T, start func(args ...string) *proc.Server) {
 	if err := syscall.Kill(srv.PID(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	wait.ForEvery(t, 10*time.Second, 20*time.Millisecond, func() error {
 		if rulesHash(t, d) == oldHash {
 			return errors.New("rules hash unchanged after SIGHUP")
 		}
@@ -318,7 +319,7 @@ func runRulesShop(t *testing.T, start func(args ...string) *proc.Server) {
 	// A broken file is refused and the rules in force stay.
 	writeRules(t, file, "rules:\n  - match: \"cart/qty/*\"\n    check: \"value <\"\n")
 	// The file's change is noticed by polling; wait for the failure.
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	wait.ForEvery(t, 10*time.Second, 20*time.Millisecond, func() error {
 		if !strings.Contains(srv.Stderr(), "rules reload failed") {
 			return errors.New("no reload failure logged")
 		}

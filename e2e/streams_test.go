@@ -4,6 +4,7 @@ import (
 	binenc "encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/dalvdb/dalv/internal/wait"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -182,7 +183,7 @@ func TestWatchMemoryNeverRead(t *testing.T) {
 	// catch-up, and no byte more arrives for a second.
 	var peak int64
 	total, still := -1, 0
-	checkFor(t, 2*time.Minute, 250*time.Millisecond, func() error {
+	wait.ForEvery(t, 2*time.Minute, 250*time.Millisecond, func() error {
 		rss, err := srv.RSS()
 		if err != nil {
 			return err
@@ -229,7 +230,7 @@ func TestWatchWriteDeadline(t *testing.T) {
 	srv := startServer(t, "--stream-write-timeout", "1s", "--max-watches-per-device", "1")
 	head := bigPartition(t, srv, user)
 	conn := rawStream(t, srv, dalvv1connect.ClientServiceWatchProcedure, "Bearer "+token(t, user), &dalvv1.WatchRequest{DeviceId: "d"})
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	wait.ForEvery(t, 30*time.Second, 100*time.Millisecond, func() error {
 		if n := gauge(t, srv, "dalv_stream_write_timeouts_total", map[string]string{"stream": "device"}); n != 1 {
 			return fmt.Errorf("%v device streams ended by the write deadline, want 1", n)
 		}
@@ -268,7 +269,7 @@ func TestFeedWriteDeadline(t *testing.T) {
 	srv := startServer(t, "--stream-write-timeout", "1s", "--max-feed-watches", "1")
 	bigPartition(t, srv, "fed")
 	conn := rawStream(t, srv, dalvv1connect.BackendServiceWatchProcedure, "Bearer "+testBackendKey, &dalvv1.BackendServiceWatchRequest{Cursor: "start"})
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	wait.ForEvery(t, 30*time.Second, 100*time.Millisecond, func() error {
 		if n := gauge(t, srv, "dalv_stream_write_timeouts_total", map[string]string{"stream": "feed"}); n != 1 {
 			return fmt.Errorf("%v feed streams ended by the write deadline, want 1", n)
 		}
@@ -315,7 +316,7 @@ func TestWatchCaps(t *testing.T) {
 	}
 	// A closed watch frees its slot once the server sees it gone.
 	a1.stop()
-	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+	wait.ForEvery(t, 10*time.Second, 50*time.Millisecond, func() error {
 		w := watchDevice(t, srv, user, &dalvv1.WatchRequest{DeviceId: "C"})
 		ev, err := w.next(t, streamWait)
 		if err != nil {
@@ -340,7 +341,7 @@ func TestFeedWatchCap(t *testing.T) {
 	f := watchFeed(t, srv, &dalvv1.BackendServiceWatchRequest{})
 	wantError(t, f.end(t, streamWait), connect.CodeResourceExhausted, "--max-feed-watches")
 	f1.stop()
-	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+	wait.ForEvery(t, 10*time.Second, 50*time.Millisecond, func() error {
 		f := watchFeed(t, srv, &dalvv1.BackendServiceWatchRequest{})
 		ev, err := f.next(t, streamWait)
 		if err != nil {
@@ -364,7 +365,7 @@ func TestWatchResetInPages(t *testing.T) {
 	bigPartition(t, srv, user)
 	head := commit(t, backendClient(t, srv), user, opDelete("big/000"))
 	dev := deviceClient(t, srv, user)
-	checkFor(t, 20*time.Second, 100*time.Millisecond, func() error {
+	wait.ForEvery(t, 20*time.Second, 100*time.Millisecond, func() error {
 		if !mustSync(t, dev, &dalvv1.SyncRequest{DeviceId: "probe", BaseVersion: 1}).GetReset_() {
 			return errors.New("the tombstone of big/000 is not compacted yet")
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/dalvdb/dalv/internal/wait"
 	"slices"
 	"strings"
 	"testing"
@@ -842,7 +843,7 @@ func TestSyncRetention(t *testing.T) {
 	// Until compaction, a device that saw tmp learns of its deletion; after,
 	// it gets a reset. Nothing in between.
 	var last *dalvv1.SyncResponse
-	checkFor(t, 20*time.Second, 100*time.Millisecond, func() error {
+	wait.ForEvery(t, 20*time.Second, 100*time.Millisecond, func() error {
 		last = mustSync(t, c, &dalvv1.SyncRequest{DeviceId: "d", BaseVersion: put})
 		if last.GetReset_() {
 			return nil

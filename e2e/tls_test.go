@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
+	"github.com/dalvdb/dalv/internal/wait"
 	"math/big"
 	"net"
 	"net/http"
@@ -204,7 +205,7 @@ func TestTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	backend := backendClientTLS(pool, srv, connect.WithGRPC())
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	wait.ForEvery(t, 10*time.Second, 20*time.Millisecond, func() error {
 		resp, err := backend.Get(ctx, connect.NewRequest(&dalvv1.GetRequest{User: "alice", Keys: []string{"prefs/theme"}}))
 		if err != nil {
 			return err
@@ -214,7 +215,7 @@ func TestTLS(t *testing.T) {
 		}
 		return nil
 	})
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	wait.ForEvery(t, 10*time.Second, 20*time.Millisecond, func() error {
 		if !r.Status().Watching {
 			return fmt.Errorf("the replica is not watching yet: %+v", r.Status())
 		}
@@ -257,7 +258,7 @@ func TestTLS(t *testing.T) {
 
 	// A replacement that does not parse keeps the certificate in use.
 	writeAtomic(t, certFile, []byte("not a certificate\n"))
-	checkFor(t, 15*time.Second, 50*time.Millisecond, func() error {
+	wait.ForEvery(t, 15*time.Second, 50*time.Millisecond, func() error {
 		if !strings.Contains(srv.Stderr(), "TLS certificate not reloaded") {
 			return fmt.Errorf("no reload error logged yet")
 		}
@@ -274,7 +275,7 @@ func TestTLS(t *testing.T) {
 	writeAtomic(t, certFile, c)
 	both := ca.pool()
 	both.AddCert(ca2.cert)
-	checkFor(t, 15*time.Second, 50*time.Millisecond, func() error {
+	wait.ForEvery(t, 15*time.Second, 50*time.Millisecond, func() error {
 		serial, err := peerSerial(srv.Addr, both)
 		if err != nil {
 			return err
@@ -311,7 +312,7 @@ func TestTLS(t *testing.T) {
 	if _, serial := seen.last(); serial != 1 {
 		t.Fatalf("the old watch's connection has serial %d, want 1", serial)
 	}
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	wait.ForEvery(t, 10*time.Second, 20*time.Millisecond, func() error {
 		v, err := r.Get("after/swap")
 		if err != nil {
 			return err
@@ -490,7 +491,7 @@ func TestTLSSIGHUP(t *testing.T) {
 	if err := syscall.Kill(srv.PID(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	wait.ForEvery(t, 10*time.Second, 20*time.Millisecond, func() error {
 		if reloads() == before {
 			return fmt.Errorf("no reload logged after SIGHUP:\n%s", srv.Stderr())
 		}

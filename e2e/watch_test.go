@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/dalvdb/dalv/internal/wait"
 	"io"
 	"maps"
 	"math/rand/v2"
@@ -518,7 +519,7 @@ func TestWatchResetPastRetention(t *testing.T) {
 	v1 := commit(t, b, user, opPut("a", "1"), opPut("t", "1"))
 	commit(t, b, user, opPut("b", "2"))
 	v3 := commit(t, b, user, opDelete("t"))
-	checkFor(t, 20*time.Second, 100*time.Millisecond, func() error {
+	wait.ForEvery(t, 20*time.Second, 100*time.Millisecond, func() error {
 		if !mustSync(t, dev, &dalvv1.SyncRequest{DeviceId: "probe", BaseVersion: v1}).GetReset_() {
 			return errors.New("the tombstone of t is not compacted yet")
 		}
