@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/dalvdb/dalv/internal/wait"
 	"io"
 	"net"
 	"net/http"
@@ -362,6 +363,19 @@ func TestConnectionCap(t *testing.T) {
 				t.Fatalf("keep-alive connection %d: %v %q", i, err, answer)
 			}
 			idle[i] = c
+			if i == limit-1 {
+				break // a look at /metrics would take a slot past the cap
+			}
+			// The server marks a connection idle after its answer is
+			// written, which the client may read first: wait until it
+			// has, so that the connections went idle in order.
+			wait.For(t, 10*time.Second, func() error {
+				m := metric(scrape(t, srv), "dalv_connections_idle", nil)
+				if got := m.GetGauge().GetValue(); got < float64(i+1) {
+					return fmt.Errorf("%v connections idle, want %d", got, i+1)
+				}
+				return nil
+			})
 		}
 		took, err := freshSync(t, srv, "victim")
 		if err != nil || took >= time.Second {

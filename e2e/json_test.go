@@ -197,6 +197,9 @@ func get(t testing.TB, srv *proc.Server, path string) (int, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// No keep-alive: the connection is gone once the answer is read, so
+	// it is not counted among the server's open or idle connections.
+	req.Close = true
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)
