@@ -2,9 +2,6 @@ package store
 
 import "errors"
 
-// ErrLocked is returned by Open when another process holds the data directory.
-var ErrLocked = errors.New("data directory is in use by another process")
-
 // ErrCorruption marks stored data that cannot be decoded; recovery code tells
 // it apart from ordinary failures with errors.Is.
 var ErrCorruption = errors.New("dalv store: corruption")
@@ -18,6 +15,9 @@ var ErrCompacted = errors.New("dalv store: feed position compacted away")
 
 // ErrInvalidPos is returned by Feed for a position the store never gave.
 var ErrInvalidPos = errors.New("dalv store: not a feed position of this store")
+
+// ErrEmptyPartition is returned for a partition without a name.
+var ErrEmptyPartition = errors.New("partition name is empty")
 
 // ErrUnavailable marks a failure to reach the store's server (a lost or
 // refused connection): the operation may succeed when tried again. An

@@ -16,6 +16,8 @@ package store
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 )
 
@@ -126,6 +128,29 @@ type Commit struct {
 	Ops []byte
 }
 
+// Check reports why c cannot follow a partition whose head is head, or nil
+// when it can: its version must be the next, its time set, and each entry
+// of its version and with a key. Every store checks a commit with it, under
+// the partition's lock, before applying it.
+func (c *Commit) Check(head Head) error {
+	if c.Version != head.Version+1 {
+		return fmt.Errorf("version must be %d", head.Version+1)
+	}
+	if c.Time.IsZero() {
+		return errors.New("commit time is zero")
+	}
+	for i := range c.Entries {
+		e := &c.Entries[i]
+		if e.Version != c.Version {
+			return fmt.Errorf("entry %q has version %d", e.Key, e.Version)
+		}
+		if e.Key == "" {
+			return errors.New("entry with an empty key")
+		}
+	}
+	return nil
+}
+
 // Store is a transactional, durable store of partitions, with a change feed
 // of every commit.
 type Store interface {
@@ -157,4 +182,18 @@ type CompactStats struct {
 	FeedRecords int
 	// Keys is the number of idempotency key records dropped.
 	Keys int
+}
+
+// PrefixEnd returns the smallest byte string above every one that starts
+// with prefix, or nil when there is none (prefix is empty or all 0xff): the
+// exclusive end of a range scan over prefix.
+func PrefixEnd(prefix []byte) []byte {
+	end := append([]byte(nil), prefix...)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] != 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return nil
 }

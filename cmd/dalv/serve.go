@@ -289,7 +289,7 @@ func openStore(ctx context.Context, f serveFlags, log *slog.Logger) (st store.St
 	if url == "" {
 		ps, err := pebble.Open(f.data, pebble.Options{Logger: log})
 		if err != nil {
-			if errors.Is(err, store.ErrLocked) {
+			if errors.Is(err, pebble.ErrLocked) {
 				return nil, "", fmt.Errorf("%w\nis another dalv serve running on it? stop it or choose another --data", err)
 			}
 			return nil, "", fmt.Errorf("open store: %w", err)

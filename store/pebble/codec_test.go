@@ -219,8 +219,8 @@ func TestPrefixEnd(t *testing.T) {
 		{[]byte{'a', 0xff}, []byte("b")},
 		{[]byte{0xff, 0xff}, nil},
 	} {
-		if got := prefixEnd(tc.in); !bytes.Equal(got, tc.want) {
-			t.Errorf("prefixEnd(%x) = %x, want %x", tc.in, got, tc.want)
+		if got := store.PrefixEnd(tc.in); !bytes.Equal(got, tc.want) {
+			t.Errorf("store.PrefixEnd(%x) = %x, want %x", tc.in, got, tc.want)
 		}
 	}
 }

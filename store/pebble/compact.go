@@ -31,10 +31,10 @@ type tombItem struct {
 // with store.ErrClosed and the counts so far.
 func (s *Store) Compact(ctx context.Context, cutoff time.Time) (store.CompactStats, error) {
 	var st store.CompactStats
-	if err := s.enter(); err != nil {
+	if err := s.gate.Enter(); err != nil {
 		return st, err
 	}
-	defer s.active.Done()
+	defer s.gate.Exit()
 	s.compactMu.Lock()
 	defer s.compactMu.Unlock()
 	if cutoff.Before(time.Unix(0, 1)) {
@@ -58,7 +58,7 @@ func (s *Store) Compact(ctx context.Context, cutoff time.Time) (store.CompactSta
 			if err := ctx.Err(); err != nil {
 				return st, err
 			}
-			if s.closing.Load() {
+			if s.gate.Closing() {
 				return st, store.ErrClosed
 			}
 			n, err := s.compactPartition(p, items)
@@ -271,7 +271,7 @@ func (s *Store) compactFeed(ctx context.Context, cut int64) (int, error) {
 			if err := ctx.Err(); err != nil {
 				return n, closeIter(err, it)
 			}
-			if s.closing.Load() {
+			if s.gate.Closing() {
 				return n, closeIter(store.ErrClosed, it)
 			}
 		}
@@ -293,7 +293,7 @@ func (s *Store) compactKeys(ctx context.Context, cut uint64) (int, error) {
 		if err := ctx.Err(); err != nil {
 			return n, err
 		}
-		if s.closing.Load() {
+		if s.gate.Closing() {
 			return n, store.ErrClosed
 		}
 		it, err := s.db.NewIter(&pebbledb.IterOptions{LowerBound: []byte{kindIdemTime}, UpperBound: upper})

@@ -146,19 +146,6 @@ func decodeTombKey(k []byte) (nanos uint64, p store.Partition, key string, err e
 	return nanos, p, string(rest), nil
 }
 
-// prefixEnd returns the smallest key above every key that starts with prefix,
-// or nil when there is none (prefix is all 0xff).
-func prefixEnd(prefix []byte) []byte {
-	end := append([]byte(nil), prefix...)
-	for i := len(end) - 1; i >= 0; i-- {
-		if end[i] != 0xff {
-			end[i]++
-			return end[:i+1]
-		}
-	}
-	return nil
-}
-
 // appendIdemTimeKey appends the retention index key of the idempotency key
 // record of key, made at nanos.
 func appendIdemTimeKey(dst []byte, nanos uint64, pid []byte, key string) []byte {

@@ -291,7 +291,7 @@ func TestOpenLockedDir(t *testing.T) {
 	}
 	for _, path := range []string{dir, dir + "/.", link} {
 		_, err := Open(path, Options{})
-		if !errors.Is(err, store.ErrLocked) || !strings.Contains(err.Error(), path) {
+		if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), path) {
 			t.Errorf("second Open(%s) = %v, want an error wrapping ErrLocked naming the directory", path, err)
 		}
 	}
@@ -344,7 +344,7 @@ func TestOpenLockedByOtherProcess(t *testing.T) {
 		t.Fatal("holder process did not open the store within 30s")
 	}
 	_, err = Open(dir, Options{})
-	if !errors.Is(err, store.ErrLocked) || !strings.Contains(err.Error(), dir) {
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), dir) {
 		t.Errorf("Open of a directory another process holds = %v, want an error wrapping ErrLocked naming it", err)
 	}
 }

@@ -151,12 +151,12 @@ func (r *reader) Changes(after uint64, fn func(store.Entry) (bool, error)) error
 	}
 	idxPrefix := append([]byte{kindVersion}, r.pid...)
 	lower := binary.BigEndian.AppendUint64(append([]byte(nil), idxPrefix...), after+1)
-	idx, err := r.src.NewIter(&pebbledb.IterOptions{LowerBound: lower, UpperBound: prefixEnd(idxPrefix)})
+	idx, err := r.src.NewIter(&pebbledb.IterOptions{LowerBound: lower, UpperBound: store.PrefixEnd(idxPrefix)})
 	if err != nil {
 		return fmt.Errorf("changes %s: %w", r.p, err)
 	}
 	entryPrefix := append([]byte{kindEntry}, r.pid...)
-	ents, err := r.src.NewIter(&pebbledb.IterOptions{LowerBound: entryPrefix, UpperBound: prefixEnd(entryPrefix)})
+	ents, err := r.src.NewIter(&pebbledb.IterOptions{LowerBound: entryPrefix, UpperBound: store.PrefixEnd(entryPrefix)})
 	if err != nil {
 		return closeIter(fmt.Errorf("changes %s: %w", r.p, err), idx)
 	}
@@ -202,7 +202,7 @@ func (r *reader) changes(idx, ents *pebbledb.Iterator, idxPrefixLen int, entryKe
 func (r *reader) Scan(prefix, startAfter string, fn func(store.Entry) (bool, error)) error {
 	base := len(r.pid) + 1
 	lower := appendKey(nil, kindEntry, r.pid, prefix)
-	it, err := r.src.NewIter(&pebbledb.IterOptions{LowerBound: lower, UpperBound: prefixEnd(lower)})
+	it, err := r.src.NewIter(&pebbledb.IterOptions{LowerBound: lower, UpperBound: store.PrefixEnd(lower)})
 	if err != nil {
 		return fmt.Errorf("scan %s: %w", r.p, err)
 	}

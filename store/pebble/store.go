@@ -28,7 +28,6 @@
 // passes that time.
 //
 // Lock order: Store.compactMu, then a partition's lock, then feedSeqs.mu.
-// Store.closeMu is only held to enter or close, never with another lock.
 package pebble
 
 import (
@@ -116,17 +115,15 @@ type Store struct {
 	// compactMu serialises Compact, so two never count the same drop.
 	compactMu sync.Mutex
 
-	closeMu sync.RWMutex
-	closed  bool
-	active  sync.WaitGroup // Updates, Views and Compacts in flight
-	// closing tells a running Compact to stop early: Close waits for it.
-	closing atomic.Bool
+	// gate admits Updates, Views, Compacts and feed reads until Close,
+	// which waits for them; a running Compact stops early once it closes.
+	gate store.Gate
 }
 
 var _ store.Store = (*Store)(nil)
 
 // Open opens the store in dir, creating it if needed. It fails with an error
-// wrapping [store.ErrLocked] when another process, or another Open in this
+// wrapping [ErrLocked] when another process, or another Open in this
 // process, holds dir.
 func Open(dir string, opts Options) (*Store, error) {
 	opts, err := opts.withDefaults()
@@ -152,7 +149,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err != nil {
 		release()
 		if isLockHeld(err) {
-			return nil, fmt.Errorf("open store %s: %w (%v)", dir, store.ErrLocked, err)
+			return nil, fmt.Errorf("open store %s: %w (%v)", dir, ErrLocked, err)
 		}
 		return nil, fmt.Errorf("open store %s: lock: %w", dir, err)
 	}
@@ -180,9 +177,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// errEmptyPartition refuses a partition without a name, which package store
-// rules out: its keys could not be told apart when read back.
-var errEmptyPartition = errors.New("partition name is empty")
+// ErrLocked is returned by [Open] when another process, or another Open in
+// this process, holds the data directory.
+var ErrLocked = errors.New("data directory is in use by another process")
 
 // openDirs is the set of directories open in this process, by absolute path.
 var openDirs struct {
@@ -190,7 +187,7 @@ var openDirs struct {
 	m  map[string]bool
 }
 
-// claimDir claims dir for this process, or fails with store.ErrLocked.
+// claimDir claims dir for this process, or fails with ErrLocked.
 func claimDir(dir string) (release func(), err error) {
 	path, err := filepath.Abs(dir)
 	if err != nil {
@@ -202,7 +199,7 @@ func claimDir(dir string) (release func(), err error) {
 	openDirs.mu.Lock()
 	defer openDirs.mu.Unlock()
 	if openDirs.m[path] {
-		return nil, fmt.Errorf("%w (held by this process)", store.ErrLocked)
+		return nil, fmt.Errorf("%w (held by this process)", ErrLocked)
 	}
 	if openDirs.m == nil {
 		openDirs.m = make(map[string]bool)
@@ -264,31 +261,13 @@ func getUvarint(r pebbledb.Reader, key []byte) (uint64, error) {
 	return n, errors.Join(err, closer.Close())
 }
 
-// enter registers an operation in flight, or fails once the store is closed.
-// The caller must call s.active.Done.
-func (s *Store) enter() error {
-	s.closeMu.RLock()
-	defer s.closeMu.RUnlock()
-	if s.closed {
-		return store.ErrClosed
-	}
-	s.active.Add(1)
-	return nil
-}
-
 // Update implements [store.Store]. fn is called exactly once; the Reader it
 // gets must not be used after fn returns.
 func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.Reader) (*store.Commit, error)) error {
-	if err := s.enter(); err != nil {
+	if err := s.gate.EnterPartition(ctx, p); err != nil {
 		return err
 	}
-	defer s.active.Done()
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if p.Name == "" {
-		return errEmptyPartition
-	}
+	defer s.gate.Exit()
 	l := s.parts.lock(p)
 	defer s.parts.unlock(p, l)
 	r := newReader(s.db, p, true)
@@ -312,11 +291,8 @@ func (s *Store) apply(r *reader, c *store.Commit) error {
 	if err != nil {
 		return err
 	}
-	if c.Version != head.Version+1 {
-		return fmt.Errorf("version must be %d", head.Version+1)
-	}
-	if c.Time.IsZero() {
-		return errors.New("commit time is zero")
+	if err := c.Check(head); err != nil {
+		return err
 	}
 	nanos := max(c.Time.UnixNano(), 0)
 	b := s.db.NewBatch()
@@ -332,12 +308,6 @@ func (s *Store) apply(r *reader, c *store.Commit) error {
 	key := r.scratch[:0] // shared with r's lookups: each use rebuilds it
 	for i := range c.Entries {
 		e := &c.Entries[i]
-		if e.Version != c.Version {
-			return fmt.Errorf("entry %q has version %d", e.Key, e.Version)
-		}
-		if e.Key == "" {
-			return errors.New("entry with an empty key")
-		}
 		if !c.Erase {
 			prev, err := r.lastEntry(e.Key)
 			if err != nil {
@@ -424,7 +394,7 @@ func (s *Store) apply(r *reader, c *store.Commit) error {
 func erase(b *pebbledb.Batch, r *reader) error {
 	pid := r.pid
 	entries := appendKey(nil, kindEntry, pid, "")
-	it, err := r.src.NewIter(&pebbledb.IterOptions{LowerBound: entries, UpperBound: prefixEnd(entries)})
+	it, err := r.src.NewIter(&pebbledb.IterOptions{LowerBound: entries, UpperBound: store.PrefixEnd(entries)})
 	if err != nil {
 		return err
 	}
@@ -452,7 +422,7 @@ func erase(b *pebbledb.Batch, r *reader) error {
 		return err
 	}
 	index := appendFeedIndexKey(nil, pid, 0)[:1+len(pid)]
-	it, err = r.src.NewIter(&pebbledb.IterOptions{LowerBound: index, UpperBound: prefixEnd(index)})
+	it, err = r.src.NewIter(&pebbledb.IterOptions{LowerBound: index, UpperBound: store.PrefixEnd(index)})
 	if err != nil {
 		return err
 	}
@@ -470,7 +440,7 @@ func erase(b *pebbledb.Batch, r *reader) error {
 		return err
 	}
 	for _, prefix := range [...][]byte{entries, index, appendKey(nil, kindVersion, pid, "")} {
-		if err := b.DeleteRange(prefix, prefixEnd(prefix), nil); err != nil {
+		if err := b.DeleteRange(prefix, store.PrefixEnd(prefix), nil); err != nil {
 			return err
 		}
 	}
@@ -479,16 +449,10 @@ func erase(b *pebbledb.Batch, r *reader) error {
 
 // View implements [store.Store].
 func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Reader) error) error {
-	if err := s.enter(); err != nil {
+	if err := s.gate.EnterPartition(ctx, p); err != nil {
 		return err
 	}
-	defer s.active.Done()
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if p.Name == "" {
-		return errEmptyPartition
-	}
+	defer s.gate.Exit()
 	snap := s.db.NewSnapshot()
 	defer snap.Close()
 	return fn(newReader(snap, p, false))
@@ -496,10 +460,10 @@ func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Rea
 
 // DiskBytes implements [store.Store]; 0 once closed.
 func (s *Store) DiskBytes() int64 {
-	if s.enter() != nil {
+	if s.gate.Enter() != nil {
 		return 0
 	}
-	defer s.active.Done()
+	defer s.gate.Exit()
 	m := s.db.Metrics()
 	usage := m.DiskSpaceUsage()
 	// Pebble counts the WAL being written at its size when opened; its
@@ -514,15 +478,9 @@ func (s *Store) DiskBytes() int64 {
 // in flight, then closes the database and releases the directory. Closing a
 // closed store does nothing.
 func (s *Store) Close() error {
-	s.closeMu.Lock()
-	closed := s.closed
-	s.closed = true
-	s.closing.Store(true)
-	s.closeMu.Unlock()
-	if closed {
+	if !s.gate.Close() {
 		return nil
 	}
-	s.active.Wait()
 	err := s.db.Close()
 	err = errors.Join(err, s.dirLock.Close())
 	s.release()

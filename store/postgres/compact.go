@@ -68,10 +68,10 @@ const (
 // row is dropped, and counted, by one of them.
 func (s *Store) Compact(ctx context.Context, cutoff time.Time) (store.CompactStats, error) {
 	var st store.CompactStats
-	if err := s.enter(); err != nil {
+	if err := s.gate.Enter(); err != nil {
 		return st, err
 	}
-	defer s.active.Done()
+	defer s.gate.Exit()
 	if cutoff.Before(time.Unix(0, 1)) {
 		return st, nil // nothing was committed before it: times are clamped at 0
 	}
@@ -93,7 +93,7 @@ func (s *Store) Compact(ctx context.Context, cutoff time.Time) (store.CompactSta
 			return st, fmt.Errorf("compact: %w", err)
 		}
 		for _, part := range parts {
-			if s.isClosing() {
+			if s.gate.Closing() {
 				return st, store.ErrClosed
 			}
 			n, err := s.compactPartition(ctx, part, cut)
@@ -108,7 +108,7 @@ func (s *Store) Compact(ctx context.Context, cutoff time.Time) (store.CompactSta
 		after = parts[len(parts)-1]
 	}
 	for {
-		if s.isClosing() {
+		if s.gate.Closing() {
 			return st, store.ErrClosed
 		}
 		var n int64
@@ -140,7 +140,7 @@ func (s *Store) Compact(ctx context.Context, cutoff time.Time) (store.CompactSta
 		}
 	}
 	for {
-		if s.isClosing() {
+		if s.gate.Closing() {
 			return st, store.ErrClosed
 		}
 		n, more, err := s.compactFeed(ctx, cut)
@@ -152,13 +152,6 @@ func (s *Store) Compact(ctx context.Context, cutoff time.Time) (store.CompactSta
 			return st, nil
 		}
 	}
-}
-
-// isClosing reports whether Close has begun: a long Compact stops early.
-func (s *Store) isClosing() bool {
-	s.closeMu.RLock()
-	defer s.closeMu.RUnlock()
-	return s.closed
 }
 
 // compactPartition drops part's tombstones older than cut in one

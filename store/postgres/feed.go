@@ -56,10 +56,10 @@ type feedRow struct {
 // milliseconds. A transaction open longer holds them back until a later
 // call.
 func (s *Store) Feed(ctx context.Context, after store.FeedPos, fn func(store.FeedRecord) (bool, error)) error {
-	if err := s.enter(); err != nil {
+	if err := s.gate.Enter(); err != nil {
 		return err
 	}
-	defer s.active.Done()
+	defer s.gate.Exit()
 	key, part, err := decodePos(after)
 	if err != nil {
 		return err
@@ -182,10 +182,10 @@ func (s *Store) feedPage(ctx context.Context, key int64, part string, after stor
 
 // FeedBounds implements [store.Feeder].
 func (s *Store) FeedBounds(ctx context.Context) (horizon, last store.FeedPos, err error) {
-	if err := s.enter(); err != nil {
+	if err := s.gate.Enter(); err != nil {
 		return "", "", err
 	}
-	defer s.active.Done()
+	defer s.gate.Exit()
 	var (
 		floorKey, lastKey   int64
 		floorPart, lastPart string

@@ -51,10 +51,10 @@ func (s *Store) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements [prometheus.Collector]. A metric PostgreSQL does not
 // answer for within a second is left out of the scrape.
 func (s *Store) Collect(ch chan<- prometheus.Metric) {
-	if s.enter() != nil {
+	if s.gate.Enter() != nil {
 		return
 	}
-	defer s.active.Done()
+	defer s.gate.Exit()
 	st := s.pool.Stat()
 	ch <- prometheus.MustNewConstMetric(descPoolConns, prometheus.GaugeValue, float64(st.IdleConns()), "idle")
 	ch <- prometheus.MustNewConstMetric(descPoolConns, prometheus.GaugeValue, float64(st.AcquiredConns()), "acquired")

@@ -202,10 +202,10 @@ func (s *Store) parsePayload(payload string, fn func(p store.Partition, version 
 // another store (another process) announces, until ctx is done or the
 // store closes. It returns nil then.
 func (s *Store) Notifications(ctx context.Context, fn func(p store.Partition, version uint64)) error {
-	if err := s.enter(); err != nil {
+	if err := s.gate.Enter(); err != nil {
 		return err
 	}
-	s.active.Done() // a listener does not hold Close up: Close stops it
+	s.gate.Exit() // a listener does not hold Close up: Close stops it
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {

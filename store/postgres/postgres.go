@@ -55,7 +55,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -155,10 +154,10 @@ type Store struct {
 	// channel is the NOTIFY channel of the stores on this schema.
 	channel string
 
-	closeMu sync.RWMutex
-	closed  bool
-	active  sync.WaitGroup // Updates, Views, Compacts and feed reads in flight
-	done    chan struct{}  // closed by Close: listeners stop
+	// gate admits Updates, Views, Compacts and feed reads until Close,
+	// which waits for them.
+	gate store.Gate
+	done chan struct{} // closed by Close: listeners stop
 
 	diskBytes atomic.Int64 // the last size DiskBytes read
 }
@@ -257,30 +256,14 @@ func singleSchema(path string) string {
 	return strings.ToLower(path)
 }
 
-// errEmptyPartition refuses a partition without a name, which package store
-// rules out.
-var errEmptyPartition = errors.New("partition name is empty")
-
-// enter registers an operation in flight, or fails once the store is closed.
-// The caller must call s.active.Done.
-func (s *Store) enter() error {
-	s.closeMu.RLock()
-	defer s.closeMu.RUnlock()
-	if s.closed {
-		return store.ErrClosed
-	}
-	s.active.Add(1)
-	return nil
-}
-
 // DiskBytes implements [store.Store]: the size of the store's tables and
 // indexes. It reads it with a short timeout, and answers the last size read
 // when PostgreSQL does not answer.
 func (s *Store) DiskBytes() int64 {
-	if s.enter() != nil {
+	if s.gate.Enter() != nil {
 		return 0
 	}
-	defer s.active.Done()
+	defer s.gate.Exit()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	var n int64
@@ -298,14 +281,9 @@ func (s *Store) DiskBytes() int64 {
 // the last notifications, stops the listeners and closes the pool. Closing
 // a closed store does nothing.
 func (s *Store) Close() error {
-	s.closeMu.Lock()
-	closed := s.closed
-	s.closed = true
-	s.closeMu.Unlock()
-	if closed {
+	if !s.gate.Close() {
 		return nil
 	}
-	s.active.Wait()
 	s.ann.close()
 	close(s.done)
 	s.pool.Close()

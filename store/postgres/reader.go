@@ -394,7 +394,7 @@ func (r *reader) Scan(prefix, startAfter string, fn func(store.Entry) (bool, err
 	if startAfter >= prefix {
 		start = append([]byte(startAfter), 0) // the first key after startAfter
 	}
-	end := prefixEnd([]byte(prefix)) // nil: no upper bound
+	end := store.PrefixEnd([]byte(prefix)) // nil: no upper bound
 	if r.pf.complete() {
 		for _, e := range r.pf.entries {
 			k := []byte(e.Key)
@@ -476,32 +476,13 @@ func (r *reader) IdempotencyKey(key string) (store.KeyRecord, bool, error) {
 	return rec, ok, nil
 }
 
-// prefixEnd returns the smallest byte string above every one that starts
-// with prefix, or nil when there is none (prefix is empty or all 0xff).
-func prefixEnd(prefix []byte) []byte {
-	end := append([]byte(nil), prefix...)
-	for i := len(end) - 1; i >= 0; i-- {
-		if end[i] != 0xff {
-			end[i]++
-			return end[:i+1]
-		}
-	}
-	return nil
-}
-
 // View implements [store.Store]: fn reads one REPEATABLE READ READ ONLY
 // transaction, begun with fn's first read.
 func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Reader) error) error {
-	if err := s.enter(); err != nil {
+	if err := s.gate.EnterPartition(ctx, p); err != nil {
 		return err
 	}
-	defer s.active.Done()
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if p.Name == "" {
-		return errEmptyPartition
-	}
+	defer s.gate.Exit()
 	octx, stop := s.opContext(ctx)
 	defer stop()
 	conn, err := s.acquire(ctx, octx)
@@ -521,8 +502,15 @@ func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Rea
 		// Every read of the snapshot is in, and a read-only transaction's
 		// COMMIT can neither change nor fail them: end it without making
 		// the caller wait a round trip (a watch delivers sooner).
-		s.active.Add(1)
-		go s.endView(conn)
+		// (Once Close has begun, the View ends it before returning.)
+		if s.gate.Enter() != nil {
+			s.endView(conn)
+			break
+		}
+		go func() {
+			defer s.gate.Exit()
+			s.endView(conn)
+		}()
 	}
 	return err
 }
@@ -530,7 +518,6 @@ func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Rea
 // endView commits a View's transaction and gives its connection back (or
 // closes it, when the COMMIT fails).
 func (s *Store) endView(conn *pgxpool.Conn) {
-	defer s.active.Done()
 	ctx, cancel := context.WithTimeout(context.Background(), max(s.timeout, time.Second))
 	defer cancel()
 	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {

@@ -65,16 +65,10 @@ var errUnknownOutcome = errors.New("connection lost while committing: the commit
 // after a deadlock, a serialisation failure, or a connection lost before
 // the commit was sent.
 func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.Reader) (*store.Commit, error)) error {
-	if err := s.enter(); err != nil {
+	if err := s.gate.EnterPartition(ctx, p); err != nil {
 		return err
 	}
-	defer s.active.Done()
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if p.Name == "" {
-		return errEmptyPartition
-	}
+	defer s.gate.Exit()
 	part := partID(p)
 	if st := s.states.get(part); st != nil && s.hooks.none() {
 		version, done, err := s.updateHeld(ctx, p, part, st, fn)
@@ -247,14 +241,11 @@ type commitRow struct {
 // partition, the version, the device and its batch, the ops, the time, and
 // the entries' keys, scalar versions, values and deletions.
 func newCommitRow(part string, head store.Head, c *store.Commit) (*commitRow, error) {
-	if c.Version != head.Version+1 {
-		return nil, fmt.Errorf("version must be %d", head.Version+1)
+	if err := c.Check(head); err != nil {
+		return nil, err
 	}
 	if c.Version > math.MaxInt64 {
 		return nil, errors.New("version out of range")
-	}
-	if c.Time.IsZero() {
-		return nil, errors.New("commit time is zero")
 	}
 	if c.Batch > math.MaxInt64 {
 		return nil, errors.New("batch out of range")
@@ -280,12 +271,6 @@ func newCommitRow(part string, head store.Head, c *store.Commit) (*commitRow, er
 	}
 	for i := range c.Entries {
 		e := &c.Entries[i]
-		if e.Version != c.Version {
-			return nil, fmt.Errorf("entry %q has version %d", e.Key, e.Version)
-		}
-		if e.Key == "" {
-			return nil, errors.New("entry with an empty key")
-		}
 		if e.ScalarVersion > math.MaxInt64 {
 			return nil, fmt.Errorf("entry %q: scalar version out of range", e.Key)
 		}
