@@ -16,7 +16,7 @@ func encodeEntry(e store.Entry, nanos uint64) []byte {
 }
 
 // encodeEntryAs encodes an entry from its header and value: tombstones
-// without a time too, as written before they had one.
+// without a time too, which the format allows.
 func encodeEntryAs(h entryHeader, value []byte) []byte {
 	b := make([]byte, h.len())
 	h.put(b)

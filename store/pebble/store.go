@@ -23,9 +23,9 @@
 //
 // Caveats: erased and compacted data leaves the database at once, but the
 // bytes stay in Pebble's WAL and sstables until Pebble compacts them away.
-// Tombstones written before tombstones recorded their commit time keep
-// their index keys (which name their keys) through an erase, until Compact
-// passes that time.
+// A tombstone without a commit time (its entryTimed flag unset, which the
+// format allows and this store does not write) keeps its index key, which
+// names its key, through an erase, until Compact passes that time.
 //
 // Lock order: Store.compactMu, then a partition's lock, then feedSeqs.mu.
 package pebble

@@ -1,9 +1,6 @@
 package postgres
 
 import (
-	"context"
-	"errors"
-	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -11,18 +8,6 @@ import (
 
 	"github.com/dalvdb/dalv/store"
 )
-
-// A store keeps the state of small partitions it committed to: the head,
-// every entry and every device record, as the prefetch reads them. An
-// Update of a partition it holds runs fn on that state, with no round trip,
-// and writes the commit in a statement (shared with the other commits that
-// wait for it: see group.go) whose first step locks and updates the head
-// only if it is still the state's (version, horizon and compactions): the
-// statement then holds the head row's lock, as an Update's transaction
-// does, and writes what fn decided on the partition as it is. If another
-// process committed in between, the statement writes nothing for it, and
-// the Update drops the state and runs as a transaction. A sync to a
-// partition only this process writes is then one round trip instead of two.
 
 // DefaultCacheBytes bounds the partition states a store keeps (see
 // Options.CacheBytes).
@@ -33,10 +18,6 @@ const DefaultCacheBytes = 32 << 20
 // turns on a partition (a load balancer that spreads one device's requests),
 // each held commit would cost a wasted statement before the transaction.
 const coolDown = 10 * time.Second
-
-// errNeedLock ends fn's run on a held state when fn reads what the state
-// does not hold; the Update runs as a transaction instead.
-var errNeedLock = errors.New("postgres store: the read needs the partition's lock")
 
 // partState is a held partition state. It is never changed: a commit makes
 // a new one. A state with no pf holds nothing: it marks a partition whose
@@ -54,15 +35,16 @@ type partState struct {
 // partitions without bookkeeping on the hot path.
 type stateCache struct {
 	budget  int
-	coolFor time.Duration // how long coolDown holds no state; 0 for not at all
+	coolFor time.Duration    // how long coolDown holds no state; 0 for not at all
+	now     func() time.Time // the store's clock
 
 	mu    sync.Mutex
 	parts map[string]*partState
 	size  int
 }
 
-func newStateCache(budget int) *stateCache {
-	return &stateCache{budget: budget, coolFor: coolDown, parts: make(map[string]*partState)}
+func newStateCache(budget int, now func() time.Time) *stateCache {
+	return &stateCache{budget: budget, coolFor: coolDown, now: now, parts: make(map[string]*partState)}
 }
 
 // len returns how many states c holds.
@@ -100,7 +82,7 @@ func (c *stateCache) hold(part string, st *partState) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	old := c.parts[part]
-	if old != nil && old.pf == nil && time.Now().Before(old.cool) {
+	if old != nil && old.pf == nil && c.now().Before(old.cool) {
 		return
 	}
 	if old != nil && old.pf != nil && st != nil && st.head.Version < old.head.Version {
@@ -120,7 +102,7 @@ func (c *stateCache) coolDown(part string) {
 		c.putLocked(part, nil)
 		return
 	}
-	c.putLocked(part, &partState{size: 64 + len(part), cool: time.Now().Add(c.coolFor)})
+	c.putLocked(part, &partState{size: 64 + len(part), cool: c.now().Add(c.coolFor)})
 }
 
 // putLocked holds st for part, or forgets part when st is nil, dropping
@@ -207,53 +189,4 @@ func (pf *prefetch) size() int {
 // holdable reports whether pf holds the whole partition, as a state must.
 func (pf *prefetch) holdable() bool {
 	return pf.complete() && pf.hasDevices && pf.devicesAll
-}
-
-// none reports whether no test hook is set: held states bypass them.
-func (h testHooks) none() bool {
-	return h.beforeLock == nil && h.beforeCommit == nil && !h.noReadAhead
-}
-
-// updateHeld makes an Update's attempt on the held state st. done is false
-// when the Update must run as a transaction instead: fn read past the
-// state, or the head moved on. Otherwise err is the Update's outcome.
-func (s *Store) updateHeld(ctx context.Context, p store.Partition, part string, st *partState,
-	fn func(r store.Reader) (*store.Commit, error)) (version uint64, done bool, err error) {
-	for {
-		r := &reader{ctx: ctx, caller: ctx, p: p, part: part, headRead: true, head: st.head, pf: st.pf}
-		c, err := fn(r)
-		if err != nil || c == nil || c.Erase || c.IdempotencyKey != "" {
-			// What fn decided without a commit may rest on a state another
-			// process has moved past (an answer, a refusal): only a commit is
-			// checked against the head. These, erases, and commits under an
-			// idempotency key (a held state has no key records) take the
-			// transaction's way.
-			return 0, false, nil
-		}
-		row, err := newCommitRow(part, st.head, c)
-		if err != nil {
-			return 0, true, fmt.Errorf("commit %s version %d: %w", p, c.Version, err)
-		}
-		if err := ctx.Err(); err != nil {
-			return 0, true, err
-		}
-		hc := &heldCommit{p: p, st: st, c: c, row: row}
-		s.group.commit(hc)
-		switch hc.outcome {
-		case heldCommitted:
-			return c.Version, true, nil
-		case heldFailed:
-			return 0, true, hc.err
-		case heldBusy:
-			// Another sync of this process commits to the partition (two
-			// devices of a user): once it has, go on from the state it
-			// leaves.
-			<-hc.after
-			if st = s.states.get(part); st == nil {
-				return 0, false, nil
-			}
-		default:
-			return 0, false, nil
-		}
-	}
 }

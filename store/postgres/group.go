@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -26,9 +25,9 @@ import (
 // load every statement holds one commit.
 const (
 	// groupStatements is how many statements of held commits a store has in
-	// flight at once. One gives the largest groups: on the bench's machine,
-	// two in flight cost more CPU per sync, on the nodes and in PostgreSQL,
-	// than they saved in waiting.
+	// flight at once. One gives the largest groups, and so the least CPU
+	// per sync, on the nodes and in PostgreSQL: a second statement in
+	// flight would take the commits that now wait for the first.
 	groupStatements = 1
 	// groupCommits and groupBytes bound one statement.
 	groupCommits = 64
@@ -43,7 +42,7 @@ const (
 // compaction of it), which the state cannot know of. Its parameters are one array per
 // column of the commits, then one per column of their entries, each entry
 // naming its commit by position.
-const writeHeld = `WITH c AS (
+var writeHeld = `WITH c AS (
 	SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bigint[], $5::bytea[], $6::bigint[],
 		$7::bigint[], $8::bigint[], $9::bigint[]) WITH ORDINALITY
 		AS c(part, version, device, batch, ops, nanos, was, horizon, compactions, ix)
@@ -52,28 +51,21 @@ const writeHeld = `WITH c AS (
 	WHERE hd.version = c.was AND hd.horizon = c.horizon AND hd.compactions = c.compactions
 	FOR UPDATE OF hd SKIP LOCKED
 ), h AS (
-	UPDATE dalv_heads hd SET version = c.version,
-		feed_key = GREATEST(pg_current_xact_id()::text::bigint, hd.feed_key + 1)
+	UPDATE dalv_heads hd SET version = c.version, feed_key = ` + nextFeedKey("hd") + `
 	FROM c
 	WHERE hd.part = c.part AND hd.version = c.was AND hd.horizon = c.horizon AND hd.compactions = c.compactions
 		AND hd.part IN (SELECT part FROM l)
 	RETURNING c.ix, hd.part, hd.version, hd.feed_key, c.device, c.batch, c.ops, c.nanos
 ), d AS (
-	INSERT INTO dalv_devices (part, device, batch) SELECT part, device, batch FROM h WHERE device IS NOT NULL
-	ON CONFLICT (part, device) DO UPDATE SET batch = EXCLUDED.batch
+	` + insertDevices + `SELECT part, device, batch FROM h WHERE device IS NOT NULL` + onDevice + `
 ), e AS (
-	INSERT INTO dalv_entries (part, key, version, scalar_version, value, tomb_nanos)
-	SELECT h.part, t.k, h.version, t.sv, CASE WHEN t.del THEN NULL ELSE COALESCE(t.v, '\x'::bytea) END,
-		CASE WHEN t.del THEN h.nanos END
+	` + insertEntries + `SELECT h.part, t.k, h.version, t.sv, ` + entryValue + `, ` + entryTomb("h.nanos") + `
 	FROM h JOIN unnest($10::bigint[], $11::bytea[], $12::bigint[], $13::bytea[], $14::boolean[]) AS t(ix, k, sv, v, del)
-		ON t.ix = h.ix
-	ON CONFLICT (part, key) DO UPDATE SET version = EXCLUDED.version, scalar_version = EXCLUDED.scalar_version,
-		value = EXCLUDED.value, tomb_nanos = EXCLUDED.tomb_nanos
+		ON t.ix = h.ix` + onEntry + `
 ), f AS (
-	INSERT INTO dalv_feed (part, feed_key, version, nanos, erase, ops)
-	SELECT part, feed_key, version, nanos, false, ops FROM h
+	` + insertFeed + `SELECT part, feed_key, version, nanos, false, ops FROM h
 )
-SELECT ix, feed_key, pg_current_xact_id()::text::bigint FROM h`
+SELECT ix, feed_key, ` + xactID + ` FROM h`
 
 // heldCommit is one commit on a held state, as it waits for and then
 // learns its group's outcome.
@@ -100,91 +92,77 @@ const (
 	heldBusy                  // not written: the partition has a commit in the group, which hc rests on the state of
 )
 
-// group writes a store's held commits in groups.
-type group struct {
-	s *Store
-
-	mu      sync.Mutex
-	queue   []*heldCommit
-	parts   map[string]*heldCommit // the commits queued or in flight, by partition
-	running int                    // statements in flight
-}
-
-func newGroup(s *Store) *group {
-	return &group{s: s, parts: make(map[string]*heldCommit)}
-}
-
 // commit writes hc in the next statement and sets its outcome. A commit to a
 // partition that has one queued or in flight already is not written
 // (heldBusy): both rest on the same state, so it would find the head moved.
-func (g *group) commit(hc *heldCommit) {
+func (h *held) commit(hc *heldCommit) {
 	hc.done = make(chan struct{})
-	g.mu.Lock()
-	if first := g.parts[hc.row.part]; first != nil {
-		g.mu.Unlock()
+	h.mu.Lock()
+	if first := h.parts[hc.row.part]; first != nil {
+		h.mu.Unlock()
 		hc.outcome, hc.after = heldBusy, first.done
 		return
 	}
-	g.parts[hc.row.part] = hc
-	g.queue = append(g.queue, hc)
+	h.parts[hc.row.part] = hc
+	h.queue = append(h.queue, hc)
 	var batch []*heldCommit
-	if g.running < groupStatements {
-		g.running++
-		batch = g.takeLocked()
+	if h.running < groupStatements {
+		h.running++
+		batch = h.takeLocked()
 	}
-	g.mu.Unlock()
+	h.mu.Unlock()
 	if batch != nil {
-		g.run(batch)
+		h.run(batch)
 	}
 	<-hc.done
 }
 
 // takeLocked takes the next statement's commits off the queue.
-func (g *group) takeLocked() []*heldCommit {
+func (h *held) takeLocked() []*heldCommit {
 	n, size := 0, 0
-	for n < len(g.queue) && n < groupCommits {
-		if size += g.queue[n].row.size; n > 0 && size > groupBytes {
+	for n < len(h.queue) && n < groupCommits {
+		if size += h.queue[n].row.size; n > 0 && size > groupBytes {
 			break
 		}
 		n++
 	}
 	batch := make([]*heldCommit, n)
-	copy(batch, g.queue)
-	rest := copy(g.queue, g.queue[n:])
-	clear(g.queue[rest:])
-	g.queue = g.queue[:rest]
+	copy(batch, h.queue)
+	rest := copy(h.queue, h.queue[n:])
+	clear(h.queue[rest:])
+	h.queue = h.queue[:rest]
 	return batch
 }
 
 // run writes batch, hands each commit its outcome, and goes on with the
 // commits that queued meanwhile, in a goroutine of its own: the caller that
 // started it has a sync to answer.
-func (g *group) run(batch []*heldCommit) {
-	g.write(batch)
-	g.mu.Lock()
+func (h *held) run(batch []*heldCommit) {
+	h.write(batch)
+	h.mu.Lock()
 	for _, hc := range batch {
-		delete(g.parts, hc.row.part)
+		delete(h.parts, hc.row.part)
 	}
 	var next []*heldCommit
-	if len(g.queue) > 0 {
-		next = g.takeLocked()
+	if len(h.queue) > 0 {
+		next = h.takeLocked()
 	} else {
-		g.running--
+		h.running--
 	}
-	g.mu.Unlock()
+	h.mu.Unlock()
 	for _, hc := range batch {
 		close(hc.done)
 	}
 	if next != nil {
-		go g.run(next)
+		go h.run(next)
 	}
 }
 
 // write writes batch in one statement and sets each commit's outcome, and
 // the states the store holds after it. Its statement runs under the store's
 // timeout alone: it is no one caller's.
-func (g *group) write(batch []*heldCommit) {
-	s := g.s
+func (h *held) write(batch []*heldCommit) {
+	s := h.s
 	// A steady order, for PostgreSQL's plan and for the tests.
 	slices.SortFunc(batch, func(a, b *heldCommit) int { return strings.Compare(a.row.part, b.row.part) })
 	n := len(batch)
@@ -215,7 +193,20 @@ func (g *group) write(batch []*heldCommit) {
 		return
 	}
 	defer conn.Release()
+	// A test hook wraps the statement in a transaction of its own, to stop
+	// it before it locks or before it commits.
+	hooked := s.hooks.beforeLock != nil || s.hooks.beforeCommit != nil
+	if hooked {
+		if err := s.hookBeforeLock(octx, conn); err != nil {
+			s.rollback(conn)
+			for _, hc := range batch {
+				hc.outcome = heldRetry
+			}
+			return
+		}
+	}
 	written := make([]bool, n)
+	feedKeys := make([]int64, n)
 	var lastKey, xid int64
 	var readErr error // a row that could not be read: its commit's outcome is unknown
 	rows, _ := conn.Query(octx, writeHeld, parts, versions, devices, batches, ops, nanos, was, horizons, comps,
@@ -226,10 +217,26 @@ func (g *group) write(batch []*heldCommit) {
 			readErr = cmp.Or(err, fmt.Errorf("the statement returned commit %d of %d", ix, n))
 			continue
 		}
-		written[ix-1] = true
+		written[ix-1], feedKeys[ix-1] = true, feedKey
 		lastKey = max(lastKey, feedKey)
 	}
-	if err := rows.Err(); err != nil {
+	err = rows.Err()
+	if err == nil && hooked {
+		for i, hc := range batch {
+			if written[i] && s.hooks.beforeCommit != nil {
+				s.hooks.beforeCommit(hc.p, feedKeys[i])
+			}
+		}
+		if _, err := conn.Exec(octx, "COMMIT"); err != nil {
+			for _, hc := range batch {
+				hc.outcome = heldFailed
+				hc.err = fmt.Errorf("commit %s version %d: %w: %w", hc.p, hc.c.Version, errUnknownOutcome, connErr(octx, conn, err))
+				h.states.hold(hc.row.part, nil)
+			}
+			return
+		}
+	}
+	if err != nil {
 		// Retried as transactions only when certainly not written: not
 		// sent, or refused by PostgreSQL on a connection that lives on
 		// (the statement's own transaction rolled back). Each transaction
@@ -239,30 +246,31 @@ func (g *group) write(batch []*heldCommit) {
 		if pgconn.SafeToRetry(err) || errors.As(err, &pgErr) && !conn.Conn().IsClosed() {
 			outcome = heldRetry
 		}
+		s.rollback(conn) // a hooked statement's own transaction
 		for _, hc := range batch {
 			hc.outcome = outcome
 			if outcome == heldFailed {
 				hc.err = fmt.Errorf("commit %s version %d: %w: %w", hc.p, hc.c.Version, errUnknownOutcome, connErr(octx, conn, err))
 			}
-			s.states.hold(hc.row.part, nil)
+			h.states.hold(hc.row.part, nil)
 		}
 		return
 	}
-	s.heldStatements.Add(1)
+	h.statements.Add(1)
 	for i, hc := range batch {
 		switch {
 		case written[i]:
 			hc.outcome = heldCommitted
-			s.heldCommits.Add(1)
-			s.states.hold(hc.row.part, hc.st.after(hc.c))
+			h.commits.Add(1)
+			h.states.hold(hc.row.part, hc.st.after(hc.c))
 		case readErr != nil:
 			hc.outcome = heldFailed
 			hc.err = fmt.Errorf("commit %s version %d: %w: %w", hc.p, hc.c.Version, errUnknownOutcome, readErr)
-			s.states.hold(hc.row.part, nil)
+			h.states.hold(hc.row.part, nil)
 		default:
 			hc.outcome = heldMoved
-			s.heldMoved.Add(1)
-			s.states.coolDown(hc.row.part) // another process committed: it may take turns with this one
+			h.moved.Add(1)
+			h.states.coolDown(hc.row.part) // another process committed: it may take turns with this one
 		}
 	}
 	passFeedKey(octx, conn, lastKey, xid)

@@ -23,7 +23,7 @@ import (
 // commit's error.
 func grouped(t *testing.T, s *Store, n int, commit func(i int) error) []error {
 	t.Helper()
-	g := s.group
+	g := s.held
 	g.mu.Lock()
 	g.running += groupStatements
 	g.mu.Unlock()
@@ -52,34 +52,8 @@ func grouped(t *testing.T, s *Store, n int, commit func(i int) error) []error {
 	return errs
 }
 
-// waitFeedInOrder waits until s's feed holds n records, and checks there
-// are no more and that each partition's versions come once, in order, from 1.
-func waitFeedInOrder(t *testing.T, s *Store, n int) {
-	t.Helper()
-	feed := readFeed(t, s, "")
-	for deadline := time.Now().Add(20 * time.Second); len(feed) < n; feed = readFeed(t, s, "") {
-		if time.Now().After(deadline) {
-			t.Fatalf("feed holds %d records, want %d", len(feed), n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if len(feed) != n {
-		t.Errorf("feed holds %d records, want %d", len(feed), n)
-	}
-	last := make(map[string]int)
-	for _, r := range feed {
-		part, v, _ := strings.Cut(r, "@")
-		var version int
-		fmt.Sscan(v, &version)
-		if version != last[part]+1 {
-			t.Errorf("feed: %s after version %d", r, last[part])
-		}
-		last[part] = version
-	}
-}
-
 // heldStatements returns how many statements s has written held commits in.
-func heldStatements(s *Store) int64 { return s.heldStatements.Load() }
+func heldStatements(s *Store) int64 { return s.held.statements.Load() }
 
 // entriesOf returns p's entries as KEY=VALUE@VERSION, read through s.
 func entriesOf(t *testing.T, s *Store, p store.Partition) []string {
@@ -118,7 +92,7 @@ func TestGroupCommit(t *testing.T) {
 	if _, _, err := commitAt(b, parts[2], now, "", put("other")); err != nil {
 		t.Fatal(err)
 	}
-	statements, held := heldStatements(a), a.heldCommits.Load()
+	statements, held := heldStatements(a), a.held.commits.Load()
 	errs := grouped(t, a, len(parts), func(i int) error {
 		_, found, err := commitAt(a, parts[i], now, "other", put("second"))
 		if err == nil && found != (i == 2) {
@@ -146,7 +120,7 @@ func TestGroupCommit(t *testing.T) {
 			t.Errorf("%s: entries %v, want %v", p, got, want)
 		}
 	}
-	waitFeedInOrder(t, b, 2*len(parts)+1)
+	waitFeed(t, b, 2*len(parts)+1, feedInOrder)
 }
 
 // TestGroupCommitLocked commits, in one statement, to a partition whose
@@ -309,7 +283,7 @@ func TestGroupCommitConcurrent(t *testing.T) {
 			t.Errorf("%s: entries %v, want %v", p, got, want)
 		}
 	}
-	waitFeedInOrder(t, s, writers*each)
+	waitFeed(t, s, writers*each, feedInOrder)
 }
 
 // TestGroupCommitConnectionLost kills the backend of a group's statement

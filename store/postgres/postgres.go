@@ -138,13 +138,9 @@ type Store struct {
 	connCfg *pgx.ConnConfig // for the listening connections
 	node    string          // this store's id in its notifications
 	ann     *announcer
-	states  *stateCache
-	group   *group
-	// heldCommits and heldMoved count the commits tried on held states
-	// that committed, and those that found the head moved on;
-	// heldStatements the statements that wrote them.
-	heldCommits, heldMoved, heldStatements atomic.Int64
-	hooks                                  testHooks
+	held    *held
+	hooks   testHooks
+	now     func() time.Time // the store's clock
 	// feedWait is Options.FeedWait.
 	feedWait time.Duration
 	// timeout is Options.Timeout, and errTimeout the error of an operation
@@ -168,11 +164,16 @@ var (
 	_ store.Notifier = (*Store)(nil)
 )
 
-// testHooks let this package's tests stop a commit at a barrier.
+// testHooks let this package's tests stop a commit at a barrier. They wrap
+// the statements a commit sends, on both of its ways: an Update's own
+// transaction, and a group's statement of held commits (which then runs in
+// a transaction of its own).
 type testHooks struct {
-	// beforeLock runs in an Update's transaction before the head is locked.
+	// beforeLock runs in the commit's transaction before the statement that
+	// locks the head: an Update's first, or the group's.
 	beforeLock func(ctx context.Context, conn *pgx.Conn) error
-	// beforeCommit runs after the writes, before COMMIT.
+	// beforeCommit runs after the writes, before COMMIT, once for each
+	// commit written, with its feed key.
 	beforeCommit func(p store.Partition, feedKey int64)
 	// noReadAhead turns the reads ahead off, so every read is a query.
 	noReadAhead bool
@@ -236,10 +237,10 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		errTimeout: fmt.Errorf("%w: PostgreSQL did not answer within %v (the store's timeout)",
 			store.ErrUnavailable, opts.Timeout),
 		channel: notifyChannel(schema),
+		now:     time.Now,
 	}
 	s.ann = newAnnouncer(s, opts.NotifyInterval)
-	s.states = newStateCache(opts.CacheBytes)
-	s.group = newGroup(s)
+	s.held = newHeld(s, opts.CacheBytes)
 	return s, nil
 }
 

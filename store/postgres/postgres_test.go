@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dalvdb/dalv/internal/pgtest"
+	"github.com/dalvdb/dalv/internal/wait"
 	"github.com/dalvdb/dalv/store"
 	"github.com/dalvdb/dalv/store/storetest"
 )
@@ -201,20 +202,61 @@ func readFeed(t *testing.T, s *Store, after store.FeedPos) []string {
 	return got
 }
 
-// waitFeed polls the feed until it delivers want: transactions of other
-// tests on the same server may hold it up for a moment.
-func waitFeed(t *testing.T, s *Store, want string) {
+// waitFeed waits until s's feed holds n records, fails if it holds more,
+// and checks them with check: transactions of other tests on the same
+// server may hold the feed up for a moment.
+func waitFeed(t *testing.T, s *Store, n int, check func(feed []string) error) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		got := strings.Join(readFeed(t, s, ""), " ")
-		if got == want {
-			return
+	var feed []string
+	wait.For(t, 20*time.Second, func() error {
+		if feed = readFeed(t, s, ""); len(feed) < n {
+			return fmt.Errorf("feed holds %d records %q, want %d", len(feed), feed, n)
 		}
-		if time.Now().After(deadline) || len(got) > len(want) {
-			t.Fatalf("Feed = %q, want %q", got, want)
+		return nil
+	})
+	if len(feed) != n {
+		t.Fatalf("feed holds %d records %q, want %d", len(feed), feed, n)
+	}
+	if err := check(feed); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// feedIs checks that a feed is want, its records separated by spaces.
+func feedIs(want string) func(feed []string) error {
+	return func(feed []string) error {
+		if got := strings.Join(feed, " "); got != want {
+			return fmt.Errorf("Feed = %q, want %q", got, want)
 		}
-		time.Sleep(5 * time.Millisecond)
+		return nil
+	}
+}
+
+// feedInOrder checks that each partition's versions come once, in order,
+// from 1.
+func feedInOrder(feed []string) error {
+	last := make(map[string]int)
+	for _, r := range feed {
+		part, v, _ := strings.Cut(r, "@")
+		var version int
+		fmt.Sscan(v, &version)
+		if version != last[part]+1 {
+			return fmt.Errorf("feed: %s after version %d", r, last[part])
+		}
+		last[part] = version
+	}
+	return nil
+}
+
+// feedOf checks that a feed is user's versions from 1, in order.
+func feedOf(user string) func(feed []string) error {
+	return func(feed []string) error {
+		for i, r := range feed {
+			if want := fmt.Sprintf("user:%s@%d", user, i+1); r != want {
+				return fmt.Errorf("feed record %d = %s, want %s", i, r, want)
+			}
+		}
+		return nil
 	}
 }
 
@@ -258,7 +300,72 @@ func TestFeedWaitsForEarlierTransaction(t *testing.T) {
 	}
 	close(release)
 	wg.Wait()
-	waitFeed(t, other, "user:q@1 user:p@1")
+	waitFeed(t, other, 2, feedIs("user:q@1 user:p@1"))
+}
+
+// TestFeedWaitsForEarlierGroup is TestFeedWaitsForEarlierTransaction with
+// the earlier commit on a held state, so a group's statement writes it (its
+// hook holds the statement's transaction open before COMMIT): the feed must
+// not deliver the later commit while the group's may still commit.
+func TestFeedWaitsForEarlierGroup(t *testing.T) {
+	t.Parallel()
+	schema, _ := pgtest.Schema(t)
+	held := openSchema(t, schema, Options{})
+	other := openSchema(t, schema, Options{FeedWait: 100 * time.Millisecond})
+	p, q := store.Partition{Name: "p"}, store.Partition{Name: "q"}
+	ctx := context.Background()
+	if _, err := commitOne(ctx, held, q, "k"); err != nil { // held now holds q's state
+		t.Fatal(err)
+	}
+	waitFeed(t, other, 1, feedIs("user:q@1"))
+	statements := heldStatementsTotal(t, held)
+	atBarrier, release := make(chan int64), make(chan struct{})
+	held.hooks.beforeCommit = func(_ store.Partition, feedKey int64) {
+		atBarrier <- feedKey
+		<-release
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if v, err := commitOne(ctx, held, q, "k"); err != nil || v != 2 {
+			t.Errorf("held commit: version %d, %v; want version 2", v, err)
+		}
+	})
+	qKey := <-atBarrier
+	if _, err := commitOne(ctx, other, p, "k"); err != nil {
+		t.Fatal(err)
+	}
+	pos := readPos(t, other)
+	if pk, _, _ := decodePos(pos["user:p@1"]); pos["user:p@1"] != "" && pk <= qKey {
+		t.Fatalf("the later commit's key %d is not above the held one's %d", pk, qKey)
+	}
+	if got := strings.Join(readFeed(t, other, ""), " "); got != "user:q@1" {
+		t.Fatalf("Feed while an earlier group is in flight = %q, want only user:q@1", got)
+	}
+	close(release)
+	wg.Wait()
+	waitFeed(t, other, 3, feedIs("user:q@1 user:q@2 user:p@1"))
+	if n := heldStatementsTotal(t, held) - statements; n != 1 {
+		t.Errorf("dalv_postgres_held_statements_total rose by %v, want 1: the hooked commit did not go through a group's statement", n)
+	}
+}
+
+// heldStatementsTotal reads dalv_postgres_held_statements_total off s's
+// metrics.
+func heldStatementsTotal(t *testing.T, s *Store) float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(s)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "dalv_postgres_held_statements_total" {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatal("no dalv_postgres_held_statements_total among the store's metrics")
+	return 0
 }
 
 // readPos returns the positions of the records the feed delivers now.
@@ -316,7 +423,7 @@ func TestFeedPartitionOrder(t *testing.T) {
 	if heldVersion != 2 {
 		t.Fatalf("held commit got version %d, want 2", heldVersion)
 	}
-	waitFeed(t, other, "user:p@1 user:p@2")
+	waitFeed(t, other, 2, feedIs("user:p@1 user:p@2"))
 	pos := readPos(t, other)
 	k2, _, _ := decodePos(pos["user:p@2"])
 	if k2 <= xid {
@@ -356,35 +463,7 @@ func TestManyNodesSerialised(t *testing.T) {
 	if err != nil || h.Version != 2*3*each {
 		t.Errorf("Head() = %+v, %v; want version %d", h, err, 2*3*each)
 	}
-	waitFeedLen(t, nodes[0], 2*3*each)
-}
-
-// waitFeedLen is waitFeedOf alice's partition.
-func waitFeedLen(t *testing.T, s *Store, n int) {
-	t.Helper()
-	waitFeedOf(t, s, "alice", n)
-}
-
-// waitFeedOf waits until s's feed holds n records, and checks they are
-// user's versions 1 to n, in order.
-func waitFeedOf(t *testing.T, s *Store, user string, n int) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		got := readFeed(t, s, "")
-		if len(got) == n {
-			for i, r := range got {
-				if want := fmt.Sprintf("user:%s@%d", user, i+1); r != want {
-					t.Fatalf("feed record %d = %s, want %s", i, r, want)
-				}
-			}
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("feed has %d records, want %d", len(got), n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFeed(t, nodes[0], 2*3*each, feedOf("alice"))
 }
 
 // TestConcurrentOpen opens several stores on one new schema at once: one
@@ -694,7 +773,9 @@ func gatherOne(s *Store, name string) (float64, error) {
 // error, and the connection is kept, not closed and replaced.
 func TestCallerGone(t *testing.T) {
 	t.Parallel()
-	s := openFresh(t, Options{MaxConns: 1})
+	// No held states: a commit in a group's statement is no one caller's,
+	// and goes on when its caller goes away.
+	s := openFresh(t, Options{MaxConns: 1, CacheBytes: -1})
 	p := store.Partition{Name: "alice"}
 	if _, err := commitOne(context.Background(), s, p, "before"); err != nil {
 		t.Fatal(err)
@@ -773,7 +854,7 @@ func commitAt(s *Store, p store.Partition, at time.Time, probe string, entries .
 }
 
 // heldCounts returns s's held commits: committed and moved.
-func heldCounts(s *Store) (committed, moved int64) { return s.heldCommits.Load(), s.heldMoved.Load() }
+func heldCounts(s *Store) (committed, moved int64) { return s.held.commits.Load(), s.held.moved.Load() }
 
 // TestHeldState commits through two stores on one schema, as two nodes:
 // a store commits to a partition it holds in one statement; when the other
@@ -827,7 +908,7 @@ func TestHeldState(t *testing.T) {
 	if want := []string{"a1@1", "a2@2", "b3@3", "a4@4", "a5@5"}; err != nil || !slices.Equal(keys, want) {
 		t.Errorf("entries = %v, %v; want %v", keys, err, want)
 	}
-	waitFeedLen(t, b, 5)
+	waitFeed(t, b, 5, feedOf("alice"))
 }
 
 // TestHeldStateCompacted drops a tombstone below the horizon, as retention
@@ -838,7 +919,7 @@ func TestHeldStateCompacted(t *testing.T) {
 	t.Parallel()
 	schema, _ := pgtest.Schema(t)
 	a := openSchema(t, schema, Options{})
-	a.states.coolFor = 0 // hold the partition again at once after the first compaction
+	a.held.states.coolFor = 0 // hold the partition again at once after the first compaction
 	b := openSchema(t, schema, Options{})
 	p := store.Partition{Name: "bob"}
 	now := time.Now()
@@ -860,11 +941,11 @@ func TestHeldStateCompacted(t *testing.T) {
 	if _, err := b.Compact(context.Background(), now.Add(time.Hour)); err != nil { // drops "recent", below the horizon
 		t.Fatal(err)
 	}
-	moved := a.heldMoved.Load()
+	moved := a.held.moved.Load()
 	if _, found, err := commitAt(a, p, now, "recent", store.Entry{Key: "live", Value: []byte("y")}); err != nil || found {
 		t.Fatalf("commit after the second compaction: saw the dropped tombstone %v, %v; want it gone", found, err)
 	}
-	if a.heldMoved.Load() != moved+1 {
+	if a.held.moved.Load() != moved+1 {
 		t.Errorf("the held commit after the compaction was not refused")
 	}
 }
@@ -896,7 +977,7 @@ func TestHeldStateMatchesStore(t *testing.T) {
 		if err != nil {
 			t.Fatalf("commit %d: %v", i, err)
 		}
-		st := s.states.get(part)
+		st := s.held.states.get(part)
 		if st == nil {
 			t.Fatalf("after commit %d the store holds no state of %s", i, p)
 		}
@@ -945,7 +1026,7 @@ func TestHeldStateMatchesStore(t *testing.T) {
 // it, a state too big for it is not held, and neither is one of a partition
 // that cools down.
 func TestStateCacheBudget(t *testing.T) {
-	c := newStateCache(10_000)
+	c := newStateCache(10_000, time.Now)
 	for i := range 100 {
 		c.hold(fmt.Sprint("u:", i), &partState{pf: &prefetch{}, size: 1_000})
 		if c.size > c.budget {
@@ -980,7 +1061,7 @@ func TestStateCacheBudget(t *testing.T) {
 	if c.get("u:97") == nil {
 		t.Errorf("with no cool-down, a state was not held again")
 	}
-	off := newStateCache(-1)
+	off := newStateCache(-1, time.Now)
 	off.hold("u:x", &partState{pf: &prefetch{}, size: 1})
 	if off.get("u:x") != nil || off.len() != 0 {
 		t.Errorf("a cache with no budget held a state")
@@ -1024,7 +1105,7 @@ func TestHeldStateRace(t *testing.T) {
 	schema, _ := pgtest.Schema(t)
 	stores := []*Store{openSchema(t, schema, Options{}), openSchema(t, schema, Options{})}
 	for _, s := range stores {
-		s.states.coolFor = 0
+		s.held.states.coolFor = 0
 	}
 	p := store.Partition{Name: "grace"}
 	const least, most = 25, 500
@@ -1094,5 +1175,5 @@ func TestHeldStateRace(t *testing.T) {
 	if held == 0 || moved == 0 {
 		t.Errorf("%d held commits and %d moved: the race did not take both ways", held, moved)
 	}
-	waitFeedOf(t, stores[1], "grace", int(total))
+	waitFeed(t, stores[1], int(total), feedOf("grace"))
 }

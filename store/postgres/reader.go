@@ -25,8 +25,9 @@ const (
 	maxPageBytes = 4 << 20
 )
 
-// reader is the store.Reader of one Update or View: its statements run on
-// one connection, in one transaction. In a View, the transaction begins with
+// reader is the store.Reader of one Update's or View's transaction: its
+// statements run on one connection. (An Update on a held state reads
+// through a heldReader instead.) In a View, the transaction begins with
 // the first statement, sent together with it.
 type reader struct {
 	ctx    context.Context // the operation's (see Store.opContext)
@@ -165,6 +166,9 @@ func scanEntryRow(rows pgx.Rows, isEntry **bool, omitted *bool) (store.Entry, er
 // entry returns the read-ahead entry of key: known is false when only a
 // query can tell.
 func (pf *prefetch) entry(key string) (e store.Entry, ok, known bool) {
+	if pf == nil {
+		return store.Entry{}, false, false
+	}
 	i, found := slices.BinarySearchFunc(pf.entries, key, func(e store.Entry, key string) int { return strings.Compare(e.Key, key) })
 	switch {
 	case found && !pf.omitted[key]:
@@ -192,9 +196,6 @@ func cloneEntry(e store.Entry) store.Entry {
 func (r *reader) query(scan func(pgx.Rows) error, sql string, args ...any) error {
 	if err := r.caller.Err(); err != nil {
 		return err
-	}
-	if r.conn == nil {
-		return errNeedLock // a held state's reader (see updateHeld)
 	}
 	if r.begin != "" {
 		b := &pgx.Batch{}
@@ -288,10 +289,8 @@ func scanEntry(rows pgx.Rows) (store.Entry, int, error) {
 
 // Get implements store.Reader.
 func (r *reader) Get(key string) (store.Entry, bool, error) {
-	if r.pf != nil {
-		if e, ok, known := r.pf.entry(key); known {
-			return e, ok, nil
-		}
+	if e, ok, known := r.pf.entry(key); known {
+		return e, ok, nil
 	}
 	var e store.Entry
 	ok := false
@@ -346,24 +345,7 @@ func (r *reader) Changes(after uint64, fn func(store.Entry) (bool, error)) error
 		return nil // nothing was committed after the head
 	}
 	if r.pf.complete() {
-		es := make([]store.Entry, 0, len(r.pf.entries))
-		for _, e := range r.pf.entries {
-			if e.Version > after {
-				es = append(es, e)
-			}
-		}
-		slices.SortFunc(es, func(a, b store.Entry) int {
-			if c := cmp.Compare(a.Version, b.Version); c != 0 {
-				return c
-			}
-			return strings.Compare(a.Key, b.Key)
-		})
-		for _, e := range es {
-			if more, err := fn(cloneEntry(e)); err != nil || !more {
-				return err
-			}
-		}
-		return nil
+		return r.pf.changes(after, fn)
 	}
 	limit := minPage
 	es, size, err := r.page(limit, "SELECT "+entryCols+` FROM dalv_entries
@@ -388,25 +370,34 @@ func (r *reader) Changes(after uint64, fn func(store.Entry) (bool, error)) error
 	}
 }
 
+// changes answers Changes from a complete read ahead.
+func (pf *prefetch) changes(after uint64, fn func(store.Entry) (bool, error)) error {
+	es := make([]store.Entry, 0, len(pf.entries))
+	for _, e := range pf.entries {
+		if e.Version > after {
+			es = append(es, e)
+		}
+	}
+	slices.SortFunc(es, func(a, b store.Entry) int {
+		if c := cmp.Compare(a.Version, b.Version); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Key, b.Key)
+	})
+	for _, e := range es {
+		if more, err := fn(cloneEntry(e)); err != nil || !more {
+			return err
+		}
+	}
+	return nil
+}
+
 // Scan implements store.Reader.
 func (r *reader) Scan(prefix, startAfter string, fn func(store.Entry) (bool, error)) error {
-	start := []byte(prefix)
-	if startAfter >= prefix {
-		start = append([]byte(startAfter), 0) // the first key after startAfter
-	}
-	end := store.PrefixEnd([]byte(prefix)) // nil: no upper bound
 	if r.pf.complete() {
-		for _, e := range r.pf.entries {
-			k := []byte(e.Key)
-			if e.Deleted || bytes.Compare(k, start) < 0 || end != nil && bytes.Compare(k, end) >= 0 {
-				continue
-			}
-			if more, err := fn(cloneEntry(e)); err != nil || !more {
-				return err
-			}
-		}
-		return nil
+		return r.pf.scanKeys(prefix, startAfter, fn)
 	}
+	start, end := scanBounds(prefix, startAfter)
 	limit := minPage
 	for {
 		es, size, err := r.page(limit, "SELECT "+entryCols+` FROM dalv_entries
@@ -428,15 +419,47 @@ func (r *reader) Scan(prefix, startAfter string, fn func(store.Entry) (bool, err
 	}
 }
 
+// scanBounds returns the first key Scan(prefix, startAfter) may return and
+// the key past the last (nil for no bound).
+func scanBounds(prefix, startAfter string) (start, end []byte) {
+	start = []byte(prefix)
+	if startAfter >= prefix {
+		start = append([]byte(startAfter), 0) // the first key after startAfter
+	}
+	return start, store.PrefixEnd([]byte(prefix))
+}
+
+// scanKeys answers Scan from a complete read ahead.
+func (pf *prefetch) scanKeys(prefix, startAfter string, fn func(store.Entry) (bool, error)) error {
+	start, end := scanBounds(prefix, startAfter)
+	for _, e := range pf.entries {
+		k := []byte(e.Key)
+		if e.Deleted || bytes.Compare(k, start) < 0 || end != nil && bytes.Compare(k, end) >= 0 {
+			continue
+		}
+		if more, err := fn(cloneEntry(e)); err != nil || !more {
+			return err
+		}
+	}
+	return nil
+}
+
+// deviceBatch returns the read-ahead batch of device: known is false when
+// only a query can tell.
+func (pf *prefetch) deviceBatch(device string) (batch uint64, known bool) {
+	if pf == nil || !pf.hasDevices {
+		return 0, false
+	}
+	if b, ok := pf.devices[device]; ok {
+		return b, true
+	}
+	return 0, pf.devicesAll
+}
+
 // DeviceBatch implements store.Reader.
 func (r *reader) DeviceBatch(device string) (uint64, error) {
-	if pf := r.pf; pf != nil && pf.hasDevices {
-		if b, ok := pf.devices[device]; ok {
-			return b, nil
-		}
-		if pf.devicesAll {
-			return 0, nil
-		}
+	if b, known := r.pf.deviceBatch(device); known {
+		return b, nil
 	}
 	var batch int64
 	err := r.query(func(rows pgx.Rows) error {
@@ -453,8 +476,7 @@ func (r *reader) DeviceBatch(device string) (uint64, error) {
 	return uint64(batch), nil
 }
 
-// IdempotencyKey implements store.Reader. A held state has no key records:
-// the read takes the transaction's way (errNeedLock).
+// IdempotencyKey implements store.Reader.
 func (r *reader) IdempotencyKey(key string) (store.KeyRecord, bool, error) {
 	var (
 		rec store.KeyRecord

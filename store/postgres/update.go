@@ -19,36 +19,30 @@ const maxAttempts = 5
 
 // lockHead is an Update's first statement: it creates or locks the
 // partition's head row, and writes the head as the commit will leave it:
-// the next version, and the commit's feed key, at least this transaction's
-// id and above the partition's last key. (An Update that commits nothing
-// rolls it back.) It returns the head as it was, its compactions, the feed
-// key, and the transaction's id.
-const lockHead = `INSERT INTO dalv_heads AS h (part, version, horizon, feed_key)
-VALUES ($1, 1, 0, pg_current_xact_id()::text::bigint)
-ON CONFLICT (part) DO UPDATE SET version = h.version + 1,
-	feed_key = GREATEST(pg_current_xact_id()::text::bigint, h.feed_key + 1)
-RETURNING h.version - 1, h.horizon, h.compactions, h.feed_key, pg_current_xact_id()::text::bigint`
+// the next version, and the commit's feed key (see nextFeedKey). (An Update
+// that commits nothing rolls it back.) It returns the head as it was, its
+// compactions, the feed key, and the transaction's id.
+var lockHead = `INSERT INTO dalv_heads AS h (part, version, horizon, feed_key)
+VALUES ($1, 1, 0, ` + xactID + `)
+ON CONFLICT (part) DO UPDATE SET version = h.version + 1, feed_key = ` + nextFeedKey("h") + `
+RETURNING h.version - 1, h.horizon, h.compactions, h.feed_key, ` + xactID
 
 // writeCommit writes a commit in one statement: the device's batch, the
 // idempotency key's record, the entries, and the feed row. Its parameters
 // are a commitRow's fields in order, then whether it erases, the feed key,
 // the idempotency key (NULL for none) and its digest. (The head was written by
 // lockHead; an erase also moves the horizon, by eraseHorizon.)
-const writeCommit = `WITH d AS (
-	INSERT INTO dalv_devices (part, device, batch) SELECT $1, $3::bytea, $4 WHERE $3::bytea IS NOT NULL
-	ON CONFLICT (part, device) DO UPDATE SET batch = EXCLUDED.batch
+var writeCommit = `WITH d AS (
+	` + insertDevices + `SELECT $1, $3::bytea, $4 WHERE $3::bytea IS NOT NULL` + onDevice + `
 ), k AS (
 	INSERT INTO dalv_idempotency_keys (part, key, version, digest, nanos)
 	SELECT $1, $13::bytea, $2, COALESCE($14::bytea, '\x'::bytea), $6 WHERE $13::bytea IS NOT NULL
 	ON CONFLICT (part, key) DO UPDATE SET version = EXCLUDED.version, digest = EXCLUDED.digest, nanos = EXCLUDED.nanos
 ), e AS (
-	INSERT INTO dalv_entries (part, key, version, scalar_version, value, tomb_nanos)
-	SELECT $1, t.k, $2, t.sv, CASE WHEN t.del THEN NULL ELSE COALESCE(t.v, '\x'::bytea) END, CASE WHEN t.del THEN $6::bigint END
-	FROM unnest($7::bytea[], $8::bigint[], $9::bytea[], $10::boolean[]) AS t(k, sv, v, del)
-	ON CONFLICT (part, key) DO UPDATE SET version = EXCLUDED.version, scalar_version = EXCLUDED.scalar_version,
-		value = EXCLUDED.value, tomb_nanos = EXCLUDED.tomb_nanos
+	` + insertEntries + `SELECT $1, t.k, $2, t.sv, ` + entryValue + `, ` + entryTomb("$6::bigint") + `
+	FROM unnest($7::bytea[], $8::bigint[], $9::bytea[], $10::boolean[]) AS t(k, sv, v, del)` + onEntry + `
 )
-INSERT INTO dalv_feed (part, feed_key, version, nanos, erase, ops) VALUES ($1, $12, $2, $6, $11, $5)`
+` + insertFeed + `VALUES ($1, $12, $2, $6, $11, $5)`
 
 // Erasing deletes the partition's entries and its earlier feed rows, before
 // the commit's own writes.
@@ -70,14 +64,11 @@ func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.R
 	}
 	defer s.gate.Exit()
 	part := partID(p)
-	if st := s.states.get(part); st != nil && s.hooks.none() {
-		version, done, err := s.updateHeld(ctx, p, part, st, fn)
-		if done {
-			if err == nil && version != 0 {
-				s.ann.add(part, version)
-			}
-			return err
+	if version, done, err := s.held.update(ctx, p, part, fn); done {
+		if err == nil && version != 0 {
+			s.ann.add(part, version)
 		}
+		return err
 	}
 	for attempt := 1; ; attempt++ {
 		version, retry, err := s.update(ctx, p, part, fn)
@@ -120,10 +111,7 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 	var h, hz, compactions, feedKey, xid int64
 	var pf *prefetch // the reads ahead, sent with the lock
 	if s.hooks.beforeLock != nil {
-		if _, err := conn.Exec(octx, "BEGIN"); err != nil {
-			return failed(err)
-		}
-		if err := s.hooks.beforeLock(octx, conn.Conn()); err != nil {
+		if err := s.hookBeforeLock(octx, conn); err != nil {
 			return failed(err)
 		}
 		err = conn.QueryRow(octx, lockHead, part).Scan(&h, &hz, &compactions, &feedKey, &xid)
@@ -147,7 +135,7 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 	if err != nil || c == nil {
 		_, retry, _ := failed(err)
 		if err == nil {
-			s.states.hold(part, newState(head, compactions, pf)) // nothing changed
+			s.held.states.hold(part, newState(head, compactions, pf)) // nothing changed
 		}
 		return 0, retry && errors.Is(err, store.ErrUnavailable), err
 	}
@@ -177,7 +165,7 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 			return 0, false, fmt.Errorf("commit %s version %d: %w: %w", p, c.Version, errUnknownOutcome, connErr(octx, conn, err))
 		}
 	}
-	s.states.hold(part, newState(head, compactions, pf).after(c))
+	s.held.states.hold(part, newState(head, compactions, pf).after(c))
 	passFeedKey(octx, conn, feedKey, xid)
 	return c.Version, false, nil
 }
@@ -190,6 +178,18 @@ func passFeedKey(ctx context.Context, conn *pgxpool.Conn, feedKey, xid int64) {
 	if feedKey > xid {
 		_, _ = conn.Exec(ctx, "SELECT pg_current_xact_id()")
 	}
+}
+
+// hookBeforeLock begins a transaction on conn and runs the test hook
+// beforeLock in it, if set.
+func (s *Store) hookBeforeLock(ctx context.Context, conn *pgxpool.Conn) error {
+	if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+		return err
+	}
+	if s.hooks.beforeLock == nil {
+		return nil
+	}
+	return s.hooks.beforeLock(ctx, conn.Conn())
 }
 
 // rollback ends conn's transaction, if it still has one.

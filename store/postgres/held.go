@@ -1,0 +1,139 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+
+	"github.com/dalvdb/dalv/store"
+)
+
+// A store keeps the state of small partitions it committed to: the head,
+// every entry and every device record, as the prefetch reads them. An
+// Update of a partition it holds runs fn on that state, with no round trip,
+// and writes the commit in a statement (shared with the other commits that
+// wait for it: see group.go) whose first step locks and updates the head
+// only if it is still the state's (version, horizon and compactions): the
+// statement then holds the head row's lock, as an Update's transaction
+// does, and writes what fn decided on the partition as it is. If another
+// process committed in between, the statement writes nothing for it, and
+// the Update drops the state and runs as a transaction. A sync to a
+// partition only this process writes is then one round trip instead of two.
+
+// held is a store's way of committing to the partitions whose state it
+// holds: the states, the group that writes commits on them, and the counts
+// of both.
+type held struct {
+	s      *Store
+	states *stateCache
+
+	// The group (see group.go).
+	mu      sync.Mutex
+	queue   []*heldCommit
+	parts   map[string]*heldCommit // the commits queued or in flight, by partition
+	running int                    // statements in flight
+
+	// commits and moved count the commits tried on held states that
+	// committed, and those that found the head moved on; statements the
+	// statements that wrote them.
+	commits, moved, statements atomic.Int64
+}
+
+func newHeld(s *Store, budget int) *held {
+	return &held{s: s, states: newStateCache(budget, s.now), parts: make(map[string]*heldCommit)}
+}
+
+// update makes an Update's attempt on the state held of part, if any. done
+// is false when the Update must run as a transaction instead: no state is
+// held, fn read past it, or the head moved on. Otherwise err is the
+// Update's outcome.
+func (h *held) update(ctx context.Context, p store.Partition, part string,
+	fn func(r store.Reader) (*store.Commit, error)) (version uint64, done bool, err error) {
+	st := h.states.get(part)
+	for st != nil {
+		c, err := fn(&heldReader{p: p, st: st})
+		if err != nil || c == nil || c.Erase || c.IdempotencyKey != "" {
+			// What fn decided without a commit may rest on a state another
+			// process has moved past (an answer, a refusal): only a commit is
+			// checked against the head. These, erases, and commits under an
+			// idempotency key (a held state has no key records) take the
+			// transaction's way.
+			return 0, false, nil
+		}
+		row, err := newCommitRow(part, st.head, c)
+		if err != nil {
+			return 0, true, fmt.Errorf("commit %s version %d: %w", p, c.Version, err)
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, true, err
+		}
+		hc := &heldCommit{p: p, st: st, c: c, row: row}
+		h.commit(hc)
+		switch hc.outcome {
+		case heldCommitted:
+			return c.Version, true, nil
+		case heldFailed:
+			return 0, true, hc.err
+		case heldBusy:
+			// Another sync of this process commits to the partition (two
+			// devices of a user): once it has, go on from the state it
+			// leaves.
+			<-hc.after
+			st = h.states.get(part)
+		default:
+			return 0, false, nil
+		}
+	}
+	return 0, false, nil
+}
+
+// errNeedLock ends fn's run on a held state when fn reads what the state
+// does not hold; the Update runs as a transaction instead.
+var errNeedLock = errors.New("postgres store: the read needs the partition's lock")
+
+// heldReader is the store.Reader of an Update's attempt on a held state: it
+// answers from the state, and with errNeedLock what the state does not hold.
+type heldReader struct {
+	p  store.Partition
+	st *partState
+}
+
+// Head implements store.Reader.
+func (r *heldReader) Head() (store.Head, error) { return r.st.head, nil }
+
+// Get implements store.Reader.
+func (r *heldReader) Get(key string) (store.Entry, bool, error) {
+	if e, ok, known := r.st.pf.entry(key); known {
+		return e, ok, nil
+	}
+	return store.Entry{}, false, errNeedLock
+}
+
+// Changes implements store.Reader.
+func (r *heldReader) Changes(after uint64, fn func(store.Entry) (bool, error)) error {
+	if after >= math.MaxInt64 || after >= r.st.head.Version {
+		return nil // nothing was committed after the head
+	}
+	return r.st.pf.changes(after, fn)
+}
+
+// Scan implements store.Reader.
+func (r *heldReader) Scan(prefix, startAfter string, fn func(store.Entry) (bool, error)) error {
+	return r.st.pf.scanKeys(prefix, startAfter, fn)
+}
+
+// DeviceBatch implements store.Reader.
+func (r *heldReader) DeviceBatch(device string) (uint64, error) {
+	if b, known := r.st.pf.deviceBatch(device); known {
+		return b, nil
+	}
+	return 0, errNeedLock
+}
+
+// IdempotencyKey implements store.Reader: a held state has no key records.
+func (r *heldReader) IdempotencyKey(key string) (store.KeyRecord, bool, error) {
+	return store.KeyRecord{}, false, errNeedLock
+}
