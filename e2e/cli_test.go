@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -381,12 +380,7 @@ func TestCLIBadInput(t *testing.T) {
 	wantPartition(t, b, user, partition{v, []string{"k=v@1"}})
 
 	// A server that is not there is a clear error too, not a hang.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := cliFreeAddr(t)
 	cliFails(t, []string{"PATH=" + os.Getenv("PATH"), "DALV_ADDR=" + dead, "DALV_BACKEND_KEY=" + testBackendKey}, "", []string{"get", user, "k"}, "unavailable", dead)
 }
 
@@ -461,12 +455,11 @@ func (p *cliProc) line(t testing.TB, wait time.Duration) string {
 // cliFreeAddr returns a loopback address with a port free right now.
 func cliFreeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := proc.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // TestCLIWatch checks dalv watch: one line per commit, as text or JSON,

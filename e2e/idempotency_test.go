@@ -4,16 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/dalvdb/dalv/internal/wait"
 	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/jackc/pgx/v5"
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/internal/pgtest"
 	"github.com/dalvdb/dalv/internal/proc"
+	"github.com/dalvdb/dalv/internal/wait"
 )
 
 // This file tests backend commits under an idempotency key: a retry of a
@@ -203,16 +204,9 @@ func TestPostgresCommitCutMidCommit(t *testing.T) {
 	// it directly: the node cannot reach PostgreSQL yet.
 	applied := func(user string, want uint64) {
 		t.Helper()
-		wait.ForEvery(t, 30*time.Second, 10*time.Millisecond, func() error {
-			c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			conn, err := pgxConnect(c, direct)
-			if err != nil {
-				return err
-			}
-			defer conn.Close(c)
+		pgWaitFor(t, direct, func(c context.Context, conn *pgx.Conn) error {
 			var v int64
-			err = conn.QueryRow(c, `SELECT COALESCE(max(version), 0) FROM dalv_heads WHERE part = $1`, "u:"+user).Scan(&v)
+			err := conn.QueryRow(c, `SELECT COALESCE(max(version), 0) FROM dalv_heads WHERE part = $1`, "u:"+user).Scan(&v)
 			if err == nil && uint64(v) != want {
 				err = fmt.Errorf("partition %s is at version %d in PostgreSQL, want %d", user, v, want)
 			}

@@ -42,21 +42,30 @@ func pgNodes(t *testing.T, base string, n int, args ...string) ([]*proc.Server, 
 // other nodes' commits, so that a commit made after it is announced to it.
 func pgWaitListening(t *testing.T, base, app string) {
 	t.Helper()
-	wait.ForEvery(t, 30*time.Second, 10*time.Millisecond, func() error {
-		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		conn, err := pgxConnect(c, base)
-		if err != nil {
-			return err
-		}
-		defer conn.Close(c)
+	pgWaitFor(t, base, func(c context.Context, conn *pgx.Conn) error {
 		var n int
-		err = conn.QueryRow(c, `SELECT count(*) FROM pg_stat_activity
+		err := conn.QueryRow(c, `SELECT count(*) FROM pg_stat_activity
 			WHERE application_name = $1 AND query ILIKE 'listen %'`, app).Scan(&n)
 		if err == nil && n == 0 {
 			err = fmt.Errorf("%s does not listen yet", app)
 		}
 		return err
+	})
+}
+
+// pgWaitFor polls cond on a new connection to the database at url until it
+// returns nil, and fails t when 30 seconds pass first.
+func pgWaitFor(t *testing.T, url string, cond func(c context.Context, conn *pgx.Conn) error) {
+	t.Helper()
+	wait.ForEvery(t, 30*time.Second, 10*time.Millisecond, func() error {
+		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		conn, err := pgxConnect(c, url)
+		if err != nil {
+			return err
+		}
+		defer conn.Close(c)
+		return cond(c, conn)
 	})
 }
 

@@ -33,13 +33,13 @@ type CommitOptions struct {
 // Commit applies ops to p atomically and durably for a trusted backend: both
 // domains, no conflict check, under opts. It returns the new version.
 func (e *Engine) Commit(ctx context.Context, p store.Partition, ops []*dalvv1.Op, opts CommitOptions) (uint64, error) {
-	if err := ValidatePartitionName(p.Name); err != nil {
+	if err := value.ValidatePartitionName(p.Name); err != nil {
 		return 0, err
 	}
 	if len(ops) == 0 {
 		return 0, Errorf(ErrInvalid, "a commit needs at least one op")
 	}
-	if err := ValidateOps(ops, e.lim); err != nil {
+	if err := value.ValidateOps(ops, e.lim); err != nil {
 		return 0, err
 	}
 	if err := value.ValidateIdempotencyKey(opts.IdempotencyKey); err != nil {
@@ -118,7 +118,7 @@ func commitDigest(ops []*dalvv1.Op, expected *uint64) ([]byte, error) {
 // erase; devices that synced before get a reset. Versions go on, never
 // reused. It returns the erase's version.
 func (e *Engine) DeletePartition(ctx context.Context, p store.Partition) (uint64, error) {
-	if err := ValidatePartitionName(p.Name); err != nil {
+	if err := value.ValidatePartitionName(p.Name); err != nil {
 		return 0, err
 	}
 	rec, err := proto.Marshal(&dalvv1.ChangeEvent{Erased: true})
@@ -143,14 +143,14 @@ func (e *Engine) DeletePartition(ctx context.Context, p store.Partition) (uint64
 
 // Get returns p's version and the live keys among keys, in the order asked.
 func (e *Engine) Get(ctx context.Context, p store.Partition, keys []string) (uint64, []*dalvv1.Change, error) {
-	if err := ValidatePartitionName(p.Name); err != nil {
+	if err := value.ValidatePartitionName(p.Name); err != nil {
 		return 0, nil, err
 	}
 	if len(keys) > e.lim.MaxOps {
 		return 0, nil, Errorf(ErrLimit, "%d keys, over the limit of %d per request (--max-ops)", len(keys), e.lim.MaxOps)
 	}
 	for _, k := range keys {
-		if err := ValidateKey(k, e.lim.MaxKeyBytes); err != nil {
+		if err := value.ValidateKey(k, e.lim.MaxKeyBytes); err != nil {
 			return 0, nil, err
 		}
 	}
@@ -175,7 +175,7 @@ func (e *Engine) Get(ctx context.Context, p store.Partition, keys []string) (uin
 			if err != nil {
 				return err
 			}
-			if size += changeSize(c.Key, c.Value); size > e.lim.MaxResponseBytes {
+			if size += value.ChangeSize(c.Key, c.Value); size > e.lim.MaxResponseBytes {
 				return Errorf(ErrLimit, "the values asked for pass the response limit of %d bytes (--max-response-bytes); ask for fewer keys", e.lim.MaxResponseBytes)
 			}
 			items = append(items, c)
@@ -195,7 +195,7 @@ const (
 // page token of a previous page, and the token of the next page ("" when
 // this is the last). A page is also cut at the response limit.
 func (e *Engine) List(ctx context.Context, p store.Partition, prefix string, pageSize int, pageToken string) (uint64, []*dalvv1.Change, string, error) {
-	if err := ValidatePartitionName(p.Name); err != nil {
+	if err := value.ValidatePartitionName(p.Name); err != nil {
 		return 0, nil, "", err
 	}
 	if len(prefix) > e.lim.MaxKeyBytes {
@@ -234,7 +234,7 @@ func (e *Engine) List(ctx context.Context, p store.Partition, prefix string, pag
 			if err != nil {
 				return false, err
 			}
-			n := changeSize(c.Key, c.Value)
+			n := value.ChangeSize(c.Key, c.Value)
 			if len(items) == pageSize || (len(items) > 0 && size+n > e.lim.MaxResponseBytes) {
 				next = base64.RawURLEncoding.EncodeToString([]byte("k:" + items[len(items)-1].Key))
 				return false, nil

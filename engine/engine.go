@@ -120,13 +120,13 @@ type SyncRequest struct {
 // atomic durable apply, and an answer with the changes since the base
 // version. A conflict is not an error: it is SYNC_STATUS_CONFLICT.
 func (e *Engine) Sync(ctx context.Context, req SyncRequest) (*dalvv1.SyncResponse, error) {
-	if err := ValidatePartitionName(req.Partition.Name); err != nil {
+	if err := value.ValidatePartitionName(req.Partition.Name); err != nil {
 		return nil, err
 	}
-	if err := ValidateDeviceID(req.DeviceID); err != nil {
+	if err := value.ValidateDeviceID(req.DeviceID); err != nil {
 		return nil, err
 	}
-	if err := ValidateOps(req.Ops, e.lim); err != nil {
+	if err := value.ValidateOps(req.Ops, e.lim); err != nil {
 		return nil, err
 	}
 	if len(req.Ops) == 0 {

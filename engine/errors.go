@@ -3,7 +3,6 @@ package engine
 import (
 	"errors"
 
-	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/value"
 )
 
@@ -48,18 +47,3 @@ type (
 	// Limits are the sizes the engine enforces; see value.Limits.
 	Limits = value.Limits
 )
-
-// ValidateKey is value.ValidateKey.
-func ValidateKey(key string, max int) error { return value.ValidateKey(key, max) }
-
-// ValidateDeviceID is value.ValidateDeviceID.
-func ValidateDeviceID(id string) error { return value.ValidateDeviceID(id) }
-
-// ValidateOps is value.ValidateOps.
-func ValidateOps(ops []*dalvv1.Op, l Limits) error { return value.ValidateOps(ops, l) }
-
-// ValidatePartitionName is value.ValidatePartitionName.
-func ValidatePartitionName(name string) error { return value.ValidatePartitionName(name) }
-
-// changeSize is value.ChangeSize, the size a change counts in an answer.
-func changeSize(key string, v *dalvv1.Value) int { return value.ChangeSize(key, v) }

@@ -10,6 +10,7 @@ import (
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/store"
+	"github.com/dalvdb/dalv/value"
 )
 
 // StartCursor is the cursor that starts the change feed at the oldest
@@ -181,7 +182,7 @@ func ValidatePrefixes(prefixes []string, l Limits) error {
 		if p == "" {
 			return Errorf(ErrInvalid, "empty prefix; leave prefixes empty to watch every key")
 		}
-		if err := ValidateKey(p, l.MaxKeyBytes); err != nil {
+		if err := value.ValidateKey(p, l.MaxKeyBytes); err != nil {
 			return err
 		}
 	}

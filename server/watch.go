@@ -10,6 +10,7 @@ import (
 	"github.com/dalvdb/dalv/engine"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/store"
+	"github.com/dalvdb/dalv/value"
 )
 
 // Watch streams what a device missed after fromVersion, collapsed as Sync
@@ -41,7 +42,7 @@ func (s *Server) openWatch(ctx context.Context, req *connect.Request[dalvv1.Watc
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := engine.ValidateDeviceID(m.GetDeviceId()); err != nil {
+	if err := value.ValidateDeviceID(m.GetDeviceId()); err != nil {
 		return nil, nil, err
 	}
 	if err := engine.ValidatePrefixes(m.GetPrefixes(), s.eng.Limits()); err != nil {

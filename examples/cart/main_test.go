@@ -4,15 +4,16 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/dalvdb/dalv/internal/proc"
+	"github.com/dalvdb/dalv/internal/wait"
 )
 
 const (
@@ -38,17 +39,66 @@ func (b *buffer) String() string {
 	return b.b.String()
 }
 
-// cart is a running cart program with its terminal.
-type cart struct {
-	in   *io.PipeWriter
+// terminal is a cart program's terminal: what is typed into it, and what
+// it printed.
+type terminal struct {
+	name string
+	in   io.WriteCloser
 	out  *buffer
+}
+
+// send types line.
+func (c *terminal) send(t *testing.T, line string) {
+	t.Helper()
+	if _, err := io.WriteString(c.in, line+"\n"); err != nil {
+		t.Fatalf("%s: %v", c.name, err)
+	}
+}
+
+// await types probe (if any) until the output matches want, and returns
+// the match.
+func (c *terminal) await(t *testing.T, probe string, want *regexp.Regexp) string {
+	t.Helper()
+	var m string
+	wait.ForEvery(t, 30*time.Second, 100*time.Millisecond, func() error {
+		if m = want.FindString(c.out.String()); m != "" {
+			return nil
+		}
+		if probe != "" {
+			c.send(t, probe)
+		}
+		return fmt.Errorf("%s never showed %v:\n%s", c.name, want, c.out.String())
+	})
+	return m
+}
+
+// awaitText is await of the text want.
+func (c *terminal) awaitText(t *testing.T, probe, want string) {
+	t.Helper()
+	c.await(t, probe, regexp.MustCompile(regexp.QuoteMeta(want)))
+}
+
+// lastShow is the last `show` line the cart printed.
+func (c *terminal) lastShow() string {
+	lines := strings.Split(c.out.String(), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.HasPrefix(lines[i], "cart:") {
+			return lines[i]
+		}
+	}
+	return ""
+}
+
+// cart is a cart program running in this process, with its terminal.
+type cart struct {
+	terminal
 	done chan error
 }
 
 func startCart(t *testing.T, ctx context.Context, url, db string) *cart {
 	t.Helper()
 	pr, pw := io.Pipe()
-	c := &cart{in: pw, out: &buffer{}, done: make(chan error, 1)}
+	c := &cart{terminal: terminal{name: filepath.Base(db), in: pw, out: &buffer{}}, done: make(chan error, 1)}
 	go func() { c.done <- run(ctx, []string{"-server", url, "-user", "alice", "-db", db}, pr, c.out) }()
 	t.Cleanup(func() {
 		pw.Close()
@@ -64,36 +114,14 @@ func startCart(t *testing.T, ctx context.Context, url, db string) *cart {
 	return c
 }
 
-func (c *cart) send(t *testing.T, line string) {
-	t.Helper()
-	if _, err := io.WriteString(c.in, line+"\n"); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// await sends probe (if any) until the output holds want.
-func (c *cart) await(t *testing.T, probe, want string) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(c.out.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("output never showed %q:\n%s", want, c.out.String())
-		}
-		if probe != "" {
-			c.send(t, probe)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
+// freePort returns a loopback address whose port is free right now.
 func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := proc.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // TestCartOfflineThenOnline runs the example as its README says: a device
@@ -115,9 +143,9 @@ func TestCartOfflineThenOnline(t *testing.T) {
 	phone.send(t, "add milk")
 	phone.send(t, "add eggs")
 	phone.send(t, "note ring twice")
-	phone.await(t, "status", "status: offline, 3 pending")
+	phone.awaitText(t, "status", "status: offline, 3 pending")
 	phone.send(t, "show")
-	phone.await(t, "", "cart: milk eggs; note: ring twice")
+	phone.awaitText(t, "", "cart: milk eggs; note: ring twice")
 
 	srv, err := proc.Start(ctx, proc.Options{Binary: bin, Data: filepath.Join(dir, "data"), Args: []string{"--addr", addr, "--heartbeat", "200ms"},
 		Env: []string{"DALV_JWT_SECRET=" + testSecret, "DALV_BACKEND_KEYS=" + testKey}, Stderr: io.Discard})
@@ -129,12 +157,12 @@ func TestCartOfflineThenOnline(t *testing.T) {
 			t.Errorf("dalv serve: %v", err)
 		}
 	}()
-	phone.await(t, "status", "status: online, 0 pending")
+	phone.awaitText(t, "status", "status: online, 0 pending")
 
 	laptop := startCart(t, ctx, "http://"+addr, filepath.Join(dir, "laptop.replica"))
-	laptop.await(t, "show", "cart: milk eggs; note: ring twice")
+	laptop.awaitText(t, "show", "cart: milk eggs; note: ring twice")
 	laptop.send(t, "add bread")
-	phone.await(t, "", "~ from another device: cart/items = [milk, eggs, bread]")
+	phone.awaitText(t, "", "~ from another device: cart/items = [milk, eggs, bread]")
 	for _, c := range []*cart{phone, laptop} {
 		c.send(t, "quit")
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,9 +19,7 @@ import (
 // cartProc is the cart program running as a child process, driven over its
 // stdin and stdout as a person types.
 type cartProc struct {
-	name string
-	in   io.WriteCloser
-	out  *buffer
+	terminal
 	cmd  *exec.Cmd
 	done chan struct{}
 }
@@ -52,7 +49,7 @@ func startCartProc(t *testing.T, bin, dir, name string, args ...string) *cartPro
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cartProc{name: name, in: in, out: &buffer{}, cmd: cmd, done: make(chan struct{})}
+	c := &cartProc{terminal: terminal{name: name, in: in, out: &buffer{}}, cmd: cmd, done: make(chan struct{})}
 	cmd.Stderr = c.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -79,42 +76,6 @@ func startCartProc(t *testing.T, bin, dir, name string, args ...string) *cartPro
 		}
 	})
 	return c
-}
-
-func (c *cartProc) send(t *testing.T, line string) {
-	t.Helper()
-	if _, err := io.WriteString(c.in, line+"\n"); err != nil {
-		t.Fatalf("%s: %v", c.name, err)
-	}
-}
-
-// await sends probe (if any) until the output matches want.
-func (c *cartProc) await(t *testing.T, probe string, want *regexp.Regexp) string {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if m := want.FindString(c.out.String()); m != "" {
-			return m
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s never showed %v:\n%s", c.name, want, c.out.String())
-		}
-		if probe != "" {
-			c.send(t, probe)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// lastShow is the last `show` line the cart printed.
-func (c *cartProc) lastShow() string {
-	lines := strings.Split(c.out.String(), "\n")
-	for i := len(lines) - 1; i >= 0; i-- {
-		if strings.HasPrefix(lines[i], "cart:") {
-			return lines[i]
-		}
-	}
-	return ""
 }
 
 func buildCart(t *testing.T, dir string) string {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -224,4 +225,15 @@ func Build(dir string) (string, error) {
 		return "", fmt.Errorf("go build ./cmd/dalv: %v\n%s", err, b)
 	}
 	return bin, nil
+}
+
+// FreeAddr returns a loopback address whose port is free right now, for a
+// server a test starts, stops and starts again on the same address.
+func FreeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
 }
