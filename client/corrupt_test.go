@@ -33,15 +33,52 @@ const (
 	damagedPending = 20  // pending batches: one put each
 )
 
+// commitKV has a backend commit damagedSynced keys, kv/0000 on, to user's
+// partition, the value of the i-th being val(i).
+func commitKV(t *testing.T, srv *server, user string, val func(i int) string) {
+	t.Helper()
+	var ops []*dalvv1.Op
+	for i := range damagedSynced {
+		ops = append(ops, put(fmt.Sprintf("kv/%04d", i), val(i)))
+	}
+	srv.commit(t, user, ops...)
+}
+
+// xs is a value of 200 bytes for commitKV.
+func xs(int) string { return strings.Repeat("x", 200) }
+
+// damagePages zeroes the first 16 bytes of the pages of bucket in the
+// replica file (the first n of them, or all when n is 0), in place: a
+// replica that has the file open sees it, as the file is mapped.
+func damagePages(t *testing.T, file, bucket string, n int) {
+	t.Helper()
+	ps, pages, err := client.BucketPages(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := pages[bucket]
+	if n > 0 {
+		ids = ids[:n]
+	}
+	f, err := os.OpenFile(file, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if _, err := f.WriteAt(make([]byte, 16), int64(id)*int64(ps)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // makeDamageable builds a replica of user: damagedSynced keys written by a
 // backend and synced, then damagedPending local writes not yet synced.
 func makeDamageable(t *testing.T, srv *server, user string) *damagedReplica {
 	t.Helper()
-	var ops []*dalvv1.Op
-	for i := range damagedSynced {
-		ops = append(ops, put(fmt.Sprintf("kv/%04d", i), strings.Repeat(fmt.Sprintf("%04d", i), 50)))
-	}
-	srv.commit(t, user, ops...)
+	commitKV(t, srv, user, func(i int) string { return strings.Repeat(fmt.Sprintf("%04d", i), 50) })
 	d := &damagedReplica{file: filepath.Join(t.TempDir(), "app.replica"), pending: map[string]string{}}
 	r, err := client.Open(d.file, client.Options{ServerURL: srv.url(), TokenSource: tokens(user)})
 	if err != nil {
@@ -101,9 +138,10 @@ func openInChild(t *testing.T, file string) (string, int) {
 
 // TestOpenDamagedReplica damages a replica file in each way a disk or a
 // careless copy does and checks that Open returns ErrCorrupt naming the
-// file (in a child process: on damage it used to crash the process), and
-// that with OnCorrupt set Open sets the file aside, queues the pending
-// writes it could read, and syncs the rest back from a real server.
+// file (in a child process, so that a crash would end the child and not
+// the test binary), and that with OnCorrupt set Open sets the file aside,
+// queues the pending writes it could read, and syncs the rest back from a
+// real server.
 func TestOpenDamagedReplica(t *testing.T) {
 	t.Parallel()
 	srv := startServer(t)
@@ -437,11 +475,7 @@ func TestOnCorruptAppliesSalvagedBatchOnce(t *testing.T) {
 	t.Parallel()
 	srv := startServer(t)
 	const user = "salvage-once"
-	var ops []*dalvv1.Op
-	for i := range damagedSynced {
-		ops = append(ops, put(fmt.Sprintf("kv/%04d", i), strings.Repeat("x", 200)))
-	}
-	srv.commit(t, user, ops...)
+	commitKV(t, srv, user, xs)
 	r, n := device(t, srv, "app.replica", user, client.Options{})
 	mustSync(t, r)
 	if err := r.ListAdd("log", []byte("once")); err != nil {
@@ -464,20 +498,7 @@ func TestOnCorruptAppliesSalvagedBatchOnce(t *testing.T) {
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}
-	ps, pages, err := client.BucketPages(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, id := range pages["parts/o/kv"] {
-		clear(b[int(id)*ps:][:16])
-	}
-	if err := os.WriteFile(file, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	damagePages(t, file, "parts/o/kv", 0)
 
 	var rep client.CorruptReport
 	r2, err := client.Open(file, client.Options{ServerURL: srv.url(), TokenSource: tokens(user),
@@ -509,29 +530,10 @@ func TestReadOfPageDamagedWhileOpen(t *testing.T) {
 	t.Parallel()
 	srv := startServer(t)
 	const user = "damaged-while-open"
-	var ops []*dalvv1.Op
-	for i := range damagedSynced {
-		ops = append(ops, put(fmt.Sprintf("kv/%04d", i), strings.Repeat("x", 200)))
-	}
-	srv.commit(t, user, ops...)
+	commitKV(t, srv, user, xs)
 	r := openReplica(t, "app.replica", client.Options{ServerURL: srv.url(), TokenSource: tokens(user)})
 	mustSync(t, r)
-	ps, pages, err := client.BucketPages(r.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.OpenFile(r.Path(), os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, id := range pages["parts/o/kv"] {
-		if _, err := f.WriteAt(make([]byte, 16), int64(id)*int64(ps)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
+	damagePages(t, r.Path(), "parts/o/kv", 0)
 	if _, err := r.Get("kv/0150"); !errors.Is(err, client.ErrCorrupt) || !strings.Contains(err.Error(), r.Path()) {
 		t.Errorf("get = %v, want an error matching ErrCorrupt naming the file", err)
 	}
@@ -547,11 +549,7 @@ func TestOnCorruptKeepsDeferredConflicts(t *testing.T) {
 	t.Parallel()
 	srv := startServer(t)
 	const user = "salvage-inbox"
-	var ops []*dalvv1.Op
-	for i := range damagedSynced {
-		ops = append(ops, put(fmt.Sprintf("kv/%04d", i), strings.Repeat("x", 200)))
-	}
-	srv.commit(t, user, ops...)
+	commitKV(t, srv, user, xs)
 	r, err := client.Open(filepath.Join(t.TempDir(), "app.replica"), client.Options{ServerURL: srv.url(), TokenSource: tokens(user)})
 	if err != nil {
 		t.Fatal(err)
@@ -569,18 +567,7 @@ func TestOnCorruptKeepsDeferredConflicts(t *testing.T) {
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}
-	ps, pages, err := client.BucketPages(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	clear(b[int(pages["parts/o/kv"][0])*ps:][:16])
-	if err := os.WriteFile(file, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	damagePages(t, file, "parts/o/kv", 1)
 
 	var rep client.CorruptReport
 	r2, err := client.Open(file, client.Options{ServerURL: srv.url(), TokenSource: tokens(user),
