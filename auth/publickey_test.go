@@ -15,7 +15,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"github.com/dalvdb/dalv/internal/wait"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -27,6 +26,8 @@ import (
 
 	"github.com/MicahParks/jwkset"
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/dalvdb/dalv/internal/wait"
 )
 
 const (

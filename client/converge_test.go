@@ -17,7 +17,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/dalvdb/dalv/internal/wait"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -32,6 +31,7 @@ import (
 
 	"github.com/dalvdb/dalv/client"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/internal/wait"
 	"github.com/dalvdb/dalv/value"
 )
 

@@ -3,7 +3,6 @@ package client_test
 import (
 	"context"
 	"errors"
-	"github.com/dalvdb/dalv/internal/wait"
 	"testing"
 	"time"
 
@@ -11,6 +10,7 @@ import (
 
 	"github.com/dalvdb/dalv/client"
 	"github.com/dalvdb/dalv/internal/pgtest"
+	"github.com/dalvdb/dalv/internal/wait"
 )
 
 // TestPostgresDelayed syncs a replica through a node over PostgreSQL whose

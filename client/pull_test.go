@@ -3,7 +3,6 @@ package client_test
 import (
 	"context"
 	"fmt"
-	"github.com/dalvdb/dalv/internal/wait"
 	"testing"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 	"github.com/dalvdb/dalv/client"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+	"github.com/dalvdb/dalv/internal/wait"
 )
 
 func TestPagedCatchUpIsExposedAtOnce(t *testing.T) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/dalvdb/dalv/internal/wait"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dalvdb/dalv/client"
+	"github.com/dalvdb/dalv/internal/wait"
 )
 
 func TestOpenCreatesDeviceIDOnce(t *testing.T) {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/dalvdb/dalv/internal/wait"
 	"slices"
 	"strings"
 	"sync"
@@ -16,6 +15,7 @@ import (
 	"github.com/dalvdb/dalv/auth"
 	"github.com/dalvdb/dalv/client"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/internal/wait"
 )
 
 // recorder is a resolver that records every conflict it is shown and

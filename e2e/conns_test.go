@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/dalvdb/dalv/internal/wait"
 	"io"
 	"net"
 	"net/http"
@@ -22,6 +21,7 @@ import (
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 	"github.com/dalvdb/dalv/internal/proc"
+	"github.com/dalvdb/dalv/internal/wait"
 )
 
 // These tests hold a server's connections as an attacker would: headers

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/dalvdb/dalv/internal/wait"
 	"io"
 	"net"
 	"net/http"
@@ -28,6 +27,7 @@ import (
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 	"github.com/dalvdb/dalv/internal/proc"
+	"github.com/dalvdb/dalv/internal/wait"
 	"github.com/dalvdb/dalv/value"
 )
 

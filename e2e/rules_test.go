@@ -3,7 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
-	"github.com/dalvdb/dalv/internal/wait"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -21,6 +21,7 @@ import (
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 	"github.com/dalvdb/dalv/internal/pgtest"
 	"github.com/dalvdb/dalv/internal/proc"
+	"github.com/dalvdb/dalv/internal/wait"
 	"github.com/dalvdb/dalv/rules"
 )
 
@@ -426,5 +427,51 @@ func TestRulesRefusedAtStart(t *testing.T) {
 	out, err = exec.Command(binary, "rules", "check", good).CombinedOutput()
 	if err != nil || !strings.HasPrefix(string(out), "OK ") {
 		t.Fatalf("dalv rules check of the shop's rules: %v\n%s", err, out)
+	}
+}
+
+// TestRulesPeerMismatch runs two nodes over one PostgreSQL schema with
+// different rules files: each says so in its log and sets
+// dalv_rules_peer_mismatch; once the second file is made the same as the
+// first (a reload), both clear it.
+func TestRulesPeerMismatch(t *testing.T) {
+	t.Parallel()
+	_, u := pgtest.SchemaOn(t, pgtest.Server(t))
+	dir := t.TempDir()
+	fileA, fileB := filepath.Join(dir, "a.yaml"), filepath.Join(dir, "b.yaml")
+	writeRules(t, fileA, shopRules)
+	writeRules(t, fileB, "default: refuse\nrules: []\n")
+	a := startServer(t, "--store", u, "--rules", fileA, "--rules-poll", "100ms")
+	b := startServer(t, "--store", u, "--rules", fileB, "--rules-poll", "100ms")
+	mismatch := func(srv *proc.Server, want float64) func() error {
+		return func() error {
+			m := metric(scrape(t, srv), "dalv_rules_peer_mismatch", nil)
+			if m == nil || m.GetGauge().GetValue() != want {
+				return fmt.Errorf("dalv_rules_peer_mismatch on %s = %v, want %v", srv.Addr, m, want)
+			}
+			return nil
+		}
+	}
+	for _, srv := range []*proc.Server{a, b} {
+		wait.For(t, 20*time.Second, mismatch(srv, 1))
+		wait.For(t, 20*time.Second, func() error {
+			if !strings.Contains(srv.Stderr(), "enforce other write rules than this one") {
+				return fmt.Errorf("the log of %s does not say the rules differ:\n%s", srv.Addr, srv.Stderr())
+			}
+			return nil
+		})
+	}
+	if n := metric(scrape(t, a), "dalv_rules_nodes", map[string]string{"hash": rulesHash(t, deviceClient(t, a, "ann"))}); n == nil || n.GetGauge().GetValue() != 1 {
+		t.Errorf("dalv_rules_nodes of a's hash = %v, want 1", n)
+	}
+	writeRules(t, fileB, shopRules)
+	for _, srv := range []*proc.Server{a, b} {
+		wait.For(t, 20*time.Second, mismatch(srv, 0))
+	}
+	if n := metric(scrape(t, b), "dalv_rules_nodes", map[string]string{"hash": rulesHash(t, deviceClient(t, b, "ann"))}); n == nil || n.GetGauge().GetValue() != 2 {
+		t.Errorf("dalv_rules_nodes of the shared hash = %v, want 2", n)
+	}
+	if !strings.Contains(b.Stderr(), "every node over this database enforces the same write rules") {
+		t.Errorf("b's log does not say the rules agree again:\n%s", b.Stderr())
 	}
 }

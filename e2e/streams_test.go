@@ -4,7 +4,6 @@ import (
 	binenc "encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/dalvdb/dalv/internal/wait"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -19,6 +18,7 @@ import (
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 	"github.com/dalvdb/dalv/internal/proc"
+	"github.com/dalvdb/dalv/internal/wait"
 )
 
 // This file holds the tests of the bounds on streams: what readers that

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/dalvdb/dalv/internal/wait"
 	"io"
 	"maps"
 	"math/rand/v2"
@@ -27,6 +26,7 @@ import (
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 	"github.com/dalvdb/dalv/internal/proc"
+	"github.com/dalvdb/dalv/internal/wait"
 )
 
 // This file holds the tests of the device Watch (the README's "Watch"): the catch-up

@@ -129,7 +129,7 @@ With --tls-cert and --tls-key it serves HTTPS (HTTP/2 and HTTP/1.1, TLS
 	fl.StringVar(&f.tlsKey, "tls-key", "", "the private key (PEM `FILE`) of --tls-cert")
 	fl.BoolVar(&f.tlsSelfSigned, "tls-self-signed", false, "with --dev: serve HTTPS with a self-signed certificate for localhost kept in --data (generated on the first start), and print the file clients trust it by")
 	fl.StringVar(&f.rulesFile, "rules", "", "write rules file (YAML or JSON): every write is checked against it; reloaded on SIGHUP and when the file changes (see dalv rules check)")
-	fl.DurationVar(&f.rulesPoll, "rules-poll", defaultRulesPoll, "with --rules: how often the rules file's modification time is looked at")
+	fl.DurationVar(&f.rulesPoll, "rules-poll", defaultRulesPoll, "with --rules: how often the rules file's modification time is looked at; over PostgreSQL, also how often the nodes' rules are compared")
 	fl.StringArrayVar(&f.corsOrigins, "cors-origin", nil, `origin (https://app.example.com) whose browser pages may call the server; repeatable; "*" (any origin) only with --dev`)
 	fl.StringVar(&f.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this separate address (off by default; never expose it)")
 	return cmd
@@ -207,6 +207,9 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 		rl := newRulesReloader(f.rulesFile, rulesInfo, srv.SetRules, srv.RulesHash, reg, log)
 		go rl.run(ctx, f.rulesPoll)
 		log.Info("write rules in force", "file", f.rulesFile, "hash", srv.RulesHash())
+	}
+	if ps, ok := st.(rulesPeers); ok {
+		go newPeerRules(ps, srv.RulesHash, reg, log).run(ctx, f.rulesPoll)
 	}
 	if f.pprofAddr != "" {
 		stopPprof, err := servePprof(ctx, cmd, f.pprofAddr, log)
