@@ -34,11 +34,14 @@ type device struct {
 	auth   []string
 	req    *dalvv1.SyncRequest // reused: the call is done with it on return
 	value  []byte              // the PUT's value, rewritten per batch
+	number []byte              // the part of value that numbers the batch
 	base   uint64
 }
 
 // newDevice is device id of user, syncing through c values of valueBytes
-// bytes to the key "bench/" + id.
+// bytes to the key "bench/" + id. A value is a JSON string ("vvv…" and the
+// batch's number) when it has room for the quotes, as applications' values
+// are often JSON: write rules with a schema can check it.
 func (s secrets) newDevice(c *clients, user, id string, valueBytes int) (*device, error) {
 	a, err := s.deviceAuth(user)
 	if err != nil {
@@ -47,6 +50,11 @@ func (s secrets) newDevice(c *clients, user, id string, valueBytes int) (*device
 	d := &device{client: c.device, auth: a, value: make([]byte, valueBytes)}
 	for i := range d.value {
 		d.value[i] = 'v'
+	}
+	d.number = d.value
+	if n := len(d.value); n >= 3 {
+		d.value[0], d.value[n-1] = '"', '"'
+		d.number = d.value[1 : n-1]
 	}
 	d.req = &dalvv1.SyncRequest{
 		DeviceId: id,
@@ -63,7 +71,7 @@ func (s secrets) newDevice(c *clients, user, id string, valueBytes int) (*device
 func (d *device) sync(ctx context.Context) error {
 	d.req.Batch++
 	d.req.BaseVersion = d.base
-	putNumber(d.value, d.req.Batch)
+	putNumber(d.number, d.req.Batch)
 	req := connect.NewRequest(d.req)
 	req.Header()["Authorization"] = d.auth
 	resp, err := d.client.Sync(ctx, req)

@@ -133,9 +133,9 @@ func (r *rule) check(w Write) error {
 // element added for LIST_ADD (the others passed when they were added), all
 // of them for a PUT.
 func (r *rule) validateSchema(w Write, doc any, docErr error) error {
-	validate := func(doc any, err error, what string) error {
+	validate := func(b []byte, doc any, err error, what string) error {
 		if err != nil {
-			return r.refuse(w, ErrInvalid, "%s is not JSON: %v", what, err)
+			return r.refuse(w, ErrInvalid, "%s is not JSON: %v", what, jsonError(b, err))
 		}
 		if err := r.schema.Validate(doc); err != nil {
 			return r.refuse(w, ErrInvalid, "%s does not match the schema: %s", what, schemaReason(err))
@@ -144,10 +144,10 @@ func (r *rule) validateSchema(w Write, doc any, docErr error) error {
 	}
 	one := func(b []byte, what string) error {
 		doc, err := decodeJSON(b)
-		return validate(doc, err, what)
+		return validate(b, doc, err, what)
 	}
 	if !value.IsList(w.New) {
-		return validate(doc, docErr, "the value")
+		return validate(w.New.GetScalar(), doc, docErr, "the value")
 	}
 	if w.Op == dalvv1.OpKind_OP_KIND_LIST_ADD {
 		return one(w.Element, "the element")
@@ -169,22 +169,17 @@ func schemaReason(err error) string {
 }
 
 func (r *rule) evalCheck(w Write, val any) error {
-	vars := map[string]any{
-		"key":    w.Key,
-		"user":   w.User,
-		"value":  val,
-		"old":    celValue(w.Old),
-		"claims": celClaims(w.Claims),
-	}
-	var act any = vars
+	act := &activation{w: &w, value: val}
+	prog := r.prog
+	var in any = act
 	if w.ClaimsUnknown {
-		pv, err := cel.PartialVars(vars, cel.AttributePattern("claims"))
+		pv, err := cel.PartialVars(act, cel.AttributePattern("claims"))
 		if err != nil {
 			return r.refuse(w, ErrInvalid, "check failed to evaluate: %v", err)
 		}
-		act = pv
+		prog, in = r.partial, pv
 	}
-	out, _, err := r.prog.Eval(act)
+	out, _, err := prog.Eval(in)
 	if types.IsUnknown(out) {
 		return nil // it depends on the claims: the server decides
 	}
@@ -197,6 +192,43 @@ func (r *rule) evalCheck(w Write, val any) error {
 	return nil
 }
 
+// activation gives a check its variables, each worked out only when the
+// check first reads it: most checks read one or two of them.
+type activation struct {
+	w         *Write
+	value     any
+	old       any // once oldSet
+	claims    any // once claimsSet
+	oldSet    bool
+	claimsSet bool
+}
+
+// ResolveName implements interpreter.Activation.
+func (a *activation) ResolveName(name string) (any, bool) {
+	switch name {
+	case "value":
+		return a.value, true
+	case "key":
+		return a.w.Key, true
+	case "user":
+		return a.w.User, true
+	case "old":
+		if !a.oldSet {
+			a.old, a.oldSet = celValue(a.w.Old), true
+		}
+		return a.old, true
+	case "claims":
+		if !a.claimsSet {
+			a.claims, a.claimsSet = celClaims(a.w.Claims), true
+		}
+		return a.claims, true
+	}
+	return nil, false
+}
+
+// Parent implements interpreter.Activation.
+func (a *activation) Parent() cel.Activation { return nil }
+
 func celEnv() (*cel.Env, error) {
 	return cel.NewEnv(
 		cel.Variable("value", cel.DynType),
@@ -207,17 +239,29 @@ func celEnv() (*cel.Env, error) {
 	)
 }
 
-// compileCheck parses and type-checks a check; it must be a bool.
-func compileCheck(env *cel.Env, src string) (cel.Program, error) {
+// compileCheck parses and type-checks a check, which must be a bool, and
+// plans it twice: for the server, which knows every variable, and for a
+// device, which does not know the claims (partial evaluation, which costs
+// more).
+func compileCheck(env *cel.Env, src string) (prog, partial cel.Program, err error) {
 	ast, iss := env.Compile(src)
 	if iss != nil && iss.Err() != nil {
-		return nil, errors.New(strings.Join(strings.Fields(iss.Err().Error()), " "))
+		return nil, nil, errors.New(strings.Join(strings.Fields(iss.Err().Error()), " "))
 	}
 	if !ast.OutputType().IsExactType(cel.BoolType) {
-		return nil, fmt.Errorf("it is a %s, not a bool; compare explicitly (e.g. value.ok == true)", ast.OutputType())
+		return nil, nil, fmt.Errorf("it is a %s, not a bool; compare explicitly (e.g. value.ok == true)", ast.OutputType())
 	}
-	return env.Program(ast, cel.EvalOptions(cel.OptOptimize, cel.OptPartialEval), cel.CostLimit(1_000_000))
+	if prog, err = env.Program(ast, cel.EvalOptions(cel.OptOptimize), cel.CostLimit(maxCheckCost)); err != nil {
+		return nil, nil, err
+	}
+	partial, err = env.Program(ast, cel.EvalOptions(cel.OptOptimize, cel.OptPartialEval), cel.CostLimit(maxCheckCost))
+	return prog, partial, err
 }
+
+// maxCheckCost bounds the work of one check's evaluation, in CEL's cost
+// units: a check over a large list stops there instead of taking the
+// server's time.
+const maxCheckCost = 1_000_000
 
 // celValue is how a value reads in a check: null when absent; a scalar as
 // its JSON value when it holds JSON (integers as int, other numbers as
@@ -264,8 +308,48 @@ func celClaims(c map[string]any) map[string]any {
 	return out
 }
 
+// mayBeJSON reports whether b starts as a JSON value may: most scalars a
+// check reads that are not JSON (text, identifiers, binary) do not.
+func mayBeJSON(b []byte) bool {
+	b = bytes.TrimLeft(b, " \t\r\n")
+	if len(b) == 0 {
+		return false
+	}
+	switch c := b[0]; {
+	case c == '{', c == '[', c == '"', c == '-', c >= '0' && c <= '9', c == 't', c == 'f', c == 'n':
+		return true
+	}
+	return false
+}
+
+// errNotJSON is decodeJSON's error for bytes that are not one JSON value.
+var errNotJSON = errors.New("not a JSON value")
+
+// jsonError is why b, which decodeJSON refused with err, is not JSON, as
+// encoding/json words it.
+func jsonError(b []byte, err error) error {
+	if err == errNotJSON {
+		var x any
+		if uerr := json.Unmarshal(b, &x); uerr != nil {
+			return uerr
+		}
+	}
+	return err
+}
+
 // decodeJSON decodes one JSON value with integers as int64.
 func decodeJSON(b []byte) (any, error) {
+	if !mayBeJSON(b) {
+		return nil, errNotJSON // without a decoder's allocations
+	}
+	if t := bytes.TrimLeft(b, " \t\r\n"); t[0] == '"' {
+		// A string, the commonest JSON value, needs no decoder.
+		var x string
+		if err := json.Unmarshal(t, &x); err != nil {
+			return nil, err
+		}
+		return x, nil
+	}
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.UseNumber()
 	var x any

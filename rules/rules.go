@@ -113,7 +113,8 @@ type rule struct {
 	schema         *jsonschema.Schema
 	maxBytes       int
 	maxItems       int
-	prog           cel.Program
+	prog           cel.Program // the check, evaluated with every variable known
+	partial        cel.Program // the check, evaluated with the claims unknown
 	noDelete       bool
 	createOnly     bool
 	backendTrusted bool
@@ -397,11 +398,11 @@ func compile(spec fileSpec, lines []map[string]int) (*Set, error) {
 			}
 		}
 		if rs.Check != "" {
-			prg, err := compileCheck(env, rs.Check)
+			prg, partial, err := compileCheck(env, rs.Check)
 			if err != nil {
 				bad("check", "check %q: %v", rs.Check, err)
 			} else {
-				r.prog = prg
+				r.prog, r.partial = prg, partial
 			}
 		}
 		s.rules = append(s.rules, r)

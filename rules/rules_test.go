@@ -343,3 +343,26 @@ func TestWithSystemPrefixes(t *testing.T) {
 		t.Fatal("a prefix that is no pattern changed the rules")
 	}
 }
+
+// BenchmarkCheckBench checks a write under bench/rules.yaml's rule for the
+// bench's keys: a size limit, a schema, and a CEL check of the key, the
+// value and the old value.
+func BenchmarkCheckBench(b *testing.B) {
+	s, err := Parse([]byte(`rules:
+  - match: "bench/*"
+    kind: json
+    max_bytes: 65536
+    schema: {type: string, minLength: 1, maxLength: 65536}
+    check: "key.startsWith('bench/') && size(value) > 0 && old != value"
+`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := put("bench/k1", `"vvvvvvvvvvvvvvvvvvvvvvvvvvvvv42"`)
+	w.Old = value.Scalar([]byte(`"vvvvvvvvvvvvvvvvvvvvvvvvvvvvv41"`))
+	for b.Loop() {
+		if err := s.Check(w); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
