@@ -1,7 +1,9 @@
 package rules
 
 import (
+	"encoding/json"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 
@@ -364,5 +366,76 @@ func BenchmarkCheckBench(b *testing.B) {
 		if err := s.Check(w); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// deviceCases is testdata/device_cases.json: device writes and the
+// server's outcome for each, which web/src/rules.spec.ts runs through the
+// browser SDK's check too.
+type deviceCases struct {
+	Rules json.RawMessage `json:"rules"`
+	Cases []struct {
+		Name         string   `json:"name"`
+		Op           string   `json:"op"`
+		Key          string   `json:"key"`
+		Value        *string  `json:"value"`
+		Elem         string   `json:"elem"`
+		Old          *string  `json:"old"`
+		OldList      []string `json:"old_list"`
+		Want         string   `json:"want"`
+		Rule         string   `json:"rule"`
+		DeviceChecks *bool    `json:"device_checks"`
+	} `json:"cases"`
+}
+
+// TestDeviceCases runs the shared table of device writes: each is allowed,
+// or refused with the right kind and rule.
+func TestDeviceCases(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile("testdata/device_cases.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dc deviceCases
+	if err := json.Unmarshal(data, &dc); err != nil {
+		t.Fatal(err)
+	}
+	s := mustParse(t, string(dc.Rules))
+	kinds := map[string]dalvv1.OpKind{"put": dalvv1.OpKind_OP_KIND_PUT, "delete": dalvv1.OpKind_OP_KIND_DELETE,
+		"listAdd": dalvv1.OpKind_OP_KIND_LIST_ADD, "listRemove": dalvv1.OpKind_OP_KIND_LIST_REMOVE}
+	for _, c := range dc.Cases {
+		op := &dalvv1.Op{Kind: kinds[c.Op], Key: c.Key}
+		switch {
+		case c.Value != nil:
+			op.Value = value.Scalar([]byte(*c.Value))
+		case c.Op == "listAdd" || c.Op == "listRemove":
+			op.Value = value.Scalar([]byte(c.Elem))
+		}
+		var old *dalvv1.Value
+		switch {
+		case c.Old != nil:
+			old = value.Scalar([]byte(*c.Old))
+		case c.OldList != nil:
+			items := make([][]byte, len(c.OldList))
+			for i, it := range c.OldList {
+				items[i] = []byte(it)
+			}
+			old = value.List(items...)
+		}
+		t.Run(c.Name, func(t *testing.T) {
+			err := s.CheckOp(op, old, Device, "u1", nil)
+			switch c.Want {
+			case "allow":
+				if err != nil {
+					t.Errorf("%v, want it allowed", err)
+				}
+			case "permission_denied":
+				wantRefused(t, err, ErrPermission, c.Rule, "")
+			case "invalid_argument":
+				wantRefused(t, err, ErrInvalid, c.Rule, "")
+			default:
+				t.Fatalf("want %q is not a case's outcome", c.Want)
+			}
+		})
 	}
 }

@@ -1,7 +1,7 @@
 // Builds dist/: index.js (ESM, the Connect and protobuf runtimes left to the
 // application's bundler), its type declarations, and dalv.bundle.js (one
 // minified file with the runtimes, for pages without a bundler and for the
-// size check).
+// size check); rules.js and dalv.rules.bundle.js, the opt-in rules check.
 import { spawnSync } from "node:child_process";
 import { rmSync } from "node:fs";
 import { join } from "node:path";
@@ -12,5 +12,9 @@ rmSync(join(root, "dist"), { recursive: true, force: true });
 const common = { entryPoints: [join(root, "src/index.ts")], bundle: true, format: "esm", target: "es2022", platform: "browser", logLevel: "warning" };
 await build({ ...common, outfile: join(root, "dist/index.js"), packages: "external", sourcemap: true });
 await build({ ...common, outfile: join(root, "dist/dalv.bundle.js"), minify: true, legalComments: "none", sourcemap: "external" });
+// @dalvdb/client/rules, the opt-in check of the write rules: its own file.
+const rules = { ...common, entryPoints: [join(root, "src/rules.ts")] };
+await build({ ...rules, outfile: join(root, "dist/rules.js"), sourcemap: true });
+await build({ ...rules, outfile: join(root, "dist/dalv.rules.bundle.js"), minify: true, legalComments: "none" });
 const tsc = spawnSync(join(root, "node_modules/.bin/tsc"), ["-p", "tsconfig.build.json"], { cwd: root, stdio: "inherit" });
 process.exit(tsc.status ?? 1);

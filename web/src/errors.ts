@@ -14,6 +14,8 @@ export type DalvErrorCode =
   | "limit"
   /** A malformed write: an empty key, a key with control characters, bad JSON. */
   | "invalid"
+  /** A write the server's write rules refuse; serverCode is the code the server gives it, and the message names the rule. */
+  | "rule"
   /** A list op on a key holding a scalar, or a list read of a scalar. */
   | "not_list"
   /** A method of a closed replica. */

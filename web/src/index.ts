@@ -11,5 +11,6 @@ export { mergeJSON, mergeJSONWith } from "./merge-json.js";
 export { DalvError } from "./errors.js";
 export type { DalvErrorCode } from "./errors.js";
 export type { RefusedBatch } from "./refused-batch.js";
+export type { RuleChecker, RuleRefusal } from "./rule-checker.js";
 export type { SyncStatus } from "./status.js";
 export type { SharedPartition } from "./shared-partition.js";

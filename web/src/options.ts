@@ -1,5 +1,6 @@
 import type { Resolver } from "./conflict.js";
 import type { RefusedBatch } from "./refused-batch.js";
+import type { RuleChecker } from "./rule-checker.js";
 
 /** ReplicaOptions configures openReplica. */
 export interface ReplicaOptions {
@@ -33,6 +34,15 @@ export interface ReplicaOptions {
   maxConflictRounds?: number;
   /** How many resource_exhausted answers in a row a batch that passes the local checks gets before it is set aside. By default 8. */
   maxLimitRetries?: number;
+  /**
+   * Checks each local write against the server's write rules before it is
+   * queued, and each queued batch before it is sent (the rules may have
+   * changed since): pass checkRules from "@dalvdb/client/rules". A write
+   * it refuses fails with a DalvError of code "rule"; a queued batch it
+   * refuses is set aside and reported as a server refusal is. By default
+   * none: the server refuses such a batch, which is set aside then.
+   */
+  checkRules?: RuleChecker;
   /** Called in the leader tab for each batch the server refused, after it was set aside. By default nothing. */
   onRefused?: (b: RefusedBatch) => void;
   /**

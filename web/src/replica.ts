@@ -3,7 +3,7 @@ import type { Conflict, Resolution } from "./conflict.js";
 import { DalvError } from "./errors.js";
 import type { Op } from "./op.js";
 import type { ReplicaOptions } from "./options.js";
-import { checkOps, checkValue, checkWritable } from "./private/config.js";
+import { checkOps, checkValue, checkWritable, useRuleChecker } from "./private/config.js";
 import { Core } from "./private/core.js";
 import { openDatabase, S } from "./private/idb.js";
 import type { Touched } from "./private/records.js";
@@ -34,6 +34,7 @@ interface Subscription {
  */
 export async function openReplica(options: ReplicaOptions = {}): Promise<Replica> {
   const name = options.name ?? "dalv";
+  useRuleChecker(options.checkRules);
   const db = await openDatabase(name);
   const r = new Replica(name, db, options);
   try {

@@ -2,6 +2,7 @@ import { DalvError } from "../errors.js";
 import type { Op } from "../op.js";
 import type { Value } from "../value.js";
 import { bytesEqual, isList, valueSize } from "../value.js";
+import type { RuleChecker } from "../rule-checker.js";
 
 /** ServerConfig is what the device knows of the server: the defaults until first contact, then what GetConfig said. */
 export interface ServerConfig {
@@ -13,7 +14,8 @@ export interface ServerConfig {
   maxRequestBytes: number;
   maxResponseBytes: number;
   user: string;
-  known: boolean;
+  /** The server's write rules in their JSON form, empty for none (see checkRules). */
+  rules?: string;
 }
 
 /** defaultConfig is the server's zero-config defaults, assumed before first contact. */
@@ -27,7 +29,6 @@ export function defaultConfig(): ServerConfig {
     maxRequestBytes: 8 << 20,
     maxResponseBytes: 4 << 20,
     user: "",
-    known: false,
   };
 }
 
@@ -73,6 +74,21 @@ export function checkValue(key: string, v: Value | undefined, cfg: ServerConfig)
       }
     }
   }
+}
+
+// The rule checker of the replica opened last (ReplicaOptions.checkRules):
+// the page's replicas share it, as they share the server's rules.
+let ruleChecker: RuleChecker | undefined;
+
+/** useRuleChecker makes checkRule use c (none when undefined). */
+export function useRuleChecker(c: RuleChecker | undefined): void {
+  ruleChecker = c;
+}
+
+/** checkRule refuses op, which takes its key from cur to next, when the server's write rules would and a rule checker is in use. */
+export function checkRule(op: Op, cur: Value | undefined, next: Value | undefined, cfg: ServerConfig): void {
+  const r = cfg.rules && ruleChecker?.(cfg.rules, op, cur, next);
+  if (r) throw new DalvError("rule", r.message, { serverCode: r.code });
 }
 
 /** checkOps refuses a batch over the server's op limit, or with an op the server would refuse. */

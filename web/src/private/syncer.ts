@@ -186,7 +186,7 @@ export class Syncer {
       systemPrefixes: [...m.systemPrefixes],
       readable: [...m.sharedPartitions],
       user: m.user,
-      known: true,
+      rules: m.rules,
     };
     if (m.maxKeyBytes > 0) cfg.maxKeyBytes = m.maxKeyBytes;
     if (m.maxValueBytes > 0) cfg.maxValueBytes = m.maxValueBytes;
@@ -253,7 +253,6 @@ export class Syncer {
     switch (ce.code) {
       case Code.PermissionDenied:
       case Code.FailedPrecondition:
-        this.configured = false; // the domains may have changed: fetch them again
         break;
       case Code.InvalidArgument:
         // The server may have lost data and be behind the device's base
@@ -284,6 +283,7 @@ export class Syncer {
         return false;
     }
     this.limitHits = 0;
+    this.configured = false; // the domains, limits or write rules may have changed: fetch them again
     const rb: RefusedBatch = { id: b.seq, ops: b.ops, code: codeName(ce.code), message: ce.rawMessage, at: Date.now() };
     await this.core.setAside(b, rb);
     this.set({ lastError: new DalvError("server", `batch refused by the server (${rb.code}): ${rb.message}`, { serverCode: rb.code, cause: e }) });
