@@ -33,6 +33,20 @@ const (
 	damagedPending = 20  // pending batches: one put each
 )
 
+// openSalvaged opens the damaged replica file of user with OnCorrupt set,
+// and returns it (closed at the test's end) with the report OnCorrupt got.
+func openSalvaged(t *testing.T, srv *server, file, user string) (*client.Replica, client.CorruptReport) {
+	t.Helper()
+	var rep client.CorruptReport
+	r, err := client.Open(file, client.Options{ServerURL: srv.url(), TokenSource: tokens(user),
+		OnCorrupt: func(cr client.CorruptReport) { rep = cr }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeChecked(t, r) })
+	return r, rep
+}
+
 // commitKV has a backend commit damagedSynced keys, kv/0000 on, to user's
 // partition, the value of the i-th being val(i).
 func commitKV(t *testing.T, srv *server, user string, val func(i int) string) {
@@ -500,13 +514,7 @@ func TestOnCorruptAppliesSalvagedBatchOnce(t *testing.T) {
 	}
 	damagePages(t, file, "parts/o/kv", 0)
 
-	var rep client.CorruptReport
-	r2, err := client.Open(file, client.Options{ServerURL: srv.url(), TokenSource: tokens(user),
-		OnCorrupt: func(cr client.CorruptReport) { rep = cr }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { closeChecked(t, r2) })
+	r2, rep := openSalvaged(t, srv, file, user)
 	if !rep.DeviceIDKept || r2.DeviceID() != device || rep.Batches != 1 {
 		t.Errorf("report: device kept %v (%s, was %s), %d batches; want the device kept and 1 batch", rep.DeviceIDKept, r2.DeviceID(), device, rep.Batches)
 	}
@@ -569,13 +577,7 @@ func TestOnCorruptKeepsDeferredConflicts(t *testing.T) {
 	}
 	damagePages(t, file, "parts/o/kv", 1)
 
-	var rep client.CorruptReport
-	r2, err := client.Open(file, client.Options{ServerURL: srv.url(), TokenSource: tokens(user),
-		OnCorrupt: func(cr client.CorruptReport) { rep = cr }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { closeChecked(t, r2) })
+	r2, rep := openSalvaged(t, srv, file, user)
 	if rep.Conflicts != 1 || len(rep.Lost) > 0 {
 		t.Errorf("report: %d conflicts carried over, lost %q; want 1 and nothing lost", rep.Conflicts, rep.Lost)
 	}

@@ -310,19 +310,7 @@ func TestGroupCommitConnectionLost(t *testing.T) {
 	}
 	// Another transaction keeps the feed from taking rows, so the group's
 	// statement waits, its heads locked, until its backend is killed.
-	conn, err := pgx.Connect(ctx, u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{schema, "dalv_feed"}.Sanitize()+" IN EXCLUSIVE MODE"); err != nil {
-		t.Fatal(err)
-	}
+	release := holdTx(t, u, "LOCK TABLE "+pgx.Identifier{schema, "dalv_feed"}.Sanitize()+" IN EXCLUSIVE MODE")
 	// The killer looks from a connection of its own: a transaction sees
 	// pg_stat_activity as it was at its first look.
 	killer, err := pgx.Connect(ctx, u)
@@ -357,7 +345,7 @@ func TestGroupCommitConnectionLost(t *testing.T) {
 			t.Errorf("commit to %s in the killed statement: %v, want unavailable with an unknown outcome", parts[i], err)
 		}
 	}
-	if err := tx.Rollback(ctx); err != nil {
+	if err := release(); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range parts {

@@ -368,6 +368,28 @@ func heldStatementsTotal(t *testing.T, s *Store) float64 {
 	return 0
 }
 
+// holdTx runs sql in a transaction on a connection of its own to the
+// database at url, and keeps the transaction open until release rolls it
+// back, or the test ends.
+func holdTx(t *testing.T, url, sql string) (release func() error) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(ctx) })
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Rollback(ctx) })
+	if _, err := tx.Exec(ctx, sql); err != nil {
+		t.Fatal(err)
+	}
+	return func() error { return tx.Rollback(ctx) }
+}
+
 // readPos returns the positions of the records the feed delivers now.
 func readPos(t *testing.T, s *Store) map[string]store.FeedPos {
 	t.Helper()
@@ -712,19 +734,7 @@ func TestMetrics(t *testing.T) {
 	t.Parallel()
 	s := openFresh(t, Options{FeedWait: -1})
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, pgtest.URL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, "SELECT pg_current_xact_id()"); err != nil {
-		t.Fatal(err)
-	}
+	holdTx(t, pgtest.URL(t), "SELECT pg_current_xact_id()")
 	if _, err := commitOne(ctx, s, store.Partition{Name: "alice"}, "k"); err != nil {
 		t.Fatal(err)
 	}
