@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/cel-go/cel"
+	celast "github.com/google/cel-go/common/ast"
 	"github.com/google/cel-go/common/types"
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
@@ -251,17 +252,33 @@ func compileCheck(env *cel.Env, src string) (prog, partial cel.Program, err erro
 	if !ast.OutputType().IsExactType(cel.BoolType) {
 		return nil, nil, fmt.Errorf("it is a %s, not a bool; compare explicitly (e.g. value.ok == true)", ast.OutputType())
 	}
-	if prog, err = env.Program(ast, cel.EvalOptions(cel.OptOptimize), cel.CostLimit(maxCheckCost)); err != nil {
+	var bound []cel.ProgramOption
+	if hasComprehension(ast) {
+		bound = append(bound, cel.CostLimit(maxCheckCost))
+	}
+	if prog, err = env.Program(ast, append(bound, cel.EvalOptions(cel.OptOptimize))...); err != nil {
 		return nil, nil, err
 	}
-	partial, err = env.Program(ast, cel.EvalOptions(cel.OptOptimize, cel.OptPartialEval), cel.CostLimit(maxCheckCost))
+	partial, err = env.Program(ast, append(bound, cel.EvalOptions(cel.OptOptimize, cel.OptPartialEval))...)
 	return prog, partial, err
 }
 
-// maxCheckCost bounds the work of one check's evaluation, in CEL's cost
-// units: a check over a large list stops there instead of taking the
-// server's time.
+// maxCheckCost bounds the work of one evaluation of a check with a
+// comprehension (all, exists, exists_one, map, filter), in CEL's cost
+// units: one over a large list stops there instead of taking the server's
+// time. A check without one takes time linear in its variables, which the
+// server's limits on keys, values and tokens bound, and runs without the
+// cost tracking, which would double its time.
 const maxCheckCost = 1_000_000
+
+// hasComprehension reports whether a check has a comprehension.
+func hasComprehension(a *cel.Ast) bool {
+	found := false
+	celast.PostOrderVisit(a.NativeRep().Expr(), celast.NewExprVisitor(func(e celast.Expr) {
+		found = found || e.Kind() == celast.ComprehensionKind
+	}))
+	return found
+}
 
 // celValue is how a value reads in a check: null when absent; a scalar as
 // its JSON value when it holds JSON (integers as int, other numbers as

@@ -3,6 +3,7 @@ package rules
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -305,6 +306,30 @@ func TestClaimsUnknown(t *testing.T) {
 	w = put("cart/qty/a", "100")
 	w.ClaimsUnknown = true
 	wantRefused(t, s.Check(w), ErrInvalid, "cart/qty/*", "check is false")
+}
+
+// TestCheckCostLimit checks that a check with a comprehension stops at the
+// cost limit on a large list, and that one without runs unbounded by it.
+func TestCheckCostLimit(t *testing.T) {
+	t.Parallel()
+	s := mustParse(t, `rules:
+  - match: "big"
+    kind: list
+    check: "value.all(x, value.all(y, x == y || x != y))"
+  - match: "plain"
+    kind: list
+    check: "size(value) > 0"
+`)
+	items := make([][]byte, 3000)
+	for i := range items {
+		items[i] = []byte(fmt.Sprint(i))
+	}
+	w := Write{Key: "big", Op: dalvv1.OpKind_OP_KIND_PUT, New: value.List(items...), Writer: Device, User: "u1"}
+	wantRefused(t, s.Check(w), ErrInvalid, "big", "cost")
+	w.Key = "plain"
+	if err := s.Check(w); err != nil {
+		t.Errorf("a check without a comprehension on a long list: %v", err)
+	}
 }
 
 // BenchmarkCheck is the cost of checking one PUT against a rule with a
