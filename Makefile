@@ -4,7 +4,7 @@
 GO ?= go
 TOOL = $(GO) tool -modfile=tools/go.mod
 
-.PHONY: all build generate check-generated lint test test-go test-race soak bench bench-postgres fuzz web-deps test-web bundle-size bench-web
+.PHONY: all build generate check-generated lint test test-go test-race soak check-history bench bench-postgres fuzz web-deps test-web bundle-size bench-web
 
 all: build
 
@@ -41,6 +41,12 @@ test-race:
 ## soak: the long crash loop (200 kills)
 soak:
 	DALV_CRASH_KILLS=200 $(GO) test -run TestCrashDurability -count=1 -timeout 60m ./e2e/
+
+## check-history: devices and backends on one node and on three over PostgreSQL for a minute
+## each, every call checked against the sync rules by internal/history (Porcupine); the Go
+## suite runs the same for 3 s
+check-history:
+	DALV_HISTORY_SECONDS=$${DALV_HISTORY_SECONDS:-60} $(GO) test -count=1 -run '^TestHistory' -v -timeout 30m ./e2e/ | grep -E '^(=== RUN|--- |ok|FAIL)|history:|not linearizable'
 
 ## fuzz: each fuzz target for a minute
 fuzz:

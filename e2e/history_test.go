@@ -1,0 +1,218 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/anishathalye/porcupine"
+
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	hist "github.com/dalvdb/dalv/internal/history"
+	"github.com/dalvdb/dalv/internal/pgtest"
+	"github.com/dalvdb/dalv/internal/proc"
+)
+
+// This file checks histories: devices and backends call real servers at
+// once, every call and its outcome is recorded, and internal/history checks
+// each partition's history against the sync rules. DALV_HISTORY_SECONDS
+// makes a run longer (make check-history), DALV_HISTORY_SEED replays one.
+
+// TestHistoryOneNode checks a history of one node on the embedded store.
+func TestHistoryOneNode(t *testing.T) {
+	t.Parallel()
+	checkHistory(t, []*proc.Server{startServer(t)})
+}
+
+// TestHistoryPostgres checks a history of three nodes over PostgreSQL, each
+// device and backend on its own node.
+func TestHistoryPostgres(t *testing.T) {
+	t.Parallel()
+	nodes, _ := pgNodes(t, pgtest.Server(t), 3)
+	checkHistory(t, nodes)
+}
+
+// checkHistory runs devices and backends against nodes for a few seconds,
+// then checks the history and logs what it checked.
+func checkHistory(t *testing.T, nodes []*proc.Server) {
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("DALV_HISTORY_SEED"); s != "" {
+		seed, _ = strconv.ParseUint(s, 10, 64)
+	}
+	run := 3 * time.Second
+	if s := os.Getenv("DALV_HISTORY_SECONDS"); s != "" {
+		n, _ := strconv.Atoi(s)
+		run = time.Duration(n) * time.Second
+	}
+	const users, devicesPerUser, backends = 2, 3, 2
+	rec := hist.NewRecorder()
+	deadline := time.Now().Add(run)
+	var wg sync.WaitGroup
+	client := 0
+	for u := range users {
+		user := fmt.Sprintf("hist%d", u)
+		for d := range devicesPerUser {
+			srv := nodes[(u+d)%len(nodes)]
+			dc := deviceClient(t, srv, user)
+			id, rng := client, rand.New(rand.NewPCG(seed, uint64(client)))
+			client++
+			wg.Go(func() { historyDevice(t, rec, dc, id, user, fmt.Sprintf("%s-dev%d", user, d), rng, deadline) })
+		}
+	}
+	for b := range backends {
+		bc := backendClient(t, nodes[b%len(nodes)])
+		id, rng := client, rand.New(rand.NewPCG(seed, uint64(client)))
+		client++
+		wg.Go(func() { historyBackend(t, rec, bc, id, users, rng, deadline) })
+	}
+	wg.Wait()
+	r := hist.Check(rec.Calls(), time.Minute)
+	t.Logf("history: %d calls (%d of unknown outcome) on %d partitions, %d nodes, seed %d", r.Calls, r.Unknown, r.Partitions, len(nodes), seed)
+	if !r.OK() {
+		path := filepath.Join(t.TempDir(), "hist.html")
+		if err := porcupine.VisualizePath(hist.Model(), r.Info, path); err == nil {
+			t.Logf("Porcupine's view of the history: %s", path)
+		}
+		for _, h := range r.Failed {
+			t.Errorf("not linearizable (seed %d, DALV_HISTORY_SEED=%d replays the choices):\n%s", seed, seed, h)
+		}
+	}
+}
+
+// keys are the keys the history writes: few, so writes meet.
+var historyKeys = []string{"k0", "k1", "k2"}
+
+// callCtx is a call's context: most calls have time to answer; about one in
+// ten is cut after a millisecond or two, so its outcome is unknown.
+func callCtx(rng *rand.Rand) (context.Context, context.CancelFunc) {
+	if rng.IntN(10) == 0 {
+		return context.WithTimeout(context.Background(), time.Duration(rng.IntN(2000)+200)*time.Microsecond)
+	}
+	return context.WithTimeout(context.Background(), 30*time.Second)
+}
+
+// outcome is what an error says of a call: unknown when the call was cut
+// or the server unreachable, or the test fails on a refusal the history
+// does not expect.
+func outcome(t *testing.T, err error, expected ...connect.Code) (hist.Outcome, bool) {
+	if err == nil {
+		return hist.OK, true
+	}
+	code := connect.CodeOf(err)
+	for _, c := range expected {
+		if code == c {
+			return hist.Stale, true
+		}
+	}
+	if errors.Is(err, context.DeadlineExceeded) || code == connect.CodeDeadlineExceeded || code == connect.CodeCanceled || code == connect.CodeUnavailable {
+		return hist.Unknown, true
+	}
+	t.Errorf("unexpected refusal: %v", err)
+	return hist.Unknown, false
+}
+
+// historyDevice syncs batches of PUTs until the deadline: after a conflict
+// it sends the batch again from the new base (keeping its own values), and
+// after an unknown outcome it sends the same batch again, as a device does.
+func historyDevice(t *testing.T, rec *hist.Recorder, dc interface {
+	Sync(context.Context, *connect.Request[dalvv1.SyncRequest]) (*connect.Response[dalvv1.SyncResponse], error)
+}, client int, user, device string, rng *rand.Rand, deadline time.Time) {
+	var base, batch uint64
+	var puts map[string]string
+	for time.Now().Before(deadline) {
+		if puts == nil {
+			batch++
+			puts = map[string]string{}
+			for range rng.IntN(2) + 1 {
+				puts[historyKeys[rng.IntN(len(historyKeys))]] = fmt.Sprintf("%s#%d", device, batch)
+			}
+		}
+		req := &dalvv1.SyncRequest{DeviceId: device, BaseVersion: base, Batch: batch}
+		for k, v := range puts {
+			req.Ops = append(req.Ops, opPut(k, strconv.Quote(v)))
+		}
+		c := hist.Call{Partition: "u:" + user, Kind: hist.Sync, Device: device, Batch: batch, Base: base, Puts: puts}
+		cctx, cancel := callCtx(rng)
+		start := rec.Begin()
+		resp, err := dc.Sync(cctx, connect.NewRequest(req))
+		cancel()
+		var ok bool
+		if c.Outcome, ok = outcome(t, err); !ok {
+			return
+		}
+		if err == nil {
+			c.Version = resp.Msg.GetVersion()
+			if resp.Msg.GetStatus() == dalvv1.SyncStatus_SYNC_STATUS_CONFLICT {
+				c.Outcome = hist.Conflict
+			}
+		}
+		rec.End(client, start, c)
+		switch c.Outcome {
+		case hist.OK:
+			base, puts = c.Version, nil
+		case hist.Conflict:
+			base = c.Version
+		}
+	}
+}
+
+// historyBackend commits PUTs, half of them at the version it last saw, and
+// reads the keys, over every user's partition.
+func historyBackend(t *testing.T, rec *hist.Recorder, bc interface {
+	Commit(context.Context, *connect.Request[dalvv1.CommitRequest]) (*connect.Response[dalvv1.CommitResponse], error)
+	Get(context.Context, *connect.Request[dalvv1.GetRequest]) (*connect.Response[dalvv1.GetResponse], error)
+}, client, users int, rng *rand.Rand, deadline time.Time) {
+	seen := map[string]uint64{}
+	for n := 0; time.Now().Before(deadline); n++ {
+		user := fmt.Sprintf("hist%d", rng.IntN(users))
+		cctx, cancel := callCtx(rng)
+		start := rec.Begin()
+		if rng.IntN(2) == 0 {
+			c := hist.Call{Partition: "u:" + user, Kind: hist.Get, Keys: historyKeys, Values: map[string]string{}}
+			resp, err := bc.Get(cctx, connect.NewRequest(&dalvv1.GetRequest{User: user, Keys: historyKeys}))
+			cancel()
+			var ok bool
+			if c.Outcome, ok = outcome(t, err); !ok {
+				return
+			}
+			if err == nil {
+				c.Version = resp.Msg.GetVersion()
+				seen[user] = c.Version
+				for _, it := range resp.Msg.GetItems() {
+					if !it.GetDeleted() && it.GetValue() != nil {
+						v, _ := strconv.Unquote(string(it.GetValue().GetScalar()))
+						c.Values[it.GetKey()] = v
+					}
+				}
+			}
+			rec.End(client, start, c)
+			continue
+		}
+		k, v := historyKeys[rng.IntN(len(historyKeys))], fmt.Sprintf("backend%d#%d", client, n)
+		req := &dalvv1.CommitRequest{User: user, Ops: []*dalvv1.Op{opPut(k, strconv.Quote(v))}}
+		c := hist.Call{Partition: "u:" + user, Kind: hist.Commit, Puts: map[string]string{k: v}}
+		if rng.IntN(2) == 0 {
+			c.Expect, c.Expected = true, seen[user]
+			req.ExpectedVersion = &c.Expected
+		}
+		resp, err := bc.Commit(cctx, connect.NewRequest(req))
+		cancel()
+		var ok bool
+		if c.Outcome, ok = outcome(t, err, connect.CodeFailedPrecondition); !ok {
+			return
+		}
+		if err == nil {
+			c.Version = resp.Msg.GetVersion()
+			seen[user] = c.Version
+		}
+		rec.End(client, start, c)
+	}
+}

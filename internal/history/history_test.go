@@ -1,0 +1,75 @@
+package history
+
+import (
+	"testing"
+	"time"
+)
+
+// seq makes a sequential history: each call ends before the next starts.
+func seq(calls ...Call) []Call {
+	for i := range calls {
+		calls[i].start, calls[i].end = int64(2*i), int64(2*i+1)
+		if calls[i].Partition == "" {
+			calls[i].Partition = "u:a"
+		}
+	}
+	return calls
+}
+
+func put(k, v string) map[string]string { return map[string]string{k: v} }
+
+// TestCheckFindsEachBreach feeds the checker histories that break each rule
+// of the model, and one that keeps them: it must tell them apart.
+func TestCheckFindsEachBreach(t *testing.T) {
+	t.Parallel()
+	good := seq(
+		Call{Kind: Sync, Device: "d1", Batch: 1, Base: 0, Puts: put("k", "1"), Outcome: OK, Version: 1},
+		Call{Kind: Sync, Device: "d2", Batch: 1, Base: 0, Puts: put("k", "2"), Outcome: Conflict, Version: 1},
+		Call{Kind: Sync, Device: "d2", Batch: 1, Base: 1, Puts: put("k", "2"), Outcome: OK, Version: 2},
+		Call{Kind: Sync, Device: "d2", Batch: 1, Base: 1, Puts: put("k", "2"), Outcome: OK, Version: 2}, // a retry
+		Call{Kind: Commit, Expect: true, Expected: 2, Puts: put("j", "b"), Outcome: OK, Version: 3},
+		Call{Kind: Commit, Expect: true, Expected: 2, Puts: put("j", "c"), Outcome: Stale},
+		Call{Kind: Sync, Device: "d1", Batch: 2, Base: 1, Puts: put("j", "x"), Outcome: Conflict, Version: 3},
+		Call{Kind: Commit, Puts: put("k", "3"), Outcome: Unknown},
+		Call{Kind: Get, Keys: []string{"k", "j", "z"}, Outcome: OK, Version: 4, Values: map[string]string{"k": "3", "j": "b"}},
+	)
+	if r := Check(good, 10*time.Second); !r.OK() {
+		t.Fatalf("a history that keeps the rules failed the check:\n%v", r.Failed)
+	}
+	for name, h := range map[string][]Call{
+		"versions not dense": seq(
+			Call{Kind: Sync, Device: "d1", Batch: 1, Puts: put("k", "1"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Puts: put("k", "2"), Outcome: OK, Version: 3},
+		),
+		"a batch applied twice": seq(
+			Call{Kind: Sync, Device: "d1", Batch: 1, Puts: put("k", "1"), Outcome: OK, Version: 1},
+			Call{Kind: Sync, Device: "d1", Batch: 1, Puts: put("k", "1"), Outcome: OK, Version: 2},
+		),
+		"accepted over a change after its base": seq(
+			Call{Kind: Commit, Puts: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Sync, Device: "d1", Batch: 1, Base: 0, Puts: put("k", "1"), Outcome: OK, Version: 2},
+		),
+		"a conflict with no change after the base": seq(
+			Call{Kind: Commit, Puts: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Sync, Device: "d1", Batch: 1, Base: 1, Puts: put("k", "1"), Outcome: Conflict, Version: 1},
+		),
+		"a commit applied at another version than expected": seq(
+			Call{Kind: Commit, Puts: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Expect: true, Expected: 5, Puts: put("k", "c"), Outcome: OK, Version: 2},
+		),
+		"a read of a value never written": seq(
+			Call{Kind: Commit, Puts: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Get, Keys: []string{"k"}, Outcome: OK, Version: 1, Values: map[string]string{"k": "z"}},
+		),
+		"a lost acknowledged write": seq(
+			Call{Kind: Sync, Device: "d1", Batch: 1, Puts: put("k", "1"), Outcome: OK, Version: 1},
+			Call{Kind: Get, Keys: []string{"k"}, Outcome: OK, Version: 0},
+		),
+	} {
+		if r := Check(h, 10*time.Second); r.OK() {
+			t.Errorf("%s: the check passed a history that breaks the rules", name)
+		} else if r.Failed["u:a"] == "" {
+			t.Errorf("%s: the failure does not print the partition's history", name)
+		}
+	}
+}
