@@ -29,7 +29,7 @@ import (
 // TestHistoryOneNode checks a history of one node on the embedded store.
 func TestHistoryOneNode(t *testing.T) {
 	t.Parallel()
-	checkHistory(t, []*proc.Server{startServer(t)})
+	checkHistory(t, []*proc.Server{startServer(t)}, nil)
 }
 
 // TestHistoryPostgres checks a history of three nodes over PostgreSQL, each
@@ -37,17 +37,71 @@ func TestHistoryOneNode(t *testing.T) {
 func TestHistoryPostgres(t *testing.T) {
 	t.Parallel()
 	nodes, _ := pgNodes(t, pgtest.Server(t), 3)
-	checkHistory(t, nodes)
+	checkHistory(t, nodes, nil)
 }
 
-// checkHistory runs devices and backends against nodes for a few seconds,
-// then checks the history and logs what it checked.
-func checkHistory(t *testing.T, nodes []*proc.Server) {
+// TestHistoryPostgresFaults checks a history of three nodes over a
+// PostgreSQL server of the test's own while the network between two of
+// them and the database fails (connections cut, then black-holed for
+// longer than the nodes' statement timeout) and the server is killed and
+// restarted (pg_ctl -m immediate). Every sync and commit is then
+// acknowledged and present, refused and absent, or of unknown outcome and
+// settled by its retry exactly once: the history checker says which.
+func TestHistoryPostgresFaults(t *testing.T) {
+	t.Parallel()
+	pg, err := pgtest.StartDurable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pg.Stop)
+	_, direct := pgtest.SchemaOn(t, pg.URL)
+	proxy, cut := pgtest.NewProxy(t, direct)
+	args := []string{"--store-timeout", "1s", "--heartbeat", "2s"}
+	nodes := []*proc.Server{
+		startServer(t, append([]string{"--store", cut}, args...)...),
+		startServer(t, append([]string{"--store", cut}, args...)...),
+		startServer(t, append([]string{"--store", direct}, args...)...),
+	}
+	checkHistory(t, nodes, func(pause func(time.Duration) bool) string {
+		var cuts, holes, restarts int
+		for pause(400 * time.Millisecond) {
+			proxy.SetDown(true) // connections cut, new ones refused
+			cuts++
+			pause(200 * time.Millisecond)
+			proxy.SetDown(false)
+			if !pause(400 * time.Millisecond) {
+				break
+			}
+			proxy.SetDelay(2 * time.Second) // black-holed past the statement timeout, mid-commit
+			holes++
+			pause(1500 * time.Millisecond)
+			proxy.SetDelay(0)
+			if !pause(400 * time.Millisecond) {
+				break
+			}
+			if err := pg.RestartImmediate(); err != nil {
+				t.Error(err)
+				break
+			}
+			restarts++
+		}
+		return fmt.Sprintf("%d connection cuts, %d black holes of 2s, %d PostgreSQL kills (-m immediate)", cuts, holes, restarts)
+	})
+}
+
+// checkHistory runs devices and backends against nodes for a few seconds
+// (and faults, when given, at the same time: it pauses between faults
+// until the run ends, and says what it injected), then checks the history
+// and logs what it checked.
+func checkHistory(t *testing.T, nodes []*proc.Server, faults func(pause func(time.Duration) bool) string) {
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("DALV_HISTORY_SEED"); s != "" {
 		seed, _ = strconv.ParseUint(s, 10, 64)
 	}
 	run := 3 * time.Second
+	if faults != nil {
+		run = 6 * time.Second
+	}
 	if s := os.Getenv("DALV_HISTORY_SECONDS"); s != "" {
 		n, _ := strconv.Atoi(s)
 		run = time.Duration(n) * time.Second
@@ -73,9 +127,21 @@ func checkHistory(t *testing.T, nodes []*proc.Server) {
 		client++
 		wg.Go(func() { historyBackend(t, rec, bc, id, users, rng, deadline) })
 	}
+	injected := "no faults"
+	if faults != nil {
+		wg.Go(func() {
+			injected = faults(func(d time.Duration) bool {
+				if time.Until(deadline) < d {
+					return false
+				}
+				time.Sleep(d) // the faults' schedule, not a synchronisation
+				return true
+			})
+		})
+	}
 	wg.Wait()
 	r := hist.Check(rec.Calls(), time.Minute)
-	t.Logf("history: %d calls (%d of unknown outcome) on %d partitions, %d nodes, seed %d", r.Calls, r.Unknown, r.Partitions, len(nodes), seed)
+	t.Logf("history: %d calls (%d of unknown outcome) on %d partitions, %d nodes, %s; seed %d", r.Calls, r.Unknown, r.Partitions, len(nodes), injected, seed)
 	if !r.OK() {
 		path := filepath.Join(t.TempDir(), "hist.html")
 		if err := porcupine.VisualizePath(hist.Model(), r.Info, path); err == nil {
@@ -127,6 +193,7 @@ func historyDevice(t *testing.T, rec *hist.Recorder, dc interface {
 }, client int, user, device string, rng *rand.Rand, deadline time.Time) {
 	var base, batch uint64
 	var puts map[string]string
+	var backoff time.Duration
 	for time.Now().Before(deadline) {
 		if puts == nil {
 			batch++
@@ -157,11 +224,20 @@ func historyDevice(t *testing.T, rec *hist.Recorder, dc interface {
 		rec.End(client, start, c)
 		switch c.Outcome {
 		case hist.OK:
-			base, puts = c.Version, nil
+			base, puts, backoff = c.Version, nil, 0
 		case hist.Conflict:
-			base = c.Version
+			base, backoff = c.Version, 0
+		case hist.Unknown:
+			backoff = retryAfter(backoff)
+			time.Sleep(backoff) // a device backs off while the server does not answer
 		}
 	}
+}
+
+// retryAfter is a client's next wait after a call that got no answer,
+// given its last one: from 20 ms, doubling, up to 500 ms.
+func retryAfter(last time.Duration) time.Duration {
+	return min(max(2*last, 20*time.Millisecond), 500*time.Millisecond)
 }
 
 // historyBackend commits PUTs, half of them at the version it last saw, and
@@ -171,6 +247,7 @@ func historyBackend(t *testing.T, rec *hist.Recorder, bc interface {
 	Get(context.Context, *connect.Request[dalvv1.GetRequest]) (*connect.Response[dalvv1.GetResponse], error)
 }, client, users int, rng *rand.Rand, deadline time.Time) {
 	seen := map[string]uint64{}
+	var backoff time.Duration
 	for n := 0; time.Now().Before(deadline); n++ {
 		user := fmt.Sprintf("hist%d", rng.IntN(users))
 		cctx, cancel := callCtx(rng)
@@ -183,17 +260,23 @@ func historyBackend(t *testing.T, rec *hist.Recorder, bc interface {
 			if c.Outcome, ok = outcome(t, err); !ok {
 				return
 			}
-			if err == nil {
-				c.Version = resp.Msg.GetVersion()
-				seen[user] = c.Version
-				for _, it := range resp.Msg.GetItems() {
-					if !it.GetDeleted() && it.GetValue() != nil {
-						v, _ := strconv.Unquote(string(it.GetValue().GetScalar()))
-						c.Values[it.GetKey()] = v
-					}
+			if err != nil {
+				// A read that got no answer changed nothing and says
+				// nothing: it is left out of the history.
+				backoff = retryAfter(backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			c.Version = resp.Msg.GetVersion()
+			seen[user] = c.Version
+			for _, it := range resp.Msg.GetItems() {
+				if !it.GetDeleted() && it.GetValue() != nil {
+					v, _ := strconv.Unquote(string(it.GetValue().GetScalar()))
+					c.Values[it.GetKey()] = v
 				}
 			}
 			rec.End(client, start, c)
+			backoff = 0
 			continue
 		}
 		k, v := historyKeys[rng.IntN(len(historyKeys))], fmt.Sprintf("backend%d#%d", client, n)
@@ -214,5 +297,11 @@ func historyBackend(t *testing.T, rec *hist.Recorder, bc interface {
 			seen[user] = c.Version
 		}
 		rec.End(client, start, c)
+		if c.Outcome == hist.Unknown {
+			backoff = retryAfter(backoff)
+			time.Sleep(backoff)
+		} else {
+			backoff = 0
+		}
 	}
 }

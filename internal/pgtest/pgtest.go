@@ -196,9 +196,18 @@ type Throwaway struct {
 }
 
 // Start initialises a PostgreSQL cluster in a temporary directory and starts
-// it on a free loopback port, with durability off (fsync) for speed. As root,
-// it runs the server as the postgres user, since PostgreSQL refuses root.
-func Start() (*Throwaway, error) {
+// it on a free loopback port, with durability off (fsync, synchronous
+// commits) for speed. As root, it runs the server as the postgres user,
+// since PostgreSQL refuses root.
+func Start() (*Throwaway, error) { return start(false) }
+
+// StartDurable is Start with synchronous commits: a commit is in the WAL
+// (the operating system's cache of it: fsync stays off) before it is
+// acknowledged, so it survives RestartImmediate, which kills the server as
+// a crash does.
+func StartDurable() (*Throwaway, error) { return start(true) }
+
+func start(durable bool) (*Throwaway, error) {
 	bin, err := findBin()
 	if err != nil {
 		return nil, err
@@ -238,8 +247,12 @@ func Start() (*Throwaway, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
-		port, dir)
+	commits := "off"
+	if durable {
+		commits = "on"
+	}
+	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=%s -c full_page_writes=off -c max_connections=300",
+		port, dir, commits)
 	if out, err := s.run(s.pgCtl, "-D", data, "-o", opts, "-l", filepath.Join(dir, "log"), "-w", "-t", "60", "start"); err != nil {
 		log, _ := os.ReadFile(filepath.Join(dir, "log"))
 		os.RemoveAll(dir)
@@ -254,6 +267,16 @@ func Start() (*Throwaway, error) {
 func (s *Throwaway) Restart() error {
 	if out, err := s.run(s.pgCtl, "-D", filepath.Join(s.dir, "data"), "-l", filepath.Join(s.dir, "log"), "-m", "fast", "-w", "-t", "60", "restart"); err != nil {
 		return fmt.Errorf("pg_ctl restart: %v\n%s", err, out)
+	}
+	return nil
+}
+
+// RestartImmediate kills the server as a crash does (pg_ctl -m immediate:
+// no checkpoint, connections cut, recovery from the WAL at the next start)
+// and starts it again on the same port.
+func (s *Throwaway) RestartImmediate() error {
+	if out, err := s.run(s.pgCtl, "-D", filepath.Join(s.dir, "data"), "-l", filepath.Join(s.dir, "log"), "-m", "immediate", "-w", "-t", "60", "restart"); err != nil {
+		return fmt.Errorf("pg_ctl restart -m immediate: %v\n%s", err, out)
 	}
 	return nil
 }
