@@ -13,8 +13,8 @@ import (
 // a tombstone with entryTimed, uvarint unix nanos of its commit; then the
 // value bytes to the end (none for a tombstone). The time names the
 // tombstone's index key, so that an erase finds and drops it. Every
-// tombstone written carries it; entryTimed is a flag so that tombstones
-// written before it existed still decode.
+// tombstone the store writes carries it; the decoder also accepts a
+// tombstone with entryTimed clear, which decodes to an untimed header.
 const (
 	entryDeleted = 1 << 0
 	entryTimed   = 1 << 1

@@ -61,8 +61,8 @@ func TestEntryRoundTrip(t *testing.T) {
 	}
 }
 
-// TestEntryUntimedTombstone decodes a tombstone as written before
-// tombstones had a time.
+// TestEntryUntimedTombstone decodes a tombstone with entryTimed clear: it
+// has no time, and its header is untimed.
 func TestEntryUntimedTombstone(t *testing.T) {
 	e, h, err := decodeEntry("k", []byte{entryDeleted, 3, 2})
 	if err != nil {
