@@ -106,8 +106,13 @@ func checkHistory(t *testing.T, nodes []*proc.Server, faults func(pause func(tim
 		n, _ := strconv.Atoi(s)
 		run = time.Duration(n) * time.Second
 	}
-	const users, devicesPerUser, backends = 2, 3, 2
+	const users, devicesPerUser, backends = historyUsers, 3, 2
 	rec := hist.NewRecorder()
+	live := &feedReader{}
+	feedCtx, stopFeed := context.WithCancel(context.Background())
+	feedDone := make(chan struct{})
+	go func() { defer close(feedDone); live.follow(feedCtx, nodes[0], "start") }()
+	defer func() { stopFeed(); <-feedDone }()
 	deadline := time.Now().Add(run)
 	var wg sync.WaitGroup
 	client := 0
@@ -140,6 +145,12 @@ func checkHistory(t *testing.T, nodes []*proc.Server, faults func(pause func(tim
 		})
 	}
 	wg.Wait()
+	var names []string
+	for u := range users {
+		names = append(names, fmt.Sprintf("hist%d", u))
+	}
+	feed := checkFeeds(t, nodes, live, finalVersions(t, nodes[len(nodes)-1], names))
+	t.Log(feed)
 	r := hist.Check(rec.Calls(), time.Minute)
 	t.Logf("history: %d calls (%d of unknown outcome) on %d partitions, %d nodes, %s; seed %d", r.Calls, r.Unknown, r.Partitions, len(nodes), injected, seed)
 	if !r.OK() {
@@ -152,6 +163,9 @@ func checkHistory(t *testing.T, nodes []*proc.Server, faults func(pause func(tim
 		}
 	}
 }
+
+// historyUsers is how many partitions a history writes.
+const historyUsers = 2
 
 // keys are the keys the history writes: few, so writes meet.
 var historyKeys = []string{"k0", "k1", "k2"}
