@@ -11,6 +11,15 @@
 //     LOCK file keeps every other process (and every other [Open] in this
 //     process) out of the directory, so the mutex is enough.
 //   - View reads a Pebble snapshot: Head, entries and device records agree.
+//   - A WAL write or fsync that fails (a failing or full disk) fails the
+//     store for good: the commit that met it, and every later call, fail
+//     with an error wrapping [store.ErrUnavailable], and [Store.Healthy]
+//     reports it. Pebble cannot go on after such a failure, and its
+//     memtable may then hold commits that were never synced, so nothing is
+//     read from it again; opening the directory again (a restart) recovers
+//     every commit that was acknowledged. The same failure in one of
+//     Pebble's own goroutines (a flush writing its MANIFEST, say) panics
+//     and ends the process, which also acknowledges nothing unsynced.
 //   - Decoders never panic on bad bytes; they return errors that wrap
 //     [store.ErrCorruption].
 //   - The change feed ([Store.Feed]) never passes a seq still in flight, so
@@ -121,9 +130,14 @@ type Store struct {
 	active  sync.WaitGroup // Updates, Views and Compacts in flight
 	// closing tells a running Compact to stop early: Close waits for it.
 	closing atomic.Bool
+	// failed is set by Pebble's Fatalf: then every call fails with it.
+	failed *failure
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store   = (*Store)(nil)
+	_ store.Checker = (*Store)(nil)
+)
 
 // Open opens the store in dir, creating it if needed. It fails with an error
 // wrapping [store.ErrLocked] when another process, or another Open in this
@@ -156,7 +170,9 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open store %s: lock: %w", dir, err)
 	}
+	failed := new(failure)
 	popts := dbOptions(opts)
+	popts.Logger = slogLogger{l: opts.Logger, failed: failed}
 	popts.Lock = dirLock
 	if opts.FS != nil {
 		popts.FS = opts.FS
@@ -167,7 +183,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		release()
 		return nil, fmt.Errorf("open store %s: %w", dir, pebbleErr(err))
 	}
-	s := &Store{db: db, dirLock: dirLock, dir: dir, log: opts.Logger, release: release}
+	s := &Store{db: db, dirLock: dirLock, dir: dir, log: opts.Logger, release: release, failed: failed}
 	next, floor, err := s.recoverFeed()
 	if err != nil {
 		_ = db.Close()
@@ -264,16 +280,38 @@ func getUvarint(r pebbledb.Reader, key []byte) (uint64, error) {
 	return n, errors.Join(err, closer.Close())
 }
 
-// enter registers an operation in flight, or fails once the store is closed.
-// The caller must call s.active.Done.
+// enter registers an operation in flight, or fails once the store is closed
+// or has failed. The caller must call s.active.Done.
 func (s *Store) enter() error {
 	s.closeMu.RLock()
 	defer s.closeMu.RUnlock()
 	if s.closed {
 		return store.ErrClosed
 	}
+	if err := s.failed.get(); err != nil {
+		return err
+	}
 	s.active.Add(1)
 	return nil
+}
+
+// Healthy implements [store.Checker]: nil, or the failure (wrapping
+// [store.ErrUnavailable]) after a write to disk failed.
+func (s *Store) Healthy() error { return s.failed.get() }
+
+// commit commits b. A commit whose WAL write or fsync fails makes Pebble
+// call Fatalf; the panic that raises is recovered here and returned as the
+// store's failure, which every later call returns too.
+func (s *Store) commit(b *pebbledb.Batch, o *pebbledb.WriteOptions) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if _, ok := r.(fatalError); !ok {
+				panic(r)
+			}
+			err = s.failed.get()
+		}
+	}()
+	return pebbleErr(b.Commit(o))
 }
 
 // Update implements [store.Store]. fn is called exactly once; the Reader it
@@ -400,7 +438,13 @@ func (s *Store) apply(r *reader, c *store.Commit) error {
 	}
 	rec := feedRecord{Partition: r.p, Version: c.Version, Nanos: nanos, Erase: c.Erase, Ops: c.Ops}
 	seq := s.feed.alloc()
-	defer s.feed.done(seq)
+	defer func() {
+		// After a failure the record may be in Pebble's memtable, never
+		// synced: its seq stays in flight, so no feed reader passes it.
+		if s.failed.get() == nil {
+			s.feed.done(seq)
+		}
+	}()
 	op := b.SetDeferred(9, feedRecordLen(&rec))
 	op.Key[0] = kindFeed
 	binary.BigEndian.PutUint64(op.Key[1:], seq)
@@ -413,7 +457,7 @@ func (s *Store) apply(r *reader, c *store.Commit) error {
 		return err
 	}
 	r.scratch = key
-	return pebbleErr(b.Commit(pebbledb.Sync))
+	return s.commit(b, pebbledb.Sync)
 }
 
 // erase adds to b the deletes of every key that holds r's partition's data
