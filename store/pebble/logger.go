@@ -55,7 +55,7 @@ type failure struct{ err atomic.Pointer[error] }
 
 // set records msg as the failure, unless one is recorded already.
 func (f *failure) set(msg string) {
-	err := fmt.Errorf("%w: a write to disk failed (%s); the store accepts nothing more until it is opened again on a healthy disk", store.ErrUnavailable, msg)
+	err := fmt.Errorf("%w: the disk failed: %s; the store accepts nothing more until it is opened again on a healthy disk", store.ErrUnavailable, msg)
 	f.err.CompareAndSwap(nil, &err)
 }
 
