@@ -30,7 +30,14 @@
 //     records (a version and a digest each, until retention drops them)
 //     and the erase's own feed record remain.
 //
-// Caveats: erased and compacted data leaves the database at once, but the
+// Caveats: Pebble makes a batch visible to reads when it is in the WAL
+// buffer and the memtable, before its fsync completes; a View (not the
+// feed, which waits for the commit to return) running in that window can
+// read a commit whose fsync then fails, or that a power loss then drops.
+// The store fails at once when the fsync fails, so the window is one
+// commit's fsync.
+//
+// Erased and compacted data leaves the database at once, but the
 // bytes stay in Pebble's WAL and sstables until Pebble compacts them away.
 // Tombstones written before tombstones recorded their commit time keep
 // their index keys (which name their keys) through an erase, until Compact
