@@ -4,7 +4,7 @@
 GO ?= go
 TOOL = $(GO) tool -modfile=tools/go.mod
 
-.PHONY: all build generate check-generated lint test test-go test-race soak bench bench-postgres fuzz web-deps test-web bundle-size bench-web
+.PHONY: all build generate check-generated lint test test-go test-race soak bench bench-postgres fuzz web-deps test-web bundle-size bench-web faults faults-disk
 
 all: build
 
@@ -42,6 +42,22 @@ test-race:
 soak:
 	DALV_CRASH_KILLS=200 $(GO) test -run TestCrashDurability -count=1 -timeout 60m ./e2e/
 
+## faults: every fault-injection suite, printing what each injected and
+## survived (make test runs each once, briefly)
+faults: faults-disk
+
+## faults-disk: disk faults, DALV_DISK_FAULT_ROUNDS rounds of each kind
+## (default 5): dalv serve's WAL writes and fsyncs failing and its disk
+## full (injected through Pebble's errorfs), the embedded store's own, the
+## Go SDK's replica file on a full disk, and its subscriber queue bound
+faults-disk:
+	@echo "== disk faults: dalv serve (wal-write, wal-sync, enospc), $${DALV_DISK_FAULT_ROUNDS:-5} rounds each"
+	DALV_DISK_FAULT_ROUNDS=$${DALV_DISK_FAULT_ROUNDS:-5} $(GO) test -race -count=1 -v -run '^TestDiskFaultServer$$' ./e2e/
+	@echo "== disk faults: the embedded store (wal-write, wal-sync, enospc under four writers)"
+	$(GO) test -race -count=1 -v -run '^TestDiskFaultStopsAcknowledging$$' ./store/pebble/
+	@echo "== disk faults: the Go SDK's replica file on a full disk; its subscriber queue bound"
+	$(GO) test -race -count=1 -v -run '^(TestReplicaDiskFull|TestSubscriberQueueOverflow)$$' ./client/
+
 ## fuzz: each fuzz target for a minute
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzValidateOps$$' -fuzztime 60s ./value/
@@ -58,6 +74,10 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeKeys$$' -fuzztime 60s ./store/pebble/
 	$(GO) test -run '^$$' -fuzz '^FuzzOpenReplicaFile$$' -fuzztime 60s ./client/
 	$(GO) test -run '^$$' -fuzz '^FuzzPartID$$' -fuzztime 60s ./store/postgres/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodePos$$' -fuzztime 60s ./store/postgres/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodePageToken$$' -fuzztime 60s ./engine/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRecords$$' -fuzztime 60s ./client/
+	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime 60s ./server/
 
 ## bench: the server benchmark (medians of 5 runs)
 bench: build
