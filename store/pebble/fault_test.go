@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -119,5 +120,71 @@ func TestDiskFaultStopsAcknowledging(t *testing.T) {
 			}
 			mustCommit(t, s, p, store.Commit{Entries: []store.Entry{{Key: "b"}}})
 		})
+	}
+}
+
+// TestViewNeverSeesUnsyncedCommit holds a commit's WAL fsync, runs a View
+// of its partition meanwhile, then fails the fsync: the View must not have
+// read the commit (Pebble makes a batch visible before its fsync ends), and
+// fails with store.ErrUnavailable instead.
+func TestViewNeverSeesUnsyncedCommit(t *testing.T) {
+	t.Parallel()
+	held := make(chan struct{})
+	release := make(chan struct{})
+	var hold atomic.Bool
+	inj := errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if hold.Load() && strings.HasSuffix(op.Path, ".log") && (op.Kind == errorfs.OpFileSync || op.Kind == errorfs.OpFileSyncData) {
+			if hold.CompareAndSwap(true, false) {
+				close(held)
+				<-release
+			}
+			return diskfault.WALSync.Error(op)
+		}
+		return nil
+	})
+	s, err := Open(t.TempDir(), Options{FS: errorfs.Wrap(vfs.Default, inj)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var releaseOnce sync.Once
+	free := func() { releaseOnce.Do(func() { close(release) }) }
+	defer free() // before Close, which waits for the held commit
+	p := store.Partition{Name: "user"}
+	mustCommit(t, s, p, store.Commit{Entries: []store.Entry{{Key: "a", Value: []byte("1")}}})
+	hold.Store(true)
+	committed := make(chan error, 1)
+	go func() { committed <- commit(s, p, store.Commit{Entries: []store.Entry{{Key: "a", Value: []byte("2")}}}) }()
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the commit never reached its fsync")
+	}
+	viewed := make(chan error, 1)
+	go func() {
+		viewed <- s.View(context.Background(), p, func(r store.Reader) error {
+			h, err := r.Head()
+			if err == nil && h.Version != 1 {
+				err = fmt.Errorf("a View read version %d, whose fsync had not ended", h.Version)
+			}
+			return err
+		})
+	}()
+	// Give the View every chance to read before the fsync fails: it either
+	// reads the synced state or waits for the commit.
+	select {
+	case err := <-viewed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(200 * time.Millisecond):
+		free()
+		if err := <-viewed; !errors.Is(err, store.ErrUnavailable) {
+			t.Fatalf("View that waited for a failed commit: %v, want store.ErrUnavailable", err)
+		}
+	}
+	free()
+	if err := <-committed; !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("commit whose fsync failed: %v, want store.ErrUnavailable", err)
 	}
 }

@@ -30,20 +30,19 @@
 //     records (a version and a digest each, until retention drops them)
 //     and the erase's own feed record remain.
 //
-// Caveats: Pebble makes a batch visible to reads when it is in the WAL
-// buffer and the memtable, before its fsync completes; a View (not the
-// feed, which waits for the commit to return) running in that window can
-// read a commit whose fsync then fails, or that a power loss then drops.
-// The store fails at once when the fsync fails, so the window is one
-// commit's fsync.
+//   - Pebble makes a batch visible to reads before its fsync ends: a View
+//     takes its snapshot only while no commit of its partition is in
+//     flight, so it never reads a commit that is not synced (the feed
+//     waits for commits to return).
 //
-// Erased and compacted data leaves the database at once, but the
+// Caveats: erased and compacted data leaves the database at once, but the
 // bytes stay in Pebble's WAL and sstables until Pebble compacts them away.
 // Tombstones written before tombstones recorded their commit time keep
 // their index keys (which name their keys) through an erase, until Compact
 // passes that time.
 //
-// Lock order: Store.compactMu, then a partition's lock, then feedSeqs.mu.
+// Lock order: Store.compactMu, then a partition's lock, then its commit
+// lock, then feedSeqs.mu.
 // Store.closeMu is only held to enter or close, never with another lock.
 package pebble
 
@@ -344,7 +343,7 @@ func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.R
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := s.apply(r, c); err != nil {
+	if err := s.apply(r, c, l); err != nil {
 		return fmt.Errorf("commit %s version %d: %w", p, c.Version, err)
 	}
 	return nil
@@ -352,7 +351,7 @@ func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.R
 
 // apply writes c to r's partition as one synced batch. The caller holds the
 // partition's lock.
-func (s *Store) apply(r *reader, c *store.Commit) error {
+func (s *Store) apply(r *reader, c *store.Commit, l *partitionLock) error {
 	head, err := r.Head()
 	if err != nil {
 		return err
@@ -464,6 +463,8 @@ func (s *Store) apply(r *reader, c *store.Commit) error {
 		return err
 	}
 	r.scratch = key
+	l.commit.Lock()
+	defer l.commit.Unlock()
 	return s.commit(b, pebbledb.Sync)
 }
 
@@ -540,8 +541,14 @@ func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Rea
 	if p.Name == "" {
 		return errEmptyPartition
 	}
-	snap := s.db.NewSnapshot()
+	var snap *pebbledb.Snapshot
+	s.parts.snapshot(p, func() { snap = s.db.NewSnapshot() })
 	defer snap.Close()
+	// A commit of p that failed before the snapshot left its batch in
+	// the memtable: the store has failed, and nothing is read.
+	if err := s.failed.get(); err != nil {
+		return err
+	}
 	return fn(newReader(snap, p, false))
 }
 
