@@ -154,7 +154,9 @@ func TestViewNeverSeesUnsyncedCommit(t *testing.T) {
 	mustCommit(t, s, p, store.Commit{Entries: []store.Entry{{Key: "a", Value: []byte("1")}}})
 	hold.Store(true)
 	committed := make(chan error, 1)
-	go func() { committed <- commit(s, p, store.Commit{Entries: []store.Entry{{Key: "a", Value: []byte("2")}}}) }()
+	go func() {
+		committed <- commit(s, p, store.Commit{Entries: []store.Entry{{Key: "a", Value: []byte("2")}}})
+	}()
 	select {
 	case <-held:
 	case <-time.After(30 * time.Second):
