@@ -2,19 +2,15 @@
 // database in one data directory.
 //
 // Guarantees:
-//
 //   - Every commit is one Pebble batch, written to the WAL and fsynced
 //     before Update returns; a crash at any instant leaves each commit wholly
 //     applied or wholly absent. Concurrent commits share WAL fsyncs through
 //     Pebble's commit pipeline.
-//
 //   - Updates of one partition are serialised by a per-partition mutex;
 //     Updates of different partitions never wait for each other. Pebble's
 //     LOCK file keeps every other process (and every other [Open] in this
 //     process) out of the directory, so the mutex is enough.
-//
 //   - View reads a Pebble snapshot: Head, entries and device records agree.
-//
 //   - A WAL write or fsync that fails (a failing or full disk) fails the
 //     store for good: the commit that met it, and every later call, fail
 //     with an error wrapping [store.ErrUnavailable], and [Store.Healthy]
@@ -24,19 +20,15 @@
 //     every commit that was acknowledged. The same failure in one of
 //     Pebble's own goroutines (a flush writing its MANIFEST, say) panics
 //     and ends the process, which also acknowledges nothing unsynced.
-//
 //   - Decoders never panic on bad bytes; they return errors that wrap
 //     [store.ErrCorruption].
-//
 //   - The change feed ([Store.Feed]) never passes a seq still in flight, so
 //     a reader resuming after the last record it saw never skips one.
-//
 //   - An erase drops, in its own batch, every key that holds the erased
 //     partition's data: its entries and their indexes, and its earlier
 //     feed records. Only its head, its device records, its idempotency key
 //     records (a version and a digest each, until retention drops them)
 //     and the erase's own feed record remain.
-//
 //   - Pebble makes a batch visible to reads before its fsync ends: a View
 //     takes its snapshot only while no commit of its partition is in
 //     flight, so it never reads a commit that is not synced (the feed
