@@ -4,7 +4,7 @@
 GO ?= go
 TOOL = $(GO) tool -modfile=tools/go.mod
 
-.PHONY: all build generate check-generated lint test test-go test-race soak check-history bench bench-postgres fuzz web-deps test-web bundle-size bench-web
+.PHONY: all build generate check-generated lint test test-go test-race soak check-history bench bench-postgres fuzz web-deps test-web bundle-size bench-web faults faults-disk faults-network
 
 all: build
 
@@ -46,7 +46,31 @@ soak:
 ## each, every call checked against the sync rules by internal/history (Porcupine); the Go
 ## suite runs the same for 3 s
 check-history:
-	DALV_HISTORY_SECONDS=$${DALV_HISTORY_SECONDS:-60} $(GO) test -count=1 -run '^TestHistory' -v -timeout 30m ./e2e/ | grep -E '^(=== RUN|--- |ok|FAIL)|history:|not linearizable'
+	DALV_HISTORY_SECONDS=$${DALV_HISTORY_SECONDS:-60} $(GO) test -count=1 -run '^TestHistory' -v -timeout 30m ./e2e/ | grep -E '^(=== RUN|--- |ok|FAIL)|history:|feed:|not linearizable'
+
+## faults: every fault-injection suite, printing what each injected and
+## survived (make test runs each once, briefly)
+faults: faults-disk faults-network
+
+## faults-disk: disk faults, DALV_DISK_FAULT_ROUNDS rounds of each kind
+## (default 5): dalv serve's WAL writes and fsyncs failing and its disk
+## full (injected through Pebble's errorfs), the embedded store's own, the
+## Go SDK's replica file on a full disk, and its subscriber queue bound
+faults-disk:
+	@echo "== disk faults: dalv serve (wal-write, wal-sync, enospc), $${DALV_DISK_FAULT_ROUNDS:-5} rounds each"
+	DALV_DISK_FAULT_ROUNDS=$${DALV_DISK_FAULT_ROUNDS:-5} $(GO) test -race -count=1 -v -run '^TestDiskFaultServer$$' ./e2e/
+	@echo "== disk faults: the embedded store (wal-write, wal-sync, enospc under four writers)"
+	$(GO) test -race -count=1 -v -run '^TestDiskFaultStopsAcknowledging$$' ./store/pebble/
+	@echo "== disk faults: the Go SDK's replica file on a full disk; its subscriber queue bound"
+	$(GO) test -race -count=1 -v -run '^(TestReplicaDiskFull|TestSubscriberQueueOverflow)$$' ./client/
+
+## faults-network: three nodes over a PostgreSQL of the test's own while the
+## network to it is cut and black-holed and the server is killed (-m
+## immediate), every call checked by the history checker, for
+## DALV_HISTORY_SECONDS (default 60)
+faults-network:
+	@echo "== network faults: connection cuts, black holes past the statement timeout, PostgreSQL killed"
+	DALV_HISTORY_SECONDS=$${DALV_HISTORY_SECONDS:-60} $(GO) test -count=1 -v -run '^TestHistoryPostgresFaults$$' -timeout 30m ./e2e/ | grep -E '^(=== RUN|--- |ok|FAIL)|history:|feed:|not linearizable'
 
 ## fuzz: each fuzz target for a minute
 fuzz:
@@ -64,6 +88,10 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeKeys$$' -fuzztime 60s ./store/pebble/
 	$(GO) test -run '^$$' -fuzz '^FuzzOpenReplicaFile$$' -fuzztime 60s ./client/
 	$(GO) test -run '^$$' -fuzz '^FuzzPartID$$' -fuzztime 60s ./store/postgres/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodePos$$' -fuzztime 60s ./store/postgres/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodePageToken$$' -fuzztime 60s ./engine/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRecords$$' -fuzztime 60s ./client/
+	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime 60s ./server/
 
 ## bench: the server benchmark (medians of 5 runs)
 bench: build

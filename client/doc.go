@@ -82,6 +82,13 @@
 //     is found only where the replica's own decoding fails, and a damaged
 //     newest meta page makes bbolt (and the check) fall back to the
 //     transaction before it.
+//   - The replica's own queues are bounded. A subscription queues at most
+//     [Options.MaxSubscriberQueue] changes while its callback runs; a
+//     subscriber that falls further behind gets, in place of the queued
+//     changes, one [Change] with Overflow set, and reads the prefix again
+//     (changes are states, not deltas, so nothing else is lost). A local
+//     write wakes the sync loop through a channel of one slot: writes made
+//     while a wake-up is pending coalesce into it.
 //   - Values returned by reads belong to the caller; values in a [Change]
 //     and a [Conflict] are shared with other receivers and must not be
 //     modified.

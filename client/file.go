@@ -245,9 +245,14 @@ func decodeBatch(seq uint64, enc []byte) (*batch, error) {
 	}
 	total := 0
 	for range n {
-		p := part{seq: r.uvarint(), n: int(r.uvarint())}
-		total += p.n
-		b.parts = append(b.parts, p)
+		seq2, ops := r.uvarint(), r.uvarint()
+		// A part is a transaction: at least one op, and no more than the
+		// record has bytes (which also keeps the sum from wrapping).
+		if r.err == nil && (ops == 0 || ops > uint64(len(enc))) {
+			return nil, corruptf("pending batch %d: a part of %d ops", seq, ops)
+		}
+		total += int(ops)
+		b.parts = append(b.parts, part{seq: seq2, n: int(ops)})
 	}
 	ops := r.bytes()
 	if r.err != nil {

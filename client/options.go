@@ -79,6 +79,11 @@ type Options struct {
 	// LockTimeout bounds the wait for the file lock in [Open]. Default 100ms.
 	LockTimeout time.Duration
 
+	// MaxSubscriberQueue bounds the changes queued for one subscription
+	// while its callback runs; past it the queue is replaced by one change
+	// with Overflow set (see [Replica.Subscribe]). Default 10000.
+	MaxSubscriberQueue int
+
 	// OnRefused, when set, is called (from the syncing goroutine) for each
 	// batch the server refused for a reason other than a conflict, after it
 	// was set aside durably.
@@ -100,13 +105,14 @@ type Options struct {
 
 // Defaults of [Options].
 const (
-	DefaultRetryMin          = 200 * time.Millisecond
-	DefaultRetryMax          = 30 * time.Second
-	DefaultRequestTimeout    = 30 * time.Second
-	DefaultResyncEvery       = 5 * time.Minute
-	DefaultMaxConflictRounds = 10
-	DefaultMaxLimitRetries   = 8
-	DefaultLockTimeout       = 100 * time.Millisecond
+	DefaultRetryMin           = 200 * time.Millisecond
+	DefaultRetryMax           = 30 * time.Second
+	DefaultRequestTimeout     = 30 * time.Second
+	DefaultResyncEvery        = 5 * time.Minute
+	DefaultMaxConflictRounds  = 10
+	DefaultMaxLimitRetries    = 8
+	DefaultLockTimeout        = 100 * time.Millisecond
+	DefaultMaxSubscriberQueue = 10000
 )
 
 // withDefaults returns a copy of o with defaults filled in, or an error
@@ -153,8 +159,11 @@ func (o Options) withDefaults() (Options, error) {
 	if o.RetryMax < o.RetryMin {
 		return o, fmt.Errorf("RetryMax %v is below RetryMin %v", o.RetryMax, o.RetryMin)
 	}
-	if o.MaxConflictRounds < 0 || o.MaxLimitRetries < 0 {
-		return o, errors.New("MaxConflictRounds and MaxLimitRetries must not be negative")
+	if o.MaxConflictRounds < 0 || o.MaxLimitRetries < 0 || o.MaxSubscriberQueue < 0 {
+		return o, errors.New("MaxConflictRounds, MaxLimitRetries and MaxSubscriberQueue must not be negative")
+	}
+	if o.MaxSubscriberQueue == 0 {
+		o.MaxSubscriberQueue = DefaultMaxSubscriberQueue
 	}
 	if o.MaxConflictRounds == 0 {
 		o.MaxConflictRounds = DefaultMaxConflictRounds

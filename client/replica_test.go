@@ -347,3 +347,59 @@ func TestStartAgainAfterContextEnds(t *testing.T) {
 		return nil
 	})
 }
+
+// TestSubscriberQueueOverflow holds a subscriber's callback while 50 writes
+// are made with a queue bound of 5: the queue never holds more than 5, the
+// subscriber gets an overflow mark in place of the dropped changes, and
+// reading the prefix again after it gives the final state.
+func TestSubscriberQueueOverflow(t *testing.T) {
+	r := openReplica(t, "r.db", client.Options{MaxSubscriberQueue: 5})
+	release := make(chan struct{})
+	got := make(chan client.Change, 100)
+	cancel := r.Subscribe("k/", func(c client.Change) {
+		<-release
+		got <- c
+	})
+	defer cancel()
+	for i := range 50 {
+		if err := r.Put(fmt.Sprintf("k/%02d", i), []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(release)
+	seen := make(map[string]string)
+	overflows, n := 0, 0
+	for len(seen) < 50 {
+		select {
+		case c := <-got:
+			n++
+			if !c.Overflow {
+				seen[c.Key] = show(c.Value)
+				continue
+			}
+			overflows++
+			if c.Key != "k/" || c.Value != nil || c.Remote {
+				t.Errorf("overflow mark %+v, want the prefix and no value", c)
+			}
+			items, err := r.List(c.Key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, it := range items {
+				seen[it.Key] = show(it.Value)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("saw %d of 50 keys after %d changes", len(seen), n)
+		}
+	}
+	// The first change was being delivered when the callback blocked; at
+	// most 5 were queued behind it, the overflow mark among them.
+	if overflows == 0 || n > 6 {
+		t.Errorf("%d changes delivered with %d overflow marks, want at most 6 with one or more", n, overflows)
+	}
+	for i := range 50 {
+		if k, want := fmt.Sprintf("k/%02d", i), fmt.Sprintf("%q", fmt.Sprint(i)); seen[k] != want {
+			t.Errorf("%s = %s, want %s", k, seen[k], want)
+		}
+	}
+}

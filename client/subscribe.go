@@ -18,6 +18,12 @@ type Change struct {
 	// watch), clear for the device's own writes and their undoing (a
 	// resolved conflict, a refused batch).
 	Remote bool
+	// Overflow marks a change that stands for changes dropped: the
+	// subscriber fell more than [Options.MaxSubscriberQueue] changes behind,
+	// so its queue was emptied. Key is the subscription's prefix and Value
+	// nil; the subscriber should read everything under the prefix again.
+	// The changes queued after it follow as usual.
+	Overflow bool
 }
 
 // subscription delivers changes to one callback, in order, from its own
@@ -28,7 +34,8 @@ type subscription struct {
 
 	mu     sync.Mutex
 	cond   *sync.Cond
-	queue  []Change
+	queue  []Change // at most max changes
+	max    int
 	closed bool
 	done   chan struct{}
 }
@@ -38,12 +45,15 @@ type subscription struct {
 // the replica applied them, until cancel is called or the replica closes.
 // Calls come from one goroutine of the subscription's own; changes are
 // queued while fn runs, so fn may take its time, and may read the replica.
+// The queue holds at most [Options.MaxSubscriberQueue] changes: a change
+// that would pass it empties the queue and queues one [Change] with
+// Overflow set in their place, after which fn should read the prefix again.
 func (r *Replica) Subscribe(prefix string, fn func(Change)) (cancel func()) {
 	return r.subscribe("", prefix, fn)
 }
 
 func (r *Replica) subscribe(part, prefix string, fn func(Change)) func() {
-	s := &subscription{part: part, prefix: prefix, fn: fn, done: make(chan struct{})}
+	s := &subscription{part: part, prefix: prefix, fn: fn, max: r.opts.MaxSubscriberQueue, done: make(chan struct{})}
 	s.cond = sync.NewCond(&s.mu)
 	r.subsMu.Lock()
 	if r.subs == nil { // closed
@@ -111,13 +121,23 @@ func (r *Replica) emit(changes []Change) {
 		if len(mine) == 0 {
 			continue
 		}
-		s.mu.Lock()
-		if !s.closed {
-			s.queue = append(s.queue, mine...)
-		}
-		s.mu.Unlock()
-		s.cond.Signal()
+		s.push(mine)
 	}
+}
+
+// push queues changes, or, when they would take the queue past its bound,
+// replaces everything queued with one overflow mark.
+func (s *subscription) push(changes []Change) {
+	s.mu.Lock()
+	switch {
+	case s.closed:
+	case len(s.queue)+len(changes) > s.max:
+		s.queue = append(s.queue[:0], Change{Partition: s.part, Key: s.prefix, Overflow: true})
+	default:
+		s.queue = append(s.queue, changes...)
+	}
+	s.mu.Unlock()
+	s.cond.Signal()
 }
 
 // closeSubs ends every subscription.

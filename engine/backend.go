@@ -209,20 +209,16 @@ func (e *Engine) List(ctx context.Context, p store.Partition, prefix string, pag
 	case pageSize > MaxPageSize:
 		pageSize = MaxPageSize
 	}
-	after := ""
-	if pageToken != "" {
-		b, err := base64.RawURLEncoding.DecodeString(pageToken)
-		if err != nil || !strings.HasPrefix(string(b), "k:") {
-			return 0, nil, "", Errorf(ErrInvalid, "pageToken %q is not one this server gave; pass nextPageToken from the previous answer", pageToken)
-		}
-		after = string(b[2:])
+	after, err := decodePageToken(pageToken)
+	if err != nil {
+		return 0, nil, "", err
 	}
 	var (
 		version uint64
 		items   []*dalvv1.Change
 		next    string
 	)
-	err := e.st.View(ctx, p, func(r store.Reader) error {
+	err = e.st.View(ctx, p, func(r store.Reader) error {
 		head, err := r.Head()
 		if err != nil {
 			return err
@@ -236,7 +232,7 @@ func (e *Engine) List(ctx context.Context, p store.Partition, prefix string, pag
 			}
 			n := value.ChangeSize(c.Key, c.Value)
 			if len(items) == pageSize || (len(items) > 0 && size+n > e.lim.MaxResponseBytes) {
-				next = base64.RawURLEncoding.EncodeToString([]byte("k:" + items[len(items)-1].Key))
+				next = encodePageToken(items[len(items)-1].Key)
 				return false, nil
 			}
 			size += n
@@ -296,4 +292,23 @@ func toChange(ent store.Entry) (*dalvv1.Change, error) {
 		c.Value = v
 	}
 	return c, nil
+}
+
+// encodePageToken is the page token of the page after key: "k:" and the
+// key, in unpadded URL-safe base64.
+func encodePageToken(key string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte("k:" + key))
+}
+
+// decodePageToken returns the key a page token from [encodePageToken]
+// continues after; "" for no token. Any other token is ErrInvalid.
+func decodePageToken(token string) (string, error) {
+	if token == "" {
+		return "", nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(token)
+	if err != nil || !strings.HasPrefix(string(b), "k:") {
+		return "", Errorf(ErrInvalid, "pageToken %q is not one this server gave; pass nextPageToken from the previous answer", token)
+	}
+	return string(b[2:]), nil
 }

@@ -329,22 +329,18 @@ func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	procedures := rpcProcedures()
 	handle := func(path string, h http.Handler) { mux.Handle(path, s.metrics.countRefused(procedures, h)) }
-	path, h := dalvv1connect.NewClientServiceHandler(&clientService{s: s}, opts...)
+	// Once the store has failed, every call of the services is refused.
+	svcOpts := append(slices.Clone(opts), connect.WithInterceptors(failedStore{s}))
+	path, h := dalvv1connect.NewClientServiceHandler(&clientService{s: s}, svcOpts...)
 	handle(path, s.authenticate(deviceToken, h))
-	path, h = dalvv1connect.NewBackendServiceHandler(&backendService{s: s}, opts...)
+	path, h = dalvv1connect.NewBackendServiceHandler(&backendService{s: s}, svcOpts...)
 	handle(path, s.authenticate(backendKey, h))
 	// The standard gRPC health check, for load balancers, open to all; it
 	// is also the no-op call `dalv bench` measures the transport's floor
 	// with.
 	s.health = grpchealth.NewStaticChecker(dalvv1connect.ClientServiceName, dalvv1connect.BackendServiceName)
-	handle(grpchealth.NewHandler(s.health, opts...))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if s.draining.Load() {
-			http.Error(w, "draining", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
+	handle(grpchealth.NewHandler(healthChecker{s: s, static: s.health}, opts...))
+	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
 	// "GET /{$}" is the root alone: every other unknown path stays 404.
 	page := indexPage()
@@ -379,7 +375,7 @@ backends an API key, as Authorization: Bearer.</p>
 		fmt.Fprintf(&b, "<li><code>/%s/</code>: %s</li>\n", sd.FullName(), strings.Join(methods, ", "))
 	}
 	b.WriteString(`<li><code>/grpc.health.v1.Health/</code>: Check, Watch</li>
-<li><a href="/healthz">/healthz</a>: ok, or 503 while draining</li>
+<li><a href="/healthz">/healthz</a>: ok, or 503 while draining or once the store has failed</li>
 <li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
 </ul>
 </body></html>

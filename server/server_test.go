@@ -56,7 +56,7 @@ func testServer(t *testing.T, cfg Config) (*Server, string, *prometheus.Registry
 
 // testConfig returns the required fields of a Config: a Pebble store in a
 // temp dir, a verifier of testSecret, testKey and a new registry.
-func testConfig(t *testing.T) Config {
+func testConfig(t testing.TB) Config {
 	t.Helper()
 	st, err := pebble.Open(t.TempDir(), pebble.Options{})
 	if err != nil {
@@ -75,7 +75,7 @@ func testConfig(t *testing.T) Config {
 }
 
 // token mints a device token for user.
-func token(t *testing.T, user string) string {
+func token(t testing.TB, user string) string {
 	t.Helper()
 	tok, err := auth.Mint(testSecret, user, time.Hour, time.Now())
 	if err != nil {

@@ -174,6 +174,14 @@ type Store interface {
 	Close() error
 }
 
+// Checker is implemented by a store that can fail for good while open (the
+// embedded store, after a write to its disk failed). Healthy returns nil
+// while the store serves, and afterwards the error, wrapping
+// [ErrUnavailable], that every call then fails with.
+type Checker interface {
+	Healthy() error
+}
+
 // CompactStats says what one Compact dropped.
 type CompactStats struct {
 	// Tombstones is the number of tombstones dropped.

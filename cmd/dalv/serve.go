@@ -16,11 +16,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/dalvdb/dalv/auth"
 	"github.com/dalvdb/dalv/internal/devsecret"
+	"github.com/dalvdb/dalv/internal/diskfault"
 	"github.com/dalvdb/dalv/rules"
 	"github.com/dalvdb/dalv/server"
 	"github.com/dalvdb/dalv/store"
@@ -290,7 +292,13 @@ func openStore(ctx context.Context, f serveFlags, log *slog.Logger) (st store.St
 		url = os.Getenv("DALV_STORE")
 	}
 	if url == "" {
-		ps, err := pebble.Open(f.data, pebble.Options{Logger: log})
+		opts := pebble.Options{Logger: log}
+		if trigger := os.Getenv(diskfault.EnvVar); trigger != "" {
+			// For tests only: see package diskfault.
+			log.Warn("TEST MODE: disk faults are injected into the store from a trigger file", "env", diskfault.EnvVar, "trigger", trigger)
+			opts.FS = diskfault.TriggerFS(vfs.Default, trigger)
+		}
+		ps, err := pebble.Open(f.data, opts)
 		if err != nil {
 			if errors.Is(err, pebble.ErrLocked) {
 				return nil, "", fmt.Errorf("%w\nis another dalv serve running on it? stop it or choose another --data", err)

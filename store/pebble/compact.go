@@ -31,7 +31,7 @@ type tombItem struct {
 // with store.ErrClosed and the counts so far.
 func (s *Store) Compact(ctx context.Context, cutoff time.Time) (store.CompactStats, error) {
 	var st store.CompactStats
-	if err := s.gate.Enter(); err != nil {
+	if err := s.enter(); err != nil {
 		return st, err
 	}
 	defer s.gate.Exit()
@@ -173,8 +173,8 @@ func (s *Store) compactPartition(p store.Partition, items []tombItem) (int, erro
 			return 0, err
 		}
 	}
-	if err := b.Commit(pebbledb.NoSync); err != nil {
-		return 0, pebbleErr(err)
+	if err := s.commit(b, pebbledb.NoSync); err != nil {
+		return 0, err
 	}
 	return dropped, nil
 }
@@ -226,8 +226,8 @@ func (s *Store) compactFeed(ctx context.Context, cut int64) (int, error) {
 			return err
 		}
 		s.feedFloor.Store(last) // before the drop commits; see feedFloor
-		if err := b.Commit(pebbledb.NoSync); err != nil {
-			return pebbleErr(err)
+		if err := s.commit(b, pebbledb.NoSync); err != nil {
+			return err
 		}
 		b.Reset()
 		n += chunk
@@ -325,10 +325,10 @@ func (s *Store) compactKeys(ctx context.Context, cut uint64) (int, error) {
 		if chunk == 0 {
 			return n, b.Close()
 		}
-		err = b.Commit(pebbledb.NoSync)
+		err = s.commit(b, pebbledb.NoSync)
 		_ = b.Close()
 		if err != nil {
-			return n, pebbleErr(err)
+			return n, err
 		}
 		n += chunk
 		if chunk < compactChunk {

@@ -78,7 +78,7 @@ func (s *Store) Feed(ctx context.Context, after store.FeedPos, fn func(store.Fee
 // it. The horizon is read first: it never passes the visible seq, so
 // horizon <= last.
 func (s *Store) FeedBounds(ctx context.Context) (horizon, last store.FeedPos, err error) {
-	if err := s.gate.Enter(); err != nil {
+	if err := s.enter(); err != nil {
 		return "", "", err
 	}
 	defer s.gate.Exit()
@@ -114,7 +114,7 @@ func posSeq(pos store.FeedPos) (uint64, error) {
 // is done. Seqs have gaps (abandoned commits, erased and dropped records).
 // It fails with store.ErrCompacted when after is below the feed floor.
 func (s *Store) readFeed(ctx context.Context, after uint64, fn func(seq uint64, r feedRecord) (bool, error)) error {
-	if err := s.gate.Enter(); err != nil {
+	if err := s.enter(); err != nil {
 		return err
 	}
 	defer s.gate.Exit()

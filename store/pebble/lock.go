@@ -19,12 +19,32 @@ type lockTable struct {
 // partitionLock is one partition's mutex. refs counts holders and waiters
 // and is guarded by lockTable.mu.
 type partitionLock struct {
-	mu   sync.Mutex
-	refs int
+	mu sync.Mutex
+	// commit is held by an Update while its batch commits (Pebble shows a
+	// batch to reads before its fsync ends) and by a View while it takes
+	// its snapshot, so no View sees a commit that is not synced yet.
+	commit sync.RWMutex
+	refs   int
 }
 
 // lock locks p and returns its lock, for unlock.
 func (t *lockTable) lock(p store.Partition) *partitionLock {
+	l := t.ref(p)
+	l.mu.Lock()
+	return l
+}
+
+// snapshot calls take while no commit of p is in flight.
+func (t *lockTable) snapshot(p store.Partition, take func()) {
+	l := t.ref(p)
+	l.commit.RLock()
+	take()
+	l.commit.RUnlock()
+	t.unref(p, l)
+}
+
+// ref returns p's lock with one more reference, for unref.
+func (t *lockTable) ref(p store.Partition) *partitionLock {
 	t.mu.Lock()
 	l := t.locks[p]
 	if l == nil {
@@ -39,13 +59,17 @@ func (t *lockTable) lock(p store.Partition) *partitionLock {
 	}
 	l.refs++
 	t.mu.Unlock()
-	l.mu.Lock()
 	return l
 }
 
 // unlock unlocks p, whose lock l the caller got from lock.
 func (t *lockTable) unlock(p store.Partition, l *partitionLock) {
 	l.mu.Unlock()
+	t.unref(p, l)
+}
+
+// unref drops a reference ref gave.
+func (t *lockTable) unref(p store.Partition, l *partitionLock) {
 	t.mu.Lock()
 	l.refs--
 	if l.refs == 0 {

@@ -11,6 +11,15 @@
 //     LOCK file keeps every other process (and every other [Open] in this
 //     process) out of the directory, so the mutex is enough.
 //   - View reads a Pebble snapshot: Head, entries and device records agree.
+//   - A WAL write or fsync that fails (a failing or full disk) fails the
+//     store for good: the commit that met it, and every later call, fail
+//     with an error wrapping [store.ErrUnavailable], and [Store.Healthy]
+//     reports it. Pebble cannot go on after such a failure, and its
+//     memtable may then hold commits that were never synced, so nothing is
+//     read from it again; opening the directory again (a restart) recovers
+//     every commit that was acknowledged. The same failure in one of
+//     Pebble's own goroutines (a flush writing its MANIFEST, say) panics
+//     and ends the process, which also acknowledges nothing unsynced.
 //   - Decoders never panic on bad bytes; they return errors that wrap
 //     [store.ErrCorruption].
 //   - The change feed ([Store.Feed]) never passes a seq still in flight, so
@@ -20,6 +29,10 @@
 //     feed records. Only its head, its device records, its idempotency key
 //     records (a version and a digest each, until retention drops them)
 //     and the erase's own feed record remain.
+//   - Pebble makes a batch visible to reads before its fsync ends: a View
+//     takes its snapshot only while no commit of its partition is in
+//     flight, so it never reads a commit that is not synced (the feed
+//     waits for commits to return).
 //
 // Caveats: erased and compacted data leaves the database at once, but the
 // bytes stay in Pebble's WAL and sstables until Pebble compacts them away.
@@ -27,7 +40,8 @@
 // format allows and this store does not write) keeps its index key, which
 // names its key, through an erase, until Compact passes that time.
 //
-// Lock order: Store.compactMu, then a partition's lock, then feedSeqs.mu.
+// Lock order: Store.compactMu, then a partition's lock, then its commit
+// lock, then feedSeqs.mu.
 package pebble
 
 import (
@@ -118,9 +132,14 @@ type Store struct {
 	// gate admits Updates, Views, Compacts and feed reads until Close,
 	// which waits for them; a running Compact stops early once it closes.
 	gate store.Gate
+	// failed is set by Pebble's Fatalf: then every call fails with it.
+	failed *failure
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store   = (*Store)(nil)
+	_ store.Checker = (*Store)(nil)
+)
 
 // Open opens the store in dir, creating it if needed. It fails with an error
 // wrapping [ErrLocked] when another process, or another Open in this
@@ -153,7 +172,9 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open store %s: lock: %w", dir, err)
 	}
+	failed := new(failure)
 	popts := dbOptions(opts)
+	popts.Logger = slogLogger{l: opts.Logger, failed: failed}
 	popts.Lock = dirLock
 	if opts.FS != nil {
 		popts.FS = opts.FS
@@ -164,7 +185,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		release()
 		return nil, fmt.Errorf("open store %s: %w", dir, pebbleErr(err))
 	}
-	s := &Store{db: db, dirLock: dirLock, dir: dir, log: opts.Logger, release: release}
+	s := &Store{db: db, dirLock: dirLock, dir: dir, log: opts.Logger, release: release, failed: failed}
 	next, floor, err := s.recoverFeed()
 	if err != nil {
 		_ = db.Close()
@@ -261,10 +282,56 @@ func getUvarint(r pebbledb.Reader, key []byte) (uint64, error) {
 	return n, errors.Join(err, closer.Close())
 }
 
+// enter admits an operation as the store's gate does (see [store.Gate]),
+// or fails once the store has failed. On success the caller calls
+// s.gate.Exit.
+func (s *Store) enter() error {
+	if err := s.gate.Enter(); err != nil {
+		return err
+	}
+	if err := s.failed.get(); err != nil {
+		s.gate.Exit()
+		return err
+	}
+	return nil
+}
+
+// enterPartition is enter for an operation on p under ctx (see
+// [store.Gate.EnterPartition]).
+func (s *Store) enterPartition(ctx context.Context, p store.Partition) error {
+	if err := s.gate.EnterPartition(ctx, p); err != nil {
+		return err
+	}
+	if err := s.failed.get(); err != nil {
+		s.gate.Exit()
+		return err
+	}
+	return nil
+}
+
+// Healthy implements [store.Checker]: nil, or the failure (wrapping
+// [store.ErrUnavailable]) after a write to disk failed.
+func (s *Store) Healthy() error { return s.failed.get() }
+
+// commit commits b. A commit whose WAL write or fsync fails makes Pebble
+// call Fatalf; the panic that raises is recovered here and returned as the
+// store's failure, which every later call returns too.
+func (s *Store) commit(b *pebbledb.Batch, o *pebbledb.WriteOptions) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if _, ok := r.(fatalError); !ok {
+				panic(r)
+			}
+			err = s.failed.get()
+		}
+	}()
+	return pebbleErr(b.Commit(o))
+}
+
 // Update implements [store.Store]. fn is called exactly once; the Reader it
 // gets must not be used after fn returns.
 func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.Reader) (*store.Commit, error)) error {
-	if err := s.gate.EnterPartition(ctx, p); err != nil {
+	if err := s.enterPartition(ctx, p); err != nil {
 		return err
 	}
 	defer s.gate.Exit()
@@ -278,7 +345,7 @@ func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.R
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := s.apply(r, c); err != nil {
+	if err := s.apply(r, c, l); err != nil {
 		return fmt.Errorf("commit %s version %d: %w", p, c.Version, err)
 	}
 	return nil
@@ -286,7 +353,7 @@ func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.R
 
 // apply writes c to r's partition as one synced batch. The caller holds the
 // partition's lock.
-func (s *Store) apply(r *reader, c *store.Commit) error {
+func (s *Store) apply(r *reader, c *store.Commit, l *partitionLock) error {
 	head, err := r.Head()
 	if err != nil {
 		return err
@@ -370,7 +437,13 @@ func (s *Store) apply(r *reader, c *store.Commit) error {
 	}
 	rec := feedRecord{Partition: r.p, Version: c.Version, Nanos: nanos, Erase: c.Erase, Ops: c.Ops}
 	seq := s.feed.alloc()
-	defer s.feed.done(seq)
+	defer func() {
+		// After a failure the record may be in Pebble's memtable, never
+		// synced: its seq stays in flight, so no feed reader passes it.
+		if s.failed.get() == nil {
+			s.feed.done(seq)
+		}
+	}()
 	op := b.SetDeferred(9, feedRecordLen(&rec))
 	op.Key[0] = kindFeed
 	binary.BigEndian.PutUint64(op.Key[1:], seq)
@@ -383,7 +456,9 @@ func (s *Store) apply(r *reader, c *store.Commit) error {
 		return err
 	}
 	r.scratch = key
-	return pebbleErr(b.Commit(pebbledb.Sync))
+	l.commit.Lock()
+	defer l.commit.Unlock()
+	return s.commit(b, pebbledb.Sync)
 }
 
 // erase adds to b the deletes of every key that holds r's partition's data
@@ -449,12 +524,18 @@ func erase(b *pebbledb.Batch, r *reader) error {
 
 // View implements [store.Store].
 func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Reader) error) error {
-	if err := s.gate.EnterPartition(ctx, p); err != nil {
+	if err := s.enterPartition(ctx, p); err != nil {
 		return err
 	}
 	defer s.gate.Exit()
-	snap := s.db.NewSnapshot()
+	var snap *pebbledb.Snapshot
+	s.parts.snapshot(p, func() { snap = s.db.NewSnapshot() })
 	defer snap.Close()
+	// A commit of p that failed before the snapshot left its batch in
+	// the memtable: the store has failed, and nothing is read.
+	if err := s.failed.get(); err != nil {
+		return err
+	}
 	return fn(newReader(snap, p, false))
 }
 

@@ -27,7 +27,7 @@ func dbOptions(opts Options) *pebbledb.Options {
 		CacheSize:          opts.CacheSize + 2*opts.MemTableSize,
 		MemTableSize:       uint64(opts.MemTableSize),
 		FormatMajorVersion: pebbledb.FormatNewest,
-		Logger:             slogLogger{opts.Logger},
+		Logger:             slogLogger{l: opts.Logger},
 		EventListener: &pebbledb.EventListener{
 			// Pebble's default is to exit; reads of damaged data fail with
 			// errors that wrap store.ErrCorruption instead.
