@@ -18,31 +18,45 @@ import (
 
 // TestPostgresFailover runs two nodes on a Patroni pair (a primary and a
 // synchronous standby), reached through a multi-host URL with
-// target_session_attrs=read-write. While devices sync through node 1 and a
-// backend follows the feed on node 2, the primary's postmaster is killed
-// and Patroni promotes the standby: every acknowledged batch is there once
-// afterwards, both nodes serve on by themselves, and the feed, resumed from
+// target_session_attrs=read-write. While devices sync and a backend
+// commits through node 1 and a backend follows the feed on node 2, the
+// primary's Patroni and postmaster are killed and Patroni promotes the
+// standby: every acknowledged batch and commit is there once afterwards, both nodes serve on by themselves, and the feed, resumed from
 // the last cursor it gave, carries each user's versions once and in order.
 func TestPostgresFailover(t *testing.T) {
 	t.Parallel()
 	cluster := pgtest.StartPatroni(t)
 	nodes, _ := pgNodes(t, cluster.URL, 2, "--heartbeat", "2s")
-	const devices, batches = 4, 30
+	const devices, batches = 6, 30
 
 	feed := followFeed(t, nodes[1])
+	commits := backendCommits(t, nodes[0], "backend0")
 	pgLoadWithFault(t, nodes, devices, batches, 1, func() { cluster.KillPrimary(t) })
+	committed := commits()
+	if committed < 2 {
+		t.Errorf("the backend committed %d times during the load", committed)
+	}
+	// Each acknowledged commit applied once: the partition is at exactly
+	// that version.
+	if _, err := backendClient(t, nodes[1]).Commit(ctx(t), connect.NewRequest(&dalvv1.CommitRequest{User: "backend0",
+		ExpectedVersion: &committed, Ops: ops(opPut("after", "x"))})); err != nil {
+		t.Errorf("commit expecting version %d after %d acknowledged commits: %v", committed, committed, err)
+	}
 
+	want := map[string]uint64{"backend0": committed}
+	for d := range devices {
+		want[fmt.Sprintf("user%d", d)] = batches
+	}
 	wait.ForEvery(t, 60*time.Second, 10*time.Millisecond, func() error {
-		for d := range devices {
-			if n := feed.last(fmt.Sprintf("user%d", d)); n < batches {
-				return fmt.Errorf("user%d is at version %d on the feed, want %d", d, n, batches)
+		for user, v := range want {
+			if n := feed.last(user); n < v {
+				return fmt.Errorf("%s is at version %d on the feed, want %d", user, n, v)
 			}
 		}
 		return nil
 	})
 	feed.stop()
-	for d := range devices {
-		user := fmt.Sprintf("user%d", d)
+	for user := range want {
 		got := feed.versions(user)
 		for i, v := range got {
 			if v != uint64(i+1) {
@@ -52,6 +66,52 @@ func TestPostgresFailover(t *testing.T) {
 		}
 	}
 	t.Logf("feed resumed %d times", feed.resumes())
+}
+
+// backendCommits has a backend commit to user's partition through srv,
+// one key a commit, each retried with its idempotency key while it ends
+// with unavailable, until the returned function is called; that function
+// returns how many commits were acknowledged.
+func backendCommits(t *testing.T, srv *proc.Server, user string) func() uint64 {
+	t.Helper()
+	c := backendClient(t, srv)
+	stop := make(chan struct{})
+	done := make(chan uint64)
+	go func() {
+		var n uint64
+		defer func() { done <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			req := &dalvv1.CommitRequest{User: user, IdempotencyKey: fmt.Sprintf("c%d", n+1), Ops: ops(opPut(fmt.Sprintf("c/%03d", n+1), "x"))}
+			deadline := time.Now().Add(90 * time.Second)
+			for {
+				rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				resp, err := c.Commit(rctx, connect.NewRequest(req))
+				cancel()
+				if err == nil {
+					if resp.Msg.GetVersion() != n+1 {
+						t.Errorf("%s's commit %d: version %d", user, n+1, resp.Msg.GetVersion())
+						return
+					}
+					n++
+					break
+				}
+				if codeOf(err) != "unavailable" || time.Now().After(deadline) {
+					t.Errorf("%s's commit %d: %v, want success or unavailable", user, n+1, err)
+					return
+				}
+				time.Sleep(10 * time.Millisecond) // a backend's retry back-off, not a wait for an event
+			}
+		}
+	}()
+	return func() uint64 {
+		close(stop)
+		return <-done
+	}
 }
 
 // feedFollower follows a node's feed as a backend does: from the start,

@@ -62,6 +62,15 @@ func StartPatroni(t testing.TB) *Patroni {
 	}
 	p := &Patroni{dir: dir}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	// Runs after the processes' own clean-ups have killed Patroni: the
+	// postmasters, in sessions of their own, are not in its process group.
+	t.Cleanup(func() {
+		for _, m := range p.members {
+			if pid, err := postmasterPID(m.data); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
 	var asUser []string
 	if os.Geteuid() == 0 {
 		owner, err := user.Lookup("postgres")
@@ -285,14 +294,9 @@ func (p *Patroni) KillPrimary(t testing.TB) {
 	t.Helper()
 	old := p.waitPrimary(t, 30*time.Second)
 	// Patroni starts the postmaster in a session of its own: kill both.
-	pidFile, err := os.ReadFile(filepath.Join(p.members[old].data, "postmaster.pid"))
+	pid, err := postmasterPID(p.members[old].data)
 	if err != nil {
 		t.Fatal(err)
-	}
-	first, _, _ := strings.Cut(string(pidFile), "\n")
-	pid, err := strconv.Atoi(strings.TrimSpace(first))
-	if err != nil {
-		t.Fatalf("postmaster.pid: %v", err)
 	}
 	if err := syscall.Kill(-p.members[old].pgid, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill %s's Patroni: %v", p.members[old].name, err)
@@ -313,6 +317,16 @@ func (p *Patroni) KillPrimary(t testing.TB) {
 		return nil
 	})
 	t.Logf("killed %s (Patroni and PostgreSQL); %s primary after %v", p.members[old].name, p.members[1-old].name, time.Since(start).Round(100*time.Millisecond))
+}
+
+// postmasterPID reads the postmaster's process id from data/postmaster.pid.
+func postmasterPID(data string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(data, "postmaster.pid"))
+	if err != nil {
+		return 0, err
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	return strconv.Atoi(strings.TrimSpace(first))
 }
 
 func queryRow(u, sql string, dst any) error {
