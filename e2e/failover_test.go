@@ -27,11 +27,14 @@ func TestPostgresFailover(t *testing.T) {
 	t.Parallel()
 	cluster := pgtest.StartPatroni(t)
 	nodes, _ := pgNodes(t, cluster.URL, 2, "--heartbeat", "2s")
-	const devices, batches = 6, 30
+	const devices, batches = 6, 100
 
 	feed := followFeed(t, nodes[1])
 	commits := backendCommits(t, nodes[0], "backend0")
-	pgLoadWithFault(t, nodes, devices, batches, 1, func() { cluster.KillPrimary(t) })
+	codes := pgLoadWithFault(t, nodes, devices, batches, 1, func() { cluster.KillPrimary(t) })
+	if codes["unavailable"] == 0 {
+		t.Errorf("answers %v: no sync ended with unavailable, so none struck the failover", codes)
+	}
 	committed := commits()
 	if committed < 2 {
 		t.Errorf("the backend committed %d times during the load", committed)
