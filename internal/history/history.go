@@ -227,17 +227,7 @@ func step(s state, c Call) []state {
 			}
 			return nil
 		}
-		next := s.with(c.Puts, "", 0)
-		switch c.Outcome {
-		case OK:
-			if c.Version != next.version {
-				return nil
-			}
-			return []state{next}
-		case Unknown:
-			return []state{s, next}
-		}
-		return nil
+		return applies(s, s.with(c.Puts, "", 0), c)
 	default: // Sync
 		if b, ok := s.batches[c.Device]; ok && c.Batch <= b.batch {
 			// Applied before: nothing applies, and the answer is as for
@@ -259,18 +249,21 @@ func step(s state, c Call) []state {
 			}
 			return nil
 		}
-		next := s.with(c.Puts, c.Device, c.Batch)
-		switch c.Outcome {
-		case OK:
-			if c.Version != next.version {
-				return nil
-			}
-			return []state{next}
-		case Unknown:
-			return []state{s, next}
-		}
-		return nil
+		return applies(s, s.with(c.Puts, c.Device, c.Batch), c)
 	}
+}
+
+// applies returns the states after c, which applies and leaves next when
+// it takes effect: next when it was answered with next's version, either
+// when it got no answer, none when it was answered otherwise.
+func applies(s, next state, c Call) []state {
+	switch {
+	case c.Outcome == OK && c.Version == next.version:
+		return []state{next}
+	case c.Outcome == Unknown:
+		return []state{s, next}
+	}
+	return nil
 }
 
 // Model is the sync rules as a Porcupine model of one partition.
