@@ -829,3 +829,36 @@ func TestWatchSlowWatcher(t *testing.T) {
 		t.Fatalf("the watch ended at version %d, want %d", got, want)
 	}
 }
+
+// TestWatchNoOpCommit is the regression test of a device that stayed one
+// version behind (found by client/TestConvergence): a batch whose ops change
+// nothing (a LIST_REMOVE of an element the list does not hold) still takes a
+// version, since the device's batch is recorded. Its Sync answer must give
+// that version, and a watch of the whole partition must tell another
+// device of it.
+func TestWatchNoOpCommit(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	const user = "watch-noop"
+	dev := deviceClient(t, srv, user)
+	v1 := mustSync(t, dev, &dalvv1.SyncRequest{DeviceId: "A", Batch: 1, Ops: ops(opAdd("l", "x"))}).GetVersion()
+	w := watchDevice(t, srv, user, &dalvv1.WatchRequest{DeviceId: "W", FromVersion: v1})
+	if _, at := watchCatchUp(t, w); at != v1 {
+		t.Fatalf("catch-up ended at %d, want %d", at, v1)
+	}
+	noop := &dalvv1.Op{Kind: dalvv1.OpKind_OP_KIND_LIST_REMOVE, Key: "l", Value: scalar("absent")}
+	resp := mustSync(t, dev, &dalvv1.SyncRequest{DeviceId: "A", BaseVersion: v1, Batch: 2, Ops: ops(noop)})
+	if got := partitionVersion(t, backendClient(t, srv), user, ""); resp.GetVersion() != got || got != v1+1 {
+		t.Fatalf("the no-op batch was answered with version %d; the partition is at %d, want %d", resp.GetVersion(), got, v1+1)
+	}
+	deadline := time.Now().Add(streamWait)
+	for {
+		ev := w.mustBy(t, deadline)
+		if ev.GetVersion() == v1+1 && !ev.GetHeartbeat() {
+			return
+		}
+		if ev.GetVersion() > v1+1 {
+			t.Fatalf("the watch went on to version %d without an event of version %d", ev.GetVersion(), v1+1)
+		}
+	}
+}

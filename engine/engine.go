@@ -182,7 +182,7 @@ func (e *Engine) Sync(ctx context.Context, req SyncRequest) (*dalvv1.SyncRespons
 			return nil, err
 		}
 		c.Device, c.Batch = req.DeviceID, req.Batch
-		if err := e.collect(r, head, req.BaseVersion, req.ResetHorizon, own, e.lim.MaxResponseBytes, resp); err != nil {
+		if err := e.collect(r, head, req.BaseVersion, req.ResetHorizon, commitOf(own), e.lim.MaxResponseBytes, resp); err != nil {
 			return nil, err
 		}
 		applied, changes = c.Version, own
@@ -397,10 +397,11 @@ func (e *Engine) apply(ks *keyStates, version uint64, ops []*dalvv1.Op, chk *wri
 }
 
 // collect fills resp with the changes after base, collapsed to one entry per
-// key and cut at limit bytes between commits, plus the keys own changes at
-// head.Version+1 (a commit being made). Below the horizon it answers with a
-// reset, or continues one when resetHorizon says so.
-func (e *Engine) collect(r store.Reader, head store.Head, base, resetHorizon uint64, own []*keyState, limit int, resp *dalvv1.SyncResponse) error {
+// key and cut at limit bytes between commits, plus, when own is the commit
+// being made, the keys it changes at head.Version+1, the answer's version
+// even when it changes no key. Below the horizon it answers with a reset,
+// or continues one when resetHorizon says so.
+func (e *Engine) collect(r store.Reader, head store.Head, base, resetHorizon uint64, own *ownCommit, limit int, resp *dalvv1.SyncResponse) error {
 	after, skipDeleted := base, false
 	resp.Horizon = head.Horizon
 	if base < head.Horizon {
@@ -415,9 +416,11 @@ func (e *Engine) collect(r store.Reader, head store.Head, base, resetHorizon uin
 			if ent.Deleted && skipDeleted {
 				return true, nil
 			}
-			for _, s := range own {
-				if s.key == ent.Key {
-					return true, nil // the commit being made supersedes it
+			if own != nil {
+				for _, s := range own.keys {
+					if s.key == ent.Key {
+						return true, nil // the commit being made supersedes it
+					}
 				}
 			}
 			c, err := toChange(ent)
@@ -431,9 +434,11 @@ func (e *Engine) collect(r store.Reader, head store.Head, base, resetHorizon uin
 		}
 	}
 	version := head.Version
-	if len(own) > 0 {
+	if own != nil {
+		// The commit being made takes the next version, even when its
+		// ops change nothing (it records the device's batch).
 		version++
-		for _, s := range own {
+		for _, s := range own.keys {
 			if !pg.add(&dalvv1.Change{Key: s.key, Value: s.val, Deleted: s.val == nil, Version: version}) {
 				break
 			}
@@ -448,6 +453,15 @@ func (e *Engine) collect(r store.Reader, head store.Head, base, resetHorizon uin
 	}
 	return nil
 }
+
+// ownCommit is the commit a sync is making, for collect: the keys it
+// changes (none when its ops change nothing; it still takes a version).
+type ownCommit struct {
+	keys []*keyState
+}
+
+// commitOf is the ownCommit of a commit that changes keys.
+func commitOf(keys []*keyState) *ownCommit { return &ownCommit{keys: keys} }
 
 // pager gathers changes in version order and cuts between commits once the
 // next commit's changes would pass the limit. The first commit is always

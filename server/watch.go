@@ -147,7 +147,10 @@ func (w *deviceWatch) deliver(ctx context.Context, ev *commitEvent, sub *subscri
 		return nil // already sent by the catch-up
 	case ev.version == w.at+1 && !ev.erase && !ev.remote:
 		changes := engine.FilterChanges(ev.changes, w.prefixes)
-		if len(changes) > 0 {
+		// A commit that changes nothing the watch shows is still sent to a
+		// watch of the whole partition: the device learns its version (it
+		// would otherwise stay behind until it next syncs).
+		if len(changes) > 0 || len(w.prefixes) == 0 {
 			if err := send(w.out, w.stream, &dalvv1.WatchEvent{Version: ev.version, Changes: changes}); err != nil {
 				return err
 			}
