@@ -153,8 +153,10 @@ func checkHistory(t *testing.T, nodes []*proc.Server, faults func(pause func(tim
 	}
 	feed := checkFeeds(t, nodes, live, finalVersions(t, nodes[len(nodes)-1], names))
 	t.Log(feed)
+	checkStart := time.Now()
 	r := hist.Check(rec.Calls(), time.Minute)
-	t.Logf("history: %d calls (%d of unknown outcome) on %d partitions, %d nodes, %s; seed %d", r.Calls, r.Unknown, r.Partitions, len(nodes), injected, seed)
+	t.Logf("history: %d calls (%d of unknown outcome) on %d partitions, %d nodes, %s, checked in %v; seed %d",
+		r.Calls, r.Unknown, r.Partitions, len(nodes), injected, time.Since(checkStart).Round(time.Millisecond), seed)
 	if !r.OK() {
 		path := filepath.Join(t.TempDir(), "hist.html")
 		if err := porcupine.VisualizePath(hist.Model(), r.Info, path); err == nil {

@@ -130,13 +130,18 @@ func Check(calls []Call, timeout time.Duration) Result {
 	res := Result{Calls: len(calls), Failed: map[string]string{}}
 	parts := map[string][]Call{}
 	for _, c := range calls {
-		end := c.end
-		if c.Outcome == Unknown {
-			end = 1<<63 - 1 // it may take effect at any time after its start
-			res.Unknown++
-		}
-		ops = append(ops, porcupine.Operation{ClientId: c.client, Input: c, Call: c.start, Output: c, Return: end})
 		parts[c.Partition] = append(parts[c.Partition], c)
+	}
+	for _, pc := range parts {
+		for _, c := range pc {
+			if c.Outcome == Unknown {
+				res.Unknown++
+				if c.Kind == Get {
+					continue // a read that was not answered says nothing
+				}
+			}
+			ops = append(ops, porcupine.Operation{ClientId: c.client, Input: c, Call: c.start, Output: c, Return: effectEnd(c, pc)})
+		}
 	}
 	res.Partitions = len(parts)
 	m := Model()
@@ -160,6 +165,38 @@ func Check(calls []Call, timeout time.Duration) Result {
 		}
 	}
 	return res
+}
+
+// effectEnd is the latest time at which c, one of its partition's calls pc,
+// can still change the partition: its end when it was answered. A call
+// without an answer may take effect at any time after its start, which
+// makes Porcupine's search grow with each one, so its end is drawn in to
+// the first answer that rules its effect out from then on:
+//   - a sync of batch b by a device, once a sync of the same device with a
+//     batch at or past b was accepted (a device's batch applies once, and
+//     in order);
+//   - a commit expecting version v, once any call was answered with a
+//     version past v (versions only grow).
+//
+// This changes no verdict: an unanswered call may also do nothing in any
+// state, so a history that needs it to do nothing after that answer needs
+// nothing of it there.
+func effectEnd(c Call, pc []Call) int64 {
+	if c.Outcome != Unknown {
+		return c.end
+	}
+	end := int64(1<<63 - 1)
+	for _, o := range pc {
+		if o.Outcome == Unknown || o.end >= end {
+			continue
+		}
+		switch {
+		case c.Kind == Sync && o.Kind == Sync && o.Device == c.Device && o.Outcome == OK && o.Batch >= c.Batch,
+			c.Kind == Commit && c.Expect && (o.Outcome == OK || o.Outcome == Conflict) && o.Version > c.Expected:
+			end = o.end
+		}
+	}
+	return max(end, c.start)
 }
 
 // state is a partition as the model sees it.

@@ -32,6 +32,12 @@ func TestCheckFindsEachBreach(t *testing.T) {
 		Call{Kind: Sync, Device: "d1", Batch: 2, Base: 1, Puts: put("j", "x"), Outcome: Conflict, Version: 3},
 		Call{Kind: Commit, Puts: put("k", "3"), Outcome: Unknown},
 		Call{Kind: Get, Keys: []string{"k", "j", "z"}, Outcome: OK, Version: 4, Values: map[string]string{"k": "3", "j": "b"}},
+		Call{Kind: Sync, Device: "d1", Batch: 3, Base: 4, Puts: put("z", "9"), Outcome: Unknown},
+		Call{Kind: Get, Keys: []string{"z"}, Outcome: OK, Version: 5, Values: map[string]string{"z": "9"}},
+		Call{Kind: Sync, Device: "d1", Batch: 3, Base: 4, Puts: put("z", "9"), Outcome: OK, Version: 5}, // the retry
+		Call{Kind: Commit, Expect: true, Expected: 4, Puts: put("j", "q"), Outcome: Unknown},
+		Call{Kind: Get, Keys: []string{"j"}, Outcome: Unknown},
+		Call{Kind: Get, Keys: []string{"j"}, Outcome: OK, Version: 5, Values: map[string]string{"j": "b"}},
 	)
 	if r := Check(good, 10*time.Second); !r.OK() {
 		t.Fatalf("a history that keeps the rules failed the check:\n%v", r.Failed)
@@ -61,6 +67,16 @@ func TestCheckFindsEachBreach(t *testing.T) {
 			Call{Kind: Commit, Puts: put("k", "b"), Outcome: OK, Version: 1},
 			Call{Kind: Get, Keys: []string{"k"}, Outcome: OK, Version: 1, Values: map[string]string{"k": "z"}},
 		),
+		"a batch applied after a later batch of its device": seq(
+			Call{Kind: Sync, Device: "d1", Batch: 1, Puts: put("k", "1"), Outcome: Unknown},
+			Call{Kind: Sync, Device: "d1", Batch: 2, Puts: put("j", "2"), Outcome: OK, Version: 1},
+			Call{Kind: Get, Keys: []string{"k"}, Outcome: OK, Version: 2, Values: map[string]string{"k": "1"}},
+		),
+		"an unanswered commit applied after its expected version passed": seq(
+			Call{Kind: Commit, Expect: true, Expected: 0, Puts: put("k", "c"), Outcome: Unknown},
+			Call{Kind: Sync, Device: "d1", Batch: 1, Puts: put("j", "1"), Outcome: OK, Version: 1},
+			Call{Kind: Get, Keys: []string{"k"}, Outcome: OK, Version: 2, Values: map[string]string{"k": "c"}},
+		),
 		"a lost acknowledged write": seq(
 			Call{Kind: Sync, Device: "d1", Batch: 1, Puts: put("k", "1"), Outcome: OK, Version: 1},
 			Call{Kind: Get, Keys: []string{"k"}, Outcome: OK, Version: 0},
@@ -70,6 +86,34 @@ func TestCheckFindsEachBreach(t *testing.T) {
 			t.Errorf("%s: the check passed a history that breaks the rules", name)
 		} else if r.Failed["u:a"] == "" {
 			t.Errorf("%s: the failure does not print the partition's history", name)
+		}
+	}
+}
+
+// TestEffectEnd checks where an unanswered call's effect is drawn in to:
+// the first answer that rules it out, or never.
+func TestEffectEnd(t *testing.T) {
+	t.Parallel()
+	const never = int64(1<<63 - 1)
+	h := seq(
+		Call{Kind: Sync, Device: "d1", Batch: 4, Puts: put("k", "1"), Outcome: Unknown},              // 0-1
+		Call{Kind: Sync, Device: "d2", Batch: 9, Puts: put("k", "2"), Outcome: OK, Version: 1},       // 2-3
+		Call{Kind: Sync, Device: "d1", Batch: 3, Puts: put("k", "3"), Outcome: OK, Version: 2},       // 4-5
+		Call{Kind: Sync, Device: "d1", Batch: 4, Puts: put("k", "1"), Outcome: OK, Version: 3},       // 6-7
+		Call{Kind: Commit, Expect: true, Expected: 3, Puts: put("j", "1"), Outcome: Unknown},         // 8-9
+		Call{Kind: Get, Keys: []string{"j"}, Outcome: OK, Version: 3},                                // 10-11
+		Call{Kind: Commit, Puts: put("j", "2"), Outcome: Stale},                                      // 12-13
+		Call{Kind: Sync, Device: "d3", Batch: 1, Puts: put("j", "3"), Outcome: Conflict, Version: 4}, // 14-15
+		Call{Kind: Commit, Puts: put("j", "4"), Outcome: Unknown},                                    // 16-17
+	)
+	for i, want := range map[int]int64{
+		0: 7,     // d1's batch 4 accepted by its retry; d2's and d1's earlier batch do not rule it out
+		3: 7,     // an answered call keeps its end
+		4: 15,    // the conflict at version 4 is past the expected 3; the read at 3 is not
+		8: never, // a commit without an expected version may apply at any time
+	} {
+		if got := effectEnd(h[i], h); got != want {
+			t.Errorf("call %d: effect ends at %d, want %d", i, got, want)
 		}
 	}
 }
