@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -171,8 +172,69 @@ func checkHistory(t *testing.T, nodes []*proc.Server, faults func(pause func(tim
 // historyUsers is how many partitions a history writes.
 const historyUsers = 2
 
-// keys are the keys the history writes: few, so writes meet.
-var historyKeys = []string{"k0", "k1", "k2"}
+// historyKeys are the scalar keys the history writes, historyLists its
+// lists, and historyElems the lists' elements: few, so writes meet.
+var (
+	historyKeys  = []string{"k0", "k1", "k2"}
+	historyLists = []string{"l0", "l1"}
+	historyElems = []string{"e0", "e1", "e2", "e3"}
+)
+
+// historyOps are one or two ops labelled label: mostly PUTs of label, some
+// DELETEs, and list ops, which merge with each other but conflict with a
+// DELETE. Scalar keys only get PUTs and DELETEs and lists only list ops and
+// DELETEs, so no op is refused for its key's kind.
+func historyOps(rng *rand.Rand, label string) []hist.Op {
+	out := make([]hist.Op, rng.IntN(2)+1)
+	for i := range out {
+		switch n := rng.IntN(20); {
+		case n < 11:
+			out[i] = hist.Op{Kind: hist.Put, Key: historyKeys[rng.IntN(len(historyKeys))], Value: label}
+		case n < 12:
+			out[i] = hist.Op{Kind: hist.Delete, Key: historyKeys[rng.IntN(len(historyKeys))]}
+		case n < 13:
+			out[i] = hist.Op{Kind: hist.Delete, Key: historyLists[rng.IntN(len(historyLists))]}
+		default:
+			kind := hist.ListAdd
+			if n >= 18 {
+				kind = hist.ListRemove
+			}
+			out[i] = hist.Op{Kind: kind, Key: historyLists[rng.IntN(len(historyLists))], Value: historyElems[rng.IntN(len(historyElems))]}
+		}
+	}
+	return out
+}
+
+// wireOps are ops as the API takes them; a PUT's value is a JSON string.
+func wireOps(ops []hist.Op) []*dalvv1.Op {
+	out := make([]*dalvv1.Op, len(ops))
+	for i, o := range ops {
+		switch o.Kind {
+		case hist.Put:
+			out[i] = opPut(o.Key, strconv.Quote(o.Value))
+		case hist.Delete:
+			out[i] = opDelete(o.Key)
+		case hist.ListAdd:
+			out[i] = opAdd(o.Key, o.Value)
+		case hist.ListRemove:
+			out[i] = opRemove(o.Key, o.Value)
+		}
+	}
+	return out
+}
+
+// historyValue is a value read as the history model shows it.
+func historyValue(v *dalvv1.Value) string {
+	if l := v.GetList(); l != nil {
+		items := make([]string, len(l.GetItems()))
+		for i, it := range l.GetItems() {
+			items[i] = string(it)
+		}
+		return hist.Show("", items, true)
+	}
+	s, _ := strconv.Unquote(string(v.GetScalar()))
+	return hist.Show(s, nil, false)
+}
 
 // callCtx is a call's context: most calls have time to answer; with cut,
 // about one in ten is cut after a millisecond or two, so its outcome is
@@ -212,21 +274,15 @@ func historyDevice(t *testing.T, rec *hist.Recorder, dc interface {
 	Sync(context.Context, *connect.Request[dalvv1.SyncRequest]) (*connect.Response[dalvv1.SyncResponse], error)
 }, client int, user, device string, rng *rand.Rand, deadline time.Time, cut bool) {
 	var base, batch uint64
-	var puts map[string]string
+	var puts []hist.Op
 	var backoff time.Duration
 	for time.Now().Before(deadline) {
 		if puts == nil {
 			batch++
-			puts = map[string]string{}
-			for range rng.IntN(2) + 1 {
-				puts[historyKeys[rng.IntN(len(historyKeys))]] = fmt.Sprintf("%s#%d", device, batch)
-			}
+			puts = historyOps(rng, fmt.Sprintf("%s#%d", device, batch))
 		}
-		req := &dalvv1.SyncRequest{DeviceId: device, BaseVersion: base, Batch: batch}
-		for k, v := range puts {
-			req.Ops = append(req.Ops, opPut(k, strconv.Quote(v)))
-		}
-		c := hist.Call{Partition: "u:" + user, Kind: hist.Sync, Device: device, Batch: batch, Base: base, Puts: puts}
+		req := &dalvv1.SyncRequest{DeviceId: device, BaseVersion: base, Batch: batch, Ops: wireOps(puts)}
+		c := hist.Call{Partition: "u:" + user, Kind: hist.Sync, Device: device, Batch: batch, Base: base, Ops: puts}
 		cctx, cancel := callCtx(rng, cut)
 		start := rec.Begin()
 		resp, err := dc.Sync(cctx, connect.NewRequest(req))
@@ -273,8 +329,9 @@ func historyBackend(t *testing.T, rec *hist.Recorder, bc interface {
 		cctx, cancel := callCtx(rng, cut)
 		start := rec.Begin()
 		if rng.IntN(2) == 0 {
-			c := hist.Call{Partition: "u:" + user, Kind: hist.Get, Keys: historyKeys, Values: map[string]string{}}
-			resp, err := bc.Get(cctx, connect.NewRequest(&dalvv1.GetRequest{User: user, Keys: historyKeys}))
+			keys := append(slices.Clone(historyKeys), historyLists...)
+			c := hist.Call{Partition: "u:" + user, Kind: hist.Get, Keys: keys, Values: map[string]string{}}
+			resp, err := bc.Get(cctx, connect.NewRequest(&dalvv1.GetRequest{User: user, Keys: keys}))
 			cancel()
 			var ok bool
 			if c.Outcome, ok = outcome(t, err); !ok {
@@ -291,17 +348,16 @@ func historyBackend(t *testing.T, rec *hist.Recorder, bc interface {
 			seen[user] = c.Version
 			for _, it := range resp.Msg.GetItems() {
 				if !it.GetDeleted() && it.GetValue() != nil {
-					v, _ := strconv.Unquote(string(it.GetValue().GetScalar()))
-					c.Values[it.GetKey()] = v
+					c.Values[it.GetKey()] = historyValue(it.GetValue())
 				}
 			}
 			rec.End(client, start, c)
 			backoff = 0
 			continue
 		}
-		k, v := historyKeys[rng.IntN(len(historyKeys))], fmt.Sprintf("backend%d#%d", client, n)
-		req := &dalvv1.CommitRequest{User: user, Ops: []*dalvv1.Op{opPut(k, strconv.Quote(v))}}
-		c := hist.Call{Partition: "u:" + user, Kind: hist.Commit, Puts: map[string]string{k: v}}
+		o := historyOps(rng, fmt.Sprintf("backend%d#%d", client, n))
+		req := &dalvv1.CommitRequest{User: user, Ops: wireOps(o)}
+		c := hist.Call{Partition: "u:" + user, Kind: hist.Commit, Ops: o}
 		if rng.IntN(2) == 0 {
 			c.Expect, c.Expected = true, seen[user]
 			req.ExpectedVersion = &c.Expected

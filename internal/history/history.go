@@ -5,8 +5,10 @@
 // batch is applied at most once, a sync conflicts exactly when a key it
 // writes changed after its base version, a backend commit with an expected
 // version applies only at that version, and a read sees the state of one
-// version. A call whose outcome the caller could not learn (a timeout, a cut
-// connection) may have taken effect or not.
+// version. Ops are PUTs and DELETEs of scalar values and LIST_ADDs and
+// LIST_REMOVEs of list elements; list ops on both sides of a key merge, a
+// PUT or DELETE on either side conflicts. A call whose outcome the caller
+// could not learn (a timeout, a cut connection) may have taken effect or not.
 package history
 
 import (
@@ -42,9 +44,9 @@ func (o Outcome) String() string {
 type Kind int
 
 const (
-	// Sync is a device's sync of a batch of PUTs.
+	// Sync is a device's sync of a batch of ops.
 	Sync Kind = iota
-	// Commit is a backend's commit of PUTs, with or without an expected
+	// Commit is a backend's commit of ops, with or without an expected
 	// version.
 	Commit
 	// Get is a backend's read of some keys.
@@ -62,20 +64,63 @@ type Call struct {
 	// Expect says a commit has an expected version, Expected.
 	Expect   bool
 	Expected uint64
-	// Puts are the keys a sync or commit writes, with their values; Keys
-	// are the keys a get reads.
-	Puts map[string]string
+	// Ops are what a sync or commit asks, in order; Keys are the keys a get
+	// reads.
+	Ops  []Op
 	Keys []string
 
 	Outcome Outcome
 	// Version is the answer's partition version (a sync's or a commit's,
 	// or the version a get read).
 	Version uint64
-	// Values are what a get read (absent keys are missing).
+	// Values are what a get read, each as Show renders it (absent and
+	// deleted keys are missing).
 	Values map[string]string
 
 	start, end int64
 	client     int
+}
+
+// OpKind is what an op does to its key.
+type OpKind int
+
+const (
+	// Put sets a scalar value.
+	Put OpKind = iota
+	// Delete removes the key's value (a tombstone).
+	Delete
+	// ListAdd adds an element to a list, at its end, unless present.
+	ListAdd
+	// ListRemove removes an element from a list, if present.
+	ListRemove
+)
+
+// Op is one op of a sync or commit.
+type Op struct {
+	Kind  OpKind
+	Key   string
+	Value string // a PUT's value, or a list op's element
+}
+
+func (o Op) String() string {
+	switch o.Kind {
+	case Delete:
+		return "del " + o.Key
+	case ListAdd:
+		return o.Key + "+=" + o.Value
+	case ListRemove:
+		return o.Key + "-=" + o.Value
+	}
+	return o.Key + "=" + o.Value
+}
+
+// Show renders a value as the model compares it: a scalar as itself, a
+// list as its elements in brackets, in order.
+func Show(scalar string, list []string, isList bool) string {
+	if isList {
+		return "[" + strings.Join(list, " ") + "]"
+	}
+	return scalar
 }
 
 // Recorder collects calls from concurrent clients.
@@ -202,36 +247,101 @@ func effectEnd(c Call, pc []Call) int64 {
 // state is a partition as the model sees it.
 type state struct {
 	version uint64
-	keys    map[string]entry        // the keys written, with their last version
+	keys    map[string]entry        // the keys written, tombstones too
 	batches map[string]batchApplied // by device
 }
 
+// entry is a key as the store holds it: its value, the version that last
+// changed it, and the version of its last PUT or DELETE (list ops conflict
+// only with those).
 type entry struct {
-	value   string
-	version uint64
+	scalar        string
+	list          []string
+	isList        bool
+	deleted       bool
+	version       uint64
+	scalarVersion uint64
 }
 
 type batchApplied struct {
 	batch, version uint64
 }
 
-func (s state) with(puts map[string]string, device string, batch uint64) state {
+// conflicts reports whether ops, based on base, meet a change after it:
+// a PUT or DELETE meets any change of its key, a list op only a PUT or
+// DELETE. A key never written meets nothing (the history keeps every
+// tombstone).
+func (s state) conflicts(ops []Op, base uint64) bool {
+	for _, op := range ops {
+		e, ok := s.keys[op.Key]
+		switch {
+		case !ok:
+		case op.Kind == ListAdd || op.Kind == ListRemove:
+			if e.scalarVersion > base {
+				return true
+			}
+		case e.version > base:
+			return true
+		}
+	}
+	return false
+}
+
+// with returns the state after ops apply as the next commit, recording
+// device's batch when device is set, or false when an op is refused (a list
+// op on a scalar).
+func (s state) with(ops []Op, device string, batch uint64) (state, bool) {
 	n := state{version: s.version + 1, keys: maps.Clone(s.keys), batches: s.batches}
-	for k, v := range puts {
-		n.keys[k] = entry{v, n.version}
+	for _, op := range ops {
+		e := n.keys[op.Key]
+		changed := true
+		switch op.Kind {
+		case Put:
+			e.scalar, e.list, e.isList, e.deleted = op.Value, nil, false, false
+		case Delete:
+			e.scalar, e.list, e.isList, e.deleted = "", nil, false, true
+		default:
+			if !e.deleted && !e.isList && e.version > 0 {
+				return s, false
+			}
+			at := slices.Index(e.list, op.Value)
+			switch {
+			case op.Kind == ListAdd && at < 0:
+				e.list = append(slices.Clone(e.list), op.Value)
+			case op.Kind == ListRemove && at >= 0:
+				e.list = slices.Delete(slices.Clone(e.list), at, at+1)
+			default:
+				changed = false
+			}
+			if changed {
+				e.isList, e.deleted = true, false
+			}
+		}
+		if changed {
+			e.version = n.version
+			if op.Kind == Put || op.Kind == Delete {
+				e.scalarVersion = n.version
+			}
+			n.keys[op.Key] = e
+		}
 	}
 	if device != "" {
 		n.batches = maps.Clone(s.batches)
 		n.batches[device] = batchApplied{batch, n.version}
 	}
-	return n
+	return n, true
 }
 
 func (s state) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "v%d", s.version)
 	for _, k := range slices.Sorted(maps.Keys(s.keys)) {
-		fmt.Fprintf(&b, " %s=%s@%d", k, s.keys[k].value, s.keys[k].version)
+		e := s.keys[k]
+		v := Show(e.scalar, e.list, e.isList)
+		if e.deleted {
+			v = "(deleted)"
+		}
+		fmt.Fprintf(&b, " %s=%s@%d/%d", k, v, e.version, e.scalarVersion)
 	}
 	for _, d := range slices.Sorted(maps.Keys(s.batches)) {
 		fmt.Fprintf(&b, " %s#%d@%d", d, s.batches[d].batch, s.batches[d].version)
@@ -251,8 +361,9 @@ func step(s state, c Call) []state {
 		}
 		for _, k := range c.Keys {
 			e, ok := s.keys[k]
+			ok = ok && !e.deleted
 			v, got := c.Values[k]
-			if ok != got || ok && e.value != v {
+			if ok != got || ok && Show(e.scalar, e.list, e.isList) != v {
 				return nil
 			}
 		}
@@ -264,7 +375,7 @@ func step(s state, c Call) []state {
 			}
 			return nil
 		}
-		return applies(s, s.with(c.Puts, "", 0), c)
+		return applies(s, c, "")
 	default: // Sync
 		if b, ok := s.batches[c.Device]; ok && c.Batch <= b.batch {
 			// Applied before: nothing applies, and the answer is as for
@@ -274,27 +385,28 @@ func step(s state, c Call) []state {
 			}
 			return nil
 		}
-		conflict := false
-		for k := range c.Puts {
-			if e, ok := s.keys[k]; ok && e.version > c.Base {
-				conflict = true
-			}
-		}
-		if conflict {
+		if s.conflicts(c.Ops, c.Base) {
 			if c.Outcome == Unknown || c.Outcome == Conflict && c.Version == s.version {
 				return []state{s}
 			}
 			return nil
 		}
-		return applies(s, s.with(c.Puts, c.Device, c.Batch), c)
+		return applies(s, c, c.Device)
 	}
 }
 
-// applies returns the states after c, which applies and leaves next when
-// it takes effect: next when it was answered with next's version, either
-// when it got no answer, none when it was answered otherwise.
-func applies(s, next state, c Call) []state {
+// applies returns the states after c, whose ops apply in s as the next
+// commit (of device's batch when device is set): that commit's state when c
+// was answered with its version, either s or it when c got no answer, none
+// when c was answered otherwise or its ops cannot apply.
+func applies(s state, c Call, device string) []state {
+	next, ok := s.with(c.Ops, device, c.Batch)
 	switch {
+	case !ok:
+		if c.Outcome == Unknown {
+			return []state{s}
+		}
+		return nil
 	case c.Outcome == OK && c.Version == next.version:
 		return []state{next}
 	case c.Outcome == Unknown:
@@ -330,6 +442,13 @@ func describe(c Call) string {
 		}
 		return strings.Join(parts, ",")
 	}
+	ops := func(ops []Op) string {
+		parts := make([]string, len(ops))
+		for i, op := range ops {
+			parts[i] = op.String()
+		}
+		return strings.Join(parts, ",")
+	}
 	at := fmt.Sprintf("[%.3fms-%.3fms]", float64(c.start)/1e6, float64(c.end)/1e6)
 	switch c.Kind {
 	case Get:
@@ -339,7 +458,7 @@ func describe(c Call) string {
 		if c.Expect {
 			expect = fmt.Sprint(c.Expected)
 		}
-		return fmt.Sprintf("%s commit expect=%s %s -> %s v%d", at, expect, kv(c.Puts), c.Outcome, c.Version)
+		return fmt.Sprintf("%s commit expect=%s %s -> %s v%d", at, expect, ops(c.Ops), c.Outcome, c.Version)
 	}
-	return fmt.Sprintf("%s sync %s#%d base=%d %s -> %s v%d", at, c.Device, c.Batch, c.Base, kv(c.Puts), c.Outcome, c.Version)
+	return fmt.Sprintf("%s sync %s#%d base=%d %s -> %s v%d", at, c.Device, c.Batch, c.Base, ops(c.Ops), c.Outcome, c.Version)
 }

@@ -16,69 +16,111 @@ func seq(calls ...Call) []Call {
 	return calls
 }
 
-func put(k, v string) map[string]string { return map[string]string{k: v} }
+func put(k, v string) []Op { return []Op{{Kind: Put, Key: k, Value: v}} }
+
+func del(k string) []Op { return []Op{{Kind: Delete, Key: k}} }
+
+func add(k, e string) []Op { return []Op{{Kind: ListAdd, Key: k, Value: e}} }
+
+func remove(k, e string) []Op { return []Op{{Kind: ListRemove, Key: k, Value: e}} }
 
 // TestCheckFindsEachBreach feeds the checker histories that break each rule
 // of the model, and one that keeps them: it must tell them apart.
 func TestCheckFindsEachBreach(t *testing.T) {
 	t.Parallel()
 	good := seq(
-		Call{Kind: Sync, Device: "d1", Batch: 1, Base: 0, Puts: put("k", "1"), Outcome: OK, Version: 1},
-		Call{Kind: Sync, Device: "d2", Batch: 1, Base: 0, Puts: put("k", "2"), Outcome: Conflict, Version: 1},
-		Call{Kind: Sync, Device: "d2", Batch: 1, Base: 1, Puts: put("k", "2"), Outcome: OK, Version: 2},
-		Call{Kind: Sync, Device: "d2", Batch: 1, Base: 1, Puts: put("k", "2"), Outcome: OK, Version: 2}, // a retry
-		Call{Kind: Commit, Expect: true, Expected: 2, Puts: put("j", "b"), Outcome: OK, Version: 3},
-		Call{Kind: Commit, Expect: true, Expected: 2, Puts: put("j", "c"), Outcome: Stale},
-		Call{Kind: Sync, Device: "d1", Batch: 2, Base: 1, Puts: put("j", "x"), Outcome: Conflict, Version: 3},
-		Call{Kind: Commit, Puts: put("k", "3"), Outcome: Unknown},
+		Call{Kind: Sync, Device: "d1", Batch: 1, Base: 0, Ops: put("k", "1"), Outcome: OK, Version: 1},
+		Call{Kind: Sync, Device: "d2", Batch: 1, Base: 0, Ops: put("k", "2"), Outcome: Conflict, Version: 1},
+		Call{Kind: Sync, Device: "d2", Batch: 1, Base: 1, Ops: put("k", "2"), Outcome: OK, Version: 2},
+		Call{Kind: Sync, Device: "d2", Batch: 1, Base: 1, Ops: put("k", "2"), Outcome: OK, Version: 2}, // a retry
+		Call{Kind: Commit, Expect: true, Expected: 2, Ops: put("j", "b"), Outcome: OK, Version: 3},
+		Call{Kind: Commit, Expect: true, Expected: 2, Ops: put("j", "c"), Outcome: Stale},
+		Call{Kind: Sync, Device: "d1", Batch: 2, Base: 1, Ops: put("j", "x"), Outcome: Conflict, Version: 3},
+		Call{Kind: Commit, Ops: put("k", "3"), Outcome: Unknown},
 		Call{Kind: Get, Keys: []string{"k", "j", "z"}, Outcome: OK, Version: 4, Values: map[string]string{"k": "3", "j": "b"}},
-		Call{Kind: Sync, Device: "d1", Batch: 3, Base: 4, Puts: put("z", "9"), Outcome: Unknown},
+		Call{Kind: Sync, Device: "d1", Batch: 3, Base: 4, Ops: put("z", "9"), Outcome: Unknown},
 		Call{Kind: Get, Keys: []string{"z"}, Outcome: OK, Version: 5, Values: map[string]string{"z": "9"}},
-		Call{Kind: Sync, Device: "d1", Batch: 3, Base: 4, Puts: put("z", "9"), Outcome: OK, Version: 5}, // the retry
-		Call{Kind: Commit, Expect: true, Expected: 4, Puts: put("j", "q"), Outcome: Unknown},
+		Call{Kind: Sync, Device: "d1", Batch: 3, Base: 4, Ops: put("z", "9"), Outcome: OK, Version: 5}, // the retry
+		Call{Kind: Commit, Expect: true, Expected: 4, Ops: put("j", "q"), Outcome: Unknown},
 		Call{Kind: Get, Keys: []string{"j"}, Outcome: Unknown},
 		Call{Kind: Get, Keys: []string{"j"}, Outcome: OK, Version: 5, Values: map[string]string{"j": "b"}},
+		// List ops on both sides merge; a DELETE conflicts with them.
+		Call{Kind: Sync, Device: "d1", Batch: 4, Base: 5, Ops: add("l", "a"), Outcome: OK, Version: 6},
+		Call{Kind: Sync, Device: "d2", Batch: 2, Base: 5, Ops: add("l", "b"), Outcome: OK, Version: 7},
+		Call{Kind: Sync, Device: "d3", Batch: 1, Base: 5, Ops: append(remove("l", "a"), add("l", "a")...), Outcome: OK, Version: 8},
+		Call{Kind: Get, Keys: []string{"l"}, Outcome: OK, Version: 8, Values: map[string]string{"l": "[b a]"}},
+		Call{Kind: Sync, Device: "d3", Batch: 2, Base: 8, Ops: add("l", "b"), Outcome: OK, Version: 9}, // changes nothing, takes a version
+		Call{Kind: Commit, Ops: del("k"), Outcome: OK, Version: 10},
+		Call{Kind: Sync, Device: "d1", Batch: 5, Base: 9, Ops: del("l"), Outcome: OK, Version: 11},
+		Call{Kind: Sync, Device: "d2", Batch: 3, Base: 9, Ops: add("l", "c"), Outcome: Conflict, Version: 11},
+		Call{Kind: Get, Keys: []string{"k", "l"}, Outcome: OK, Version: 11, Values: map[string]string{}},
 	)
 	if r := Check(good, 10*time.Second); !r.OK() {
 		t.Fatalf("a history that keeps the rules failed the check:\n%v", r.Failed)
 	}
 	for name, h := range map[string][]Call{
 		"versions not dense": seq(
-			Call{Kind: Sync, Device: "d1", Batch: 1, Puts: put("k", "1"), Outcome: OK, Version: 1},
-			Call{Kind: Commit, Puts: put("k", "2"), Outcome: OK, Version: 3},
+			Call{Kind: Sync, Device: "d1", Batch: 1, Ops: put("k", "1"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Ops: put("k", "2"), Outcome: OK, Version: 3},
 		),
 		"a batch applied twice": seq(
-			Call{Kind: Sync, Device: "d1", Batch: 1, Puts: put("k", "1"), Outcome: OK, Version: 1},
-			Call{Kind: Sync, Device: "d1", Batch: 1, Puts: put("k", "1"), Outcome: OK, Version: 2},
+			Call{Kind: Sync, Device: "d1", Batch: 1, Ops: put("k", "1"), Outcome: OK, Version: 1},
+			Call{Kind: Sync, Device: "d1", Batch: 1, Ops: put("k", "1"), Outcome: OK, Version: 2},
 		),
 		"accepted over a change after its base": seq(
-			Call{Kind: Commit, Puts: put("k", "b"), Outcome: OK, Version: 1},
-			Call{Kind: Sync, Device: "d1", Batch: 1, Base: 0, Puts: put("k", "1"), Outcome: OK, Version: 2},
+			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Sync, Device: "d1", Batch: 1, Base: 0, Ops: put("k", "1"), Outcome: OK, Version: 2},
 		),
 		"a conflict with no change after the base": seq(
-			Call{Kind: Commit, Puts: put("k", "b"), Outcome: OK, Version: 1},
-			Call{Kind: Sync, Device: "d1", Batch: 1, Base: 1, Puts: put("k", "1"), Outcome: Conflict, Version: 1},
+			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Sync, Device: "d1", Batch: 1, Base: 1, Ops: put("k", "1"), Outcome: Conflict, Version: 1},
 		),
 		"a commit applied at another version than expected": seq(
-			Call{Kind: Commit, Puts: put("k", "b"), Outcome: OK, Version: 1},
-			Call{Kind: Commit, Expect: true, Expected: 5, Puts: put("k", "c"), Outcome: OK, Version: 2},
+			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Expect: true, Expected: 5, Ops: put("k", "c"), Outcome: OK, Version: 2},
 		),
 		"a read of a value never written": seq(
-			Call{Kind: Commit, Puts: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
 			Call{Kind: Get, Keys: []string{"k"}, Outcome: OK, Version: 1, Values: map[string]string{"k": "z"}},
 		),
 		"a batch applied after a later batch of its device": seq(
-			Call{Kind: Sync, Device: "d1", Batch: 1, Puts: put("k", "1"), Outcome: Unknown},
-			Call{Kind: Sync, Device: "d1", Batch: 2, Puts: put("j", "2"), Outcome: OK, Version: 1},
+			Call{Kind: Sync, Device: "d1", Batch: 1, Ops: put("k", "1"), Outcome: Unknown},
+			Call{Kind: Sync, Device: "d1", Batch: 2, Ops: put("j", "2"), Outcome: OK, Version: 1},
 			Call{Kind: Get, Keys: []string{"k"}, Outcome: OK, Version: 2, Values: map[string]string{"k": "1"}},
 		),
 		"an unanswered commit applied after its expected version passed": seq(
-			Call{Kind: Commit, Expect: true, Expected: 0, Puts: put("k", "c"), Outcome: Unknown},
-			Call{Kind: Sync, Device: "d1", Batch: 1, Puts: put("j", "1"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Expect: true, Expected: 0, Ops: put("k", "c"), Outcome: Unknown},
+			Call{Kind: Sync, Device: "d1", Batch: 1, Ops: put("j", "1"), Outcome: OK, Version: 1},
 			Call{Kind: Get, Keys: []string{"k"}, Outcome: OK, Version: 2, Values: map[string]string{"k": "c"}},
 		),
+		"list ops on both sides answered as a conflict": seq(
+			Call{Kind: Sync, Device: "d1", Batch: 1, Ops: add("l", "a"), Outcome: OK, Version: 1},
+			Call{Kind: Sync, Device: "d2", Batch: 1, Ops: add("l", "b"), Outcome: Conflict, Version: 1},
+		),
+		"a list op accepted over a DELETE after its base": seq(
+			Call{Kind: Sync, Device: "d1", Batch: 1, Ops: add("l", "a"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Ops: del("l"), Outcome: OK, Version: 2},
+			Call{Kind: Sync, Device: "d2", Batch: 1, Base: 1, Ops: add("l", "b"), Outcome: OK, Version: 3},
+		),
+		"a DELETE accepted over a list op after its base": seq(
+			Call{Kind: Sync, Device: "d1", Batch: 1, Ops: add("l", "a"), Outcome: OK, Version: 1},
+			Call{Kind: Sync, Device: "d2", Batch: 1, Ops: del("l"), Outcome: OK, Version: 2},
+		),
+		"a list read out of order": seq(
+			Call{Kind: Commit, Ops: append(add("l", "a"), add("l", "b")...), Outcome: OK, Version: 1},
+			Call{Kind: Get, Keys: []string{"l"}, Outcome: OK, Version: 1, Values: map[string]string{"l": "[b a]"}},
+		),
+		"a deleted key read": seq(
+			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Ops: del("k"), Outcome: OK, Version: 2},
+			Call{Kind: Get, Keys: []string{"k"}, Outcome: OK, Version: 2, Values: map[string]string{"k": "b"}},
+		),
+		"a list op on a scalar accepted": seq(
+			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Ops: add("k", "x"), Outcome: OK, Version: 2},
+		),
 		"a lost acknowledged write": seq(
-			Call{Kind: Sync, Device: "d1", Batch: 1, Puts: put("k", "1"), Outcome: OK, Version: 1},
+			Call{Kind: Sync, Device: "d1", Batch: 1, Ops: put("k", "1"), Outcome: OK, Version: 1},
 			Call{Kind: Get, Keys: []string{"k"}, Outcome: OK, Version: 0},
 		),
 	} {
@@ -96,15 +138,15 @@ func TestEffectEnd(t *testing.T) {
 	t.Parallel()
 	const never = int64(1<<63 - 1)
 	h := seq(
-		Call{Kind: Sync, Device: "d1", Batch: 4, Puts: put("k", "1"), Outcome: Unknown},              // 0-1
-		Call{Kind: Sync, Device: "d2", Batch: 9, Puts: put("k", "2"), Outcome: OK, Version: 1},       // 2-3
-		Call{Kind: Sync, Device: "d1", Batch: 3, Puts: put("k", "3"), Outcome: OK, Version: 2},       // 4-5
-		Call{Kind: Sync, Device: "d1", Batch: 4, Puts: put("k", "1"), Outcome: OK, Version: 3},       // 6-7
-		Call{Kind: Commit, Expect: true, Expected: 3, Puts: put("j", "1"), Outcome: Unknown},         // 8-9
-		Call{Kind: Get, Keys: []string{"j"}, Outcome: OK, Version: 3},                                // 10-11
-		Call{Kind: Commit, Puts: put("j", "2"), Outcome: Stale},                                      // 12-13
-		Call{Kind: Sync, Device: "d3", Batch: 1, Puts: put("j", "3"), Outcome: Conflict, Version: 4}, // 14-15
-		Call{Kind: Commit, Puts: put("j", "4"), Outcome: Unknown},                                    // 16-17
+		Call{Kind: Sync, Device: "d1", Batch: 4, Ops: put("k", "1"), Outcome: Unknown},              // 0-1
+		Call{Kind: Sync, Device: "d2", Batch: 9, Ops: put("k", "2"), Outcome: OK, Version: 1},       // 2-3
+		Call{Kind: Sync, Device: "d1", Batch: 3, Ops: put("k", "3"), Outcome: OK, Version: 2},       // 4-5
+		Call{Kind: Sync, Device: "d1", Batch: 4, Ops: put("k", "1"), Outcome: OK, Version: 3},       // 6-7
+		Call{Kind: Commit, Expect: true, Expected: 3, Ops: put("j", "1"), Outcome: Unknown},         // 8-9
+		Call{Kind: Get, Keys: []string{"j"}, Outcome: OK, Version: 3},                               // 10-11
+		Call{Kind: Commit, Ops: put("j", "2"), Outcome: Stale},                                      // 12-13
+		Call{Kind: Sync, Device: "d3", Batch: 1, Ops: put("j", "3"), Outcome: Conflict, Version: 4}, // 14-15
+		Call{Kind: Commit, Ops: put("j", "4"), Outcome: Unknown},                                    // 16-17
 	)
 	for i, want := range map[int]int64{
 		0: 7,     // d1's batch 4 accepted by its retry; d2's and d1's earlier batch do not rule it out
