@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,7 +11,6 @@ import (
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/internal/pgtest"
 	"github.com/dalvdb/dalv/internal/proc"
-	"github.com/dalvdb/dalv/internal/wait"
 )
 
 // TestPostgresFailover runs two nodes on a Patroni pair (a primary and a
@@ -29,7 +26,11 @@ func TestPostgresFailover(t *testing.T) {
 	nodes, _ := pgNodes(t, cluster.URL, 2, "--heartbeat", "2s")
 	const devices, batches = 6, 100
 
-	feed := followFeed(t, nodes[1])
+	feed := &feedReader{}
+	feedCtx, stopFeed := context.WithCancel(context.Background())
+	feedDone := make(chan struct{})
+	go func() { defer close(feedDone); feed.follow(feedCtx, nodes[1], "start") }()
+	defer func() { stopFeed(); <-feedDone }()
 	commits := backendCommits(t, nodes[0], "backend0")
 	codes := pgLoadWithFault(t, nodes, devices, batches, 1, func() { cluster.KillPrimary(t) })
 	if codes["unavailable"] == 0 {
@@ -46,29 +47,30 @@ func TestPostgresFailover(t *testing.T) {
 		t.Errorf("commit expecting version %d after %d acknowledged commits: %v", committed, committed, err)
 	}
 
-	want := map[string]uint64{"backend0": committed}
+	// The partitions' versions: each device's batches, each backend commit,
+	// and the one write after the faults to each of user0 and backend0.
+	want := map[string]uint64{"user:backend0": committed + 1}
 	for d := range devices {
-		want[fmt.Sprintf("user%d", d)] = batches
+		want[fmt.Sprintf("user:user%d", d)] = batches
 	}
-	wait.ForEvery(t, 60*time.Second, 10*time.Millisecond, func() error {
-		for user, v := range want {
-			if n := feed.last(user); n < v {
-				return fmt.Errorf("%s is at version %d on the feed, want %d", user, n, v)
-			}
-		}
-		return nil
-	})
-	feed.stop()
-	for user := range want {
-		got := feed.versions(user)
-		for i, v := range got {
-			if v != uint64(i+1) {
-				t.Errorf("%s's versions on the feed %v: want 1, 2, 3, ... each once", user, got)
-				break
-			}
+	want["user:user0"]++
+	feedUpTo(t, feed, map[string]uint64{}, want)
+	events, breaks := feed.snapshot()
+	if err := checkFeed(events, map[string]uint64{}, want); err != nil {
+		t.Error(err)
+	}
+	// In order with none skipped, and each once: the cursor resumed after
+	// the last event it was given, across the failover too.
+	count := map[string]uint64{}
+	for _, ev := range events {
+		count[ev.part]++
+	}
+	for part, v := range want {
+		if count[part] != v {
+			t.Errorf("%s: the feed carried %d events for its %d versions", part, count[part], v)
 		}
 	}
-	t.Logf("feed resumed %d times", feed.resumes())
+	t.Logf("feed resumed %d times", breaks)
 }
 
 // backendCommits has a backend commit to user's partition through srv,
@@ -115,79 +117,4 @@ func backendCommits(t *testing.T, srv *proc.Server, user string) func() uint64 {
 		close(stop)
 		return <-done
 	}
-}
-
-// feedFollower follows a node's feed as a backend does: from the start,
-// and after a broken stream from the last cursor it was given.
-type feedFollower struct {
-	mu      sync.Mutex
-	seen    map[string][]uint64
-	resumed int
-	cancel  context.CancelFunc
-	done    chan struct{}
-}
-
-// followFeed starts following srv's feed; stop ends it.
-func followFeed(t *testing.T, srv *proc.Server) *feedFollower {
-	t.Helper()
-	c := backendClient(t, srv)
-	ctx, cancel := context.WithCancel(context.Background())
-	f := &feedFollower{seen: make(map[string][]uint64), cancel: cancel, done: make(chan struct{})}
-	t.Cleanup(f.stop)
-	go func() {
-		defer close(f.done)
-		cursor := "start"
-		for ctx.Err() == nil {
-			s, err := c.Watch(ctx, pgBearer(connect.NewRequest(&dalvv1.BackendServiceWatchRequest{Cursor: cursor}), testBackendKey))
-			if err == nil {
-				for s.Receive() {
-					ev := s.Msg()
-					if ev.GetCursor() != "" {
-						cursor = ev.GetCursor()
-					}
-					if ev.GetHeartbeat() {
-						continue
-					}
-					f.mu.Lock()
-					f.seen[ev.GetUser()] = append(f.seen[ev.GetUser()], ev.GetVersion())
-					f.mu.Unlock()
-				}
-				s.Close()
-			}
-			if ctx.Err() != nil {
-				return
-			}
-			f.mu.Lock()
-			f.resumed++
-			f.mu.Unlock()
-			time.Sleep(50 * time.Millisecond) // a backend's reconnect back-off, not a wait for an event
-		}
-	}()
-	return f
-}
-
-// last returns the highest version of user's the feed has carried.
-func (f *feedFollower) last(user string) uint64 {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Max(append([]uint64{0}, f.seen[user]...))
-}
-
-// versions returns user's versions in the order the feed carried them.
-func (f *feedFollower) versions(user string) []uint64 {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.seen[user])
-}
-
-// resumes returns how many times the stream broke and was resumed.
-func (f *feedFollower) resumes() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.resumed
-}
-
-func (f *feedFollower) stop() {
-	f.cancel()
-	<-f.done
 }

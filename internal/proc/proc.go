@@ -174,9 +174,16 @@ func (s *Server) Stop(timeout time.Duration) error {
 	case <-s.done:
 		return s.err
 	case <-time.After(timeout):
-		_ = s.Kill()
-		return fmt.Errorf("dalv serve did not stop within %v of SIGTERM", timeout)
 	}
+	// SIGQUIT makes the Go runtime print every goroutine's stack to
+	// stderr before it exits, so the log shows what held the process.
+	_ = s.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-s.done:
+	case <-time.After(5 * time.Second):
+		_ = s.Kill()
+	}
+	return fmt.Errorf("dalv serve did not stop within %v of SIGTERM (its goroutines' stacks, from SIGQUIT, end its log)", timeout)
 }
 
 // Kill sends SIGKILL and waits for the process to be gone.
