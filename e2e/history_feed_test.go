@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -179,4 +180,118 @@ func finalVersions(t *testing.T, srv *proc.Server, users []string) map[string]ui
 		})
 	}
 	return final
+}
+
+// watchReader follows one user's partition with a device's Watch, as a
+// device does: it exposes the state a catch-up builds only once the
+// catch-up is whole (more unset), and when the stream breaks it watches
+// again from the last version it exposed. It keeps the partition's keys as
+// the events leave them, rendered as the history model shows values.
+type watchReader struct {
+	mu      sync.Mutex
+	version uint64            // the last version exposed
+	state   map[string]string // the keys at version
+	events  int
+	breaks  int
+	err     error // the first event that could not follow the one before
+	lastErr error // what ended the last stream
+}
+
+// follow watches through c as device until ctx ends.
+func (w *watchReader) follow(ctx context.Context, c dalvv1connect.ClientServiceClient, device string) {
+	var backoff time.Duration
+	for ctx.Err() == nil {
+		w.mu.Lock()
+		from := w.version
+		w.mu.Unlock()
+		st, err := c.Watch(ctx, connect.NewRequest(&dalvv1.WatchRequest{DeviceId: device, FromVersion: from}))
+		if err == nil {
+			var next map[string]string // a catch-up's state until it is whole
+			for st.Receive() {
+				if ev := st.Msg(); !ev.GetHeartbeat() {
+					next = w.apply(ev, next)
+					backoff = 0
+				}
+			}
+			err = st.Err()
+			st.Close()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		w.mu.Lock()
+		w.lastErr = err
+		w.breaks++
+		w.mu.Unlock()
+		backoff = retryAfter(backoff)
+		time.Sleep(backoff) // a device backs off before it watches again
+	}
+}
+
+// apply takes one event into next, the state being built (nil when none
+// is), and exposes it when the event ends a catch-up; it returns what is
+// being built after the event.
+func (w *watchReader) apply(ev *dalvv1.WatchEvent, next map[string]string) map[string]string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.events++
+	if next == nil {
+		next = maps.Clone(w.state)
+		if next == nil {
+			next = map[string]string{}
+		}
+	}
+	if ev.GetReset_() {
+		next = map[string]string{}
+	}
+	for _, c := range ev.GetChanges() {
+		if c.GetDeleted() || c.GetValue() == nil {
+			delete(next, c.GetKey())
+		} else {
+			next[c.GetKey()] = historyValue(c.GetValue())
+		}
+	}
+	if ev.GetMore() {
+		return next
+	}
+	if v := ev.GetVersion(); w.err == nil && (v < w.version || v == w.version && len(ev.GetChanges()) > 0) {
+		w.err = fmt.Errorf("event %d: version %d with %d changes after version %d", w.events, v, len(ev.GetChanges()), w.version)
+	}
+	w.version, w.state = ev.GetVersion(), next
+	return nil
+}
+
+// checkWatch waits until w has exposed version and checks what it holds
+// then against the partition's keys, read through srv.
+func checkWatch(t *testing.T, w *watchReader, srv *proc.Server, user string, version uint64) {
+	t.Helper()
+	wait.For(t, time.Minute, func() error {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.err != nil || w.version >= version {
+			return nil
+		}
+		return fmt.Errorf("%s's watch is at version %d of %d (resumed %d times, last after %v)", user, w.version, version, w.breaks, w.lastErr)
+	})
+	keys := append(slices.Clone(historyKeys), historyLists...)
+	resp, err := backendClient(t, srv).Get(ctx(t), connect.NewRequest(&dalvv1.GetRequest{User: user, Keys: keys}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{}
+	for _, it := range resp.Msg.GetItems() {
+		if !it.GetDeleted() && it.GetValue() != nil {
+			want[it.GetKey()] = historyValue(it.GetValue())
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case w.err != nil:
+		t.Errorf("%s's watch (resumed %d times): %v", user, w.breaks, w.err)
+	case w.version != version || resp.Msg.GetVersion() != version:
+		t.Errorf("%s's watch is at version %d, the partition at %d, want %d", user, w.version, resp.Msg.GetVersion(), version)
+	case !maps.Equal(w.state, want):
+		t.Errorf("%s's watch (resumed %d times) holds %v at version %d, the partition %v", user, w.breaks, w.state, version, want)
+	}
 }

@@ -111,10 +111,24 @@ func checkHistory(t *testing.T, nodes []*proc.Server, faults func(pause func(tim
 	rec := hist.NewRecorder()
 	live := &feedReader{}
 	feedCtx, stopFeed := context.WithCancel(context.Background())
-	feedDone := make(chan struct{})
-	go func() { defer close(feedDone); live.follow(feedCtx, nodes[0], "start") }()
-	defer func() { stopFeed(); <-feedDone }()
+	feedDone := make(chan struct{}, 1+users) // the feed reader's and the watches'
+	go func() { defer func() { feedDone <- struct{}{} }(); live.follow(feedCtx, nodes[0], "start") }()
+	defer func() {
+		stopFeed()
+		for range 1 + users {
+			<-feedDone
+		}
+	}()
 	deadline := time.Now().Add(run)
+	// A device of each user watches its partition on another node than
+	// the user's first device.
+	watches := make([]*watchReader, users)
+	for u := range watches {
+		w, srv := &watchReader{}, nodes[(u+1)%len(nodes)]
+		watches[u] = w
+		dc := deviceClient(t, srv, fmt.Sprintf("hist%d", u))
+		go func() { defer func() { feedDone <- struct{}{} }(); w.follow(feedCtx, dc, "watcher") }()
+	}
 	var wg sync.WaitGroup
 	client := 0
 	for u := range users {
@@ -152,8 +166,18 @@ func checkHistory(t *testing.T, nodes []*proc.Server, faults func(pause func(tim
 	for u := range users {
 		names = append(names, fmt.Sprintf("hist%d", u))
 	}
-	feed := checkFeeds(t, nodes, live, finalVersions(t, nodes[len(nodes)-1], names))
+	final := finalVersions(t, nodes[len(nodes)-1], names)
+	feed := checkFeeds(t, nodes, live, final)
 	t.Log(feed)
+	events, breaks := 0, 0
+	for u, w := range watches {
+		user := fmt.Sprintf("hist%d", u)
+		checkWatch(t, w, nodes[len(nodes)-1], user, final["user:"+user])
+		w.mu.Lock()
+		events, breaks = events+w.events, breaks+w.breaks
+		w.mu.Unlock()
+	}
+	t.Logf("watches: %d devices' watches took %d events (resumed %d times) to each partition's final keys", len(watches), events, breaks)
 	checkStart := time.Now()
 	r := hist.Check(rec.Calls(), time.Minute)
 	t.Logf("history: %d calls (%d of unknown outcome) on %d partitions, %d nodes, %s, checked in %v; seed %d",
