@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -180,8 +181,8 @@ func checkHistory(t *testing.T, nodes []*proc.Server, faults func(pause func(tim
 	t.Logf("watches: %d devices' watches took %d events (resumed %d times) to each partition's final keys", len(watches), events, breaks)
 	checkStart := time.Now()
 	r := hist.Check(rec.Calls(), time.Minute)
-	t.Logf("history: %d calls (%d of unknown outcome) on %d partitions, %d nodes, %s, checked in %v; seed %d",
-		r.Calls, r.Unknown, r.Partitions, len(nodes), injected, time.Since(checkStart).Round(time.Millisecond), seed)
+	t.Logf("history: %d calls (%d of unknown outcome, %d of them open to the end) on %d partitions, %d nodes, %s, checked in %v; seed %d",
+		r.Calls, r.Unknown, r.Open, r.Partitions, len(nodes), injected, time.Since(checkStart).Round(time.Millisecond), seed)
 	if !r.OK() {
 		path := filepath.Join(t.TempDir(), "hist.html")
 		if err := porcupine.VisualizePath(hist.Model(), r.Info, path); err == nil {
@@ -291,16 +292,19 @@ func outcome(t *testing.T, err error, expected ...connect.Code) (hist.Outcome, b
 	return hist.Unknown, false
 }
 
-// historyDevice syncs batches of PUTs until the deadline: after a conflict
+// historyDevice syncs batches of ops until the deadline: after a conflict
 // it sends the batch again from the new base (keeping its own values), and
-// after an unknown outcome it sends the same batch again, as a device does.
+// after an unknown outcome it sends the same batch again, as a device does,
+// past the deadline too until it is accepted (a batch refused for a
+// conflict may still apply from an earlier send that got no answer).
 func historyDevice(t *testing.T, rec *hist.Recorder, dc interface {
 	Sync(context.Context, *connect.Request[dalvv1.SyncRequest]) (*connect.Response[dalvv1.SyncResponse], error)
 }, client int, user, device string, rng *rand.Rand, deadline time.Time, cut bool) {
 	var base, batch uint64
 	var puts []hist.Op
 	var backoff time.Duration
-	for time.Now().Before(deadline) {
+	unsettled := false // the batch got no answer once and is not accepted yet
+	for time.Now().Before(deadline) || unsettled && time.Now().Before(deadline.Add(settleTime)) {
 		if puts == nil {
 			batch++
 			puts = historyOps(rng, fmt.Sprintf("%s#%d", device, batch))
@@ -324,15 +328,20 @@ func historyDevice(t *testing.T, rec *hist.Recorder, dc interface {
 		rec.End(client, start, c)
 		switch c.Outcome {
 		case hist.OK:
-			base, puts, backoff = c.Version, nil, 0
+			base, puts, backoff, unsettled = c.Version, nil, 0, false
 		case hist.Conflict:
 			base, backoff = c.Version, 0
 		case hist.Unknown:
+			unsettled = true
 			backoff = retryAfter(backoff)
 			time.Sleep(backoff) // a device backs off while the server does not answer
 		}
 	}
 }
+
+// settleTime is how long after the run a client goes on sending a call
+// that got no answer, so that its outcome is settled by an answer.
+const settleTime = 30 * time.Second
 
 // retryAfter is a client's next wait after a call that got no answer,
 // given its last one: from 20 ms, doubling, up to 500 ms.
@@ -340,19 +349,25 @@ func retryAfter(last time.Duration) time.Duration {
 	return min(max(2*last, 20*time.Millisecond), 500*time.Millisecond)
 }
 
-// historyBackend commits PUTs, half of them at the version it last saw, and
-// reads the keys, over every user's partition.
+// historyBackend commits ops, half of them at the version it last saw and
+// most under an idempotency key (such a commit that got no answer is sent
+// again until it gets one), and reads the keys, over every user's
+// partition.
 func historyBackend(t *testing.T, rec *hist.Recorder, bc interface {
 	Commit(context.Context, *connect.Request[dalvv1.CommitRequest]) (*connect.Response[dalvv1.CommitResponse], error)
 	Get(context.Context, *connect.Request[dalvv1.GetRequest]) (*connect.Response[dalvv1.GetResponse], error)
 }, client, users int, rng *rand.Rand, deadline time.Time, cut bool) {
 	seen := map[string]uint64{}
 	var backoff time.Duration
-	for n := 0; time.Now().Before(deadline); n++ {
+	var resend *hist.Call // a commit under a key that got no answer
+	for n := 0; time.Now().Before(deadline) || resend != nil && time.Now().Before(deadline.Add(settleTime)); n++ {
 		user := fmt.Sprintf("hist%d", rng.IntN(users))
+		if resend != nil {
+			user = strings.TrimPrefix(resend.Partition, "u:")
+		}
 		cctx, cancel := callCtx(rng, cut)
 		start := rec.Begin()
-		if rng.IntN(2) == 0 {
+		if resend == nil && rng.IntN(2) == 0 {
 			keys := append(slices.Clone(historyKeys), historyLists...)
 			c := hist.Call{Partition: "u:" + user, Kind: hist.Get, Keys: keys, Values: map[string]string{}}
 			resp, err := bc.Get(cctx, connect.NewRequest(&dalvv1.GetRequest{User: user, Keys: keys}))
@@ -379,11 +394,25 @@ func historyBackend(t *testing.T, rec *hist.Recorder, bc interface {
 			backoff = 0
 			continue
 		}
-		o := historyOps(rng, fmt.Sprintf("backend%d#%d", client, n))
-		req := &dalvv1.CommitRequest{User: user, Ops: wireOps(o)}
-		c := hist.Call{Partition: "u:" + user, Kind: hist.Commit, Ops: o}
-		if rng.IntN(2) == 0 {
-			c.Expect, c.Expected = true, seen[user]
+		var c hist.Call
+		if resend != nil {
+			c = *resend
+		} else {
+			label := fmt.Sprintf("backend%d#%d", client, n)
+			c = hist.Call{Partition: "u:" + user, Kind: hist.Commit, Ops: historyOps(rng, label)}
+			if rng.IntN(2) == 0 {
+				c.Expect, c.Expected = true, seen[user]
+			}
+			// A commit with neither an expected version nor a key that
+			// gets no answer may apply at any later time, and each one
+			// widens the checker's search: under injected faults, which
+			// leave many calls unanswered, every such commit has a key.
+			if rng.IntN(2) == 0 || !c.Expect && (!cut || rng.IntN(2) == 0) {
+				c.Key = label
+			}
+		}
+		req := &dalvv1.CommitRequest{User: user, Ops: wireOps(c.Ops), IdempotencyKey: c.Key}
+		if c.Expect {
 			req.ExpectedVersion = &c.Expected
 		}
 		resp, err := bc.Commit(cctx, connect.NewRequest(req))
@@ -397,6 +426,10 @@ func historyBackend(t *testing.T, rec *hist.Recorder, bc interface {
 			seen[user] = c.Version
 		}
 		rec.End(client, start, c)
+		resend = nil
+		if c.Outcome == hist.Unknown && c.Key != "" {
+			resend = &c // sent again under its key until it is answered
+		}
 		if c.Outcome == hist.Unknown {
 			backoff = retryAfter(backoff)
 			time.Sleep(backoff)

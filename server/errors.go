@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 
 	"connectrpc.com/connect"
 
@@ -78,4 +80,26 @@ func (s *Server) toConnect(procedure string, err error) error {
 	}
 	s.log.Error("internal error", "procedure", procedure, "err", err)
 	return connect.NewError(connect.CodeInternal, errors.New("internal error; the server log has the details"))
+}
+
+// cutRequest answers a streaming call whose request message was cut short
+// (the body ended inside its envelope) with invalid_argument: connect-go
+// reports it as internal, which would blame the server for a client's bad
+// input.
+type cutRequest struct{}
+
+func (cutRequest) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc { return next }
+
+func (cutRequest) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (cutRequest) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		err := next(ctx, conn)
+		if connect.CodeOf(err) == connect.CodeInternal && errors.Is(err, io.ErrUnexpectedEOF) {
+			return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("the request ended inside its message: %w", err))
+		}
+		return err
+	}
 }

@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -19,21 +22,42 @@ import (
 // fuzzContentTypes are the Content-Types FuzzHandler sends a body as.
 var fuzzContentTypes = []string{"application/json", "application/proto", "application/json; charset=utf-8"}
 
-// unaryProcedures lists the paths of the unary procedures of the two
-// services, in a stable order.
-func unaryProcedures() []string {
+// procedures lists the paths of the unary procedures of the two services,
+// or with streaming their server-streaming ones, in a stable order.
+func procedures(streaming bool) []string {
 	var procs []string
 	services := dalvv1.File_dalv_v1_dalv_proto.Services()
 	for i := range services.Len() {
 		sd := services.Get(i)
 		for j := range sd.Methods().Len() {
-			if md := sd.Methods().Get(j); !md.IsStreamingServer() && !md.IsStreamingClient() {
+			if md := sd.Methods().Get(j); md.IsStreamingServer() == streaming && !md.IsStreamingClient() {
 				procs = append(procs, "/"+string(sd.FullName())+"/"+string(md.Name()))
 			}
 		}
 	}
 	slices.Sort(procs)
 	return procs
+}
+
+// authorize sets the Authorization header a request to path needs: a
+// device token for the client service, the backend key otherwise.
+func authorize(req *http.Request, path, deviceAuth string) {
+	if strings.HasPrefix(path, "/"+dalvv1connect.ClientServiceName+"/") {
+		req.Header.Set("Authorization", deviceAuth)
+	} else {
+		req.Header.Set("Authorization", "Bearer "+testKey)
+	}
+}
+
+// badInputAnswer fails t unless code and message are a Connect error that
+// names bad input: a known code other than internal or unknown, and a
+// message.
+func badInputAnswer(t *testing.T, path, code, message string, body []byte) {
+	t.Helper()
+	var c connect.Code
+	if err := c.UnmarshalText([]byte(code)); err != nil || c == connect.CodeInternal || c == connect.CodeUnknown || message == "" {
+		t.Fatalf("%s answered %s %q for body %q", path, code, message, body)
+	}
 }
 
 // FuzzHandler sends arbitrary bytes as the body of each unary procedure,
@@ -55,7 +79,7 @@ func FuzzHandler(f *testing.F) {
 		f.Fatal(err)
 	}
 	h := s.Handler()
-	procs := unaryProcedures()
+	procs := procedures(false)
 	deviceAuth := "Bearer " + token(f, "fuzz")
 	f.Add(uint8(0), uint8(0), false, []byte(`{}`))
 	f.Fuzz(func(t *testing.T, proc, ct uint8, gz bool, body []byte) {
@@ -75,11 +99,7 @@ func FuzzHandler(f *testing.F) {
 			req.Header.Set("Content-Type", fuzzContentTypes[int(ct)%len(fuzzContentTypes)])
 			req.Header.Set("Content-Encoding", "gzip")
 		}
-		if bytes.HasPrefix([]byte(path), []byte("/"+dalvv1connect.ClientServiceName+"/")) {
-			req.Header.Set("Authorization", deviceAuth)
-		} else {
-			req.Header.Set("Authorization", "Bearer "+testKey)
-		}
+		authorize(req, path, deviceAuth)
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 		if rec.Code == http.StatusOK {
@@ -89,10 +109,7 @@ func FuzzHandler(f *testing.F) {
 		if err := json.Unmarshal(rec.Body.Bytes(), &answer); err != nil {
 			t.Fatalf("%s answered %d with a body that is not a Connect error: %q", path, rec.Code, rec.Body.Bytes())
 		}
-		var code connect.Code
-		if err := code.UnmarshalText([]byte(answer.Code)); err != nil || code == connect.CodeInternal || code == connect.CodeUnknown || answer.Message == "" {
-			t.Fatalf("%s answered %d %s %q for body %q", path, rec.Code, answer.Code, answer.Message, body)
-		}
+		badInputAnswer(t, path, answer.Code, answer.Message, body)
 		_, after, err := cfg.Store.FeedBounds(context.Background())
 		if err != nil {
 			t.Fatal(err)
@@ -100,5 +117,81 @@ func FuzzHandler(f *testing.F) {
 		if after != last {
 			t.Fatalf("%s answered %s %q but committed (feed %x -> %x)", path, answer.Code, answer.Message, last, after)
 		}
+	})
+}
+
+// FuzzStream sends arbitrary bytes to each server-streaming procedure (the
+// device and backend watches) through the server's whole handler, as one
+// Connect envelope or, with raw, as the body itself. Each stream is given a
+// few milliseconds and then cancelled, as a client that goes away. Every
+// stream ends with an end-of-stream message; its error, when it has one, is
+// the cancellation or names bad input (never internal or unknown) with a
+// message. Run it with
+//
+//	go test -run '^$' -fuzz '^FuzzStream$' -fuzztime 60s ./server/
+func FuzzStream(f *testing.F) {
+	cfg := testConfig(f)
+	cfg.RateLimit = -1
+	cfg.Shared = []SharedPartition{{Name: "catalog"}}
+	s, err := New(cfg)
+	if err != nil {
+		f.Fatal(err)
+	}
+	h := s.Handler()
+	procs := procedures(true)
+	deviceAuth := "Bearer " + token(f, "fuzz")
+	for i := range procs {
+		f.Add(uint8(i), false, false, []byte(`{}`))
+		f.Add(uint8(i), false, false, []byte(`{"deviceId":"d","fromVersion":"1","prefixes":["a/"]}`))
+		f.Add(uint8(i), true, false, []byte(`{"cursor":"start","prefixes":["a/"]}`))
+		f.Add(uint8(i), false, true, []byte{0, 0, 0, 0, 1})
+	}
+	f.Fuzz(func(t *testing.T, proc uint8, asProto, raw bool, body []byte) {
+		path := procs[int(proc)%len(procs)]
+		ct := "application/connect+json"
+		if asProto {
+			ct = "application/connect+proto"
+		}
+		in := body
+		if !raw {
+			in = binary.BigEndian.AppendUint32([]byte{0}, uint32(len(body)))
+			in = append(in, body...)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		defer cancel()
+		req := httptest.NewRequestWithContext(ctx, http.MethodPost, path, bytes.NewReader(in))
+		req.Header.Set("Content-Type", ct)
+		authorize(req, path, deviceAuth)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			t.Fatalf("%s answered HTTP %d for body %q: a Connect stream answers 200 and ends with its error", path, rec.Code, body)
+		}
+		out := rec.Body.Bytes()
+		for len(out) >= 5 {
+			flags, n := out[0], binary.BigEndian.Uint32(out[1:5])
+			if uint32(len(out)-5) < n {
+				break
+			}
+			msg := out[5 : 5+n]
+			out = out[5+n:]
+			if flags&2 == 0 {
+				continue
+			}
+			var end struct {
+				Error *struct{ Code, Message string }
+			}
+			if err := json.Unmarshal(msg, &end); err != nil {
+				t.Fatalf("%s ended its stream with %q, not a Connect end-of-stream message", path, msg)
+			}
+			if end.Error != nil && end.Error.Code != "canceled" && end.Error.Code != "deadline_exceeded" {
+				badInputAnswer(t, path, end.Error.Code, end.Error.Message, body)
+			}
+			if len(out) != 0 {
+				t.Fatalf("%s sent %d bytes after its end-of-stream message", path, len(out))
+			}
+			return
+		}
+		t.Fatalf("%s's stream for body %q has no end-of-stream message (it left %q)", path, body, out)
 	})
 }

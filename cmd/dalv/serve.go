@@ -137,7 +137,7 @@ With --tls-cert and --tls-key it serves HTTPS (HTTP/2 and HTTP/1.1, TLS
 	return cmd
 }
 
-func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
+func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) (err error) {
 	if err := f.validate(); err != nil {
 		return err
 	}
@@ -191,8 +191,11 @@ func runServe(ctx context.Context, cmd *cobra.Command, f serveFlags) error {
 		return err
 	}
 	defer func() {
-		if err := st.Close(); err != nil {
-			log.Error("close store", "err", err)
+		// A store that does not close cleanly fails the exit, so an
+		// operator or a test sees it.
+		if cerr := st.Close(); cerr != nil {
+			log.Error("close store", "err", cerr)
+			err = errors.Join(err, cerr)
 		}
 	}()
 

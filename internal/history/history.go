@@ -64,6 +64,10 @@ type Call struct {
 	// Expect says a commit has an expected version, Expected.
 	Expect   bool
 	Expected uint64
+	// Key is a commit's idempotency key (empty for none): once a commit
+	// under it applied, one under it again applies nothing and is answered
+	// with the first one's version.
+	Key string
 	// Ops are what a sync or commit asks, in order; Keys are the keys a get
 	// reads.
 	Ops  []Op
@@ -156,8 +160,10 @@ func (r *Recorder) Calls() []Call {
 type Result struct {
 	// Calls and Partitions count what was checked.
 	Calls, Partitions int
-	// Unknown counts the calls whose outcome was not known.
-	Unknown int
+	// Unknown counts the calls whose outcome was not known, and Open
+	// those of them no later answer ruled out: they may take effect up to
+	// the end of the history, and each widens the search.
+	Unknown, Open int
 	// Failed names the partitions whose history is not linearizable, with
 	// their calls in order of start, each on a line.
 	Failed map[string]string
@@ -185,7 +191,11 @@ func Check(calls []Call, timeout time.Duration) Result {
 					continue // a read that was not answered says nothing
 				}
 			}
-			ops = append(ops, porcupine.Operation{ClientId: c.client, Input: c, Call: c.start, Output: c, Return: effectEnd(c, pc)})
+			end := effectEnd(c, pc)
+			if end == never {
+				res.Open++
+			}
+			ops = append(ops, porcupine.Operation{ClientId: c.client, Input: c, Call: c.start, Output: c, Return: end})
 		}
 	}
 	res.Partitions = len(parts)
@@ -221,7 +231,10 @@ func Check(calls []Call, timeout time.Duration) Result {
 //     batch at or past b was accepted (a device's batch applies once, and
 //     in order);
 //   - a commit expecting version v, once any call was answered with a
-//     version past v (versions only grow).
+//     version past v (versions only grow);
+//   - a commit under an idempotency key, once one under the same key was
+//     answered: applied, it was the one to apply; refused as stale, the
+//     version has passed the one it expects.
 //
 // This changes no verdict: an unanswered call may also do nothing in any
 // state, so a history that needs it to do nothing after that answer needs
@@ -230,25 +243,30 @@ func effectEnd(c Call, pc []Call) int64 {
 	if c.Outcome != Unknown {
 		return c.end
 	}
-	end := int64(1<<63 - 1)
+	end := never
 	for _, o := range pc {
 		if o.Outcome == Unknown || o.end >= end {
 			continue
 		}
 		switch {
 		case c.Kind == Sync && o.Kind == Sync && o.Device == c.Device && o.Outcome == OK && o.Batch >= c.Batch,
-			c.Kind == Commit && c.Expect && (o.Outcome == OK || o.Outcome == Conflict) && o.Version > c.Expected:
+			c.Kind == Commit && c.Expect && (o.Outcome == OK || o.Outcome == Conflict) && o.Version > c.Expected,
+			c.Kind == Commit && c.Key != "" && o.Kind == Commit && o.Key == c.Key && (o.Outcome == OK || o.Outcome == Stale):
 			end = o.end
 		}
 	}
 	return max(end, c.start)
 }
 
+// never is the end of a call that may take effect at any time.
+const never = int64(1<<63 - 1)
+
 // state is a partition as the model sees it.
 type state struct {
 	version uint64
 	keys    map[string]entry        // the keys written, tombstones too
 	batches map[string]batchApplied // by device
+	applied map[string]uint64       // commits' idempotency keys, with their versions
 }
 
 // entry is a key as the store holds it: its value, the version that last
@@ -291,7 +309,7 @@ func (s state) conflicts(ops []Op, base uint64) bool {
 // device's batch when device is set, or false when an op is refused (a list
 // op on a scalar).
 func (s state) with(ops []Op, device string, batch uint64) (state, bool) {
-	n := state{version: s.version + 1, keys: maps.Clone(s.keys), batches: s.batches}
+	n := state{version: s.version + 1, keys: maps.Clone(s.keys), batches: s.batches, applied: s.applied}
 	for _, op := range ops {
 		e := n.keys[op.Key]
 		changed := true
@@ -346,6 +364,9 @@ func (s state) String() string {
 	for _, d := range slices.Sorted(maps.Keys(s.batches)) {
 		fmt.Fprintf(&b, " %s#%d@%d", d, s.batches[d].batch, s.batches[d].version)
 	}
+	for _, k := range slices.Sorted(maps.Keys(s.applied)) {
+		fmt.Fprintf(&b, " key %s@%d", k, s.applied[k])
+	}
 	return b.String()
 }
 
@@ -369,6 +390,14 @@ func step(s state, c Call) []state {
 		}
 		return []state{s}
 	case Commit:
+		if v, ok := s.applied[c.Key]; ok && c.Key != "" {
+			// Applied before: nothing applies, and the answer is the
+			// first one's version.
+			if c.Outcome == Unknown || c.Outcome == OK && c.Version == v {
+				return []state{s}
+			}
+			return nil
+		}
 		if c.Expect && c.Expected != s.version {
 			if c.Outcome == Stale || c.Outcome == Unknown {
 				return []state{s}
@@ -401,6 +430,10 @@ func step(s state, c Call) []state {
 // when c was answered otherwise or its ops cannot apply.
 func applies(s state, c Call, device string) []state {
 	next, ok := s.with(c.Ops, device, c.Batch)
+	if ok && c.Key != "" {
+		next.applied = maps.Clone(s.applied)
+		next.applied[c.Key] = next.version
+	}
 	switch {
 	case !ok:
 		if c.Outcome == Unknown {
@@ -418,7 +451,9 @@ func applies(s state, c Call, device string) []state {
 // Model is the sync rules as a Porcupine model of one partition.
 func Model() porcupine.Model {
 	nm := porcupine.NondeterministicModel{
-		Init: func() []any { return []any{state{keys: map[string]entry{}, batches: map[string]batchApplied{}}} },
+		Init: func() []any {
+			return []any{state{keys: map[string]entry{}, batches: map[string]batchApplied{}, applied: map[string]uint64{}}}
+		},
 		Step: func(st, in, _ any) []any {
 			var out []any
 			for _, n := range step(st.(state), in.(Call)) {
@@ -458,7 +493,11 @@ func describe(c Call) string {
 		if c.Expect {
 			expect = fmt.Sprint(c.Expected)
 		}
-		return fmt.Sprintf("%s commit expect=%s %s -> %s v%d", at, expect, ops(c.Ops), c.Outcome, c.Version)
+		key := ""
+		if c.Key != "" {
+			key = " key=" + c.Key
+		}
+		return fmt.Sprintf("%s commit expect=%s%s %s -> %s v%d", at, expect, key, ops(c.Ops), c.Outcome, c.Version)
 	}
 	return fmt.Sprintf("%s sync %s#%d base=%d %s -> %s v%d", at, c.Device, c.Batch, c.Base, ops(c.Ops), c.Outcome, c.Version)
 }

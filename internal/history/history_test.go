@@ -54,6 +54,13 @@ func TestCheckFindsEachBreach(t *testing.T) {
 		Call{Kind: Sync, Device: "d1", Batch: 5, Base: 9, Ops: del("l"), Outcome: OK, Version: 11},
 		Call{Kind: Sync, Device: "d2", Batch: 3, Base: 9, Ops: add("l", "c"), Outcome: Conflict, Version: 11},
 		Call{Kind: Get, Keys: []string{"k", "l"}, Outcome: OK, Version: 11, Values: map[string]string{}},
+		// A commit under an idempotency key applies once; its retries are
+		// answered with its version, even once it is stale.
+		Call{Kind: Commit, Key: "c1", Expect: true, Expected: 11, Ops: put("k", "c"), Outcome: Unknown},
+		Call{Kind: Commit, Key: "c1", Expect: true, Expected: 11, Ops: put("k", "c"), Outcome: OK, Version: 12},
+		Call{Kind: Commit, Ops: put("j", "d"), Outcome: OK, Version: 13},
+		Call{Kind: Commit, Key: "c1", Expect: true, Expected: 11, Ops: put("k", "c"), Outcome: OK, Version: 12},
+		Call{Kind: Commit, Key: "c2", Expect: true, Expected: 11, Ops: put("k", "e"), Outcome: Stale},
 	)
 	if r := Check(good, 10*time.Second); !r.OK() {
 		t.Fatalf("a history that keeps the rules failed the check:\n%v", r.Failed)
@@ -119,6 +126,10 @@ func TestCheckFindsEachBreach(t *testing.T) {
 			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
 			Call{Kind: Commit, Ops: add("k", "x"), Outcome: OK, Version: 2},
 		),
+		"a commit under one idempotency key applied twice": seq(
+			Call{Kind: Commit, Key: "c1", Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Key: "c1", Ops: put("k", "b"), Outcome: OK, Version: 2},
+		),
 		"a lost acknowledged write": seq(
 			Call{Kind: Sync, Device: "d1", Batch: 1, Ops: put("k", "1"), Outcome: OK, Version: 1},
 			Call{Kind: Get, Keys: []string{"k"}, Outcome: OK, Version: 0},
@@ -136,7 +147,6 @@ func TestCheckFindsEachBreach(t *testing.T) {
 // the first answer that rules it out, or never.
 func TestEffectEnd(t *testing.T) {
 	t.Parallel()
-	const never = int64(1<<63 - 1)
 	h := seq(
 		Call{Kind: Sync, Device: "d1", Batch: 4, Ops: put("k", "1"), Outcome: Unknown},              // 0-1
 		Call{Kind: Sync, Device: "d2", Batch: 9, Ops: put("k", "2"), Outcome: OK, Version: 1},       // 2-3
@@ -147,12 +157,15 @@ func TestEffectEnd(t *testing.T) {
 		Call{Kind: Commit, Ops: put("j", "2"), Outcome: Stale},                                      // 12-13
 		Call{Kind: Sync, Device: "d3", Batch: 1, Ops: put("j", "3"), Outcome: Conflict, Version: 4}, // 14-15
 		Call{Kind: Commit, Ops: put("j", "4"), Outcome: Unknown},                                    // 16-17
+		Call{Kind: Commit, Key: "c", Ops: put("j", "5"), Outcome: Unknown},                          // 18-19
+		Call{Kind: Commit, Key: "c", Ops: put("j", "5"), Outcome: Stale},                            // 20-21
 	)
 	for i, want := range map[int]int64{
 		0: 7,     // d1's batch 4 accepted by its retry; d2's and d1's earlier batch do not rule it out
 		3: 7,     // an answered call keeps its end
 		4: 15,    // the conflict at version 4 is past the expected 3; the read at 3 is not
 		8: never, // a commit without an expected version may apply at any time
+		9: 21,    // a retry under its idempotency key was answered
 	} {
 		if got := effectEnd(h[i], h); got != want {
 			t.Errorf("call %d: effect ends at %d, want %d", i, got, want)

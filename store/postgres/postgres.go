@@ -287,9 +287,24 @@ func (s *Store) Close() error {
 	}
 	s.ann.close()
 	close(s.done)
-	s.pool.Close()
-	return nil
+	// The pool's Close waits for every connection to come back. One that
+	// never does is a leak: say so, with the pool's counts, rather than
+	// hang the process's exit.
+	closed := make(chan struct{})
+	go func() { defer close(closed); s.pool.Close() }()
+	select {
+	case <-closed:
+		return nil
+	case <-time.After(closeWait):
+		st := s.pool.Stat()
+		return fmt.Errorf("close postgres store: %d connections still in use after %v (%d acquired, %d being opened)",
+			st.TotalConns(), closeWait, st.AcquiredConns(), st.ConstructingConns())
+	}
 }
+
+// closeWait is how long Close waits for the pool's connections to come
+// back once no operation is running.
+const closeWait = 5 * time.Second
 
 // opContext returns the context an operation's statements run under, and
 // its cancel function. The caller's cancellation does not reach it: pgx
