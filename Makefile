@@ -95,6 +95,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePageToken$$' -fuzztime 60s ./engine/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRecords$$' -fuzztime 60s ./client/
 	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime 60s ./server/
+	$(GO) test -run '^$$' -fuzz '^FuzzStream$$' -fuzztime 60s ./server/
 
 ## bench: the server benchmark (medians of 5 runs)
 bench: build

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 
 	"connectrpc.com/connect"
 
@@ -82,24 +81,31 @@ func (s *Server) toConnect(procedure string, err error) error {
 	return connect.NewError(connect.CodeInternal, errors.New("internal error; the server log has the details"))
 }
 
-// cutRequest answers a streaming call whose request message was cut short
-// (the body ended inside its envelope) with invalid_argument: connect-go
-// reports it as internal, which would blame the server for a client's bad
-// input.
-type cutRequest struct{}
+// badRequestStream answers a streaming call whose request cannot be read
+// (cut inside its envelope, flagged compressed without an encoding) with
+// invalid_argument: connect-go reports these as internal, which would
+// blame the server for a client's bad input.
+type badRequestStream struct{}
 
-func (cutRequest) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc { return next }
+func (badRequestStream) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc { return next }
 
-func (cutRequest) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+func (badRequestStream) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
 	return next
 }
 
-func (cutRequest) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+func (badRequestStream) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		err := next(ctx, conn)
-		if connect.CodeOf(err) == connect.CodeInternal && errors.Is(err, io.ErrUnexpectedEOF) {
-			return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("the request ended inside its message: %w", err))
-		}
-		return err
+		return next(ctx, requestReader{conn})
 	}
+}
+
+// requestReader is a stream whose request-reading errors name bad input.
+type requestReader struct{ connect.StreamingHandlerConn }
+
+func (c requestReader) Receive(m any) error {
+	err := c.StreamingHandlerConn.Receive(m)
+	if connect.CodeOf(err) == connect.CodeInternal {
+		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("the request cannot be read: %w", err))
+	}
+	return err
 }

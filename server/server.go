@@ -330,7 +330,7 @@ func (s *Server) routes() http.Handler {
 	procedures := rpcProcedures()
 	handle := func(path string, h http.Handler) { mux.Handle(path, s.metrics.countRefused(procedures, h)) }
 	// Once the store has failed, every call of the services is refused.
-	svcOpts := append(slices.Clone(opts), connect.WithInterceptors(failedStore{s}, cutRequest{}))
+	svcOpts := append(slices.Clone(opts), connect.WithInterceptors(failedStore{s}, badRequestStream{}))
 	path, h := dalvv1connect.NewClientServiceHandler(&clientService{s: s}, svcOpts...)
 	handle(path, s.authenticate(deviceToken, h))
 	path, h = dalvv1connect.NewBackendServiceHandler(&backendService{s: s}, svcOpts...)
