@@ -7,7 +7,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 TOOL = $(GO) tool -modfile=tools/go.mod
 
-.PHONY: all build generate check-generated lint test test-go test-race soak check-history bench bench-postgres fuzz web-deps test-web bundle-size bench-web faults faults-disk faults-network
+.PHONY: all build generate check-generated lint test test-go test-race soak soak-mixed check-history bench bench-postgres fuzz web-deps test-web bundle-size bench-web faults faults-disk faults-network
 
 all: build
 
@@ -49,7 +49,15 @@ soak:
 ## each, every call checked against the sync rules by internal/history (Porcupine); the Go
 ## suite runs the same for 3 s
 check-history:
-	DALV_HISTORY_SECONDS=$${DALV_HISTORY_SECONDS:-60} $(GO) test -count=1 -run '^TestHistory' -v -timeout 30m ./e2e/ | grep -E '^(=== RUN|--- |ok|FAIL)|^ {4}[a-z_]+_test\.go:[0-9]+: '
+	DALV_HISTORY_SECONDS=$${DALV_HISTORY_SECONDS:-60} $(GO) test -count=1 -run '^TestHistory' -v -timeout 30m ./e2e/ | grep -E '^(=== RUN|--- |ok|FAIL)|^ +[a-z_]+_test\.go:[0-9]+: '
+
+## soak-mixed: an hour (DALV_SOAK_MINUTES) of devices, backends, a feed reader and
+## device watches on one node and on three over PostgreSQL, a fault every few
+## minutes, each server's goroutines, memory and open files logged every minute
+## and checked for growth, every call checked by the history checker; make test
+## runs it for 2 minutes
+soak-mixed:
+	DALV_SOAK_MINUTES=$${DALV_SOAK_MINUTES:-60} $(GO) test -count=1 -v -run '^TestSoakMixed$$' -timeout 3h ./e2e/ | grep -E '^(=== RUN|--- |ok|FAIL)|^ +[a-z_]+_test\.go:[0-9]+: '
 
 ## faults: every fault-injection suite, printing what each injected and
 ## survived (make test runs each once, briefly)
@@ -73,7 +81,7 @@ faults-disk:
 ## DALV_HISTORY_SECONDS (default 60)
 faults-network:
 	@echo "== network faults: connection cuts, black holes past the statement timeout, PostgreSQL killed"
-	DALV_HISTORY_SECONDS=$${DALV_HISTORY_SECONDS:-60} $(GO) test -count=1 -v -run '^TestHistoryPostgresFaults$$' -timeout 30m ./e2e/ | grep -E '^(=== RUN|--- |ok|FAIL)|^ {4}[a-z_]+_test\.go:[0-9]+: '
+	DALV_HISTORY_SECONDS=$${DALV_HISTORY_SECONDS:-60} $(GO) test -count=1 -v -run '^TestHistoryPostgresFaults$$' -timeout 30m ./e2e/ | grep -E '^(=== RUN|--- |ok|FAIL)|^ +[a-z_]+_test\.go:[0-9]+: '
 
 ## fuzz: each fuzz target for a minute
 fuzz:

@@ -31,7 +31,7 @@ import (
 // TestHistoryOneNode checks a history of one node on the embedded store.
 func TestHistoryOneNode(t *testing.T) {
 	t.Parallel()
-	checkHistory(t, []*proc.Server{startServer(t)}, nil)
+	checkHistory(t, []*proc.Server{startServer(t)}, historyRun(3*time.Second), nil)
 }
 
 // TestHistoryPostgres checks a history of three nodes over PostgreSQL, each
@@ -39,7 +39,7 @@ func TestHistoryOneNode(t *testing.T) {
 func TestHistoryPostgres(t *testing.T) {
 	t.Parallel()
 	nodes, _ := pgNodes(t, pgtest.Server(t), 3)
-	checkHistory(t, nodes, nil)
+	checkHistory(t, nodes, historyRun(3*time.Second), nil)
 }
 
 // TestHistoryPostgresFaults checks a history of three nodes over a
@@ -64,7 +64,7 @@ func TestHistoryPostgresFaults(t *testing.T) {
 		startServer(t, append([]string{"--store", cut}, args...)...),
 		startServer(t, append([]string{"--store", direct}, args...)...),
 	}
-	checkHistory(t, nodes, func(pause func(time.Duration) bool) string {
+	checkHistory(t, nodes, historyRun(4*time.Second), func(pause func(time.Duration) bool) string {
 		var cuts, holes, restarts int
 		for pause(400 * time.Millisecond) {
 			proxy.SetDown(true) // connections cut, new ones refused
@@ -91,22 +91,23 @@ func TestHistoryPostgresFaults(t *testing.T) {
 	})
 }
 
-// checkHistory runs devices and backends against nodes for a few seconds
+// historyRun is how long a history test runs: DALV_HISTORY_SECONDS, or
+// dflt.
+func historyRun(dflt time.Duration) time.Duration {
+	if n, err := strconv.Atoi(os.Getenv("DALV_HISTORY_SECONDS")); err == nil && n > 0 {
+		return time.Duration(n) * time.Second
+	}
+	return dflt
+}
+
+// checkHistory runs devices and backends against nodes for run
 // (and faults, when given, at the same time: it pauses between faults
 // until the run ends, and says what it injected), then checks the history
 // and logs what it checked.
-func checkHistory(t *testing.T, nodes []*proc.Server, faults func(pause func(time.Duration) bool) string) {
+func checkHistory(t *testing.T, nodes []*proc.Server, run time.Duration, faults func(pause func(time.Duration) bool) string) {
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("DALV_HISTORY_SEED"); s != "" {
 		seed, _ = strconv.ParseUint(s, 10, 64)
-	}
-	run := 3 * time.Second
-	if faults != nil {
-		run = 4 * time.Second
-	}
-	if s := os.Getenv("DALV_HISTORY_SECONDS"); s != "" {
-		n, _ := strconv.Atoi(s)
-		run = time.Duration(n) * time.Second
 	}
 	const users, devicesPerUser, backends = historyUsers, 3, 2
 	rec := hist.NewRecorder()
@@ -408,7 +409,7 @@ func historyBackend(t *testing.T, rec *hist.Recorder, bc interface {
 			// widens the checker's search: under injected faults, which
 			// leave many calls unanswered, every such commit has a key.
 			if rng.IntN(2) == 0 || !c.Expect && (!cut || rng.IntN(2) == 0) {
-				c.Key = label
+				c.Key, c.Device, c.Batch = label, fmt.Sprintf("backend%d", client), uint64(n)
 			}
 		}
 		req := &dalvv1.CommitRequest{User: user, Ops: wireOps(c.Ops), IdempotencyKey: c.Key}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	dto "github.com/prometheus/client_model/go"
@@ -215,16 +217,36 @@ func get(t testing.TB, srv *proc.Server, path string) (int, string) {
 // scrape reads srv's /metrics.
 func scrape(t testing.TB, srv *proc.Server) map[string]*dto.MetricFamily {
 	t.Helper()
-	status, text := get(t, srv, "/metrics")
-	if status != http.StatusOK {
-		t.Fatalf("GET /metrics = %d, want 200", status)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(strings.NewReader(text))
+	fams, err := scrapeErr(srv)
 	if err != nil {
-		t.Fatalf("GET /metrics is not Prometheus text: %v", err)
+		t.Fatal(err)
 	}
 	return fams
+}
+
+// scrapeErr reads srv's /metrics, or says why it could not.
+func scrapeErr(srv *proc.Server) (map[string]*dto.MetricFamily, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL()+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Close = true // not counted among the server's connections afterwards
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("GET /metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /metrics = %d, want 200", resp.StatusCode)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("GET /metrics is not Prometheus text: %v", err)
+	}
+	return fams, nil
 }
 
 // metric finds the series of family with labels, or nil.

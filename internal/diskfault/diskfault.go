@@ -1,6 +1,6 @@
 // Package diskfault injects disk faults into the embedded store's file
 // system, through Pebble's errorfs, for tests: a failed write or fsync of
-// the write-ahead log, or a full disk.
+// the write-ahead log, a full disk, or a slow one.
 //
 // In a test process, [Injector] gives the injector to wrap a store's
 // [vfs.FS] with. For a real `dalv serve` process, the environment variable
@@ -15,9 +15,11 @@ package diskfault
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
@@ -38,9 +40,15 @@ const (
 	// Full fails every write and preallocation of any file with ENOSPC, as
 	// a full disk does.
 	Full Kind = "enospc"
+	// SlowSync makes every fsync take SlowSyncDelay longer and succeed, as
+	// a slow or overloaded disk does.
+	SlowSync Kind = "slow-sync"
 )
 
-// Kinds are all the kinds, in the order tests run them.
+// SlowSyncDelay is what SlowSync adds to each fsync.
+const SlowSyncDelay = 50 * time.Millisecond
+
+// Kinds are the kinds that fail operations, in the order tests run them.
 var Kinds = []Kind{WALWrite, WALSync, Full}
 
 // Injected counts the faults injected in this process.
@@ -53,16 +61,14 @@ func Parse(s string) (Kind, error) {
 	if k == "" {
 		return "", nil
 	}
-	for _, known := range Kinds {
-		if k == known {
-			return k, nil
-		}
+	if k == SlowSync || slices.Contains(Kinds, k) {
+		return k, nil
 	}
-	return "", fmt.Errorf("diskfault: unknown fault %q (want one of %v)", k, Kinds)
+	return "", fmt.Errorf("diskfault: unknown fault %q (want one of %v or %s)", k, Kinds, SlowSync)
 }
 
 // Error returns the error op meets under a fault of kind k, or nil when k
-// spares it.
+// spares it. Under SlowSync it delays a sync and returns nil.
 func (k Kind) Error(op errorfs.Op) error {
 	wal := strings.HasSuffix(op.Path, ".log")
 	var name string
@@ -74,6 +80,13 @@ func (k Kind) Error(op errorfs.Op) error {
 	case errorfs.OpFilePreallocate:
 		name = "preallocate"
 	default:
+		return nil
+	}
+	if k == SlowSync {
+		if name == "sync" {
+			Injected.Add(1)
+			time.Sleep(SlowSyncDelay) // the slow disk itself
+		}
 		return nil
 	}
 	var errno syscall.Errno

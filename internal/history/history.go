@@ -66,7 +66,10 @@ type Call struct {
 	Expected uint64
 	// Key is a commit's idempotency key (empty for none): once a commit
 	// under it applied, one under it again applies nothing and is answered
-	// with the first one's version.
+	// with the first one's version. Device and Batch then name the key as
+	// well, its client and its place: a client sends its keys in the order
+	// of Batch, so the model keeps, as for a device's batches, only each
+	// client's last applied one.
 	Key string
 	// Ops are what a sync or commit asks, in order; Keys are the keys a get
 	// reads.
@@ -265,8 +268,7 @@ const never = int64(1<<63 - 1)
 type state struct {
 	version uint64
 	keys    map[string]entry        // the keys written, tombstones too
-	batches map[string]batchApplied // by device
-	applied map[string]uint64       // commits' idempotency keys, with their versions
+	batches map[string]batchApplied // by device, or by the client of commits' keys
 }
 
 // entry is a key as the store holds it: its value, the version that last
@@ -309,7 +311,7 @@ func (s state) conflicts(ops []Op, base uint64) bool {
 // device's batch when device is set, or false when an op is refused (a list
 // op on a scalar).
 func (s state) with(ops []Op, device string, batch uint64) (state, bool) {
-	n := state{version: s.version + 1, keys: maps.Clone(s.keys), batches: s.batches, applied: s.applied}
+	n := state{version: s.version + 1, keys: maps.Clone(s.keys), batches: s.batches}
 	for _, op := range ops {
 		e := n.keys[op.Key]
 		changed := true
@@ -364,9 +366,6 @@ func (s state) String() string {
 	for _, d := range slices.Sorted(maps.Keys(s.batches)) {
 		fmt.Fprintf(&b, " %s#%d@%d", d, s.batches[d].batch, s.batches[d].version)
 	}
-	for _, k := range slices.Sorted(maps.Keys(s.applied)) {
-		fmt.Fprintf(&b, " key %s@%d", k, s.applied[k])
-	}
 	return b.String()
 }
 
@@ -390,13 +389,12 @@ func step(s state, c Call) []state {
 		}
 		return []state{s}
 	case Commit:
-		if v, ok := s.applied[c.Key]; ok && c.Key != "" {
-			// Applied before: nothing applies, and the answer is the
-			// first one's version.
-			if c.Outcome == Unknown || c.Outcome == OK && c.Version == v {
-				return []state{s}
+		device := ""
+		if c.Key != "" {
+			if next, ok := appliedBefore(s, c); ok {
+				return next
 			}
-			return nil
+			device = c.Device
 		}
 		if c.Expect && c.Expected != s.version {
 			if c.Outcome == Stale || c.Outcome == Unknown {
@@ -404,15 +402,10 @@ func step(s state, c Call) []state {
 			}
 			return nil
 		}
-		return applies(s, c, "")
+		return applies(s, c, device)
 	default: // Sync
-		if b, ok := s.batches[c.Device]; ok && c.Batch <= b.batch {
-			// Applied before: nothing applies, and the answer is as for
-			// the first success.
-			if c.Outcome == Unknown || c.Outcome == OK && c.Batch == b.batch && c.Version >= b.version && c.Version <= s.version {
-				return []state{s}
-			}
-			return nil
+		if next, ok := appliedBefore(s, c); ok {
+			return next
 		}
 		if s.conflicts(c.Ops, c.Base) {
 			if c.Outcome == Unknown || c.Outcome == Conflict && c.Version == s.version {
@@ -424,16 +417,31 @@ func step(s state, c Call) []state {
 	}
 }
 
+// appliedBefore returns the states after c when its batch (or its commit's
+// key) applied before, as it or as a later one of its device: nothing
+// applies, and the answer is as for the first success, the version that
+// commit took for a backend's commit, a version since then for a sync.
+func appliedBefore(s state, c Call) ([]state, bool) {
+	b, ok := s.batches[c.Device]
+	if !ok || c.Batch > b.batch {
+		return nil, false
+	}
+	answered := c.Outcome == OK && c.Batch == b.batch && c.Version >= b.version && c.Version <= s.version
+	if c.Kind == Commit {
+		answered = answered && c.Version == b.version
+	}
+	if c.Outcome == Unknown || answered {
+		return []state{s}, true
+	}
+	return nil, true
+}
+
 // applies returns the states after c, whose ops apply in s as the next
 // commit (of device's batch when device is set): that commit's state when c
 // was answered with its version, either s or it when c got no answer, none
 // when c was answered otherwise or its ops cannot apply.
 func applies(s state, c Call, device string) []state {
 	next, ok := s.with(c.Ops, device, c.Batch)
-	if ok && c.Key != "" {
-		next.applied = maps.Clone(s.applied)
-		next.applied[c.Key] = next.version
-	}
 	switch {
 	case !ok:
 		if c.Outcome == Unknown {
@@ -452,7 +460,7 @@ func applies(s state, c Call, device string) []state {
 func Model() porcupine.Model {
 	nm := porcupine.NondeterministicModel{
 		Init: func() []any {
-			return []any{state{keys: map[string]entry{}, batches: map[string]batchApplied{}, applied: map[string]uint64{}}}
+			return []any{state{keys: map[string]entry{}, batches: map[string]batchApplied{}}}
 		},
 		Step: func(st, in, _ any) []any {
 			var out []any

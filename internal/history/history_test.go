@@ -56,11 +56,11 @@ func TestCheckFindsEachBreach(t *testing.T) {
 		Call{Kind: Get, Keys: []string{"k", "l"}, Outcome: OK, Version: 11, Values: map[string]string{}},
 		// A commit under an idempotency key applies once; its retries are
 		// answered with its version, even once it is stale.
-		Call{Kind: Commit, Key: "c1", Expect: true, Expected: 11, Ops: put("k", "c"), Outcome: Unknown},
-		Call{Kind: Commit, Key: "c1", Expect: true, Expected: 11, Ops: put("k", "c"), Outcome: OK, Version: 12},
+		Call{Kind: Commit, Key: "c1", Device: "b", Batch: 1, Expect: true, Expected: 11, Ops: put("k", "c"), Outcome: Unknown},
+		Call{Kind: Commit, Key: "c1", Device: "b", Batch: 1, Expect: true, Expected: 11, Ops: put("k", "c"), Outcome: OK, Version: 12},
 		Call{Kind: Commit, Ops: put("j", "d"), Outcome: OK, Version: 13},
-		Call{Kind: Commit, Key: "c1", Expect: true, Expected: 11, Ops: put("k", "c"), Outcome: OK, Version: 12},
-		Call{Kind: Commit, Key: "c2", Expect: true, Expected: 11, Ops: put("k", "e"), Outcome: Stale},
+		Call{Kind: Commit, Key: "c1", Device: "b", Batch: 1, Expect: true, Expected: 11, Ops: put("k", "c"), Outcome: OK, Version: 12},
+		Call{Kind: Commit, Key: "c2", Device: "b", Batch: 2, Expect: true, Expected: 11, Ops: put("k", "e"), Outcome: Stale},
 	)
 	if r := Check(good, 10*time.Second); !r.OK() {
 		t.Fatalf("a history that keeps the rules failed the check:\n%v", r.Failed)
@@ -127,8 +127,8 @@ func TestCheckFindsEachBreach(t *testing.T) {
 			Call{Kind: Commit, Ops: add("k", "x"), Outcome: OK, Version: 2},
 		),
 		"a commit under one idempotency key applied twice": seq(
-			Call{Kind: Commit, Key: "c1", Ops: put("k", "b"), Outcome: OK, Version: 1},
-			Call{Kind: Commit, Key: "c1", Ops: put("k", "b"), Outcome: OK, Version: 2},
+			Call{Kind: Commit, Key: "c1", Device: "b", Batch: 1, Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Key: "c1", Device: "b", Batch: 1, Ops: put("k", "b"), Outcome: OK, Version: 2},
 		),
 		"a lost acknowledged write": seq(
 			Call{Kind: Sync, Device: "d1", Batch: 1, Ops: put("k", "1"), Outcome: OK, Version: 1},
@@ -157,8 +157,8 @@ func TestEffectEnd(t *testing.T) {
 		Call{Kind: Commit, Ops: put("j", "2"), Outcome: Stale},                                      // 12-13
 		Call{Kind: Sync, Device: "d3", Batch: 1, Ops: put("j", "3"), Outcome: Conflict, Version: 4}, // 14-15
 		Call{Kind: Commit, Ops: put("j", "4"), Outcome: Unknown},                                    // 16-17
-		Call{Kind: Commit, Key: "c", Ops: put("j", "5"), Outcome: Unknown},                          // 18-19
-		Call{Kind: Commit, Key: "c", Ops: put("j", "5"), Outcome: Stale},                            // 20-21
+		Call{Kind: Commit, Key: "c", Device: "b", Batch: 1, Ops: put("j", "5"), Outcome: Unknown},   // 18-19
+		Call{Kind: Commit, Key: "c", Device: "b", Batch: 1, Ops: put("j", "5"), Outcome: Stale},     // 20-21
 	)
 	for i, want := range map[int]int64{
 		0: 7,     // d1's batch 4 accepted by its retry; d2's and d1's earlier batch do not rule it out
