@@ -181,7 +181,7 @@ func checkHistory(t *testing.T, nodes []*proc.Server, run time.Duration, faults 
 	}
 	t.Logf("watches: %d devices' watches took %d events (resumed %d times) to each partition's final keys", len(watches), events, breaks)
 	checkStart := time.Now()
-	r := hist.Check(rec.Calls(), time.Minute)
+	r := hist.Check(rec.Calls(), max(time.Minute, run))
 	t.Logf("history: %d calls (%d of unknown outcome, %d of them open to the end) on %d partitions, %d nodes, %s, checked in %v; seed %d",
 		r.Calls, r.Unknown, r.Open, r.Partitions, len(nodes), injected, time.Since(checkStart).Round(time.Millisecond), seed)
 	if !r.OK() {

@@ -352,6 +352,17 @@ func (s state) with(ops []Op, device string, batch uint64) (state, bool) {
 	return n, true
 }
 
+// equal reports whether s and o are the same state. Porcupine compares
+// states at every step, so this is the checker's hot path.
+func (s state) equal(o state) bool {
+	return s.version == o.version &&
+		maps.EqualFunc(s.keys, o.keys, func(a, b entry) bool {
+			return a.version == b.version && a.scalarVersion == b.scalarVersion && a.deleted == b.deleted &&
+				a.isList == b.isList && a.scalar == b.scalar && slices.Equal(a.list, b.list)
+		}) &&
+		maps.Equal(s.batches, o.batches)
+}
+
 func (s state) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "v%d", s.version)
@@ -469,7 +480,7 @@ func Model() porcupine.Model {
 			}
 			return out
 		},
-		Equal:             func(a, b any) bool { return a.(state).String() == b.(state).String() },
+		Equal:             func(a, b any) bool { return a.(state).equal(b.(state)) },
 		DescribeOperation: func(in, _ any) string { return describe(in.(Call)) },
 		DescribeState:     func(st any) string { return st.(state).String() },
 	}
