@@ -149,6 +149,54 @@ test("offline: writes queue, survive a reload, and flush when back online", asyn
   }
 });
 
+test("a newer package opening the replica in another tab: the old tab is told to reload, its pending write is kept, and the old code refuses the upgraded replica", async () => {
+  const user = newUser();
+  const ctx = await launch(profile());
+  try {
+    const old = await tab(ctx, user, { name: "upgrade", autoStart: false });
+    await old.evaluate(() => (window as any).r.put("kept", "before the upgrade"));
+    assert.equal((await status(old)).pending, 1);
+    // The other tab runs a newer package: it opens the database at the
+    // next format version, which Chromium makes wait on the old tab.
+    const newer = await ctx.newPage();
+    await newer.goto(`${stat.origin}/page.html`);
+    const pending = await newer.evaluate(() => new Promise<number>((res, rej) => {
+      const q = indexedDB.open("upgrade", 2);
+      q.onsuccess = () => {
+        const all = q.result.transaction("pkeys").objectStore("pkeys").getAll();
+        all.onsuccess = () => { q.result.close(); res(all.result.length); };
+      };
+      q.onerror = () => rej(q.error);
+    }));
+    assert.equal(pending, 1, "the old tab's pending write is in the upgraded database");
+    await waitFor("the old tab is told to reload", () => old.evaluate(() => (window as any).outdated === true));
+    const code = await old.evaluate(async () => {
+      try {
+        await (window as any).r.put("after", "x");
+        return "written";
+      } catch (e) {
+        return (e as { code?: string }).code;
+      }
+    });
+    assert.equal(code, "closed", "the old tab writes nothing more");
+    // The old code, reloaded before the new one is served, refuses the
+    // upgraded replica rather than misread it.
+    await old.reload();
+    await old.waitForFunction(() => (window as any).ready === true);
+    const refused = await old.evaluate(async () => {
+      try {
+        await (window as any).dalv.openReplica({ name: "upgrade" });
+        return "opened";
+      } catch (e) {
+        return (e as { code?: string }).code;
+      }
+    });
+    assert.equal(refused, "outdated");
+  } finally {
+    await ctx.close();
+  }
+});
+
 test("each resolver against a concurrent backend edit; a deferred conflict settled later", async () => {
   const ctx = await launch(profile());
   try {
