@@ -51,19 +51,7 @@ func TestHistoryPostgres(t *testing.T) {
 // settled by its retry exactly once: the history checker says which.
 func TestHistoryPostgresFaults(t *testing.T) {
 	t.Parallel()
-	pg, err := pgtest.StartDurable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pg.Stop)
-	_, direct := pgtest.SchemaOn(t, pg.URL)
-	proxy, cut := pgtest.NewProxy(t, direct)
-	args := []string{"--store-timeout", "1s", "--heartbeat", "2s"}
-	nodes := []*proc.Server{
-		startServer(t, append([]string{"--store", cut}, args...)...),
-		startServer(t, append([]string{"--store", cut}, args...)...),
-		startServer(t, append([]string{"--store", direct}, args...)...),
-	}
+	pg, proxy, nodes := faultyPostgres(t)
 	checkHistory(t, nodes, historyRun(4*time.Second), func(pause func(time.Duration) bool) string {
 		var cuts, holes, restarts int
 		for pause(400 * time.Millisecond) {
@@ -98,6 +86,26 @@ func historyRun(dflt time.Duration) time.Duration {
 		return time.Duration(n) * time.Second
 	}
 	return dflt
+}
+
+// faultyPostgres starts a PostgreSQL server of t's own (synchronous
+// commits) and three nodes over it, the first two through a proxy that can
+// cut or black-hole their connections. The nodes give up on a statement
+// after 1 s.
+func faultyPostgres(t *testing.T) (*pgtest.Throwaway, *pgtest.Proxy, []*proc.Server) {
+	pg, err := pgtest.StartDurable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pg.Stop)
+	_, direct := pgtest.SchemaOn(t, pg.URL)
+	proxy, cut := pgtest.NewProxy(t, direct)
+	args := []string{"--store-timeout", "1s", "--heartbeat", "2s"}
+	return pg, proxy, []*proc.Server{
+		startServer(t, append([]string{"--store", cut}, args...)...),
+		startServer(t, append([]string{"--store", cut}, args...)...),
+		startServer(t, append([]string{"--store", direct}, args...)...),
+	}
 }
 
 // checkHistory runs devices and backends against nodes for run

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/dalvdb/dalv/internal/diskfault"
-	"github.com/dalvdb/dalv/internal/pgtest"
 	"github.com/dalvdb/dalv/internal/proc"
 )
 
@@ -69,19 +68,8 @@ func TestSoakMixed(t *testing.T) {
 	})
 	t.Run("three nodes over PostgreSQL", func(t *testing.T) {
 		t.Parallel()
-		pg, err := pgtest.StartDurable()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(pg.Stop)
-		_, direct := pgtest.SchemaOn(t, pg.URL)
-		proxy, cut := pgtest.NewProxy(t, direct)
-		args := []string{"--store-timeout", "1s", "--heartbeat", "2s"}
-		s := &soak{every: sampleEvery, memory: run >= 10*time.Minute, nodes: []*proc.Server{
-			startServer(t, append([]string{"--store", cut}, args...)...),
-			startServer(t, append([]string{"--store", cut}, args...)...),
-			startServer(t, append([]string{"--store", direct}, args...)...),
-		}}
+		pg, proxy, nodes := faultyPostgres(t)
+		s := &soak{every: sampleEvery, memory: run >= 10*time.Minute, nodes: nodes}
 		soakRun(t, s, run, func(pause func(time.Duration) bool) string {
 			var cuts, holes, kills int
 			for round := 0; pause(every); round++ {

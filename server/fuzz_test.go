@@ -39,6 +39,19 @@ func procedures(streaming bool) []string {
 	return procs
 }
 
+// fuzzServer is the server the fuzz targets call, unlimited in rate, with
+// its config, its whole handler and a device's Authorization header.
+func fuzzServer(f *testing.F) (Config, http.Handler, string) {
+	cfg := testConfig(f)
+	cfg.RateLimit = -1
+	cfg.Shared = []SharedPartition{{Name: "catalog"}}
+	s, err := New(cfg)
+	if err != nil {
+		f.Fatal(err)
+	}
+	return cfg, s.Handler(), "Bearer " + token(f, "fuzz")
+}
+
 // authorize sets the Authorization header a request to path needs: a
 // device token for the client service, the backend key otherwise.
 func authorize(req *http.Request, path, deviceAuth string) {
@@ -71,16 +84,8 @@ func badInputAnswer(t *testing.T, path, code, message string, body []byte) {
 //
 //	go test -run '^$' -fuzz '^FuzzHandler$' -fuzztime 60s ./server/
 func FuzzHandler(f *testing.F) {
-	cfg := testConfig(f)
-	cfg.RateLimit = -1
-	cfg.Shared = []SharedPartition{{Name: "catalog"}}
-	s, err := New(cfg)
-	if err != nil {
-		f.Fatal(err)
-	}
-	h := s.Handler()
+	cfg, h, deviceAuth := fuzzServer(f)
 	procs := procedures(false)
-	deviceAuth := "Bearer " + token(f, "fuzz")
 	f.Add(uint8(0), uint8(0), false, []byte(`{}`))
 	f.Fuzz(func(t *testing.T, proc, ct uint8, gz bool, body []byte) {
 		path := procs[int(proc)%len(procs)]
@@ -130,16 +135,8 @@ func FuzzHandler(f *testing.F) {
 //
 //	go test -run '^$' -fuzz '^FuzzStream$' -fuzztime 60s ./server/
 func FuzzStream(f *testing.F) {
-	cfg := testConfig(f)
-	cfg.RateLimit = -1
-	cfg.Shared = []SharedPartition{{Name: "catalog"}}
-	s, err := New(cfg)
-	if err != nil {
-		f.Fatal(err)
-	}
-	h := s.Handler()
+	_, h, deviceAuth := fuzzServer(f)
 	procs := procedures(true)
-	deviceAuth := "Bearer " + token(f, "fuzz")
 	for i := range procs {
 		f.Add(uint8(i), false, false, []byte(`{}`))
 		f.Add(uint8(i), false, false, []byte(`{"deviceId":"d","fromVersion":"1","prefixes":["a/"]}`))
