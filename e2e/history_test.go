@@ -21,6 +21,7 @@ import (
 	hist "github.com/dalvdb/dalv/internal/history"
 	"github.com/dalvdb/dalv/internal/pgtest"
 	"github.com/dalvdb/dalv/internal/proc"
+	"github.com/dalvdb/dalv/internal/wait"
 )
 
 // This file checks histories: devices and backends call real servers at
@@ -86,6 +87,27 @@ func historyRun(dflt time.Duration) time.Duration {
 		return time.Duration(n) * time.Second
 	}
 	return dflt
+}
+
+// poolsGiveBack waits until no node over PostgreSQL holds a pool
+// connection, now that no call is running (the feed reader and watches
+// hold none): one still held after a fault is a leak, and would in the end
+// exhaust the pool.
+func poolsGiveBack(t *testing.T, nodes []*proc.Server) {
+	t.Helper()
+	for i, srv := range nodes {
+		wait.For(t, 30*time.Second, func() error {
+			fams, err := scrapeErr(srv)
+			if err != nil {
+				return err
+			}
+			m := metric(fams, "dalv_postgres_pool_connections", map[string]string{"state": "acquired"})
+			if m != nil && m.GetGauge().GetValue() > 0 {
+				return fmt.Errorf("node %d holds %v PostgreSQL connections with no call running", i+1, m.GetGauge().GetValue())
+			}
+			return nil
+		})
+	}
 }
 
 // faultyPostgres starts a PostgreSQL server of t's own (synchronous
@@ -177,6 +199,7 @@ func checkHistory(t *testing.T, nodes []*proc.Server, run time.Duration, faults 
 		names = append(names, fmt.Sprintf("hist%d", u))
 	}
 	final := finalVersions(t, nodes[len(nodes)-1], names)
+	poolsGiveBack(t, nodes)
 	feed := checkFeeds(t, nodes, live, final)
 	t.Log(feed)
 	events, breaks := 0, 0
