@@ -32,7 +32,7 @@ import (
 // TestHistoryOneNode checks a history of one node on the embedded store.
 func TestHistoryOneNode(t *testing.T) {
 	t.Parallel()
-	checkHistory(t, []*proc.Server{startServer(t)}, historyRun(3*time.Second), nil)
+	checkHistory(t, []*proc.Server{startServer(t)}, historyRun(3*time.Second), nil, nil)
 }
 
 // TestHistoryPostgres checks a history of three nodes over PostgreSQL, each
@@ -40,7 +40,7 @@ func TestHistoryOneNode(t *testing.T) {
 func TestHistoryPostgres(t *testing.T) {
 	t.Parallel()
 	nodes, _ := pgNodes(t, pgtest.Server(t), 3)
-	checkHistory(t, nodes, historyRun(3*time.Second), nil)
+	checkHistory(t, nodes, historyRun(3*time.Second), nil, nil)
 }
 
 // TestHistoryPostgresFaults checks a history of three nodes over a
@@ -53,7 +53,7 @@ func TestHistoryPostgres(t *testing.T) {
 func TestHistoryPostgresFaults(t *testing.T) {
 	t.Parallel()
 	pg, proxy, nodes := faultyPostgres(t)
-	checkHistory(t, nodes, historyRun(4*time.Second), func(pause func(time.Duration) bool) string {
+	checkHistory(t, nodes, historyRun(4*time.Second), nil, func(pause func(time.Duration) bool) string {
 		var cuts, holes, restarts int
 		for pause(400 * time.Millisecond) {
 			proxy.SetDown(true) // connections cut, new ones refused
@@ -130,11 +130,26 @@ func faultyPostgres(t *testing.T) (*pgtest.Throwaway, *pgtest.Proxy, []*proc.Ser
 	}
 }
 
+// historyRound is one history among several run one after another against
+// the same nodes: the prefix of its users' names, and the feed cursor to
+// follow from, which the round leaves where its feed reader ended.
+type historyRound struct {
+	users  string
+	cursor string
+	faults string // what is injected meanwhile by others, for the log
+}
+
 // checkHistory runs devices and backends against nodes for run
 // (and faults, when given, at the same time: it pauses between faults
 // until the run ends, and says what it injected), then checks the history
-// and logs what it checked.
-func checkHistory(t *testing.T, nodes []*proc.Server, run time.Duration, faults func(pause func(time.Duration) bool) string) {
+// and logs what it checked. round, when given, names its users and where
+// its feed reader starts; else the users are hist0, hist1... and the
+// reader starts from the feed's start.
+func checkHistory(t *testing.T, nodes []*proc.Server, run time.Duration, round *historyRound, faults func(pause func(time.Duration) bool) string) {
+	if round == nil {
+		round = &historyRound{users: "hist", cursor: "start"}
+	}
+	userName := func(u int) string { return round.users + strconv.Itoa(u) }
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("DALV_HISTORY_SEED"); s != "" {
 		seed, _ = strconv.ParseUint(s, 10, 64)
@@ -144,13 +159,17 @@ func checkHistory(t *testing.T, nodes []*proc.Server, run time.Duration, faults 
 	live := &feedReader{}
 	feedCtx, stopFeed := context.WithCancel(context.Background())
 	feedDone := make(chan struct{}, 1+users) // the feed reader's and the watches'
-	go func() { defer func() { feedDone <- struct{}{} }(); live.follow(feedCtx, nodes[0], "start") }()
+	go func() { defer func() { feedDone <- struct{}{} }(); live.follow(feedCtx, nodes[0], round.cursor) }()
 	defer func() {
 		stopFeed()
 		for range 1 + users {
 			<-feedDone
 		}
 	}()
+	var names []string
+	for u := range users {
+		names = append(names, userName(u))
+	}
 	deadline := time.Now().Add(run)
 	// A device of each user watches its partition on another node than
 	// the user's first device.
@@ -158,13 +177,13 @@ func checkHistory(t *testing.T, nodes []*proc.Server, run time.Duration, faults 
 	for u := range watches {
 		w, srv := &watchReader{}, nodes[(u+1)%len(nodes)]
 		watches[u] = w
-		dc := deviceClient(t, srv, fmt.Sprintf("hist%d", u))
+		dc := deviceClient(t, srv, userName(u))
 		go func() { defer func() { feedDone <- struct{}{} }(); w.follow(feedCtx, dc, "watcher") }()
 	}
 	var wg sync.WaitGroup
 	client := 0
 	for u := range users {
-		user := fmt.Sprintf("hist%d", u)
+		user := userName(u)
 		for d := range devicesPerUser {
 			srv := nodes[(u+d)%len(nodes)]
 			dc := deviceClient(t, srv, user)
@@ -179,9 +198,12 @@ func checkHistory(t *testing.T, nodes []*proc.Server, run time.Duration, faults 
 		bc := backendClient(t, nodes[b%len(nodes)])
 		id, rng := client, rand.New(rand.NewPCG(seed, uint64(client)))
 		client++
-		wg.Go(func() { historyBackend(t, rec, bc, id, users, rng, deadline, faults == nil) })
+		wg.Go(func() { historyBackend(t, rec, bc, id, names, rng, deadline, faults == nil) })
 	}
 	injected := "no faults"
+	if round.faults != "" {
+		injected = round.faults
+	}
 	if faults != nil {
 		wg.Go(func() {
 			injected = faults(func(d time.Duration) bool {
@@ -194,17 +216,16 @@ func checkHistory(t *testing.T, nodes []*proc.Server, run time.Duration, faults 
 		})
 	}
 	wg.Wait()
-	var names []string
-	for u := range users {
-		names = append(names, fmt.Sprintf("hist%d", u))
-	}
 	final := finalVersions(t, nodes[len(nodes)-1], names)
 	poolsGiveBack(t, nodes)
 	feed := checkFeeds(t, nodes, live, final)
 	t.Log(feed)
+	if events, _ := live.snapshot(); len(events) > 0 {
+		round.cursor = events[len(events)-1].cursor
+	}
 	events, breaks := 0, 0
 	for u, w := range watches {
-		user := fmt.Sprintf("hist%d", u)
+		user := userName(u)
 		checkWatch(t, w, nodes[len(nodes)-1], user, final["user:"+user])
 		w.mu.Lock()
 		events, breaks = events+w.events, breaks+w.breaks
@@ -388,12 +409,12 @@ func retryAfter(last time.Duration) time.Duration {
 func historyBackend(t *testing.T, rec *hist.Recorder, bc interface {
 	Commit(context.Context, *connect.Request[dalvv1.CommitRequest]) (*connect.Response[dalvv1.CommitResponse], error)
 	Get(context.Context, *connect.Request[dalvv1.GetRequest]) (*connect.Response[dalvv1.GetResponse], error)
-}, client, users int, rng *rand.Rand, deadline time.Time, cut bool) {
+}, client int, users []string, rng *rand.Rand, deadline time.Time, cut bool) {
 	seen := map[string]uint64{}
 	var backoff time.Duration
 	var resend *hist.Call // a commit under a key that got no answer
 	for n := 0; time.Now().Before(deadline) || resend != nil && time.Now().Before(deadline.Add(settleTime)); n++ {
-		user := fmt.Sprintf("hist%d", rng.IntN(users))
+		user := users[rng.IntN(len(users))]
 		if resend != nil {
 			user = strings.TrimPrefix(resend.Partition, "u:")
 		}

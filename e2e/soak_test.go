@@ -15,7 +15,8 @@ import (
 )
 
 // TestSoakMixed runs the history load (devices syncing, backends
-// committing and reading, a feed reader, device watches) for
+// committing and reading, a feed reader, device watches), as histories of
+// two minutes each on fresh users, one after another, for
 // DALV_SOAK_MINUTES (2 by default; `make soak-mixed` runs 60) on one node on
 // the embedded store and on three nodes over PostgreSQL at once, with a
 // fault every few minutes: the node SIGKILLed and restarted, or its disk
@@ -195,9 +196,17 @@ func soakValues(ss []soakSample, of func(soakSample) float64) []float64 {
 	return out
 }
 
-// soakRun runs the history load against s's nodes for run with faults,
-// sampling their resources meanwhile, then checks both.
+// soakRound is how long each history of a soak runs: long enough for
+// many faults, short enough that checking it stays within memory
+// (Porcupine's cache grows with the square of a partition's calls).
+const soakRound = 2 * time.Minute
+
+// soakRun runs the history load against s's nodes for run, as histories
+// of soakRound each on fresh users, one after another, with faults across
+// them all and the servers' resources sampled meanwhile; then it checks the
+// samples.
 func soakRun(t *testing.T, s *soak, run time.Duration, faults func(pause func(time.Duration) bool) string) {
+	deadline := time.Now().Add(run)
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
@@ -213,11 +222,26 @@ func soakRun(t *testing.T, s *soak, run time.Duration, faults func(pause func(ti
 			}
 		}
 	}()
-	checkHistory(t, s.nodes, run, func(pause func(time.Duration) bool) string {
-		injected := faults(pause)
-		close(stop)
-		<-done
-		return injected
-	})
+	injected := make(chan string, 1)
+	go func() {
+		injected <- faults(func(d time.Duration) bool {
+			if time.Until(deadline) < d {
+				return false
+			}
+			time.Sleep(d) // the faults' schedule, not a synchronisation
+			return true
+		})
+	}()
+	round := &historyRound{cursor: "start", faults: "the soak's faults"}
+	for i := 0; time.Until(deadline) > time.Second; i++ {
+		round.users = fmt.Sprintf("soak%d-", i)
+		s.mu.Lock()
+		nodes := slices.Clone(s.nodes) // a node restarted meanwhile keeps its address
+		s.mu.Unlock()
+		checkHistory(t, nodes, min(time.Until(deadline), soakRound), round, nil)
+	}
+	t.Logf("faults: %s", <-injected)
+	close(stop)
+	<-done
 	s.check(t)
 }
