@@ -43,7 +43,7 @@ try {
       const sync = await page.evaluate(([u, t, k]) => window.firstSync(u, t, k), [srv.url, srv.token(user), KEYS]);
       const open = await page.evaluate(() => window.openToFirstRead());
       const read = await page.evaluate(() => window.read());
-      const write = await page.evaluate((n) => window.write(n), 60);
+      const write = await page.evaluate((n) => window.write(n), 30);
       const r = { read, open, sync, writeRatio: write.sdk / write.floor, write: write.sdk, floor: write.floor };
       results.push(r);
       console.log(`run ${run}: read ${r.read.toFixed(2)} µs, write ${r.write.toFixed(2)} ms vs bare put ${r.floor.toFixed(2)} ms (${r.writeRatio.toFixed(2)}×), open ${r.open.toFixed(0)} ms, first sync ${r.sync.toFixed(0)} ms`);

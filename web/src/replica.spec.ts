@@ -8,7 +8,7 @@ import { clientWins, deferToInbox, serverWins, use } from "./conflict.js";
 import { DalvError } from "./errors.js";
 import { mergeJSON } from "./merge-json.js";
 import type { ReplicaOptions } from "./options.js";
-import { openDatabase } from "./private/idb.js";
+import { FORMAT, openDatabase } from "./private/idb.js";
 import type { Replica } from "./replica.js";
 import { openReplica } from "./replica.js";
 
@@ -184,20 +184,77 @@ test("replica format: a newer format refuses to open, and an older open tab is t
   await r.put("k", "kept");
   // A newer package opens the database at the next format version.
   const newer = await new Promise<IDBDatabase>((res, rej) => {
-    const q = indexedDB.open(name, 2);
+    const q = indexedDB.open(name, FORMAT + 1);
     q.onsuccess = () => res(q.result);
     q.onerror = () => rej(q.error);
   });
   await waitFor("old tab told", () => told);
   assert.throws(() => r.get("k"), (e: DalvError) => e.code === "closed");
-  const tx = newer.transaction("pkeys");
+  const tx = newer.transaction("queue");
   const all = await new Promise<unknown[]>((res) => {
-    const q = tx.objectStore("pkeys").getAll();
+    const q = tx.objectStore("queue").getAll();
     q.onsuccess = () => res(q.result);
   });
   assert.equal(all.length, 1, "the pending write is still there");
   newer.close();
   await assert.rejects(openDatabase(name), (e: DalvError) => e.code === "outdated");
+});
+
+test("a format 1 replica is upgraded on open: its pending batches keep their numbers, and new ones follow its counter", async () => {
+  const user = newUser();
+  const name = `db-${n++}`;
+  const device = `upgraded-${n}`;
+  // The server has applied this device's batch 11, and the replica's
+  // format 1 counter is at 12 with batches 6 and 7 still pending (as after
+  // a rewrite whose later batches were emptied; such states are made by
+  // hand here, as format 1 left them).
+  const sync = await fetch(`${srv.url}/dalv.v1.ClientService/Sync`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${srv.token(user)}` },
+    body: JSON.stringify({ deviceId: device, baseVersion: "0", batch: "11", ops: [put("z", "sent before")] }),
+  });
+  assert.equal(sync.status, 200, await sync.text());
+  const enc = (x: string) => new TextEncoder().encode(x);
+  const a = { kind: "put", key: "a", value: { scalar: enc("one") } };
+  const l = { kind: "listAdd", key: "l", elem: enc("x") };
+  await new Promise<void>((res, rej) => {
+    const q = indexedDB.open(name, 1);
+    q.onupgradeneeded = () => {
+      const db = q.result;
+      db.createObjectStore("kv", { keyPath: ["p", "b"] });
+      db.createObjectStore("pkeys", { keyPath: "key" });
+      db.createObjectStore("pending", { keyPath: "seq" });
+      db.createObjectStore("inbox", { keyPath: "key" });
+      db.createObjectStore("refused", { keyPath: "id" });
+      const meta = db.createObjectStore("meta");
+      const tx = q.transaction as IDBTransaction;
+      tx.objectStore("pending").put({ seq: 3, no: 12 - 6, ops: [a] });
+      tx.objectStore("pending").put({ seq: 5, no: 12 - 5, ops: [l] });
+      tx.objectStore("pkeys").put({ key: "a", base: undefined, ops: [a], local: a.value, u: 0, ul: 0 });
+      tx.objectStore("pkeys").put({ key: "l", base: undefined, ops: [l], local: { list: [l.elem] }, u: 0, ul: 0 });
+      meta.put(device, "device");
+      meta.put(12, "counter");
+    };
+    q.onsuccess = () => {
+      q.result.close();
+      res();
+    };
+    q.onerror = () => rej(q.error);
+  });
+  const r = await open(user, { name });
+  assert.equal(text(r, "a"), "one", "pending writes show after the upgrade");
+  assert.deepEqual(text(r, "l"), ["x"]);
+  assert.equal(r.status.pending, 2);
+  await r.put("b", "after");
+  await r.sync();
+  assert.equal(r.status.pending, 0);
+  // Batches 6 and 7 are below the server's 11, so the server answers them
+  // as applied already; the new write is numbered past the counter and
+  // applies. A number from 1 again would have been dropped as a replay.
+  assert.equal(await serverText(user, "b"), "after");
+  assert.equal(await serverText(user, "z"), "sent before");
+  assert.equal(await serverText(user, "a"), undefined);
+  r.close();
 });
 
 test("a token is asked again on unauthenticated", async () => {

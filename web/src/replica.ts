@@ -3,11 +3,12 @@ import type { Conflict, Resolution } from "./conflict.js";
 import { DalvError } from "./errors.js";
 import type { Op } from "./op.js";
 import type { ReplicaOptions } from "./options.js";
-import { checkOps, checkValue, checkWritable, useRuleChecker } from "./private/config.js";
+import { checkOps, useRuleChecker } from "./private/config.js";
 import { Core } from "./private/core.js";
 import { openDatabase, S } from "./private/idb.js";
 import type { Touched } from "./private/records.js";
 import type { Patch } from "./private/state.js";
+import { compareKeys } from "./private/state.js";
 import type { LoopStatus } from "./private/syncer.js";
 import { Syncer } from "./private/syncer.js";
 import type { Message } from "./private/tabs.js";
@@ -83,16 +84,15 @@ export class Replica {
       this.syncer = new Syncer(
         this.core,
         {
+          ...options,
           serverUrl: options.serverUrl,
           token: options.token,
-          resolver: options.resolver,
           shared: options.shared ?? [],
           retryMinMs: options.retryMinMs ?? 200,
           retryMaxMs: options.retryMaxMs ?? 30_000,
           resyncEveryMs: options.resyncEveryMs ?? 300_000,
           maxConflictRounds: options.maxConflictRounds ?? 10,
           maxLimitRetries: options.maxLimitRetries ?? 8,
-          onRefused: options.onRefused,
         },
         (s) => this.loopStatus(s),
       );
@@ -176,7 +176,7 @@ export class Replica {
   /** conflicts returns the deferred conflicts in the inbox, in key order. */
   conflicts(): Conflict[] {
     this.check();
-    return [...this.core.state.inbox.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+    return [...this.core.state.inbox.values()].sort((a, b) => compareKeys(a.key, b.key));
   }
 
   /**
@@ -192,8 +192,6 @@ export class Replica {
     const remoteNow = st.part("").get(key)?.v;
     let ops: Op[] = [];
     if (st.pend.has(key) || !valuesEqual(res.value, remoteNow)) {
-      checkWritable(key, st.config);
-      checkValue(key, res.value, st.config);
       ops = [res.value === undefined ? { kind: "delete", key } : { kind: "put", key, value: res.value }];
       checkOps(ops, st.config);
     }
@@ -237,13 +235,10 @@ export class Replica {
     const st = this.core.state;
     const s = this.leaderStatus;
     return {
-      online: s.online,
-      watching: s.watching,
+      ...s,
       leader: this.tabs.leader,
       pending: st.pendingCount,
       version: st.versions.get("") ?? 0,
-      lastSync: s.lastSync,
-      lastError: s.lastError,
       conflicts: st.inbox.size,
       refused: st.refused.size,
     };
@@ -374,7 +369,7 @@ export class Replica {
           online: m.online,
           watching: m.watching,
           lastSync: m.lastSync,
-          lastError: m.error ? new DalvError(m.error.code, m.error.message, m.error.serverCode ? { serverCode: m.error.serverCode } : undefined) : undefined,
+          lastError: m.error && new DalvError(m.error.code, m.error.message, { serverCode: m.error.serverCode }),
         };
         this.emitStatus();
         return;
@@ -396,13 +391,8 @@ export class Replica {
   private broadcastStatus(): void {
     const s = this.leaderStatus;
     const e = s.lastError;
-    this.tabs.post({
-      t: "status",
-      online: s.online,
-      watching: s.watching,
-      lastSync: s.lastSync,
-      ...(e ? { error: { code: e.code, message: e.message, ...(e.serverCode ? { serverCode: e.serverCode } : {}) } } : {}),
-    });
+    // An error crosses as its fields: a DalvError's code does not survive structured cloning.
+    this.tabs.post({ t: "status", online: s.online, watching: s.watching, lastSync: s.lastSync, error: e && { code: e.code, message: e.message, serverCode: e.serverCode } });
   }
 
   private emitStatus(): void {

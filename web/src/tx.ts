@@ -3,7 +3,7 @@ import { DalvError } from "./errors.js";
 import type { Op } from "./op.js";
 import { applyOps } from "./op.js";
 import type { ServerConfig } from "./private/config.js";
-import { checkRule, checkValue, checkWritable } from "./private/config.js";
+import { checkOpCount, checkRule, checkValue, checkWritable } from "./private/config.js";
 import type { State } from "./private/state.js";
 import { compareKeys } from "./private/state.js";
 import type { Value } from "./value.js";
@@ -92,9 +92,7 @@ export class Tx {
     const next = applyOps(cur, [op]);
     checkValue(op.key, next, this.cfg);
     checkRule(op, cur, next, this.cfg);
-    if (this.ops.length + 1 > this.cfg.maxOps) {
-      throw new DalvError("limit", `more than ${this.cfg.maxOps} ops in one transaction, over the server's limit per sync`);
-    }
+    checkOpCount(this.ops.length + 1, this.cfg);
     this.ops.push(op);
     this.mine.set(op.key, next);
   }

@@ -157,13 +157,14 @@ test("a newer package opening the replica in another tab: the old tab is told to
     await old.evaluate(() => (window as any).r.put("kept", "before the upgrade"));
     assert.equal((await status(old)).pending, 1);
     // The other tab runs a newer package: it opens the database at the
-    // next format version, which Chromium makes wait on the old tab.
+    // next format version (this package's is 2), which Chromium makes wait
+    // on the old tab.
     const newer = await ctx.newPage();
     await newer.goto(`${stat.origin}/page.html`);
     const pending = await newer.evaluate(() => new Promise<number>((res, rej) => {
-      const q = indexedDB.open("upgrade", 2);
+      const q = indexedDB.open("upgrade", 3);
       q.onsuccess = () => {
-        const all = q.result.transaction("pkeys").objectStore("pkeys").getAll();
+        const all = q.result.transaction("queue").objectStore("queue").getAll();
         all.onsuccess = () => { q.result.close(); res(all.result.length); };
       };
       q.onerror = () => rej(q.error);

@@ -91,11 +91,14 @@ export function checkRule(op: Op, cur: Value | undefined, next: Value | undefine
   if (r) throw new DalvError("rule", r.message, { serverCode: r.code });
 }
 
+/** checkOpCount refuses a transaction of n ops, over the server's op limit. */
+export function checkOpCount(n: number, cfg: ServerConfig): void {
+  if (n > cfg.maxOps) throw new DalvError("limit", `${n} ops in one transaction, over the server's limit of ${cfg.maxOps} ops per sync`);
+}
+
 /** checkOps refuses a batch over the server's op limit, or with an op the server would refuse. */
 export function checkOps(ops: readonly Op[], cfg: ServerConfig): void {
-  if (ops.length > cfg.maxOps) {
-    throw new DalvError("limit", `${ops.length} ops in one transaction, over the server's limit of ${cfg.maxOps} ops per sync`);
-  }
+  checkOpCount(ops.length, cfg);
   for (const op of ops) {
     checkWritable(op.key, cfg);
     if (op.kind === "put") checkValue(op.key, op.value, cfg);

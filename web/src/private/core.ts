@@ -8,10 +8,10 @@ import { valuesEqual } from "../value.js";
 import type { ServerConfig } from "./config.js";
 import { checkOps } from "./config.js";
 import { done, read, req, S, write } from "./idb.js";
-import type { Batch, Entry, PKey, Touched } from "./records.js";
+import type { Anchor, Batch, Entry, PKey, Touched } from "./records.js";
 import { emptyTouched } from "./records.js";
 import type { Patch } from "./state.js";
-import { emptyPatch, State } from "./state.js";
+import { compareKeys, emptyPatch, State } from "./state.js";
 
 /** Update is the net effect of one or more answers or watch events on a partition. */
 export interface Update {
@@ -29,9 +29,10 @@ export interface Decision {
 
 /**
  * Core is the replica's storage: the IndexedDB database and the state in
- * memory. Every change is one IndexedDB transaction that reads what it
- * needs from the database (other tabs write it too), then a Patch that
- * makes memory current, handed to commit.
+ * memory. Every change is one IndexedDB transaction, then a Patch that
+ * makes memory current, handed to commit. A local write reads nothing: it
+ * appends one batch to the queue. The tab that syncs reads what it needs
+ * from the database (other tabs write the queue too).
  */
 export class Core {
   readonly state = new State();
@@ -44,10 +45,7 @@ export class Core {
   /** load reads the whole replica into memory, creating the device id of a new one. */
   async load(): Promise<void> {
     const patch = await this.rereadAll();
-    const tx = read(this.db, [S.meta]);
-    const meta = tx.objectStore(S.meta);
-    const [stored, config] = await Promise.all([req(meta.get("device")) as Promise<string | undefined>, req(meta.get("config")) as Promise<ServerConfig | undefined>]);
-    let device = stored;
+    let device = (await req(read(this.db, [S.meta]).objectStore(S.meta).get("device"))) as string | undefined;
     if (device === undefined) {
       // A new replica: its device id is created once, by the first tab
       // whose transaction gets there.
@@ -58,45 +56,33 @@ export class Core {
       await done(wtx);
     }
     this.state.deviceId = device;
-    if (config) patch.config = config;
     this.state.apply(patch);
   }
 
   /**
    * writeLocal queues ops as one batch, durably, and applies them to what
    * reads show. also runs in the same transaction (settling a conflict).
+   * The transaction is one put to the queue: the batch carries what this
+   * tab showed (its partition version and each key's value before the
+   * batch), from which the sync learns what the ops apply to.
    */
   async writeLocal(ops: readonly Op[], also?: (tx: IDBTransaction, patch: Patch, t: Touched) => void): Promise<void> {
-    const tx = write(this.db, [S.kv, S.pkeys, S.pending, S.meta, S.inbox]);
+    const tx = write(this.db, also ? [S.queue, S.inbox] : [S.queue]);
     const patch = emptyPatch(false);
     const t = emptyTouched(false);
     also?.(tx, patch, t);
     if (ops.length > 0) {
-      // Every read is issued at once: one round trip to the storage, then
-      // the writes and the commit.
+      const st = this.state;
       const groups = [...byKey(ops)];
-      const pkStore = tx.objectStore(S.pkeys);
-      const kvStore = tx.objectStore(S.kv);
-      const meta = tx.objectStore(S.meta);
-      const pendingStore = tx.objectStore(S.pending);
-      const [counter, count, pks, entries] = await Promise.all([
-        req(meta.get("counter")) as Promise<number | undefined>,
-        req(pendingStore.count()),
-        Promise.all(groups.map(([k]) => req(pkStore.get(k)) as Promise<PKey | undefined>)),
-        Promise.all(groups.map(async ([k]) => ((await req(kvStore.get(["", bucket(k)]))) as Chunk | undefined)?.m.get(k))),
-      ]);
-      const seq = counter ?? 1;
-      meta.put(seq + 1, "counter");
-      pendingStore.put({ seq, no: seq, ops } satisfies Batch);
-      groups.forEach(([k, kops], i) => {
-        const e = entries[i];
-        const p = pks[i] ?? { key: k, base: e?.v, ops: [], local: e?.v, u: 0, ul: 0 };
+      const bases = new Map(groups.map(([k]) => [k, st.view("", k)]));
+      tx.objectStore(S.queue).add({ ops, v: st.versions.get("") ?? 0, bases } satisfies Omit<Batch, "seq">);
+      for (const [k, kops] of groups) {
+        const p = st.pend.get(k) ?? { key: k, base: bases.get(k), ops: [], local: bases.get(k), u: 0, ul: 0 };
         const np: PKey = { ...p, ops: [...p.ops, ...kops], local: applyOps(p.local, kops) };
-        pkStore.put(np);
         patch.pkeys.push([k, np]);
         t.pkeys.push(k);
-      });
-      patch.pendingCount = count + 1;
+      }
+      patch.pendingCount = st.pendingCount + 1;
       t.pending = true;
     }
     await done(tx);
@@ -117,8 +103,8 @@ export class Core {
 
   /** head returns the first pending batch, read from the database (other tabs add to the queue). */
   async head(): Promise<Batch | undefined> {
-    const tx = read(this.db, [S.pending]);
-    const c = await req(tx.objectStore(S.pending).openCursor());
+    const tx = read(this.db, [S.queue]);
+    const c = await req(tx.objectStore(S.queue).openCursor());
     return (c?.value as Batch | undefined) ?? undefined;
   }
 
@@ -133,7 +119,7 @@ export class Core {
     const old = st.versions.get(u.part) ?? 0;
     if (!ack && !u.reset && u.version <= old && u.changes.size === 0) return;
     const own = u.part === "";
-    const tx = write(this.db, [S.kv, S.pkeys, S.pending, S.meta]);
+    const tx = write(this.db, [S.kv, S.pkeys, S.queue, S.meta]);
     const kv = tx.objectStore(S.kv);
     const patch = emptyPatch(true);
     const t = emptyTouched(true);
@@ -157,7 +143,7 @@ export class Core {
       const got = await Promise.all(bs.map((b) => req(kv.get([u.part, b])) as Promise<Chunk | undefined>));
       bs.forEach((b, i) => chunks.set(b, new Map(got[i]?.m ?? [])));
     }
-    const keys = [...u.changes.keys()].sort((a, b) => (u.changes.get(a)?.version ?? 0) - (u.changes.get(b)?.version ?? 0) || (a < b ? -1 : a > b ? 1 : 0));
+    const keys = [...u.changes.keys()].sort((a, b) => (u.changes.get(a)?.version ?? 0) - (u.changes.get(b)?.version ?? 0) || compareKeys(a, b));
     for (const k of keys) {
       const ch = u.changes.get(k);
       if (!ch) continue;
@@ -193,15 +179,15 @@ export class Core {
 
     if (own) {
       const pk = tx.objectStore(S.pkeys);
-      const pend = new Map(((await req(pk.getAll())) as PKey[]).map((p) => [p.key, p]));
+      const { pend } = await this.pendingIn(tx);
       const upd = new Map<string, PKey | null>();
       const syncedNow = (k: string) => (changed.has(k) ? changed.get(k)?.new : cur.get(k)?.v);
       if (ack) {
-        tx.objectStore(S.pending).delete(ack.seq);
+        tx.objectStore(S.queue).delete(ack.seq);
         t.pending = true;
         for (const [k, kops] of byKey(ack.ops)) {
           const p = pend.get(k);
-          if (!p) throw new DalvError("storage", `internal: acknowledged op on ${JSON.stringify(k)} without a pending-key record`);
+          if (!p) throw new DalvError("storage", `internal: acknowledged batch ${ack.seq} is not in the queue`);
           const rest = p.ops.slice(kops.length);
           if (rest.length === 0) {
             upd.set(k, null);
@@ -225,13 +211,8 @@ export class Core {
         if (s.new !== undefined && s.version > 0 && s.version < bound) bound = s.version; // a server that lost data
         upd.set(k, { ...p, u: bound });
       }
-      for (const [k, np] of upd) {
-        if (np) pk.put(np);
-        else pk.delete(k);
-        patch.pkeys.push([k, np]);
-        t.pkeys.push(k);
-      }
-      if (ack) patch.pendingCount = await req(tx.objectStore(S.pending).count());
+      putAnchors(pk, upd, patch, t);
+      if (ack) patch.pendingCount = await req(tx.objectStore(S.queue).count());
     }
     await done(tx);
     this.commit(patch, t);
@@ -239,7 +220,7 @@ export class Core {
 
   /** sentBase is the base version to send b with: lowered below the first unseen remote change of each key of b. */
   async sentBase(b: Batch): Promise<number> {
-    const pend = await this.pendingKeys();
+    const { pend } = await this.pendingIn(read(this.db, [S.pkeys, S.queue]));
     let base = this.state.versions.get("") ?? 0;
     const scalar = scalarKeys(b.ops);
     for (const op of b.ops) {
@@ -252,11 +233,15 @@ export class Core {
     return base;
   }
 
-  /** pendingKeys reads the pending-key records from the database. */
-  async pendingKeys(): Promise<Map<string, PKey>> {
-    const tx = read(this.db, [S.pkeys]);
-    const all = (await req(tx.objectStore(S.pkeys).getAll())) as PKey[];
-    return new Map(all.map((p) => [p.key, p]));
+  /**
+   * pendingIn reads the queue and the anchors in tx: the batches in order
+   * and each pending key as the sync sees it. The tab that syncs is the
+   * only one that changes synced values, so its memory holds them.
+   */
+  private async pendingIn(tx: IDBTransaction): Promise<{ queue: Batch[]; pend: Map<string, PKey> }> {
+    const [queue, anchors] = await Promise.all([req(tx.objectStore(S.queue).getAll()) as Promise<Batch[]>, req(tx.objectStore(S.pkeys).getAll()) as Promise<Anchor[]>]);
+    const own = this.state.part("");
+    return { queue, pend: derivePending(queue, new Map(anchors.map((a) => [a.key, a])), (k) => own.get(k)?.v) };
   }
 
   /**
@@ -265,10 +250,8 @@ export class Core {
    * device had seen (cleans), and list keys free of scalar changes (lifts).
    */
   async triage(b: Batch, base: number, flagged: readonly string[], version: number): Promise<{ calls: Conflict[]; cleans: string[]; lifts: string[]; maxSeq: number }> {
-    const tx = read(this.db, [S.pkeys, S.pending]);
-    const pend = new Map(((await req(tx.objectStore(S.pkeys).getAll())) as PKey[]).map((p) => [p.key, p]));
-    const last = await req(tx.objectStore(S.pending).openCursor(null, "prev"));
-    const maxSeq = (last?.value as Batch | undefined)?.seq ?? b.seq;
+    const { queue, pend } = await this.pendingIn(read(this.db, [S.pkeys, S.queue]));
+    const maxSeq = queue.at(-1)?.seq ?? b.seq;
     const scalar = scalarKeys(b.ops);
     const calls: Conflict[] = [];
     const cleans: string[] = [];
@@ -304,18 +287,14 @@ export class Core {
    * rewrite applies resolutions: the conflicting keys' ops in the batches up
    * to maxSeq (those the resolver saw) are replaced by one op in the head
    * batch b that sets the chosen value, or by an inbox entry; the batches
-   * get fresh numbers, since b was rewritten after it was refused.
+   * get fresh numbers (new places at the queue's end, in the same order),
+   * since b was rewritten after it was refused.
    */
   async rewrite(b: Batch, maxSeq: number, decisions: Decision[], cleans: string[], lifts: string[], version: number, cfg: ServerConfig): Promise<void> {
-    const tx = write(this.db, [S.pkeys, S.pending, S.meta, S.inbox, S.kv]);
-    const pendingStore = tx.objectStore(S.pending);
-    const queue = (await req(pendingStore.getAll())) as Batch[];
-    if (queue[0]?.seq !== b.seq) {
-      tx.abort();
-      throw new DalvError("storage", `internal: conflicting batch ${b.no} is not the head of the queue`);
-    }
-    const pkStore = tx.objectStore(S.pkeys);
-    const pend = new Map(((await req(pkStore.getAll())) as PKey[]).map((p) => [p.key, p]));
+    const tx = write(this.db, [S.pkeys, S.queue, S.inbox]);
+    const queueStore = tx.objectStore(S.queue);
+    const { queue, pend } = await this.pendingIn(tx);
+    checkHead(tx, queue, b);
     const now = Date.now();
     const decided = new Set<string>();
     const headOps: Op[] = [];
@@ -366,53 +345,41 @@ export class Core {
       for (const q of queue) {
         let ops = q.seq <= maxSeq ? q.ops.filter((op) => !decided.has(op.key)) : [...q.ops];
         if (q.seq === b.seq) ops = [...ops, ...headOps];
-        if (ops.length === 0) {
-          pendingStore.delete(q.seq);
-          continue;
-        }
         // Fresh numbers: no request with the old ones can then apply a
         // version of a batch the device no longer holds.
-        pendingStore.put({ seq: q.seq, no: await nextNumber(tx), ops } satisfies Batch);
+        queueStore.delete(q.seq);
+        if (ops.length > 0) queueStore.add({ ops, v: q.v, bases: q.bases } satisfies Omit<Batch, "seq">);
       }
-      patch.pendingCount = await req(pendingStore.count());
+      patch.pendingCount = await req(queueStore.count());
       t.pending = true;
     }
-    for (const [k, np] of upd) {
-      if (np) pkStore.put(np);
-      else pkStore.delete(k);
-      patch.pkeys.push([k, np]);
-      t.pkeys.push(k);
-    }
+    putAnchors(tx.objectStore(S.pkeys), upd, patch, t);
     await done(tx);
     this.commit(patch, t);
   }
 
   /** setAside moves the head batch b, which the server refused, to the refused batches; its ops no longer show in reads. */
   async setAside(b: Batch, rb: RefusedBatch): Promise<void> {
-    const tx = write(this.db, [S.pkeys, S.pending, S.refused]);
+    const tx = write(this.db, [S.pkeys, S.queue, S.refused]);
     const patch = emptyPatch(true);
     const t = emptyTouched(true);
-    const first = await req(tx.objectStore(S.pending).openCursor());
-    if ((first?.value as Batch | undefined)?.seq !== b.seq) {
-      tx.abort();
-      throw new DalvError("storage", `internal: batch ${b.no} is not the head of the queue`);
-    }
-    tx.objectStore(S.pending).delete(b.seq);
+    const { queue, pend } = await this.pendingIn(tx);
+    checkHead(tx, queue, b);
+    tx.objectStore(S.queue).delete(b.seq);
     tx.objectStore(S.refused).put(rb);
-    const pk = tx.objectStore(S.pkeys);
+    // The keys' later ops now apply to their base without the refused
+    // ones: their anchors say so.
+    const upd = new Map<string, PKey | null>();
     for (const [k, kops] of byKey(b.ops)) {
-      const p = (await req(pk.get(k))) as PKey | undefined;
+      const p = pend.get(k);
       if (!p) continue;
       const rest = p.ops.slice(kops.length);
-      const np: PKey | null = rest.length === 0 ? null : { ...p, ops: rest, local: applyOps(p.base, rest) };
-      if (np) pk.put(np);
-      else pk.delete(k);
-      patch.pkeys.push([k, np]);
-      t.pkeys.push(k);
+      upd.set(k, rest.length === 0 ? null : { ...p, ops: rest, local: applyOps(p.base, rest) });
     }
+    putAnchors(tx.objectStore(S.pkeys), upd, patch, t);
     patch.refused.push([rb.id, rb]);
     t.refused.push(rb.id);
-    patch.pendingCount = await req(tx.objectStore(S.pending).count());
+    patch.pendingCount = queue.length - 1;
     t.pending = true;
     await done(tx);
     this.commit(patch, t);
@@ -436,14 +403,15 @@ export class Core {
    * a last transaction it had no time to tell.
    */
   async rereadAll(): Promise<Patch> {
-    const tx = read(this.db, [S.kv, S.pkeys, S.pending, S.inbox, S.refused, S.meta]);
-    const [chunks, pkeys, inbox, refused, pending, vs] = await Promise.all([
+    const tx = read(this.db, [S.kv, S.pkeys, S.queue, S.inbox, S.refused, S.meta]);
+    const [chunks, anchors, inbox, refused, queue, vs, cfg] = await Promise.all([
       req(tx.objectStore(S.kv).getAll()) as Promise<Chunk[]>,
-      req(tx.objectStore(S.pkeys).getAll()) as Promise<PKey[]>,
+      req(tx.objectStore(S.pkeys).getAll()) as Promise<Anchor[]>,
       req(tx.objectStore(S.inbox).getAll()) as Promise<Conflict[]>,
       req(tx.objectStore(S.refused).getAll()) as Promise<RefusedBatch[]>,
-      req(tx.objectStore(S.pending).count()),
+      req(tx.objectStore(S.queue).getAll()) as Promise<Batch[]>,
       req(tx.objectStore(S.meta).get("versions")) as Promise<Record<string, number> | undefined>,
+      req(tx.objectStore(S.meta).get("config")) as Promise<ServerConfig | undefined>,
     ]);
     const st = this.state;
     const patch = emptyPatch(true);
@@ -453,23 +421,20 @@ export class Core {
       if (!m) patch.parts.set(c.p, (m = new Map()));
       for (const [k, e] of c.m) m.set(k, e);
     }
-    const pk = new Map(pkeys.map((p) => [p.key, p]));
-    for (const k of st.pend.keys()) if (!pk.has(k)) patch.pkeys.push([k, null]);
-    for (const [k, p] of pk) patch.pkeys.push([k, p]);
-    const ib = new Map(inbox.map((c) => [c.key, c]));
-    for (const k of st.inbox.keys()) if (!ib.has(k)) patch.inbox.push([k, null]);
-    for (const [k, c] of ib) patch.inbox.push([k, c]);
-    const rf = new Map(refused.map((b) => [b.id, b]));
-    for (const id of st.refused.keys()) if (!rf.has(id)) patch.refused.push([id, null]);
-    for (const [id, b] of rf) patch.refused.push([id, b]);
+    const own = patch.parts.get("");
+    const pk = derivePending(queue, new Map(anchors.map((a) => [a.key, a])), (k) => own?.get(k)?.v);
+    replaceAll(patch.pkeys, st.pend, pk);
+    replaceAll(patch.inbox, st.inbox, new Map(inbox.map((c) => [c.key, c])));
+    replaceAll(patch.refused, st.refused, new Map(refused.map((b) => [b.id, b])));
     for (const [p, v] of Object.entries(vs ?? {})) patch.versions.push([p, v]);
-    patch.pendingCount = pending;
+    patch.pendingCount = queue.length;
+    if (cfg) patch.config = cfg;
     return patch;
   }
 
   /** reread builds the patch of what another tab's transaction changed, from the database. */
   async reread(t: Touched): Promise<Patch> {
-    const tx = read(this.db, [S.kv, S.pkeys, S.pending, S.inbox, S.refused, S.meta]);
+    const tx = read(this.db, [S.kv, S.pkeys, S.queue, S.inbox, S.refused, S.meta]);
     const patch = emptyPatch(t.remote);
     const kv = tx.objectStore(S.kv);
     for (const p of t.resetParts) {
@@ -480,14 +445,17 @@ export class Core {
       const c = (await req(kv.get([p, bucket(k)]))) as Chunk | undefined;
       patch.kv.push({ p, k, e: c?.m.get(k) ?? null });
     }
-    for (const k of t.pkeys) patch.pkeys.push([k, ((await req(tx.objectStore(S.pkeys).get(k))) as PKey | undefined) ?? null]);
+    if (t.pkeys.length > 0 || t.pending) {
+      const { queue, pend } = await this.pendingIn(tx);
+      for (const k of t.pkeys) patch.pkeys.push([k, pend.get(k) ?? null]);
+      patch.pendingCount = queue.length;
+    }
     for (const k of t.inbox) patch.inbox.push([k, ((await req(tx.objectStore(S.inbox).get(k))) as Conflict | undefined) ?? null]);
     for (const id of t.refused) patch.refused.push([id, ((await req(tx.objectStore(S.refused).get(id))) as RefusedBatch | undefined) ?? null]);
     if (t.versions.length > 0) {
       const vs = ((await req(tx.objectStore(S.meta).get("versions"))) as Record<string, number> | undefined) ?? {};
       for (const p of t.versions) patch.versions.push([p, vs[p] ?? 0]);
     }
-    if (t.pending) patch.pendingCount = await req(tx.objectStore(S.pending).count());
     if (t.config) {
       const cfg = (await req(tx.objectStore(S.meta).get("config"))) as ServerConfig | undefined;
       if (cfg) patch.config = cfg;
@@ -517,12 +485,56 @@ export function bucket(k: string): number {
   return (h >>> 0) % BUCKETS;
 }
 
-/** nextNumber takes the next number of the device's counter, which numbers batches. */
-async function nextNumber(tx: IDBTransaction): Promise<number> {
-  const meta = tx.objectStore(S.meta);
-  const n = ((await req(meta.get("counter"))) as number | undefined) ?? 1;
-  meta.put(n + 1, "counter");
-  return n;
+/**
+ * derivePending makes each pending key of the queue: its ops are the
+ * queue's, in order; what they apply to is its anchor's, or else what the
+ * first batch holding them saw. A key whose synced value is not what that
+ * batch saw had a remote change the writing tab had not shown: its bound u
+ * makes the server report the key, as for a change the sync recorded.
+ * synced gives a key's synced value.
+ */
+export function derivePending(queue: readonly Batch[], anchors: ReadonlyMap<string, Anchor>, synced: (k: string) => Value | undefined): Map<string, PKey> {
+  const out = new Map<string, PKey>();
+  for (const b of queue) {
+    for (const [k, kops] of byKey(b.ops)) {
+      let p = out.get(k);
+      if (!p) {
+        const a = anchors.get(k);
+        if (a) {
+          p = { key: k, base: a.base, ops: [], local: a.base, u: a.u, ul: a.ul };
+        } else {
+          const base = b.bases?.get(k);
+          p = { key: k, base, ops: [], local: base, u: valuesEqual(synced(k), base) ? 0 : (b.v ?? 0) + 1, ul: 0 };
+        }
+      }
+      out.set(k, { ...p, ops: [...p.ops, ...kops], local: applyOps(p.local, kops) });
+    }
+  }
+  return out;
+}
+
+/** replaceAll adds to out what makes the map had into now: each of now's entries, and null for each key gone. */
+function replaceAll<K, V>(out: [K, V | null][], had: ReadonlyMap<K, V>, now: ReadonlyMap<K, V>): void {
+  for (const k of had.keys()) if (!now.has(k)) out.push([k, null]);
+  out.push(...now);
+}
+
+/** checkHead aborts tx and throws unless b is the head of queue: only the tab that syncs takes batches off the queue, and only its head. */
+function checkHead(tx: IDBTransaction, queue: readonly Batch[], b: Batch): void {
+  if (queue[0]?.seq !== b.seq) {
+    tx.abort();
+    throw new DalvError("storage", `internal: batch ${b.seq} is not the head of the queue`);
+  }
+}
+
+/** putAnchors writes (or, for null, deletes) the anchors of upd and adds them to patch and t. */
+function putAnchors(store: IDBObjectStore, upd: ReadonlyMap<string, PKey | null>, patch: Patch, t: Touched): void {
+  for (const [k, np] of upd) {
+    if (np) store.put({ key: k, base: np.base, u: np.u, ul: np.ul } satisfies Anchor);
+    else store.delete(k);
+    patch.pkeys.push([k, np]);
+    t.pkeys.push(k);
+  }
 }
 
 /** byKey groups ops by key, each group in order, keys in order of first op. */

@@ -1,4 +1,3 @@
-import { create } from "@bufbuild/protobuf";
 import type { Client, Interceptor } from "@connectrpc/connect";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
@@ -7,7 +6,8 @@ import { deferToInbox } from "../conflict.js";
 import { DalvError } from "../errors.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { SyncResponse } from "../gen/dalv/v1/dalv_pb.js";
-import { ClientService, SyncRequestSchema, SyncStatus as WireStatus } from "../gen/dalv/v1/dalv_pb.js";
+import type { SyncRequestSchema } from "../gen/dalv/v1/dalv_pb.js";
+import { ClientService, SyncStatus as WireStatus } from "../gen/dalv/v1/dalv_pb.js";
 import type { RefusedBatch } from "../refused-batch.js";
 import type { ServerConfig } from "./config.js";
 import { checkOps, defaultConfig } from "./config.js";
@@ -19,14 +19,14 @@ import { fromWireChange, toWireOp } from "./wire.js";
 export interface SyncerOptions {
   serverUrl: string;
   token: () => Promise<string> | string;
-  resolver: Resolver | undefined;
+  resolver?: Resolver | undefined;
   shared: string[];
   retryMinMs: number;
   retryMaxMs: number;
   resyncEveryMs: number;
   maxConflictRounds: number;
   maxLimitRetries: number;
-  onRefused: ((b: RefusedBatch) => void) | undefined;
+  onRefused?: ((b: RefusedBatch) => void) | undefined;
 }
 
 /** LoopStatus is the part of the status the tab that syncs knows. */
@@ -188,11 +188,8 @@ export class Syncer {
       user: m.user,
       rules: m.rules,
     };
-    if (m.maxKeyBytes > 0) cfg.maxKeyBytes = m.maxKeyBytes;
-    if (m.maxValueBytes > 0) cfg.maxValueBytes = m.maxValueBytes;
-    if (m.maxOps > 0) cfg.maxOps = m.maxOps;
-    if (m.maxRequestBytes > 0) cfg.maxRequestBytes = m.maxRequestBytes;
-    if (m.maxResponseBytes > 0) cfg.maxResponseBytes = m.maxResponseBytes;
+    // A limit the server leaves at 0 keeps its default.
+    for (const k of ["maxKeyBytes", "maxValueBytes", "maxOps", "maxRequestBytes", "maxResponseBytes"] as const) if (m[k] > 0) cfg[k] = m[k];
     const had = this.core.state.config;
     if (had.user !== "" && cfg.user !== "" && had.user !== cfg.user) {
       throw new DalvError("wrong_user", `the token is for user ${JSON.stringify(cfg.user)}, but this replica holds the data of ${JSON.stringify(had.user)}`);
@@ -202,8 +199,7 @@ export class Syncer {
   }
 
   private rpcSync(init: Omit<MessageInitShape<typeof SyncRequestSchema>, "$typeName">): Promise<SyncResponse> {
-    const r = create(SyncRequestSchema, { ...init, deviceId: this.core.state.deviceId });
-    return this.withToken(() => this.client.sync(r));
+    return this.withToken(() => this.client.sync({ ...init, deviceId: this.core.state.deviceId }));
   }
 
   /** push sends the pending batches, head first, until none is left; true when the last answer brought the partition to the server's head. */
@@ -216,7 +212,7 @@ export class Syncer {
       const base = await this.core.sentBase(b);
       let resp: SyncResponse;
       try {
-        resp = await this.rpcSync({ baseVersion: BigInt(base), batch: BigInt(b.no), ops: b.ops.map(toWireOp) });
+        resp = await this.rpcSync({ baseVersion: BigInt(base), batch: BigInt(b.seq), ops: b.ops.map(toWireOp) });
       } catch (e) {
         if (await this.refused(b, e)) continue;
         throw e;
@@ -231,14 +227,14 @@ export class Syncer {
         await this.core.applyRemote(u);
         caughtUp = true;
         if (++rounds > this.opts.maxConflictRounds) {
-          throw new DalvError("conflict_rounds", `batch ${b.no}, keys ${JSON.stringify(resp.conflicts)}: conflicts not settled within ${this.opts.maxConflictRounds} rounds; the batch stays pending`);
+          throw new DalvError("conflict_rounds", `batch ${b.seq}, keys ${JSON.stringify(resp.conflicts)}: conflicts not settled within ${this.opts.maxConflictRounds} rounds; the batch stays pending`);
         }
         const tr = await this.core.triage(b, base, resp.conflicts, u.version);
         const resolver = this.opts.resolver ?? (() => deferToInbox());
         const decisions = tr.calls.map((c) => ({ c, res: resolver(c) }));
         await this.core.rewrite(b, tr.maxSeq, decisions, tr.cleans, tr.lifts, u.version, this.core.state.config);
       } else {
-        throw new DalvError("server", `sync batch ${b.no}: unexpected status ${resp.status}`);
+        throw new DalvError("server", `sync batch ${b.seq}: unexpected status ${resp.status}`);
       }
     }
   }
@@ -390,10 +386,11 @@ export class Syncer {
 export function toDalvError(e: unknown): DalvError {
   if (e instanceof DalvError) return e;
   const ce = ConnectError.from(e);
-  if (ce.code === Code.Unavailable || ce.code === Code.Unknown || ce.code === Code.DeadlineExceeded || ce.code === Code.Canceled || ce.code === Code.Aborted) {
-    return new DalvError("unavailable", `the server could not be reached: ${ce.rawMessage}`, { cause: e, serverCode: codeName(ce.code) });
+  const serverCode = codeName(ce.code);
+  if ([Code.Unavailable, Code.Unknown, Code.DeadlineExceeded, Code.Canceled, Code.Aborted].includes(ce.code)) {
+    return new DalvError("unavailable", `the server could not be reached: ${ce.rawMessage}`, { cause: e, serverCode });
   }
-  return new DalvError("server", `the server refused (${codeName(ce.code)}): ${ce.rawMessage}`, { cause: e, serverCode: codeName(ce.code) });
+  return new DalvError("server", `the server refused (${serverCode}): ${ce.rawMessage}`, { cause: e, serverCode });
 }
 
 /** codeName is a Connect code's wire name, as in "permission_denied". */

@@ -6,7 +6,7 @@ export type Message =
   /** A transaction committed: read what it touched again. */
   | { t: "patch"; touched: Touched }
   /** The leader's sync state. */
-  | { t: "status"; online: boolean; watching: boolean; lastSync: number; error?: { code: DalvErrorCode; message: string; serverCode?: string } }
+  | { t: "status"; online: boolean; watching: boolean; lastSync: number; error: { code: DalvErrorCode; message: string; serverCode: string | undefined } | undefined }
   /** A tab asks the leader to sync now (and to say its status). */
   | { t: "kick" };
 
