@@ -2,6 +2,7 @@ package auth
 
 import (
 	"fmt"
+	"net/http"
 	"strings"
 )
 
@@ -30,4 +31,26 @@ func BearerToken(header string) (string, error) {
 		return "", fmt.Errorf("%w: bearer token contains whitespace", ErrMalformedToken)
 	}
 	return token, nil
+}
+
+// Bearer returns an http.RoundTripper that sends every request through next
+// (http.DefaultTransport when nil) with "Authorization: Bearer <token>": a
+// client made on it speaks for one backend key or device token on unary
+// calls and streams alike.
+func Bearer(token string, next http.RoundTripper) http.RoundTripper {
+	if next == nil {
+		next = http.DefaultTransport
+	}
+	return bearer{token: token, next: next}
+}
+
+type bearer struct {
+	token string
+	next  http.RoundTripper
+}
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.next.RoundTrip(r)
 }

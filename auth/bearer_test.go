@@ -2,6 +2,9 @@ package auth
 
 import (
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 )
@@ -68,4 +71,29 @@ func FuzzBearerToken(f *testing.F) {
 			t.Fatalf("BearerToken(%q) = %q", header, token)
 		}
 	})
+}
+
+func TestBearerTransport(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(r.Header.Get("Authorization")))
+	}))
+	defer srv.Close()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer other")
+	resp, err := (&http.Client{Transport: Bearer("k-1", nil)}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got, _ := io.ReadAll(resp.Body)
+	if string(got) != "Bearer k-1" {
+		t.Errorf("server saw %q, want %q", got, "Bearer k-1")
+	}
+	if req.Header.Get("Authorization") != "Bearer other" {
+		t.Error("the caller's request was changed")
+	}
 }

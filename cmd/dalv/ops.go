@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/dalvdb/dalv/auth"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 	"github.com/dalvdb/dalv/value"
@@ -69,32 +71,9 @@ func (o *opsFlags) client() (dalvv1connect.BackendServiceClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	auth := connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
-		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-			req.Header().Set("Authorization", "Bearer "+key)
-			return next(ctx, req)
-		}
-	})
-	return dalvv1connect.NewBackendServiceClient(hc, strings.TrimRight(addr, "/"),
-		connect.WithInterceptors(auth, streamAuth(key))), nil
-}
-
-// streamAuth adds the API key to streaming calls, which unary interceptors
-// do not see.
-func streamAuth(key string) connect.Interceptor { return streamAuthInterceptor(key) }
-
-type streamAuthInterceptor string
-
-func (k streamAuthInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc { return next }
-func (k streamAuthInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
-		conn := next(ctx, spec)
-		conn.RequestHeader().Set("Authorization", "Bearer "+string(k))
-		return conn
-	}
-}
-func (k streamAuthInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return next
+	// The key goes on every request, unary and streaming alike.
+	hc = &http.Client{Transport: auth.Bearer(key, hc.Transport)}
+	return dalvv1connect.NewBackendServiceClient(hc, strings.TrimRight(addr, "/")), nil
 }
 
 // partition takes USER from args unless --shared names the partition; it
