@@ -16,5 +16,15 @@ await build({ ...common, outfile: join(root, "dist/dalv.bundle.js"), minify: tru
 const rules = { ...common, entryPoints: [join(root, "src/rules.ts")] };
 await build({ ...rules, outfile: join(root, "dist/rules.js"), sourcemap: true });
 await build({ ...rules, outfile: join(root, "dist/dalv.rules.bundle.js"), minify: true, legalComments: "none" });
+// The shop example's page script (examples/shop), with the SDK, into the
+// example's own folder: it is no part of the package.
+await build({
+  ...common,
+  entryPoints: [join(root, "../examples/shop/web/shop.ts")],
+  outfile: join(root, "../examples/shop/web/dist/shop.js"),
+  alias: { "@dalvdb/client": join(root, "src/index.ts") },
+  minify: true,
+  sourcemap: true,
+});
 const tsc = spawnSync(join(root, "node_modules/.bin/tsc"), ["-p", "tsconfig.build.json"], { cwd: root, stdio: "inherit" });
 process.exit(tsc.status ?? 1);

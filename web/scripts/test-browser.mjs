@@ -26,7 +26,7 @@ if (!existsSync(join(root, "dist/dalv.bundle.js"))) {
   console.error("web browser tests: dist/dalv.bundle.js is missing: run npm run build first");
   process.exit(1);
 }
-const r = spawnSync(process.execPath, ["--test", "--test-concurrency=1", "--test-timeout=60000", "--test-reporter=spec", "build/test/browser.spec.js"], { cwd: root, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
+const r = spawnSync(process.execPath, ["--test", "--test-concurrency=1", "--test-timeout=60000", "--test-reporter=spec", "build/test/browser.spec.js", "build/test/shop.spec.js"], { cwd: root, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
 process.stdout.write(r.stdout);
 const count = (k) => Number(new RegExp(`^ℹ ${k} (\\d+)`, "m").exec(r.stdout)?.[1] ?? 0);
 console.log(`web browser tests: ${count("pass")} passed, ${count("fail")} failed`);
