@@ -14,6 +14,7 @@ import (
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+	"github.com/dalvdb/dalv/internal/devsecret"
 	"github.com/dalvdb/dalv/value"
 )
 
@@ -317,34 +318,9 @@ func (b *Backend) cursor() (string, error) {
 	return strings.TrimSpace(string(c)), nil
 }
 
-// keepCursor replaces the cursor file durably: a new file, synced, renamed
-// over the old one.
+// keepCursor replaces the cursor file at once and durably.
 func (b *Backend) keepCursor(c string) error {
-	tmp := b.CursorFile + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	if _, err := f.WriteString(c + "\n"); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, b.CursorFile); err != nil {
-		return err
-	}
-	dir, err := os.Open(filepath.Dir(b.CursorFile))
-	if err != nil {
-		return err
-	}
-	defer dir.Close()
-	return dir.Sync()
+	return devsecret.WriteFile(filepath.Dir(b.CursorFile), filepath.Base(b.CursorFile), []byte(c+"\n"))
 }
 
 func (b *Backend) log() *slog.Logger {

@@ -109,15 +109,17 @@ func write(dataDir string, s Secrets) error {
 	content := "# Development secrets of `dalv serve --dev`; delete this file for new ones.\n" +
 		"DALV_JWT_SECRET=" + s.JWTSecret + "\n" +
 		"DALV_BACKEND_KEYS=" + strings.Join(s.BackendKeys, ",") + "\n"
-	if err := writeFile(dataDir, FileName, []byte(content)); err != nil {
+	if err := WriteFile(dataDir, FileName, []byte(content)); err != nil {
 		return fmt.Errorf("keep development secrets: %w", err)
 	}
 	return nil
 }
 
-// writeFile writes name in dataDir (created if needed) with mode 0600, at
-// once: a temporary file, fsync'd, renamed over it.
-func writeFile(dataDir, name string, content []byte) error {
+// WriteFile writes name in dataDir (created if needed) with mode 0600, at
+// once and durably: a temporary file, fsync'd, renamed over it, and the
+// directory fsync'd, so that after a crash the file holds the old content
+// or the new, and the new once WriteFile returns.
+func WriteFile(dataDir, name string, content []byte) error {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return err
 	}
@@ -141,5 +143,13 @@ func writeFile(dataDir, name string, content []byte) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return os.Rename(f.Name(), filepath.Join(dataDir, name))
+	if err := os.Rename(f.Name(), filepath.Join(dataDir, name)); err != nil {
+		return err
+	}
+	dir, err := os.Open(dataDir)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return dir.Sync()
 }

@@ -53,10 +53,10 @@ func LoadOrCreateCert(dataDir string, now time.Time) (certFile, keyFile string, 
 	}
 	// The key first: a certificate never sits beside a key it does not match
 	// for longer than it takes to write the second file.
-	if err := writeFile(dataDir, KeyFileName, keyPEM); err != nil {
+	if err := WriteFile(dataDir, KeyFileName, keyPEM); err != nil {
 		return "", "", false, fmt.Errorf("keep the development TLS key: %w", err)
 	}
-	if err := writeFile(dataDir, CertFileName, certPEM); err != nil {
+	if err := WriteFile(dataDir, CertFileName, certPEM); err != nil {
 		return "", "", false, fmt.Errorf("keep the development TLS certificate: %w", err)
 	}
 	return certFile, keyFile, true, nil
