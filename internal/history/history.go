@@ -12,8 +12,10 @@
 package history
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -51,6 +53,8 @@ const (
 	Commit
 	// Get is a backend's read of some keys.
 	Get
+	// List is a backend's read of one page of the keys under a prefix.
+	List
 )
 
 // Call is one call to the server and what came of it.
@@ -72,9 +76,16 @@ type Call struct {
 	// client's last applied one.
 	Key string
 	// Ops are what a sync or commit asks, in order; Keys are the keys a get
-	// reads.
+	// reads, or those a list's page holds, in order.
 	Ops  []Op
 	Keys []string
+	// Prefix and After say which keys a list reads: those under Prefix
+	// after After (all of them when After is empty), in key order. More
+	// says the page was not the last: the page holds the first of those
+	// keys, and with More false all of them.
+	Prefix string
+	After  string
+	More   bool
 
 	Outcome Outcome
 	// Version is the answer's partition version (a sync's or a commit's,
@@ -190,7 +201,7 @@ func Check(calls []Call, timeout time.Duration) Result {
 		for _, c := range pc {
 			if c.Outcome == Unknown {
 				res.Unknown++
-				if c.Kind == Get {
+				if c.Kind == Get || c.Kind == List {
 					continue // a read that was not answered says nothing
 				}
 			}
@@ -399,6 +410,24 @@ func step(s state, c Call) []state {
 			}
 		}
 		return []state{s}
+	case List:
+		if c.Outcome == Unknown {
+			return []state{s}
+		}
+		if c.Version != s.version {
+			return nil
+		}
+		live := s.live(c.Prefix, c.After)
+		if len(live) < len(c.Keys) || !c.More && len(live) != len(c.Keys) {
+			return nil
+		}
+		for i, k := range c.Keys {
+			e := s.keys[k]
+			if live[i] != k || Show(e.scalar, e.list, e.isList) != c.Values[k] {
+				return nil
+			}
+		}
+		return []state{s}
 	case Commit:
 		device := ""
 		if c.Key != "" {
@@ -426,6 +455,19 @@ func step(s state, c Call) []state {
 		}
 		return applies(s, c, c.Device)
 	}
+}
+
+// live returns the keys s holds (not deleted) under prefix and after
+// after, in key order.
+func (s state) live(prefix, after string) []string {
+	var out []string
+	for k, e := range s.keys {
+		if !e.deleted && strings.HasPrefix(k, prefix) && k > after {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // appliedBefore returns the states after c when its batch (or its commit's
@@ -507,6 +549,8 @@ func describe(c Call) string {
 	switch c.Kind {
 	case Get:
 		return fmt.Sprintf("%s get %v -> %s v%d %s", at, c.Keys, c.Outcome, c.Version, kv(c.Values))
+	case List:
+		return fmt.Sprintf("%s list %q after %q -> %s v%d %v more=%v %s", at, c.Prefix, c.After, c.Outcome, c.Version, c.Keys, c.More, kv(c.Values))
 	case Commit:
 		expect := "any"
 		if c.Expect {
@@ -519,4 +563,44 @@ func describe(c Call) string {
 		return fmt.Sprintf("%s commit expect=%s%s %s -> %s v%d", at, expect, key, ops(c.Ops), c.Outcome, c.Version)
 	}
 	return fmt.Sprintf("%s sync %s#%d base=%d %s -> %s v%d", at, c.Device, c.Batch, c.Base, ops(c.Ops), c.Outcome, c.Version)
+}
+
+// saved is a call as Save writes it: its fields and its place in time.
+type saved struct {
+	Call
+	Start, End int64
+	Client     int
+}
+
+// Save writes calls to path as JSON, so that a history a check could not
+// decide, or found broken, can be checked again (Load, Check) with more
+// time or more logging.
+func Save(path string, calls []Call) error {
+	out := make([]saved, len(calls))
+	for i, c := range calls {
+		out[i] = saved{Call: c, Start: c.start, End: c.end, Client: c.client}
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+// Load reads calls that Save wrote.
+func Load(path string) ([]Call, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var in []saved
+	if err := json.Unmarshal(b, &in); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	calls := make([]Call, len(in))
+	for i, s := range in {
+		calls[i] = s.Call
+		calls[i].start, calls[i].end, calls[i].client = s.Start, s.End, s.Client
+	}
+	return calls, nil
 }

@@ -1,6 +1,8 @@
 package history
 
 import (
+	"os"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -61,6 +63,11 @@ func TestCheckFindsEachBreach(t *testing.T) {
 		Call{Kind: Commit, Ops: put("j", "d"), Outcome: OK, Version: 13},
 		Call{Kind: Commit, Key: "c1", Device: "b", Batch: 1, Expect: true, Expected: 11, Ops: put("k", "c"), Outcome: OK, Version: 12},
 		Call{Kind: Commit, Key: "c2", Device: "b", Batch: 2, Expect: true, Expected: 11, Ops: put("k", "e"), Outcome: Stale},
+		// A list reads pages of the live keys under a prefix, in key order.
+		Call{Kind: List, Prefix: "", Keys: []string{"j", "k"}, More: true, Outcome: OK, Version: 13, Values: map[string]string{"j": "d", "k": "c"}},
+		Call{Kind: List, Prefix: "", After: "k", Keys: []string{"z"}, Outcome: OK, Version: 13, Values: map[string]string{"z": "9"}},
+		Call{Kind: List, Prefix: "l", Outcome: OK, Version: 13},
+		Call{Kind: List, Prefix: "k", Outcome: Unknown},
 	)
 	if r := Check(good, 10*time.Second); !r.OK() {
 		t.Fatalf("a history that keeps the rules failed the check:\n%v", r.Failed)
@@ -126,6 +133,29 @@ func TestCheckFindsEachBreach(t *testing.T) {
 			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
 			Call{Kind: Commit, Ops: add("k", "x"), Outcome: OK, Version: 2},
 		),
+		"a list that skips a key": seq(
+			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Ops: put("j", "c"), Outcome: OK, Version: 2},
+			Call{Kind: List, Keys: []string{"k"}, More: true, Outcome: OK, Version: 2, Values: map[string]string{"k": "b"}},
+		),
+		"a last page that ends early": seq(
+			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Ops: put("j", "c"), Outcome: OK, Version: 2},
+			Call{Kind: List, Keys: []string{"j"}, Outcome: OK, Version: 2, Values: map[string]string{"j": "c"}},
+		),
+		"a list of a deleted key": seq(
+			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Ops: del("k"), Outcome: OK, Version: 2},
+			Call{Kind: List, Keys: []string{"k"}, Outcome: OK, Version: 2, Values: map[string]string{"k": "b"}},
+		),
+		"a list out of key order": seq(
+			Call{Kind: Commit, Ops: append(put("k", "b"), put("j", "c")...), Outcome: OK, Version: 1},
+			Call{Kind: List, Keys: []string{"k", "j"}, Outcome: OK, Version: 1, Values: map[string]string{"k": "b", "j": "c"}},
+		),
+		"a page after a key that holds it": seq(
+			Call{Kind: Commit, Ops: append(put("k", "b"), put("j", "c")...), Outcome: OK, Version: 1},
+			Call{Kind: List, After: "j", Keys: []string{"j", "k"}, Outcome: OK, Version: 1, Values: map[string]string{"k": "b", "j": "c"}},
+		),
 		"a commit under one idempotency key applied twice": seq(
 			Call{Kind: Commit, Key: "c1", Device: "b", Batch: 1, Ops: put("k", "b"), Outcome: OK, Version: 1},
 			Call{Kind: Commit, Key: "c1", Device: "b", Batch: 1, Ops: put("k", "b"), Outcome: OK, Version: 2},
@@ -170,5 +200,52 @@ func TestEffectEnd(t *testing.T) {
 		if got := effectEnd(h[i], h); got != want {
 			t.Errorf("call %d: effect ends at %d, want %d", i, got, want)
 		}
+	}
+}
+
+func TestSaveLoad(t *testing.T) {
+	t.Parallel()
+	calls := seq(
+		Call{Kind: Sync, Device: "d1", Batch: 1, Ops: put("k", "1"), Outcome: OK, Version: 1},
+		Call{Kind: List, Prefix: "k", Keys: []string{"k"}, Outcome: OK, Version: 1, Values: map[string]string{"k": "1"}},
+	)
+	calls[1].client = 3
+	path := t.TempDir() + "/h.json"
+	if err := Save(path, calls); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[1].start != calls[1].start || got[1].end != calls[1].end || got[1].client != 3 || got[1].Keys[0] != "k" {
+		t.Fatalf("loaded %+v, want %+v", got, calls)
+	}
+	if r := Check(got, time.Second); !r.OK() {
+		t.Fatalf("the loaded history fails: %v", r.Failed)
+	}
+}
+
+// TestCheckSaved checks a history a test saved (DALV_HISTORY_FILE), with
+// DALV_HISTORY_CHECK_MINUTES minutes (default 10) for the check: for a
+// history whose check ran out of time in its test.
+func TestCheckSaved(t *testing.T) {
+	path := os.Getenv("DALV_HISTORY_FILE")
+	if path == "" {
+		t.Skip("set DALV_HISTORY_FILE to a history a test saved")
+	}
+	calls, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	minutes := 10
+	if n, err := strconv.Atoi(os.Getenv("DALV_HISTORY_CHECK_MINUTES")); err == nil && n > 0 {
+		minutes = n
+	}
+	start := time.Now()
+	r := Check(calls, time.Duration(minutes)*time.Minute)
+	t.Logf("%d calls (%d unknown) on %d partitions checked in %v", r.Calls, r.Unknown, r.Partitions, time.Since(start).Round(time.Millisecond))
+	for p, h := range r.Failed {
+		t.Errorf("%s:\n%s", p, h)
 	}
 }
