@@ -21,14 +21,24 @@ func For(t testing.TB, timeout time.Duration, cond func() error) {
 // ForEvery is [For] polling every every.
 func ForEvery(t testing.TB, timeout, every time.Duration, cond func() error) {
 	t.Helper()
+	if err := until(timeout, every, cond); err != nil {
+		t.Fatalf("condition not met within %v: %v", timeout, err)
+	}
+}
+
+// Until polls cond every [Poll] until it returns nil, and returns nil, or
+// cond's last error when timeout passes first: for a test that looks
+// further into a condition that did not hold before failing.
+func Until(timeout time.Duration, cond func() error) error {
+	return until(timeout, Poll, cond)
+}
+
+func until(timeout, every time.Duration, cond func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v: %v", timeout, err)
+		if err == nil || time.Now().After(deadline) {
+			return err
 		}
 		time.Sleep(every)
 	}
