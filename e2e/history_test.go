@@ -255,15 +255,18 @@ func checkHistory(t *testing.T, nodes []*proc.Server, run time.Duration, round *
 	t.Logf("watches: %d devices' watches took %d events (resumed %d times) to each partition's final keys", len(watches), events, breaks)
 	checkStart := time.Now()
 	calls := rec.Calls()
-	kinds := map[hist.Kind]int{}
+	kinds, pulls := map[hist.Kind]int{}, 0
 	for _, c := range calls {
 		kinds[c.Kind]++
+		if c.Kind == hist.Sync && len(c.Ops) == 0 {
+			pulls++
+		}
 	}
 	// Porcupine's search grows with the calls left without an answer: a
 	// 30 s fault history has taken from under a second to over a minute.
 	r := hist.Check(calls, max(2*time.Minute, 4*run))
-	t.Logf("history: %d calls (%d syncs, %d commits, %d gets, %d list pages; %d of unknown outcome, %d of them open to the end) on %d partitions, %d nodes, %s, checked in %v; seed %d",
-		r.Calls, kinds[hist.Sync], kinds[hist.Commit], kinds[hist.Get], kinds[hist.List], r.Unknown, r.Open, r.Partitions, len(nodes), injected, time.Since(checkStart).Round(time.Millisecond), seed)
+	t.Logf("history: %d calls (%d syncs, %d pulls, %d commits, %d gets, %d list pages; %d of unknown outcome, %d of them open to the end) on %d partitions, %d nodes, %s, checked in %v; seed %d",
+		r.Calls, kinds[hist.Sync]-pulls, pulls, kinds[hist.Commit], kinds[hist.Get], kinds[hist.List], r.Unknown, r.Open, r.Partitions, len(nodes), injected, time.Since(checkStart).Round(time.Millisecond), seed)
 	if !r.OK() {
 		// Kept after the test: the history, to check again with more
 		// time (hist.Load, hist.Check), and Porcupine's view of it.
@@ -395,6 +398,15 @@ func historyDevice(t *testing.T, rec *hist.Recorder, dc interface {
 	var backoff time.Duration
 	unsettled := false // the batch got no answer once and is not accepted yet
 	for time.Now().Before(deadline) || unsettled && time.Now().Before(deadline.Add(settleTime)) {
+		if puts == nil && rng.IntN(4) == 0 {
+			// A pull: the changes after base, without a batch.
+			if v, ok := historyPull(t, rec, dc, client, user, device, base, rng, cut); !ok {
+				return
+			} else if v > 0 {
+				base = v
+			}
+			continue
+		}
 		if puts == nil {
 			batch++
 			puts = historyOps(rng, fmt.Sprintf("%s#%d", device, batch))
@@ -414,6 +426,7 @@ func historyDevice(t *testing.T, rec *hist.Recorder, dc interface {
 			if resp.Msg.GetStatus() == dalvv1.SyncStatus_SYNC_STATUS_CONFLICT {
 				c.Outcome = hist.Conflict
 			}
+			pulled(&c, resp.Msg)
 		}
 		rec.End(client, start, c)
 		switch c.Outcome {
@@ -426,6 +439,46 @@ func historyDevice(t *testing.T, rec *hist.Recorder, dc interface {
 			backoff = retryAfter(backoff)
 			time.Sleep(backoff) // a device backs off while the server does not answer
 		}
+	}
+}
+
+// historyPull pulls the changes after base as device and records the pull;
+// it returns the answer's version (0 for none) and false when the test
+// failed.
+func historyPull(t *testing.T, rec *hist.Recorder, dc interface {
+	Sync(context.Context, *connect.Request[dalvv1.SyncRequest]) (*connect.Response[dalvv1.SyncResponse], error)
+}, client int, user, device string, base uint64, rng *rand.Rand, cut bool) (uint64, bool) {
+	cctx, cancel := callCtx(rng, cut)
+	start := rec.Begin()
+	resp, err := dc.Sync(cctx, connect.NewRequest(&dalvv1.SyncRequest{DeviceId: device, BaseVersion: base}))
+	cancel()
+	c := hist.Call{Partition: "u:" + user, Kind: hist.Sync, Device: device, Base: base}
+	var ok bool
+	if c.Outcome, ok = outcome(t, err); !ok {
+		return 0, false
+	}
+	if err != nil || resp.Msg.GetMore() {
+		return 0, true // a pull without an answer says nothing; one in pages is not followed
+	}
+	c.Version = resp.Msg.GetVersion()
+	pulled(&c, resp.Msg)
+	rec.End(client, start, c)
+	return c.Version, true
+}
+
+// pulled records in c the changes a sync's answer gave, unless the answer
+// was cut in pages or reset (then the history does not check them).
+func pulled(c *hist.Call, resp *dalvv1.SyncResponse) {
+	if resp.GetMore() || resp.GetReset_() {
+		return
+	}
+	c.Pulled = true
+	for _, ch := range resp.GetChanges() {
+		hc := hist.Change{Key: ch.GetKey(), Deleted: ch.GetDeleted(), Version: ch.GetVersion()}
+		if !hc.Deleted {
+			hc.Value = historyValue(ch.GetValue())
+		}
+		c.Changes = append(c.Changes, hc)
 	}
 }
 

@@ -86,6 +86,12 @@ type Call struct {
 	Prefix string
 	After  string
 	More   bool
+	// Changes are what a sync's answer (a pull's too) said of the keys
+	// changed after Base, when Pulled: every such key once, with the
+	// version that last changed it, in the order of those versions, own
+	// ops included. An answer cut in pages or reset is not Pulled.
+	Changes []Change
+	Pulled  bool
 
 	Outcome Outcome
 	// Version is the answer's partition version (a sync's or a commit's,
@@ -97,6 +103,21 @@ type Call struct {
 
 	start, end int64
 	client     int
+}
+
+// Change is a key as a sync's answer gives it: its value as Show renders
+// it, or Deleted, and the version that last changed it.
+type Change struct {
+	Key     string
+	Value   string
+	Deleted bool
+	Version uint64
+}
+
+// read reports whether c changes nothing: a get, a list, or a pull (a
+// sync with no ops).
+func (c Call) read() bool {
+	return c.Kind == Get || c.Kind == List || c.Kind == Sync && len(c.Ops) == 0
 }
 
 // OpKind is what an op does to its key.
@@ -201,7 +222,7 @@ func Check(calls []Call, timeout time.Duration) Result {
 		for _, c := range pc {
 			if c.Outcome == Unknown {
 				res.Unknown++
-				if c.Kind == Get || c.Kind == List {
+				if c.read() {
 					continue // a read that was not answered says nothing
 				}
 			}
@@ -444,17 +465,49 @@ func step(s state, c Call) []state {
 		}
 		return applies(s, c, device)
 	default: // Sync
+		if len(c.Ops) == 0 { // a pull: a read of the changes after its base
+			if c.Outcome == Unknown || c.Version == s.version && s.answers(c) {
+				return []state{s}
+			}
+			return nil
+		}
 		if next, ok := appliedBefore(s, c); ok {
 			return next
 		}
 		if s.conflicts(c.Ops, c.Base) {
-			if c.Outcome == Unknown || c.Outcome == Conflict && c.Version == s.version {
+			if c.Outcome == Unknown || c.Outcome == Conflict && c.Version == s.version && s.answers(c) {
 				return []state{s}
 			}
 			return nil
 		}
 		return applies(s, c, c.Device)
 	}
+}
+
+// answers reports whether c's changes, when c is Pulled, are what s holds
+// of every key changed after c.Base: each once, with the version that last
+// changed it and its value (or deleted), in the order of those versions.
+func (s state) answers(c Call) bool {
+	if !c.Pulled {
+		return true
+	}
+	seen := make(map[string]bool, len(c.Changes))
+	var last uint64
+	for _, ch := range c.Changes {
+		e, ok := s.keys[ch.Key]
+		if !ok || seen[ch.Key] || e.version <= c.Base || e.version != ch.Version || ch.Version < last ||
+			e.deleted != ch.Deleted || !e.deleted && Show(e.scalar, e.list, e.isList) != ch.Value {
+			return false
+		}
+		seen[ch.Key], last = true, ch.Version
+	}
+	n := 0
+	for _, e := range s.keys {
+		if e.version > c.Base {
+			n++
+		}
+	}
+	return n == len(c.Changes)
 }
 
 // live returns the keys s holds (not deleted) under prefix and after
@@ -483,6 +536,10 @@ func appliedBefore(s state, c Call) ([]state, bool) {
 	if c.Kind == Commit {
 		answered = answered && c.Version == b.version
 	}
+	if c.Pulled {
+		// The answer is a pull from the head it read.
+		answered = answered && c.Version == s.version && s.answers(c)
+	}
 	if c.Outcome == Unknown || answered {
 		return []state{s}, true
 	}
@@ -501,7 +558,7 @@ func applies(s state, c Call, device string) []state {
 			return []state{s}
 		}
 		return nil
-	case c.Outcome == OK && c.Version == next.version:
+	case c.Outcome == OK && c.Version == next.version && next.answers(c):
 		return []state{next}
 	case c.Outcome == Unknown:
 		return []state{s, next}
@@ -562,7 +619,22 @@ func describe(c Call) string {
 		}
 		return fmt.Sprintf("%s commit expect=%s%s %s -> %s v%d", at, expect, key, ops(c.Ops), c.Outcome, c.Version)
 	}
-	return fmt.Sprintf("%s sync %s#%d base=%d %s -> %s v%d", at, c.Device, c.Batch, c.Base, ops(c.Ops), c.Outcome, c.Version)
+	changes := ""
+	if c.Pulled {
+		parts := make([]string, len(c.Changes))
+		for i, ch := range c.Changes {
+			v := ch.Value
+			if ch.Deleted {
+				v = "(deleted)"
+			}
+			parts[i] = fmt.Sprintf("%s=%s@%d", ch.Key, v, ch.Version)
+		}
+		changes = " changes " + strings.Join(parts, ",")
+	}
+	if len(c.Ops) == 0 {
+		return fmt.Sprintf("%s pull %s base=%d -> %s v%d%s", at, c.Device, c.Base, c.Outcome, c.Version, changes)
+	}
+	return fmt.Sprintf("%s sync %s#%d base=%d %s -> %s v%d%s", at, c.Device, c.Batch, c.Base, ops(c.Ops), c.Outcome, c.Version, changes)
 }
 
 // saved is a call as Save writes it: its fields and its place in time.

@@ -68,6 +68,15 @@ func TestCheckFindsEachBreach(t *testing.T) {
 		Call{Kind: List, Prefix: "", After: "k", Keys: []string{"z"}, Outcome: OK, Version: 13, Values: map[string]string{"z": "9"}},
 		Call{Kind: List, Prefix: "l", Outcome: OK, Version: 13},
 		Call{Kind: List, Prefix: "k", Outcome: Unknown},
+		// A pull answers every key changed after its base once, tombstones
+		// included, in the order of their versions.
+		Call{Kind: Sync, Device: "d9", Base: 11, Outcome: OK, Version: 13, Pulled: true, Changes: []Change{{"k", "c", false, 12}, {"j", "d", false, 13}}},
+		Call{Kind: Sync, Device: "d9", Base: 10, Outcome: OK, Version: 13, Pulled: true, Changes: []Change{{"l", "", true, 11}, {"k", "c", false, 12}, {"j", "d", false, 13}}},
+		Call{Kind: Sync, Device: "d9", Base: 13, Outcome: Unknown},
+		// A sync's answer includes its own ops, and a retry is answered from the head.
+		Call{Kind: Sync, Device: "d9", Batch: 1, Base: 13, Ops: put("z", "8"), Outcome: OK, Version: 14, Pulled: true, Changes: []Change{{"z", "8", false, 14}}},
+		Call{Kind: Commit, Ops: put("j", "e"), Outcome: OK, Version: 15},
+		Call{Kind: Sync, Device: "d9", Batch: 1, Base: 13, Ops: put("z", "8"), Outcome: OK, Version: 15, Pulled: true, Changes: []Change{{"z", "8", false, 14}, {"j", "e", false, 15}}},
 	)
 	if r := Check(good, 10*time.Second); !r.OK() {
 		t.Fatalf("a history that keeps the rules failed the check:\n%v", r.Failed)
@@ -155,6 +164,38 @@ func TestCheckFindsEachBreach(t *testing.T) {
 		"a page after a key that holds it": seq(
 			Call{Kind: Commit, Ops: append(put("k", "b"), put("j", "c")...), Outcome: OK, Version: 1},
 			Call{Kind: List, After: "j", Keys: []string{"j", "k"}, Outcome: OK, Version: 1, Values: map[string]string{"k": "b", "j": "c"}},
+		),
+		"a pull that misses a change": seq(
+			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Ops: put("j", "c"), Outcome: OK, Version: 2},
+			Call{Kind: Sync, Device: "d1", Base: 0, Outcome: OK, Version: 2, Pulled: true, Changes: []Change{{"j", "c", false, 2}}},
+		),
+		"a pull out of version order": seq(
+			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Ops: put("j", "c"), Outcome: OK, Version: 2},
+			Call{Kind: Sync, Device: "d1", Base: 0, Outcome: OK, Version: 2, Pulled: true, Changes: []Change{{"j", "c", false, 2}, {"k", "b", false, 1}}},
+		),
+		"a pull with a stale value": seq(
+			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Ops: put("k", "c"), Outcome: OK, Version: 2},
+			Call{Kind: Sync, Device: "d1", Base: 0, Outcome: OK, Version: 2, Pulled: true, Changes: []Change{{"k", "b", false, 2}}},
+		),
+		"a pull without a tombstone": seq(
+			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Ops: del("k"), Outcome: OK, Version: 2},
+			Call{Kind: Sync, Device: "d1", Base: 1, Outcome: OK, Version: 2, Pulled: true},
+		),
+		"a sync answer without its own ops": seq(
+			Call{Kind: Sync, Device: "d1", Batch: 1, Ops: put("k", "1"), Outcome: OK, Version: 1, Pulled: true},
+		),
+		"a conflict answer without the change it met": seq(
+			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Sync, Device: "d1", Batch: 1, Base: 0, Ops: put("k", "1"), Outcome: Conflict, Version: 1, Pulled: true},
+		),
+		"a retry answered from an old version": seq(
+			Call{Kind: Sync, Device: "d1", Batch: 1, Ops: put("k", "1"), Outcome: OK, Version: 1, Pulled: true, Changes: []Change{{"k", "1", false, 1}}},
+			Call{Kind: Commit, Ops: put("j", "c"), Outcome: OK, Version: 2},
+			Call{Kind: Sync, Device: "d1", Batch: 1, Ops: put("k", "1"), Outcome: OK, Version: 1, Pulled: true, Changes: []Change{{"k", "1", false, 1}}},
 		),
 		"a commit under one idempotency key applied twice": seq(
 			Call{Kind: Commit, Key: "c1", Device: "b", Batch: 1, Ops: put("k", "b"), Outcome: OK, Version: 1},
