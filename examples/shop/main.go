@@ -4,14 +4,14 @@
 // offline; orders, followers and a timeline that a backend writes; and a
 // product catalog shared by all users.
 //
-// From the repository's root, with the browser SDK built
-// (`npm ci --prefix web && npm run --prefix web build`):
+// From the repository's root:
 //
 //	go run ./examples/shop
 //
-// starts a DalvDB server on the embedded store (in ./shop-data), the shop's
-// backend and its page, seeds the catalog, and prints two demo users' sign-in
-// links. The parts also run apart, against a server of their own:
+// builds the page with the browser SDK when it is not built yet (npm ci and
+// npm run build in web/, which need Node.js and npm), then starts a DalvDB
+// server on the embedded store (in ./shop-data), the shop's backend and its
+// page, seeds the catalog, and prints two demo users' sign-in links. The parts also run apart, against a server of their own:
 //
 //	shop backend -server URL   # the backend: DALV_BACKEND_KEY or -data
 //	shop page -server URL      # the page: DALV_JWT_SECRET or -data
@@ -28,6 +28,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -94,6 +95,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil || u.Host == "" {
 			return fmt.Errorf("page: -server %q is not a URL", *serverURL)
 		}
+		if err := buildPage(out, *dist); err != nil {
+			return err
+		}
 		h, err := pageHandler(u, *dist, []byte(jwt))
 		if err != nil {
 			return err
@@ -107,6 +111,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 // runAll runs the server on the embedded store, the backend and the page in
 // this process.
 func runAll(ctx context.Context, out io.Writer, log *slog.Logger, addr, data, dist, cursor string) error {
+	if err := buildPage(out, dist); err != nil {
+		return err
+	}
 	sec, _, err := devsecret.LoadOrCreate(data)
 	if err != nil {
 		return err
@@ -160,6 +167,23 @@ func runAll(ctx context.Context, out io.Writer, log *slog.Logger, addr, data, di
 		err = serr
 	}
 	return err
+}
+
+// buildPage builds the page script into dist with the web package's build
+// when it is missing and dist is where that build puts it.
+func buildPage(out io.Writer, dist string) error {
+	if _, err := os.Stat(filepath.Join(dist, "shop.js")); err == nil || filepath.Clean(dist) != filepath.Join("examples", "shop", "web", "dist") {
+		return nil
+	}
+	fmt.Fprintln(out, "building the page with the browser SDK (npm ci and npm run build in web/; once)")
+	for _, args := range [][]string{{"ci", "--prefix", "web"}, {"run", "--prefix", "web", "build"}} {
+		cmd := exec.Command("npm", args...)
+		cmd.Stdout, cmd.Stderr = out, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("npm %s: %w (build it by hand with `npm ci --prefix web && npm run --prefix web build`)", strings.Join(args, " "), err)
+		}
+	}
+	return nil
 }
 
 // servePage serves the page on addr until ctx ends, printing the sign-in
