@@ -26,7 +26,11 @@ if (!existsSync(join(root, "dist/dalv.bundle.js"))) {
   console.error("web browser tests: dist/dalv.bundle.js is missing: run npm run build first");
   process.exit(1);
 }
-const r = spawnSync(process.execPath, ["--test", "--test-concurrency=1", "--test-timeout=60000", "--test-reporter=spec", "build/test/browser.spec.js", "build/test/shop.spec.js"], { cwd: root, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
+// Each spec file runs in a process of its own, and the timeout bounds the
+// whole file as well as each test: five minutes, so a slow machine slows
+// the files down without cutting them off. The tests wait on conditions
+// with deadlines of their own.
+const r = spawnSync(process.execPath, ["--test", "--test-concurrency=1", "--test-timeout=300000", "--test-reporter=spec", "build/test/browser.spec.js", "build/test/shop.spec.js"], { cwd: root, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
 process.stdout.write(r.stdout);
 const count = (k) => Number(new RegExp(`^ℹ ${k} (\\d+)`, "m").exec(r.stdout)?.[1] ?? 0);
 console.log(`web browser tests: ${count("pass")} passed, ${count("fail")} failed`);
