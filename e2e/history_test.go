@@ -44,6 +44,16 @@ func TestHistoryPostgres(t *testing.T) {
 	checkHistory(t, nodes, historyRun(3*time.Second), nil, nil)
 }
 
+// TestHistoryPages checks a history of one node whose answers are cut in
+// pages of a few changes (--max-response-bytes of about three), so that syncs
+// and pulls are answered in pages, each checked against the changes up to
+// its cut, and devices go on from the cut.
+func TestHistoryPages(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t, "--max-key-bytes", "8", "--max-value-bytes", "64", "--max-response-bytes", "240")
+	checkHistory(t, []*proc.Server{srv}, historyRun(3*time.Second), nil, nil)
+}
+
 // TestHistoryPostgresFaults checks a history of three nodes over a
 // PostgreSQL server of the test's own while the network between two of
 // them and the database fails (connections cut, then black-holed for
@@ -255,18 +265,21 @@ func checkHistory(t *testing.T, nodes []*proc.Server, run time.Duration, round *
 	t.Logf("watches: %d devices' watches took %d events (resumed %d times) to each partition's final keys", len(watches), events, breaks)
 	checkStart := time.Now()
 	calls := rec.Calls()
-	kinds, pulls := map[hist.Kind]int{}, 0
+	kinds, pulls, paged := map[hist.Kind]int{}, 0, 0
 	for _, c := range calls {
 		kinds[c.Kind]++
 		if c.Kind == hist.Sync && len(c.Ops) == 0 {
 			pulls++
 		}
+		if c.Kind == hist.Sync && c.More {
+			paged++
+		}
 	}
 	// Porcupine's search grows with the calls left without an answer: a
 	// 30 s fault history has taken from under a second to over a minute.
 	r := hist.Check(calls, max(2*time.Minute, 4*run))
-	t.Logf("history: %d calls (%d syncs, %d pulls, %d commits, %d gets, %d list pages; %d of unknown outcome, %d of them open to the end) on %d partitions, %d nodes, %s, checked in %v; seed %d",
-		r.Calls, kinds[hist.Sync]-pulls, pulls, kinds[hist.Commit], kinds[hist.Get], kinds[hist.List], r.Unknown, r.Open, r.Partitions, len(nodes), injected, time.Since(checkStart).Round(time.Millisecond), seed)
+	t.Logf("history: %d calls (%d syncs, %d pulls, %d of them answered in pages, %d commits, %d gets, %d list pages; %d of unknown outcome, %d of them open to the end) on %d partitions, %d nodes, %s, checked in %v; seed %d",
+		r.Calls, kinds[hist.Sync]-pulls, pulls, paged, kinds[hist.Commit], kinds[hist.Get], kinds[hist.List], r.Unknown, r.Open, r.Partitions, len(nodes), injected, time.Since(checkStart).Round(time.Millisecond), seed)
 	if !r.OK() {
 		// Kept after the test: the history, to check again with more
 		// time (hist.Load, hist.Check), and Porcupine's view of it.
@@ -457,19 +470,21 @@ func historyPull(t *testing.T, rec *hist.Recorder, dc interface {
 	if c.Outcome, ok = outcome(t, err); !ok {
 		return 0, false
 	}
-	if err != nil || resp.Msg.GetMore() {
-		return 0, true // a pull without an answer says nothing; one in pages is not followed
+	if err != nil {
+		return 0, true // a pull without an answer says nothing
 	}
 	c.Version = resp.Msg.GetVersion()
 	pulled(&c, resp.Msg)
 	rec.End(client, start, c)
-	return c.Version, true
+	return c.Version, true // where the device goes on, the next page's start when cut
 }
 
-// pulled records in c the changes a sync's answer gave, unless the answer
-// was cut in pages or reset (then the history does not check them).
+// pulled records in c the changes a sync's answer gave, and whether it was
+// cut in pages, unless the answer was a reset (then the history does not
+// check them).
 func pulled(c *hist.Call, resp *dalvv1.SyncResponse) {
-	if resp.GetMore() || resp.GetReset_() {
+	c.More = resp.GetMore()
+	if resp.GetReset_() {
 		return
 	}
 	c.Pulled = true
@@ -556,7 +571,11 @@ func historyBackend(t *testing.T, rec *hist.Recorder, bc interface {
 			continue
 		}
 		if resend == nil && rng.IntN(3) == 0 {
-			keys := append(slices.Clone(historyKeys), historyLists...)
+			// One to three of the keys, so that a get fits the small
+			// answers of TestHistoryPages.
+			all := append(slices.Clone(historyKeys), historyLists...)
+			rng.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
+			keys := all[:rng.IntN(3)+1]
 			c := hist.Call{Partition: "u:" + user, Kind: hist.Get, Keys: keys, Values: map[string]string{}}
 			resp, err := bc.Get(cctx, connect.NewRequest(&dalvv1.GetRequest{User: user, Keys: keys}))
 			cancel()

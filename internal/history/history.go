@@ -82,14 +82,17 @@ type Call struct {
 	// Prefix and After say which keys a list reads: those under Prefix
 	// after After (all of them when After is empty), in key order. More
 	// says the page was not the last: the page holds the first of those
-	// keys, and with More false all of them.
+	// keys, and with More false all of them. A sync's answer with More is
+	// cut in pages too: its Changes are those up to its Version, where the
+	// device continues, short of the partition's version.
 	Prefix string
 	After  string
 	More   bool
 	// Changes are what a sync's answer (a pull's too) said of the keys
 	// changed after Base, when Pulled: every such key once, with the
 	// version that last changed it, in the order of those versions, own
-	// ops included. An answer cut in pages or reset is not Pulled.
+	// ops included (with More, only those last changed up to Version). A
+	// reset answer is not Pulled.
 	Changes []Change
 	Pulled  bool
 
@@ -466,7 +469,7 @@ func step(s state, c Call) []state {
 		return applies(s, c, device)
 	default: // Sync
 		if len(c.Ops) == 0 { // a pull: a read of the changes after its base
-			if c.Outcome == Unknown || c.Version == s.version && s.answers(c) {
+			if c.Outcome == Unknown || s.answers(c) {
 				return []state{s}
 			}
 			return nil
@@ -475,7 +478,7 @@ func step(s state, c Call) []state {
 			return next
 		}
 		if s.conflicts(c.Ops, c.Base) {
-			if c.Outcome == Unknown || c.Outcome == Conflict && c.Version == s.version && s.answers(c) {
+			if c.Outcome == Unknown || c.Outcome == Conflict && s.answers(c) {
 				return []state{s}
 			}
 			return nil
@@ -484,18 +487,24 @@ func step(s state, c Call) []state {
 	}
 }
 
-// answers reports whether c's changes, when c is Pulled, are what s holds
-// of every key changed after c.Base: each once, with the version that last
+// answers reports whether c's answer is one s gives: its version s's, or,
+// when c was cut in pages (More), a version short of s's; and, when c is
+// Pulled, its changes what s holds of every key last changed after c.Base
+// (and with More, up to c.Version): each once, with the version that last
 // changed it and its value (or deleted), in the order of those versions.
 func (s state) answers(c Call) bool {
+	if c.More && c.Version >= s.version || !c.More && c.Version != s.version {
+		return false
+	}
 	if !c.Pulled {
 		return true
 	}
+	in := func(e entry) bool { return e.version > c.Base && (!c.More || e.version <= c.Version) }
 	seen := make(map[string]bool, len(c.Changes))
 	var last uint64
 	for _, ch := range c.Changes {
 		e, ok := s.keys[ch.Key]
-		if !ok || seen[ch.Key] || e.version <= c.Base || e.version != ch.Version || ch.Version < last ||
+		if !ok || seen[ch.Key] || !in(e) || e.version != ch.Version || ch.Version < last ||
 			e.deleted != ch.Deleted || !e.deleted && Show(e.scalar, e.list, e.isList) != ch.Value {
 			return false
 		}
@@ -503,7 +512,7 @@ func (s state) answers(c Call) bool {
 	}
 	n := 0
 	for _, e := range s.keys {
-		if e.version > c.Base {
+		if in(e) {
 			n++
 		}
 	}
@@ -532,13 +541,15 @@ func appliedBefore(s state, c Call) ([]state, bool) {
 	if !ok || c.Batch > b.batch {
 		return nil, false
 	}
-	answered := c.Outcome == OK && c.Batch == b.batch && c.Version >= b.version && c.Version <= s.version
-	if c.Kind == Commit {
+	answered := c.Outcome == OK && c.Batch == b.batch
+	switch {
+	case c.Kind == Commit:
 		answered = answered && c.Version == b.version
-	}
-	if c.Pulled {
+	case c.Pulled || c.More:
 		// The answer is a pull from the head it read.
-		answered = answered && c.Version == s.version && s.answers(c)
+		answered = answered && s.answers(c)
+	default:
+		answered = answered && c.Version >= b.version && c.Version <= s.version
 	}
 	if c.Outcome == Unknown || answered {
 		return []state{s}, true
@@ -558,7 +569,7 @@ func applies(s state, c Call, device string) []state {
 			return []state{s}
 		}
 		return nil
-	case c.Outcome == OK && c.Version == next.version && next.answers(c):
+	case c.Outcome == OK && next.answers(c):
 		return []state{next}
 	case c.Outcome == Unknown:
 		return []state{s, next}
@@ -630,6 +641,9 @@ func describe(c Call) string {
 			parts[i] = fmt.Sprintf("%s=%s@%d", ch.Key, v, ch.Version)
 		}
 		changes = " changes " + strings.Join(parts, ",")
+	}
+	if c.More {
+		changes += " more"
 	}
 	if len(c.Ops) == 0 {
 		return fmt.Sprintf("%s pull %s base=%d -> %s v%d%s", at, c.Device, c.Base, c.Outcome, c.Version, changes)

@@ -77,6 +77,14 @@ func TestCheckFindsEachBreach(t *testing.T) {
 		Call{Kind: Sync, Device: "d9", Batch: 1, Base: 13, Ops: put("z", "8"), Outcome: OK, Version: 14, Pulled: true, Changes: []Change{{"z", "8", false, 14}}},
 		Call{Kind: Commit, Ops: put("j", "e"), Outcome: OK, Version: 15},
 		Call{Kind: Sync, Device: "d9", Batch: 1, Base: 13, Ops: put("z", "8"), Outcome: OK, Version: 15, Pulled: true, Changes: []Change{{"z", "8", false, 14}, {"j", "e", false, 15}}},
+		// An answer cut in pages holds the keys last changed up to its
+		// version, short of the partition's, where the device goes on.
+		Call{Kind: Sync, Device: "d8", Base: 11, Outcome: OK, Version: 12, More: true, Pulled: true, Changes: []Change{{"k", "c", false, 12}}},
+		Call{Kind: Sync, Device: "d8", Base: 12, Outcome: OK, Version: 14, More: true, Pulled: true, Changes: []Change{{"z", "8", false, 14}}},
+		Call{Kind: Sync, Device: "d8", Base: 14, Outcome: OK, Version: 15, Pulled: true, Changes: []Change{{"j", "e", false, 15}}},
+		Call{Kind: Sync, Device: "d8", Batch: 1, Base: 11, Ops: put("y", "1"), Outcome: OK, Version: 12, More: true, Pulled: true, Changes: []Change{{"k", "c", false, 12}}},
+		Call{Kind: Sync, Device: "d8", Batch: 1, Base: 11, Ops: put("y", "1"), Outcome: OK, Version: 14, More: true, Pulled: true, Changes: []Change{{"k", "c", false, 12}, {"z", "8", false, 14}}}, // a retry
+		Call{Kind: Sync, Device: "d7", Batch: 1, Base: 11, Ops: put("k", "7"), Outcome: Conflict, Version: 12, More: true, Pulled: true, Changes: []Change{{"k", "c", false, 12}}},
 	)
 	if r := Check(good, 10*time.Second); !r.OK() {
 		t.Fatalf("a history that keeps the rules failed the check:\n%v", r.Failed)
@@ -196,6 +204,27 @@ func TestCheckFindsEachBreach(t *testing.T) {
 			Call{Kind: Sync, Device: "d1", Batch: 1, Ops: put("k", "1"), Outcome: OK, Version: 1, Pulled: true, Changes: []Change{{"k", "1", false, 1}}},
 			Call{Kind: Commit, Ops: put("j", "c"), Outcome: OK, Version: 2},
 			Call{Kind: Sync, Device: "d1", Batch: 1, Ops: put("k", "1"), Outcome: OK, Version: 1, Pulled: true, Changes: []Change{{"k", "1", false, 1}}},
+		),
+		"a page that misses a change below its cut": seq(
+			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Ops: put("j", "c"), Outcome: OK, Version: 2},
+			Call{Kind: Commit, Ops: put("i", "d"), Outcome: OK, Version: 3},
+			Call{Kind: Sync, Device: "d1", Base: 0, Outcome: OK, Version: 2, More: true, Pulled: true, Changes: []Change{{"j", "c", false, 2}}},
+		),
+		"a page that holds a change past its cut": seq(
+			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Ops: put("j", "c"), Outcome: OK, Version: 2},
+			Call{Kind: Sync, Device: "d1", Base: 0, Outcome: OK, Version: 1, More: true, Pulled: true, Changes: []Change{{"k", "b", false, 1}, {"j", "c", false, 2}}},
+		),
+		"a page with a key's older change": seq(
+			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Commit, Ops: put("j", "c"), Outcome: OK, Version: 2},
+			Call{Kind: Commit, Ops: put("k", "d"), Outcome: OK, Version: 3},
+			Call{Kind: Sync, Device: "d1", Base: 0, Outcome: OK, Version: 2, More: true, Pulled: true, Changes: []Change{{"k", "b", false, 1}, {"j", "c", false, 2}}},
+		),
+		"a page cut at the partition's version": seq(
+			Call{Kind: Commit, Ops: put("k", "b"), Outcome: OK, Version: 1},
+			Call{Kind: Sync, Device: "d1", Base: 0, Outcome: OK, Version: 1, More: true, Pulled: true, Changes: []Change{{"k", "b", false, 1}}},
 		),
 		"a commit under one idempotency key applied twice": seq(
 			Call{Kind: Commit, Key: "c1", Device: "b", Batch: 1, Ops: put("k", "b"), Outcome: OK, Version: 1},
