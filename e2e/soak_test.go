@@ -196,10 +196,13 @@ func soakValues(ss []soakSample, of func(soakSample) float64) []float64 {
 	return out
 }
 
-// soakRound is how long each history of a soak runs: long enough for
-// many faults, short enough that checking it stays within memory
-// (Porcupine's cache grows with the square of a partition's calls).
-const soakRound = 2 * time.Minute
+// soakRound is how long each history of a soak runs: long enough for a
+// fault or two, short enough that checking it stays within time and memory
+// (Porcupine's cache holds a bitset of a partition's calls for each step of
+// its search, so it grows with the square of the calls: a two-minute
+// history over PostgreSQL of 150,000 calls once took more than 8 minutes
+// and 24 GB).
+const soakRound = time.Minute
 
 // soakRun runs the history load against s's nodes for run, as histories
 // of soakRound each on fresh users, one after another, with faults across
