@@ -83,10 +83,13 @@ const (
 	Delivery Scenario = "delivery"
 	// IdleWatchers: the server's resident memory per open, idle watch.
 	IdleWatchers Scenario = "idle-watchers"
+	// Disk: the data directory's bytes per retained commit and per live
+	// key, after the run's writes and after a full compaction.
+	Disk Scenario = "disk"
 )
 
 // Scenarios are all scenarios, in run order.
-var Scenarios = []Scenario{Sync, Catchup, Floor, Storage, Delivery, IdleWatchers}
+var Scenarios = []Scenario{Sync, Catchup, Floor, Storage, Delivery, IdleWatchers, Disk}
 
 // ParseScenarios reads a comma-separated list of scenario names; empty or
 // "all" means all of them. The result is in run order.
@@ -148,7 +151,7 @@ type Config struct {
 	ValueBytes int
 	// PacedRate is the offered rate, in syncs per second over all devices,
 	// of the sync scenario's second measurement, which gives the latency
-	// at that load rather than at saturation (default TargetSyncRate;
+	// at that load rather than at saturation (default DefaultPacedRate;
 	// negative skips it).
 	PacedRate float64
 	// CatchupCommits commits over CatchupKeys keys are what the catch-up
@@ -215,7 +218,7 @@ func (c Config) withDefaults() (Config, error) {
 	setDefault(&c.Devices, DefaultDevices)
 	setDefault(&c.Users, c.Devices)
 	setDefault(&c.ValueBytes, DefaultValueBytes)
-	setDefault(&c.PacedRate, TargetSyncRate)
+	setDefault(&c.PacedRate, DefaultPacedRate)
 	setDefault(&c.CatchupCommits, DefaultCatchupCommits)
 	setDefault(&c.CatchupKeys, DefaultCatchupKeys)
 	setDefault(&c.CatchupPulls, DefaultCatchupPulls)
@@ -336,12 +339,11 @@ func (b *bencher) startServer(ctx context.Context) error {
 	return nil
 }
 
-// spawnServer starts `dalv serve` on data with the bench's secrets and
+// spawnServer starts `dalv serve` on data with the bench's secrets, args and
 // flags, and with a pprof listener, whose address it returns, if asked.
-func (b *bencher) spawnServer(ctx context.Context, data string, pprof bool) (*proc.Server, string, error) {
-	var args []string
+func (b *bencher) spawnServer(ctx context.Context, data string, pprof bool, args ...string) (*proc.Server, string, error) {
 	if pprof {
-		args = []string{"--pprof-addr", "127.0.0.1:0"}
+		args = append(args, "--pprof-addr", "127.0.0.1:0")
 	}
 	srv, err := startServe(ctx, b.cfg.Binary, data, append(args, b.cfg.ServerArgs...), b.secrets)
 	if err != nil {
@@ -411,6 +413,8 @@ func (b *bencher) scenario(ctx context.Context, sc Scenario, vals map[string]flo
 		err = b.deliveryScenario(ctx, vals)
 	case IdleWatchers:
 		err = b.idleScenario(ctx, vals)
+	case Disk:
+		err = b.diskScenario(ctx, vals)
 	}
 	if err == nil {
 		err = b.serverErr()

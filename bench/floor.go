@@ -39,6 +39,9 @@ func (b *bencher) floorScenario(ctx context.Context, vals map[string]float64) er
 	if s, ok := vals[metricID(Sync, "rate")]; ok {
 		vals[metricID(Floor, "ratio")] = 100 * s / res.rate()
 	}
+	if s, f := vals[metricID(Sync, "server_cpu")], vals[metricID(Floor, "server_cpu")]; s > 0 && f > 0 {
+		vals[metricID(Floor, "cpu_ratio")] = s / f
+	}
 	return nil
 }
 

@@ -19,10 +19,13 @@ import (
 const (
 	// TargetSyncRate is the least durable single-op syncs per second, and
 	// AimSyncRate what we aim for.
-	TargetSyncRate = 10_000
+	TargetSyncRate = 20_000
 	AimSyncRate    = 30_000
-	// TargetSyncP99 is the most a sync may take at the 99th percentile.
-	TargetSyncP99 = 10 * time.Millisecond
+	// TargetSyncP99 is the most a sync may take at the 99th percentile
+	// with DefaultPacedRate syncs/s offered.
+	TargetSyncP99 = 15 * time.Millisecond
+	// DefaultPacedRate is the syncs/s the paced measurement offers.
+	DefaultPacedRate = 10_000
 	// TargetCatchupEntries, TargetCatchupBytes and TargetCatchupTime bound
 	// the pull of a device that missed the catch-up commits.
 	TargetCatchupEntries = 100
@@ -30,9 +33,15 @@ const (
 	TargetCatchupTime    = 20 * time.Millisecond
 	// TargetFloorRatio is the least share of the no-op call rate the sync
 	// rate must reach.
-	TargetFloorRatio = 0.5
+	TargetFloorRatio = 0.6
+	// TargetCPURatio is the most server CPU a durable sync may take, as a
+	// multiple of the no-op call's.
+	TargetCPURatio = 1.5
 	// TargetRSS is the most resident memory the server may use.
-	TargetRSS = 100_000_000
+	TargetRSS = 64_000_000
+	// TargetDiskRatio is the most the data directory may take, compacted,
+	// as a multiple of the encoded size of what the store keeps.
+	TargetDiskRatio = 3
 )
 
 // metric describes one figure: how to print it and its target, if any.
@@ -99,6 +108,8 @@ var metrics = slices.Concat([]metric{
 	{Floor, "other_cores", "other processes' CPU use", "cores", fixed(2), "", nil},
 	{Floor, "ratio", "sync rate / no-op rate", "%", fixed(1), fmt.Sprintf(">= %.0f%%", 100*TargetFloorRatio),
 		func(v float64) bool { return v >= 100*TargetFloorRatio }},
+	{Floor, "cpu_ratio", "server CPU per sync / per no-op call", "×", fixed(2), fmt.Sprintf("<= %v×", TargetCPURatio),
+		func(v float64) bool { return v <= TargetCPURatio }},
 	rssMetric(Floor),
 	{Storage, "rate", "Pebble synced commits/s", "commits/s", group, "", nil},
 	{Storage, "p50", "latency p50", "ms", fixed(2), "", nil},
@@ -108,7 +119,15 @@ var metrics = slices.Concat([]metric{
 	{Storage, "other_cores", "other processes' CPU use", "cores", fixed(2), "", nil},
 	{Storage, "ratio", "sync rate / Pebble rate", "%", fixed(1), "", nil},
 	rssMetric(Storage),
-}, watchMetrics)
+}, watchMetrics, []metric{
+	{Disk, "dir_bytes", "data directory after the run", "MB", megabytes, "", nil},
+	{Disk, "per_commit", "bytes per retained commit", "bytes", group, "", nil},
+	{Disk, "per_commit_compacted", "  the same after a full compaction", "bytes", group, "", nil},
+	{Disk, "per_key_compacted", "bytes per live key, compacted", "bytes", group, "", nil},
+	{Disk, "ratio", "directory / encoded size kept", "×", fixed(2), "", nil},
+	{Disk, "ratio_compacted", "  the same after a full compaction", "×", fixed(2), fmt.Sprintf("<= %v×", TargetDiskRatio),
+		func(v float64) bool { return v <= TargetDiskRatio }},
+})
 
 // Report is what [Run] measured.
 type Report struct {

@@ -125,7 +125,7 @@ give it --rate-limit -1 or the rate limit is what you measure.`,
 	fl.DurationVar(&cfg.Warmup, "warmup", bench.DefaultWarmup, "unmeasured load before each throughput measurement")
 	fl.IntVar(&cfg.Devices, "devices", bench.DefaultDevices, "concurrent devices syncing (and the floors' concurrency)")
 	fl.IntVar(&cfg.Users, "users", 0, "users the devices are spread over (default: --devices, one device per user)")
-	fl.Float64Var(&cfg.PacedRate, "paced-rate", bench.TargetSyncRate, "offered syncs/s of the paced sync measurement, for latency at that load (negative: skip it)")
+	fl.Float64Var(&cfg.PacedRate, "paced-rate", bench.DefaultPacedRate, "offered syncs/s of the paced sync measurement, for latency at that load (negative: skip it)")
 	fl.IntVar(&cfg.ValueBytes, "value-bytes", bench.DefaultValueBytes, "size of each PUT's value")
 	fl.IntVar(&cfg.CatchupCommits, "catchup-commits", bench.DefaultCatchupCommits, "commits the catch-up device missed")
 	fl.IntVar(&cfg.CatchupKeys, "catchup-keys", bench.DefaultCatchupKeys, "keys those commits cycle over")
