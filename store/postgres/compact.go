@@ -171,10 +171,12 @@ func (s *Store) compactPartition(ctx context.Context, part string, cut int64) (i
 
 // compactFeed drops up to compactFeed of the oldest feed rows made before
 // cut, in one transaction; more reports that there may be others.
-func (s *Store) compactFeed(ctx context.Context, cut int64) (n int, more bool, err error) {
-	conn, err := s.pool.Acquire(ctx)
+func (s *Store) compactFeed(caller context.Context, cut int64) (n int, more bool, err error) {
+	ctx, stop := s.opContext(caller)
+	defer stop()
+	conn, err := s.acquire(caller, ctx)
 	if err != nil {
-		return 0, false, storeErr(ctx, err)
+		return 0, false, err
 	}
 	defer conn.Release()
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
@@ -226,17 +228,24 @@ func (s *Store) compactFeed(ctx context.Context, cut int64) (n int, more bool, e
 	return n, more, nil
 }
 
-// query runs one statement on a pooled connection and hands its rows to
-// scan.
-func (s *Store) query(ctx context.Context, scan func(pgx.Rows) error, sql string, args ...any) error {
-	rows, err := s.pool.Query(ctx, sql, args...)
+// query runs one statement on a pooled connection, as one operation (see
+// opContext), and hands its rows to scan.
+func (s *Store) query(caller context.Context, scan func(pgx.Rows) error, sql string, args ...any) error {
+	ctx, stop := s.opContext(caller)
+	defer stop()
+	conn, err := s.acquire(caller, ctx)
 	if err != nil {
-		return storeErr(ctx, err)
+		return err
+	}
+	defer conn.Release()
+	rows, err := conn.Query(ctx, sql, args...)
+	if err != nil {
+		return connErr(ctx, conn, err)
 	}
 	err = scan(rows)
 	rows.Close()
 	if err == nil {
 		err = rows.Err()
 	}
-	return storeErr(ctx, err)
+	return connErr(ctx, conn, err)
 }

@@ -652,14 +652,15 @@ type note struct {
 // commitUntilNotified commits to p through s until got brings a
 // notification of p at version least or later (a listener may not listen
 // yet, a lost connection loses a notification), and returns the last
-// version known committed. Commits that fail with store.ErrUnavailable are tried
-// again; such a commit may have applied (its connection died after the
-// COMMIT went out), so each one since the last success may account for
-// one version more in a notification.
+// version known committed; least-1 is the last one known before. Commits
+// that fail with store.ErrUnavailable are tried again; such a commit may
+// have applied (its connection died after the COMMIT went out), so each
+// one since the last success may account for one version more in a
+// notification. A notification of an earlier call's commit may come late.
 func commitUntilNotified(t *testing.T, s *Store, p store.Partition, got <-chan note, least uint64) uint64 {
 	t.Helper()
 	deadline := time.After(20 * time.Second)
-	var last, unknown uint64
+	last, unknown := least-1, uint64(0)
 	for {
 		v, err := commitOne(context.Background(), s, p, "k")
 		switch {
