@@ -230,22 +230,8 @@ func (s *Store) compactFeed(caller context.Context, cut int64) (n int, more bool
 
 // query runs one statement on a pooled connection, as one operation (see
 // opContext), and hands its rows to scan.
-func (s *Store) query(caller context.Context, scan func(pgx.Rows) error, sql string, args ...any) error {
-	ctx, stop := s.opContext(caller)
-	defer stop()
-	conn, err := s.acquire(caller, ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Release()
-	rows, err := conn.Query(ctx, sql, args...)
-	if err != nil {
-		return connErr(ctx, conn, err)
-	}
-	err = scan(rows)
-	rows.Close()
-	if err == nil {
-		err = rows.Err()
-	}
-	return connErr(ctx, conn, err)
+func (s *Store) query(ctx context.Context, scan func(pgx.Rows) error, sql string, args ...any) error {
+	b := &pgx.Batch{}
+	b.Queue(sql, args...).Query(scan)
+	return s.sendBatch(ctx, b)
 }
