@@ -8,7 +8,9 @@
 // through the same server and the rate of synced batch commits of Pebble
 // alone, opened with the store's options; then device watches: the time
 // from a commit to its delivery to many watchers, and the resident memory
-// an idle watch costs. It samples the server's resident memory throughout.
+// an idle watch costs; and what the run's writes take on disk, as left and
+// compacted, per retained commit and per live key. It samples the server's
+// resident memory throughout.
 // Each figure is taken [Config.Runs] times and reported as the median, with
 // the minimum and maximum, against DalvDB's targets ([TargetSyncRate] and
 // the other Target constants).
@@ -76,7 +78,7 @@ const (
 	// sync scenario's concurrency.
 	Floor Scenario = "floor"
 	// Storage: synced Pebble batch commits in the bench process at the
-	// same concurrency.
+	// same concurrency, closed-loop and then paced at the sync's rate.
 	Storage Scenario = "storage"
 	// Delivery: many device watches, then paced backend commits to their
 	// users, each timed to every watcher's stream (see watch.go).

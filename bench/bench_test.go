@@ -88,7 +88,7 @@ func TestRun(t *testing.T) {
 		{Sync, "rate"}, {Sync, "p50"}, {Sync, "p99"}, {Sync, "server_cpu"}, {Sync, "rss"},
 		{Catchup, "time"}, {Catchup, "proto_bytes"}, {Catchup, "http_bytes"}, {Catchup, "setup_rate"}, {Catchup, "rss"},
 		{Floor, "rate"}, {Floor, "ratio"}, {Floor, "rss"},
-		{Storage, "rate"}, {Storage, "ratio"},
+		{Storage, "rate"}, {Storage, "ratio"}, {Storage, "paced_p99"},
 		{Disk, "dir_bytes"}, {Disk, "per_commit"}, {Disk, "per_commit_compacted"}, {Disk, "per_key_compacted"}, {Disk, "ratio_compacted"},
 	}
 	for _, p := range positive {

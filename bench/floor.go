@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"connectrpc.com/grpchealth"
 	"github.com/cockroachdb/pebble/v2"
@@ -104,6 +105,13 @@ func (b *bencher) storageScenario(ctx context.Context, vals map[string]float64) 
 		}
 	}
 	res, err := b.load(ctx, loadSpec{label: string(Storage), unit: "commits/s", workers: workers})
+	var paced *loadResult
+	if err == nil && b.cfg.PacedRate > 0 {
+		// The same commits offered at the sync's paced rate, so that the
+		// sync's paced p99 has the disk's beside it.
+		interval := time.Duration(float64(time.Second) * float64(len(workers)) / b.cfg.PacedRate)
+		paced, err = b.load(ctx, loadSpec{label: "storage paced", unit: "commits/s", workers: workers, interval: interval})
+	}
 	if cerr := db.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("close pebble: %w", cerr)
 	}
@@ -113,6 +121,9 @@ func (b *bencher) storageScenario(ctx context.Context, vals map[string]float64) 
 	res.record(vals, Storage, false) // the server idles
 	if s, ok := vals[metricID(Sync, "rate")]; ok {
 		vals[metricID(Storage, "ratio")] = 100 * s / res.rate()
+	}
+	if paced != nil {
+		vals[metricID(Storage, "paced_p99")] = ms(paced.hist.Quantile(0.99))
 	}
 	return nil
 }

@@ -118,6 +118,7 @@ var metrics = slices.Concat([]metric{
 	{Storage, "bench_cores", "bench CPU use", "cores", fixed(2), "", nil},
 	{Storage, "other_cores", "other processes' CPU use", "cores", fixed(2), "", nil},
 	{Storage, "ratio", "sync rate / Pebble rate", "%", fixed(1), "", nil},
+	{Storage, "paced_p99", "paced at the sync's rate: latency p99", "ms", fixed(2), "", nil},
 	rssMetric(Storage),
 }, watchMetrics, []metric{
 	{Disk, "dir_bytes", "data directory after the run", "MB", megabytes, "", nil},

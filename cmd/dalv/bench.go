@@ -25,7 +25,7 @@ func newBenchCmd() *cobra.Command {
 		caFile                string
 	)
 	cmd := &cobra.Command{
-		Use:   "bench [--runs 5] [--duration 5s] [--scenario sync,catchup,floor,storage,delivery,idle-watchers]",
+		Use:   "bench [--runs 5] [--duration 5s] [--scenario sync,catchup,floor,storage,delivery,idle-watchers,disk]",
 		Short: "Measure a real dalv serve on loopback",
 		Long: `Measure a real dalv serve on loopback and report the median of --runs runs,
 with min and max, against DalvDB's targets.
@@ -43,7 +43,8 @@ afterwards. Scenarios:
   floor    the no-op Connect call (grpc.health.v1.Health/Check) at the same
            concurrency, and the sync rate as a share of it
   storage  Pebble alone in this process: synced two-Set batches at the same
-           concurrency, and the sync rate as a share of it
+           concurrency, and the sync rate as a share of it; then the same
+           paced at --paced-rate, for the disk's p99 beside the sync's
   delivery --watchers device watches over --watch-users users (h2c, 200
            streams a connection), then --delivery-rate backend commits/s of
            one PUT across those users: p50/p99 from sending a commit to each
@@ -53,6 +54,9 @@ afterwards. Scenarios:
            --idle-watchers watches over --idle-users users, left idle: the
            server's RSS growth per watch, from before opening them (after a
            garbage collection) to all open, heartbeat received and settled
+  disk     the server stopped, its data directory measured as left and after
+           a full compaction against what the store keeps: bytes per retained
+           commit and per live key; then the server starts again
 
 The server's resident memory is sampled every 100 ms throughout. Progress goes
 to stderr, one line a second; the table (or --json) to stdout.
@@ -135,7 +139,7 @@ give it --rate-limit -1 or the rate limit is what you measure.`,
 	fl.Float64Var(&cfg.DeliveryRate, "delivery-rate", bench.DefaultDeliveryRate, "backend commits/s of the delivery scenario, in all")
 	fl.IntVar(&cfg.IdleWatchers, "idle-watchers", bench.DefaultIdleWatchers, "idle device watches the idle-watchers scenario opens")
 	fl.IntVar(&cfg.IdleUsers, "idle-users", 0, fmt.Sprintf("users the idle watches are spread over (default %d, at most --idle-watchers)", bench.DefaultIdleUsers))
-	fl.StringVar(&scenarios, "scenario", "all", "comma-separated scenarios to run: sync, catchup, floor, storage, delivery, idle-watchers, or all")
+	fl.StringVar(&scenarios, "scenario", "all", "comma-separated scenarios to run: sync, catchup, floor, storage, delivery, idle-watchers, disk, or all")
 	fl.StringVar(&serverArgs, "server-args", "", `extra flags for dalv serve, space-separated (e.g. "--max-ops 10")`)
 	fl.StringVar(&rulesFile, "rules", "", "start dalv serve with this write rules file, to measure their CPU cost against a run without (bench/rules.yaml is one with a CEL check on the bench's keys)")
 	fl.BoolVar(&cfg.H2C, "h2c", false, "speak HTTP/2 without TLS over one connection instead of HTTP/1.1 with one per device")
