@@ -398,6 +398,16 @@ func outcome(t *testing.T, err error, expected ...connect.Code) (hist.Outcome, b
 	return hist.Unknown, false
 }
 
+// rateLimited reports whether err is the refusal of a device's call by the
+// server's per-user rate limit (--rate-limit), which it answers before
+// reading the call: the call changed nothing, is left out of the history,
+// and is sent again after a pause, as the Go SDK does. A history on one
+// node gives each user's devices and watch to one server, and after a
+// fault their retries can pass the default limit.
+func rateLimited(err error) bool {
+	return connect.CodeOf(err) == connect.CodeResourceExhausted && strings.Contains(err.Error(), "(--rate-limit)")
+}
+
 // historyDevice syncs batches of ops until the deadline: after a conflict
 // it sends the batch again from the new base (keeping its own values), and
 // after an unknown outcome it sends the same batch again, as a device does,
@@ -430,6 +440,11 @@ func historyDevice(t *testing.T, rec *hist.Recorder, dc interface {
 		start := rec.Begin()
 		resp, err := dc.Sync(cctx, connect.NewRequest(req))
 		cancel()
+		if rateLimited(err) {
+			backoff = retryAfter(backoff)
+			time.Sleep(backoff) // a device backs off while the server refuses it
+			continue
+		}
 		var ok bool
 		if c.Outcome, ok = outcome(t, err); !ok {
 			return
@@ -465,6 +480,10 @@ func historyPull(t *testing.T, rec *hist.Recorder, dc interface {
 	start := rec.Begin()
 	resp, err := dc.Sync(cctx, connect.NewRequest(&dalvv1.SyncRequest{DeviceId: device, BaseVersion: base}))
 	cancel()
+	if rateLimited(err) {
+		time.Sleep(retryAfter(0)) // a device backs off while the server refuses it
+		return 0, true
+	}
 	c := hist.Call{Partition: "u:" + user, Kind: hist.Sync, Device: device, Base: base}
 	var ok bool
 	if c.Outcome, ok = outcome(t, err); !ok {

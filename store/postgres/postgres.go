@@ -1,5 +1,5 @@
 // Package postgres is DalvDB's store for many stateless servers: a
-// [store.Store] on one PostgreSQL database (or Citus), shared by any number
+// [store.Store] on one PostgreSQL database, shared by any number
 // of `dalv serve` processes.
 //
 // Guarantees:
