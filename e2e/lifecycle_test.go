@@ -565,6 +565,8 @@ func TestLifecycleBadFlags(t *testing.T) {
 		{[]string{"--drain-timeout", "0s"}, []string{"--drain-timeout", "0s"}},
 		{[]string{"--store-timeout", "-2s"}, []string{"--store-timeout", "-2s"}},
 		{[]string{"--store-cache-bytes", "-1"}, []string{"--store-cache-bytes", "-1", "0 (off)"}},
+		{[]string{"--cache-bytes", "0"}, []string{"--cache-bytes", "0"}},
+		{[]string{"--memtable-bytes", "1000"}, []string{"--memtable-bytes", "1000", "1 MiB"}},
 		{[]string{"--max-watches-per-user", "0"}, []string{"--max-watches-per-user", "0"}},
 		{[]string{"--max-watches-per-device", "-1"}, []string{"--max-watches-per-device", "-1"}},
 		{[]string{"--max-feed-watches", "0"}, []string{"--max-feed-watches", "0"}},

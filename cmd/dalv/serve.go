@@ -46,6 +46,8 @@ type serveFlags struct {
 	drainTimeout      time.Duration
 	storeTimeout      time.Duration
 	storeCacheBytes   int
+	cacheBytes        int
+	memtableBytes     int
 	watchBuffer       int
 	heartbeat         time.Duration
 	maxWatchesUser    int
@@ -102,6 +104,8 @@ With --tls-cert and --tls-key it serves HTTPS (HTTP/2 and HTTP/1.1, TLS
 	fl.StringVar(&f.data, "data", defaultData, "data directory of the embedded store, and where --dev keeps its secrets")
 	fl.StringVar(&f.store, "store", "", "PostgreSQL URL (postgres://...) to serve from instead of --data; default $DALV_STORE")
 	fl.DurationVar(&f.storeTimeout, "store-timeout", postgres.DefaultTimeout, "with --store: how long one store operation may wait for PostgreSQL before the request fails with unavailable")
+	fl.IntVar(&f.cacheBytes, "cache-bytes", pebble.DefaultCacheSize, "the embedded store's block cache, in bytes")
+	fl.IntVar(&f.memtableBytes, "memtable-bytes", pebble.DefaultMemTableSize, "the embedded store's memtable, in bytes, of which it holds up to two (one filling, one being written out); 1 MiB to 1 GiB")
 	fl.IntVar(&f.storeCacheBytes, "store-cache-bytes", postgres.DefaultCacheBytes, "with --store: memory for the states of small partitions this node commits to, whose commits then go in grouped statements of one round trip (0 turns it off: every commit is a transaction of its own)")
 	fl.BoolVar(&f.dev, "dev", false, "when DALV_JWT_SECRET or DALV_BACKEND_KEYS is unset, use development secrets kept in --data (generated on the first start), and print them")
 	fl.StringArrayVar(&f.systemPrefixes, "system-prefix", nil, `key prefix that is system-domain (backend-only); repeatable (default "sys/")`)
@@ -295,7 +299,7 @@ func openStore(ctx context.Context, f serveFlags, log *slog.Logger) (st store.St
 		url = os.Getenv("DALV_STORE")
 	}
 	if url == "" {
-		opts := pebble.Options{Logger: log}
+		opts := pebble.Options{Logger: log, CacheSize: int64(f.cacheBytes), MemTableSize: int64(f.memtableBytes)}
 		if trigger := os.Getenv(diskfault.EnvVar); trigger != "" {
 			// For tests only: see package diskfault.
 			log.Warn("TEST MODE: disk faults are injected into the store from a trigger file", "env", diskfault.EnvVar, "trigger", trigger)
@@ -437,6 +441,7 @@ func (f serveFlags) validate() error {
 		{"--max-watches-per-device", f.maxWatchesDevice},
 		{"--max-feed-watches", f.maxFeedWatches},
 		{"--stream-page-bytes", f.streamPageBytes},
+		{"--cache-bytes", f.cacheBytes},
 	} {
 		if fl.n < 1 {
 			return fmt.Errorf("%s %d: must be at least 1", fl.name, fl.n)
@@ -450,6 +455,9 @@ func (f serveFlags) validate() error {
 	}
 	if f.storeTimeout <= 0 {
 		return fmt.Errorf("--store-timeout %v: must be positive", f.storeTimeout)
+	}
+	if f.memtableBytes < 1<<20 || f.memtableBytes > 1<<30 {
+		return fmt.Errorf("--memtable-bytes %d: must be from 1 MiB (1048576) to 1 GiB", f.memtableBytes)
 	}
 	if f.storeCacheBytes < 0 {
 		return fmt.Errorf("--store-cache-bytes %d: must be 0 (off) or more", f.storeCacheBytes)
