@@ -62,13 +62,15 @@ import (
 )
 
 // Defaults of [Options]. Pebble keeps its block cache and memtables outside
-// the Go heap, in at most CacheSize + 2*MemTableSize bytes: 32 MiB with these
-// defaults, so that a whole server stays under 100 MB resident. (glibc's
-// malloc adds up to a third on top with its per-thread arenas;
-// MALLOC_ARENA_MAX=2 in the environment curbs that.)
+// the Go heap, in at most CacheSize + 2*MemTableSize bytes: 16 MiB with these
+// defaults, so that a server under a hundred devices' sync load stays under
+// 64 MB resident. Measured side by side with 16 and 8 MiB, the sync rate and
+// its CPU were the same and the peak RSS 8 MB lower. (glibc's malloc adds up
+// to a third on top with its per-thread arenas; MALLOC_ARENA_MAX=2 in the
+// environment curbs that.)
 const (
-	DefaultCacheSize    = 16 << 20
-	DefaultMemTableSize = 8 << 20
+	DefaultCacheSize    = 8 << 20
+	DefaultMemTableSize = 4 << 20
 )
 
 // Options configures [Open]. The zero value is ready to use.
