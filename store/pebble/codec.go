@@ -133,29 +133,102 @@ func decodeEntry(key string, b []byte) (store.Entry, entryHeader, error) {
 	return e, h, nil
 }
 
-// encodeHead appends h to dst.
-func encodeHead(dst []byte, h store.Head) []byte {
+// maxHeadDevices bounds the devices whose last batch a partition's head
+// keeps: its most recent writers, latest first. Their commits then read and
+// write no device record of their own; a device pushed out of the head gets
+// one (kindDevice), which the head's entry overrides while it has one.
+const maxHeadDevices = 4
+
+// encodeHead appends a head record to dst: uvarint version, uvarint
+// horizon, then devs, the head's devices (see appendHeadDevice).
+func encodeHead(dst []byte, h store.Head, devs []byte) []byte {
 	dst = binary.AppendUvarint(dst, h.Version)
-	return binary.AppendUvarint(dst, h.Horizon)
+	dst = binary.AppendUvarint(dst, h.Horizon)
+	return append(dst, devs...)
 }
 
-// decodeHead decodes a head.
-func decodeHead(b []byte) (store.Head, error) {
+// decodeHead decodes a head record into the head and its devices, which
+// alias b.
+func decodeHead(b []byte) (store.Head, []byte, error) {
 	var h store.Head
 	var w int
 	h.Version, w = uvarint(b)
 	if w <= 0 {
-		return store.Head{}, corruptf("head: bad version")
+		return store.Head{}, nil, corruptf("head: bad version")
 	}
 	var w2 int
 	h.Horizon, w2 = uvarint(b[w:])
-	if w2 <= 0 || w+w2 != len(b) {
-		return store.Head{}, corruptf("head: bad horizon")
+	if w2 <= 0 {
+		return store.Head{}, nil, corruptf("head: bad horizon")
 	}
 	if h.Horizon > h.Version {
-		return store.Head{}, corruptf("head: horizon %d above version %d", h.Horizon, h.Version)
+		return store.Head{}, nil, corruptf("head: horizon %d above version %d", h.Horizon, h.Version)
 	}
-	return h, nil
+	devs := b[w+w2:]
+	for rest := devs; len(rest) > 0; {
+		var err error
+		if _, _, rest, err = nextHeadDevice(rest); err != nil {
+			return store.Head{}, nil, err
+		}
+	}
+	return h, devs, nil
+}
+
+// appendHeadDevice appends a head's device: uvarint length, the id, then
+// uvarint batch.
+func appendHeadDevice[K string | []byte](dst []byte, id K, batch uint64) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(id)))
+	dst = append(dst, id...)
+	return binary.AppendUvarint(dst, batch)
+}
+
+// nextHeadDevice decodes the first of a head's devices and returns the rest.
+func nextHeadDevice(devs []byte) (id []byte, batch uint64, rest []byte, err error) {
+	n, w := uvarint(devs)
+	if w <= 0 || n == 0 || n > uint64(len(devs)-w) {
+		return nil, 0, nil, corruptf("head: bad device id length")
+	}
+	id, rest = devs[w:w+int(n)], devs[w+int(n):]
+	batch, w = uvarint(rest)
+	if w <= 0 {
+		return nil, 0, nil, corruptf("head: device %q: bad batch", id)
+	}
+	return id, batch, rest[w:], nil
+}
+
+// headDeviceBatch returns device's batch from a head's devices, and whether
+// the head has it. devs must have been checked by decodeHead.
+func headDeviceBatch(devs []byte, device string) (uint64, bool) {
+	for len(devs) > 0 {
+		id, batch, rest, _ := nextHeadDevice(devs)
+		if string(id) == device {
+			return batch, true
+		}
+		devs = rest
+	}
+	return 0, false
+}
+
+// withHeadDevice appends to dst a head's devices with device's batch first
+// and its older place dropped. It returns the device pushed out past
+// maxHeadDevices (nil for none) and its batch. devs must have been checked
+// by decodeHead.
+func withHeadDevice(dst, devs []byte, device string, batch uint64) (out, pushed []byte, pushedBatch uint64) {
+	dst = appendHeadDevice(dst, device, batch)
+	kept := 1
+	for len(devs) > 0 {
+		id, b, rest, _ := nextHeadDevice(devs)
+		devs = rest
+		if string(id) == device {
+			continue
+		}
+		if kept == maxHeadDevices {
+			return dst, id, b
+		}
+		dst = appendHeadDevice(dst, id, b)
+		kept++
+	}
+	return dst, nil, 0
 }
 
 // encodeKeyRecord appends an idempotency key record: uvarint version,

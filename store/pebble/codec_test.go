@@ -61,6 +61,48 @@ func TestEntryRoundTrip(t *testing.T) {
 	}
 }
 
+// TestHeadDevices round-trips a head through its devices: the latest
+// first, a device's older place dropped, the oldest pushed out past
+// maxHeadDevices.
+func TestHeadDevices(t *testing.T) {
+	h := store.Head{Version: 9, Horizon: 2}
+	var devs []byte
+	add := func(device string, batch uint64) (pushed string, pushedBatch uint64) {
+		t.Helper()
+		out, p, pb := withHeadDevice(nil, devs, device, batch)
+		got, gotDevs, err := decodeHead(encodeHead(nil, h, out))
+		if err != nil || got != h || !bytes.Equal(gotDevs, out) {
+			t.Fatalf("decodeHead(encodeHead(%v, %x)) = %v, %x, %v", h, out, got, gotDevs, err)
+		}
+		devs = out
+		return string(p), pb
+	}
+	for i, d := range []string{"a", "b", "c", "d"} {
+		if p, _ := add(d, uint64(i+1)); p != "" {
+			t.Fatalf("adding %s pushed out %s", d, p)
+		}
+	}
+	if p, _ := add("b", 20); p != "" { // already kept: moves first
+		t.Fatalf("adding b again pushed out %s", p)
+	}
+	if p, pb := add("e", 5); p != "a" || pb != 1 {
+		t.Fatalf("adding e pushed out %q at %d, want a at 1", p, pb)
+	}
+	for _, tc := range []struct {
+		device string
+		batch  uint64
+		ok     bool
+	}{{"e", 5, true}, {"b", 20, true}, {"c", 3, true}, {"d", 4, true}, {"a", 0, false}, {"", 0, false}} {
+		if b, ok := headDeviceBatch(devs, tc.device); b != tc.batch || ok != tc.ok {
+			t.Errorf("headDeviceBatch(%q) = %d, %v, want %d, %v", tc.device, b, ok, tc.batch, tc.ok)
+		}
+	}
+	// A head written before heads kept devices has none.
+	if got, gotDevs, err := decodeHead([]byte{9, 2}); err != nil || got != h || len(gotDevs) != 0 {
+		t.Errorf("decodeHead(version, horizon) = %v, %x, %v", got, gotDevs, err)
+	}
+}
+
 // TestEntryUntimedTombstone decodes a tombstone with entryTimed clear: it
 // has no time, and its header is untimed.
 func TestEntryUntimedTombstone(t *testing.T) {
@@ -95,6 +137,9 @@ func TestDecodeRejects(t *testing.T) {
 		{"HeadEmpty", decodeHeadErr, nil},
 		{"HeadTrailing", decodeHeadErr, []byte{2, 1, 0}},
 		{"HeadHorizonAboveVersion", decodeHeadErr, []byte{1, 2}},
+		{"HeadDeviceTooLong", decodeHeadErr, []byte{2, 1, 3, 'a', 'b'}},
+		{"HeadDeviceNoBatch", decodeHeadErr, []byte{2, 1, 1, 'a'}},
+		{"HeadDeviceBadBatch", decodeHeadErr, []byte{2, 1, 1, 'a', 0x80}},
 		{"FeedEmpty", decodeFeedErr, nil},
 		{"FeedFlags", decodeFeedErr, []byte{4, 1, 1, 1, 'a'}},
 		{"FeedNoName", decodeFeedErr, []byte{0, 1, 1, 0}},
@@ -118,7 +163,7 @@ func decodeEntryErr(b []byte) error {
 }
 
 func decodeHeadErr(b []byte) error {
-	_, err := decodeHead(b)
+	_, _, err := decodeHead(b)
 	return err
 }
 

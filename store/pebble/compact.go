@@ -169,7 +169,7 @@ func (s *Store) compactPartition(p store.Partition, items []tombItem) (int, erro
 	}
 	if dropped > 0 {
 		key = appendKey(key[:0], kindHead, r.pid, "")
-		if err := b.Set(key, encodeHead(nil, head), nil); err != nil {
+		if err := b.Set(key, encodeHead(nil, head, r.headDevs), nil); err != nil {
 			return 0, err
 		}
 	}

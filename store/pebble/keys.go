@@ -12,10 +12,10 @@ import (
 // the name. So no partition's keys are a prefix of another's: user "a" never
 // meets user "a\x00b", user "ab" or shared "a".
 //
-//	'h' pid                       -> head: uvarint version, uvarint horizon
+//	'h' pid                       -> head: uvarint version, uvarint horizon, recent devices (see encodeHead)
 //	'k' pid key                   -> entry (see encodeEntry)
 //	'v' pid be64(version) key     -> empty; Changes walks it in (version, key) order
-//	'd' pid device                -> uvarint batch
+//	'd' pid device                -> uvarint batch, of a device no longer in the head
 //	'i' pid idempotency key       -> key record (see encodeKeyRecord)
 //	'I' be64(unix nanos) pid key  -> empty; key records by commit time, for retention
 //	't' be64(unix nanos) pid key  -> uvarint version of a tombstone, for retention

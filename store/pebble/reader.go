@@ -24,6 +24,8 @@ type reader struct {
 	inUpdate bool
 	headRead bool
 	head     store.Head
+	headDevs []byte // the head's devices (see encodeHead), a copy
+	devBuf   []byte // the devices of the head a commit writes
 	seen     []seenKey
 	seenIdx  map[string]int // index into seen, built when seen is long
 
@@ -59,22 +61,22 @@ func (r *reader) Head() (store.Head, error) {
 		return r.head, nil
 	}
 	r.scratch = appendKey(r.scratch[:0], kindHead, r.pid, "")
-	var h store.Head
 	v, closer, err := r.src.Get(r.scratch)
 	switch {
 	case errors.Is(err, pebbledb.ErrNotFound):
 	case err != nil:
 		return store.Head{}, fmt.Errorf("head %s: %w", r.p, pebbleErr(err))
 	default:
-		h, err = decodeHead(v)
+		h, devs, err := decodeHead(v)
+		if err == nil {
+			r.head, r.headDevs = h, append(r.headDevs[:0], devs...)
+		}
 		if err = errors.Join(err, closer.Close()); err != nil {
 			return store.Head{}, fmt.Errorf("head %s: %w", r.p, err)
 		}
 	}
-	if r.inUpdate {
-		r.head, r.headRead = h, true
-	}
-	return h, nil
+	r.headRead = true
+	return r.head, nil
 }
 
 // Get implements store.Reader.
@@ -231,8 +233,15 @@ func (r *reader) Scan(prefix, startAfter string, fn func(store.Entry) (bool, err
 	return closeIter(nil, it)
 }
 
-// DeviceBatch implements store.Reader.
+// DeviceBatch implements store.Reader: the head's entry for the device if
+// it has one, else the device's own record.
 func (r *reader) DeviceBatch(device string) (uint64, error) {
+	if _, err := r.Head(); err != nil {
+		return 0, err
+	}
+	if batch, ok := headDeviceBatch(r.headDevs, device); ok {
+		return batch, nil
+	}
 	r.scratch = appendKey(r.scratch[:0], kindDevice, r.pid, device)
 	v, closer, err := r.src.Get(r.scratch)
 	if errors.Is(err, pebbledb.ErrNotFound) {

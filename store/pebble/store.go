@@ -417,13 +417,21 @@ func (s *Store) apply(r *reader, c *store.Commit, l *partitionLock) error {
 		}
 	}
 	var v [20]byte
+	devs, pushed, pushedBatch := r.headDevs, []byte(nil), uint64(0)
+	if c.Device != "" {
+		devs, pushed, pushedBatch = withHeadDevice(r.devBuf[:0], r.headDevs, c.Device, c.Batch)
+		r.devBuf = devs
+	}
 	key = appendKey(key[:0], kindHead, pid, "")
-	if err := b.Set(key, encodeHead(v[:0], head), nil); err != nil {
+	op := b.SetDeferred(len(key), uvarintLen(head.Version)+uvarintLen(head.Horizon)+len(devs))
+	copy(op.Key, key)
+	encodeHead(op.Value[:0], head, devs)
+	if err := op.Finish(); err != nil {
 		return err
 	}
-	if c.Device != "" {
-		key = appendKey(key[:0], kindDevice, pid, c.Device)
-		if err := b.Set(key, binary.AppendUvarint(v[:0], c.Batch), nil); err != nil {
+	if pushed != nil {
+		key = appendKey(key[:0], kindDevice, pid, string(pushed))
+		if err := b.Set(key, binary.AppendUvarint(v[:0], pushedBatch), nil); err != nil {
 			return err
 		}
 	}
@@ -446,7 +454,7 @@ func (s *Store) apply(r *reader, c *store.Commit, l *partitionLock) error {
 			s.feed.done(seq)
 		}
 	}()
-	op := b.SetDeferred(9, feedRecordLen(&rec))
+	op = b.SetDeferred(9, feedRecordLen(&rec))
 	op.Key[0] = kindFeed
 	binary.BigEndian.PutUint64(op.Key[1:], seq)
 	putFeedRecord(op.Value, &rec)

@@ -327,4 +327,23 @@ func testDeviceBatch(t *testing.T, s store.Store) {
 	if got, want := head(t, s, p).Version, uint64(4); got != want {
 		t.Errorf("Head().Version = %d, want %d", got, want)
 	}
+
+	// Many devices taking turns, each coming back after the others wrote:
+	// every one's last batch is kept, whichever way a store keeps them.
+	carol := user("carol")
+	const devices, rounds = 9, 3
+	for r := 1; r <= rounds; r++ {
+		for d := range devices {
+			commit(t, s, carol, store.Commit{Device: fmt.Sprintf("dev%d", d), Batch: uint64(10*r + d)})
+		}
+		if r == 2 { // one device writes again at once, then the others
+			commit(t, s, carol, store.Commit{Device: "dev8", Batch: 99})
+		}
+	}
+	for d := range devices {
+		want := uint64(10*rounds + d)
+		if got := deviceBatch(t, s, carol, fmt.Sprintf("dev%d", d)); got != want {
+			t.Errorf("%s DeviceBatch(dev%d) = %d, want %d", carol, d, got, want)
+		}
+	}
 }
