@@ -22,9 +22,6 @@ const (
 	backendKey                        // a backend API key: dalv.v1.BackendService
 )
 
-// claimsKey is the context key of the claims authenticate verified.
-type claimsKey struct{}
-
 // authenticate checks a request's credential from its headers before
 // anything reads its body, and refuses the request, unread, when the
 // credential is missing or not accepted (or the user is over the rate
@@ -41,13 +38,15 @@ func (s *Server) authenticate(cred credential, next http.Handler) http.Handler {
 		case deviceToken:
 			var claims *auth.Claims
 			if claims, err = s.verifyDevice(ctx, r.Header); err == nil {
-				ctx = context.WithValue(ctx, claimsKey{}, claims)
+				var st *requestState
+				st, r = requestStateOf(r)
+				st.claims = claims
 			}
 		case backendKey:
 			err = s.backend(r.Header)
 		}
 		if err == nil {
-			next.ServeHTTP(w, r.WithContext(ctx))
+			next.ServeHTTP(w, r)
 			return
 		}
 		refuseUnread(w, r)
@@ -87,8 +86,8 @@ func refuseUnread(w http.ResponseWriter, r *http.Request) {
 // by authenticate from its headers before its body was read; a request
 // that did not pass through authenticate has its headers checked here.
 func (s *Server) device(ctx context.Context, h http.Header) (*auth.Claims, error) {
-	if claims, ok := ctx.Value(claimsKey{}).(*auth.Claims); ok {
-		return claims, nil
+	if st := stateOf(ctx); st != nil && st.claims != nil {
+		return st.claims, nil
 	}
 	return s.verifyDevice(ctx, h)
 }

@@ -52,8 +52,8 @@ func (s *Server) limitBodyTime(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Body != nil && r.Body != http.NoBody {
 			if http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout)) == nil {
-				// A copy: net/http still looks at the request it passed.
-				r = r.WithContext(r.Context())
+				// r is withRequestState's copy: the one net/http passed
+				// keeps its body.
 				r.Body = &timedBody{ReadCloser: r.Body, timeout: s.cfg.BodyTimeout}
 			}
 		}

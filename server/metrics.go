@@ -154,8 +154,10 @@ func (m *metrics) observe(procedure string, start time.Time, err error) {
 func (m *metrics) countRefused(procedures map[string]bool, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := &refusalRecorder{ResponseWriter: w}
-		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), observedKey{}, rec)))
+		st, r := requestStateOf(r)
+		rec := &st.rec
+		rec.ResponseWriter = w
+		next.ServeHTTP(rec, r)
 		if rec.observed.Load() {
 			return
 		}
@@ -168,14 +170,11 @@ func (m *metrics) countRefused(procedures map[string]bool, next http.Handler) ht
 	})
 }
 
-// observedKey is the context key of a request's refusalRecorder.
-type observedKey struct{}
-
 // markObserved tells the request's refusalRecorder, if any, that the
 // metrics interceptor counted the request.
 func markObserved(ctx context.Context) {
-	if rec, ok := ctx.Value(observedKey{}).(*refusalRecorder); ok {
-		rec.observed.Store(true)
+	if st := stateOf(ctx); st != nil {
+		st.rec.observed.Store(true)
 	}
 }
 

@@ -348,7 +348,7 @@ func (s *Server) routes() http.Handler {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		_, _ = w.Write(page)
 	})
-	return s.limitBodyTime(s.limitRequestSize(mux))
+	return withRequestState(s.limitBodyTime(s.limitRequestSize(mux)))
 }
 
 // indexPage is what GET / answers: what this server is and where its

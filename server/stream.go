@@ -97,8 +97,8 @@ type streamOut struct {
 // wraps every RPC's response in is in the request's context.
 func (s *Server) newStreamOut(ctx context.Context) *streamOut {
 	o := &streamOut{timeout: s.cfg.StreamWriteTimeout}
-	if rec, ok := ctx.Value(observedKey{}).(*refusalRecorder); ok {
-		o.rc = http.NewResponseController(rec)
+	if st := stateOf(ctx); st != nil && st.rec.ResponseWriter != nil {
+		o.rc = http.NewResponseController(&st.rec)
 	}
 	return o
 }
