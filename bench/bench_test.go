@@ -96,6 +96,9 @@ func TestRun(t *testing.T) {
 			t.Errorf("%s.%s = %v, want > 0", p.sc, p.name, v)
 		}
 	}
+	if f := strings.Fields(rep.Machine.LoadAverage); len(f) != 3 {
+		t.Errorf("load average %q, want three figures from /proc/loadavg", rep.Machine.LoadAverage)
+	}
 	if got := get(Sync, "errors"); got != 0 {
 		t.Errorf("sync errors = %v, want 0", got)
 	}

@@ -148,6 +148,9 @@ type Machine struct {
 	Go     string `json:"go"`
 	OS     string `json:"os"`
 	Arch   string `json:"arch"`
+	// LoadAverage is /proc/loadavg's 1, 5 and 15-minute load averages when
+	// the bench started: what the machine was doing before it.
+	LoadAverage string `json:"load_average"`
 }
 
 // Settings are the parameters of the runs.
@@ -297,9 +300,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 		summary = "some targets MISSED"
 	}
 	fmt.Fprintf(&buf, "\n%s: median of %d runs (%s each after %s of warm-up), %d devices over %d users, %s, gzip %v; %s.\n"+
-		"machine: %s, %d cores, Linux %s, %s %s/%s; the load generator shares it.\n",
+		"machine: %s, %d cores, Linux %s, %s %s/%s, load average %s at the start; the load generator shares it.\n",
 		summary, s.Runs, s.Duration, s.Warmup, s.Devices, s.Users, s.Protocol, s.Gzip, s.Server,
-		r.Machine.CPU, r.Machine.Cores, r.Machine.Kernel, r.Machine.Go, r.Machine.OS, r.Machine.Arch)
+		r.Machine.CPU, r.Machine.Cores, r.Machine.Kernel, r.Machine.Go, r.Machine.OS, r.Machine.Arch, r.Machine.LoadAverage)
 	if s.PacedRate > 0 {
 		fmt.Fprintf(&buf, "paced: the same devices offered %s syncs/s in all, each on a fixed schedule; latency counts from the scheduled start.\n", group(s.PacedRate))
 	}
@@ -380,6 +383,12 @@ func ThisMachine() Machine {
 	}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = strings.TrimSpace(string(b))
+	}
+	m.LoadAverage = "unknown"
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) >= 3 {
+			m.LoadAverage = strings.Join(f[:3], " ")
+		}
 	}
 	return m
 }
