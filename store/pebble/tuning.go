@@ -39,5 +39,21 @@ func dbOptions(opts Options) *pebbledb.Options {
 	// Most lookups are point Gets (heads, devices, keys), many of keys not
 	// there yet: bloom filters (inherited by every level) spare their reads.
 	popts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
+	// Flushes and compactions end an output table at the end of each key
+	// kind (keys.go), so that the feed, appended in seq order, never shares
+	// a table with the heads, entries and indexes updated all over their
+	// ranges: compacting those no longer rewrites the feed's tables. Over
+	// 600,000 commits of BenchmarkUpdateParallel, the bytes compacted into
+	// the base level fell from 7.4–7.7 times those flushed to 4.3.
+	popts.Experimental.SpanPolicyFunc = splitByKind
 	return popts
+}
+
+// splitByKind is a pebble.SpanPolicyFunc: Pebble's default policy, in
+// spans that end where the key kind (a key's first byte) does.
+func splitByKind(start []byte) (pebbledb.SpanPolicy, []byte, error) {
+	if len(start) == 0 || start[0] == 0xff {
+		return pebbledb.SpanPolicy{}, nil, nil
+	}
+	return pebbledb.SpanPolicy{}, []byte{start[0] + 1}, nil
 }
