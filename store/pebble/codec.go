@@ -165,7 +165,12 @@ func decodeHead(b []byte) (store.Head, []byte, error) {
 		return store.Head{}, nil, corruptf("head: horizon %d above version %d", h.Horizon, h.Version)
 	}
 	devs := b[w+w2:]
-	for rest := devs; len(rest) > 0; {
+	for n, rest := 0, devs; len(rest) > 0; n++ {
+		// More would be dropped unrecorded by the next commit's
+		// withHeadDevice, which keeps maxHeadDevices.
+		if n == maxHeadDevices {
+			return store.Head{}, nil, corruptf("head: over %d devices", maxHeadDevices)
+		}
 		var err error
 		if _, _, rest, err = nextHeadDevice(rest); err != nil {
 			return store.Head{}, nil, err

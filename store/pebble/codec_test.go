@@ -140,6 +140,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"HeadDeviceTooLong", decodeHeadErr, []byte{2, 1, 3, 'a', 'b'}},
 		{"HeadDeviceNoBatch", decodeHeadErr, []byte{2, 1, 1, 'a'}},
 		{"HeadDeviceBadBatch", decodeHeadErr, []byte{2, 1, 1, 'a', 0x80}},
+		{"HeadTooManyDevices", decodeHeadErr, []byte{2, 1, 1, 'a', 1, 1, 'b', 1, 1, 'c', 1, 1, 'd', 1, 1, 'e', 1}},
 		{"FeedEmpty", decodeFeedErr, nil},
 		{"FeedFlags", decodeFeedErr, []byte{4, 1, 1, 1, 'a'}},
 		{"FeedNoName", decodeFeedErr, []byte{0, 1, 1, 0}},
