@@ -70,12 +70,13 @@ func (e *Engine) OpenFeed(ctx context.Context, cursor string, prefixes []string,
 			return nil, err
 		}
 		// Let the store judge the position before anything is read: a
-		// cursor it never gave is refused as such, never as compacted.
+		// cursor it never gave is refused as such, never as compacted, and
+		// only the store knows whether its position is behind the horizon.
 		err := e.st.Feed(ctx, f.after, func(store.FeedRecord) (bool, error) { return false, nil })
 		if errors.Is(err, store.ErrInvalidPos) {
 			return nil, invalidCursor(cursor)
 		}
-		if f.after < horizon || errors.Is(err, store.ErrCompacted) {
+		if errors.Is(err, store.ErrCompacted) {
 			return nil, Errorf(ErrOutOfRange, "cursor %q is older than the retention horizon: the commits after it were compacted; start again from %q or from now (empty cursor)", cursor, StartCursor)
 		}
 	}

@@ -5,18 +5,19 @@ import (
 	"time"
 )
 
-// FeedPos is a position in the change feed, opaque to readers: positions
-// compare bytewise (as strings), a later record's is greater, and the empty
-// FeedPos is before every record. Each store chooses its own bytes (the
-// embedded store a sequence number, a shared one a composite key), so a
-// position is only ever given back to the store, or the kind of store, that
-// gave it.
+// FeedPos is a position in the change feed, opaque to everything but the
+// store that gave it: callers never compare two, they give one back to Feed
+// to read on from it. The empty FeedPos is before every record. Each store
+// chooses its own bytes (the embedded store a sequence number, the
+// PostgreSQL store a composite key, on Citus one sequence per shard), so a
+// position is only ever given back to the store, or the kind of store,
+// that gave it.
 type FeedPos string
 
 // FeedRecord is one commit in the change feed.
 type FeedRecord struct {
-	// Pos is the record's position in the feed: increasing in commit order
-	// per partition. Stable across restarts.
+	// Pos is the feed's position after the record: Feed(Pos) reads on
+	// with the records this one comes before. Stable across restarts.
 	Pos FeedPos
 	// Partition, Version and Time are the commit's.
 	Partition Partition
@@ -33,18 +34,20 @@ type FeedRecord struct {
 // record stays in the feed until Compact drops it (retention) or an erase
 // of its partition does (see [Commit].Erase).
 type Feeder interface {
-	// Feed calls fn for each record with Pos above after, in Pos order,
-	// until fn returns false or an error, which Feed returns as is. It
-	// never passes a position that a commit still in flight may take, so a
-	// reader that resumes after the last record it saw never skips one. If
-	// records above after may have been dropped by retention (after is below
-	// the horizon) it returns an error wrapping ErrCompacted; for bytes that
-	// are no position of this store, one wrapping ErrInvalidPos. It checks
-	// ctx between records.
+	// Feed calls fn for each record after the position after, in the
+	// store's order, until fn returns false or an error, which Feed returns
+	// as is. Reading on from a record's Pos gives exactly the records that
+	// came after it, in the same order. It never passes a commit still in
+	// flight, so a reader that resumes from the last record it saw never
+	// skips one. If records after it may have been dropped by retention
+	// (after is behind the horizon) it returns an error wrapping
+	// ErrCompacted; for bytes that are no position of this store, one
+	// wrapping ErrInvalidPos. It checks ctx between records.
 	Feed(ctx context.Context, after FeedPos, fn func(FeedRecord) (bool, error)) error
-	// FeedBounds returns the horizon (records at or below it may have been
-	// dropped by retention) and the last position a Feed call may now
-	// return, at or above the horizon.
+	// FeedBounds returns the horizon (the position from which Feed reads
+	// every record retention kept) and the last position: reading on from
+	// it gives none of the records Feed could read when FeedBounds was
+	// called.
 	FeedBounds(ctx context.Context) (horizon, last FeedPos, err error)
 }
 
