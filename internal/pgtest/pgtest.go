@@ -67,6 +67,7 @@ func Main(m *testing.M) int {
 		defer srv.Stop()
 		u = srv.URL
 	}
+	defer StopCitus()
 	if err := ping(u); err != nil {
 		fmt.Fprintf(os.Stderr, "pgtest: %s=%s: %v\n", Env, u, err)
 		return 1
@@ -190,6 +191,7 @@ func WithParam(u, key, value string) string {
 type Throwaway struct {
 	// URL is its postgres database's URL.
 	URL    string
+	port   int
 	dir    string
 	pgCtl  string
 	asUser []string // the command prefix that runs as the server's owner
@@ -199,15 +201,17 @@ type Throwaway struct {
 // it on a free loopback port, with durability off (fsync, synchronous
 // commits) for speed. As root, it runs the server as the postgres user,
 // since PostgreSQL refuses root.
-func Start() (*Throwaway, error) { return start(false) }
+func Start() (*Throwaway, error) { return start(false, "") }
 
 // StartDurable is Start with synchronous commits: a commit is in the WAL
 // (the operating system's cache of it: fsync stays off) before it is
 // acknowledged, so it survives RestartImmediate, which kills the server as
 // a crash does.
-func StartDurable() (*Throwaway, error) { return start(true) }
+func StartDurable() (*Throwaway, error) { return start(true, "") }
 
-func start(durable bool) (*Throwaway, error) {
+// start starts a throwaway server; settings are more of postgres's -c
+// options, separated by spaces.
+func start(durable bool, settings string) (*Throwaway, error) {
 	bin, err := findBin()
 	if err != nil {
 		return nil, err
@@ -247,12 +251,13 @@ func start(durable bool) (*Throwaway, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
+	s.port = port
 	commits := "off"
 	if durable {
 		commits = "on"
 	}
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=%s -c full_page_writes=off -c max_connections=300",
-		port, dir, commits)
+	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=%s -c full_page_writes=off -c max_connections=300 %s",
+		port, dir, commits, settings)
 	if out, err := s.run(s.pgCtl, "-D", data, "-o", opts, "-l", filepath.Join(dir, "log"), "-w", "-t", "60", "start"); err != nil {
 		log, _ := os.ReadFile(filepath.Join(dir, "log"))
 		os.RemoveAll(dir)
