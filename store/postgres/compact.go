@@ -76,36 +76,23 @@ func (s *Store) Compact(ctx context.Context, cutoff time.Time) (store.CompactSta
 		return st, nil // nothing was committed before it: times are clamped at 0
 	}
 	cut := cutoff.UnixNano()
-	after := ""
-	for {
-		var parts []string
-		err := s.query(ctx, func(rows pgx.Rows) error {
-			for rows.Next() {
-				var p string
-				if err := rows.Scan(&p); err != nil {
-					return err
-				}
-				parts = append(parts, p)
-			}
-			return nil
-		}, tombParts, cut, after, compactParts)
+	compact := s.compactPartition
+	if s.streams != nil {
+		compact = s.citusCompactPartition
+	}
+	err := s.eachPart(ctx, tombParts, cut, func(part string) error {
+		n, err := compact(ctx, part, cut)
 		if err != nil {
-			return st, fmt.Errorf("compact: %w", err)
+			return fmt.Errorf("compact %s: %w", part, err)
 		}
-		for _, part := range parts {
-			if s.gate.Closing() {
-				return st, store.ErrClosed
-			}
-			n, err := s.compactPartition(ctx, part, cut)
-			if err != nil {
-				return st, fmt.Errorf("compact %s: %w", part, err)
-			}
-			st.Tombstones += n
-		}
-		if len(parts) < compactParts {
-			break
-		}
-		after = parts[len(parts)-1]
+		st.Tombstones += n
+		return nil
+	})
+	if err != nil {
+		return st, err
+	}
+	if s.streams != nil {
+		return s.citusCompactRest(ctx, cut, st)
 	}
 	for {
 		if s.gate.Closing() {
@@ -151,6 +138,41 @@ func (s *Store) Compact(ctx context.Context, cutoff time.Time) (store.CompactSta
 		if !more {
 			return st, nil
 		}
+	}
+}
+
+// eachPart calls fn for each partition that sql, a query of partitions
+// like tombParts, lists for cut, a chunk of partitions at a time, until fn
+// fails or the store closes.
+func (s *Store) eachPart(ctx context.Context, sql string, cut int64, fn func(part string) error) error {
+	after := ""
+	for {
+		var parts []string
+		err := s.query(ctx, func(rows pgx.Rows) error {
+			for rows.Next() {
+				var p string
+				if err := rows.Scan(&p); err != nil {
+					return err
+				}
+				parts = append(parts, p)
+			}
+			return nil
+		}, sql, cut, after, compactParts)
+		if err != nil {
+			return fmt.Errorf("compact: %w", err)
+		}
+		for _, part := range parts {
+			if s.gate.Closing() {
+				return store.ErrClosed
+			}
+			if err := fn(part); err != nil {
+				return err
+			}
+		}
+		if len(parts) < compactParts {
+			return nil
+		}
+		after = parts[len(parts)-1]
 	}
 }
 

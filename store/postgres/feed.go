@@ -60,6 +60,9 @@ func (s *Store) Feed(ctx context.Context, after store.FeedPos, fn func(store.Fee
 		return err
 	}
 	defer s.gate.Exit()
+	if s.streams != nil {
+		return s.citusFeed(ctx, after, fn)
+	}
 	key, part, err := decodePos(after)
 	if err != nil {
 		return err
@@ -186,6 +189,9 @@ func (s *Store) FeedBounds(ctx context.Context) (horizon, last store.FeedPos, er
 		return "", "", err
 	}
 	defer s.gate.Exit()
+	if s.streams != nil {
+		return s.citusFeedBounds(ctx)
+	}
 	var (
 		floorKey, lastKey   int64
 		floorPart, lastPart string

@@ -24,6 +24,9 @@ var (
 	descHeldStatements = prometheus.NewDesc("dalv_postgres_held_statements_total",
 		"Statements that wrote commits on held partition states; each writes the commits that queued while others were in flight, so commits per statement is the grouping.",
 		nil, nil)
+	descCommits = prometheus.NewDesc("dalv_postgres_commits_total",
+		"Commits written by this process, by way: grouped (in a statement of held partitions' commits) or transaction (an Update's own; every commit on Citus, where grouped commits are off).",
+		[]string{"way"}, nil)
 	descHeldParts = prometheus.NewDesc("dalv_postgres_held_partitions",
 		"Partition states this process holds, to commit to them in grouped statements.",
 		nil, nil)
@@ -46,6 +49,7 @@ func (s *Store) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descHeldCommits
 	ch <- descHeldStatements
 	ch <- descHeldParts
+	ch <- descCommits
 }
 
 // Collect implements [prometheus.Collector]. A metric PostgreSQL does not
@@ -62,6 +66,11 @@ func (s *Store) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descHeldCommits, prometheus.CounterValue, float64(s.held.moved.Load()), "moved")
 	ch <- prometheus.MustNewConstMetric(descHeldStatements, prometheus.CounterValue, float64(s.held.statements.Load()))
 	ch <- prometheus.MustNewConstMetric(descHeldParts, prometheus.GaugeValue, float64(s.held.states.len()))
+	ch <- prometheus.MustNewConstMetric(descCommits, prometheus.CounterValue, float64(s.held.commits.Load()), "grouped")
+	ch <- prometheus.MustNewConstMetric(descCommits, prometheus.CounterValue, float64(s.transactions.Load()), "transaction")
+	if s.streams != nil {
+		return // the feed has no transaction horizon on Citus
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	var stall, lag float64

@@ -139,8 +139,14 @@ type Store struct {
 	node    string          // this store's id in its notifications
 	ann     *announcer
 	held    *held
-	hooks   testHooks
-	now     func() time.Time // the store's clock
+	// streams are the feed's streams on Citus; nil on PostgreSQL without
+	// it (see citus.go).
+	streams *streams
+	// transactions counts the commits written by an Update's own
+	// transaction (not in a group).
+	transactions atomic.Int64
+	hooks        testHooks
+	now          func() time.Time // the store's clock
 	// feedWait is Options.FeedWait.
 	feedWait time.Duration
 	// timeout is Options.Timeout, and errTimeout the error of an operation
@@ -215,7 +221,14 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open postgres store %s: %w", where, storeErr(ctx, err))
 	}
-	schema, err = migrate(ctx, pool, schema)
+	citus, err := hasCitus(ctx, pool)
+	if err == nil {
+		schema, err = migrate(ctx, pool, schema, citus)
+	}
+	var streams *streams
+	if err == nil && citus {
+		streams, err = loadStreams(ctx, pool)
+	}
 	if err != nil {
 		pool.Close()
 		err = storeErr(ctx, err)
@@ -238,8 +251,15 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 			store.ErrUnavailable, opts.Timeout),
 		channel: notifyChannel(schema),
 		now:     time.Now,
+		streams: streams,
 	}
 	s.ann = newAnnouncer(s, opts.NotifyInterval)
+	if citus {
+		// A group's statement would span shards (see citus.go).
+		opts.CacheBytes = -1
+		opts.Logger.Info("postgres store: on Citus; grouped commits are off: every commit is a transaction of one worker",
+			"schema", schema, "streams", len(streams.names))
+	}
 	s.held = newHeld(s, opts.CacheBytes)
 	return s, nil
 }
@@ -268,9 +288,13 @@ func (s *Store) DiskBytes() int64 {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	var n int64
-	err := s.pool.QueryRow(ctx, `SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)::bigint
+	sql := `SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)::bigint
 		FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
-		WHERE ns.nspname = current_schema() AND c.relkind = 'r' AND c.relname LIKE 'dalv\_%'`).Scan(&n)
+		WHERE ns.nspname = current_schema() AND c.relkind = 'r' AND c.relname LIKE 'dalv\_%'`
+	if s.streams != nil {
+		sql = citusDiskBytes
+	}
+	err := s.pool.QueryRow(ctx, sql).Scan(&n)
 	if err != nil {
 		return s.diskBytes.Load()
 	}

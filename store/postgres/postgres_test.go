@@ -772,11 +772,11 @@ func TestMetrics(t *testing.T) {
 	if got["dalv_feed_stall_seconds"] <= 0 || got["dalv_feed_lag_seconds"] <= 0 {
 		t.Errorf("metrics = %v, want a stall and a lag above 0", got)
 	}
-	ch := make(chan prometheus.Metric, 10)
+	ch := make(chan prometheus.Metric, 16)
 	s.Collect(ch)
 	close(ch)
-	if n := len(ch); n != 8 {
-		t.Errorf("%d series collected, want 8: stall, lag, two of the pool, and four of held states", n)
+	if n := len(ch); n != 10 {
+		t.Errorf("%d series collected, want 10: stall, lag, two of the pool, four of held states, two of commits", n)
 	}
 }
 

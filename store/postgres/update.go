@@ -108,17 +108,29 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 		return 0, retry, connErr(octx, conn, err)
 	}
 
-	var h, hz, compactions, feedKey, xid int64
-	var pf *prefetch // the reads ahead, sent with the lock
+	var (
+		h, hz, compactions, feedKey, xid int64
+		ch                               citusHead // the head, on Citus
+		pf                               *prefetch // the reads ahead, sent with the lock
+	)
+	lock := func(b *pgx.Batch) {
+		if s.streams != nil {
+			s.queueLock(b, part, &ch)
+			return
+		}
+		b.Queue(lockHead, part).QueryRow(func(row pgx.Row) error { return row.Scan(&h, &hz, &compactions, &feedKey, &xid) })
+	}
 	if s.hooks.beforeLock != nil {
 		if err := s.hookBeforeLock(octx, conn); err != nil {
 			return failed(err)
 		}
-		err = conn.QueryRow(octx, lockHead, part).Scan(&h, &hz, &compactions, &feedKey, &xid)
+		b := &pgx.Batch{}
+		lock(b)
+		err = conn.SendBatch(octx, b).Close()
 	} else {
 		b := &pgx.Batch{}
 		b.Queue("BEGIN")
-		b.Queue(lockHead, part).QueryRow(func(row pgx.Row) error { return row.Scan(&h, &hz, &compactions, &feedKey, &xid) })
+		lock(b)
 		if !s.hooks.noReadAhead {
 			pf = &prefetch{}
 			pf.queueAll(b, part)
@@ -130,6 +142,9 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 		return 0, retry, fmt.Errorf("update %s: lock head: %w", p, err)
 	}
 	head := store.Head{Version: uint64(h), Horizon: uint64(hz)}
+	if s.streams != nil {
+		head, compactions = ch.Head, ch.compactions
+	}
 	r := &reader{ctx: octx, caller: ctx, conn: conn, p: p, part: part, headRead: true, head: head, pf: pf}
 	c, err := fn(r)
 	if err != nil || c == nil {
@@ -143,7 +158,12 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 		s.rollback(conn)
 		return 0, false, err
 	}
-	b, err := commitBatch(part, head, feedKey, c)
+	var b *pgx.Batch
+	if s.streams != nil {
+		b, err = citusCommitBatch(part, &ch, c)
+	} else {
+		b, err = commitBatch(part, head, feedKey, c)
+	}
 	if err != nil {
 		s.rollback(conn)
 		return 0, false, fmt.Errorf("commit %s version %d: %w", p, c.Version, err)
@@ -165,8 +185,11 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 			return 0, false, fmt.Errorf("commit %s version %d: %w: %w", p, c.Version, errUnknownOutcome, connErr(octx, conn, err))
 		}
 	}
+	s.transactions.Add(1)
 	s.held.states.hold(part, newState(head, compactions, pf).after(c))
-	passFeedKey(octx, conn, feedKey, xid)
+	if s.streams == nil {
+		passFeedKey(octx, conn, feedKey, xid)
+	}
 	return c.Version, false, nil
 }
 

@@ -64,6 +64,11 @@ func increment(s store.Store, p store.Partition, i int, version *uint64) error {
 		if err != nil {
 			return nil, err
 		}
+		if ok && e.Version > h.Version {
+			// The lock covers the partition's first Update too: what fn
+			// reads is the state at its head.
+			return nil, fmt.Errorf("read counter of version %d under a head of version %d", e.Version, h.Version)
+		}
 		count := 0
 		if ok {
 			if count, err = strconv.Atoi(string(e.Value)); err != nil {

@@ -1,0 +1,490 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/dalvdb/dalv/internal/pgtest"
+	"github.com/dalvdb/dalv/store"
+	"github.com/dalvdb/dalv/store/storetest"
+)
+
+// These tests run the store on Citus: a coordinator and two workers that
+// pgtest starts when the citus extension is installed (or the cluster at
+// $DALV_TEST_CITUS). Where it is not, they print one line and do not run.
+
+// citusShards is the shard count of the tests' tables: several streams on
+// each worker, and quick to create.
+const citusShards = 8
+
+// openCitus opens a store on a fresh schema of the Citus cluster, its
+// tables distributed over citusShards shards; it returns the store and
+// the schema's URL.
+func openCitus(t *testing.T, opts Options) (*Store, string) {
+	t.Helper()
+	_, u := pgtest.SchemaOn(t, pgtest.Citus(t))
+	u = pgtest.WithParam(u, "citus.shard_count", fmt.Sprint(citusShards))
+	if opts.MaxConns == 0 {
+		opts.MaxConns = 4
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := Open(ctx, u, opts)
+	if err != nil {
+		t.Fatalf("Open on Citus: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	if s.streams == nil {
+		t.Fatal("Open on a Citus coordinator did not take the Citus layout")
+	}
+	if n := len(s.streams.names); n != citusShards {
+		t.Fatalf("%d streams, want one per shard (%d)", n, citusShards)
+	}
+	return s, u
+}
+
+func TestCitusConformance(t *testing.T) {
+	storetest.RunOptions(t, func(t *testing.T) store.Store {
+		s, _ := openCitus(t, Options{})
+		return s
+	}, storetest.Options{Dump: dump})
+}
+
+func TestCitusConformanceNoReadAhead(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		s, _ := openCitus(t, Options{})
+		s.hooks.noReadAhead = true
+		return s
+	})
+}
+
+// twoPhaseCommits counts the coordinator's records of two-phase commits.
+// The test cluster keeps them (citus.recover_2pc_interval = -1); a cluster
+// that recovers them in the background would hide some, so it fails.
+func twoPhaseCommits(t *testing.T, u string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var interval string
+	if err := conn.QueryRow(ctx, "SELECT current_setting('citus.recover_2pc_interval')").Scan(&interval); err != nil {
+		t.Fatal(err)
+	}
+	if interval != "-1" {
+		t.Fatalf("the coordinator recovers two-phase commits every %s, so pg_dist_transaction does not count them: run it with citus.recover_2pc_interval = -1", interval)
+	}
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_dist_transaction").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestCitusOnePhase commits to partitions of every shard (first commits,
+// later ones, devices, idempotency keys, many entries, an erase) and reads
+// them back: not one is a two-phase commit, so each ran on one worker.
+func TestCitusOnePhase(t *testing.T) {
+	s, u := openCitus(t, Options{})
+	before := twoPhaseCommits(t, u)
+	shards := make(map[int64]bool)
+	for i := range 40 {
+		p := store.Partition{Name: fmt.Sprintf("user%d", i)}
+		for round := range 3 {
+			err := s.Update(context.Background(), p, func(r store.Reader) (*store.Commit, error) {
+				h, err := r.Head()
+				if err != nil {
+					return nil, err
+				}
+				v := h.Version + 1
+				c := &store.Commit{Version: v, Time: time.Now(), Device: "phone", Batch: v, Ops: []byte("ops"),
+					Erase: round == 2 && i%5 == 0}
+				if i%3 == 0 {
+					c.IdempotencyKey, c.KeyDigest = fmt.Sprint("key", v), []byte("digest")
+				}
+				for k := range 1 + i%7*10 {
+					c.Entries = append(c.Entries, store.Entry{Key: fmt.Sprint("k", k), Value: []byte("v"), Version: v, ScalarVersion: v,
+						Deleted: k%4 == 3})
+				}
+				return c, nil
+			})
+			if err != nil {
+				t.Fatalf("commit %d to %s: %v", round+1, p, err)
+			}
+		}
+		var shard int64
+		if err := s.pool.QueryRow(context.Background(), citusShardOf, partID(p)).Scan(&shard); err != nil {
+			t.Fatal(err)
+		}
+		shards[shard] = true
+	}
+	if len(shards) != citusShards {
+		t.Errorf("the partitions fell in %d shards, want all %d", len(shards), citusShards)
+	}
+	// Retention drops tombstones, idempotency keys and feed records, shard
+	// by shard; and a second store opens the schema as a node starting does.
+	st, err := s.Compact(context.Background(), time.Now().Add(time.Hour))
+	if err != nil || st.Tombstones == 0 || st.Keys == 0 || st.FeedRecords == 0 {
+		t.Errorf("Compact = %+v, %v; want tombstones, keys and feed records dropped", st, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	again, err := Open(ctx, u, Options{MaxConns: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again.Close()
+	if after := twoPhaseCommits(t, u); after != before {
+		t.Errorf("%d two-phase commits among 120 commits, a compaction and a node's start, want none", after-before)
+	}
+	if tx, grouped := s.transactions.Load(), s.held.commits.Load(); tx != 120 || grouped != 0 {
+		t.Errorf("commits counted: %d as transactions, %d grouped; want 120 and none (grouped commits are off on Citus)", tx, grouped)
+	}
+}
+
+// TestCitusFeedEveryCursor commits to partitions of every shard, and so on
+// both workers, from several goroutines, while readers follow the feed and
+// keep every cursor they are given; each reader starts again now and then
+// from one of its earlier cursors, and must get exactly what it got the
+// first time from there. At the end, the feed from each kept cursor holds
+// exactly the commits not read before it, each partition's in version
+// order.
+func TestCitusFeedEveryCursor(t *testing.T) {
+	s, _ := openCitus(t, Options{})
+	const writers, parts, each, readers = 6, 24, 30, 3
+	ctx := context.Background()
+	var writing sync.WaitGroup
+	for w := range writers {
+		writing.Go(func() {
+			for i := range each {
+				p := store.Partition{Name: fmt.Sprintf("u%d", (w*7+i)%parts)}
+				err := s.Update(ctx, p, func(r store.Reader) (*store.Commit, error) {
+					h, err := r.Head()
+					if err != nil {
+						return nil, err
+					}
+					v := h.Version + 1
+					return &store.Commit{Version: v, Time: time.Now(), Ops: fmt.Appendf(nil, "%s@%d", p, v)}, nil
+				})
+				if err != nil {
+					t.Errorf("writer %d: %v", w, err)
+					return
+				}
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { writing.Wait(); close(done) }()
+
+	type read struct {
+		pos  store.FeedPos
+		seen []string // every record read up to pos, in order
+	}
+	var (
+		mu   sync.Mutex
+		kept []read
+	)
+	var reading sync.WaitGroup
+	for rd := range readers {
+		reading.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(rd), 1))
+			var cursors []read
+			cur := read{}
+			finished := false
+			for !finished {
+				select {
+				case <-done:
+					finished = true // one more read after the last commit
+				default:
+				}
+				if len(cursors) > 0 && rng.IntN(4) == 0 {
+					// Start again from an earlier cursor: what follows it is
+					// every commit not read before it, once, each
+					// partition's in version order, and it has all that
+					// was read after it.
+					from := cursors[rng.IntN(len(cursors))]
+					again := append([]string(nil), from.seen...)
+					err := s.Feed(ctx, from.pos, func(r store.FeedRecord) (bool, error) {
+						again = append(again, string(r.Ops))
+						return true, nil
+					})
+					if err != nil {
+						t.Errorf("reader %d: Feed from an earlier cursor: %v", rd, err)
+						return
+					}
+					lastAgain, err := feedOrder(again)
+					if err != nil {
+						t.Errorf("reader %d: from an earlier cursor: %v", rd, err)
+						return
+					}
+					lastRead, _ := feedOrder(cur.seen)
+					for part, v := range lastRead {
+						if lastAgain[part] < v {
+							t.Errorf("reader %d: from an earlier cursor, %s up to version %d, had read up to %d", rd, part, lastAgain[part], v)
+							return
+						}
+					}
+				}
+				err := s.Feed(ctx, cur.pos, func(r store.FeedRecord) (bool, error) {
+					cur = read{pos: r.Pos, seen: append(cur.seen[:len(cur.seen):len(cur.seen)], string(r.Ops))}
+					cursors = append(cursors, cur)
+					return rng.IntN(8) != 0, nil
+				})
+				if err != nil {
+					t.Errorf("reader %d: %v", rd, err)
+					return
+				}
+			}
+			// Read to the end.
+			if err := s.Feed(ctx, cur.pos, func(r store.FeedRecord) (bool, error) {
+				cur = read{pos: r.Pos, seen: append(cur.seen[:len(cur.seen):len(cur.seen)], string(r.Ops))}
+				return true, nil
+			}); err != nil {
+				t.Errorf("reader %d: %v", rd, err)
+			}
+			checkFeedRecords(t, fmt.Sprintf("reader %d", rd), cur.seen, writers*each)
+			mu.Lock()
+			for i := 0; i < len(cursors); i += max(1, len(cursors)/20) {
+				kept = append(kept, cursors[i])
+			}
+			mu.Unlock()
+		})
+	}
+	reading.Wait()
+	if t.Failed() {
+		return
+	}
+	for _, k := range kept {
+		rest := append([]string(nil), k.seen...)
+		if err := s.Feed(ctx, k.pos, func(r store.FeedRecord) (bool, error) {
+			rest = append(rest, string(r.Ops))
+			return true, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		checkFeedRecords(t, fmt.Sprintf("from a cursor after %d records", len(k.seen)), rest, writers*each)
+	}
+}
+
+// feedOrder reads records of the form "PARTITION@VERSION": each
+// partition's versions must be 1, 2, 3... in order. It returns each
+// partition's last.
+func feedOrder(records []string) (map[string]int, error) {
+	last := make(map[string]int)
+	for _, r := range records {
+		part, vs, ok := strings.Cut(r, "@")
+		v, err := strconv.Atoi(vs)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("record %q", r)
+		}
+		if v != last[part]+1 {
+			return nil, fmt.Errorf("%s@%d after version %d (each once, in order, none skipped)", part, v, last[part])
+		}
+		last[part] = v
+	}
+	return last, nil
+}
+
+// checkFeedRecords checks records read (see feedOrder): total of them,
+// each partition's in version order.
+func checkFeedRecords(t *testing.T, who string, records []string, total int) {
+	t.Helper()
+	if _, err := feedOrder(records); err != nil {
+		t.Errorf("%s: %v", who, err)
+	}
+	if len(records) != total {
+		t.Errorf("%s: %d records, want %d", who, len(records), total)
+	}
+}
+
+// TestCitusShardMove moves shards between the two workers while writers
+// commit to partitions of every shard and a reader follows the feed: the
+// feed may stall during a move, but never skips a commit or repeats one,
+// and each partition's commits come in version order.
+func TestCitusShardMove(t *testing.T) {
+	s, u := openCitus(t, Options{})
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	type placement struct {
+		shard      int64
+		host       string
+		port, dest int
+	}
+	var (
+		moves []placement
+		ports []int
+	)
+	rows, _ := conn.Query(ctx, `SELECT DISTINCT nodeport FROM pg_dist_shard_placement ORDER BY 1`)
+	var port int
+	if _, err := pgx.ForEachRow(rows, []any{&port}, func() error { ports = append(ports, port); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(ports) < 2 {
+		t.Fatalf("shards on %d workers, want 2 or more", len(ports))
+	}
+	rows, _ = conn.Query(ctx, `SELECT p.shardid, p.nodename, p.nodeport FROM pg_dist_shard_placement p
+		JOIN pg_dist_shard s USING (shardid) WHERE s.logicalrelid = 'dalv_heads'::regclass ORDER BY p.shardid LIMIT 3`)
+	var pl placement
+	if _, err := pgx.ForEachRow(rows, []any{&pl.shard, &pl.host, &pl.port}, func() error {
+		pl.dest = ports[0]
+		if pl.port == ports[0] {
+			pl.dest = ports[1]
+		}
+		moves = append(moves, pl)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	const writers, parts = 6, 32
+	perPart := make(map[string]*atomic.Int64)
+	for i := range parts {
+		perPart[fmt.Sprintf("u%d", i)] = new(atomic.Int64)
+	}
+	var (
+		writing   sync.WaitGroup
+		committed atomic.Int64
+		stop      = make(chan struct{})
+	)
+	for w := range writers {
+		writing.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				p := store.Partition{Name: fmt.Sprintf("u%d", (w*11+i)%parts)}
+				err := s.Update(ctx, p, func(r store.Reader) (*store.Commit, error) {
+					h, err := r.Head()
+					if err != nil {
+						return nil, err
+					}
+					v := h.Version + 1
+					return &store.Commit{Version: v, Time: time.Now(), Ops: fmt.Appendf(nil, "%s@%d", p, v)}, nil
+				})
+				if err != nil {
+					t.Errorf("writer %d: %v", w, err)
+					return
+				}
+				committed.Add(1)
+				perPart[p.Name].Add(1)
+			}
+		})
+	}
+	var (
+		reading  sync.WaitGroup
+		seen     []string
+		maxStall time.Duration
+		readDone = make(chan struct{})
+	)
+	reading.Go(func() {
+		var pos store.FeedPos
+		lastRecord := time.Now()
+		for finished := false; !finished; {
+			select {
+			case <-readDone:
+				finished = true
+			default:
+			}
+			n := 0
+			err := s.Feed(ctx, pos, func(r store.FeedRecord) (bool, error) {
+				seen = append(seen, string(r.Ops))
+				pos = r.Pos
+				n++
+				return true, nil
+			})
+			if err != nil {
+				t.Errorf("reader: %v", err)
+				return
+			}
+			if n > 0 {
+				maxStall = max(maxStall, time.Since(lastRecord))
+				lastRecord = time.Now()
+			}
+		}
+	})
+
+	for _, m := range moves {
+		start := time.Now()
+		if _, err := conn.Exec(ctx, `SELECT citus_move_shard_placement($1, $2, $3, $2, $4, shard_transfer_mode => 'force_logical')`,
+			m.shard, m.host, m.port, m.dest); err != nil {
+			t.Fatalf("move shard %d from %d to %d: %v", m.shard, m.port, m.dest, err)
+		}
+		t.Logf("moved shard %d (and its colocated shards) from port %d to %d in %v, %d commits so far",
+			m.shard, m.port, m.dest, time.Since(start), committed.Load())
+	}
+	close(stop)
+	writing.Wait()
+	close(readDone)
+	reading.Wait()
+	t.Logf("%d commits; the feed's longest wait between records: %v", committed.Load(), maxStall)
+	checkFeedRecords(t, "the reader across the moves", seen, int(committed.Load()))
+	var all []string
+	if err := s.Feed(ctx, "", func(r store.FeedRecord) (bool, error) {
+		all = append(all, string(r.Ops))
+		return true, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	checkFeedRecords(t, "the feed read again from the start", all, int(committed.Load()))
+	for name, n := range perPart {
+		h := head(t, s, store.Partition{Name: name})
+		if h.Version != uint64(n.Load()) {
+			t.Errorf("%s: %d commits acknowledged, head at version %d", name, n.Load(), h.Version)
+		}
+	}
+	if len(all) != len(seen) {
+		got := make(map[string]bool)
+		for _, r := range seen {
+			got[r] = true
+		}
+		for _, r := range all {
+			if !got[r] {
+				var stream string
+				var seq int64
+				_ = conn.QueryRow(ctx, "SELECT stream, seq FROM dalv_feed WHERE part = $1 AND version = $2", "u:"+strings.TrimPrefix(strings.Split(r, "@")[0], "user:"), strings.Split(r, "@")[1]).Scan(&stream, &seq)
+				t.Errorf("the reader missed %s (stream %s, seq %d)", r, stream, seq)
+			}
+		}
+	}
+	var placed int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_dist_shard_placement WHERE shardid = $1 AND nodeport = $2`,
+		moves[0].shard, moves[0].dest).Scan(&placed); err != nil || placed != 1 {
+		t.Errorf("shard %d on port %d after the move: %d placements, %v", moves[0].shard, moves[0].dest, placed, err)
+	}
+}
+
+// head reads p's head.
+func head(t *testing.T, s *Store, p store.Partition) store.Head {
+	t.Helper()
+	var h store.Head
+	err := s.View(context.Background(), p, func(r store.Reader) (err error) {
+		h, err = r.Head()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
