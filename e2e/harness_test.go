@@ -13,6 +13,7 @@ import (
 
 	"github.com/dalvdb/dalv/auth"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+	"github.com/dalvdb/dalv/internal/pgtest"
 	"github.com/dalvdb/dalv/internal/proc"
 )
 
@@ -36,6 +37,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	pgtest.StopCitus()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

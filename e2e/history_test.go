@@ -44,6 +44,14 @@ func TestHistoryPostgres(t *testing.T) {
 	checkHistory(t, nodes, historyRun(3*time.Second), nil, nil)
 }
 
+// TestHistoryCitus checks a history of three nodes over Citus, each
+// device and backend on its own node.
+func TestHistoryCitus(t *testing.T) {
+	t.Parallel()
+	nodes, _ := pgNodes(t, pgtest.Citus(t), 3)
+	checkHistory(t, nodes, historyRun(3*time.Second), nil, nil)
+}
+
 // TestHistoryPages checks a history of one node whose answers are cut in
 // pages of a few changes (--max-response-bytes of about three), so that syncs
 // and pulls are answered in pages, each checked against the changes up to

@@ -116,7 +116,16 @@ func pgNext[T any](t *testing.T, ch <-chan *T, timeout time.Duration, what strin
 // from node 3 resumes on node 1.
 func TestPostgresThreeNodes(t *testing.T) {
 	t.Parallel()
-	base := pgtest.Server(t)
+	testThreeNodes(t, pgtest.Server(t))
+}
+
+// TestCitusThreeNodes is TestPostgresThreeNodes on Citus.
+func TestCitusThreeNodes(t *testing.T) {
+	t.Parallel()
+	testThreeNodes(t, pgtest.Citus(t))
+}
+
+func testThreeNodes(t *testing.T, base string) {
 	// A long heartbeat: what arrives sooner came by the nodes' notifications.
 	const heartbeat = 20 * time.Second
 	nodes, apps := pgNodes(t, base, 3, "--heartbeat", heartbeat.String())
@@ -373,7 +382,17 @@ func pgxConnect(ctx context.Context, u string) (*pgx.Conn, error) { return pgx.C
 // version order.
 func TestPostgresRoundRobin(t *testing.T) {
 	t.Parallel()
-	nodes, _ := pgNodes(t, pgtest.Server(t), 3)
+	testRoundRobin(t, pgtest.Server(t))
+}
+
+// TestCitusRoundRobin is TestPostgresRoundRobin on Citus.
+func TestCitusRoundRobin(t *testing.T) {
+	t.Parallel()
+	testRoundRobin(t, pgtest.Citus(t))
+}
+
+func testRoundRobin(t *testing.T, base string) {
+	nodes, _ := pgNodes(t, base, 3)
 	const batches = 30
 	devices := []string{"phone", "tablet", "laptop"}
 	var wg sync.WaitGroup
