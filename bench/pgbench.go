@@ -40,13 +40,25 @@ func findPgbench() string {
 // setupTx creates pgbench's tables in the bench's schema, a row for each
 // client, and writes the comparable single-row transaction: an UPDATE of
 // the client's row by key and an INSERT.
+//
+// On Citus both tables are distributed by the row's id, colocated, so the
+// transaction is single-shard: one worker's, committed in one phase.
 func (pb *pgBench) setupTx(ctx context.Context, conn *pgx.Conn) error {
 	s := pgx.Identifier{pb.schema}.Sanitize()
-	_, err := conn.Exec(ctx, fmt.Sprintf(`CREATE TABLE %[1]s.pgb_heads (id integer PRIMARY KEY, version bigint NOT NULL);
-		CREATE TABLE %[1]s.pgb_log (id integer NOT NULL, version bigint NOT NULL, at timestamptz NOT NULL DEFAULT now());
-		INSERT INTO %[1]s.pgb_heads SELECT g, 0 FROM generate_series(1, %[2]d) g`, s, pb.cfg.Devices))
-	if err != nil {
-		return fmt.Errorf("create pgbench's tables: %w", err)
+	stmts := []string{
+		fmt.Sprintf(`CREATE TABLE %s.pgb_heads (id integer PRIMARY KEY, version bigint NOT NULL)`, s),
+		fmt.Sprintf(`CREATE TABLE %s.pgb_log (id integer NOT NULL, version bigint NOT NULL, at timestamptz NOT NULL DEFAULT now())`, s),
+	}
+	if pb.citus {
+		stmts = append(stmts,
+			fmt.Sprintf(`SELECT create_distributed_table('%s.pgb_heads', 'id')`, s),
+			fmt.Sprintf(`SELECT create_distributed_table('%[1]s.pgb_log', 'id', colocate_with => '%[1]s.pgb_heads')`, s))
+	}
+	stmts = append(stmts, fmt.Sprintf(`INSERT INTO %s.pgb_heads SELECT g, 0 FROM generate_series(1, %d) g`, s, pb.cfg.Devices))
+	for _, sql := range stmts {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("create pgbench's tables: %w", err)
+		}
 	}
 	pb.script = fmt.Sprintf(`\set id :client_id + 1
 BEGIN;
@@ -71,6 +83,9 @@ func (pb *pgBench) setupCommit(ctx context.Context, conn *pgx.Conn) error {
 	}
 	st.Close()
 	s := pgx.Identifier{pb.schema}.Sanitize()
+	if pb.citus {
+		return pb.setupCitusCommit(ctx, conn, s)
+	}
 	_, err = conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %[1]s.dalv_heads (part, version, horizon, feed_key)
 		SELECT 'u:pgbench-' || g, 0, 0, 0 FROM generate_series(0, %[2]d) g`, s, pb.cfg.Devices-1))
 	if err != nil {
@@ -183,4 +198,74 @@ func (pb *pgBench) runPgbench(ctx context.Context, file, what string) (pgSample,
 	s.cpu = cpu.split(cmd.ProcessState.UserTime()+cmd.ProcessState.SystemTime(), float64(len(lines)))
 	pb.progress("pgbench (%s): %s tx/s, p99 %.2f ms", what, group(s.rate), ms(s.p99))
 	return s, nil
+}
+
+// detectCitus notes whether the database runs Citus, and its version and
+// workers for the report.
+func (pb *pgBench) detectCitus(ctx context.Context, conn *pgx.Conn) error {
+	var version string
+	err := conn.QueryRow(ctx, "SELECT COALESCE((SELECT extversion FROM pg_extension WHERE extname = 'citus'), '')").Scan(&version)
+	if err != nil || version == "" {
+		return err
+	}
+	var workers int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM citus_get_active_worker_nodes()").Scan(&workers); err != nil {
+		return err
+	}
+	pb.citus = true
+	pb.version += fmt.Sprintf(", Citus %s with %d worker%s", version, workers, plural(workers))
+	return nil
+}
+
+// setupCitusCommit creates a partition for each pgbench client, each head
+// naming its shard's feed stream, and writes the script that commits one
+// PUT to the client's partition with the statements a node sends on Citus
+// (citus.go in package postgres), in one transaction of one worker: the
+// head locked by a write, then the head, the device record, the entry,
+// the stream's next number and the feed row.
+func (pb *pgBench) setupCitusCommit(ctx context.Context, conn *pgx.Conn, s string) error {
+	_, err := conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %[1]s.dalv_heads (part, version, horizon, compactions, stream)
+		SELECT p.part, 0, 0, 0, st.stream
+		FROM (SELECT 'u:pgbench-' || g AS part, get_shard_id_for_distribution_column('%[1]s.dalv_heads', 'u:pgbench-' || g) AS shard
+			FROM generate_series(0, %[2]d) g) p
+		JOIN (SELECT stream, get_shard_id_for_distribution_column('%[1]s.dalv_heads', stream) AS shard FROM %[1]s.dalv_streams) st
+		USING (shard)`, s, pb.cfg.Devices-1))
+	if err != nil {
+		return fmt.Errorf("create pgbench's partitions: %w", err)
+	}
+	value := strings.Repeat("76", pb.cfg.ValueBytes) // 'v' in hex
+	part := `'u:' || 'pgbench-' || (:client_id)::text`
+	pb.commitScript = fmt.Sprintf(`BEGIN;
+UPDATE %[1]s.dalv_heads SET version = version WHERE part = %[3]s RETURNING stream AS st \gset
+UPDATE %[1]s.dalv_heads SET version = version + 1 WHERE part = %[3]s;
+INSERT INTO %[1]s.dalv_devices (part, device, batch) VALUES (%[3]s, '\x70686f6e65'::bytea, 1)
+	ON CONFLICT (part, device) DO UPDATE SET batch = EXCLUDED.batch;
+INSERT INTO %[1]s.dalv_entries (part, key, version, scalar_version, value, tomb_nanos)
+	VALUES (%[3]s, '\x62656e63682f70686f6e65'::bytea, 1, 1, '\x%[2]s'::bytea, NULL)
+	ON CONFLICT (part, key) DO UPDATE SET version = EXCLUDED.version, scalar_version = EXCLUDED.scalar_version,
+		value = EXCLUDED.value, tomb_nanos = EXCLUDED.tomb_nanos;
+UPDATE %[1]s.dalv_streams SET seq = seq + 1 WHERE stream = (:st)::text;
+INSERT INTO %[1]s.dalv_feed (stream, seq, num, part, version, nanos, erase, ops)
+	SELECT stream, seq, num, %[3]s, 1, 0, false, '\x%[2]s'::bytea FROM %[1]s.dalv_streams WHERE stream = (:st)::text;
+END;
+`, s, value, part)
+	return os.WriteFile(filepath.Join(pb.dir, "commit.sql"), []byte(pb.commitScript), 0o644)
+}
+
+// twoPhaseCommits counts Citus's records of two-phase commits
+// (pg_dist_transaction) on the coordinator; ok is false when they are not
+// counted: not on Citus, or Citus recovers them in the background
+// (citus.recover_2pc_interval is not -1), which deletes records.
+func (pb *pgBench) twoPhaseCommits(ctx context.Context) (n int, ok bool) {
+	if !pb.citus {
+		return 0, false
+	}
+	conn, err := pb.connect(ctx)
+	if err != nil {
+		return 0, false
+	}
+	defer conn.Close(ctx)
+	var interval string
+	err = conn.QueryRow(ctx, "SELECT current_setting('citus.recover_2pc_interval'), (SELECT count(*) FROM pg_dist_transaction)").Scan(&interval, &n)
+	return n, err == nil && interval == "-1"
 }

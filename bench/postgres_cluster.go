@@ -40,6 +40,9 @@ func (pb *pgBench) setup(ctx context.Context) error {
 		return err
 	}
 	pb.version = "PostgreSQL " + pb.version
+	if err := pb.detectCitus(ctx, conn); err != nil {
+		return err
+	}
 	if _, err = conn.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{pb.schema}.Sanitize()); err != nil {
 		return fmt.Errorf("create the bench schema: %w", err)
 	}
