@@ -25,6 +25,7 @@ const coolDown = 10 * time.Second
 type partState struct {
 	head        store.Head
 	compactions int64
+	stream      string    // on Citus, the feed stream of the partition's shard
 	pf          *prefetch // complete: every entry and device record
 	size        int
 	cool        time.Time
@@ -171,7 +172,8 @@ func (st *partState) after(c *store.Commit) *partState {
 	if len(pf.entries) > prefetchRows || len(pf.devices) > prefetchRows {
 		return nil
 	}
-	return &partState{head: store.Head{Version: c.Version, Horizon: st.head.Horizon}, compactions: st.compactions, pf: pf, size: pf.size()}
+	return &partState{head: store.Head{Version: c.Version, Horizon: st.head.Horizon}, compactions: st.compactions,
+		stream: st.stream, pf: pf, size: pf.size()}
 }
 
 // size is about the bytes pf takes in memory.

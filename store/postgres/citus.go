@@ -27,6 +27,7 @@ package postgres
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -554,4 +555,114 @@ func (s *Store) inTx(caller context.Context, fn func(tx pgx.Tx) error) error {
 		return connErr(ctx, conn, err)
 	}
 	return nil
+}
+
+// A commit on Citus usually takes one call to the partition's worker, and
+// at most two. The store holds the state of small partitions it commits to
+// (cache.go), with their stream; when it holds none, one statement reads
+// the head and the reads ahead. Once fn has decided on that state, one
+// call of dalv_commit (migrations/citus) writes the commit if the head has
+// not moved, in a transaction of the worker's own: Citus runs the function
+// on the worker that holds the partition's shard, so its statements run
+// there. An Update's transaction takes eight calls, as Citus sends each
+// statement to the worker on its own.
+//
+// As on a held state (held.go), only a commit goes this way: fn's answers
+// that commit nothing, and commits that erase or record an idempotency key,
+// or that need reads beyond those ahead, take the transaction's way, and so
+// does a commit whose head moved meanwhile (after a second try from a
+// fresh read when the state was held).
+const (
+	citusReadHead = `SELECT version, horizon, compactions, stream FROM dalv_heads WHERE part = $1`
+	citusCommit   = `SELECT dalv_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`
+)
+
+// citusDirect makes an Update's attempt in one or two calls (see
+// citusCommit). done is false when the Update must run as a transaction
+// instead; otherwise err is the Update's outcome, and version what it
+// committed.
+func (s *Store) citusDirect(ctx context.Context, p store.Partition, part string,
+	fn func(r store.Reader) (*store.Commit, error)) (version uint64, done bool, err error) {
+	if s.hooks.noReadAhead || s.hooks.beforeLock != nil || s.hooks.beforeCommit != nil {
+		return 0, false, nil
+	}
+	st := s.held.states.get(part)
+	for held := st != nil; ; held = false {
+		if !held {
+			if st, err = s.citusRead(ctx, p, part); err != nil {
+				return 0, true, err
+			}
+		}
+		c, err := fn(&heldReader{p: p, st: st})
+		if err != nil || c == nil || c.Erase || c.IdempotencyKey != "" {
+			return 0, false, nil
+		}
+		row, err := newCommitRow(part, st.head, c)
+		if err != nil {
+			return 0, true, fmt.Errorf("commit %s version %d: %w", p, c.Version, err)
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, true, err
+		}
+		var committed bool
+		b := &pgx.Batch{}
+		b.Queue(citusCommit, part, int64(st.head.Version), int64(st.head.Horizon), st.compactions, st.stream, row.version,
+			row.device, row.batch, row.nanos, row.keys, row.svs, row.vals, row.dels, row.ops).
+			QueryRow(func(r pgx.Row) error { return r.Scan(&committed) })
+		if err := s.sendBatch(ctx, b); err != nil {
+			s.held.states.hold(part, nil)
+			// The call is its own transaction: lost while in flight, it
+			// may or may not have committed.
+			err = fmt.Errorf("commit %s version %d: %w", p, c.Version, err)
+			if errors.Is(err, store.ErrUnavailable) {
+				err = fmt.Errorf("%w: %w", errUnknownOutcome, err)
+			}
+			return 0, true, err
+		}
+		if committed {
+			s.calls.Add(1)
+			s.held.states.hold(part, st.after(c))
+			return c.Version, true, nil
+		}
+		s.held.moved.Add(1)
+		s.held.states.hold(part, nil)
+		if !held {
+			return 0, false, nil
+		}
+	}
+}
+
+// citusRead reads part's head and the reads ahead, as a state to commit
+// on. The head is read first, in a statement of its own: a commit between
+// the two reads moves the head past the one read, so the commit on this
+// state finds it moved and writes nothing.
+func (s *Store) citusRead(ctx context.Context, p store.Partition, part string) (*partState, error) {
+	var (
+		shard int64
+		st    = &partState{pf: &prefetch{}}
+		v, hz int64
+	)
+	b := &pgx.Batch{}
+	b.Queue(citusShardOf, part).QueryRow(func(row pgx.Row) error { return row.Scan(&shard) })
+	b.Queue(citusReadHead, part).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			if err := rows.Scan(&v, &hz, &st.compactions, &st.stream); err != nil {
+				return err
+			}
+		}
+		return rows.Err()
+	})
+	st.pf.queueAll(b, part)
+	if err := s.sendBatch(ctx, b); err != nil {
+		return nil, fmt.Errorf("update %s: read: %w", p, err)
+	}
+	st.head = store.Head{Version: uint64(v), Horizon: uint64(hz)}
+	if st.stream == "" {
+		num, ok := s.streams.byShard[shard]
+		if !ok {
+			return nil, fmt.Errorf("partition %s is in shard %d, which has no feed stream (was the table's shard split?): %w", part, shard, store.ErrCorruption)
+		}
+		st.stream = s.streams.names[num]
+	}
+	return st, nil
 }

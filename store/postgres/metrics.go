@@ -25,7 +25,7 @@ var (
 		"Statements that wrote commits on held partition states; each writes the commits that queued while others were in flight, so commits per statement is the grouping.",
 		nil, nil)
 	descCommits = prometheus.NewDesc("dalv_postgres_commits_total",
-		"Commits written by this process, by way: grouped (in a statement of held partitions' commits) or transaction (an Update's own; every commit on Citus, where grouped commits are off).",
+		"Commits written by this process, by way: grouped (in a statement of held partitions' commits), call (on Citus, one call that the partition's worker runs), or transaction (an Update's own).",
 		[]string{"way"}, nil)
 	descHeldParts = prometheus.NewDesc("dalv_postgres_held_partitions",
 		"Partition states this process holds, to commit to them in grouped statements.",
@@ -68,6 +68,7 @@ func (s *Store) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descHeldParts, prometheus.GaugeValue, float64(s.held.states.len()))
 	ch <- prometheus.MustNewConstMetric(descCommits, prometheus.CounterValue, float64(s.held.commits.Load()), "grouped")
 	ch <- prometheus.MustNewConstMetric(descCommits, prometheus.CounterValue, float64(s.transactions.Load()), "transaction")
+	ch <- prometheus.MustNewConstMetric(descCommits, prometheus.CounterValue, float64(s.calls.Load()), "call")
 	if s.streams != nil {
 		return // the feed has no transaction horizon on Citus
 	}

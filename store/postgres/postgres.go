@@ -143,10 +143,11 @@ type Store struct {
 	// it (see citus.go).
 	streams *streams
 	// transactions counts the commits written by an Update's own
-	// transaction (not in a group).
-	transactions atomic.Int64
-	hooks        testHooks
-	now          func() time.Time // the store's clock
+	// transaction (not in a group); calls those written by one call on
+	// Citus (see citusDirect).
+	transactions, calls atomic.Int64
+	hooks               testHooks
+	now                 func() time.Time // the store's clock
 	// feedWait is Options.FeedWait.
 	feedWait time.Duration
 	// timeout is Options.Timeout, and errTimeout the error of an operation
@@ -255,9 +256,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	}
 	s.ann = newAnnouncer(s, opts.NotifyInterval)
 	if citus {
-		// A group's statement would span shards (see citus.go).
-		opts.CacheBytes = -1
-		opts.Logger.Info("postgres store: on Citus; grouped commits are off: every commit is a transaction of one worker",
+		opts.Logger.Info("postgres store: on Citus; grouped commits are off: each commit is a call or a transaction of one worker",
 			"schema", schema, "streams", len(streams.names))
 	}
 	s.held = newHeld(s, opts.CacheBytes)

@@ -775,8 +775,8 @@ func TestMetrics(t *testing.T) {
 	ch := make(chan prometheus.Metric, 16)
 	s.Collect(ch)
 	close(ch)
-	if n := len(ch); n != 10 {
-		t.Errorf("%d series collected, want 10: stall, lag, two of the pool, four of held states, two of commits", n)
+	if n := len(ch); n != 11 {
+		t.Errorf("%d series collected, want 11: stall, lag, two of the pool, four of held states, three of commits", n)
 	}
 }
 

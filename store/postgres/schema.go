@@ -178,19 +178,24 @@ func migrateSchema(ctx context.Context, pool *pgxpool.Pool, schemap *string, cit
 }
 
 // splitStatements splits a migration into its statements: each ends with a
-// semicolon at the end of a line. Lines of comments are left out.
+// semicolon at the end of a line outside a $$-quoted body. Lines of
+// comments outside bodies are left out.
 func splitStatements(sql string) []string {
 	var (
-		out []string
-		cur strings.Builder
+		out    []string
+		cur    strings.Builder
+		inBody bool
 	)
 	for line := range strings.Lines(sql) {
 		trimmed := strings.TrimSpace(line)
-		if trimmed == "" || strings.HasPrefix(trimmed, "--") {
+		if !inBody && (trimmed == "" || strings.HasPrefix(trimmed, "--")) {
 			continue
 		}
 		cur.WriteString(line)
-		if strings.HasSuffix(trimmed, ";") {
+		if strings.Count(line, "$$")%2 == 1 {
+			inBody = !inBody
+		}
+		if !inBody && strings.HasSuffix(trimmed, ";") {
 			out = append(out, strings.TrimSpace(cur.String()))
 			cur.Reset()
 		}

@@ -64,7 +64,11 @@ func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.R
 	}
 	defer s.gate.Exit()
 	part := partID(p)
-	if version, done, err := s.held.update(ctx, p, part, fn); done {
+	direct := s.held.update
+	if s.streams != nil {
+		direct = s.citusDirect
+	}
+	if version, done, err := direct(ctx, p, part, fn); done {
 		if err == nil && version != 0 {
 			s.ann.add(part, version)
 		}
@@ -149,8 +153,9 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 	c, err := fn(r)
 	if err != nil || c == nil {
 		_, retry, _ := failed(err)
-		if err == nil {
-			s.held.states.hold(part, newState(head, compactions, pf)) // nothing changed
+		if st := newState(head, compactions, pf); err == nil && st != nil {
+			st.stream = ch.stream
+			s.held.states.hold(part, st) // nothing changed
 		}
 		return 0, retry && errors.Is(err, store.ErrUnavailable), err
 	}
@@ -186,7 +191,11 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 		}
 	}
 	s.transactions.Add(1)
-	s.held.states.hold(part, newState(head, compactions, pf).after(c))
+	st := newState(head, compactions, pf).after(c)
+	if st != nil {
+		st.stream = ch.stream
+	}
+	s.held.states.hold(part, st)
 	if s.streams == nil {
 		passFeedKey(octx, conn, feedKey, xid)
 	}

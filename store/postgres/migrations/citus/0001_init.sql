@@ -2,8 +2,12 @@
 -- distributed by its partition id, all colocated: a partition's rows live
 -- on one shard, so every commit is a transaction of one worker, and
 -- commits one phase. Statements here are sent one at a time (Citus takes no
--- multi-statement string), so each ends with a semicolon at a line's end and
--- none has one elsewhere.
+-- multi-statement string), so each ends with a semicolon at a line's end,
+-- and none has one elsewhere but inside a function's $$ body.
+
+-- One connection per worker for this transaction: Citus creates a
+-- distributed function only in a transaction that has not used several.
+SET LOCAL citus.multi_shard_modify_mode TO 'sequential';
 
 -- One row per partition ever written: its version, horizon, and the
 -- compactions that dropped its tombstones; stream is the feed stream of its
@@ -97,3 +101,46 @@ FROM (SELECT DISTINCT ON (shard) shard, k
       FROM (SELECT g::text AS k, get_shard_id_for_distribution_column('dalv_heads', g::text) AS shard
             FROM generate_series(0, 99999) g) c
       ORDER BY shard, length(k), k) f;
+
+-- dalv_commit writes a commit made on a partition's state as read, in one
+-- call that Citus runs on the partition's worker, as a transaction of its
+-- own there: the head moves to p_next only if it is still at p_version
+-- (absent for 0), p_horizon and p_compactions; then the device's batch,
+-- the entries, the stream's next number and the feed row. It returns false,
+-- having written nothing, when the head had moved. It runs in the schema
+-- it was created in, on whichever server runs it.
+CREATE FUNCTION dalv_commit(p_part text, p_version bigint, p_horizon bigint, p_compactions bigint,
+    p_stream text, p_next bigint, p_device bytea, p_batch bigint, p_nanos bigint,
+    p_keys bytea[], p_svs bigint[], p_vals bytea[], p_dels boolean[], p_ops bytea) RETURNS boolean
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    IF p_version = 0 THEN
+        INSERT INTO dalv_heads (part, version, horizon, compactions, stream)
+        VALUES (p_part, p_next, 0, 0, p_stream) ON CONFLICT (part) DO NOTHING;
+    ELSE
+        UPDATE dalv_heads SET version = p_next
+        WHERE part = p_part AND version = p_version AND horizon = p_horizon AND compactions = p_compactions;
+    END IF;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF p_device IS NOT NULL THEN
+        INSERT INTO dalv_devices (part, device, batch) VALUES (p_part, p_device, p_batch)
+        ON CONFLICT (part, device) DO UPDATE SET batch = EXCLUDED.batch;
+    END IF;
+    FOR i IN 1 .. COALESCE(array_length(p_keys, 1), 0) LOOP
+        INSERT INTO dalv_entries (part, key, version, scalar_version, value, tomb_nanos)
+        VALUES (p_part, p_keys[i], p_next, p_svs[i],
+            CASE WHEN p_dels[i] THEN NULL ELSE COALESCE(p_vals[i], '\x'::bytea) END,
+            CASE WHEN p_dels[i] THEN p_nanos END)
+        ON CONFLICT (part, key) DO UPDATE SET version = EXCLUDED.version, scalar_version = EXCLUDED.scalar_version,
+            value = EXCLUDED.value, tomb_nanos = EXCLUDED.tomb_nanos;
+    END LOOP;
+    UPDATE dalv_streams SET seq = seq + 1 WHERE stream = p_stream;
+    INSERT INTO dalv_feed (stream, seq, num, part, version, nanos, erase, ops)
+    SELECT stream, seq, num, p_part, p_next, p_nanos, false, p_ops FROM dalv_streams WHERE stream = p_stream;
+    RETURN true;
+END
+$$;
+SELECT create_distributed_function('dalv_commit(text, bigint, bigint, bigint, text, bigint, bytea, bigint, bigint, bytea[], bigint[], bytea[], boolean[], bytea)',
+    '$1', colocate_with => 'dalv_heads');
