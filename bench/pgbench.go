@@ -219,13 +219,12 @@ func (pb *pgBench) detectCitus(ctx context.Context, conn *pgx.Conn) error {
 
 // setupCitusCommit creates a partition for each pgbench client, each head
 // naming its shard's feed stream, and writes the script that commits one
-// PUT to the client's partition with the statements a node sends on Citus
-// (citus.go in package postgres), in one transaction of one worker: the
-// head locked by a write, then the head, the device record, the entry,
-// the stream's next number and the feed row.
+// PUT to the client's partition as a node does on Citus when it holds no
+// state of the partition: it reads the head, then calls dalv_commit, which
+// Citus runs on the partition's worker (see citus.go in package postgres).
 func (pb *pgBench) setupCitusCommit(ctx context.Context, conn *pgx.Conn, s string) error {
 	_, err := conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %[1]s.dalv_heads (part, version, horizon, compactions, stream)
-		SELECT p.part, 0, 0, 0, st.stream
+		SELECT p.part, 1, 0, 0, st.stream
 		FROM (SELECT 'u:pgbench-' || g AS part, get_shard_id_for_distribution_column('%[1]s.dalv_heads', 'u:pgbench-' || g) AS shard
 			FROM generate_series(0, %[2]d) g) p
 		JOIN (SELECT stream, get_shard_id_for_distribution_column('%[1]s.dalv_heads', stream) AS shard FROM %[1]s.dalv_streams) st
@@ -235,19 +234,9 @@ func (pb *pgBench) setupCitusCommit(ctx context.Context, conn *pgx.Conn, s strin
 	}
 	value := strings.Repeat("76", pb.cfg.ValueBytes) // 'v' in hex
 	part := `'u:' || 'pgbench-' || (:client_id)::text`
-	pb.commitScript = fmt.Sprintf(`BEGIN;
-UPDATE %[1]s.dalv_heads SET version = version WHERE part = %[3]s RETURNING stream AS st \gset
-UPDATE %[1]s.dalv_heads SET version = version + 1 WHERE part = %[3]s;
-INSERT INTO %[1]s.dalv_devices (part, device, batch) VALUES (%[3]s, '\x70686f6e65'::bytea, 1)
-	ON CONFLICT (part, device) DO UPDATE SET batch = EXCLUDED.batch;
-INSERT INTO %[1]s.dalv_entries (part, key, version, scalar_version, value, tomb_nanos)
-	VALUES (%[3]s, '\x62656e63682f70686f6e65'::bytea, 1, 1, '\x%[2]s'::bytea, NULL)
-	ON CONFLICT (part, key) DO UPDATE SET version = EXCLUDED.version, scalar_version = EXCLUDED.scalar_version,
-		value = EXCLUDED.value, tomb_nanos = EXCLUDED.tomb_nanos;
-UPDATE %[1]s.dalv_streams SET seq = seq + 1 WHERE stream = (:st)::text;
-INSERT INTO %[1]s.dalv_feed (stream, seq, num, part, version, nanos, erase, ops)
-	SELECT stream, seq, num, %[3]s, 1, 0, false, '\x%[2]s'::bytea FROM %[1]s.dalv_streams WHERE stream = (:st)::text;
-END;
+	pb.commitScript = fmt.Sprintf(`SELECT version AS v, stream AS st FROM %[1]s.dalv_heads WHERE part = %[3]s \gset
+SELECT %[1]s.dalv_commit(%[3]s, :v, 0, 0, (:st)::text, :v + 1, '\x70686f6e65'::bytea, :v + 1, 0,
+	ARRAY['\x62656e63682f70686f6e65'::bytea], ARRAY[:v + 1], ARRAY['\x%[2]s'::bytea], ARRAY[false], '\x%[2]s'::bytea);
 `, s, value, part)
 	return os.WriteFile(filepath.Join(pb.dir, "commit.sql"), []byte(pb.commitScript), 0o644)
 }

@@ -157,7 +157,7 @@ func (r *PostgresReport) WriteTable(w io.Writer) error {
 	}
 	what := "dalv's commit statement, one PUT to a partition the node holds, alone (pgbench's second script;\na node's statement writes this for each commit of its group)"
 	if r.TwoPhase != nil {
-		what = "dalv's commit of one PUT on Citus, as a node sends it (pgbench's second script)"
+		what = "dalv's commit of one PUT on Citus, as a node sends it for a partition it holds no state of:\nthe head read, then one call that the partition's worker runs (pgbench's second script)"
 	}
 	fmt.Fprintf(&b, "\npgbench's transaction:\n%s\n%s:\n%s", r.Script, what, r.CommitScript)
 	_, err := w.Write(b.Bytes())

@@ -11,7 +11,8 @@ package postgres
 //     shard, which Citus would run through the coordinator, and no
 //     non-immutable functions where Citus refuses them.
 //   - Grouped commits are off: a statement of many partitions' commits
-//     would span shards, and so workers. Every commit is an Update's own
+//     would span shards, and so workers. A commit is one call that the
+//     partition's worker runs (citusDirect, below), or an Update's own
 //     transaction (counted by dalv_postgres_commits_total{way}).
 //   - The feed cannot use transaction ids, which each worker issues for
 //     itself. Each shard has a stream instead: a row of dalv_streams,

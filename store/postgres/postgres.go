@@ -39,6 +39,11 @@
 //     goes away stops the operation before its next statement, never in
 //     the middle of one.
 //
+// On Citus (a database with the citus extension), the store lays out and
+// distributes its tables itself, and keeps the same guarantees with
+// commits that each run on one worker and a feed ordered per shard instead
+// of by the transaction horizon (see citus.go).
+//
 // Caveats: an erase deletes the partition's rows, but PostgreSQL keeps the
 // dead tuples' bytes on disk until VACUUM reuses the space (and in its WAL
 // and backups). The feed stalls while any transaction that holds a

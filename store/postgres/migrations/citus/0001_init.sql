@@ -113,6 +113,9 @@ CREATE FUNCTION dalv_commit(p_part text, p_version bigint, p_horizon bigint, p_c
     p_stream text, p_next bigint, p_device bytea, p_batch bigint, p_nanos bigint,
     p_keys bytea[], p_svs bigint[], p_vals bytea[], p_dels boolean[], p_ops bytea) RETURNS boolean
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    v_seq bigint;
+    v_num integer;
 BEGIN
     IF p_version = 0 THEN
         INSERT INTO dalv_heads (part, version, horizon, compactions, stream)
@@ -136,9 +139,9 @@ BEGIN
         ON CONFLICT (part, key) DO UPDATE SET version = EXCLUDED.version, scalar_version = EXCLUDED.scalar_version,
             value = EXCLUDED.value, tomb_nanos = EXCLUDED.tomb_nanos;
     END LOOP;
-    UPDATE dalv_streams SET seq = seq + 1 WHERE stream = p_stream;
+    UPDATE dalv_streams SET seq = seq + 1 WHERE stream = p_stream RETURNING seq, num INTO v_seq, v_num;
     INSERT INTO dalv_feed (stream, seq, num, part, version, nanos, erase, ops)
-    SELECT stream, seq, num, p_part, p_next, p_nanos, false, p_ops FROM dalv_streams WHERE stream = p_stream;
+    VALUES (p_stream, v_seq, v_num, p_part, p_next, p_nanos, false, p_ops);
     RETURN true;
 END
 $$;
