@@ -326,9 +326,7 @@ func TestCitusFeedEveryCursor(t *testing.T) {
 			}
 			checkFeedRecords(t, fmt.Sprintf("reader %d", rd), cur.seen, writers*each)
 			mu.Lock()
-			for i := 0; i < len(cursors); i += max(1, len(cursors)/20) {
-				kept = append(kept, cursors[i])
-			}
+			kept = append(kept, cursors...)
 			mu.Unlock()
 		})
 	}
