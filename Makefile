@@ -37,6 +37,7 @@ test: test-go test-web
 ## test-go: the Go suites (unit, conformance, end to end, crash loop, fuzz seeds)
 test-go:
 	$(GO) test -race -count=1 ./...
+	@$(GO) run ./internal/pgtest/citusstatus
 
 test-race:
 	$(GO) test -race ./...

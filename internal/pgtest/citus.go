@@ -48,14 +48,7 @@ func Citus(t testing.TB) string {
 			citus.url, citus.err = u, ping(u)
 			return
 		}
-		bin, err := findBin()
-		if err != nil {
-			citus.err = err
-			return
-		}
-		lib := filepath.Join(filepath.Dir(bin), "lib", "citus.so")
-		if _, err := os.Stat(lib); err != nil {
-			citus.skip = fmt.Sprintf("the citus extension is not installed (no %s), and %s is not set", lib, CitusEnv)
+		if citus.skip = CitusMissing(); citus.skip != "" {
 			return
 		}
 		citus.cluster, citus.err = StartCitus()
@@ -71,6 +64,24 @@ func Citus(t testing.TB) string {
 		t.Fatalf("pgtest: Citus: %v", citus.err)
 	}
 	return citus.url
+}
+
+// CitusMissing says why the Citus tests cannot run here: neither
+// $DALV_TEST_CITUS nor the citus extension in the installed PostgreSQL's
+// library directory. It returns "" when they can.
+func CitusMissing() string {
+	if os.Getenv(CitusEnv) != "" {
+		return ""
+	}
+	bin, err := findBin()
+	if err != nil {
+		return "no PostgreSQL server binaries to start a cluster with, and " + CitusEnv + " is not set"
+	}
+	lib := filepath.Join(filepath.Dir(bin), "lib", "citus.so")
+	if _, err := os.Stat(lib); err != nil {
+		return fmt.Sprintf("the citus extension is not installed (no %s), and %s is not set", lib, CitusEnv)
+	}
+	return ""
 }
 
 // CitusThrowaway returns the throwaway cluster [Citus] started, or nil when
