@@ -594,16 +594,9 @@ func (s *Store) citusDirect(ctx context.Context, p store.Partition, part string,
 				return 0, true, err
 			}
 		}
-		c, err := fn(&heldReader{p: p, st: st})
-		if err != nil || c == nil || c.Erase || c.IdempotencyKey != "" {
-			return 0, false, nil
-		}
-		row, err := newCommitRow(part, st.head, c)
-		if err != nil {
-			return 0, true, fmt.Errorf("commit %s version %d: %w", p, c.Version, err)
-		}
-		if err := ctx.Err(); err != nil {
-			return 0, true, err
+		c, row, done, err := commitOnState(ctx, p, part, st, fn)
+		if c == nil {
+			return 0, done, err
 		}
 		var committed bool
 		b := &pgx.Batch{}

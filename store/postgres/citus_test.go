@@ -240,15 +240,7 @@ func TestCitusFeedEveryCursor(t *testing.T) {
 		writing.Go(func() {
 			for i := range each {
 				p := store.Partition{Name: fmt.Sprintf("u%d", (w*7+i)%parts)}
-				err := s.Update(ctx, p, func(r store.Reader) (*store.Commit, error) {
-					h, err := r.Head()
-					if err != nil {
-						return nil, err
-					}
-					v := h.Version + 1
-					return &store.Commit{Version: v, Time: time.Now(), Ops: fmt.Appendf(nil, "%s@%d", p, v)}, nil
-				})
-				if err != nil {
+				if _, err := commitOne(ctx, s, p, "k"); err != nil {
 					t.Errorf("writer %d: %v", w, err)
 					return
 				}
@@ -440,15 +432,7 @@ func TestCitusShardMove(t *testing.T) {
 				default:
 				}
 				p := store.Partition{Name: fmt.Sprintf("u%d", (w*11+i)%parts)}
-				err := s.Update(ctx, p, func(r store.Reader) (*store.Commit, error) {
-					h, err := r.Head()
-					if err != nil {
-						return nil, err
-					}
-					v := h.Version + 1
-					return &store.Commit{Version: v, Time: time.Now(), Ops: fmt.Appendf(nil, "%s@%d", p, v)}, nil
-				})
-				if err != nil {
+				if _, err := commitOne(ctx, s, p, "k"); err != nil {
 					t.Errorf("writer %d: %v", w, err)
 					return
 				}

@@ -54,21 +54,9 @@ func (h *held) update(ctx context.Context, p store.Partition, part string,
 	fn func(r store.Reader) (*store.Commit, error)) (version uint64, done bool, err error) {
 	st := h.states.get(part)
 	for st != nil {
-		c, err := fn(&heldReader{p: p, st: st})
-		if err != nil || c == nil || c.Erase || c.IdempotencyKey != "" {
-			// What fn decided without a commit may rest on a state another
-			// process has moved past (an answer, a refusal): only a commit is
-			// checked against the head. These, erases, and commits under an
-			// idempotency key (a held state has no key records) take the
-			// transaction's way.
-			return 0, false, nil
-		}
-		row, err := newCommitRow(part, st.head, c)
-		if err != nil {
-			return 0, true, fmt.Errorf("commit %s version %d: %w", p, c.Version, err)
-		}
-		if err := ctx.Err(); err != nil {
-			return 0, true, err
+		c, row, done, err := commitOnState(ctx, p, part, st, fn)
+		if c == nil {
+			return 0, done, err
 		}
 		hc := &heldCommit{p: p, st: st, c: c, row: row}
 		h.commit(hc)
@@ -88,6 +76,31 @@ func (h *held) update(ctx context.Context, p store.Partition, part string,
 		}
 	}
 	return 0, false, nil
+}
+
+// commitOnState runs fn on the state st of part, and returns the commit
+// it decided on, as a row. It returns no commit, and done false, when the
+// Update must run as a transaction instead: fn read past the state, or
+// decided something other than a commit that a state can take. It returns
+// no commit and done true when the Update fails with err.
+func commitOnState(ctx context.Context, p store.Partition, part string, st *partState,
+	fn func(r store.Reader) (*store.Commit, error)) (c *store.Commit, row *commitRow, done bool, err error) {
+	c, err = fn(&heldReader{p: p, st: st})
+	if err != nil || c == nil || c.Erase || c.IdempotencyKey != "" {
+		// What fn decided without a commit may rest on a state another
+		// process has moved past (an answer, a refusal): only a commit is
+		// checked against the head. These, erases, and commits under an
+		// idempotency key (a held state has no key records) take the
+		// transaction's way.
+		return nil, nil, false, nil
+	}
+	if row, err = newCommitRow(part, st.head, c); err != nil {
+		return nil, nil, true, fmt.Errorf("commit %s version %d: %w", p, c.Version, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, true, err
+	}
+	return c, row, true, nil
 }
 
 // errNeedLock ends fn's run on a held state when fn reads what the state
