@@ -524,3 +524,31 @@ func head(t *testing.T, s *Store, p store.Partition) store.Head {
 	}
 	return h
 }
+
+// TestCitusRefusals checks what a node refuses to start on: a schema that
+// holds DalvDB's tables made without Citus, and tables whose shards no
+// longer match the feed's streams (as after a shard split).
+func TestCitusRefusals(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, plain := pgtest.SchemaOn(t, pgtest.Citus(t))
+	pgtest.ExecOn(t, plain, `CREATE TABLE dalv_heads (part text PRIMARY KEY)`)
+	if s, err := Open(ctx, plain, Options{MaxConns: 2}); err == nil || !strings.Contains(err.Error(), "made without Citus") {
+		if s != nil {
+			s.Close()
+		}
+		t.Errorf("Open on a schema with tables made without Citus = %v, want a refusal that says so", err)
+	}
+
+	s, u := openCitus(t, Options{})
+	if _, err := commitOne(ctx, s, store.Partition{Name: "alice"}, "k"); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.ExecOn(t, u, `DELETE FROM dalv_streams WHERE num = $1`, citusShards-1)
+	if s, err := Open(ctx, u, Options{MaxConns: 2}); err == nil || !strings.Contains(err.Error(), "a shard split is not supported") {
+		if s != nil {
+			s.Close()
+		}
+		t.Errorf("Open with a stream missing = %v, want a refusal that says shards and streams differ", err)
+	}
+}
