@@ -90,6 +90,16 @@ func loadStreams(ctx context.Context, pool *pgxpool.Pool) (*streams, error) {
 	return st, nil
 }
 
+// ofShard returns the stream of shard, in which part is: the one a
+// partition's first commit names.
+func (st *streams) ofShard(part string, shard int64) (string, error) {
+	num, ok := st.byShard[shard]
+	if !ok {
+		return "", fmt.Errorf("partition %s is in shard %d, which has no feed stream (was the table's shard split?): %w", part, shard, store.ErrCorruption)
+	}
+	return st.names[num], nil
+}
+
 // An Update's first statements on Citus, sent together: the shard of the
 // partition (for a partition's first commit, which names its stream), the
 // head, locked, and the reads ahead.
@@ -182,12 +192,9 @@ func (s *Store) queueLock(b *pgx.Batch, part string, h *citusHead) {
 		if h.stream != "" {
 			return nil
 		}
-		num, ok := s.streams.byShard[shard]
-		if !ok {
-			return fmt.Errorf("partition %s is in shard %d, which has no feed stream (was the table's shard split?): %w", part, shard, store.ErrCorruption)
-		}
-		h.stream = s.streams.names[num]
-		return nil
+		var err error
+		h.stream, err = s.streams.ofShard(part, shard)
+		return err
 	})
 }
 
@@ -652,11 +659,10 @@ func (s *Store) citusRead(ctx context.Context, p store.Partition, part string) (
 	}
 	st.head = store.Head{Version: uint64(v), Horizon: uint64(hz)}
 	if st.stream == "" {
-		num, ok := s.streams.byShard[shard]
-		if !ok {
-			return nil, fmt.Errorf("partition %s is in shard %d, which has no feed stream (was the table's shard split?): %w", part, shard, store.ErrCorruption)
+		var err error
+		if st.stream, err = s.streams.ofShard(part, shard); err != nil {
+			return nil, err
 		}
-		st.stream = s.streams.names[num]
 	}
 	return st, nil
 }
