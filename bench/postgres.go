@@ -196,6 +196,11 @@ func RunPostgres(ctx context.Context, cfg PostgresConfig) (*PostgresReport, erro
 			rep.Pass = false
 		}
 		rep.Nodes = append(rep.Nodes, r)
+		// On Citus every commit must be one-phase: a two-phase commit
+		// counted during the nodes' runs, or none counted, fails the target.
+		if pb.citus && rep.TwoPhase[nodeCount(n)] != 0 {
+			rep.Pass = false
+		}
 	}
 	return rep, nil
 }

@@ -38,7 +38,8 @@ type PostgresReport struct {
 	// pg_dist_transaction) during each measurement, summed over the runs,
 	// by row: "pgbench", "commit", "1 node", "3 nodes"; -1 where they
 	// could not be counted (Citus recovers them in the background unless
-	// citus.recover_2pc_interval is -1).
+	// citus.recover_2pc_interval is -1). Any in the nodes' rows, or none
+	// counted, fails Pass.
 	TwoPhase map[string]int `json:"two_phase_commits,omitempty"`
 	// ClientProcs is the GOMAXPROCS the load generator ran with.
 	ClientProcs int  `json:"client_gomaxprocs"`
