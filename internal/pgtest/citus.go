@@ -98,9 +98,11 @@ func StopCitus() {
 
 // citusSettings are the servers' settings beyond [Start]'s: Citus loaded,
 // logical decoding for shard moves, prepared transactions for Citus's own
-// two-phase commits, and no recovery of those in the background, so that
-// pg_dist_transaction counts every two-phase commit.
-const citusSettings = "-c shared_preload_libraries=citus -c wal_level=logical -c max_prepared_transactions=200 -c citus.recover_2pc_interval=-1"
+// two-phase commits, no recovery of those in the background, so that
+// pg_dist_transaction counts every two-phase commit, and no dropping in the
+// background of the placements a shard move leaves behind, so that a test
+// that finds a write missing can look for it there.
+const citusSettings = "-c shared_preload_libraries=citus -c wal_level=logical -c max_prepared_transactions=200 -c citus.recover_2pc_interval=-1 -c citus.defer_shard_delete_interval=-1"
 
 // StartCitus starts a coordinator and [CitusWorkers] workers, creates the
 // extension in each one's postgres database, and adds the workers to the

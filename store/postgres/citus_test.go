@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -26,6 +27,10 @@ import (
 // citusShards is the shard count of the tests' tables: several streams on
 // each worker, and quick to create.
 const citusShards = 8
+
+// citusMoves is how many shard moves TestCitusShardMove makes under load:
+// a few by default, more when hunting for a rare loss.
+var citusMoves = flag.Int("citus.moves", 3, "shard moves TestCitusShardMove makes under load")
 
 // openCitus opens a store on a fresh schema of the Citus cluster, its
 // tables distributed over citusShards shards; it returns the store and
@@ -135,10 +140,51 @@ func TestCitusConformanceNoReadAhead(t *testing.T) {
 	})
 }
 
-// twoPhaseCommits counts the coordinator's records of two-phase commits.
-// The test cluster keeps them (citus.recover_2pc_interval = -1); a cluster
-// that recovers them in the background would hide some, so it fails.
-func twoPhaseCommits(t *testing.T, u string) int {
+// citusNode is one node of the test cluster.
+type citusNode struct {
+	url         string
+	coordinator bool
+}
+
+// citusNodes returns the cluster's active nodes, the coordinator among
+// them, as conn's coordinator knows them.
+func citusNodes(t *testing.T, conn *pgx.Conn) []citusNode {
+	t.Helper()
+	rows, _ := conn.Query(context.Background(), `SELECT nodename, nodeport, groupid = 0 FROM pg_dist_node WHERE isactive ORDER BY nodeport`)
+	var (
+		host  string
+		port  int
+		n     citusNode
+		nodes []citusNode
+	)
+	if _, err := pgx.ForEachRow(rows, []any{&host, &port, &n.coordinator}, func() error {
+		n.url = fmt.Sprintf("postgres://postgres@%s:%d/postgres?sslmode=disable", host, port)
+		nodes = append(nodes, n)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return nodes
+}
+
+// twoPhase is what the cluster's nodes record of two-phase commits.
+type twoPhase struct {
+	// Records counts pg_dist_transaction's rows on every node: a
+	// worker records the two-phase commits it coordinates itself, as it
+	// would for a delegated function's statements that it sent to another
+	// node.
+	Records int
+	// WorkerRecords is the part of Records on the workers.
+	WorkerRecords int
+	// Prepared counts prepared transactions not yet committed or rolled
+	// back, on every node: writes nobody can see until they are.
+	Prepared int
+}
+
+// twoPhaseCommits reads what u's cluster records of two-phase commits.
+// The test cluster keeps the records (citus.recover_2pc_interval = -1); a
+// node that recovers them in the background would hide some, so it fails.
+func twoPhaseCommits(t *testing.T, u string) twoPhase {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -147,18 +193,32 @@ func twoPhaseCommits(t *testing.T, u string) int {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	var interval string
-	if err := conn.QueryRow(ctx, "SELECT current_setting('citus.recover_2pc_interval')").Scan(&interval); err != nil {
-		t.Fatal(err)
+	var tp twoPhase
+	for _, node := range citusNodes(t, conn) {
+		c, err := pgx.Connect(ctx, node.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var (
+			interval          string
+			records, prepared int
+		)
+		err = c.QueryRow(ctx, `SELECT current_setting('citus.recover_2pc_interval'),
+			(SELECT count(*) FROM pg_dist_transaction), (SELECT count(*) FROM pg_prepared_xacts)`).Scan(&interval, &records, &prepared)
+		c.Close(ctx)
+		if err != nil {
+			t.Fatalf("%s: %v", node.url, err)
+		}
+		if interval != "-1" {
+			t.Fatalf("%s recovers two-phase commits every %s, so pg_dist_transaction does not count them: run it with citus.recover_2pc_interval = -1", node.url, interval)
+		}
+		tp.Records += records
+		tp.Prepared += prepared
+		if !node.coordinator {
+			tp.WorkerRecords += records
+		}
 	}
-	if interval != "-1" {
-		t.Fatalf("the coordinator recovers two-phase commits every %s, so pg_dist_transaction does not count them: run it with citus.recover_2pc_interval = -1", interval)
-	}
-	var n int
-	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_dist_transaction").Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return tp
 }
 
 // TestCitusOnePhase commits to partitions of every shard (first commits,
@@ -215,7 +275,8 @@ func TestCitusOnePhase(t *testing.T) {
 	}
 	again.Close()
 	if after := twoPhaseCommits(t, u); after != before {
-		t.Errorf("%d two-phase commits among 120 commits, a compaction and a node's start, want none", after-before)
+		t.Errorf("%d two-phase commits recorded and %d prepared transactions left among 120 commits, a compaction and a node's start, want none",
+			after.Records-before.Records, after.Prepared-before.Prepared)
 	}
 	// The erases and the commits with idempotency keys take a transaction;
 	// the others, one call.
@@ -382,15 +443,7 @@ func TestCitusShardMove(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	type placement struct {
-		shard      int64
-		host       string
-		port, dest int
-	}
-	var (
-		moves []placement
-		ports []int
-	)
+	var ports []int
 	rows, _ := conn.Query(ctx, `SELECT DISTINCT nodeport FROM pg_dist_shard_placement ORDER BY 1`)
 	var port int
 	if _, err := pgx.ForEachRow(rows, []any{&port}, func() error { ports = append(ports, port); return nil }); err != nil {
@@ -399,19 +452,13 @@ func TestCitusShardMove(t *testing.T) {
 	if len(ports) < 2 {
 		t.Fatalf("shards on %d workers, want 2 or more", len(ports))
 	}
-	rows, _ = conn.Query(ctx, `SELECT p.shardid, p.nodename, p.nodeport FROM pg_dist_shard_placement p
-		JOIN pg_dist_shard s USING (shardid) WHERE s.logicalrelid = 'dalv_heads'::regclass ORDER BY p.shardid LIMIT 3`)
-	var pl placement
-	if _, err := pgx.ForEachRow(rows, []any{&pl.shard, &pl.host, &pl.port}, func() error {
-		pl.dest = ports[0]
-		if pl.port == ports[0] {
-			pl.dest = ports[1]
-		}
-		moves = append(moves, pl)
-		return nil
-	}); err != nil {
+	rows, _ = conn.Query(ctx, `SELECT shardid FROM pg_dist_shard WHERE logicalrelid = 'dalv_heads'::regclass ORDER BY shardid`)
+	shards, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
 		t.Fatal(err)
 	}
+
+	before := twoPhaseCommits(t, u)
 
 	const writers, parts = 6, 32
 	perPart := make(map[string]*atomic.Int64)
@@ -474,14 +521,34 @@ func TestCitusShardMove(t *testing.T) {
 		}
 	})
 
-	for _, m := range moves {
+	// Each move takes the next shard group, round the shards, from where
+	// it is to the other worker.
+	var last struct {
+		shard int64
+		dest  int
+	}
+	for i := range *citusMoves {
+		var (
+			shard = shards[i%len(shards)]
+			host  string
+			from  int
+		)
+		if err := conn.QueryRow(ctx, `SELECT nodename, nodeport FROM pg_dist_shard_placement WHERE shardid = $1`,
+			shard).Scan(&host, &from); err != nil {
+			t.Fatalf("placement of shard %d: %v", shard, err)
+		}
+		dest := ports[0]
+		if from == ports[0] {
+			dest = ports[1]
+		}
 		start := time.Now()
 		if _, err := conn.Exec(ctx, `SELECT citus_move_shard_placement($1, $2, $3, $2, $4, shard_transfer_mode => 'force_logical')`,
-			m.shard, m.host, m.port, m.dest); err != nil {
-			t.Fatalf("move shard %d from %d to %d: %v", m.shard, m.port, m.dest, err)
+			shard, host, from, dest); err != nil {
+			t.Fatalf("move shard %d from %d to %d: %v", shard, from, dest, err)
 		}
 		t.Logf("moved shard %d (and its colocated shards) from port %d to %d in %v, %d commits so far",
-			m.shard, m.port, m.dest, time.Since(start), committed.Load())
+			shard, from, dest, time.Since(start), committed.Load())
+		last.shard, last.dest = shard, dest
 	}
 	close(stop)
 	writing.Wait()
@@ -501,14 +568,68 @@ func TestCitusShardMove(t *testing.T) {
 	for name, n := range perPart {
 		h := head(t, s, store.Partition{Name: name})
 		if h.Version != uint64(n.Load()) {
-			t.Errorf("%s: %d commits acknowledged, head at version %d", name, n.Load(), h.Version)
+			t.Errorf("%s: %d commits acknowledged, head at version %d; in each placement:\n%s",
+				name, n.Load(), h.Version, citusEveryPlacement(t, conn, name))
 		}
+	}
+	// The moves are two-phase commits of the coordinator's; the workers
+	// coordinate none, and nothing is left prepared, where its writes
+	// would wait unseen for recovery.
+	after := twoPhaseCommits(t, u)
+	if after.Prepared != 0 || after.WorkerRecords != before.WorkerRecords {
+		t.Errorf("after the moves: %d prepared transactions left, %d two-phase commits coordinated by workers; want none",
+			after.Prepared, after.WorkerRecords-before.WorkerRecords)
 	}
 	var placed int
 	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_dist_shard_placement WHERE shardid = $1 AND nodeport = $2`,
-		moves[0].shard, moves[0].dest).Scan(&placed); err != nil || placed != 1 {
-		t.Errorf("shard %d on port %d after the move: %d placements, %v", moves[0].shard, moves[0].dest, placed, err)
+		last.shard, last.dest).Scan(&placed); err != nil || placed != 1 {
+		t.Errorf("shard %d on port %d after the move: %d placements, %v", last.shard, last.dest, placed, err)
 	}
+}
+
+// citusEveryPlacement reports, for a test that found a partition's commits
+// missing, the partition's head and newest feed record in every shard table
+// on every node, including placements a move left behind for cleanup: it
+// tells a write that went to the old placement from one that was lost.
+func citusEveryPlacement(t *testing.T, conn *pgx.Conn, part string) string {
+	ctx := context.Background()
+	var schema string
+	if err := conn.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+		return err.Error()
+	}
+	var out strings.Builder
+	for _, node := range citusNodes(t, conn) {
+		u := node.url
+		c, err := pgx.Connect(ctx, u)
+		if err != nil {
+			fmt.Fprintf(&out, "%s: %v\n", u, err)
+			continue
+		}
+		rows, _ := c.Query(ctx, `SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $1 AND c.relkind = 'r' AND (relname ~ '^dalv_heads_[0-9]+$' OR relname ~ '^dalv_feed_[0-9]+$')
+			ORDER BY 1`, schema)
+		tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			fmt.Fprintf(&out, "%s: %v\n", u, err)
+		}
+		rows, _ = c.Query(ctx, `SELECT gid FROM pg_prepared_xacts ORDER BY 1`)
+		gids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil || len(gids) > 0 {
+			fmt.Fprintf(&out, "%s: prepared transactions %v, %v\n", u, gids, err)
+		}
+		for _, tb := range tables {
+			q := fmt.Sprintf(`SELECT count(*), coalesce(max(version), -1) FROM %s.%s WHERE part = $1`,
+				pgx.Identifier{schema}.Sanitize(), pgx.Identifier{tb}.Sanitize())
+			var n, v int64
+			if err := c.QueryRow(ctx, q, part).Scan(&n, &v); err != nil {
+				fmt.Fprintf(&out, "%s %s: %v\n", u, tb, err)
+			} else if n > 0 {
+				fmt.Fprintf(&out, "%s %s: %d rows, newest version %d\n", u, tb, n, v)
+			}
+		}
+		c.Close(ctx)
+	}
+	return out.String()
 }
 
 // head reads p's head.
