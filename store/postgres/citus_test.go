@@ -569,7 +569,7 @@ func TestCitusShardMove(t *testing.T) {
 		h := head(t, s, store.Partition{Name: name})
 		if h.Version != uint64(n.Load()) {
 			t.Errorf("%s: %d commits acknowledged, head at version %d; in each placement:\n%s",
-				name, n.Load(), h.Version, citusEveryPlacement(t, conn, name))
+				name, n.Load(), h.Version, citusEveryPlacement(t, conn, partID(store.Partition{Name: name})))
 		}
 	}
 	// The moves are two-phase commits of the coordinator's; the workers
@@ -604,6 +604,10 @@ func citusEveryPlacement(t *testing.T, conn *pgx.Conn, part string) string {
 		if err != nil {
 			fmt.Fprintf(&out, "%s: %v\n", u, err)
 			continue
+		}
+		// Citus hides shard tables from pg_class unless told otherwise.
+		if _, err := c.Exec(ctx, `SET citus.show_shards_for_app_name_prefixes = '*'`); err != nil {
+			fmt.Fprintf(&out, "%s: %v\n", u, err)
 		}
 		rows, _ := c.Query(ctx, `SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 			WHERE n.nspname = $1 AND c.relkind = 'r' AND (relname ~ '^dalv_heads_[0-9]+$' OR relname ~ '^dalv_feed_[0-9]+$')
