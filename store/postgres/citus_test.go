@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -442,8 +443,9 @@ func checkFeedRecords(t *testing.T, who string, records []string, total int) {
 	}
 }
 
-// TestCitusShardMove moves shards between the two workers while writers
-// commit to partitions of every shard and a reader follows the feed: every
+// TestCitusShardMove moves shards between the two workers, then lets the
+// rebalancer even them out, while writers commit to partitions of every
+// shard and a reader follows the feed: every
 // acknowledged commit is there after the moves, and the feed may stall
 // during a move, but never skips a commit or repeats one, and each
 // partition's commits come in version order.
@@ -562,6 +564,29 @@ func TestCitusShardMove(t *testing.T) {
 			shard, from, dest, time.Since(start), committed.Load())
 		last.shard, last.dest = shard, dest
 	}
+	var placed int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_dist_shard_placement WHERE shardid = $1 AND nodeport = $2`,
+		last.shard, last.dest).Scan(&placed); err != nil || placed != 1 {
+		t.Errorf("shard %d on port %d after the move: %d placements, %v", last.shard, last.dest, placed, err)
+	}
+	// Then the rebalancer evens the shard groups out over the workers, as
+	// an operator would after adding one, moving whatever the moves above
+	// left uneven.
+	start := time.Now()
+	if _, err := conn.Exec(ctx, `SELECT rebalance_table_shards('dalv_heads', shard_transfer_mode => 'force_logical')`); err != nil {
+		t.Fatalf("rebalance: %v", err)
+	}
+	rows, _ = conn.Query(ctx, `SELECT p.nodeport, count(*) FROM pg_dist_shard_placement p JOIN pg_dist_shard s USING (shardid)
+		WHERE s.logicalrelid = 'dalv_heads'::regclass GROUP BY 1 ORDER BY 1`)
+	var perWorker []int
+	var n int
+	if _, err := pgx.ForEachRow(rows, []any{&port, &n}, func() error { perWorker = append(perWorker, n); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("rebalanced in %v: shard groups per worker %v, %d commits so far", time.Since(start), perWorker, committed.Load())
+	if len(perWorker) != len(ports) || slices.Max(perWorker)-slices.Min(perWorker) > 1 {
+		t.Errorf("after the rebalance, shard groups per worker: %v; want them even", perWorker)
+	}
 	close(stop)
 	writing.Wait()
 	close(readDone)
@@ -591,11 +616,6 @@ func TestCitusShardMove(t *testing.T) {
 	if after.Prepared != 0 || after.WorkerRecords != before.WorkerRecords {
 		t.Errorf("after the moves: %d prepared transactions left, %d two-phase commits coordinated by workers; want none",
 			after.Prepared, after.WorkerRecords-before.WorkerRecords)
-	}
-	var placed int
-	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_dist_shard_placement WHERE shardid = $1 AND nodeport = $2`,
-		last.shard, last.dest).Scan(&placed); err != nil || placed != 1 {
-		t.Errorf("shard %d on port %d after the move: %d placements, %v", last.shard, last.dest, placed, err)
 	}
 }
 
