@@ -242,9 +242,11 @@ SELECT %[1]s.dalv_commit(%[3]s, :v, 0, 0, (:st)::text, :v + 1, '\x70686f6e65'::b
 }
 
 // twoPhaseCommits counts Citus's records of two-phase commits
-// (pg_dist_transaction) on the coordinator; ok is false when they are not
-// counted: not on Citus, or Citus recovers them in the background
-// (citus.recover_2pc_interval is not -1), which deletes records.
+// (pg_dist_transaction) on every node: a worker that runs a delegated
+// function records the two-phase commits it coordinates itself. ok is
+// false when they are not counted: not on Citus, or a node recovers them
+// in the background (citus.recover_2pc_interval is not -1), which deletes
+// records.
 func (pb *pgBench) twoPhaseCommits(ctx context.Context) (n int, ok bool) {
 	if !pb.citus {
 		return 0, false
@@ -254,7 +256,9 @@ func (pb *pgBench) twoPhaseCommits(ctx context.Context) (n int, ok bool) {
 		return 0, false
 	}
 	defer conn.Close(ctx)
-	var interval string
-	err = conn.QueryRow(ctx, "SELECT current_setting('citus.recover_2pc_interval'), (SELECT count(*) FROM pg_dist_transaction)").Scan(&interval, &n)
-	return n, err == nil && interval == "-1"
+	var all, counted bool
+	err = conn.QueryRow(ctx, `SELECT coalesce(sum(r.result::bigint) FILTER (WHERE r.success), 0), bool_and(r.success),
+		(SELECT bool_and(success AND result = '-1') FROM run_command_on_all_nodes($$SHOW citus.recover_2pc_interval$$))
+		FROM run_command_on_all_nodes($$SELECT count(*) FROM pg_dist_transaction$$) r`).Scan(&n, &all, &counted)
+	return n, err == nil && all && counted
 }

@@ -22,6 +22,14 @@ const (
 	TargetWatchP99 = 25 * time.Millisecond
 )
 
+// DefaultCitusWarmup is the PostgreSQL bench's warm-up on Citus. Each
+// connection a node opens to the coordinator is a new backend there, which
+// opens its own connections to the workers, and each new backend on a
+// worker loads Citus's metadata and compiles dalv_commit on its first call:
+// on two shared cores, nodes just started reached their steady rate only
+// some 5 s in, and a 1 s warm-up measured that start instead.
+const DefaultCitusWarmup = 10 * time.Second
+
 // PostgresConfig configures [RunPostgres]. Zero fields take the defaults.
 type PostgresConfig struct {
 	// Binary is the dalv executable, started as `Binary serve --store`.
@@ -34,7 +42,8 @@ type PostgresConfig struct {
 	// Devices is the number of concurrent devices, spread over the nodes
 	// round robin, and pgbench's client count (default 32).
 	Devices int
-	// Runs, Duration and Warmup are as in [Config] (defaults 3, 5s, 1s).
+	// Runs, Duration and Warmup are as in [Config] (defaults 3, 5s, and a
+	// warm-up of 1s, or DefaultCitusWarmup on Citus).
 	Runs     int
 	Duration time.Duration
 	Warmup   time.Duration
@@ -64,7 +73,6 @@ func (c PostgresConfig) withDefaults() (PostgresConfig, error) {
 	setDefault(&c.Devices, 32)
 	setDefault(&c.Runs, 3)
 	setDefault(&c.Duration, DefaultDuration)
-	setDefault(&c.Warmup, DefaultWarmup)
 	setDefault(&c.ValueBytes, DefaultValueBytes)
 	setDefault(&c.Probes, 4)
 	setDefault(&c.ProbeEvery, 20*time.Millisecond)
@@ -100,13 +108,20 @@ func RunPostgres(ctx context.Context, cfg PostgresConfig) (*PostgresReport, erro
 	if err != nil {
 		return nil, err
 	}
-	pb := &pgBench{cfg: cfg, meter: meter{out: cfg.Progress, runs: cfg.Runs, warmup: cfg.Warmup, duration: cfg.Duration}}
+	pb := &pgBench{cfg: cfg, meter: meter{out: cfg.Progress, runs: cfg.Runs, duration: cfg.Duration}}
 	if err := pb.setup(ctx); err != nil {
 		return nil, err
 	}
 	defer pb.cleanup()
-	rep := &PostgresReport{Devices: cfg.Devices, Runs: cfg.Runs, Duration: cfg.Duration.String(), Server: pb.version,
-		ClientProcs: runtime.GOMAXPROCS(0)}
+	if pb.cfg.Warmup == 0 {
+		pb.cfg.Warmup = DefaultWarmup
+		if pb.citus {
+			pb.cfg.Warmup = DefaultCitusWarmup
+		}
+	}
+	cfg.Warmup, pb.meter.warmup = pb.cfg.Warmup, pb.cfg.Warmup
+	rep := &PostgresReport{Devices: cfg.Devices, Runs: cfg.Runs, Duration: cfg.Duration.String(), Warmup: cfg.Warmup.String(),
+		Server: pb.version, ClientProcs: runtime.GOMAXPROCS(0)}
 	rep.Script, rep.CommitScript = pb.script, pb.commitScript
 	target := TargetPgbenchRatio
 	if pb.citus {

@@ -13,6 +13,8 @@ type PostgresReport struct {
 	Devices  int    `json:"devices"`
 	Runs     int    `json:"runs"`
 	Duration string `json:"duration"`
+	// Warmup is the unmeasured load before each measurement.
+	Warmup string `json:"warmup"`
 	// Pgbench is pgbench's rate and latency for its transaction; Script
 	// is that transaction.
 	Pgbench PgRate `json:"pgbench"`
@@ -90,8 +92,8 @@ type PgNodes struct {
 // WriteTable writes the report for people.
 func (r *PostgresReport) WriteTable(w io.Writer) error {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "dalv serve --store over %s: %d devices (pgbench: as many clients), %s per measurement, median of %d runs\n\n",
-		r.Server, r.Devices, r.Duration, r.Runs)
+	fmt.Fprintf(&b, "dalv serve --store over %s: %d devices (pgbench: as many clients), %s per measurement after %s of warm-up, median of %d runs\n\n",
+		r.Server, r.Devices, r.Duration, r.Warmup, r.Runs)
 	f2 := fixed(2)
 	pct := func(v float64) string { return fmt.Sprintf("%.1f%%", 100*v) }
 	rows := [][]string{{"", "rate /s", "p50 ms", "p99 ms", "ratio", "target"}}

@@ -126,7 +126,7 @@ give it --rate-limit -1 or the rate limit is what you measure.`,
 	fl := cmd.Flags()
 	fl.IntVar(&cfg.Runs, "runs", bench.DefaultRuns, "runs of every scenario; the report gives the median, min and max")
 	fl.DurationVar(&cfg.Duration, "duration", bench.DefaultDuration, "length of each throughput measurement")
-	fl.DurationVar(&cfg.Warmup, "warmup", bench.DefaultWarmup, "unmeasured load before each throughput measurement")
+	fl.DurationVar(&cfg.Warmup, "warmup", bench.DefaultWarmup, "unmeasured load before each throughput measurement (default with --store on Citus: 10s)")
 	fl.IntVar(&cfg.Devices, "devices", bench.DefaultDevices, "concurrent devices syncing (and the floors' concurrency)")
 	fl.IntVar(&cfg.Users, "users", 0, "users the devices are spread over (default: --devices, one device per user)")
 	fl.Float64Var(&cfg.PacedRate, "paced-rate", bench.DefaultPacedRate, "offered syncs/s of the paced sync measurement, for latency at that load (negative: skip it)")

@@ -23,7 +23,6 @@ func runPostgresBench(ctx context.Context, cmd *cobra.Command, cfg bench.Config,
 		Binary:      cfg.Binary,
 		Store:       store,
 		Duration:    cfg.Duration,
-		Warmup:      cfg.Warmup,
 		ValueBytes:  cfg.ValueBytes,
 		ServerArgs:  cfg.ServerArgs,
 		Progress:    cfg.Progress,
@@ -34,6 +33,9 @@ func runPostgresBench(ctx context.Context, cmd *cobra.Command, cfg bench.Config,
 	}
 	if cmd.Flags().Changed("runs") {
 		pc.Runs = cfg.Runs
+	}
+	if cmd.Flags().Changed("warmup") {
+		pc.Warmup = cfg.Warmup
 	}
 	rep, err := bench.RunPostgres(ctx, pc)
 	if err != nil {
