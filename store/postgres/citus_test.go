@@ -445,10 +445,10 @@ func checkFeedRecords(t *testing.T, who string, records []string, total int) {
 
 // TestCitusShardMove moves shards between the two workers, then lets the
 // rebalancer even them out, while writers commit to partitions of every
-// shard and a reader follows the feed: every
-// acknowledged commit is there after the moves, and the feed may stall
-// during a move, but never skips a commit or repeats one, and each
-// partition's commits come in version order.
+// shard and a reader follows the feed: every acknowledged commit is there
+// after the moves, and the feed may stall during a move, but never skips a
+// commit or repeats one, and each partition's commits come in version
+// order.
 func TestCitusShardMove(t *testing.T) {
 	s, u := openCitus(t, Options{})
 	ctx := context.Background()
@@ -566,7 +566,7 @@ func TestCitusShardMove(t *testing.T) {
 	}
 	var placed int
 	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_dist_shard_placement WHERE shardid = $1 AND nodeport = $2`,
-		last.shard, last.dest).Scan(&placed); err != nil || placed != 1 {
+		last.shard, last.dest).Scan(&placed); *citusMoves > 0 && (err != nil || placed != 1) {
 		t.Errorf("shard %d on port %d after the move: %d placements, %v", last.shard, last.dest, placed, err)
 	}
 	// Then the rebalancer evens the shard groups out over the workers, as
