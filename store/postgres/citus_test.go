@@ -537,10 +537,15 @@ func TestCitusShardMove(t *testing.T) {
 
 	// Each move takes the next shard group, round the shards, from where
 	// it is to the other worker.
-	var last struct {
-		shard int64
-		dest  int
-	}
+	var (
+		last struct {
+			shard int64
+			dest  int
+		}
+		// longestMove bounds how long the feed may stall: a move blocks
+		// its shards' commits only while it switches over.
+		longestMove time.Duration
+	)
 	for i := range *citusMoves {
 		var (
 			shard = shards[i%len(shards)]
@@ -560,8 +565,10 @@ func TestCitusShardMove(t *testing.T) {
 			shard, host, from, dest); err != nil {
 			t.Fatalf("move shard %d from %d to %d: %v", shard, from, dest, err)
 		}
+		took := time.Since(start)
+		longestMove = max(longestMove, took)
 		t.Logf("moved shard %d (and its colocated shards) from port %d to %d in %v, %d commits so far",
-			shard, from, dest, time.Since(start), committed.Load())
+			shard, from, dest, took, committed.Load())
 		last.shard, last.dest = shard, dest
 	}
 	var placed int
@@ -583,6 +590,7 @@ func TestCitusShardMove(t *testing.T) {
 	if _, err := pgx.ForEachRow(rows, []any{&port, &n}, func() error { perWorker = append(perWorker, n); return nil }); err != nil {
 		t.Fatal(err)
 	}
+	longestMove = max(longestMove, time.Since(start))
 	t.Logf("rebalanced in %v: shard groups per worker %v, %d commits so far", time.Since(start), perWorker, committed.Load())
 	if len(perWorker) != len(ports) || slices.Max(perWorker)-slices.Min(perWorker) > 1 {
 		t.Errorf("after the rebalance, shard groups per worker: %v; want them even", perWorker)
@@ -593,6 +601,9 @@ func TestCitusShardMove(t *testing.T) {
 	reading.Wait()
 	t.Logf("%d commits (%d in one call, %d as transactions); the feed's longest wait between records: %v",
 		committed.Load(), s.calls.Load(), s.transactions.Load(), maxStall)
+	if maxStall > longestMove {
+		t.Errorf("the feed stalled for %v, longer than the longest move (%v), while writers committed", maxStall, longestMove)
+	}
 	checkFeedRecords(t, "the reader across the moves", seen, int(committed.Load()))
 	var all []string
 	if err := s.Feed(ctx, "", func(r store.FeedRecord) (bool, error) {
