@@ -91,6 +91,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 60s ./value/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEntry$$' -fuzztime 60s ./store/pebble/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeFeedRecord$$' -fuzztime 60s ./store/pebble/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeHead$$' -fuzztime 60s ./store/pebble/
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime 60s ./auth/
 	$(GO) test -run '^$$' -fuzz '^FuzzBearerToken$$' -fuzztime 60s ./auth/
 	$(GO) test -run '^$$' -fuzz '^FuzzVerifyPublicKey$$' -fuzztime 60s ./auth/

@@ -140,43 +140,66 @@ func decodeEntry(key string, b []byte) (store.Entry, entryHeader, error) {
 const maxHeadDevices = 4
 
 // encodeHead appends a head record to dst: uvarint version, uvarint
-// horizon, then devs, the head's devices (see appendHeadDevice).
-func encodeHead(dst []byte, h store.Head, devs []byte) []byte {
+// horizon, then, when feedSeq is not 0, a zero byte and uvarint feedSeq (the
+// seq of the partition's last feed record), then devs, the head's devices
+// (see appendHeadDevice). A device's id is never empty, so the zero byte
+// cannot start a device, and heads written before feedSeq existed decode
+// with feedSeq 0.
+func encodeHead(dst []byte, h store.Head, feedSeq uint64, devs []byte) []byte {
 	dst = binary.AppendUvarint(dst, h.Version)
 	dst = binary.AppendUvarint(dst, h.Horizon)
+	if feedSeq != 0 {
+		dst = append(dst, 0)
+		dst = binary.AppendUvarint(dst, feedSeq)
+	}
 	return append(dst, devs...)
 }
 
-// decodeHead decodes a head record into the head and its devices, which
-// alias b.
-func decodeHead(b []byte) (store.Head, []byte, error) {
-	var h store.Head
+// headLen is the length encodeHead appends.
+func headLen(h store.Head, feedSeq uint64, devs []byte) int {
+	n := uvarintLen(h.Version) + uvarintLen(h.Horizon) + len(devs)
+	if feedSeq != 0 {
+		n += 1 + uvarintLen(feedSeq)
+	}
+	return n
+}
+
+// decodeHead decodes a head record into the head, its last feed seq and
+// its devices, which alias b.
+func decodeHead(b []byte) (h store.Head, feedSeq uint64, devs []byte, err error) {
 	var w int
 	h.Version, w = uvarint(b)
 	if w <= 0 {
-		return store.Head{}, nil, corruptf("head: bad version")
+		return store.Head{}, 0, nil, corruptf("head: bad version")
 	}
 	var w2 int
 	h.Horizon, w2 = uvarint(b[w:])
 	if w2 <= 0 {
-		return store.Head{}, nil, corruptf("head: bad horizon")
+		return store.Head{}, 0, nil, corruptf("head: bad horizon")
 	}
 	if h.Horizon > h.Version {
-		return store.Head{}, nil, corruptf("head: horizon %d above version %d", h.Horizon, h.Version)
+		return store.Head{}, 0, nil, corruptf("head: horizon %d above version %d", h.Horizon, h.Version)
 	}
-	devs := b[w+w2:]
+	devs = b[w+w2:]
+	if len(devs) > 0 && devs[0] == 0 {
+		var w3 int
+		feedSeq, w3 = uvarint(devs[1:])
+		if w3 <= 0 || feedSeq == 0 { // 0 is written as no field at all
+			return store.Head{}, 0, nil, corruptf("head: bad feed seq")
+		}
+		devs = devs[1+w3:]
+	}
 	for n, rest := 0, devs; len(rest) > 0; n++ {
 		// More would be dropped unrecorded by the next commit's
 		// withHeadDevice, which keeps maxHeadDevices.
 		if n == maxHeadDevices {
-			return store.Head{}, nil, corruptf("head: over %d devices", maxHeadDevices)
+			return store.Head{}, 0, nil, corruptf("head: over %d devices", maxHeadDevices)
 		}
-		var err error
 		if _, _, rest, err = nextHeadDevice(rest); err != nil {
-			return store.Head{}, nil, err
+			return store.Head{}, 0, nil, err
 		}
 	}
-	return h, devs, nil
+	return h, feedSeq, devs, nil
 }
 
 // appendHeadDevice appends a head's device: uvarint length, the id, then
@@ -274,24 +297,40 @@ type feedRecord struct {
 	// Nanos is the commit's time in Unix nanoseconds, clamped at 0.
 	Nanos int64
 	Erase bool
-	Ops   []byte
+	// Linked is set on every record this store writes: Prev links it to
+	// its partition's previous record, and it has no feed index key.
+	// Records written before the links existed have a feed index key
+	// ('F') instead.
+	Linked bool
+	// Prev is the seq of the partition's feed record before this one; 0
+	// for none (the partition's first, or an erase's, which follows none
+	// it kept). An erase follows these links to drop the partition's
+	// records, and the head keeps the last one's seq.
+	Prev uint64
+	Ops  []byte
 }
 
 // Time is the commit's time.
 func (r *feedRecord) Time() time.Time { return time.Unix(0, r.Nanos) }
 
 // Feed record encoding: flags byte, uvarint version, uvarint unix nanos,
-// uvarint name length, name, then the ops bytes to the end. Time comes
-// before the name so that Compact reads it without decoding the rest.
+// uvarint prev (only with feedLinked), uvarint name length, name, then the
+// ops bytes to the end. Time comes before the name so that Compact reads
+// it without decoding the rest.
 const (
 	feedErase  = 1 << 0
 	feedShared = 1 << 1
+	feedLinked = 1 << 2
 )
 
 // feedRecordLen is the encoded length of r.
 func feedRecordLen(r *feedRecord) int {
-	return 1 + uvarintLen(r.Version) + uvarintLen(uint64(r.Nanos)) +
+	n := 1 + uvarintLen(r.Version) + uvarintLen(uint64(r.Nanos)) +
 		uvarintLen(uint64(len(r.Partition.Name))) + len(r.Partition.Name) + len(r.Ops)
+	if r.Linked {
+		n += uvarintLen(r.Prev)
+	}
+	return n
 }
 
 // putFeedRecord encodes r into dst, which is exactly feedRecordLen(r) bytes.
@@ -303,9 +342,15 @@ func putFeedRecord(dst []byte, r *feedRecord) {
 	if r.Partition.Shared {
 		flags |= feedShared
 	}
+	if r.Linked {
+		flags |= feedLinked
+	}
 	dst[0] = flags
 	n := 1 + binary.PutUvarint(dst[1:], r.Version)
 	n += binary.PutUvarint(dst[n:], uint64(r.Nanos))
+	if r.Linked {
+		n += binary.PutUvarint(dst[n:], r.Prev)
+	}
 	n += binary.PutUvarint(dst[n:], uint64(len(r.Partition.Name)))
 	n += copy(dst[n:], r.Partition.Name)
 	copy(dst[n:], r.Ops)
@@ -313,7 +358,7 @@ func putFeedRecord(dst []byte, r *feedRecord) {
 
 // decodeFeedTime reads only the commit time of an encoded feed record.
 func decodeFeedTime(b []byte) (int64, error) {
-	if len(b) == 0 || b[0]&^(feedErase|feedShared) != 0 {
+	if len(b) == 0 || b[0]&^(feedErase|feedShared|feedLinked) != 0 {
 		return 0, corruptf("feed record: bad flags")
 	}
 	_, w := uvarint(b[1:])
@@ -338,12 +383,20 @@ func decodeFeedHeader(b []byte) (feedRecord, int, error) {
 	r.Nanos = nanos
 	r.Erase = b[0]&feedErase != 0
 	r.Partition.Shared = b[0]&feedShared != 0
+	r.Linked = b[0]&feedLinked != 0
 	n := 1
 	var w int
 	r.Version, w = uvarint(b[n:])
 	n += w
 	_, w = uvarint(b[n:])
 	n += w
+	if r.Linked {
+		r.Prev, w = uvarint(b[n:])
+		if w <= 0 {
+			return feedRecord{}, 0, corruptf("feed record: bad prev")
+		}
+		n += w
+	}
 	nameLen, w := uvarint(b[n:])
 	if w <= 0 {
 		return feedRecord{}, 0, corruptf("feed record: bad name length")

@@ -63,16 +63,22 @@ func TestEntryRoundTrip(t *testing.T) {
 
 // TestHeadDevices round-trips a head through its devices: the latest
 // first, a device's older place dropped, the oldest pushed out past
-// maxHeadDevices.
+// maxHeadDevices. Each head is round-tripped with and without a feed seq.
 func TestHeadDevices(t *testing.T) {
 	h := store.Head{Version: 9, Horizon: 2}
 	var devs []byte
 	add := func(device string, batch uint64) (pushed string, pushedBatch uint64) {
 		t.Helper()
 		out, p, pb := withHeadDevice(nil, devs, device, batch)
-		got, gotDevs, err := decodeHead(encodeHead(nil, h, out))
-		if err != nil || got != h || !bytes.Equal(gotDevs, out) {
-			t.Fatalf("decodeHead(encodeHead(%v, %x)) = %v, %x, %v", h, out, got, gotDevs, err)
+		for _, feedSeq := range []uint64{0, 1, 300} {
+			enc := encodeHead(nil, h, feedSeq, out)
+			if len(enc) != headLen(h, feedSeq, out) {
+				t.Fatalf("encodeHead(%v, %d, %x) is %d bytes, headLen says %d", h, feedSeq, out, len(enc), headLen(h, feedSeq, out))
+			}
+			got, gotSeq, gotDevs, err := decodeHead(enc)
+			if err != nil || got != h || gotSeq != feedSeq || !bytes.Equal(gotDevs, out) {
+				t.Fatalf("decodeHead(encodeHead(%v, %d, %x)) = %v, %d, %x, %v", h, feedSeq, out, got, gotSeq, gotDevs, err)
+			}
 		}
 		devs = out
 		return string(p), pb
@@ -98,8 +104,12 @@ func TestHeadDevices(t *testing.T) {
 		}
 	}
 	// A head written before heads kept devices has none.
-	if got, gotDevs, err := decodeHead([]byte{9, 2}); err != nil || got != h || len(gotDevs) != 0 {
-		t.Errorf("decodeHead(version, horizon) = %v, %x, %v", got, gotDevs, err)
+	if got, gotSeq, gotDevs, err := decodeHead([]byte{9, 2}); err != nil || got != h || gotSeq != 0 || len(gotDevs) != 0 {
+		t.Errorf("decodeHead(version, horizon) = %v, %d, %x, %v", got, gotSeq, gotDevs, err)
+	}
+	// Nor a feed seq: its records are found by their feed index keys.
+	if got, gotSeq, gotDevs, err := decodeHead([]byte{9, 2, 1, 'a', 7}); err != nil || got != h || gotSeq != 0 || string(gotDevs) != "\x01a\x07" {
+		t.Errorf("decodeHead(version, horizon, device) = %v, %d, %x, %v", got, gotSeq, gotDevs, err)
 	}
 }
 
@@ -135,7 +145,10 @@ func TestDecodeRejects(t *testing.T) {
 		{"EntryNonMinimalVarint", decodeEntryErr, []byte{0, 0x81, 0x00, 1}},
 		{"TombstoneWithValue", decodeEntryErr, []byte{1, 1, 1, 'x'}},
 		{"HeadEmpty", decodeHeadErr, nil},
-		{"HeadTrailing", decodeHeadErr, []byte{2, 1, 0}},
+		{"HeadFeedSeqMissing", decodeHeadErr, []byte{2, 1, 0}},
+		{"HeadFeedSeqZero", decodeHeadErr, []byte{2, 1, 0, 0}},
+		{"HeadFeedSeqTruncated", decodeHeadErr, []byte{2, 1, 0, 0x80}},
+		{"HeadFeedSeqTwice", decodeHeadErr, []byte{2, 1, 0, 5, 0, 6}},
 		{"HeadHorizonAboveVersion", decodeHeadErr, []byte{1, 2}},
 		{"HeadDeviceTooLong", decodeHeadErr, []byte{2, 1, 3, 'a', 'b'}},
 		{"HeadDeviceNoBatch", decodeHeadErr, []byte{2, 1, 1, 'a'}},
@@ -164,7 +177,7 @@ func decodeEntryErr(b []byte) error {
 }
 
 func decodeHeadErr(b []byte) error {
-	_, _, err := decodeHead(b)
+	_, _, _, err := decodeHead(b)
 	return err
 }
 
@@ -213,6 +226,8 @@ func FuzzDecodeEntry(f *testing.F) {
 func FuzzDecodeFeedRecord(f *testing.F) {
 	f.Add(encodeFeedRecord(feedRecord{Partition: store.Partition{Name: "alice"}, Version: 1, Nanos: 1, Ops: []byte("ops")}))
 	f.Add(encodeFeedRecord(feedRecord{Partition: store.Partition{Shared: true, Name: "c"}, Version: 1 << 50, Nanos: math.MaxInt64, Erase: true}))
+	f.Add(encodeFeedRecord(feedRecord{Partition: store.Partition{Name: "bob"}, Version: 7, Nanos: 9, Linked: true, Prev: 300, Ops: []byte("ops")}))
+	f.Add(encodeFeedRecord(feedRecord{Partition: store.Partition{Name: "bob"}, Version: 8, Nanos: 9, Linked: true, Erase: true}))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if h, n, err := decodeFeedHeader(b); err == nil {
@@ -232,6 +247,25 @@ func FuzzDecodeFeedRecord(f *testing.F) {
 		}
 		if nanos, err := decodeFeedTime(b); err != nil || nanos != r.Nanos {
 			t.Fatalf("decodeFeedTime(%x) = %d, %v, want %d", b, nanos, err, r.Nanos)
+		}
+	})
+}
+
+// FuzzDecodeHead is FuzzDecodeEntry for heads.
+func FuzzDecodeHead(f *testing.F) {
+	f.Add(encodeHead(nil, store.Head{Version: 9, Horizon: 2}, 0, nil))
+	f.Add(encodeHead(nil, store.Head{Version: 1 << 40, Horizon: 3}, 1<<33, appendHeadDevice(nil, "phone", 12)))
+	f.Add([]byte{2, 1, 0, 5, 1, 'a', 7})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, feedSeq, devs, err := decodeHead(b)
+		if err != nil {
+			if !errors.Is(err, store.ErrCorruption) {
+				t.Fatalf("decodeHead(%x) = %v, not ErrCorruption", b, err)
+			}
+			return
+		}
+		if got := encodeHead(nil, h, feedSeq, devs); !bytes.Equal(got, b) || len(got) != headLen(h, feedSeq, devs) {
+			t.Fatalf("decodeHead(%x) = %v, %d, %x, which encodes to %x", b, h, feedSeq, devs, got)
 		}
 	})
 }

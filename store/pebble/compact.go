@@ -169,7 +169,7 @@ func (s *Store) compactPartition(p store.Partition, items []tombItem) (int, erro
 	}
 	if dropped > 0 {
 		key = appendKey(key[:0], kindHead, r.pid, "")
-		if err := b.Set(key, encodeHead(nil, head, r.headDevs), nil); err != nil {
+		if err := b.Set(key, encodeHead(nil, head, r.feedSeq, r.headDevs), nil); err != nil {
 			return 0, err
 		}
 	}
@@ -198,8 +198,8 @@ func (s *Store) entryState(r *reader, key string) (deleted bool, version uint64,
 }
 
 // compactFeed drops the feed records from the oldest on while their commit
-// time is before cut, never past a seq still in flight, with their
-// partitions' feed index keys. Each chunk of compactChunk records goes in
+// time is before cut, never past a seq still in flight, with the feed index
+// keys of those written with one. Each chunk of compactChunk records goes in
 // one batch that also records the highest seq dropped, so that it is never
 // allocated again; the batches are not synced. It returns how many records
 // it dropped.
@@ -254,10 +254,12 @@ func (s *Store) compactFeed(ctx context.Context, cut int64) (int, error) {
 		if err != nil {
 			return n, closeIter(fmt.Errorf("record %d: %w", seq, err), it)
 		}
-		pid = appendPartition(pid[:0], r.Partition)
-		key = appendFeedIndexKey(key[:0], pid, seq)
-		if err := b.Delete(key, nil); err != nil {
-			return n, closeIter(err, it)
+		if !r.Linked { // written with a feed index key
+			pid = appendPartition(pid[:0], r.Partition)
+			key = appendFeedIndexKey(key[:0], pid, seq)
+			if err := b.Delete(key, nil); err != nil {
+				return n, closeIter(err, it)
+			}
 		}
 		if chunk == 0 {
 			first = seq

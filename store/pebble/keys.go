@@ -12,16 +12,21 @@ import (
 // the name. So no partition's keys are a prefix of another's: user "a" never
 // meets user "a\x00b", user "ab" or shared "a".
 //
-//	'h' pid                       -> head: uvarint version, uvarint horizon, recent devices (see encodeHead)
+//	'h' pid                       -> head: version, horizon, last feed seq, recent devices (see encodeHead)
 //	'k' pid key                   -> entry (see encodeEntry)
 //	'v' pid be64(version) key     -> empty; Changes walks it in (version, key) order
 //	'd' pid device                -> uvarint batch, of a device no longer in the head
 //	'i' pid idempotency key       -> key record (see encodeKeyRecord)
 //	'I' be64(unix nanos) pid key  -> empty; key records by commit time, for retention
 //	't' be64(unix nanos) pid key  -> uvarint version of a tombstone, for retention
-//	'f' be64(seq)                 -> feed record (see putFeedRecord)
-//	'F' pid be64(seq)             -> empty; a partition's feed records, for an erase
+//	'f' be64(seq)                 -> feed record, linked to its partition's previous one (see putFeedRecord)
+//	'F' pid be64(seq)             -> empty; a feed record written before records were linked, for an erase
 //	'm' name                      -> store metadata (metaFeedFloor)
+//
+// An erase finds its partition's feed records by their links, from the
+// head's last feed seq back; records written before the links existed have
+// a feed index key ('F') instead, which retention or an erase drops with
+// them. Linking costs no key: the head and the record are written anyway.
 //
 // The tombstone index holds exactly the current tombstones (a commit that
 // rewrites a tombstoned key drops its item), and each tombstone records its

@@ -625,3 +625,115 @@ func TestEraseAfterReopen(t *testing.T) {
 		t.Errorf("after Compact, keys holding the marker: %s", got)
 	}
 }
+
+// TestEraseFeedOfOlderLayout erases a partition whose feed holds records
+// as an older store wrote them (no link, a feed index key each, a head
+// without the last record's seq) before linked ones: the erase drops both
+// kinds, and Compact drops an older record's index key with it.
+func TestEraseFeedOfOlderLayout(t *testing.T) {
+	t.Parallel()
+	const marker = "Wx3-marker"
+	dir := t.TempDir()
+	s := mustOpen(t, dir, Options{})
+	p := store.Partition{Name: "alice"}
+	pid := appendPartition(nil, p)
+	for seq := uint64(1); seq <= 3; seq++ {
+		rec := feedRecord{Partition: p, Version: seq, Nanos: t0.Add(time.Duration(seq) * time.Second).UnixNano(), Ops: []byte(marker)}
+		for _, kv := range [][2][]byte{
+			{feedKey(seq), encodeFeedRecord(rec)},
+			{appendFeedIndexKey(nil, pid, seq), nil},
+			{appendKey(nil, kindHead, pid, ""), encodeHead(nil, store.Head{Version: seq}, 0, nil)},
+		} {
+			if err := s.db.Set(kv[0], kv[1], nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = mustOpen(t, dir, Options{})
+	for i := range 2 {
+		mustCommit(t, s, p, store.Commit{Time: t0.Add(time.Duration(10+i) * time.Second), Ops: []byte(marker)})
+	}
+	// Another partition's records between them stay.
+	mustCommit(t, s, store.Partition{Name: "bob"}, store.Commit{Time: t0.Add(20 * time.Second), Ops: []byte("bob's")})
+	mustCommit(t, s, p, store.Commit{Time: t0.Add(30 * time.Second), Ops: []byte(marker)})
+	if got, want := strings.Join(feed(t, s), " "), "1:user:alice@1 2:user:alice@2 3:user:alice@3 4:user:alice@4 5:user:alice@5 6:user:bob@1 7:user:alice@6"; got != want {
+		t.Fatalf("feed = %s, want %s", got, want)
+	}
+	// Retention drops the first record, and its index key.
+	st, err := s.Compact(context.Background(), t0.Add(1500*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.FeedRecords != 1 {
+		t.Fatalf("Compact dropped %d feed records, want 1", st.FeedRecords)
+	}
+	if _, closer, err := s.db.Get(appendFeedIndexKey(nil, pid, 1)); err == nil {
+		closer.Close()
+		t.Error("Compact left the feed index key of the record it dropped")
+	}
+	mustCommit(t, s, p, store.Commit{Time: t0.Add(time.Minute), Erase: true})
+	kvs, err := dumpDB(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < len(kvs); i += 2 {
+		if bytes.Contains(kvs[i+1], []byte(marker)) || kvs[i][0] == kindFeedIndex {
+			t.Errorf("after erase: key %q holds %q", kvs[i], kvs[i+1])
+		}
+	}
+	if got, want := strings.Join(feed(t, s), " "), "6:user:bob@1 8:user:alice@7"; got != want {
+		t.Errorf("feed after erase = %s, want %s", got, want)
+	}
+	// A second erase follows the link the first left: its own record.
+	mustCommit(t, s, p, store.Commit{Time: t0.Add(2 * time.Minute), Ops: []byte(marker)})
+	mustCommit(t, s, p, store.Commit{Time: t0.Add(3 * time.Minute), Erase: true})
+	if got, want := strings.Join(feed(t, s), " "), "6:user:bob@1 10:user:alice@9"; got != want {
+		t.Errorf("feed after a second erase = %s, want %s", got, want)
+	}
+}
+
+// TestEraseAfterFeedCompacted erases a partition whose oldest feed records
+// retention dropped: the erase follows its records' links down to the
+// feed's floor and drops the rest.
+func TestEraseAfterFeedCompacted(t *testing.T) {
+	t.Parallel()
+	s := mustOpen(t, t.TempDir(), Options{})
+	p := store.Partition{Name: "alice"}
+	for i := range 5 {
+		mustCommit(t, s, p, store.Commit{Time: t0.Add(time.Duration(i) * time.Second), Ops: []byte("x")})
+	}
+	if _, err := s.Compact(context.Background(), t0.Add(2500*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(feed(t, s), " "), "4:user:alice@4 5:user:alice@5"; got != want {
+		t.Fatalf("feed after Compact = %s, want %s", got, want)
+	}
+	mustCommit(t, s, p, store.Commit{Time: t0.Add(time.Minute), Erase: true})
+	if got, want := strings.Join(feed(t, s), " "), "6:user:alice@6"; got != want {
+		t.Errorf("feed after erase = %s, want %s", got, want)
+	}
+}
+
+// TestEraseRefusesBrokenFeedLink erases a partition one of whose linked
+// feed records is missing above the feed's floor: the erase fails with
+// ErrCorruption and changes nothing, rather than leave records behind.
+func TestEraseRefusesBrokenFeedLink(t *testing.T) {
+	t.Parallel()
+	s := mustOpen(t, t.TempDir(), Options{})
+	p := store.Partition{Name: "alice"}
+	for range 3 {
+		mustCommit(t, s, p, store.Commit{Ops: []byte("x")})
+	}
+	if err := s.db.Delete(feedKey(2), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := commit(s, p, store.Commit{Erase: true}); !errors.Is(err, store.ErrCorruption) {
+		t.Fatalf("erase over a missing feed record = %v, want ErrCorruption", err)
+	}
+	if got, want := strings.Join(feed(t, s), " "), "1:user:alice@1 3:user:alice@3"; got != want {
+		t.Errorf("feed after the refused erase = %s, want %s", got, want)
+	}
+}

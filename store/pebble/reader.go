@@ -25,6 +25,7 @@ type reader struct {
 	headRead bool
 	head     store.Head
 	headDevs []byte // the head's devices (see encodeHead), a copy
+	feedSeq  uint64 // the seq of the partition's last feed record, from its head
 	devBuf   []byte // the devices of the head a commit writes
 	seen     []seenKey
 	seenIdx  map[string]int // index into seen, built when seen is long
@@ -67,9 +68,9 @@ func (r *reader) Head() (store.Head, error) {
 	case err != nil:
 		return store.Head{}, fmt.Errorf("head %s: %w", r.p, pebbleErr(err))
 	default:
-		h, devs, err := decodeHead(v)
+		h, feedSeq, devs, err := decodeHead(v)
 		if err == nil {
-			r.head, r.headDevs = h, append(r.headDevs[:0], devs...)
+			r.head, r.feedSeq, r.headDevs = h, feedSeq, append(r.headDevs[:0], devs...)
 		}
 		if err = errors.Join(err, closer.Close()); err != nil {
 			return store.Head{}, fmt.Errorf("head %s: %w", r.p, err)

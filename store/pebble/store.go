@@ -368,7 +368,7 @@ func (s *Store) apply(r *reader, c *store.Commit, l *partitionLock) error {
 	defer b.Close()
 	pid := r.pid
 	if c.Erase {
-		if err := erase(b, r); err != nil {
+		if err := s.erase(b, r); err != nil {
 			return err
 		}
 		head.Horizon = c.Version
@@ -416,6 +416,16 @@ func (s *Store) apply(r *reader, c *store.Commit, l *partitionLock) error {
 			}
 		}
 	}
+	// The feed record's seq goes into the head, which links the
+	// partition's records for an erase (see feedRecord.Prev).
+	seq := s.feed.alloc()
+	defer func() {
+		// After a failure the record may be in Pebble's memtable, never
+		// synced: its seq stays in flight, so no feed reader passes it.
+		if s.failed.get() == nil {
+			s.feed.done(seq)
+		}
+	}()
 	var v [20]byte
 	devs, pushed, pushedBatch := r.headDevs, []byte(nil), uint64(0)
 	if c.Device != "" {
@@ -423,9 +433,9 @@ func (s *Store) apply(r *reader, c *store.Commit, l *partitionLock) error {
 		r.devBuf = devs
 	}
 	key = appendKey(key[:0], kindHead, pid, "")
-	op := b.SetDeferred(len(key), uvarintLen(head.Version)+uvarintLen(head.Horizon)+len(devs))
+	op := b.SetDeferred(len(key), headLen(head, seq, devs))
 	copy(op.Key, key)
-	encodeHead(op.Value[:0], head, devs)
+	encodeHead(op.Value[:0], head, seq, devs)
 	if err := op.Finish(); err != nil {
 		return err
 	}
@@ -445,24 +455,15 @@ func (s *Store) apply(r *reader, c *store.Commit, l *partitionLock) error {
 			return err
 		}
 	}
-	rec := feedRecord{Partition: r.p, Version: c.Version, Nanos: nanos, Erase: c.Erase, Ops: c.Ops}
-	seq := s.feed.alloc()
-	defer func() {
-		// After a failure the record may be in Pebble's memtable, never
-		// synced: its seq stays in flight, so no feed reader passes it.
-		if s.failed.get() == nil {
-			s.feed.done(seq)
-		}
-	}()
+	rec := feedRecord{Partition: r.p, Version: c.Version, Nanos: nanos, Erase: c.Erase, Linked: true, Ops: c.Ops}
+	if !c.Erase { // an erase drops every record before its own
+		rec.Prev = r.feedSeq
+	}
 	op = b.SetDeferred(9, feedRecordLen(&rec))
 	op.Key[0] = kindFeed
 	binary.BigEndian.PutUint64(op.Key[1:], seq)
 	putFeedRecord(op.Value, &rec)
 	if err := op.Finish(); err != nil {
-		return err
-	}
-	key = appendFeedIndexKey(key[:0], pid, seq)
-	if err := b.Set(key, nil, nil); err != nil {
 		return err
 	}
 	r.scratch = key
@@ -473,10 +474,11 @@ func (s *Store) apply(r *reader, c *store.Commit, l *partitionLock) error {
 
 // erase adds to b the deletes of every key that holds r's partition's data
 // but its head and device records: its entries, their version index, the
-// index keys of its tombstones, and its feed records with their index. A
-// feed reader that has not reached those records yet never will: the
-// erase's own record, written after them, tells it the partition was wiped.
-func erase(b *pebbledb.Batch, r *reader) error {
+// index keys of its tombstones, and its feed records (with the feed index
+// keys of those written with one). A feed reader that has not reached
+// those records yet never will: the erase's own record, written after
+// them, tells it the partition was wiped. The caller has read r's head.
+func (s *Store) erase(b *pebbledb.Batch, r *reader) error {
 	pid := r.pid
 	entries := appendKey(nil, kindEntry, pid, "")
 	it, err := r.src.NewIter(&pebbledb.IterOptions{LowerBound: entries, UpperBound: store.PrefixEnd(entries)})
@@ -506,6 +508,10 @@ func erase(b *pebbledb.Batch, r *reader) error {
 	if err := closeIter(nil, it); err != nil {
 		return err
 	}
+	if err := s.eraseLinkedFeed(b, r); err != nil {
+		return err
+	}
+	// Records written before they were linked, found by their index.
 	index := appendFeedIndexKey(nil, pid, 0)[:1+len(pid)]
 	it, err = r.src.NewIter(&pebbledb.IterOptions{LowerBound: index, UpperBound: store.PrefixEnd(index)})
 	if err != nil {
@@ -528,6 +534,39 @@ func erase(b *pebbledb.Batch, r *reader) error {
 		if err := b.DeleteRange(prefix, store.PrefixEnd(prefix), nil); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// eraseLinkedFeed adds to b the deletes of r's partition's linked feed
+// records: from the head's last one back along their Prev links, to the
+// first, or to the feed's floor, below which Compact has dropped them all.
+func (s *Store) eraseLinkedFeed(b *pebbledb.Batch, r *reader) error {
+	for seq := r.feedSeq; seq != 0; {
+		key := feedKey(seq)
+		v, closer, err := r.src.Get(key)
+		if errors.Is(err, pebbledb.ErrNotFound) {
+			// Compact raises the floor before its drop commits, so a
+			// record it dropped is below the floor read after missing it.
+			if seq <= s.feedFloor.Load() {
+				return nil
+			}
+			return corruptf("erase %s: feed record %d is missing", r.p, seq)
+		}
+		if err != nil {
+			return pebbleErr(err)
+		}
+		rec, _, err := decodeFeedHeader(v)
+		if err = errors.Join(err, closer.Close()); err != nil {
+			return fmt.Errorf("erase %s: feed record %d: %w", r.p, seq, err)
+		}
+		if rec.Partition != r.p || !rec.Linked || rec.Prev >= seq {
+			return corruptf("erase %s: feed record %d is of %s, linked %t to %d", r.p, seq, rec.Partition, rec.Linked, rec.Prev)
+		}
+		if err := b.Delete(key, nil); err != nil {
+			return err
+		}
+		seq = rec.Prev
 	}
 	return nil
 }
