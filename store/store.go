@@ -130,7 +130,7 @@ type Commit struct {
 
 // Check reports why c cannot follow a partition whose head is head, or nil
 // when it can: its version must be the next, its time set, and each entry
-// of its version and with a key. Every store checks a commit with it, under
+// of its version, with a key, and the only one of its key. Every store checks a commit with it, under
 // the partition's lock, before applying it.
 func (c *Commit) Check(head Head) error {
 	if c.Version != head.Version+1 {
@@ -138,6 +138,10 @@ func (c *Commit) Check(head Head) error {
 	}
 	if c.Time.IsZero() {
 		return errors.New("commit time is zero")
+	}
+	var keys map[string]bool // for long commits; short ones are scanned
+	if len(c.Entries) > checkScanMax {
+		keys = make(map[string]bool, len(c.Entries))
 	}
 	for i := range c.Entries {
 		e := &c.Entries[i]
@@ -147,9 +151,24 @@ func (c *Commit) Check(head Head) error {
 		if e.Key == "" {
 			return errors.New("entry with an empty key")
 		}
+		if keys == nil {
+			for j := range i {
+				if c.Entries[j].Key == e.Key {
+					return fmt.Errorf("entry %q appears twice", e.Key)
+				}
+			}
+		} else if keys[e.Key] {
+			return fmt.Errorf("entry %q appears twice", e.Key)
+		} else {
+			keys[e.Key] = true
+		}
 	}
 	return nil
 }
+
+// checkScanMax is the most entries a commit's Check compares pairwise for
+// repeated keys; longer commits are checked with a map.
+const checkScanMax = 16
 
 // Store is a transactional, durable store of partitions, with a change feed
 // of every commit.

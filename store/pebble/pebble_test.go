@@ -546,6 +546,8 @@ func TestRefusesMalformedCommits(t *testing.T) {
 		{"ZeroTime", p, store.Commit{Version: 1}},
 		{"EntryVersion", p, store.Commit{Version: 1, Time: t0, Entries: []store.Entry{{Key: "a", Version: 2}}}},
 		{"EmptyKey", p, store.Commit{Version: 1, Time: t0, Entries: []store.Entry{{Key: "", Version: 1}}}},
+		{"KeyTwice", p, store.Commit{Version: 1, Time: t0, Entries: []store.Entry{{Key: "a", Version: 1}, {Key: "b", Version: 1}, {Key: "a", Version: 1}}}},
+		{"KeyTwiceInALongCommit", p, store.Commit{Version: 1, Time: t0, Entries: longCommitWithKeyTwice()}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := s.Update(context.Background(), tc.p, func(store.Reader) (*store.Commit, error) { return &tc.c, nil })
@@ -735,5 +737,100 @@ func TestEraseRefusesBrokenFeedLink(t *testing.T) {
 	}
 	if got, want := strings.Join(feed(t, s), " "), "1:user:alice@1 3:user:alice@3"; got != want {
 		t.Errorf("feed after the refused erase = %s, want %s", got, want)
+	}
+}
+
+// longCommitWithKeyTwice is the entries of a commit longer than
+// store.Commit.Check scans pairwise, with its last key twice.
+func longCommitWithKeyTwice() []store.Entry {
+	es := make([]store.Entry, 40)
+	for i := range es {
+		es[i] = store.Entry{Key: fmt.Sprint("k", min(i, len(es)-2)), Version: 1}
+	}
+	return es
+}
+
+// TestVersionIndexThroughCompactions rewrites and deletes a few keys of a
+// few partitions many times, with flushes, retention and full compactions
+// between, and checks that the version index holds exactly each key's
+// latest version: a single-deleted index key never comes back.
+func TestVersionIndexThroughCompactions(t *testing.T) {
+	t.Parallel()
+	s := mustOpen(t, t.TempDir(), Options{})
+	rng := rand.New(rand.NewPCG(1, 2))
+	const partitions, keys = 5, 4
+	type state struct {
+		version uint64
+		deleted bool
+	}
+	want := map[string]state{} // partition/key
+	for i := range 3000 {
+		p := store.Partition{Name: fmt.Sprint("user", rng.IntN(partitions))}
+		key := fmt.Sprint("k", rng.IntN(keys))
+		e := store.Entry{Key: key, Value: []byte("v")}
+		if rng.IntN(4) == 0 {
+			e = store.Entry{Key: key, Deleted: true}
+		}
+		err := s.Update(context.Background(), p, func(r store.Reader) (*store.Commit, error) {
+			h, err := r.Head()
+			if err != nil {
+				return nil, err
+			}
+			if _, _, err := r.Get(key); err != nil {
+				return nil, err
+			}
+			e.Version, e.ScalarVersion = h.Version+1, h.Version+1
+			return &store.Commit{Version: h.Version + 1, Time: t0.Add(time.Duration(i) * time.Millisecond), Entries: []store.Entry{e}}, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[p.Name+"/"+key] = state{e.Version, e.Deleted}
+		switch {
+		case i%500 == 499:
+			// Retention drops the tombstones of the first commits.
+			if _, err := s.Compact(context.Background(), t0.Add(time.Duration(i-300)*time.Millisecond)); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.db.Compact(context.Background(), []byte{0}, []byte{0xff}, true); err != nil {
+				t.Fatal(err)
+			}
+		case i%97 == 0:
+			if err := s.db.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	kvs, err := dumpDB(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	indexed := 0
+	for i := 0; i < len(kvs); i += 2 {
+		if kvs[i][0] == kindVersion {
+			indexed++
+		}
+	}
+	entries := 0
+	for n := range partitions {
+		p := store.Partition{Name: fmt.Sprint("user", n)}
+		err := s.View(context.Background(), p, func(r store.Reader) error {
+			return r.Changes(0, func(e store.Entry) (bool, error) {
+				entries++
+				if w := want[p.Name+"/"+e.Key]; e.Version != w.version || e.Deleted != w.deleted {
+					t.Errorf("%s %s: Changes gives version %d deleted %t, last written %d deleted %t", p, e.Key, e.Version, e.Deleted, w.version, w.deleted)
+				}
+				return true, nil
+			})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if indexed != entries {
+		t.Errorf("%d version index keys for %d entries", indexed, entries)
+	}
+	if entries < partitions*keys/2 {
+		t.Errorf("only %d entries: the test checks little", entries)
 	}
 }

@@ -383,8 +383,12 @@ func (s *Store) apply(r *reader, c *store.Commit, l *partitionLock) error {
 				return err
 			}
 			if prev.ok {
+				// A version index key is set once, by the commit of its
+				// version, and deleted once: a single delete, which
+				// vanishes with the set where they meet in a flush or a
+				// compaction instead of sinking to the last level.
 				key = appendVersionKey(key[:0], pid, prev.version, e.Key)
-				if err := b.Delete(key, nil); err != nil {
+				if err := b.SingleDelete(key, nil); err != nil {
 					return err
 				}
 			}
