@@ -107,8 +107,8 @@ type Commit struct {
 	// records are kept, so a batch applied before an erase is never applied
 	// again.
 	Erase bool
-	// Entries is the new state of each key the commit changes; each has
-	// Version set to the commit's Version.
+	// Entries is the new state of each key the commit changes, one entry
+	// a key; each has Version set to the commit's Version.
 	Entries []Entry
 	// Device and Batch, when Device is not empty, record Batch as the
 	// device's last applied batch.

@@ -993,8 +993,8 @@ func TestHeldStateCompacted(t *testing.T) {
 	}
 }
 
-// TestHeldStateMatchesStore commits puts, deletes and repeated keys to a
-// partition through one store, and checks after each commit that the state
+// TestHeldStateMatchesStore commits puts, deletes and keys written again
+// to a partition through one store, and checks after each commit that the state
 // it holds is what a fresh read of the partition finds: the entries, their
 // versions and values, and the device records.
 func TestHeldStateMatchesStore(t *testing.T) {
@@ -1006,7 +1006,7 @@ func TestHeldStateMatchesStore(t *testing.T) {
 		v := uint64(i)
 		c := &store.Commit{Version: v, Time: time.Now(), Ops: []byte("ops"), Device: fmt.Sprint("dev", i%3), Batch: v}
 		for j := range i%4 + 1 {
-			k := fmt.Sprint("k", (i*7+j*3)%9)
+			k := fmt.Sprint("k", (i*7+j*2)%9)
 			if (i+j)%5 == 0 {
 				c.Entries = append(c.Entries, store.Entry{Key: k, Deleted: true, Version: v, ScalarVersion: v})
 			} else {
