@@ -174,7 +174,11 @@ func (s *Store) compactPartition(p store.Partition, items []tombItem) (int, erro
 		}
 	}
 	if err := s.commit(b, pebbledb.NoSync); err != nil {
+		s.heads.drop(p)
 		return 0, err
+	}
+	if dropped > 0 {
+		s.heads.put(p, head, r.feedSeq, r.headDevs)
 	}
 	return dropped, nil
 }

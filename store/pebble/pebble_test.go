@@ -465,7 +465,8 @@ func TestCrashKeepsAcknowledgedCommits(t *testing.T) {
 // TestCorruptEntry plants undecodable entries: reads fail with errors
 // wrapping store.ErrCorruption, and nothing panics.
 func TestCorruptEntry(t *testing.T) {
-	s := mustOpen(t, t.TempDir(), Options{})
+	dir := t.TempDir()
+	s := mustOpen(t, dir, Options{})
 	p := store.Partition{Name: "alice"}
 	mustCommit(t, s, p, store.Commit{Entries: []store.Entry{{Key: "a", Value: []byte("1")}, {Key: "b", Value: []byte("1")}}})
 	pid := appendPartition(nil, p)
@@ -490,6 +491,11 @@ func TestCorruptEntry(t *testing.T) {
 	if err := s.db.Set(appendKey(nil, kindHead, pid, ""), []byte{5, 6}, nil); err != nil { // horizon above version
 		t.Fatal(err)
 	}
+	// The store keeps the heads it wrote; one opened afresh reads them.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = mustOpen(t, dir, Options{})
 	if err := commit(s, p, store.Commit{}); !errors.Is(err, store.ErrCorruption) {
 		t.Errorf("commit on a corrupt head = %v, want ErrCorruption", err)
 	}
@@ -832,5 +838,59 @@ func TestVersionIndexThroughCompactions(t *testing.T) {
 	}
 	if entries < partitions*keys/2 {
 		t.Errorf("only %d entries: the test checks little", entries)
+	}
+}
+
+// TestHeadCacheMatchesDisk runs commits with devices, erases and retention
+// over more partitions than a small head cache holds, and checks after each
+// step that every cached head is the one on disk.
+func TestHeadCacheMatchesDisk(t *testing.T) {
+	t.Parallel()
+	s := mustOpen(t, t.TempDir(), Options{})
+	s.heads.limit = 8
+	rng := rand.New(rand.NewPCG(3, 4))
+	check := func(step int) {
+		t.Helper()
+		s.heads.mu.Lock()
+		defer s.heads.mu.Unlock()
+		if len(s.heads.m) > s.heads.limit {
+			t.Fatalf("step %d: %d heads cached, over the limit of %d", step, len(s.heads.m), s.heads.limit)
+		}
+		for p, h := range s.heads.m {
+			v, closer, err := s.db.Get(appendKey(nil, kindHead, appendPartition(nil, p), ""))
+			if err != nil {
+				t.Fatalf("step %d: head of cached %s: %v", step, p, err)
+			}
+			head, feedSeq, devs, err := decodeHead(v)
+			closer.Close()
+			if err != nil || head != h.head || feedSeq != h.feedSeq || !bytes.Equal(devs, h.devs) {
+				t.Fatalf("step %d: %s cached %v seq %d devices %x, on disk %v seq %d devices %x (%v)", step, p, h.head, h.feedSeq, h.devs, head, feedSeq, devs, err)
+			}
+		}
+	}
+	batches := map[string]uint64{}
+	for i := range 2000 {
+		p := store.Partition{Name: fmt.Sprint("user", rng.IntN(12))}
+		c := store.Commit{Time: t0.Add(time.Duration(i) * time.Millisecond)}
+		switch n := rng.IntN(100); {
+		case n < 2:
+			c.Erase = true
+		case n < 4:
+			if _, err := s.Compact(context.Background(), c.Time.Add(-100*time.Millisecond)); err != nil {
+				t.Fatal(err)
+			}
+			check(i)
+			continue
+		default:
+			device := fmt.Sprint("d", rng.IntN(6))
+			batches[p.Name+device]++
+			c.Device, c.Batch = device, batches[p.Name+device]
+			c.Entries = []store.Entry{{Key: fmt.Sprint("k", rng.IntN(3)), Value: []byte("v")}}
+			if rng.IntN(3) == 0 {
+				c.Entries[0] = store.Entry{Key: c.Entries[0].Key, Deleted: true}
+			}
+		}
+		mustCommit(t, s, p, c)
+		check(i)
 	}
 }

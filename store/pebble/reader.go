@@ -22,6 +22,9 @@ type reader struct {
 	scratch []byte // the key being looked up
 
 	inUpdate bool
+	// heads is the store's head cache in an Update, which holds the
+	// partition's lock; nil elsewhere.
+	heads    *headCache
 	headRead bool
 	head     store.Head
 	headDevs []byte // the head's devices (see encodeHead), a copy
@@ -61,6 +64,10 @@ func (r *reader) Head() (store.Head, error) {
 	if r.headRead {
 		return r.head, nil
 	}
+	if r.heads != nil && r.heads.get(r.p, r) {
+		r.headRead = true
+		return r.head, nil
+	}
 	r.scratch = appendKey(r.scratch[:0], kindHead, r.pid, "")
 	v, closer, err := r.src.Get(r.scratch)
 	switch {
@@ -71,6 +78,9 @@ func (r *reader) Head() (store.Head, error) {
 		h, feedSeq, devs, err := decodeHead(v)
 		if err == nil {
 			r.head, r.feedSeq, r.headDevs = h, feedSeq, append(r.headDevs[:0], devs...)
+			if r.heads != nil {
+				r.heads.put(r.p, h, feedSeq, devs)
+			}
 		}
 		if err = errors.Join(err, closer.Close()); err != nil {
 			return store.Head{}, fmt.Errorf("head %s: %w", r.p, err)

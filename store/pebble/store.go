@@ -121,6 +121,7 @@ type Store struct {
 	release func()
 
 	parts lockTable
+	heads headCache
 	feed  feedSeqs
 	// feedFloor is the feed's horizon: the highest seq Compact dropped. It
 	// is raised before the batch that drops records commits, so a Feed that
@@ -340,6 +341,7 @@ func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.R
 	l := s.parts.lock(p)
 	defer s.parts.unlock(p, l)
 	r := newReader(s.db, p, true)
+	r.heads = &s.heads
 	c, err := fn(r)
 	if err != nil || c == nil {
 		return err
@@ -473,7 +475,12 @@ func (s *Store) apply(r *reader, c *store.Commit, l *partitionLock) error {
 	r.scratch = key
 	l.commit.Lock()
 	defer l.commit.Unlock()
-	return s.commit(b, pebbledb.Sync)
+	if err := s.commit(b, pebbledb.Sync); err != nil {
+		s.heads.drop(r.p)
+		return err
+	}
+	s.heads.put(r.p, head, seq, devs)
+	return nil
 }
 
 // erase adds to b the deletes of every key that holds r's partition's data
