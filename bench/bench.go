@@ -24,8 +24,8 @@
 // commit's arrival at a watcher on another, beside half the sustained load
 // and alone; and the CPU per sync split between the load generator, the
 // nodes and the rest of the machine. Its figures are medians over
-// [PostgresConfig.Runs] runs, against [TargetPgbenchRatio] and
-// [TargetWatchP99].
+// [PostgresConfig.Runs] runs, against [TargetPgbenchRatio] (and
+// [TargetPgbenchRunRatio] for every run) and [TargetWatchP99].
 //
 // Both benches drive their servers with the same simulated devices and the
 // same load loop: closed-loop workers, each calling as soon as its last

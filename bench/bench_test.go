@@ -445,8 +445,9 @@ func TestRunPostgres(t *testing.T) {
 	}
 }
 
-// TestMedianRatio checks the ratio the PostgreSQL bench reports: the median
-// of each run's ratio, runs whose reference measured nothing left out.
+// TestMedianRatio checks the ratios the PostgreSQL bench reports: the
+// median, lowest and highest of each run's ratio, runs whose reference
+// measured nothing left out.
 func TestMedianRatio(t *testing.T) {
 	rates := func(rs ...float64) []pgSample {
 		ss := make([]pgSample, len(rs))
@@ -456,17 +457,20 @@ func TestMedianRatio(t *testing.T) {
 		return ss
 	}
 	for _, tc := range []struct {
-		a, b []pgSample
-		want float64
+		a, b        []pgSample
+		med, lo, hi float64
 	}{
-		{rates(10, 40, 30), rates(10, 10, 100), 1}, // 1, 4, 0.3
-		{rates(10, 40), rates(20, 0), 0.5},         // the second run's reference is 0
-		{rates(10, 40, 50), rates(10), 1},          // only runs both have
-		{rates(10), nil, 0},                        // no reference at all
-		{rates(2, 3, 4, 5), rates(1, 1, 1, 1), 4},  // an even count takes the upper middle
+		{rates(10, 40, 30), rates(10, 10, 100), 1, 0.3, 4}, // 1, 4, 0.3
+		{rates(10, 40), rates(20, 0), 0.5, 0.5, 0.5},       // the second run's reference is 0
+		{rates(10, 40, 50), rates(10), 1, 1, 1},            // only runs both have
+		{rates(10), nil, 0, 0, 0},                          // no reference at all
+		{rates(2, 3, 4, 5), rates(1, 1, 1, 1), 4, 2, 5},    // an even count takes the upper middle
 	} {
-		if got := medianRatio(tc.a, tc.b); got != tc.want {
-			t.Errorf("medianRatio(%v, %v) = %v, want %v", tc.a, tc.b, got, tc.want)
+		if med, lo, hi := runRatios(tc.a, tc.b); med != tc.med || lo != tc.lo || hi != tc.hi {
+			t.Errorf("runRatios(%v, %v) = %v, %v, %v, want %v, %v, %v", tc.a, tc.b, med, lo, hi, tc.med, tc.lo, tc.hi)
+		}
+		if got := medianRatio(tc.a, tc.b); got != tc.med {
+			t.Errorf("medianRatio(%v, %v) = %v, want %v", tc.a, tc.b, got, tc.med)
 		}
 	}
 }
