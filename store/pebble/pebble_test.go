@@ -128,6 +128,17 @@ func dump(t *testing.T, s *Store, p store.Partition) string {
 
 // feed lists the visible feed records above the horizon as
 // seq:partition@version.
+// checkFeed reports an error, and false, unless the feed, as feed renders
+// it, is want (records separated by spaces); what names the moment.
+func checkFeed(t *testing.T, s *Store, what, want string) bool {
+	t.Helper()
+	if got := strings.Join(feed(t, s), " "); got != want {
+		t.Errorf("%s = %s, want %s", what, got, want)
+		return false
+	}
+	return true
+}
+
 func feed(t *testing.T, s *Store) []string {
 	t.Helper()
 	var got []string
@@ -220,9 +231,7 @@ func TestFeedSeqNeverReused(t *testing.T) {
 	}
 	s = mustOpen(t, dir, Options{})
 	mustCommit(t, s, p, store.Commit{})
-	if got, want := strings.Join(feed(t, s), " "), "6:user:alice@6"; got != want {
-		t.Errorf("feed = %s, want %s", got, want)
-	}
+	checkFeed(t, s, "feed", "6:user:alice@6")
 }
 
 func TestFeedRecords(t *testing.T) {
@@ -619,9 +628,7 @@ func TestEraseAfterReopen(t *testing.T) {
 	if got, want := strings.Join(holding(), " "), fmt.Sprintf("%q", appendTombKey(nil, uint64(t0.UnixNano()), pid, legacy)); got != want {
 		t.Errorf("after erase, keys holding the marker = %s, want only the untimed tombstone's index key %s", got, want)
 	}
-	if got, want := strings.Join(feed(t, s), " "), "3:user:alice@3"; got != want {
-		t.Errorf("feed after erase = %s, want %s", got, want)
-	}
+	checkFeed(t, s, "feed after erase", "3:user:alice@3")
 	st, err := s.Compact(context.Background(), t0.Add(time.Second))
 	if err != nil {
 		t.Fatal(err)
@@ -667,8 +674,8 @@ func TestEraseFeedOfOlderLayout(t *testing.T) {
 	// Another partition's records between them stay.
 	mustCommit(t, s, store.Partition{Name: "bob"}, store.Commit{Time: t0.Add(20 * time.Second), Ops: []byte("bob's")})
 	mustCommit(t, s, p, store.Commit{Time: t0.Add(30 * time.Second), Ops: []byte(marker)})
-	if got, want := strings.Join(feed(t, s), " "), "1:user:alice@1 2:user:alice@2 3:user:alice@3 4:user:alice@4 5:user:alice@5 6:user:bob@1 7:user:alice@6"; got != want {
-		t.Fatalf("feed = %s, want %s", got, want)
+	if !checkFeed(t, s, "feed", "1:user:alice@1 2:user:alice@2 3:user:alice@3 4:user:alice@4 5:user:alice@5 6:user:bob@1 7:user:alice@6") {
+		t.FailNow()
 	}
 	// Retention drops the first record, and its index key.
 	st, err := s.Compact(context.Background(), t0.Add(1500*time.Millisecond))
@@ -692,15 +699,11 @@ func TestEraseFeedOfOlderLayout(t *testing.T) {
 			t.Errorf("after erase: key %q holds %q", kvs[i], kvs[i+1])
 		}
 	}
-	if got, want := strings.Join(feed(t, s), " "), "6:user:bob@1 8:user:alice@7"; got != want {
-		t.Errorf("feed after erase = %s, want %s", got, want)
-	}
+	checkFeed(t, s, "feed after erase", "6:user:bob@1 8:user:alice@7")
 	// A second erase follows the link the first left: its own record.
 	mustCommit(t, s, p, store.Commit{Time: t0.Add(2 * time.Minute), Ops: []byte(marker)})
 	mustCommit(t, s, p, store.Commit{Time: t0.Add(3 * time.Minute), Erase: true})
-	if got, want := strings.Join(feed(t, s), " "), "6:user:bob@1 10:user:alice@9"; got != want {
-		t.Errorf("feed after a second erase = %s, want %s", got, want)
-	}
+	checkFeed(t, s, "feed after a second erase", "6:user:bob@1 10:user:alice@9")
 }
 
 // TestEraseAfterFeedCompacted erases a partition whose oldest feed records
@@ -716,13 +719,11 @@ func TestEraseAfterFeedCompacted(t *testing.T) {
 	if _, err := s.Compact(context.Background(), t0.Add(2500*time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := strings.Join(feed(t, s), " "), "4:user:alice@4 5:user:alice@5"; got != want {
-		t.Fatalf("feed after Compact = %s, want %s", got, want)
+	if !checkFeed(t, s, "feed after Compact", "4:user:alice@4 5:user:alice@5") {
+		t.FailNow()
 	}
 	mustCommit(t, s, p, store.Commit{Time: t0.Add(time.Minute), Erase: true})
-	if got, want := strings.Join(feed(t, s), " "), "6:user:alice@6"; got != want {
-		t.Errorf("feed after erase = %s, want %s", got, want)
-	}
+	checkFeed(t, s, "feed after erase", "6:user:alice@6")
 }
 
 // TestEraseRefusesBrokenFeedLink erases a partition one of whose linked
@@ -741,9 +742,7 @@ func TestEraseRefusesBrokenFeedLink(t *testing.T) {
 	if err := commit(s, p, store.Commit{Erase: true}); !errors.Is(err, store.ErrCorruption) {
 		t.Fatalf("erase over a missing feed record = %v, want ErrCorruption", err)
 	}
-	if got, want := strings.Join(feed(t, s), " "), "1:user:alice@1 3:user:alice@3"; got != want {
-		t.Errorf("feed after the refused erase = %s, want %s", got, want)
-	}
+	checkFeed(t, s, "feed after the refused erase", "1:user:alice@1 3:user:alice@3")
 }
 
 // longCommitWithKeyTwice is the entries of a commit longer than
