@@ -130,8 +130,8 @@ type Commit struct {
 
 // Check reports why c cannot follow a partition whose head is head, or nil
 // when it can: its version must be the next, its time set, and each entry
-// of its version, with a key, and the only one of its key. Every store checks a commit with it, under
-// the partition's lock, before applying it.
+// of its version, with a key, and the only one of its key. Every store
+// checks a commit with it, under the partition's lock, before applying it.
 func (c *Commit) Check(head Head) error {
 	if c.Version != head.Version+1 {
 		return fmt.Errorf("version must be %d", head.Version+1)
