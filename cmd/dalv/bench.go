@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -22,7 +23,7 @@ func newBenchCmd() *cobra.Command {
 		rulesFile             string
 		asJSON                bool
 		cpuProfile, store     string
-		caFile                string
+		caFile, against       string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench [--runs 5] [--duration 5s] [--scenario sync,catchup,floor,storage,delivery,idle-watchers,disk]",
@@ -63,9 +64,19 @@ to stderr, one line a second; the table (or --json) to stdout.
 
 With --url it measures a running server instead, with the secrets in
 DALV_JWT_SECRET and DALV_BACKEND_KEY (or the first of DALV_BACKEND_KEYS);
-give it --rate-limit -1 or the rate limit is what you measure.`,
+give it --rate-limit -1 or the rate limit is what you measure.
+
+With --against OLD it measures this binary against another dalv binary, in
+--runs rounds that run every scenario once with each, the other first in odd
+rounds and second in even ones, and prints both medians beside each round's
+ratio: a change measured side by side with the build before it. Copy both
+binaries just before (cp): the resident memory of a file go build has just
+written can read several MB higher.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if against != "" && (cfg.URL != "" || store != "" || cfg.ServerProfile != "") {
+				return errors.New("--against starts both servers itself on the embedded store and profiles neither: leave out --url, --store and --server-cpuprofile")
+			}
 			var err error
 			if cfg.Scenarios, err = bench.ParseScenarios(scenarios); err != nil {
 				return err
@@ -113,6 +124,9 @@ give it --rate-limit -1 or the rate limit is what you measure.`,
 			if store != "" {
 				return runPostgresBench(ctx, cmd, cfg, store, asJSON)
 			}
+			if against != "" {
+				return runComparison(ctx, cmd, cfg, against, asJSON)
+			}
 			rep, err := bench.Run(ctx, cfg)
 			if err != nil {
 				return err
@@ -150,6 +164,29 @@ give it --rate-limit -1 or the rate limit is what you measure.`,
 	fl.StringVar(&cfg.ServerProfile, "server-cpuprofile", "", "write a CPU profile of the server during the last run's sync measurement to this file")
 	fl.StringVar(&cfg.URL, "url", "", "measure the running server at this URL (http:// or https://) instead of starting one")
 	fl.StringVar(&caFile, "ca-file", "", "with --url: "+caFileHelp)
+	fl.StringVar(&against, "against", "", "measure this binary against the dalv binary at this path, alternately (see above)")
 	fl.StringVar(&store, "store", "", "measure 1 and 3 `dalv serve --store` nodes over this PostgreSQL URL beside pgbench (see docs/postgres.md)")
 	return cmd
+}
+
+// runComparison runs bench.Compare of cfg's binary against the binary at
+// path and prints the comparison.
+func runComparison(ctx context.Context, cmd *cobra.Command, cfg bench.Config, path string, asJSON bool) error {
+	baseline, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	if st, err := os.Stat(baseline); err != nil {
+		return fmt.Errorf("--against: %w", err)
+	} else if st.IsDir() || st.Mode()&0o111 == 0 {
+		return fmt.Errorf("--against: %s is not an executable file", baseline)
+	}
+	cmp, err := bench.Compare(ctx, cfg, baseline)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return cmp.WriteJSON(cmd.OutOrStdout())
+	}
+	return cmp.WriteTable(cmd.OutOrStdout())
 }
