@@ -84,9 +84,9 @@ func Compare(ctx context.Context, cfg Config, baseline string) (*Comparison, err
 			}
 		}
 	}
-	cmp := &Comparison{Machine: ThisMachine(), Settings: newReport(cfg).Settings, Baseline: baseline, Build: build,
+	c := &Comparison{Machine: ThisMachine(), Settings: newReport(cfg).Settings, Baseline: baseline, Build: build,
 		Rows: compareRows(base, this)}
-	return cmp, nil
+	return c, nil
 }
 
 // compareRows pairs the figures of base[i] and this[i], one-run reports of

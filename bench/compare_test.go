@@ -66,12 +66,12 @@ func TestCompare(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	start := time.Now()
-	cmp, err := Compare(ctx, Config{Binary: bin, Dir: t.TempDir(), Progress: &progress, Scenarios: []Scenario{Floor},
+	comparison, err := Compare(ctx, Config{Binary: bin, Dir: t.TempDir(), Progress: &progress, Scenarios: []Scenario{Floor},
 		Runs: 2, Duration: 200 * time.Millisecond, Warmup: 50 * time.Millisecond, Devices: 4}, copied)
 	if err != nil {
 		t.Fatalf("Compare: %v", err)
 	}
-	logTable(t, "Compare", start, cmp)
+	logTable(t, "Compare", start, comparison)
 	// Odd rounds start with the baseline, even ones with the build.
 	want := "round 1/2: " + copied + "\nround 1/2: " + bin + "\nround 2/2: " + bin + "\nround 2/2: " + copied + "\n"
 	var got strings.Builder
@@ -84,15 +84,15 @@ func TestCompare(t *testing.T) {
 		t.Errorf("rounds ran in the order\n%s\nwant\n%s", got.String(), want)
 	}
 	i := -1
-	for j, r := range cmp.Rows {
+	for j, r := range comparison.Rows {
 		if r.Scenario == Floor && r.Metric == "rate" {
 			i = j
 		}
 	}
 	if i < 0 {
-		t.Fatalf("no floor rate row in %+v", cmp.Rows)
+		t.Fatalf("no floor rate row in %+v", comparison.Rows)
 	}
-	if r := cmp.Rows[i]; len(r.Baseline) != 2 || len(r.Build) != 2 || !(r.BaselineMedian > 0) || !(r.BuildMedian > 0) || !(r.Ratio > 0) {
+	if r := comparison.Rows[i]; len(r.Baseline) != 2 || len(r.Build) != 2 || !(r.BaselineMedian > 0) || !(r.BuildMedian > 0) || !(r.Ratio > 0) {
 		t.Errorf("floor rate row = %+v, want two rounds of each, all measured", r)
 	}
 	if _, err := Compare(ctx, Config{Binary: bin, URL: "http://127.0.0.1:1"}, copied); err == nil {

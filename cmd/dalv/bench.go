@@ -181,12 +181,12 @@ func runComparison(ctx context.Context, cmd *cobra.Command, cfg bench.Config, pa
 	} else if st.IsDir() || st.Mode()&0o111 == 0 {
 		return fmt.Errorf("--against: %s is not an executable file", baseline)
 	}
-	cmp, err := bench.Compare(ctx, cfg, baseline)
+	comparison, err := bench.Compare(ctx, cfg, baseline)
 	if err != nil {
 		return err
 	}
 	if asJSON {
-		return cmp.WriteJSON(cmd.OutOrStdout())
+		return comparison.WriteJSON(cmd.OutOrStdout())
 	}
-	return cmp.WriteTable(cmd.OutOrStdout())
+	return comparison.WriteTable(cmd.OutOrStdout())
 }
