@@ -37,11 +37,12 @@ type CompareRow struct {
 	BaselineMedian float64 `json:"baseline_median"`
 	BuildMedian    float64 `json:"build_median"`
 	// Ratio, RatioMin and RatioMax are the median, lowest and highest of
-	// the rounds' ratios of Build's figure to Baseline's; rounds whose
-	// baseline figure is 0 are left out.
+	// the rounds' ratios of Build's figure to Baseline's, of the Ratios
+	// rounds whose baseline figure is not 0.
 	Ratio    float64 `json:"ratio"`
 	RatioMin float64 `json:"ratio_min"`
 	RatioMax float64 `json:"ratio_max"`
+	Ratios   int     `json:"ratios"`
 	// Lower counts the rounds in which Build's figure is below Baseline's.
 	Lower int `json:"lower"`
 }
@@ -116,7 +117,7 @@ func compareRows(base, this []*Report) []CompareRow {
 		}
 		row.BaselineMedian = median(slices.Clone(row.Baseline), meanOfMiddle)
 		row.BuildMedian = median(slices.Clone(row.Build), meanOfMiddle)
-		if len(ratios) > 0 {
+		if row.Ratios = len(ratios); row.Ratios > 0 {
 			row.Ratio = median(slices.Clone(ratios), meanOfMiddle)
 			row.RatioMin, row.RatioMax = slices.Min(ratios), slices.Max(ratios)
 		}
@@ -141,9 +142,12 @@ func (c *Comparison) WriteTable(w io.Writer) error {
 	rows := [][]string{{"scenario", "figure", "baseline", "build", "unit", "build/baseline", "lowest", "highest", "build lower"}}
 	for _, r := range c.Rows {
 		m := metrics[slices.IndexFunc(metrics, func(m metric) bool { return m.scenario == r.Scenario && m.name == r.Metric })]
+		ratio, lo, hi := "–", "–", "–" // every round's baseline was 0
+		if r.Ratios > 0 {
+			ratio, lo, hi = fmt.Sprintf("%.3f", r.Ratio), fmt.Sprintf("%.3f", r.RatioMin), fmt.Sprintf("%.3f", r.RatioMax)
+		}
 		rows = append(rows, []string{string(r.Scenario), r.Label, m.format(r.BaselineMedian), m.format(r.BuildMedian), r.Unit,
-			fmt.Sprintf("%.3f", r.Ratio), fmt.Sprintf("%.3f", r.RatioMin), fmt.Sprintf("%.3f", r.RatioMax),
-			fmt.Sprintf("%d of %d", r.Lower, len(r.Baseline))})
+			ratio, lo, hi, fmt.Sprintf("%d of %d", r.Lower, len(r.Baseline))})
 	}
 	var buf bytes.Buffer
 	writeColumns(&buf, rows, []bool{false, false, true, true, false, true, true, true, true})

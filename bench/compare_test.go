@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,28 +22,37 @@ func oneRun(vals map[string]float64) *Report {
 // median, lowest and highest of the rounds' ratios, the rounds in which the
 // build was lower; a figure missing from a round is left out.
 func TestCompareRows(t *testing.T) {
-	rate, cpu, floor := metricID(Sync, "rate"), metricID(Sync, "server_cpu"), metricID(Floor, "rate")
+	rate, errs, cpu, floor := metricID(Sync, "rate"), metricID(Sync, "errors"), metricID(Sync, "server_cpu"), metricID(Floor, "rate")
 	base := []*Report{
-		oneRun(map[string]float64{rate: 100, cpu: 80, floor: 1}),
-		oneRun(map[string]float64{rate: 200, cpu: 80}),
-		oneRun(map[string]float64{rate: 100, cpu: 0, floor: 1}),
+		oneRun(map[string]float64{rate: 100, errs: 0, cpu: 80, floor: 1}),
+		oneRun(map[string]float64{rate: 200, errs: 0, cpu: 80}),
+		oneRun(map[string]float64{rate: 100, errs: 0, cpu: 0, floor: 1}),
 	}
 	this := []*Report{
-		oneRun(map[string]float64{rate: 110, cpu: 40, floor: 1}),
-		oneRun(map[string]float64{rate: 180, cpu: 60}),
-		oneRun(map[string]float64{rate: 150, cpu: 10, floor: 1}),
+		oneRun(map[string]float64{rate: 110, errs: 0, cpu: 40, floor: 1}),
+		oneRun(map[string]float64{rate: 180, errs: 0, cpu: 60}),
+		oneRun(map[string]float64{rate: 150, errs: 0, cpu: 10, floor: 1}),
 	}
 	rows := compareRows(base, this)
-	if len(rows) != 2 {
-		t.Fatalf("%d rows, want 2 (the floor's rate is missing from a round): %+v", len(rows), rows)
+	if len(rows) != 3 {
+		t.Fatalf("%d rows, want 3 (the floor's rate is missing from a round): %+v", len(rows), rows)
 	}
+	// No round has a ratio of errors: the table says so rather than 0.
+	var table strings.Builder
+	if err := (&Comparison{Rows: rows}).WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	if line := strings.Split(table.String(), "\n")[2]; rows[1].Metric != "errors" || rows[1].Ratios != 0 || strings.Count(line, "–") != 3 {
+		t.Errorf("errors row %+v printed as %q, want – for each ratio", rows[1], line)
+	}
+	rows = slices.Delete(rows, 1, 2)
 	r := rows[0]
-	if r.Metric != "rate" || r.BaselineMedian != 100 || r.BuildMedian != 150 || r.Ratio != 1.1 || r.RatioMin != 0.9 || r.RatioMax != 1.5 || r.Lower != 1 {
+	if r.Metric != "rate" || r.BaselineMedian != 100 || r.BuildMedian != 150 || r.Ratio != 1.1 || r.RatioMin != 0.9 || r.RatioMax != 1.5 || r.Ratios != 3 || r.Lower != 1 {
 		t.Errorf("sync rate row = %+v, want medians 100 and 150, ratios 1.1 (0.9–1.5), lower in 1", r)
 	}
 	r = rows[1]
 	// The third round's baseline CPU is 0: no ratio, but it counts as a round.
-	if r.Metric != "server_cpu" || r.Ratio != 0.625 || r.RatioMin != 0.5 || r.RatioMax != 0.75 || r.Lower != 2 || len(r.Build) != 3 {
+	if r.Metric != "server_cpu" || r.Ratio != 0.625 || r.RatioMin != 0.5 || r.RatioMax != 0.75 || r.Ratios != 2 || r.Lower != 2 || len(r.Build) != 3 {
 		t.Errorf("server CPU row = %+v, want ratios 0.625 (0.5–0.75), lower in 2 of 3", r)
 	}
 }
