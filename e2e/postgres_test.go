@@ -38,19 +38,23 @@ func pgNodes(t *testing.T, base string, n int, args ...string) ([]*proc.Server, 
 	return nodes, apps
 }
 
-// pgWaitListening waits until the node of application name app listens for
-// other nodes' commits, so that a commit made after it is announced to it.
-func pgWaitListening(t *testing.T, base, app string) {
+// pgListeners returns how many connections of the node of application
+// name app listen for other nodes' commits.
+func pgListeners(t *testing.T, base, app string) int {
 	t.Helper()
-	pgWaitFor(t, base, func(c context.Context, conn *pgx.Conn) error {
-		var n int
-		err := conn.QueryRow(c, `SELECT count(*) FROM pg_stat_activity
-			WHERE application_name = $1 AND query ILIKE 'listen %'`, app).Scan(&n)
-		if err == nil && n == 0 {
-			err = fmt.Errorf("%s does not listen yet", app)
-		}
-		return err
-	})
+	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgxConnect(c, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(c)
+	var n int
+	if err := conn.QueryRow(c, `SELECT count(*) FROM pg_stat_activity
+		WHERE application_name = $1 AND query ILIKE 'listen %'`, app).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // pgWaitFor polls cond on a new connection to the database at url until it
@@ -129,8 +133,13 @@ func testThreeNodes(t *testing.T, base string) {
 	// A long heartbeat: what arrives sooner came by the nodes' notifications.
 	const heartbeat = 20 * time.Second
 	nodes, apps := pgNodes(t, base, 3, "--heartbeat", heartbeat.String())
-	pgWaitListening(t, base, apps[1])
-	pgWaitListening(t, base, apps[2])
+	// A node listens for the others' commits only while a stream on it
+	// needs them; an open stream's first heartbeat comes after it listens.
+	for i, app := range apps {
+		if n := pgListeners(t, base, app); n != 0 {
+			t.Errorf("node %d has %d listening connections before any stream, want 0", i+1, n)
+		}
+	}
 
 	sctx, stop := context.WithCancel(context.Background())
 	defer stop()
@@ -146,6 +155,11 @@ func testThreeNodes(t *testing.T, base string) {
 	}
 	watchEvents := pgStream(watch)
 	pgNext(t, watchEvents, 30*time.Second, "the end of the watch's catch-up", func(ev *dalvv1.WatchEvent) bool { return ev.GetHeartbeat() })
+	for i, want := range []int{0, 1, 1} {
+		if n := pgListeners(t, base, apps[i]); n != want {
+			t.Errorf("node %d has %d listening connections, want %d", i+1, n, want)
+		}
+	}
 
 	phone := connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "phone", Batch: 1, Ops: ops(opPut("prefs/theme", "dark"))})
 	committed := time.Now()

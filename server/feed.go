@@ -33,6 +33,9 @@ func (s *Server) feed(ctx context.Context, req *connect.Request[dalvv1.BackendSe
 	defer release()
 	s.metrics.feedReaders.Inc()
 	defer s.metrics.feedReaders.Dec()
+	if s.remote != nil {
+		defer s.remote.hold(ctx)() // before the feed's first read, so no commit falls between
+	}
 	f, err := s.eng.OpenFeed(ctx, req.Msg.GetCursor(), prefixes, s.cfg.StreamPageBytes)
 	if err != nil {
 		return err

@@ -164,6 +164,7 @@ type Server struct {
 	hub      *hub
 	watches  watchCounts
 	notifier store.Notifier                // when the store is shared with other processes
+	remote   *remoteCommits                // with notifier: its listener, while streams need it
 	conns    atomic.Pointer[limitListener] // of the running Serve, for the metrics
 	drain    chan struct{}                 // closed when shutdown begins: streams end
 	draining atomic.Bool
@@ -295,7 +296,11 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.shared[sp.Name] = sp
 	}
-	s.notifier, _ = cfg.Store.(store.Notifier)
+	if s.notifier, _ = cfg.Store.(store.Notifier); s.notifier != nil {
+		s.remote = newRemoteCommits(s.notifier, s.log, func(p store.Partition, version uint64) {
+			s.hub.publish(p, &commitEvent{version: version, remote: true})
+		})
+	}
 	s.metrics = newMetrics(cfg.Registry, cfg.Store)
 	s.metrics.registerConnections(cfg.Registry, func() *limitListener { return s.conns.Load() })
 	eng, err := engine.New(engine.Config{
@@ -453,15 +458,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		defer close(compacted)
 		s.compactLoop(bg)
 	}()
-	if s.notifier != nil {
-		go func() {
-			err := s.notifier.Notifications(bg, func(p store.Partition, version uint64) {
-				s.hub.publish(p, &commitEvent{version: version, remote: true})
-			})
-			if err != nil && bg.Err() == nil {
-				s.log.Error("commit notifications stopped", "err", err)
-			}
-		}()
+	if s.remote != nil {
+		defer s.remote.stop()
 	}
 
 	errc := make(chan error, 1)

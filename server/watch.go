@@ -73,9 +73,13 @@ func (w *deviceWatch) end(err error) error {
 // follow sends the catch-up, then live commits, until the watch ends.
 func (w *deviceWatch) follow(ctx context.Context) error {
 	s := w.s
-	// Subscribe before reading the catch-up, so no commit falls between.
+	// Subscribe, and listen for other processes' commits, before reading
+	// the catch-up, so no commit falls between.
 	sub := s.hub.subscribe(w.p, s.cfg.WatchBuffer)
 	defer s.hub.unsubscribe(w.p, sub)
+	if s.remote != nil {
+		defer s.remote.hold(ctx)()
+	}
 	s.metrics.watchers.Inc()
 	defer s.metrics.watchers.Dec()
 	if err := w.catchUp(ctx, nil); err != nil {

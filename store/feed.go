@@ -57,6 +57,10 @@ type Feeder interface {
 // readers use them only as hints and read the store for the truth.
 type Notifier interface {
 	// Notifications calls fn for each commit announced, until ctx is done
-	// or the store closes. It reconnects by itself after failures.
-	Notifications(ctx context.Context, fn func(p Partition, version uint64)) error
+	// or the store closes. It reconnects by itself after failures. It calls
+	// listening, when not nil, each time it starts to listen (at first and
+	// after each reconnect): from then on, until the connection is lost
+	// again, every commit that a read of the store begun after that call
+	// does not see is announced to fn.
+	Notifications(ctx context.Context, fn func(p Partition, version uint64), listening func()) error
 }

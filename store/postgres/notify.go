@@ -200,8 +200,10 @@ func (s *Store) parsePayload(payload string, fn func(p store.Partition, version 
 // Notifications implements [store.Notifier]: it listens on a connection of
 // its own, reconnecting after failures, and calls fn for each commit that
 // another store (another process) announces, until ctx is done or the
-// store closes. It returns nil then.
-func (s *Store) Notifications(ctx context.Context, fn func(p store.Partition, version uint64)) error {
+// store closes. It returns nil then. It calls listening once each LISTEN
+// has taken effect: a commit whose NOTIFY comes later reaches fn, and one
+// whose NOTIFY came before had committed already.
+func (s *Store) Notifications(ctx context.Context, fn func(p store.Partition, version uint64), listening func()) error {
 	if err := s.gate.Enter(); err != nil {
 		return err
 	}
@@ -226,13 +228,33 @@ func (s *Store) Notifications(ctx context.Context, fn func(p store.Partition, ve
 		},
 		ReconnectDelay: listenRetry,
 	}
-	l.Handle(s.channel, pgxlisten.HandlerFunc(func(_ context.Context, n *pgconn.Notification, _ *pgx.Conn) error {
-		s.parsePayload(n.Payload, fn)
-		return nil
-	}))
+	l.Handle(s.channel, &listenHandler{s: s, fn: fn, listening: listening})
 	err := l.Listen(ctx)
 	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		return nil
 	}
 	return err
+}
+
+// listenHandler passes one listener's notifications on, and tells when it
+// listens.
+type listenHandler struct {
+	s         *Store
+	fn        func(p store.Partition, version uint64)
+	listening func()
+}
+
+// HandleNotification implements [pgxlisten.Handler].
+func (h *listenHandler) HandleNotification(_ context.Context, n *pgconn.Notification, _ *pgx.Conn) error {
+	h.s.parsePayload(n.Payload, h.fn)
+	return nil
+}
+
+// HandleBacklog implements [pgxlisten.BacklogHandler]: pgxlisten calls it
+// once LISTEN has run, in a transaction of its own, so it is in effect.
+func (h *listenHandler) HandleBacklog(context.Context, string, *pgx.Conn) error {
+	if h.listening != nil {
+		h.listening()
+	}
+	return nil
 }

@@ -602,11 +602,11 @@ func TestNotifications(t *testing.T) {
 	got := make(chan note, 100)
 	listening := make(chan error, 1)
 	go func() {
-		listening <- b.Notifications(ctx, func(p store.Partition, v uint64) { got <- note{p, v} })
+		listening <- b.Notifications(ctx, func(p store.Partition, v uint64) { got <- note{p, v} }, nil)
 	}()
 	own := make(chan note, 100)
 	go func() {
-		_ = a.Notifications(ctx, func(p store.Partition, v uint64) { own <- note{p, v} })
+		_ = a.Notifications(ctx, func(p store.Partition, v uint64) { own <- note{p, v} }, nil)
 	}()
 	p := store.Partition{Name: "a\nb %"}
 	commitUntilNotified(t, a, p, got, 1)
@@ -618,6 +618,41 @@ func TestNotifications(t *testing.T) {
 	cancel()
 	if err := <-listening; err != nil {
 		t.Errorf("Notifications after cancel = %v, want nil", err)
+	}
+}
+
+// TestNotificationsListening checks Notifications' promise to whoever
+// waits for its listening call: a commit made after it is announced, with
+// no retry to cover a listener that did not listen yet.
+func TestNotificationsListening(t *testing.T) {
+	t.Parallel()
+	schema, _ := pgtest.Schema(t)
+	a := openSchema(t, schema, Options{})
+	b := openSchema(t, schema, Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan note, 100)
+	listening := make(chan struct{}, 1)
+	go func() {
+		_ = b.Notifications(ctx, func(p store.Partition, v uint64) { got <- note{p, v} }, func() { listening <- struct{}{} })
+	}()
+	select {
+	case <-listening:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Notifications did not call listening")
+	}
+	p := store.Partition{Name: "alice"}
+	v, err := commitOne(context.Background(), a, p, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-got:
+		if n.p != p || n.v != v {
+			t.Errorf("notification %+v, want %s at version %d", n, p, v)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no notification of the commit made after listening")
 	}
 }
 
@@ -636,7 +671,7 @@ func TestNotificationsAfterKill(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	got := make(chan note, 100)
-	go func() { _ = b.Notifications(ctx, func(p store.Partition, v uint64) { got <- note{p, v} }) }()
+	go func() { _ = b.Notifications(ctx, func(p store.Partition, v uint64) { got <- note{p, v} }, nil) }()
 	p := store.Partition{Name: "alice"}
 	last := commitUntilNotified(t, a, p, got, 1)
 	pgtest.Exec(t, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", app)
