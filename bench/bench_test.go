@@ -398,8 +398,9 @@ func logTable(t *testing.T, name string, start time.Time, rep interface{ WriteTa
 
 // TestRunPostgres runs the PostgreSQL bench once, briefly, with one and two
 // nodes, and checks that every part of it measured something: pgbench's
-// two scripts (when pgbench is installed), the nodes' syncs, and the
-// commits reaching a watcher on the other node.
+// two scripts (when pgbench is installed), the nodes' syncs, without and
+// with a watch open on each node, and the commits reaching a watcher on
+// the other node.
 func TestRunPostgres(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL nodes and pgbench")
@@ -437,6 +438,9 @@ func TestRunPostgres(t *testing.T) {
 		if n.CPU.Client <= 0 || n.CPU.Nodes <= 0 {
 			t.Errorf("%d nodes: CPU per sync %+v, want the client's and the nodes' above 0", n.Nodes, n.CPU)
 		}
+	}
+	if two := rep.Nodes[1]; two.Listening.Rate <= 0 {
+		t.Errorf("2 nodes with a watch open on each: sync rate %v, want above 0", two.Listening.Rate)
 	}
 	if two := rep.Nodes[1]; two.WatchSamples == 0 || two.WatchP99ms <= 0 || two.IdleWatchP99ms <= 0 {
 		t.Errorf("2 nodes: %d commits timed to the watcher, p99 %v ms, idle p99 %v ms; want some", two.WatchSamples, two.WatchP99ms, two.IdleWatchP99ms)

@@ -201,6 +201,18 @@ func RunPostgres(ctx context.Context, cfg PostgresConfig) (*PostgresReport, erro
 			r.PacedRate, r.PacedP99ms = p.pacedRate, ms(p.pacedP99)
 		}
 		r.IdleWatchP99ms = runsMedian(nodeRuns[i], func(s pgSample) float64 { return ms(s.idleWatchP99) })
+		var listening []pgSample
+		for _, s := range nodeRuns[i] {
+			if s.listening != nil {
+				listening = append(listening, *s.listening)
+			}
+		}
+		if len(listening) > 0 {
+			r.Listening = medianRate(listening)
+			if len(pgRuns) == len(listening) {
+				r.ListeningRatio, r.ListeningMinRatio, r.ListeningMaxRatio = runRatios(listening, pgRuns)
+			}
+		}
 		if len(pgRuns) == len(nodeRuns[i]) {
 			r.Ratio, r.MinRatio, r.MaxRatio = runRatios(nodeRuns[i], pgRuns)
 		}
@@ -252,6 +264,10 @@ type pgSample struct {
 	pacedP99  time.Duration
 	// idleWatchP99 is the commit-to-watcher p99 with the probes alone.
 	idleWatchP99 time.Duration
+	// listening is the closed-loop load again with an idle watch open on
+	// every node, with several nodes: each node then listens for the
+	// others' commits.
+	listening *pgSample
 	// cpu is the CPU time per sync or transaction, by who spent it.
 	cpu PgCPU
 }

@@ -1,17 +1,21 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/internal/proc"
 )
 
@@ -154,6 +158,15 @@ func (pb *pgBench) runNodes(ctx context.Context, n int) (pgSample, *probeTimes, 
 		return pgSample{}, nil, err
 	}
 	s := sampleOf(res)
+	if n > 1 {
+		// Again with every node listening for the others' commits, as
+		// nodes with watchers do.
+		l, err := pb.loadListening(ctx, clients, tag, devices)
+		if err != nil {
+			return s, nil, err
+		}
+		s.listening = &l
+	}
 	var watch probeTimes
 	if n > 1 && pb.cfg.Probes > 0 {
 		// Commit-to-watcher at half the load the nodes sustain: under a
@@ -185,6 +198,9 @@ func (pb *pgBench) runNodes(ctx context.Context, n int) (pgSample, *probeTimes, 
 		return s, nil, err
 	}
 	line := fmt.Sprintf("%s: %s syncs/s, p99 %.2f ms", label, group(s.rate), ms(s.p99))
+	if s.listening != nil {
+		line += fmt.Sprintf("; with a watch on each node %s syncs/s", group(s.listening.rate))
+	}
 	if w := &watch.fromSend; w.Count() > 0 {
 		line += fmt.Sprintf("; at %s syncs/s, sync p99 %.2f ms, commit to watcher on another node p99 %.2f ms (%d; %.2f ms after the answer), %.2f ms with no other load",
 			group(s.pacedRate), ms(s.pacedP99), ms(w.Quantile(0.99)), w.Count(), ms(watch.fromAnswer.Quantile(0.99)), ms(s.idleWatchP99))
@@ -197,4 +213,45 @@ func (pb *pgBench) runNodes(ctx context.Context, n int) (pgSample, *probeTimes, 
 func sampleOf(res *loadResult) pgSample {
 	return pgSample{rate: res.rate(), p50: res.hist.Quantile(0.50), p99: res.hist.Quantile(0.99),
 		cpu: res.cpu.split(0, float64(res.calls))}
+}
+
+// loadListening opens an idle device watch on every node, of users no one
+// syncs, and runs the closed-loop load again with devices of its own while
+// they are open.
+func (pb *pgBench) loadListening(ctx context.Context, clients []*clients, tag string, devices func(string) ([]call, error)) (pgSample, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	var streams []*connect.ServerStreamForClient[dalvv1.WatchEvent]
+	defer func() {
+		cancel() // ends the streams first, so closing them waits for nothing
+		for _, s := range streams {
+			_ = s.Close()
+		}
+	}()
+	for i, c := range clients {
+		d, err := pb.newDevice(c, fmt.Sprintf("%s-idle%d", tag, i), "phone", pb.cfg.ValueBytes)
+		if err != nil {
+			return pgSample{}, err
+		}
+		req := connect.NewRequest(&dalvv1.WatchRequest{DeviceId: "tablet"})
+		req.Header()["Authorization"] = d.auth
+		stream, err := c.device.Watch(wctx, req)
+		if err != nil {
+			return pgSample{}, fmt.Errorf("idle watch on node %d: %w", i+1, err)
+		}
+		streams = append(streams, stream)
+		// Its first message ends the catch-up: the node listens by then.
+		// The next comes at the heartbeat, and is left unread.
+		if !stream.Receive() {
+			return pgSample{}, fmt.Errorf("idle watch on node %d: %w", i+1, cmp.Or(stream.Err(), io.ErrUnexpectedEOF))
+		}
+	}
+	workers, err := devices(tag + "l")
+	if err != nil {
+		return pgSample{}, err
+	}
+	res, err := pb.load(ctx, loadSpec{label: nodeCount(len(clients)) + " listening", unit: "syncs/s", workers: workers})
+	if err != nil {
+		return pgSample{}, err
+	}
+	return sampleOf(res), nil
 }

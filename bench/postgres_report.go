@@ -90,6 +90,16 @@ type PgNodes struct {
 	PacedP99ms float64 `json:"paced_p99_ms,omitempty"`
 	// IdleWatchP99ms is the probes' p99 with no other load.
 	IdleWatchP99ms float64 `json:"idle_watch_p99_ms,omitempty"`
+	// Listening is the closed-loop load again, with several nodes, with an
+	// idle device watch open on each node: a node listens for the others'
+	// commits only while a stream on it needs them, so Syncs measures
+	// nodes that do not and Listening nodes that all do.
+	// ListeningRatio, ListeningMinRatio and ListeningMaxRatio are its
+	// share of pgbench's rate, as Ratio, MinRatio and MaxRatio.
+	Listening         PgRate  `json:"listening,omitzero"`
+	ListeningRatio    float64 `json:"listening_ratio,omitempty"`
+	ListeningMinRatio float64 `json:"listening_min_ratio,omitempty"`
+	ListeningMaxRatio float64 `json:"listening_max_ratio,omitempty"`
 }
 
 // RunPostgres measures `dalv serve --store` nodes over one PostgreSQL:
@@ -124,6 +134,13 @@ func (r *PostgresReport) WriteTable(w io.Writer) error {
 			ratio += fmt.Sprintf(" (%.0f–%.0f%%)", 100*n.MinRatio, 100*n.MaxRatio)
 		}
 		rows = append(rows, []string{"dalv syncs, " + nodeCount(n.Nodes), group(n.Syncs.Rate), f2(n.Syncs.P50ms), f2(n.Syncs.P99ms), ratio, target})
+		if n.Listening.Rate > 0 {
+			ratio := pct(n.ListeningRatio)
+			if len(n.Listening.Runs) > 1 && n.ListeningMaxRatio > 0 {
+				ratio += fmt.Sprintf(" (%.0f–%.0f%%)", 100*n.ListeningMinRatio, 100*n.ListeningMaxRatio)
+			}
+			rows = append(rows, []string{"  the same, a watch open on each node", group(n.Listening.Rate), f2(n.Listening.P50ms), f2(n.Listening.P99ms), ratio, ""})
+		}
 	}
 	for _, n := range r.Nodes {
 		if n.WatchSamples > 0 {
