@@ -593,11 +593,16 @@ func TestConnectionsKilled(t *testing.T) {
 	}
 }
 
+// twoStores opens two stores on one fresh schema, as two processes would.
+func twoStores(t *testing.T) (a, b *Store) {
+	t.Helper()
+	schema, _ := pgtest.Schema(t)
+	return openSchema(t, schema, Options{}), openSchema(t, schema, Options{})
+}
+
 func TestNotifications(t *testing.T) {
 	t.Parallel()
-	schema, _ := pgtest.Schema(t)
-	a := openSchema(t, schema, Options{})
-	b := openSchema(t, schema, Options{})
+	a, b := twoStores(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	got := make(chan note, 100)
 	listening := make(chan error, 1)
@@ -626,9 +631,7 @@ func TestNotifications(t *testing.T) {
 // no retry to cover a listener that did not listen yet.
 func TestNotificationsListening(t *testing.T) {
 	t.Parallel()
-	schema, _ := pgtest.Schema(t)
-	a := openSchema(t, schema, Options{})
-	b := openSchema(t, schema, Options{})
+	a, b := twoStores(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	got := make(chan note, 100)
