@@ -139,6 +139,9 @@ func testThreeNodes(t *testing.T, base string) {
 		if n := pgListeners(t, base, app); n != 0 {
 			t.Errorf("node %d has %d listening connections before any stream, want 0", i+1, n)
 		}
+		if g := gauge(t, nodes[i], "dalv_remote_commits_listening", nil); g != 0 {
+			t.Errorf("node %d: dalv_remote_commits_listening %v before any stream, want 0", i+1, g)
+		}
 	}
 
 	sctx, stop := context.WithCancel(context.Background())
@@ -158,6 +161,9 @@ func testThreeNodes(t *testing.T, base string) {
 	for i, want := range []int{0, 1, 1} {
 		if n := pgListeners(t, base, apps[i]); n != want {
 			t.Errorf("node %d has %d listening connections, want %d", i+1, n, want)
+		}
+		if g := gauge(t, nodes[i], "dalv_remote_commits_listening", nil); g != float64(want) {
+			t.Errorf("node %d: dalv_remote_commits_listening %v, want %d", i+1, g, want)
 		}
 	}
 

@@ -253,3 +253,17 @@ func (r *refusalRecorder) code() string {
 	}
 	return connect.CodeUnknown.String()
 }
+
+// registerListening adds whether this process listens for other processes'
+// commits (1) or not (0), for servers on a store shared with others.
+func (m *metrics) registerListening(reg *prometheus.Registry, listening func() bool) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "dalv_remote_commits_listening",
+		Help: "1 while this node listens for other nodes' commits (while it has a device or feed watch open, and a while after), else 0.",
+	}, func() float64 {
+		if listening() {
+			return 1
+		}
+		return 0
+	}))
+}

@@ -303,6 +303,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.metrics = newMetrics(cfg.Registry, cfg.Store)
 	s.metrics.registerConnections(cfg.Registry, func() *limitListener { return s.conns.Load() })
+	if s.remote != nil {
+		s.metrics.registerListening(cfg.Registry, s.remote.listening)
+	}
 	eng, err := engine.New(engine.Config{
 		Store:          cfg.Store,
 		SystemPrefixes: cfg.SystemPrefixes,
