@@ -110,7 +110,9 @@ const citusSettings = "-c shared_preload_libraries=citus -c wal_level=logical -c
 func StartCitus() (*CitusCluster, error) {
 	c := &CitusCluster{}
 	for i := range 1 + CitusWorkers {
-		s, err := start(false, citusSettings)
+		// Synchronous commits: DalvDB refuses a cluster that commits
+		// asynchronously, where a shard move can lose acknowledged commits.
+		s, err := start(true, citusSettings)
 		if err != nil {
 			c.Stop()
 			return nil, fmt.Errorf("start Citus server %d: %w", i, err)

@@ -48,6 +48,51 @@ func hasCitus(ctx context.Context, pool *pgxpool.Pool) (bool, error) {
 	return ok, err
 }
 
+// citusNodeCommits reads every node's synchronous_commit as a session of
+// the store's user gets it, the coordinator's included.
+const citusNodeCommits = `SELECT n.nodename, n.nodeport, r.success, r.result
+	FROM run_command_on_all_nodes('SHOW synchronous_commit') r JOIN pg_dist_node n USING (nodeid)
+	ORDER BY n.nodeid`
+
+// citusCommitsDurable refuses a cluster where a node commits
+// asynchronously (synchronous_commit = off). Besides what a crash loses,
+// a shard move there loses commits it never crashed on: the move waits
+// for logical replication to reach the WAL the source has written
+// (pg_current_wal_lsn) once writes are blocked, and an asynchronous commit
+// may be acknowledged, and seen by readers, before its WAL is written. Such
+// a commit never reaches the new placement, and the stream's numbers go on
+// there without it, so a reader that saw it skips the commit that takes its
+// number. With local or any stronger setting, a commit's WAL is written
+// before it returns.
+func citusCommitsDurable(ctx context.Context, pool *pgxpool.Pool) error {
+	rows, _ := pool.Query(ctx, citusNodeCommits)
+	var (
+		host    string
+		port    int
+		ok      bool
+		setting string
+		bad     []string
+	)
+	_, err := pgx.ForEachRow(rows, []any{&host, &port, &ok, &setting}, func() error {
+		switch {
+		case !ok:
+			return fmt.Errorf("read synchronous_commit on Citus node %s:%d: %s", host, port, setting)
+		case setting == "off":
+			bad = append(bad, fmt.Sprintf("%s:%d", host, port))
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("check the Citus nodes' synchronous_commit: %w", err)
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("synchronous_commit is off on Citus node %s for this user and database: "+
+			"a shard move loses commits acknowledged under asynchronous commit, so DalvDB needs local or stronger on every node "+
+			"(ALTER SYSTEM SET synchronous_commit = on, then SELECT pg_reload_conf(), on each)", strings.Join(bad, ", "))
+	}
+	return nil
+}
+
 // streams are the feed's streams on Citus: one per shard of dalv_heads.
 type streams struct {
 	names   []string      // the stream values, by number

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -694,8 +695,9 @@ func head(t *testing.T, s *Store, p store.Partition) store.Head {
 }
 
 // TestCitusRefusals checks what a node refuses to start on: a schema that
-// holds DalvDB's tables made without Citus, and tables whose shards no
-// longer match the feed's streams (as after a shard split).
+// holds DalvDB's tables made without Citus, tables whose shards no longer
+// match the feed's streams (as after a shard split), and nodes that commit
+// asynchronously.
 func TestCitusRefusals(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -718,5 +720,37 @@ func TestCitusRefusals(t *testing.T) {
 			s.Close()
 		}
 		t.Errorf("Open with a stream missing = %v, want a refusal that says shards and streams differ", err)
+	}
+
+	// A role whose sessions commit asynchronously: Citus gives the role and
+	// its setting to every node, so each node's sessions of it do.
+	role := fmt.Sprintf("dalv_async_%d", rand.Uint32())
+	pgtest.ExecOn(t, u, `CREATE ROLE `+role+` LOGIN`)
+	t.Cleanup(func() { pgtest.ExecOn(t, u, `DROP ROLE `+role) })
+	pgtest.ExecOn(t, u, `ALTER ROLE `+role+` SET synchronous_commit = off`)
+	var nodes int
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_dist_node`).Scan(&nodes); err != nil {
+		t.Fatal(err)
+	}
+	async, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	async.User = url.User(role)
+	if s, err = Open(ctx, async.String(), Options{MaxConns: 2}); s != nil {
+		s.Close()
+	}
+	if err == nil || !strings.Contains(err.Error(), "synchronous_commit is off on Citus node") {
+		t.Fatalf("Open where every node commits asynchronously = %v, want a refusal that says so", err)
+	}
+	_, list, _ := strings.Cut(err.Error(), "Citus node ")
+	list, _, _ = strings.Cut(list, " for this user")
+	if named := len(strings.Split(list, ", ")); named != nodes {
+		t.Errorf("the refusal names %d nodes (%s), want all %d", named, list, nodes)
 	}
 }

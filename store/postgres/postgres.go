@@ -228,12 +228,19 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open postgres store %s: %w", where, storeErr(ctx, err))
 	}
 	citus, err := hasCitus(ctx, pool)
+	if err == nil && citus {
+		err = citusCommitsDurable(ctx, pool)
+	}
 	if err == nil {
-		schema, err = migrate(ctx, pool, schema, citus)
+		if schema, err = migrate(ctx, pool, schema, citus); err != nil {
+			err = fmt.Errorf("schema: %w", err)
+		}
 	}
 	var streams *streams
 	if err == nil && citus {
-		streams, err = loadStreams(ctx, pool)
+		if streams, err = loadStreams(ctx, pool); err != nil {
+			err = fmt.Errorf("schema: %w", err)
+		}
 	}
 	if err != nil {
 		pool.Close()
@@ -241,7 +248,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		if errors.Is(err, store.ErrUnavailable) {
 			return nil, fmt.Errorf("open postgres store: cannot reach PostgreSQL at %s: %w", where, err)
 		}
-		return nil, fmt.Errorf("open postgres store %s: schema: %w", where, err)
+		return nil, fmt.Errorf("open postgres store %s: %w", where, err)
 	}
 	var id [6]byte
 	_, _ = rand.Read(id[:])
