@@ -42,7 +42,9 @@
 // On Citus (a database with the citus extension), the store lays out and
 // distributes its tables itself, and keeps the same guarantees with
 // commits that each run on one worker and a feed ordered per shard instead
-// of by the transaction horizon (see citus.go).
+// of by the transaction horizon (see citus.go). It refuses a cluster where
+// a node's synchronous_commit is off, where a shard move can lose commits
+// without a crash.
 //
 // Caveats: an erase deletes the partition's rows, but PostgreSQL keeps the
 // dead tuples' bytes on disk until VACUUM reuses the space (and in its WAL
