@@ -10,6 +10,7 @@ import { after, before, test } from "node:test";
 import type { BrowserContext, Page } from "playwright-core";
 import { launch, newProfile } from "./chromium.js";
 import type { DalvServer } from "./dalv-server.js";
+import { startCutProxy } from "./cut-proxy.js";
 import { b64, newUser, startServer, waitFor } from "./dalv-server.js";
 import { serveStatic } from "./static-server.js";
 
@@ -112,15 +113,37 @@ test("four tabs: one sync loop and one Watch; a follower's write reaches the ser
   }
 });
 
+// offlineReport says, for the offline test when writes went missing, what
+// the replica's database queues, what reads show and what the server has.
+async function offlineReport(p: Page, user: string): Promise<string> {
+  const queue = await p.evaluate(() => new Promise<string>((res) => {
+    const o = indexedDB.open("app");
+    o.onsuccess = () => {
+      const all = o.result.transaction("queue").objectStore("queue").getAll();
+      all.onsuccess = () => {
+        o.result.close();
+        res(JSON.stringify(all.result.map((b: { seq: number; ops: { kind: string; key: string }[] }) => [b.seq, b.ops.map((op) => `${op.kind} ${op.key}`)])));
+      };
+    };
+    o.onerror = () => res(String(o.error));
+  }));
+  const lastError = await p.evaluate(() => String((window as any).r.status.lastError));
+  return `queue ${queue}; reads show cart ${JSON.stringify(await text(p, "cart"))}; the server has prefs/theme ${JSON.stringify(await serverText(user, "prefs/theme"))}, cart ${JSON.stringify(await serverText(user, "cart"))}; last error ${lastError}`;
+}
+
 test("offline: writes queue, survive a reload, and flush when back online", async () => {
   const user = newUser();
   const ctx = await launch(profile());
+  // The page speaks to the server through a proxy that the test cuts:
+  // while it is cut, the server is unreachable for real.
+  const proxy = await startCutProxy(srv.url);
   try {
-    const p = await tab(ctx, user);
+    const p = await tab(ctx, user, { serverUrl: proxy.url });
     await waitFor("online", async () => (await status(p)).online).catch(async (e) => {
       throw new Error(`${e}: ${await p.evaluate(() => String((window as any).r.status.lastError))}`);
     });
     await ctx.setOffline(true);
+    await proxy.cut();
     await p.evaluate(async () => {
       const r = (window as any).r;
       await r.putJSON("prefs/theme", "dark");
@@ -130,22 +153,26 @@ test("offline: writes queue, survive a reload, and flush when back online", asyn
     assert.equal((await status(p)).pending, 3);
     // The page reloads while the server stays unreachable: the network is
     // back for the page itself (as an app's service worker would serve it)
-    // but every request to the server fails as offline.
-    await ctx.route(`${srv.url}/**`, (route) => route.abort("internetdisconnected"));
+    // but the server's port refuses connections.
     await ctx.setOffline(false);
     await p.reload();
     await p.waitForFunction(() => (window as any).ready === true);
-    await p.evaluate((o) => (window as any).openR(o), { name: "app", serverUrl: srv.url, tokenValue: srv.token(user), retryMinMs: 50, retryMaxMs: 300 });
-    assert.equal((await status(p)).pending, 3, "pending writes survive the reload");
+    await p.evaluate((o) => (window as any).openR(o), { name: "app", serverUrl: proxy.url, tokenValue: srv.token(user), retryMinMs: 50, retryMaxMs: 300 });
+    const after = await status(p);
+    if (after.pending !== 3) {
+      assert.fail(`pending writes survive the reload: ${after.pending} pending, want 3; ${await offlineReport(p, user)}`);
+    }
     assert.deepEqual(await text(p, "cart"), ["apple", "pear"]);
     await waitFor("offline is reported", async () => !(await status(p)).online);
     assert.equal(await serverText(user, "cart"), undefined);
-    await ctx.unrouteAll();
+    assert.equal(await serverText(user, "prefs/theme"), undefined);
+    await proxy.restore();
     await waitFor("flushed", async () => (await status(p)).pending === 0 && (await status(p)).online, 5000);
     assert.deepEqual(await serverText(user, "cart"), ["apple", "pear"]);
     assert.equal(await serverText(user, "prefs/theme"), '"dark"');
   } finally {
     await ctx.close();
+    await proxy.close();
   }
 });
 
