@@ -56,11 +56,11 @@ const citusNodeCommits = `SELECT n.nodename, n.nodeport, r.success, r.result
 
 // citusCommitsDurable refuses a cluster where a node commits
 // asynchronously (synchronous_commit = off). Besides what a crash loses,
-// a shard move there loses commits it never crashed on: the move waits
+// a shard move there can lose acknowledged commits with no crash: it waits
 // for logical replication to reach the WAL the source has written
 // (pg_current_wal_lsn) once writes are blocked, and an asynchronous commit
 // may be acknowledged, and seen by readers, before its WAL is written. Such
-// a commit never reaches the new placement, and the stream's numbers go on
+// a commit can miss the new placement, and the stream's numbers go on
 // there without it, so a reader that saw it skips the commit that takes its
 // number. With local or any stronger setting, a commit's WAL is written
 // before it returns.
