@@ -158,9 +158,9 @@ test("offline: writes queue, survive a reload, and flush when back online", asyn
     await p.reload();
     await p.waitForFunction(() => (window as any).ready === true);
     await p.evaluate((o) => (window as any).openR(o), { name: "app", serverUrl: proxy.url, tokenValue: srv.token(user), retryMinMs: 50, retryMaxMs: 300 });
-    const after = await status(p);
-    if (after.pending !== 3) {
-      assert.fail(`pending writes survive the reload: ${after.pending} pending, want 3; ${await offlineReport(p, user)}`);
+    const reloaded = await status(p);
+    if (reloaded.pending !== 3) {
+      assert.fail(`pending writes survive the reload: ${reloaded.pending} pending, want 3; ${await offlineReport(p, user)}`);
     }
     assert.deepEqual(await text(p, "cart"), ["apple", "pear"]);
     await waitFor("offline is reported", async () => !(await status(p)).online);
