@@ -322,4 +322,11 @@ func TestHealthzAndMetrics(t *testing.T) {
 	if m := metric(fams, "dalv_store_bytes", nil); m == nil || m.GetGauge().GetValue() <= 0 {
 		t.Errorf("dalv_store_bytes = %v, want a positive gauge", m)
 	}
+	// The embedded store's own: each of the 4 commits waited for a WAL fsync.
+	if m := metric(fams, "dalv_pebble_wal_fsync_seconds", nil); m == nil || m.GetHistogram().GetSampleCount() < 4 {
+		t.Errorf("dalv_pebble_wal_fsync_seconds = %v, want a histogram of at least 4 fsyncs", m)
+	}
+	if m := metric(fams, "dalv_pebble_write_stalls_total", nil); m == nil || m.GetCounter().GetValue() != 0 {
+		t.Errorf("dalv_pebble_write_stalls_total = %v, want 0", m)
+	}
 }

@@ -40,7 +40,7 @@ func newMetrics(reg *prometheus.Registry, st store.Store) *metrics {
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "dalv_request_duration_seconds",
 			Help:    "RPC latency by procedure.",
-			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10},
+			Buckets: []float64{.0005, .001, .002, .005, .01, .015, .025, .05, .1, .25, .5, 1, 2.5, 10},
 		}, []string{"procedure"}),
 		commits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "dalv_commits_total",

@@ -59,6 +59,7 @@ import (
 	pebbledb "github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/dalvdb/dalv/store"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Defaults of [Options]. Pebble keeps its block cache and memtables outside
@@ -137,11 +138,14 @@ type Store struct {
 	gate store.Gate
 	// failed is set by Pebble's Fatalf: then every call fails with it.
 	failed *failure
+	// stalls counts Pebble's write stalls for the metrics.
+	stalls *writeStalls
 }
 
 var (
-	_ store.Store   = (*Store)(nil)
-	_ store.Checker = (*Store)(nil)
+	_ store.Store          = (*Store)(nil)
+	_ store.Checker        = (*Store)(nil)
+	_ prometheus.Collector = (*Store)(nil)
 )
 
 // Open opens the store in dir, creating it if needed. It fails with an error
@@ -175,9 +179,11 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open store %s: lock: %w", dir, err)
 	}
-	failed := new(failure)
+	failed, stalls := new(failure), new(writeStalls)
 	popts := dbOptions(opts)
 	popts.Logger = slogLogger{l: opts.Logger, failed: failed}
+	popts.EventListener.WriteStallBegin = stalls.begin
+	popts.EventListener.WriteStallEnd = stalls.end
 	popts.Lock = dirLock
 	if opts.FS != nil {
 		popts.FS = opts.FS
@@ -188,7 +194,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		release()
 		return nil, fmt.Errorf("open store %s: %w", dir, pebbleErr(err))
 	}
-	s := &Store{db: db, dirLock: dirLock, dir: dir, log: opts.Logger, release: release, failed: failed}
+	s := &Store{db: db, dirLock: dirLock, dir: dir, log: opts.Logger, release: release, failed: failed, stalls: stalls}
 	next, floor, err := s.recoverFeed()
 	if err != nil {
 		_ = db.Close()
