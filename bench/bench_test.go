@@ -86,6 +86,7 @@ func TestRun(t *testing.T) {
 		name string
 	}{
 		{Sync, "rate"}, {Sync, "p50"}, {Sync, "p99"}, {Sync, "server_cpu"}, {Sync, "rss"},
+		{Sync, "paced_p99"}, {Sync, "paced_server_p99"}, {Sync, "paced_fsync_p99"}, {Sync, "paced_per_fsync"},
 		{Catchup, "time"}, {Catchup, "proto_bytes"}, {Catchup, "http_bytes"}, {Catchup, "setup_rate"}, {Catchup, "rss"},
 		{Floor, "rate"}, {Floor, "ratio"}, {Floor, "rss"},
 		{Storage, "rate"}, {Storage, "ratio"}, {Storage, "paced_p99"},
@@ -101,6 +102,9 @@ func TestRun(t *testing.T) {
 	}
 	if got := get(Sync, "errors"); got != 0 {
 		t.Errorf("sync errors = %v, want 0", got)
+	}
+	if got := get(Sync, "paced_stalls"); got != 0 {
+		t.Errorf("Pebble write stalls while paced = %v, want none at this load", got)
 	}
 	if got, want := get(Catchup, "entries"), 100.0; got != want {
 		t.Errorf("catch-up entries = %v, want one per key: %v", got, want)

@@ -53,7 +53,11 @@ type loadResult struct {
 	calls   uint64        // completed during the measurement
 	elapsed time.Duration // of the measurement
 	hist    histogram     // latency of every call completed during it
-	cpu     cpuTimes      // used during it
+	// wake is, for a paced load, how late the callers woke for the calls
+	// they slept before: the load generator's own scheduling delay, apart
+	// from any wait for the call before.
+	wake histogram
+	cpu  cpuTimes // used during it
 }
 
 func (r *loadResult) rate() float64 { return float64(r.calls) / r.elapsed.Seconds() }
@@ -108,16 +112,21 @@ func (m *meter) load(ctx context.Context, spec loadSpec) (*loadResult, error) {
 		wg       sync.WaitGroup
 	)
 	hists := make([]histogram, len(spec.workers))
+	wakes := make([]histogram, len(spec.workers))
 	begin := time.Now()
 	for i, c := range spec.workers {
-		h := &hists[i]
+		h, wake := &hists[i], &wakes[i]
 		next := begin.Add(spec.interval * time.Duration(i) / time.Duration(len(spec.workers)))
 		wg.Go(func() {
 			for phase.Load() != phaseDone {
 				var t0 time.Time
 				if spec.interval > 0 {
+					slept := time.Until(next) > 0
 					if time.Sleep(time.Until(next)); phase.Load() == phaseDone {
 						return
+					}
+					if slept && phase.Load() == phaseMeasure {
+						wake.Record(time.Since(next))
 					}
 					t0, next = next, next.Add(spec.interval)
 				} else {
@@ -226,6 +235,7 @@ func (m *meter) load(ctx context.Context, spec loadSpec) (*loadResult, error) {
 	stop()
 	for i := range hists {
 		res.hist.Merge(&hists[i])
+		res.wake.Merge(&wakes[i])
 	}
 	res.calls = res.hist.Count()
 	if waitFor != nil {

@@ -34,14 +34,28 @@ func (b *bencher) syncScenario(ctx context.Context, vals map[string]float64) err
 		return err
 	}
 	interval := time.Duration(float64(time.Second) * float64(len(workers)) / b.cfg.PacedRate)
-	res, err = b.load(ctx, loadSpec{label: "sync paced", unit: "syncs/s", workers: workers, interval: interval})
+	window := b.serverDuring(ctx)
+	res, err = b.load(ctx, loadSpec{label: "sync paced", unit: "syncs/s", workers: workers, interval: interval, measuring: window.measuring})
 	if err != nil {
 		return err
 	}
 	vals[metricID(Sync, "paced_rate")] = res.rate()
 	vals[metricID(Sync, "paced_p50")] = ms(res.hist.Quantile(0.50))
 	vals[metricID(Sync, "paced_p99")] = ms(res.hist.Quantile(0.99))
+	if res.wake.Count() > 0 {
+		vals[metricID(Sync, "paced_wake_p99")] = ms(res.wake.Quantile(0.99))
+	}
 	vals[metricID(Sync, "paced_other_cores")] = res.cores(res.cpu.others())
+	if w := window; w.ok {
+		if w.start.hasSyncs && w.end.syncs.count(w.start.syncs) > 0 {
+			vals[metricID(Sync, "paced_server_p99")] = 1000 * w.end.syncs.quantile(w.start.syncs, 0.99)
+		}
+		if n := w.end.fsyncs.count(w.start.fsyncs); w.start.hasWAL && n > 0 {
+			vals[metricID(Sync, "paced_fsync_p99")] = 1000 * w.end.fsyncs.quantile(w.start.fsyncs, 0.99)
+			vals[metricID(Sync, "paced_per_fsync")] = float64(res.calls) / float64(n)
+			vals[metricID(Sync, "paced_stalls")] = w.end.stalls - w.start.stalls
+		}
+	}
 	return nil
 }
 
@@ -100,3 +114,35 @@ func (b *bencher) profileServer() func() error {
 // ms is d in milliseconds; us in microseconds.
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// serverWindow is what the server's metrics say of one measurement: ok when
+// both scrapes worked.
+type serverWindow struct {
+	sample     func() (serverSample, bool)
+	ok         bool
+	start, end serverSample
+}
+
+// serverDuring returns a serverWindow to give a measurement as its measuring
+// hook.
+func (b *bencher) serverDuring(ctx context.Context) *serverWindow {
+	return &serverWindow{sample: func() (serverSample, bool) {
+		fams, err := b.scrapeMetrics(ctx, b.url)
+		if err != nil {
+			return serverSample{}, false
+		}
+		return serverSampleOf(fams), true
+	}}
+}
+
+// measuring scrapes the server's metrics as the measurement starts and
+// once it has ended. A scrape that fails leaves the window without
+// figures rather than failing the run.
+func (w *serverWindow) measuring() func() error {
+	start, ok := w.sample()
+	return func() error {
+		end, ok2 := w.sample()
+		w.start, w.end, w.ok = start, end, ok && ok2
+		return nil
+	}
+}

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -710,35 +708,20 @@ type serverStats struct {
 
 func (b *bencher) serverStats(ctx context.Context, t *watchTarget) (serverStats, error) {
 	var st serverStats
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.url+"/metrics", nil)
+	fams, err := b.scrapeMetrics(ctx, t.url)
 	if err != nil {
 		return st, err
 	}
-	resp, err := (&http.Client{Transport: b.clients.tr}).Do(req)
-	if err != nil {
-		return st, fmt.Errorf("%w: GET /metrics: %w", ErrCallFailed, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("%w: GET /metrics: %s", ErrCallFailed, resp.Status)
-	}
-	fields := map[string]*float64{
+	for name, p := range map[string]*float64{
 		"dalv_device_watches":           &st.watches,
 		"go_goroutines":                 &st.goroutines,
 		"go_memstats_heap_alloc_bytes":  &st.heapAlloc,
 		"go_memstats_stack_inuse_bytes": &st.stackInuse,
 		"process_resident_memory_bytes": &st.rss,
+	} {
+		*p, _ = value(fams, name)
 	}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		name, value, ok := strings.Cut(sc.Text(), " ")
-		if p := fields[name]; ok && p != nil {
-			if *p, err = strconv.ParseFloat(value, 64); err != nil {
-				return st, fmt.Errorf("%w: /metrics: %s: %w", ErrWrongAnswer, name, err)
-			}
-		}
-	}
-	return st, sc.Err()
+	return st, nil
 }
 
 // serverGC has the server collect its garbage twice, through its pprof

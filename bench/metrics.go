@@ -1,0 +1,132 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net/http"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+)
+
+// scrapeMetrics reads the server's /metrics at url.
+func (b *bencher) scrapeMetrics(ctx context.Context, url string) (map[string]*dto.MetricFamily, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := (&http.Client{Transport: b.clients.tr}).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w: GET /metrics: %w", ErrCallFailed, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%w: GET /metrics: %s", ErrCallFailed, resp.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("%w: /metrics: %w", ErrWrongAnswer, err)
+	}
+	return fams, nil
+}
+
+// value is the value of the first series of the family name, whatever its
+// type, and whether there is one.
+func value(fams map[string]*dto.MetricFamily, name string) (float64, bool) {
+	f := fams[name]
+	if f == nil || len(f.GetMetric()) == 0 {
+		return 0, false
+	}
+	m := f.GetMetric()[0]
+	switch {
+	case m.Gauge != nil:
+		return m.GetGauge().GetValue(), true
+	case m.Counter != nil:
+		return m.GetCounter().GetValue(), true
+	case m.Untyped != nil:
+		return m.GetUntyped().GetValue(), true
+	}
+	return 0, false
+}
+
+// histSample is a histogram's cumulative buckets at one scrape.
+type histSample struct {
+	bounds []float64 // the buckets' upper bounds, rising
+	counts []uint64  // cumulative, per bound
+	total  uint64    // the +Inf bucket
+}
+
+// histOf reads the histogram h, or reports that there is none.
+func histOf(h *dto.Histogram) (histSample, bool) {
+	if h == nil {
+		return histSample{}, false
+	}
+	s := histSample{total: h.GetSampleCount()}
+	for _, bk := range h.GetBucket() {
+		s.bounds = append(s.bounds, bk.GetUpperBound())
+		s.counts = append(s.counts, bk.GetCumulativeCount())
+	}
+	return s, true
+}
+
+// count is the number of observations between old and s.
+func (s histSample) count(old histSample) uint64 { return s.total - old.total }
+
+// quantile estimates the q-quantile of the observations between old and
+// s, as Prometheus's histogram_quantile does: by linear interpolation
+// within the bucket it falls in. It is NaN without observations, and the
+// highest bound when the quantile lies beyond it.
+func (s histSample) quantile(old histSample, q float64) float64 {
+	n := s.count(old)
+	if n == 0 || len(s.bounds) == 0 || len(s.bounds) != len(old.bounds) {
+		return math.NaN()
+	}
+	rank := q * float64(n)
+	lower, below := 0.0, uint64(0)
+	for i, bound := range s.bounds {
+		c := s.counts[i] - old.counts[i]
+		if float64(c) >= rank {
+			if c == below {
+				return bound
+			}
+			return lower + (bound-lower)*(rank-float64(below))/float64(c-below)
+		}
+		lower, below = bound, c
+	}
+	return s.bounds[len(s.bounds)-1]
+}
+
+// serverSample is what the server's metrics say at one moment of the time
+// its syncs take in its handlers and, on the embedded store, of the WAL
+// fsyncs they wait for and of Pebble's write stalls.
+type serverSample struct {
+	syncs  histSample // dalv_request_duration_seconds of Sync
+	fsyncs histSample // dalv_pebble_wal_fsync_seconds
+	stalls float64
+	// hasSyncs and hasWAL say which of the above the server published.
+	hasSyncs, hasWAL bool
+}
+
+// serverSampleOf reads a serverSample from a scrape.
+func serverSampleOf(fams map[string]*dto.MetricFamily) serverSample {
+	var s serverSample
+	if f := fams["dalv_request_duration_seconds"]; f != nil {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "procedure" && l.GetValue() == dalvv1connect.ClientServiceSyncProcedure {
+					s.syncs, s.hasSyncs = histOf(m.GetHistogram())
+				}
+			}
+		}
+	}
+	if f := fams["dalv_pebble_wal_fsync_seconds"]; f != nil && len(f.GetMetric()) > 0 {
+		s.fsyncs, s.hasWAL = histOf(f.GetMetric()[0].GetHistogram())
+		s.stalls, _ = value(fams, "dalv_pebble_write_stalls_total")
+	}
+	return s
+}
