@@ -10,8 +10,9 @@ import (
 	"github.com/dalvdb/dalv/store"
 )
 
-// storeFailure is the store's failure when it is a [store.Checker] that has
-// failed for good (the embedded store after a write to disk failed), or
+// storeFailure is the store's failure when it is a [store.Checker] that
+// reports one (the embedded store after a write to disk failed, for good; a
+// Citus cluster with a node committing asynchronously, until mended), or
 // nil.
 func (s *Server) storeFailure() error {
 	if c, ok := s.cfg.Store.(store.Checker); ok {
@@ -21,7 +22,7 @@ func (s *Server) storeFailure() error {
 }
 
 // healthz answers GET /healthz: 200 "ok", or 503 with the reason while
-// draining or once the store has failed.
+// draining or while the store reports a failure.
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 	if s.draining.Load() {
 		http.Error(w, "draining", http.StatusServiceUnavailable)
@@ -51,8 +52,9 @@ func (h healthChecker) Check(ctx context.Context, req *grpchealth.CheckRequest) 
 }
 
 // failedStore refuses every call of the dalv services with unavailable and
-// the store's failure once the store has failed, before the call reaches
-// the engine: the server acknowledges nothing more until it is restarted.
+// the store's failure while the store reports one, before the call reaches
+// the engine: the server acknowledges nothing it could not keep (after a
+// disk failure, until it is restarted).
 type failedStore struct{ s *Server }
 
 func (i failedStore) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {

@@ -383,7 +383,7 @@ backends an API key, as Authorization: Bearer.</p>
 		fmt.Fprintf(&b, "<li><code>/%s/</code>: %s</li>\n", sd.FullName(), strings.Join(methods, ", "))
 	}
 	b.WriteString(`<li><code>/grpc.health.v1.Health/</code>: Check, Watch</li>
-<li><a href="/healthz">/healthz</a>: ok, or 503 while draining or once the store has failed</li>
+<li><a href="/healthz">/healthz</a>: ok, or 503 while draining or while the store reports a failure</li>
 <li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
 </ul>
 </body></html>

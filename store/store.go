@@ -193,10 +193,12 @@ type Store interface {
 	Close() error
 }
 
-// Checker is implemented by a store that can fail for good while open (the
-// embedded store, after a write to its disk failed). Healthy returns nil
-// while the store serves, and afterwards the error, wrapping
-// [ErrUnavailable], that every call then fails with.
+// Checker is implemented by a store that can stop keeping what it
+// acknowledges while open: for good (the embedded store, after a write to
+// its disk failed), or until its cause is mended (the PostgreSQL store on
+// Citus while a node commits asynchronously). Healthy returns nil while
+// the store serves, and otherwise the error, wrapping [ErrUnavailable],
+// that its calls fail with.
 type Checker interface {
 	Healthy() error
 }

@@ -86,9 +86,69 @@ func citusCommitsDurable(ctx context.Context, pool *pgxpool.Pool) error {
 		return fmt.Errorf("check the Citus nodes' synchronous_commit: %w", err)
 	}
 	if len(bad) > 0 {
-		return fmt.Errorf("synchronous_commit is off on Citus node %s for this user and database: "+
+		return fmt.Errorf("%w on Citus node %s for this user and database: "+
 			"a shard move loses commits acknowledged under asynchronous commit, so DalvDB needs local or stronger on every node "+
-			"(ALTER SYSTEM SET synchronous_commit = on, then SELECT pg_reload_conf(), on each)", strings.Join(bad, ", "))
+			"(ALTER SYSTEM SET synchronous_commit = on, then SELECT pg_reload_conf(), on each)", errCommitsAsync, strings.Join(bad, ", "))
+	}
+	return nil
+}
+
+// errCommitsAsync marks citusCommitsDurable's refusal, apart from its
+// failures to ask.
+var errCommitsAsync = errors.New("synchronous_commit is off")
+
+// watchCommitsDurable checks every node's synchronous_commit again every
+// interval until the store closes, as Open did: a node whose setting is
+// turned off later, or a worker added with it off, makes the store refuse
+// commits and report itself unhealthy (see [Store.Healthy]) until a later
+// check finds every node local or stronger again. A check that cannot ask
+// (PostgreSQL unreachable) changes nothing.
+func (s *Store) watchCommitsDurable(interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	// A check in flight ends when the store closes, not at its timeout.
+	closing, stop := context.WithCancel(context.Background())
+	defer stop()
+	go func() {
+		select {
+		case <-s.done:
+			stop()
+		case <-closing.Done():
+		}
+	}()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+		}
+		limit := s.timeout
+		if limit <= 0 {
+			limit = DefaultTimeout
+		}
+		ctx, cancel := context.WithTimeout(closing, limit)
+		err := citusCommitsDurable(ctx, s.pool)
+		cancel()
+		switch {
+		case errors.Is(err, errCommitsAsync):
+			refused := fmt.Errorf("%w: commits refused: %w", store.ErrUnavailable, err)
+			if s.async.Swap(&refused) == nil {
+				s.log.Error("postgres store: refusing commits", "err", err)
+			}
+		case err == nil:
+			if s.async.Swap(nil) != nil {
+				s.log.Info("postgres store: every Citus node commits synchronously again; accepting commits")
+			}
+		}
+	}
+}
+
+// Healthy implements [store.Checker]: on Citus, an error wrapping
+// [store.ErrUnavailable] while a node commits asynchronously (see
+// watchCommitsDurable), when every Update fails with it; otherwise nil.
+func (s *Store) Healthy() error {
+	if err := s.async.Load(); err != nil {
+		return *err
 	}
 	return nil
 }

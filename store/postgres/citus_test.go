@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/dalvdb/dalv/internal/pgtest"
+	"github.com/dalvdb/dalv/internal/wait"
 	"github.com/dalvdb/dalv/store"
 	"github.com/dalvdb/dalv/store/storetest"
 )
@@ -752,5 +753,64 @@ func TestCitusRefusals(t *testing.T) {
 	list, _, _ = strings.Cut(list, " for this user")
 	if named := len(strings.Split(list, ", ")); named != nodes {
 		t.Errorf("the refusal names %d nodes (%s), want all %d", named, list, nodes)
+	}
+}
+
+// TestCitusRecheck turns synchronous_commit off for the store's user after
+// Open: the store's next check refuses commits (unavailable, naming the
+// nodes) and reports itself unhealthy, and accepts commits again once the
+// setting is back.
+func TestCitusRecheck(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, u := pgtest.SchemaOn(t, pgtest.Citus(t))
+	u = pgtest.WithParam(u, "citus.shard_count", fmt.Sprint(citusShards))
+	// A role of its own, whose setting no other test's sessions take.
+	// Citus gives the role, and its settings, to every node.
+	role := fmt.Sprintf("dalv_recheck_%d", rand.Uint32())
+	pgtest.ExecOn(t, u, `CREATE ROLE `+role+` LOGIN SUPERUSER`)
+	t.Cleanup(func() { pgtest.ExecOn(t, u, `DROP OWNED BY `+role+`; DROP ROLE `+role) })
+	as, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	as.User = url.User(role)
+	s, err := Open(ctx, as.String(), Options{MaxConns: 2, CheckInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	p := store.Partition{Name: "alice"}
+	if _, err := commitOne(ctx, s, p, "k"); err != nil {
+		t.Fatal(err)
+	}
+
+	// The pool's sessions, and Citus's connections from them to the
+	// nodes, keep the setting they began with: new ones take the role's.
+	pgtest.ExecOn(t, u, `ALTER ROLE `+role+` SET synchronous_commit = off`)
+	s.pool.Reset()
+	wait.For(t, 30*time.Second, func() error {
+		_, err := commitOne(ctx, s, p, "k")
+		if !errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), "synchronous_commit is off on Citus node") {
+			return fmt.Errorf("commit with synchronous_commit off = %v, want unavailable naming the nodes", err)
+		}
+		return nil
+	})
+	if err := s.Healthy(); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("Healthy with synchronous_commit off = %v, want unavailable", err)
+	}
+
+	pgtest.ExecOn(t, u, `ALTER ROLE `+role+` RESET synchronous_commit`)
+	s.pool.Reset()
+	wait.For(t, 30*time.Second, func() error {
+		_, err := commitOne(ctx, s, p, "k")
+		return err
+	})
+	if err := s.Healthy(); err != nil {
+		t.Errorf("Healthy once every node commits synchronously again = %v, want nil", err)
 	}
 }

@@ -62,6 +62,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -80,6 +81,7 @@ const (
 	DefaultApplicationName = "dalv"
 	DefaultFeedWait        = time.Second
 	DefaultTimeout         = 10 * time.Second
+	DefaultCheckInterval   = 30 * time.Second
 )
 
 // Options configures [Open]. The zero value is ready to use.
@@ -111,6 +113,10 @@ type Options struct {
 	// COMMIT was in flight may or may not have committed. 0 means
 	// DefaultTimeout, negative no bound but the caller's.
 	Timeout time.Duration
+	// CheckInterval is, on Citus, how often the store checks every node's
+	// synchronous_commit again after Open did; 0 means
+	// DefaultCheckInterval.
+	CheckInterval time.Duration
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -129,8 +135,14 @@ func (o Options) withDefaults() (Options, error) {
 	if o.CacheBytes == 0 {
 		o.CacheBytes = DefaultCacheBytes
 	}
+	if o.CheckInterval == 0 {
+		o.CheckInterval = DefaultCheckInterval
+	}
 	if o.NotifyInterval < 0 {
 		return o, fmt.Errorf("notify interval %v is negative", o.NotifyInterval)
+	}
+	if o.CheckInterval < 0 {
+		return o, fmt.Errorf("check interval %v is negative", o.CheckInterval)
 	}
 	if o.MaxConns < 0 {
 		return o, fmt.Errorf("max conns %d is negative", o.MaxConns)
@@ -170,12 +182,18 @@ type Store struct {
 	done chan struct{} // closed by Close: listeners stop
 
 	diskBytes atomic.Int64 // the last size DiskBytes read
+	// async is, on Citus, the refusal of commits while a node commits
+	// asynchronously; nil otherwise (see watchCommitsDurable).
+	async atomic.Pointer[error]
+	// bg counts the store's own goroutines, which Close waits for.
+	bg sync.WaitGroup
 }
 
 var (
 	_ store.Store    = (*Store)(nil)
 	_ store.Feeder   = (*Store)(nil)
 	_ store.Notifier = (*Store)(nil)
+	_ store.Checker  = (*Store)(nil)
 )
 
 // testHooks let this package's tests stop a commit at a barrier. They wrap
@@ -272,6 +290,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	if citus {
 		opts.Logger.Info("postgres store: on Citus; grouped commits are off: each commit is a call or a transaction of one worker",
 			"schema", schema, "streams", len(streams.names))
+		s.bg.Go(func() { s.watchCommitsDurable(opts.CheckInterval) })
 	}
 	s.held = newHeld(s, opts.CacheBytes)
 	return s, nil
@@ -324,6 +343,7 @@ func (s *Store) Close() error {
 	}
 	s.ann.close()
 	close(s.done)
+	s.bg.Wait()
 	// The pool's Close waits for every connection to come back. One that
 	// never does is a leak: say so, with the pool's counts, rather than
 	// hang the process's exit.

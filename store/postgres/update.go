@@ -63,6 +63,9 @@ func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.R
 		return err
 	}
 	defer s.gate.Exit()
+	if err := s.Healthy(); err != nil {
+		return err
+	}
 	part := partID(p)
 	direct := s.held.update
 	if s.streams != nil {
