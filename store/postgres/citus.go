@@ -107,15 +107,8 @@ func (s *Store) watchCommitsDurable(interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	// A check in flight ends when the store closes, not at its timeout.
-	closing, stop := context.WithCancel(context.Background())
+	closing, stop := s.untilClosed(context.Background())
 	defer stop()
-	go func() {
-		select {
-		case <-s.done:
-			stop()
-		case <-closing.Done():
-		}
-	}()
 	for {
 		select {
 		case <-s.done:

@@ -208,15 +208,8 @@ func (s *Store) Notifications(ctx context.Context, fn func(p store.Partition, ve
 		return err
 	}
 	s.gate.Exit() // a listener does not hold Close up: Close stops it
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := s.untilClosed(ctx)
 	defer cancel()
-	go func() {
-		select {
-		case <-s.done:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	l := &pgxlisten.Listener{
 		Connect: func(ctx context.Context) (*pgx.Conn, error) {
 			return pgx.ConnectConfig(ctx, s.connCfg)

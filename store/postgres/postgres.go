@@ -334,6 +334,20 @@ func (s *Store) DiskBytes() int64 {
 	return n
 }
 
+// untilClosed returns a context that parent's end or the store's Close
+// cancels, whichever comes first; the caller calls cancel when done with it.
+func (s *Store) untilClosed(parent context.Context) (ctx context.Context, cancel context.CancelFunc) {
+	ctx, cancel = context.WithCancel(parent)
+	go func() {
+		select {
+		case <-s.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 // Close implements [store.Store]: it waits for operations in flight, sends
 // the last notifications, stops the listeners and closes the pool. Closing
 // a closed store does nothing.
