@@ -38,7 +38,10 @@ afterwards. Scenarios:
   sync     --devices devices over --users users, each syncing one PUT at a
            time, durably: syncs/s, p50 and p99 latency, errors (must be 0);
            then the same paced at --paced-rate syncs/s in all, for the
-           latency at that load rather than at saturation
+           latency at that load rather than at saturation, with where
+           its tail is spent: the p99 in the server's handler and of its
+           WAL fsyncs, and write stalls (from the server's /metrics over
+           that window), and how late the load generator woke for its calls
   catchup  a device that missed --catchup-commits commits to --catchup-keys
            keys pulls once: time, answer size, entries, more
   floor    the no-op Connect call (grpc.health.v1.Health/Check) at the same
