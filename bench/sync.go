@@ -34,8 +34,8 @@ func (b *bencher) syncScenario(ctx context.Context, vals map[string]float64) err
 		return err
 	}
 	interval := time.Duration(float64(time.Second) * float64(len(workers)) / b.cfg.PacedRate)
-	window := b.serverDuring(ctx)
-	res, err = b.load(ctx, loadSpec{label: "sync paced", unit: "syncs/s", workers: workers, interval: interval, measuring: window.measuring})
+	sw := b.serverDuring(ctx)
+	res, err = b.load(ctx, loadSpec{label: "sync paced", unit: "syncs/s", workers: workers, interval: interval, measuring: sw.measuring})
 	if err != nil {
 		return err
 	}
@@ -46,15 +46,13 @@ func (b *bencher) syncScenario(ctx context.Context, vals map[string]float64) err
 		vals[metricID(Sync, "paced_wake_p99")] = ms(res.wake.Quantile(0.99))
 	}
 	vals[metricID(Sync, "paced_other_cores")] = res.cores(res.cpu.others())
-	if w := window; w.ok {
-		if w.start.hasSyncs && w.end.syncs.count(w.start.syncs) > 0 {
-			vals[metricID(Sync, "paced_server_p99")] = 1000 * w.end.syncs.quantile(w.start.syncs, 0.99)
-		}
-		if n := w.end.fsyncs.count(w.start.fsyncs); w.start.hasWAL && n > 0 {
-			vals[metricID(Sync, "paced_fsync_p99")] = 1000 * w.end.fsyncs.quantile(w.start.fsyncs, 0.99)
-			vals[metricID(Sync, "paced_per_fsync")] = float64(res.calls) / float64(n)
-			vals[metricID(Sync, "paced_stalls")] = w.end.stalls - w.start.stalls
-		}
+	if sw.ok && sw.start.hasSyncs && sw.end.syncs.count(sw.start.syncs) > 0 {
+		vals[metricID(Sync, "paced_server_p99")] = 1000 * sw.end.syncs.quantile(sw.start.syncs, 0.99)
+	}
+	if n := sw.end.fsyncs.count(sw.start.fsyncs); sw.ok && sw.start.hasWAL && n > 0 {
+		vals[metricID(Sync, "paced_fsync_p99")] = 1000 * sw.end.fsyncs.quantile(sw.start.fsyncs, 0.99)
+		vals[metricID(Sync, "paced_per_fsync")] = float64(res.calls) / float64(n)
+		vals[metricID(Sync, "paced_stalls")] = sw.end.stalls - sw.start.stalls
 	}
 	return nil
 }
