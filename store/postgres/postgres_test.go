@@ -1258,3 +1258,27 @@ func TestHeldStateRace(t *testing.T) {
 	}
 	waitFeed(t, stores[1], int(total), feedOf("grace"))
 }
+
+// TestOptionsRefused checks that Open refuses options it cannot use,
+// saying which, before it connects.
+func TestOptionsRefused(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		opts Options
+		want string
+	}{
+		{Options{NotifyInterval: -time.Second}, "notify interval -1s is negative"},
+		{Options{MaxConns: -1}, "max conns -1 is negative"},
+		{Options{CheckInterval: -time.Second}, "check interval -1s is negative"},
+	} {
+		// Nothing listens at this address: an Open that connected would
+		// fail otherwise.
+		s, err := Open(context.Background(), "postgres://nobody@127.0.0.1:1/none", tc.opts)
+		if s != nil {
+			s.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Open with %+v = %v, want an error saying %q", tc.opts, err, tc.want)
+		}
+	}
+}
