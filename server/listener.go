@@ -36,7 +36,8 @@ type limitListener struct {
 	open    int
 	idle    list.List     // *limitedConn between requests, longest idle first
 	fresh   list.List     // *limitedConn that have not begun a request, oldest first
-	changed chan struct{} // closed, and replaced, when a slot frees or a connection turns idle
+	changed chan struct{} // closed, and replaced, when a slot frees or a connection turns idle while waiting is set
+	waiting bool          // Accept waits on changed
 	starved bool          // a whole wait passed without room, and no slot has freed since
 
 	done      chan struct{}
@@ -115,6 +116,7 @@ func (l *limitListener) admit(c net.Conn) *limitedConn {
 			wake = minTime(wake, front.Value.(*limitedConn).since.Add(l.wait))
 		}
 		changed := l.changed
+		l.waiting = true
 		l.mu.Unlock()
 		if timer == nil {
 			timer = time.NewTimer(wake.Sub(now))
@@ -160,8 +162,13 @@ func (l *limitListener) unlistLocked(lc *limitedConn) {
 	lc.elem = nil
 }
 
-// signalLocked wakes a wait for room.
+// signalLocked wakes a wait for room. Without one it does nothing, so that
+// a request's turn to idle costs no channel.
 func (l *limitListener) signalLocked() {
+	if !l.waiting {
+		return
+	}
+	l.waiting = false
 	close(l.changed)
 	l.changed = make(chan struct{})
 }
