@@ -137,6 +137,7 @@ func (s *Store) compactPartition(p store.Partition, items []tombItem) (int, erro
 	l := s.parts.lock(p)
 	defer s.parts.unlock(p, l)
 	r := newReader(s.db, p, false)
+	defer r.release()
 	head, err := r.Head()
 	if err != nil {
 		return 0, err

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 
 	pebbledb "github.com/cockroachdb/pebble/v2"
 	"github.com/dalvdb/dalv/store"
@@ -51,12 +52,51 @@ type seenKey struct {
 // seenIdxMin is the length of seen from which lookups go through a map.
 const seenIdxMin = 16
 
+// readers recycles readers, each some 500 bytes with its buffers: a sync
+// takes one.
+var readers = sync.Pool{New: func() any { return new(reader) }}
+
+// The largest buffers a released reader keeps, in bytes and in seen keys;
+// larger ones, from a large commit, go to the garbage collector.
+const (
+	pooledBufMax  = 4 << 10
+	pooledSeenMax = 64
+)
+
+// newReader returns a reader of p in src; release gives it back.
 func newReader(src pebbledb.Reader, p store.Partition, inUpdate bool) *reader {
-	r := &reader{src: src, p: p, inUpdate: inUpdate}
+	r := readers.Get().(*reader)
+	r.src, r.p, r.inUpdate = src, p, inUpdate
 	r.pid = appendPartition(r.pidBuf[:0], p)
-	r.scratch = r.keyBuf[:0]
-	r.seen = r.seenBuf[:0]
+	if r.scratch == nil {
+		r.scratch = r.keyBuf[:0]
+	}
+	if r.seen == nil {
+		r.seen = r.seenBuf[:0]
+	}
 	return r
+}
+
+// release returns r to the pool with its buffers emptied. Neither r nor
+// anything that aliases its buffers may be used after.
+func (r *reader) release() {
+	clear(r.seen) // drops the keys
+	seen, scratch := r.seen[:0], r.scratch[:0]
+	headDevs, devBuf := r.headDevs[:0], r.devBuf[:0]
+	if cap(seen) > pooledSeenMax {
+		seen = nil
+	}
+	if cap(scratch) > pooledBufMax {
+		scratch = nil
+	}
+	if cap(headDevs) > pooledBufMax {
+		headDevs = nil
+	}
+	if cap(devBuf) > pooledBufMax {
+		devBuf = nil
+	}
+	*r = reader{seen: seen, scratch: scratch, headDevs: headDevs, devBuf: devBuf}
+	readers.Put(r)
 }
 
 // Head implements store.Reader.

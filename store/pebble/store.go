@@ -347,6 +347,7 @@ func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.R
 	l := s.parts.lock(p)
 	defer s.parts.unlock(p, l)
 	r := newReader(s.db, p, true)
+	defer r.release()
 	r.heads = &s.heads
 	c, err := fn(r)
 	if err != nil || c == nil {
@@ -602,7 +603,9 @@ func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Rea
 	if err := s.failed.get(); err != nil {
 		return err
 	}
-	return fn(newReader(snap, p, false))
+	r := newReader(snap, p, false)
+	defer r.release()
+	return fn(r)
 }
 
 // DiskBytes implements [store.Store]; 0 once closed.
