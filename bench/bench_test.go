@@ -85,7 +85,7 @@ func TestRun(t *testing.T) {
 		sc   Scenario
 		name string
 	}{
-		{Sync, "rate"}, {Sync, "p50"}, {Sync, "p99"}, {Sync, "server_cpu"}, {Sync, "rss"},
+		{Sync, "rate"}, {Sync, "p50"}, {Sync, "p99"}, {Sync, "server_cpu"}, {Sync, "rss"}, {Sync, "alloc_bytes"}, {Sync, "alloc_objects"},
 		{Sync, "paced_p99"}, {Sync, "paced_server_p99"}, {Sync, "paced_fsync_p99"}, {Sync, "paced_per_fsync"},
 		{Catchup, "time"}, {Catchup, "proto_bytes"}, {Catchup, "http_bytes"}, {Catchup, "setup_rate"}, {Catchup, "rss"},
 		{Floor, "rate"}, {Floor, "ratio"}, {Floor, "rss"},

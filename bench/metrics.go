@@ -102,14 +102,19 @@ func (s histSample) quantile(old histSample, q float64) float64 {
 }
 
 // serverSample is what the server's metrics say at one moment of the time
-// its syncs take in its handlers and, on the embedded store, of the WAL
-// fsyncs they wait for and of Pebble's write stalls.
+// its syncs take in its handlers, of what it has allocated on the Go heap
+// and, on the embedded store, of the WAL fsyncs its syncs wait for and of
+// Pebble's write stalls.
 type serverSample struct {
 	syncs  histSample // dalv_request_duration_seconds of Sync
 	fsyncs histSample // dalv_pebble_wal_fsync_seconds
 	stalls float64
-	// hasSyncs and hasWAL say which of the above the server published.
-	hasSyncs, hasWAL bool
+	// allocBytes and allocObjects count every allocation since the
+	// server started (go_memstats_alloc_bytes_total, go_memstats_mallocs_total).
+	allocBytes, allocObjects float64
+	// hasSyncs, hasWAL and hasAllocs say which of the above the server
+	// published.
+	hasSyncs, hasWAL, hasAllocs bool
 }
 
 // serverSampleOf reads a serverSample from a scrape.
@@ -128,5 +133,9 @@ func serverSampleOf(fams map[string]*dto.MetricFamily) serverSample {
 		s.fsyncs, s.hasWAL = histOf(f.GetMetric()[0].GetHistogram())
 		s.stalls, _ = value(fams, "dalv_pebble_write_stalls_total")
 	}
+	var okBytes, okObjects bool
+	s.allocBytes, okBytes = value(fams, "go_memstats_alloc_bytes_total")
+	s.allocObjects, okObjects = value(fams, "go_memstats_mallocs_total")
+	s.hasAllocs = okBytes && okObjects
 	return s
 }

@@ -80,6 +80,8 @@ var metrics = slices.Concat([]metric{
 	{Sync, "server_cores", "server CPU use", "cores", fixed(2), "", nil},
 	{Sync, "bench_cores", "bench CPU use", "cores", fixed(2), "", nil},
 	{Sync, "other_cores", "other processes' CPU use", "cores", fixed(2), "", nil},
+	{Sync, "alloc_bytes", "server heap allocation per sync", "bytes", group, "", nil},
+	{Sync, "alloc_objects", "server heap objects per sync", "", fixed(1), "", nil},
 	{Sync, "paced_rate", "paced: syncs/s done", "syncs/s", group, "", nil},
 	{Sync, "paced_p50", "paced: latency p50", "ms", fixed(2), "", nil},
 	{Sync, "paced_p99", "paced: latency p99", "ms", fixed(2), fmt.Sprintf("< %v ms", ms(TargetSyncP99)),

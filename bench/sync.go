@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -16,9 +17,10 @@ func (b *bencher) syncScenario(ctx context.Context, vals map[string]float64) err
 	if err != nil {
 		return err
 	}
-	spec := loadSpec{label: string(Sync), unit: "syncs/s", workers: workers}
+	sw := b.serverDuring(ctx)
+	spec := loadSpec{label: string(Sync), unit: "syncs/s", workers: workers, measuring: sw.measuring}
 	if b.cfg.ServerProfile != "" && b.run == b.cfg.Runs {
-		spec.measuring = b.profileServer
+		spec.measuring = both(b.profileServer, sw.measuring)
 	}
 	res, err := b.load(ctx, spec)
 	if err != nil {
@@ -26,6 +28,10 @@ func (b *bencher) syncScenario(ctx context.Context, vals map[string]float64) err
 	}
 	res.record(vals, Sync, b.srv != nil)
 	vals[metricID(Sync, "errors")] = 0 // any error stops the run
+	if sw.ok && sw.start.hasAllocs && res.calls > 0 {
+		vals[metricID(Sync, "alloc_bytes")] = (sw.end.allocBytes - sw.start.allocBytes) / float64(res.calls)
+		vals[metricID(Sync, "alloc_objects")] = (sw.end.allocObjects - sw.start.allocObjects) / float64(res.calls)
+	}
 
 	if b.cfg.PacedRate < 0 {
 		return nil
@@ -34,7 +40,7 @@ func (b *bencher) syncScenario(ctx context.Context, vals map[string]float64) err
 		return err
 	}
 	interval := time.Duration(float64(time.Second) * float64(len(workers)) / b.cfg.PacedRate)
-	sw := b.serverDuring(ctx)
+	sw = b.serverDuring(ctx)
 	res, err = b.load(ctx, loadSpec{label: "sync paced", unit: "syncs/s", workers: workers, interval: interval, measuring: sw.measuring})
 	if err != nil {
 		return err
@@ -131,6 +137,15 @@ func (b *bencher) serverDuring(ctx context.Context) *serverWindow {
 		}
 		return serverSampleOf(fams), true
 	}}
+}
+
+// both is a measuring hook that runs a and then b as the measurement
+// starts, and waits for both after it ends.
+func both(a, b func() (wait func() error)) func() (wait func() error) {
+	return func() func() error {
+		waitA, waitB := a(), b()
+		return func() error { return errors.Join(waitA(), waitB()) }
+	}
 }
 
 // measuring scrapes the server's metrics as the measurement starts and

@@ -36,8 +36,9 @@ temporary data directory with generated secrets, and removes the directory
 afterwards. Scenarios:
 
   sync     --devices devices over --users users, each syncing one PUT at a
-           time, durably: syncs/s, p50 and p99 latency, errors (must be 0);
-           then the same paced at --paced-rate syncs/s in all, for the
+           time, durably: syncs/s, p50 and p99 latency, errors (must be 0),
+           and the bytes and objects the server allocated per sync (from
+           its /metrics); then the same paced at --paced-rate syncs/s in all, for the
            latency at that load rather than at saturation, with where
            its tail is spent: the p99 in the server's handler and of its
            WAL fsyncs, and write stalls (from the server's /metrics over
