@@ -64,7 +64,8 @@ type Entry struct {
 }
 
 // Reader reads one partition, consistently: within one Update or View every
-// call sees the same state.
+// call sees the same state. A Reader is valid only while the fn it was
+// given to runs; a store may reuse it after.
 type Reader interface {
 	// Head returns the partition's version and horizon.
 	Head() (Head, error)
