@@ -425,7 +425,9 @@ func (b *bencher) scenario(ctx context.Context, sc Scenario, vals map[string]flo
 		return err
 	}
 	if b.srv != nil {
-		vals[metricID(sc, "rss")] = float64(b.mon.peak())
+		peak := b.mon.peak()
+		vals[metricID(sc, "rss")] = float64(peak.RSS)
+		vals[metricID(sc, "rss_file")] = float64(peak.File)
 	}
 	return nil
 }

@@ -85,7 +85,7 @@ func TestRun(t *testing.T) {
 		sc   Scenario
 		name string
 	}{
-		{Sync, "rate"}, {Sync, "p50"}, {Sync, "p99"}, {Sync, "server_cpu"}, {Sync, "rss"}, {Sync, "alloc_bytes"}, {Sync, "alloc_objects"},
+		{Sync, "rate"}, {Sync, "p50"}, {Sync, "p99"}, {Sync, "server_cpu"}, {Sync, "rss"}, {Sync, "rss_file"}, {Sync, "alloc_bytes"}, {Sync, "alloc_objects"},
 		{Sync, "paced_p99"}, {Sync, "paced_server_p99"}, {Sync, "paced_fsync_p99"}, {Sync, "paced_per_fsync"},
 		{Catchup, "time"}, {Catchup, "proto_bytes"}, {Catchup, "http_bytes"}, {Catchup, "setup_rate"}, {Catchup, "rss"},
 		{Floor, "rate"}, {Floor, "ratio"}, {Floor, "rss"},
@@ -117,6 +117,9 @@ func TestRun(t *testing.T) {
 	}
 	if rss := get(Sync, "rss"); rss < 1e6 || rss > 1e9 {
 		t.Errorf("sync peak RSS = %v bytes, not a server's", rss)
+	}
+	if rss, file := get(Sync, "rss"), get(Sync, "rss_file"); file >= rss {
+		t.Errorf("sync peak RSS %v bytes, of which %v mapped from files: want a heap beside the executable", rss, file)
 	}
 }
 

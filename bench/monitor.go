@@ -2,7 +2,6 @@ package bench
 
 import (
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/dalvdb/dalv/internal/proc"
@@ -19,8 +18,9 @@ const sampleEvery = 100 * time.Millisecond
 type monitor struct {
 	srvs []*proc.Server
 	pids []int
-	last atomic.Int64
-	top  atomic.Int64
+	mu   sync.Mutex
+	last proc.Memory
+	top  proc.Memory // the sample with the highest RSS since reset
 	// exited is closed when the first server exits.
 	exited     chan struct{}
 	exitedOnce sync.Once
@@ -63,37 +63,46 @@ func (m *monitor) sample() {
 	if len(m.pids) == 0 {
 		return
 	}
-	var sum int64
+	var sum proc.Memory
 	for _, pid := range m.pids {
-		rss, err := proc.RSS(pid)
+		mem, err := proc.ReadMemory(pid)
 		if err != nil {
 			return // the process is gone; the scenario finds out
 		}
-		sum += rss
+		sum.RSS += mem.RSS
+		sum.Anon += mem.Anon
+		sum.File += mem.File
 	}
-	m.last.Store(sum)
-	for {
-		top := m.top.Load()
-		if sum <= top || m.top.CompareAndSwap(top, sum) {
-			return
-		}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.last = sum
+	if sum.RSS > m.top.RSS {
+		m.top = sum
 	}
 }
 
 // reset starts a new peak from a fresh sample.
 func (m *monitor) reset() {
-	m.top.Store(0)
+	m.mu.Lock()
+	m.top = proc.Memory{}
+	m.mu.Unlock()
 	m.sample()
 }
 
-// peak is the highest resident memory sampled since reset, in bytes.
-func (m *monitor) peak() int64 {
+// peak is the sample with the highest resident memory since reset.
+func (m *monitor) peak() proc.Memory {
 	m.sample()
-	return m.top.Load()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.top
 }
 
-// current is the last sample, in bytes.
-func (m *monitor) current() int64 { return m.last.Load() }
+// current is the last sample's resident memory, in bytes.
+func (m *monitor) current() int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.last.RSS
+}
 
 // cpu reads the CPU time the servers, this process and the machine have
 // used so far.

@@ -63,9 +63,15 @@ func fixed(digits int) func(float64) string {
 
 func megabytes(v float64) string { return fmt.Sprintf("%.1f", v/1e6) }
 
-var rssMetric = func(sc Scenario) metric {
-	return metric{sc, "rss", "server peak RSS", "MB", megabytes, fmt.Sprintf("< %d MB", TargetRSS/1_000_000),
-		func(v float64) bool { return v < TargetRSS }}
+// rssMetrics are a scenario's peak RSS and the part of it mapped from files:
+// the server's executable, of which Linux counts every page a process has
+// mapped, and maps more of it when the page cache holds it in large pages.
+func rssMetrics(sc Scenario) []metric {
+	return []metric{
+		{sc, "rss", "server peak RSS", "MB", megabytes, fmt.Sprintf("< %d MB", TargetRSS/1_000_000),
+			func(v float64) bool { return v < TargetRSS }},
+		{sc, "rss_file", "  of which mapped from files", "MB", megabytes, "", nil},
+	}
 }
 
 // metrics are every figure, in report order.
@@ -92,7 +98,7 @@ var metrics = slices.Concat([]metric{
 	{Sync, "paced_per_fsync", "paced: syncs per WAL fsync", "", fixed(1), "", nil},
 	{Sync, "paced_stalls", "paced: Pebble write stalls", "", fixed(0), "", nil},
 	{Sync, "paced_other_cores", "paced: other processes' CPU use", "cores", fixed(2), "", nil},
-	rssMetric(Sync),
+}, rssMetrics(Sync), []metric{
 	{Catchup, "time", "pull time (median)", "ms", fixed(2), fmt.Sprintf("< %v ms", ms(TargetCatchupTime)),
 		func(v float64) bool { return v < ms(TargetCatchupTime) }},
 	{Catchup, "entries", "entries", "", fixed(0), fmt.Sprintf("<= %d", TargetCatchupEntries),
@@ -104,7 +110,7 @@ var metrics = slices.Concat([]metric{
 	{Catchup, "more", "more", "", func(v float64) string { return fmt.Sprint(v != 0) }, "false",
 		func(v float64) bool { return v == 0 }},
 	{Catchup, "setup_rate", "setup commits/s (serial)", "commits/s", group, "", nil},
-	rssMetric(Catchup),
+}, rssMetrics(Catchup), []metric{
 	{Floor, "rate", "no-op calls/s (health check)", "calls/s", group, "", nil},
 	{Floor, "p50", "latency p50", "ms", fixed(2), "", nil},
 	{Floor, "p99", "latency p99", "ms", fixed(2), "", nil},
@@ -117,7 +123,7 @@ var metrics = slices.Concat([]metric{
 		func(v float64) bool { return v >= 100*TargetFloorRatio }},
 	{Floor, "cpu_ratio", "server CPU per sync / per no-op call", "×", fixed(2), fmt.Sprintf("<= %v×", TargetCPURatio),
 		func(v float64) bool { return v <= TargetCPURatio }},
-	rssMetric(Floor),
+}, rssMetrics(Floor), []metric{
 	{Storage, "rate", "Pebble synced commits/s", "commits/s", group, "", nil},
 	{Storage, "p50", "latency p50", "ms", fixed(2), "", nil},
 	{Storage, "p99", "latency p99", "ms", fixed(2), "", nil},
@@ -126,8 +132,7 @@ var metrics = slices.Concat([]metric{
 	{Storage, "other_cores", "other processes' CPU use", "cores", fixed(2), "", nil},
 	{Storage, "ratio", "sync rate / Pebble rate", "%", fixed(1), "", nil},
 	{Storage, "paced_p99", "paced at the sync's rate: latency p99", "ms", fixed(2), "", nil},
-	rssMetric(Storage),
-}, watchMetrics, []metric{
+}, rssMetrics(Storage), watchMetrics, []metric{
 	{Disk, "dir_bytes", "data directory after the run", "MB", megabytes, "", nil},
 	{Disk, "per_commit", "bytes per retained commit", "bytes", group, "", nil},
 	{Disk, "per_commit_compacted", "  the same after a full compaction", "bytes", group, "", nil},

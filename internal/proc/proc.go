@@ -201,20 +201,43 @@ func (s *Server) RSS() (int64, error) { return RSS(s.PID()) }
 
 // RSS returns the resident memory of process pid in bytes (Linux /proc).
 func RSS(pid int) (int64, error) {
+	m, err := ReadMemory(pid)
+	return m.RSS, err
+}
+
+// Memory is a process's resident memory in bytes, and how much of it is
+// anonymous (heap, stacks, memory the process allocated) and how much is
+// mapped from files (chiefly its own executable).
+type Memory struct {
+	RSS, Anon, File int64
+}
+
+// ReadMemory reads the resident memory of process pid (Linux /proc).
+func ReadMemory(pid int) (Memory, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, err
+		return Memory{}, err
 	}
+	var m Memory
+	fields := map[string]*int64{"VmRSS:": &m.RSS, "RssAnon:": &m.Anon, "RssFile:": &m.File}
+	found := 0
 	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			f := strings.Fields(rest)
-			if len(f) >= 1 {
-				kb, err := strconv.ParseInt(f[0], 10, 64)
-				return kb << 10, err
-			}
+		name, rest, _ := strings.Cut(line, "\t")
+		dst, ok := fields[name]
+		if !ok {
+			continue
 		}
+		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+		if err != nil {
+			return Memory{}, fmt.Errorf("/proc/%d/status: %s %w", pid, name, err)
+		}
+		*dst = kb << 10
+		found++
 	}
-	return 0, errors.New("no VmRSS in /proc status")
+	if found < len(fields) {
+		return Memory{}, fmt.Errorf("/proc/%d/status: no VmRSS, RssAnon or RssFile", pid)
+	}
+	return m, nil
 }
 
 // Build compiles ./cmd/dalv of the module containing the working directory
