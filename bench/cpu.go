@@ -126,11 +126,12 @@ func processCPU(pid int) (time.Duration, error) {
 }
 
 // nodeProcs is the GOMAXPROCS each of n nodes of the PostgreSQL bench runs
-// with: its share of the machine's cores, at least one, as Go would set it
-// itself in a container given that share. On their own, n Go processes on
-// these cores would each keep as many threads looking for work as the
-// machine has cores, and burn the time PostgreSQL and the other nodes
-// need. $GOMAXPROCS, when set, overrides it.
+// with: its share of the machine's cores, at least one, as an operator
+// would set it for a container given that share (Go's own default there,
+// from the container's CPU limit rounded up, is never below two). On their
+// own, n Go processes on these cores would each keep as many threads
+// looking for work as the machine has cores, and burn the time PostgreSQL
+// and the other nodes need. $GOMAXPROCS, when set, overrides it.
 func nodeProcs(n int) int {
 	if v := envProcs(); v > 0 {
 		return v
