@@ -24,7 +24,7 @@ func TestPostgresFailover(t *testing.T) {
 	t.Parallel()
 	cluster := pgtest.StartPatroni(t)
 	nodes, _ := pgNodes(t, cluster.URL, 2, "--heartbeat", "2s")
-	const devices, batches = 6, 100
+	const devices, batches = 40, loadBatches
 
 	feed := &feedReader{}
 	feedCtx, stopFeed := context.WithCancel(context.Background())
@@ -32,7 +32,7 @@ func TestPostgresFailover(t *testing.T) {
 	go func() { defer close(feedDone); feed.follow(feedCtx, nodes[1], "start") }()
 	defer func() { stopFeed(); <-feedDone }()
 	commits := backendCommits(t, nodes[0], "backend0")
-	codes := pgLoadWithFault(t, nodes, devices, batches, 1, func() { cluster.KillPrimary(t) })
+	codes := pgLoadWithFault(t, nodes, devices, 1, func() { cluster.KillPrimary(t) })
 	if codes["unavailable"] == 0 {
 		t.Errorf("answers %v: no sync ended with unavailable, so none struck the failover", codes)
 	}

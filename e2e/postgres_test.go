@@ -225,7 +225,7 @@ func TestPostgresRestart(t *testing.T) {
 	}
 	t.Cleanup(srv.Stop)
 	nodes, _ := pgNodes(t, srv.URL, 2, "--heartbeat", "2s")
-	pgLoadWithFault(t, nodes, 6, 40, 1, func() {
+	pgLoadWithFault(t, nodes, 16, 1, func() {
 		if err := srv.Restart(); err != nil {
 			t.Error(err)
 		}
@@ -240,7 +240,7 @@ func TestPostgresConnectionsKilled(t *testing.T) {
 	t.Parallel()
 	base := pgtest.Server(t)
 	nodes, apps := pgNodes(t, base, 2, "--heartbeat", "2s")
-	pgLoadWithFault(t, nodes, 8, 40, 3, func() {
+	pgLoadWithFault(t, nodes, 22, 3, func() {
 		pgtest.ExecOn(t, base, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", apps[0])
 	})
 }
@@ -265,7 +265,7 @@ func TestPostgresConnectionDelayed(t *testing.T) {
 		startServer(t, "--store", delayed, "--store-timeout", "1s", "--heartbeat", "2s"),
 		startServer(t, "--store", direct, "--heartbeat", "2s"),
 	}
-	codes := pgLoadWithFault(t, nodes, 6, 30, 1, func() {
+	codes := pgLoadWithFault(t, nodes, 12, 1, func() {
 		proxy.SetDelay(3 * time.Second)
 		// The node gives up on its statements after 1s: wait until a sync
 		// has ended with unavailable, then lift the delay.
@@ -284,13 +284,24 @@ func TestPostgresConnectionDelayed(t *testing.T) {
 	}
 }
 
-// pgLoadWithFault has devices (each its own user) sync batches through
-// nodes[0], retrying a batch that ends with unavailable, and calls fault
-// faults times while the load is well under way. Then it checks through
-// nodes[1] that every batch is there once, and that nodes[0] serves on. It
-// returns how many answers each code had ("ok" for success).
-func pgLoadWithFault(t *testing.T, nodes []*proc.Server, devices, batches, faults int, fault func()) map[string]int {
+// loadBatches is how many batches each device of pgLoadWithFault syncs.
+// Each batch writes a key of its own, and a node holds the state of a
+// partition, and so commits to it in grouped statements, only while the
+// partition has at most 16 entries (what the PostgreSQL store reads ahead):
+// with 15 batches every commit after a device's first goes through the
+// grouped statements, and so the faults strike those.
+const loadBatches = 15
+
+// pgLoadWithFault has devices (each its own user) sync loadBatches batches
+// through nodes[0], retrying a batch that ends with unavailable, and calls
+// fault faults times while the load is well under way. It checks that the
+// load went through grouped statements of several commits before the faults
+// and from them on, then through nodes[1] that every batch is there once, and
+// that nodes[0] serves on. It returns how many answers each code had ("ok"
+// for success).
+func pgLoadWithFault(t *testing.T, nodes []*proc.Server, devices, faults int, fault func()) map[string]int {
 	t.Helper()
+	const batches = loadBatches
 	var acked atomic.Int64
 	var mu sync.Mutex
 	codes := make(map[string]int)
@@ -334,6 +345,7 @@ func pgLoadWithFault(t *testing.T, nodes []*proc.Server, devices, batches, fault
 			}
 		})
 	}
+	var groupedBefore float64
 	for k := range faults {
 		// Strike when the load is well under way, then let it go on.
 		target := int64((k + 1) * devices * batches / (faults + 1))
@@ -343,18 +355,25 @@ func pgLoadWithFault(t *testing.T, nodes []*proc.Server, devices, batches, fault
 			}
 			return nil
 		})
+		if k == 0 {
+			groupedBefore = groupedCommits(t, nodes[0])
+		}
 		fault()
 	}
 	wg.Wait()
 	t.Logf("answers: %v", codes)
-	// The load went through grouped statements of held commits, so the
-	// faults struck them too.
+	// The load went through grouped statements of held commits before the
+	// faults and from them on, so the faults struck them.
 	fams := scrape(t, nodes[0])
 	held, statements := metric(fams, "dalv_postgres_held_commits_total", map[string]string{"outcome": "committed"}), metric(fams, "dalv_postgres_held_statements_total", nil)
 	if held == nil || statements == nil || statements.GetCounter().GetValue() == 0 || held.GetCounter().GetValue() <= statements.GetCounter().GetValue() {
 		t.Errorf("held commits %v in statements %v: want grouped statements under the load", held, statements)
 	} else {
 		t.Logf("%v held commits in %v statements", held.GetCounter().GetValue(), statements.GetCounter().GetValue())
+	}
+	if grouped := groupedCommits(t, nodes[0]); groupedBefore == 0 || grouped <= groupedBefore {
+		t.Errorf("%v commits in grouped statements before the first fault, %v in all: want them both before and from the fault on",
+			groupedBefore, grouped)
 	}
 
 	// Through the other node: every acknowledged batch is there once.
@@ -389,6 +408,13 @@ func pgLoadWithFault(t *testing.T, nodes []*proc.Server, devices, batches, fault
 		t.Errorf("sync on node 1 after the faults: version %d, want %d", resp.Msg.GetVersion(), batches+1)
 	}
 	return codes
+}
+
+// groupedCommits returns how many commits node has written in grouped
+// statements of held partitions.
+func groupedCommits(t *testing.T, node *proc.Server) float64 {
+	t.Helper()
+	return metric(scrape(t, node), "dalv_postgres_commits_total", map[string]string{"way": "grouped"}).GetCounter().GetValue()
 }
 
 // pgxConnect connects to the database at u.
