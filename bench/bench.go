@@ -151,6 +151,9 @@ type Config struct {
 	Users int
 	// ValueBytes is the size of each PUT's value (default 32).
 	ValueBytes int
+	// Keys is how many keys each device cycles its PUTs over (default 1),
+	// and so how many entries its user's partition holds per device.
+	Keys int
 	// PacedRate is the offered rate, in syncs per second over all devices,
 	// of the sync scenario's second measurement, which gives the latency
 	// at that load rather than at saturation (default DefaultPacedRate;
@@ -220,6 +223,7 @@ func (c Config) withDefaults() (Config, error) {
 	setDefault(&c.Devices, DefaultDevices)
 	setDefault(&c.Users, c.Devices)
 	setDefault(&c.ValueBytes, DefaultValueBytes)
+	setDefault(&c.Keys, 1)
 	setDefault(&c.PacedRate, DefaultPacedRate)
 	setDefault(&c.CatchupCommits, DefaultCatchupCommits)
 	setDefault(&c.CatchupKeys, DefaultCatchupKeys)
@@ -236,7 +240,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.Progress = io.Discard
 	}
 	switch {
-	case c.Runs < 0, c.Duration < 0, c.Warmup < 0, c.Devices < 0, c.Users < 0, c.ValueBytes < 0,
+	case c.Runs < 0, c.Duration < 0, c.Warmup < 0, c.Devices < 0, c.Users < 0, c.ValueBytes < 0, c.Keys < 0,
 		c.CatchupCommits < 0, c.CatchupKeys < 0, c.CatchupPulls < 0,
 		c.Watchers < 0, c.WatchUsers < 0, c.DeliveryRate < 0, c.IdleWatchers < 0, c.IdleUsers < 0:
 		return c, fmt.Errorf("%w: negative runs, duration, count or size", ErrConfig)

@@ -189,6 +189,7 @@ func TestConfigErrors(t *testing.T) {
 		"more users":        {Binary: "dalv", Devices: 2, Users: 3},
 		"url without keys":  {URL: "http://127.0.0.1:1"},
 		"negative duration": {Binary: "dalv", Duration: -time.Second},
+		"negative keys":     {Binary: "dalv", Keys: -1},
 		"few commits":       {Binary: "dalv", CatchupCommits: 10, CatchupKeys: 20},
 		"url and profile":   {URL: "http://x", JWTSecret: "s", BackendKey: "k", ServerProfile: "p"},
 	} {

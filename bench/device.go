@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"connectrpc.com/connect"
@@ -25,9 +26,9 @@ func (s secrets) deviceAuth(user string) ([]string, error) {
 	return authorization(tok), nil
 }
 
-// device is one simulated device: it PUTs its own key, one op per sync,
-// each batch numbered after the last and based on the version the last
-// answer gave. The sync loads of both benches, and the PostgreSQL bench's
+// device is one simulated device: it PUTs its own key, or cycles over
+// keys of its own, one op per sync, each batch numbered after the last and
+// based on the version the last answer gave. The sync loads of both benches, and the PostgreSQL bench's
 // watch probes, are made of them.
 type device struct {
 	client dalvv1connect.ClientServiceClient
@@ -35,19 +36,26 @@ type device struct {
 	req    *dalvv1.SyncRequest // reused: the call is done with it on return
 	value  []byte              // the PUT's value, rewritten per batch
 	number []byte              // the part of value that numbers the batch
+	key    string              // the key, or with keys above 1 the keys' prefix
+	keys   uint64
 	base   uint64
 }
 
 // newDevice is device id of user, syncing through c values of valueBytes
-// bytes to the key "bench/" + id. A value is a JSON string ("vvv…" and the
-// batch's number) when it has room for the quotes, as applications' values
-// are often JSON: write rules with a schema can check it.
-func (s secrets) newDevice(c *clients, user, id string, valueBytes int) (*device, error) {
+// bytes to the key "bench/" + id, or with keys above 1 to "bench/" + id +
+// "/0" … "/<keys-1>" in turn, so that the user's partition holds that many
+// entries. A value is a JSON string ("vvv…" and the batch's number) when
+// it has room for the quotes, as applications' values are often JSON:
+// write rules with a schema can check it.
+func (s secrets) newDevice(c *clients, user, id string, valueBytes, keys int) (*device, error) {
 	a, err := s.deviceAuth(user)
 	if err != nil {
 		return nil, err
 	}
-	d := &device{client: c.device, auth: a, value: make([]byte, valueBytes)}
+	d := &device{client: c.device, auth: a, value: make([]byte, valueBytes), key: "bench/" + id, keys: uint64(max(keys, 1))}
+	if d.keys > 1 {
+		d.key += "/"
+	}
 	for i := range d.value {
 		d.value[i] = 'v'
 	}
@@ -60,7 +68,7 @@ func (s secrets) newDevice(c *clients, user, id string, valueBytes int) (*device
 		DeviceId: id,
 		Ops: []*dalvv1.Op{{
 			Kind:  dalvv1.OpKind_OP_KIND_PUT,
-			Key:   "bench/" + id,
+			Key:   d.key,
 			Value: &dalvv1.Value{Kind: &dalvv1.Value_Scalar{Scalar: d.value}},
 		}},
 	}
@@ -72,6 +80,9 @@ func (d *device) sync(ctx context.Context) error {
 	d.req.Batch++
 	d.req.BaseVersion = d.base
 	putNumber(d.number, d.req.Batch)
+	if d.keys > 1 {
+		d.req.Ops[0].Key = d.key + strconv.FormatUint(d.req.Batch%d.keys, 10)
+	}
 	req := connect.NewRequest(d.req)
 	req.Header()["Authorization"] = d.auth
 	resp, err := d.client.Sync(ctx, req)

@@ -53,6 +53,8 @@ type PostgresConfig struct {
 	Warmup   time.Duration
 	// ValueBytes is the size of each PUT's value (default 32).
 	ValueBytes int
+	// Keys is as in [Config] (default 1).
+	Keys int
 	// Probes are device pairs measuring commit-to-watcher latency while
 	// the load runs with more than one node: one syncs every ProbeEvery on
 	// a node, the other watches on the next node (defaults 4 and 20ms).
@@ -78,6 +80,7 @@ func (c PostgresConfig) withDefaults() (PostgresConfig, error) {
 	setDefault(&c.Runs, 3)
 	setDefault(&c.Duration, DefaultDuration)
 	setDefault(&c.ValueBytes, DefaultValueBytes)
+	setDefault(&c.Keys, 1)
 	setDefault(&c.Probes, 4)
 	setDefault(&c.ProbeEvery, 20*time.Millisecond)
 	if c.Progress == nil {
@@ -88,8 +91,8 @@ func (c PostgresConfig) withDefaults() (PostgresConfig, error) {
 		return c, fmt.Errorf("%w: the PostgreSQL bench needs a dalv binary and a --store URL", ErrConfig)
 	case slices.ContainsFunc(c.Nodes, func(n int) bool { return n < 1 }):
 		return c, fmt.Errorf("%w: node counts must be at least 1", ErrConfig)
-	case c.Devices < 1, c.Runs < 1, c.Duration <= 0, c.Warmup < 0, c.Probes < 0, c.ProbeEvery <= 0:
-		return c, fmt.Errorf("%w: devices, runs, durations and probes must be positive", ErrConfig)
+	case c.Devices < 1, c.Runs < 1, c.Duration <= 0, c.Warmup < 0, c.Probes < 0, c.ProbeEvery <= 0, c.Keys < 1:
+		return c, fmt.Errorf("%w: devices, runs, durations, probes and keys must be positive", ErrConfig)
 	}
 	if c.Pgbench == "" {
 		c.Pgbench = findPgbench()
@@ -124,7 +127,7 @@ func RunPostgres(ctx context.Context, cfg PostgresConfig) (*PostgresReport, erro
 		}
 	}
 	cfg.Warmup, pb.meter.warmup = pb.cfg.Warmup, pb.cfg.Warmup
-	rep := &PostgresReport{Devices: cfg.Devices, Runs: cfg.Runs, Duration: cfg.Duration.String(), Warmup: cfg.Warmup.String(),
+	rep := &PostgresReport{Devices: cfg.Devices, Keys: cfg.Keys, Runs: cfg.Runs, Duration: cfg.Duration.String(), Warmup: cfg.Warmup.String(),
 		Server: pb.version, ClientProcs: runtime.GOMAXPROCS(0)}
 	rep.Script, rep.CommitScript = pb.script, pb.commitScript
 	target, runTarget := TargetPgbenchRatio, TargetPgbenchRunRatio

@@ -140,7 +140,7 @@ func (pb *pgBench) runNodes(ctx context.Context, n int) (pgSample, *probeTimes, 
 	devices := func(tag string) ([]call, error) {
 		workers := make([]call, pb.cfg.Devices)
 		for i := range workers {
-			d, err := pb.newDevice(clients[i%n], fmt.Sprintf("%s-u%d", tag, i), "phone", pb.cfg.ValueBytes)
+			d, err := pb.newDevice(clients[i%n], fmt.Sprintf("%s-u%d", tag, i), "phone", pb.cfg.ValueBytes, pb.cfg.Keys)
 			if err != nil {
 				return nil, err
 			}
@@ -228,7 +228,7 @@ func (pb *pgBench) loadListening(ctx context.Context, clients []*clients, tag st
 		}
 	}()
 	for i, c := range clients {
-		d, err := pb.newDevice(c, fmt.Sprintf("%s-idle%d", tag, i), "phone", pb.cfg.ValueBytes)
+		d, err := pb.newDevice(c, fmt.Sprintf("%s-idle%d", tag, i), "phone", pb.cfg.ValueBytes, pb.cfg.Keys)
 		if err != nil {
 			return pgSample{}, err
 		}

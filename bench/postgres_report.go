@@ -9,8 +9,10 @@ import (
 
 // PostgresReport is what [RunPostgres] measured: medians over the runs.
 type PostgresReport struct {
-	Server   string `json:"server"`
-	Devices  int    `json:"devices"`
+	Server  string `json:"server"`
+	Devices int    `json:"devices"`
+	// Keys is how many keys each device cycles its PUTs over.
+	Keys     int    `json:"keys"`
 	Runs     int    `json:"runs"`
 	Duration string `json:"duration"`
 	// Warmup is the unmeasured load before each measurement.
@@ -108,8 +110,8 @@ type PgNodes struct {
 // WriteTable writes the report for people.
 func (r *PostgresReport) WriteTable(w io.Writer) error {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "dalv serve --store over %s: %d devices (pgbench: as many clients), %s per measurement after %s of warm-up, median of %d runs\n\n",
-		r.Server, r.Devices, r.Duration, r.Warmup, r.Runs)
+	fmt.Fprintf(&b, "dalv serve --store over %s: %d devices (pgbench: as many clients), each PUTting %s, %s per measurement after %s of warm-up, median of %d runs\n\n",
+		r.Server, r.Devices, keysPhrase(r.Keys), r.Duration, r.Warmup, r.Runs)
 	f2 := fixed(2)
 	pct := func(v float64) string { return fmt.Sprintf("%.1f%%", 100*v) }
 	rows := [][]string{{"", "rate /s", "p50 ms", "p99 ms", "ratio", "target"}}

@@ -52,7 +52,7 @@ func (pb *pgBench) probesAlone(ctx context.Context, clients []*clients, tag stri
 // tablet watches through another, and records the time from sending each
 // sync to its commit's arrival at the watch.
 func (pb *pgBench) probe(ctx context.Context, syncs, watches *clients, user string, times *probeTimes) error {
-	phone, err := pb.newDevice(syncs, user, "phone", pb.cfg.ValueBytes)
+	phone, err := pb.newDevice(syncs, user, "phone", pb.cfg.ValueBytes, pb.cfg.Keys)
 	if err != nil {
 		return err
 	}

@@ -61,6 +61,14 @@ func fixed(digits int) func(float64) string {
 	return func(v float64) string { return fmt.Sprintf("%.*f", digits, v) }
 }
 
+// keysPhrase says what each syncing device PUTs: one key, or keys in turn.
+func keysPhrase(keys int) string {
+	if keys <= 1 {
+		return "one key"
+	}
+	return fmt.Sprintf("%d keys in turn", keys)
+}
+
 func megabytes(v float64) string { return fmt.Sprintf("%.1f", v/1e6) }
 
 // rssMetrics are a scenario's peak RSS and the part of it mapped from files:
@@ -173,6 +181,7 @@ type Settings struct {
 	Devices        int      `json:"devices"`
 	Users          int      `json:"users"`
 	ValueBytes     int      `json:"value_bytes"`
+	Keys           int      `json:"keys"`
 	PacedRate      float64  `json:"paced_rate"`
 	CatchupCommits int      `json:"catchup_commits"`
 	CatchupKeys    int      `json:"catchup_keys"`
@@ -211,7 +220,7 @@ type Result struct {
 func newReport(cfg Config) *Report {
 	s := Settings{
 		Runs: cfg.Runs, Duration: cfg.Duration.String(), Warmup: cfg.Warmup.String(),
-		Devices: cfg.Devices, Users: cfg.Users, ValueBytes: cfg.ValueBytes, PacedRate: cfg.PacedRate,
+		Devices: cfg.Devices, Users: cfg.Users, ValueBytes: cfg.ValueBytes, Keys: cfg.Keys, PacedRate: cfg.PacedRate,
 		CatchupCommits: cfg.CatchupCommits, CatchupKeys: cfg.CatchupKeys, CatchupPulls: cfg.CatchupPulls,
 		Watchers: cfg.Watchers, WatchUsers: cfg.WatchUsers, DeliveryRate: cfg.DeliveryRate,
 		IdleWatchers: cfg.IdleWatchers, IdleUsers: cfg.IdleUsers,
@@ -311,9 +320,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if !r.Pass {
 		summary = "some targets MISSED"
 	}
-	fmt.Fprintf(&buf, "\n%s: median of %d runs (%s each after %s of warm-up), %d devices over %d users, %s, gzip %v; %s.\n"+
+	fmt.Fprintf(&buf, "\n%s: median of %d runs (%s each after %s of warm-up), %d devices over %d users, each PUTting %s, %s, gzip %v; %s.\n"+
 		"machine: %s, %d cores, Linux %s, %s %s/%s, load average %s at the start; the load generator shares it.\n",
-		summary, s.Runs, s.Duration, s.Warmup, s.Devices, s.Users, s.Protocol, s.Gzip, s.Server,
+		summary, s.Runs, s.Duration, s.Warmup, s.Devices, s.Users, keysPhrase(s.Keys), s.Protocol, s.Gzip, s.Server,
 		r.Machine.CPU, r.Machine.Cores, r.Machine.Kernel, r.Machine.Go, r.Machine.OS, r.Machine.Arch, r.Machine.LoadAverage)
 	if s.PacedRate > 0 {
 		fmt.Fprintf(&buf, "paced: the same devices offered %s syncs/s in all, each on a fixed schedule; latency counts from the scheduled start.\n", group(s.PacedRate))

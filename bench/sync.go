@@ -69,7 +69,7 @@ func (b *bencher) devices(tag string) ([]call, error) {
 	workers := make([]call, b.cfg.Devices)
 	for i := range workers {
 		user := fmt.Sprintf("b%s-r%d%s-u%d", b.id, b.run, tag, i%b.cfg.Users)
-		d, err := b.newDevice(b.clients, user, fmt.Sprintf("b%s-r%d%s-d%d", b.id, b.run, tag, i), b.cfg.ValueBytes)
+		d, err := b.newDevice(b.clients, user, fmt.Sprintf("b%s-r%d%s-d%d", b.id, b.run, tag, i), b.cfg.ValueBytes, b.cfg.Keys)
 		if err != nil {
 			return nil, err
 		}
