@@ -28,8 +28,8 @@ func (s secrets) deviceAuth(user string) ([]string, error) {
 
 // device is one simulated device: it PUTs its own key, or cycles over
 // keys of its own, one op per sync, each batch numbered after the last and
-// based on the version the last answer gave. The sync loads of both benches, and the PostgreSQL bench's
-// watch probes, are made of them.
+// based on the version the last answer gave. The sync loads of both
+// benches, and the PostgreSQL bench's watch probes, are made of them.
 type device struct {
 	client dalvv1connect.ClientServiceClient
 	auth   []string
