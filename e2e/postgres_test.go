@@ -294,7 +294,8 @@ const loadBatches = 15
 
 // pgLoadWithFault has devices (each its own user) sync loadBatches batches
 // through nodes[0], retrying a batch that ends with unavailable, and calls
-// fault faults times while the load is well under way. It checks that the
+// fault faults times while the load is well under way, each device's last
+// batch waiting for the faults. It checks that the
 // load went through grouped statements of several commits before the faults
 // and from them on, then through nodes[1] that every batch is there once, and
 // that nodes[0] serves on. It returns how many answers each code had ("ok"
@@ -303,6 +304,9 @@ func pgLoadWithFault(t *testing.T, nodes []*proc.Server, devices, faults int, fa
 	t.Helper()
 	const batches = loadBatches
 	var acked atomic.Int64
+	// Each device holds its last batch back until every fault has been
+	// injected, so that the load is still running when they strike.
+	faulted := make(chan struct{})
 	var mu sync.Mutex
 	codes := make(map[string]int)
 	deadline := time.Now().Add(90 * time.Second)
@@ -313,6 +317,9 @@ func pgLoadWithFault(t *testing.T, nodes []*proc.Server, devices, faults int, fa
 			c := deviceClient(t, nodes[0], user)
 			var version uint64
 			for b := uint64(1); b <= uint64(batches); b++ {
+				if b == uint64(batches) {
+					<-faulted
+				}
 				for {
 					req := connect.NewRequest(&dalvv1.SyncRequest{DeviceId: "phone", BaseVersion: version, Batch: b,
 						Ops: ops(opPut(fmt.Sprintf("k/%03d", b), fmt.Sprint(b)))})
@@ -360,6 +367,7 @@ func pgLoadWithFault(t *testing.T, nodes []*proc.Server, devices, faults int, fa
 		}
 		fault()
 	}
+	close(faulted)
 	wg.Wait()
 	t.Logf("answers: %v", codes)
 	// The load went through grouped statements of held commits before the
