@@ -992,6 +992,55 @@ func TestHeldState(t *testing.T) {
 	waitFeed(t, b, 5, feedOf("alice"))
 }
 
+// TestReadAheadLost hands the read ahead's scan the rows pgx gives a
+// query whose connection is gone (as a batch's rows are when the
+// connection is lost between two of its results): no columns at all. The
+// scan reports the rows' error instead of asking for their columns, which
+// pgx cannot give and panics on.
+func TestReadAheadLost(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, pgtest.URL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	lost, _ := conn.Query(ctx, prefetchAll, "p")
+	if err := (&prefetch{}).scan(lost); err == nil || err != lost.Err() {
+		t.Errorf("read ahead on a lost connection: %v, want the rows' error %v", err, lost.Err())
+	}
+}
+
+// TestViewPanics has a View's fn panic in the View's transaction, as a bug
+// would in a request an HTTP server recovers from: the connection still
+// goes back to the pool, and the next View has it.
+func TestViewPanics(t *testing.T) {
+	t.Parallel()
+	s := openFresh(t, Options{MaxConns: 1})
+	ctx := context.Background()
+	p := store.Partition{Name: "u"}
+	func() {
+		defer func() {
+			if r := recover(); r != "fn's bug" {
+				t.Errorf("recovered %v, want fn's panic", r)
+			}
+		}()
+		_ = s.View(ctx, p, func(r store.Reader) error {
+			if _, err := r.Head(); err != nil {
+				t.Error(err)
+			}
+			panic("fn's bug")
+		})
+	}()
+	vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := s.View(vctx, p, func(r store.Reader) error { _, err := r.Head(); return err }); err != nil {
+		t.Fatalf("a View after one whose fn panicked, on a pool of one connection: %v", err)
+	}
+}
+
 // TestHeldStateCompacted drops a tombstone below the horizon, as retention
 // does when commit clocks disagree: the horizon stays, the compaction count
 // moves, and a store holding the tombstone commits on the partition as it

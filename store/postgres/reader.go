@@ -94,7 +94,7 @@ func (pf *prefetch) queueEntries(b *pgx.Batch, part string) {
 // scan reads the rows of prefetchAll or prefetchEntries.
 func (pf *prefetch) scan(rows pgx.Rows) error {
 	entries, devices := 0, 0
-	withKind := len(rows.FieldDescriptions()) == 7
+	withKind := false
 	for rows.Next() {
 		var (
 			isEntry *bool
@@ -102,6 +102,12 @@ func (pf *prefetch) scan(rows pgx.Rows) error {
 			omitted bool
 			err     error
 		)
+		if entries+devices == 0 {
+			// The columns are known once a row has come: rows that
+			// PostgreSQL refused, or whose connection was lost, have none
+			// (and pgx's FieldDescriptions dereferences nil on them).
+			withKind = len(rows.FieldDescriptions()) == 7
+		}
 		if withKind {
 			e, err = scanEntryRow(rows, &isEntry, &omitted)
 		} else {
@@ -129,6 +135,9 @@ func (pf *prefetch) scan(rows pgx.Rows) error {
 			pf.omitted[e.Key] = true
 		}
 		pf.entries = append(pf.entries, e)
+	}
+	if err := rows.Err(); err != nil {
+		return err
 	}
 	slices.SortFunc(pf.entries, func(a, b store.Entry) int { return strings.Compare(a.Key, b.Key) })
 	pf.entriesAll = entries <= prefetchRows
@@ -513,7 +522,17 @@ func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Rea
 	}
 	r := &reader{ctx: octx, caller: ctx, conn: conn, p: p, part: partID(p), begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
 		readAhead: !s.hooks.noReadAhead}
+	ended := false
+	defer func() {
+		if !ended {
+			// fn panicked (and an HTTP server may recover and carry on):
+			// the connection goes back all the same, and the pool drops
+			// it if it is left in the transaction.
+			conn.Release()
+		}
+	}()
 	err = fn(r)
+	ended = true
 	switch {
 	case !r.begun || conn.Conn().IsClosed():
 		conn.Release()
