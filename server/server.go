@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -325,6 +326,16 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// recovered answers a call whose handler panicked: the panic is a bug of
+// the server's, logged with its stack at error level (net/http's own log of
+// a recovered panic is at debug level, with its other noise), and the
+// caller gets internal. The handler's deferred calls have given back what
+// it held.
+func (s *Server) recovered(_ context.Context, spec connect.Spec, _ http.Header, p any) error {
+	s.log.Error("a call's handler panicked", "procedure", spec.Procedure, "panic", p, "stack", string(debug.Stack()))
+	return connect.NewError(connect.CodeInternal, errors.New("the server failed to answer this call; it logged why"))
+}
+
 func (s *Server) routes() http.Handler {
 	opts := []connect.HandlerOption{
 		connect.WithInterceptors(s.metrics.interceptor()),
@@ -332,6 +343,7 @@ func (s *Server) routes() http.Handler {
 		s.gzipWithLimit(),
 		// Compressing small answers costs more CPU than the bytes it saves.
 		connect.WithCompressMinBytes(1024),
+		connect.WithRecover(s.recovered),
 	}
 	opts = append(opts, jsonCodecs()...)
 	mux := http.NewServeMux()

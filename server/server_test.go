@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -336,4 +339,57 @@ func TestNewRefusesNegativeConfig(t *testing.T) {
 	if _, err := New(base()); err != nil {
 		t.Errorf("New refused the zero (default) configuration: %v", err)
 	}
+}
+
+// panickyStore is a store whose View panics, as a bug in a read would.
+type panickyStore struct{ store.Store }
+
+func (panickyStore) View(context.Context, store.Partition, func(store.Reader) error) error {
+	panic("a bug in a read")
+}
+
+// TestHandlerPanics checks that a call whose handler panics is answered
+// internal, with a message that says nothing of the panic, and that the
+// panic is logged at error level with the procedure; the server answers
+// the next call.
+func TestHandlerPanics(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	cfg.Store = panickyStore{cfg.Store}
+	var logged strings.Builder
+	var mu sync.Mutex
+	cfg.Logger = slog.New(slog.NewTextHandler(lockedWriter{&mu, &logged}, &slog.HandlerOptions{Level: slog.LevelError}))
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(s.Handler())
+	t.Cleanup(hs.Close)
+	backend := dalvv1connect.NewBackendServiceClient(hs.Client(), hs.URL)
+	for range 2 {
+		req := connect.NewRequest(&dalvv1.GetRequest{User: "u", Keys: []string{"k"}})
+		req.Header().Set("Authorization", "Bearer "+testKey)
+		_, err := backend.Get(context.Background(), req)
+		if connect.CodeOf(err) != connect.CodeInternal || strings.Contains(err.Error(), "bug") {
+			t.Errorf("a Get whose read panics: %v, want internal saying nothing of the panic", err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got := logged.String(); strings.Count(got, "level=ERROR") != 2 || !strings.Contains(got, "a bug in a read") ||
+		!strings.Contains(got, dalvv1connect.BackendServiceGetProcedure) || !strings.Contains(got, "panickyStore") {
+		t.Errorf("the panics logged:\n%s\nwant two errors naming the procedure, the panic and its stack", got)
+	}
+}
+
+// lockedWriter serialises writes to w.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
