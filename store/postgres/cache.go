@@ -92,6 +92,30 @@ func (c *stateCache) hold(part string, st *partState) {
 	c.putLocked(part, st)
 }
 
+// readAheadRows is how many entries, and device records, an Update of part
+// reads ahead: holdRows, so that the state can be held, unless part cools
+// down (see coolDown and markTooBig) or no state is held at all.
+func (c *stateCache) readAheadRows(part string) int {
+	if c.budget <= 0 {
+		return prefetchRows
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old := c.parts[part]; old != nil && old.pf == nil && c.now().Before(old.cool) {
+		return prefetchRows
+	}
+	return holdRows
+}
+
+// markTooBig notes that pf, read ahead of part up to holdRows, found more
+// than a state may hold: for c.coolFor the partition's Updates read only
+// prefetchRows ahead, which is all a partition that size gains from.
+func (c *stateCache) markTooBig(part string, pf *prefetch) {
+	if pf != nil && pf.rows == holdRows && pf.tooBig() {
+		c.coolDown(part)
+	}
+}
+
 // coolDown forgets part's state and holds none for c.coolFor.
 func (c *stateCache) coolDown(part string) {
 	if c.budget <= 0 {
@@ -169,7 +193,7 @@ func (st *partState) after(c *store.Commit) *partState {
 		devices[c.Device] = c.Batch
 		pf.devices = devices
 	}
-	if len(pf.entries) > prefetchRows || len(pf.devices) > prefetchRows {
+	if len(pf.entries) > holdRows || len(pf.devices) > holdRows {
 		return nil
 	}
 	return &partState{head: store.Head{Version: c.Version, Horizon: st.head.Horizon}, compactions: st.compactions,

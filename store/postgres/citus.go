@@ -751,10 +751,11 @@ func (s *Store) citusRead(ctx context.Context, p store.Partition, part string) (
 		}
 		return rows.Err()
 	})
-	st.pf.queueAll(b, part)
+	st.pf.queueAll(b, part, s.held.states.readAheadRows(part))
 	if err := s.sendBatch(ctx, b); err != nil {
 		return nil, fmt.Errorf("update %s: read: %w", p, err)
 	}
+	s.held.states.markTooBig(part, st.pf)
 	st.head = store.Head{Version: uint64(v), Horizon: uint64(hz)}
 	if st.stream == "" {
 		var err error

@@ -1041,6 +1041,42 @@ func TestViewPanics(t *testing.T) {
 	}
 }
 
+// TestHeldStateSize writes a key of its own in each commit to two
+// partitions, one through each store: every commit after the first to a
+// partition of up to holdRows entries is written on the held state; past
+// that size the partition is no longer held, and once an Update has read
+// it ahead as too big, the next ones read only prefetchRows ahead.
+func TestHeldStateSize(t *testing.T) {
+	t.Parallel()
+	schema, _ := pgtest.Schema(t)
+	for _, tc := range []struct {
+		name       string
+		commits    int
+		held       int64
+		readsAhead int
+	}{
+		{"forty", 40, 39, holdRows},
+		// Commits 2 to holdRows+1 are held; the one after finds the
+		// partition too big in its read ahead.
+		{"hundred", 100, holdRows, prefetchRows},
+	} {
+		s := openSchema(t, schema, Options{})
+		p := store.Partition{Name: tc.name}
+		for i := 1; i <= tc.commits; i++ {
+			k := fmt.Sprintf("k%03d", i)
+			if v, _, err := commitAt(s, p, time.Now(), "", store.Entry{Key: k, Value: []byte(k)}); err != nil || v != uint64(i) {
+				t.Fatalf("%s: commit %d: version %d, %v", tc.name, i, v, err)
+			}
+		}
+		if c, m := heldCounts(s); c != tc.held || m != 0 {
+			t.Errorf("%s: %d commits of one new key each: %d held and %d moved, want %d and 0", tc.name, tc.commits, c, m, tc.held)
+		}
+		if got := s.held.states.readAheadRows(partID(p)); got != tc.readsAhead {
+			t.Errorf("%s: the next Update reads %d rows ahead, want %d", tc.name, got, tc.readsAhead)
+		}
+	}
+}
+
 // TestHeldStateCompacted drops a tombstone below the horizon, as retention
 // does when commit clocks disagree: the horizon stays, the compaction count
 // moves, and a store holding the tombstone commits on the partition as it

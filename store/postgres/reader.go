@@ -48,11 +48,15 @@ type reader struct {
 
 // A partition's first statement in an Update (and a View's first Head)
 // comes with the reads ahead of a small partition: its device records and
-// its entries, up to prefetchRows each, values up to prefetchValue bytes.
-// fn's reads of a small partition then take no round trip: a sync is two,
-// the lock and the commit.
+// its entries, values up to prefetchValue bytes. fn's reads of a small
+// partition then take no round trip: a sync is two, the lock and the
+// commit. An Update reads up to holdRows of each ahead, as many as a held
+// state may have (see held.go), so that a partition of that size can be
+// held; a View, and an Update of a partition found too big to hold a
+// moment before, read prefetchRows.
 const (
 	prefetchRows  = 16
+	holdRows      = 64
 	prefetchValue = 4096
 )
 
@@ -61,14 +65,25 @@ const (
 // batch); each part reads one row more than it keeps, to know whether it
 // has them all.
 var (
-	prefetchEntries = fmt.Sprintf(`SELECT key, version, scalar_version,
+	prefetchEntries = prefetchEntriesSQL(prefetchRows)
+	prefetchAll     = prefetchAllSQL(prefetchRows)
+	prefetchAllHeld = prefetchAllSQL(holdRows)
+)
+
+// prefetchEntriesSQL reads up to rows entries of a partition ahead.
+func prefetchEntriesSQL(rows int) string {
+	return fmt.Sprintf(`SELECT key, version, scalar_version,
 		CASE WHEN octet_length(value) <= %[1]d THEN value END, tomb_nanos IS NOT NULL,
 		COALESCE(octet_length(value) > %[1]d, false)
-		FROM dalv_entries WHERE part = $1 ORDER BY key LIMIT %[2]d`, prefetchValue, prefetchRows+1)
-	prefetchAll = fmt.Sprintf(`(SELECT true AS entry, %[3]s) UNION ALL
+		FROM dalv_entries WHERE part = $1 ORDER BY key LIMIT %[2]d`, prefetchValue, rows+1)
+}
+
+// prefetchAllSQL reads up to rows entries and rows device records ahead.
+func prefetchAllSQL(rows int) string {
+	return fmt.Sprintf(`(SELECT true AS entry, %[3]s) UNION ALL
 		(SELECT NULL, device, batch, 0, NULL, false, false FROM dalv_devices WHERE part = $1 LIMIT %[2]d)`,
-		prefetchValue, prefetchRows+1, prefetchEntries[len("SELECT "):])
-)
+		prefetchValue, rows+1, prefetchEntriesSQL(rows)[len("SELECT "):])
+}
 
 // prefetch is what was read ahead of fn's reads.
 type prefetch struct {
@@ -78,17 +93,30 @@ type prefetch struct {
 	omitted    map[string]bool // entries whose value was too big to read ahead
 	entriesAll bool            // entries holds every entry of the partition
 	hasDevices bool            // devices were read ahead at all
+	rows       int             // the most entries, and device records, read ahead
 }
 
-// queueAll queues the read ahead of entries and device records into b.
-func (pf *prefetch) queueAll(b *pgx.Batch, part string) {
-	pf.hasDevices = true
-	b.Queue(prefetchAll, part).Query(pf.scan)
+// queueAll queues the read ahead of entries and device records into b, up
+// to rows of each: prefetchRows or holdRows.
+func (pf *prefetch) queueAll(b *pgx.Batch, part string, rows int) {
+	pf.hasDevices, pf.rows = true, rows
+	sql := prefetchAll
+	if rows == holdRows {
+		sql = prefetchAllHeld
+	}
+	b.Queue(sql, part).Query(pf.scan)
 }
 
-// queueEntries queues the read ahead of entries into b.
+// queueEntries queues the read ahead of up to prefetchRows entries into b.
 func (pf *prefetch) queueEntries(b *pgx.Batch, part string) {
+	pf.rows = prefetchRows
 	b.Queue(prefetchEntries, part).Query(pf.scan)
+}
+
+// tooBig reports whether the read ahead found more entries or device
+// records than a held state may have.
+func (pf *prefetch) tooBig() bool {
+	return pf != nil && (!pf.entriesAll || pf.hasDevices && !pf.devicesAll)
 }
 
 // scan reads the rows of prefetchAll or prefetchEntries.
@@ -117,7 +145,7 @@ func (pf *prefetch) scan(rows pgx.Rows) error {
 			return err
 		}
 		if withKind && isEntry == nil {
-			if devices++; devices <= prefetchRows {
+			if devices++; devices <= pf.rows {
 				if pf.devices == nil {
 					pf.devices = make(map[string]uint64)
 				}
@@ -125,7 +153,7 @@ func (pf *prefetch) scan(rows pgx.Rows) error {
 			}
 			continue
 		}
-		if entries++; entries > prefetchRows {
+		if entries++; entries > pf.rows {
 			continue
 		}
 		if omitted {
@@ -140,8 +168,8 @@ func (pf *prefetch) scan(rows pgx.Rows) error {
 		return err
 	}
 	slices.SortFunc(pf.entries, func(a, b store.Entry) int { return strings.Compare(a.Key, b.Key) })
-	pf.entriesAll = entries <= prefetchRows
-	pf.devicesAll = devices <= prefetchRows
+	pf.entriesAll = entries <= pf.rows
+	pf.devicesAll = devices <= pf.rows
 	return nil
 }
 

@@ -140,7 +140,7 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 		lock(b)
 		if !s.hooks.noReadAhead {
 			pf = &prefetch{}
-			pf.queueAll(b, part)
+			pf.queueAll(b, part, s.held.states.readAheadRows(part))
 		}
 		err = conn.SendBatch(octx, b).Close()
 	}
@@ -160,6 +160,7 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 			st.stream = ch.stream
 			s.held.states.hold(part, st) // nothing changed
 		}
+		s.held.states.markTooBig(part, pf)
 		return 0, retry && errors.Is(err, store.ErrUnavailable), err
 	}
 	if err := ctx.Err(); err != nil {
@@ -194,6 +195,7 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 		}
 	}
 	s.transactions.Add(1)
+	s.held.states.markTooBig(part, pf)
 	st := newState(head, compactions, pf).after(c)
 	if st != nil {
 		st.stream = ch.stream
