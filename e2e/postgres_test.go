@@ -287,7 +287,7 @@ func TestPostgresConnectionDelayed(t *testing.T) {
 // loadBatches is how many batches each device of pgLoadWithFault syncs.
 // Each batch writes a key of its own, and a node holds the state of a
 // partition, and so commits to it in grouped statements, only while the
-// partition has at most 64 entries (what the PostgreSQL store reads ahead):
+// partition has at most 256 entries (what the PostgreSQL store reads ahead):
 // with 15 batches every commit after a device's first goes through the
 // grouped statements, and so the faults strike those.
 const loadBatches = 15

@@ -162,8 +162,8 @@ func newState(head store.Head, compactions int64, pf *prefetch) *partState {
 }
 
 // after returns the state the commit c leaves on st, or nil when it would
-// not be held: st is nil, c erases, or the partition grew past what the
-// prefetch reads.
+// not be held: st is nil, c erases, or the partition grew past what a
+// held state may have (holdRows of each, holdBytes of values).
 func (st *partState) after(c *store.Commit) *partState {
 	if st == nil || c.Erase {
 		return nil
@@ -193,7 +193,7 @@ func (st *partState) after(c *store.Commit) *partState {
 		devices[c.Device] = c.Batch
 		pf.devices = devices
 	}
-	if len(pf.entries) > holdRows || len(pf.devices) > holdRows {
+	if len(pf.entries) > holdRows || len(pf.devices) > holdRows || pf.valueBytes() > holdBytes {
 		return nil
 	}
 	return &partState{head: store.Head{Version: c.Version, Horizon: st.head.Horizon}, compactions: st.compactions,
@@ -208,6 +208,15 @@ func (pf *prefetch) size() int {
 	}
 	for d := range pf.devices {
 		n += len(d) + 48
+	}
+	return n
+}
+
+// valueBytes is the size of the values in pf's entries.
+func (pf *prefetch) valueBytes() int {
+	n := 0
+	for _, e := range pf.entries {
+		n += len(e.Value)
 	}
 	return n
 }

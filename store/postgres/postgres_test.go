@@ -1041,30 +1041,38 @@ func TestViewPanics(t *testing.T) {
 	}
 }
 
-// TestHeldStateSize writes a key of its own in each commit to two
-// partitions, one through each store: every commit after the first to a
-// partition of up to holdRows entries is written on the held state; past
-// that size the partition is no longer held, and once an Update has read
-// it ahead as too big, the next ones read only prefetchRows ahead.
+// TestHeldStateSize writes a key of its own in each commit to partitions,
+// each through a store of its own: every commit after the first to a
+// partition of up to holdRows entries and holdBytes of values is written
+// on the held state; past that size the partition is no longer held, and
+// once an Update has read it ahead as too big, the next ones read only
+// prefetchRows ahead.
 func TestHeldStateSize(t *testing.T) {
 	t.Parallel()
 	schema, _ := pgtest.Schema(t)
+	const bigValue = 3 << 10 // 21 of them fit in holdBytes, 22 do not
 	for _, tc := range []struct {
 		name       string
 		commits    int
+		valueBytes int
 		held       int64
 		readsAhead int
 	}{
-		{"forty", 40, 39, holdRows},
+		{"forty", 40, 4, 39, holdRows},
 		// Commits 2 to holdRows+1 are held; the one after finds the
 		// partition too big in its read ahead.
-		{"hundred", 100, holdRows, prefetchRows},
+		{"three hundred", 300, 4, holdRows, prefetchRows},
+		// Commits 2 to 22 are held, on states of 1 to 21 values; the
+		// 22nd leaves the partition past holdBytes, and the 23rd finds
+		// it too big in its read ahead.
+		{"big values", 30, bigValue, holdBytes / bigValue, prefetchRows},
 	} {
 		s := openSchema(t, schema, Options{})
 		p := store.Partition{Name: tc.name}
 		for i := 1; i <= tc.commits; i++ {
 			k := fmt.Sprintf("k%03d", i)
-			if v, _, err := commitAt(s, p, time.Now(), "", store.Entry{Key: k, Value: []byte(k)}); err != nil || v != uint64(i) {
+			val := []byte(fmt.Sprintf("%0*d", tc.valueBytes, i))
+			if v, _, err := commitAt(s, p, time.Now(), "", store.Entry{Key: k, Value: val}); err != nil || v != uint64(i) {
 				t.Fatalf("%s: commit %d: version %d, %v", tc.name, i, v, err)
 			}
 		}

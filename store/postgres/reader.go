@@ -48,22 +48,26 @@ type reader struct {
 
 // A partition's first statement in an Update (and a View's first Head)
 // comes with the reads ahead of a small partition: its device records and
-// its entries, values up to prefetchValue bytes. fn's reads of a small
-// partition then take no round trip: a sync is two, the lock and the
-// commit. An Update reads up to holdRows of each ahead, as many as a held
-// state may have (see held.go), so that a partition of that size can be
-// held; a View, and an Update of a partition found too big to hold a
-// moment before, read prefetchRows.
+// its entries, each value up to prefetchValue bytes and all of them up to
+// holdBytes. fn's reads of a small partition then take no round trip: a
+// sync is two, the lock and the commit. An Update reads up to holdRows of
+// each ahead, as many as a held state may have (see held.go), so that a
+// partition of that size can be held; a View, and an Update of a partition
+// found too big to hold a moment before, read prefetchRows. What one read
+// ahead costs is so bounded in rows and in bytes.
 const (
 	prefetchRows  = 16
-	holdRows      = 64
+	holdRows      = 256
 	prefetchValue = 4096
+	holdBytes     = prefetchRows * prefetchValue // 64 KiB: a read of prefetchRows never meets it
 )
 
 // The statements that read ahead, the entries alone or with the device
 // records (as rows whose first column is NULL, key the device, version the
 // batch); each part reads one row more than it keeps, to know whether it
-// has them all.
+// has them all. A value is left out (NULL, and the last column true) when
+// it is bigger than prefetchValue, or when the values up to it, in key
+// order, pass holdBytes.
 var (
 	prefetchEntries = prefetchEntriesSQL(prefetchRows)
 	prefetchAll     = prefetchAllSQL(prefetchRows)
@@ -73,16 +77,18 @@ var (
 // prefetchEntriesSQL reads up to rows entries of a partition ahead.
 func prefetchEntriesSQL(rows int) string {
 	return fmt.Sprintf(`SELECT key, version, scalar_version,
-		CASE WHEN octet_length(value) <= %[1]d THEN value END, tomb_nanos IS NOT NULL,
-		COALESCE(octet_length(value) > %[1]d, false)
-		FROM dalv_entries WHERE part = $1 ORDER BY key LIMIT %[2]d`, prefetchValue, rows+1)
+		CASE WHEN octet_length(value) <= %[1]d AND upto <= %[3]d THEN value END, tomb,
+		COALESCE(octet_length(value) > %[1]d OR upto > %[3]d, false)
+		FROM (SELECT key, version, scalar_version, value, tomb_nanos IS NOT NULL AS tomb,
+			sum(COALESCE(octet_length(value), 0)) OVER (ORDER BY key ROWS UNBOUNDED PRECEDING) AS upto
+			FROM dalv_entries WHERE part = $1 ORDER BY key LIMIT %[2]d) e`, prefetchValue, rows+1, holdBytes)
 }
 
 // prefetchAllSQL reads up to rows entries and rows device records ahead.
 func prefetchAllSQL(rows int) string {
-	return fmt.Sprintf(`(SELECT true AS entry, %[3]s) UNION ALL
-		(SELECT NULL, device, batch, 0, NULL, false, false FROM dalv_devices WHERE part = $1 LIMIT %[2]d)`,
-		prefetchValue, rows+1, prefetchEntriesSQL(rows)[len("SELECT "):])
+	return fmt.Sprintf(`(SELECT true AS entry, %[2]s) UNION ALL
+		(SELECT NULL, device, batch, 0, NULL, false, false FROM dalv_devices WHERE part = $1 LIMIT %[1]d)`,
+		rows+1, prefetchEntriesSQL(rows)[len("SELECT "):])
 }
 
 // prefetch is what was read ahead of fn's reads.
@@ -94,6 +100,7 @@ type prefetch struct {
 	entriesAll bool            // entries holds every entry of the partition
 	hasDevices bool            // devices were read ahead at all
 	rows       int             // the most entries, and device records, read ahead
+	read       bool            // the read ahead came back whole
 }
 
 // queueAll queues the read ahead of entries and device records into b, up
@@ -113,10 +120,10 @@ func (pf *prefetch) queueEntries(b *pgx.Batch, part string) {
 	b.Queue(prefetchEntries, part).Query(pf.scan)
 }
 
-// tooBig reports whether the read ahead found more entries or device
-// records than a held state may have.
+// tooBig reports whether the read ahead found more than a held state may
+// have: more entries or device records, or values left out.
 func (pf *prefetch) tooBig() bool {
-	return pf != nil && (!pf.entriesAll || pf.hasDevices && !pf.devicesAll)
+	return pf != nil && pf.read && !pf.holdable()
 }
 
 // scan reads the rows of prefetchAll or prefetchEntries.
@@ -170,6 +177,7 @@ func (pf *prefetch) scan(rows pgx.Rows) error {
 	slices.SortFunc(pf.entries, func(a, b store.Entry) int { return strings.Compare(a.Key, b.Key) })
 	pf.entriesAll = entries <= pf.rows
 	pf.devicesAll = devices <= pf.rows
+	pf.read = true
 	return nil
 }
 
