@@ -59,7 +59,7 @@ const (
 	prefetchRows  = 16
 	holdRows      = 256
 	prefetchValue = 4096
-	holdBytes     = prefetchRows * prefetchValue // 64 KiB: a read of prefetchRows never meets it
+	holdBytes     = prefetchRows * prefetchValue // 64 KiB: a read of prefetchRows never passes it
 )
 
 // The statements that read ahead, the entries alone or with the device
