@@ -20,15 +20,29 @@ const DefaultCacheBytes = 32 << 20
 const coolDown = 10 * time.Second
 
 // partState is a held partition state. It is never changed: a commit makes
-// a new one. A state with no pf holds nothing: it marks a partition whose
-// state is not to be held until cool.
+// a new one. A state holds the whole partition (pf) or part of it (sp: see
+// sparse.go). A state with neither holds nothing: it marks a partition
+// whose state is not to be held until cool, or, when moved is false, whose
+// whole state is not (the partition was found too big) while a sparse
+// state may be.
 type partState struct {
 	head        store.Head
 	compactions int64
 	stream      string    // on Citus, the feed stream of the partition's shard
 	pf          *prefetch // complete: every entry and device record
+	sp          *sparse
 	size        int
 	cool        time.Time
+	moved       bool // the mark of another process's commit under a held state
+}
+
+// holds reports whether st holds a state, whole or sparse, rather than
+// marking a cool-down.
+func (st *partState) holds() bool { return st != nil && (st.pf != nil || st.sp != nil) }
+
+// cooling reports whether st marks a cool-down that has not ended at now.
+func (st *partState) cooling(now time.Time) bool {
+	return st != nil && !st.holds() && now.Before(st.cool)
 }
 
 // stateCache holds partition states up to a byte budget; past it, states
@@ -54,7 +68,7 @@ func (c *stateCache) len() int {
 	defer c.mu.Unlock()
 	n := 0
 	for _, st := range c.parts {
-		if st.pf != nil {
+		if st.holds() {
 			n++
 		}
 	}
@@ -68,7 +82,7 @@ func (c *stateCache) get(part string) *partState {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if st := c.parts[part]; st != nil && st.pf != nil {
+	if st := c.parts[part]; st.holds() {
 		return st
 	}
 	return nil
@@ -76,6 +90,8 @@ func (c *stateCache) get(part string) *partState {
 
 // hold holds st for part, unless part cools down or the state held is of a
 // later version; with st nil, it forgets part's state (a cool-down stays).
+// A partition found too big to hold whole may hold a sparse state while it
+// cools down; one that another process committed to holds none.
 func (c *stateCache) hold(part string, st *partState) {
 	if c.budget <= 0 {
 		return
@@ -83,10 +99,10 @@ func (c *stateCache) hold(part string, st *partState) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	old := c.parts[part]
-	if old != nil && old.pf == nil && c.now().Before(old.cool) {
+	if old.cooling(c.now()) && (st == nil || st.sp == nil || old.moved) {
 		return
 	}
-	if old != nil && old.pf != nil && st != nil && st.head.Version < old.head.Version {
+	if old.holds() && st != nil && st.head.Version < old.head.Version {
 		return // a commit that finished late: the state held is later
 	}
 	c.putLocked(part, st)
@@ -94,14 +110,15 @@ func (c *stateCache) hold(part string, st *partState) {
 
 // readAheadRows is how many entries, and device records, an Update of part
 // reads ahead: holdRows, so that the state can be held, unless part cools
-// down (see coolDown and markTooBig) or no state is held at all.
+// down (see coolDown and markTooBig), has a sparse state (it was found too
+// big), or no state is held at all.
 func (c *stateCache) readAheadRows(part string) int {
 	if c.budget <= 0 {
 		return prefetchRows
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if old := c.parts[part]; old != nil && old.pf == nil && c.now().Before(old.cool) {
+	if old := c.parts[part]; old.cooling(c.now()) || old != nil && old.sp != nil {
 		return prefetchRows
 	}
 	return holdRows
@@ -112,22 +129,32 @@ func (c *stateCache) readAheadRows(part string) int {
 // prefetchRows ahead, which is all a partition that size gains from.
 func (c *stateCache) markTooBig(part string, pf *prefetch) {
 	if pf != nil && pf.rows == holdRows && pf.tooBig() {
-		c.coolDown(part)
+		c.mark(part, false)
 	}
 }
 
-// coolDown forgets part's state and holds none for c.coolFor.
-func (c *stateCache) coolDown(part string) {
+// coolDown forgets part's state and holds none for c.coolFor: another
+// process committed to it.
+func (c *stateCache) coolDown(part string) { c.mark(part, true) }
+
+// mark forgets part's state and marks a cool-down of c.coolFor, of held
+// states of every kind when moved, else of whole ones.
+func (c *stateCache) mark(part string, moved bool) {
 	if c.budget <= 0 {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.markLocked(part, moved)
+}
+
+// markLocked is mark with c.mu held.
+func (c *stateCache) markLocked(part string, moved bool) {
 	if c.coolFor <= 0 {
 		c.putLocked(part, nil)
 		return
 	}
-	c.putLocked(part, &partState{size: 64 + len(part), cool: c.now().Add(c.coolFor)})
+	c.putLocked(part, &partState{size: 64 + len(part), cool: c.now().Add(c.coolFor), moved: moved})
 }
 
 // putLocked holds st for part, or forgets part when st is nil, dropping
@@ -167,6 +194,11 @@ func newState(head store.Head, compactions int64, pf *prefetch) *partState {
 func (st *partState) after(c *store.Commit) *partState {
 	if st == nil || c.Erase {
 		return nil
+	}
+	if st.sp != nil {
+		sp := st.sp.clone()
+		sp.apply(c)
+		return sp.state(store.Head{Version: c.Version, Horizon: st.head.Horizon}, st.compactions)
 	}
 	pf := &prefetch{hasDevices: true, devicesAll: true, entriesAll: true,
 		entries: slices.Clone(st.pf.entries), devices: st.pf.devices}

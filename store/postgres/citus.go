@@ -699,7 +699,7 @@ func (s *Store) citusDirect(ctx context.Context, p store.Partition, part string,
 				return 0, true, err
 			}
 		}
-		c, row, done, err := commitOnState(ctx, p, part, st, fn)
+		c, row, done, err := commitOnState(ctx, p, part, &heldReader{p: p, st: st}, fn)
 		if c == nil {
 			return 0, done, err
 		}

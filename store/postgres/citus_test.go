@@ -295,7 +295,7 @@ func TestCitusOnePhase(t *testing.T) {
 	}
 	// The erases and the commits with idempotency keys take a transaction;
 	// the others, one call.
-	if tx, calls, grouped := s.transactions.Load(), s.calls.Load(), s.held.commits.Load(); tx+calls != 120 || tx == 0 || calls == 0 || grouped != 0 {
+	if tx, calls, grouped := s.transactions.Load(), s.calls.Load(), s.held.committed.Load(); tx+calls != 120 || tx == 0 || calls == 0 || grouped != 0 {
 		t.Errorf("commits counted: %d as transactions, %d as calls, %d grouped; want 120 of the first two, some of each, and none grouped (grouped commits are off on Citus)", tx, calls, grouped)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -22,17 +23,75 @@ import (
 // nothing, and the others do not notice. A statement never waits for a
 // lock, so one partition's contention does not hold up the rest. A commit
 // waits for no timer, only for the statement in flight, so under a light
-// load every statement holds one commit.
+// load every statement holds one commit. The reads of what sparse states
+// lack go in groups the same way (see sparse.go).
 const (
-	// groupStatements is how many statements of held commits a store has in
-	// flight at once. One gives the largest groups, and so the least CPU
-	// per sync, on the nodes and in PostgreSQL: a second statement in
-	// flight would take the commits that now wait for the first.
-	groupStatements = 1
 	// groupCommits and groupBytes bound one statement.
 	groupCommits = 64
 	groupBytes   = 1 << 20
 )
+
+// A batcher hands the items it is given to run in batches, one batch in
+// flight at a time: the items that arrive while one is run wait, and go in
+// the next, up to groupCommits items and groupBytes (by size). One batch in
+// flight gives the largest groups, and so the least CPU per item, on the
+// nodes and in PostgreSQL: a second in flight would take the items that now
+// wait for the first, and cost more than they would save in waiting.
+type batcher[T any] struct {
+	size func(T) int     // an item's bytes
+	run  func(batch []T) // runs a batch: each item's caller learns its outcome
+
+	mu      sync.Mutex
+	queue   []T
+	running bool
+}
+
+// add queues item. With no batch in flight, the caller runs the batch that
+// holds it, and the batches after it run in goroutines of their own: the
+// caller has a sync to answer.
+func (b *batcher[T]) add(item T) {
+	b.mu.Lock()
+	b.queue = append(b.queue, item)
+	if b.running {
+		b.mu.Unlock()
+		return
+	}
+	b.running = true
+	batch := b.takeLocked()
+	b.mu.Unlock()
+	b.loop(batch)
+}
+
+// loop runs batch, then the next one if items queued meanwhile.
+func (b *batcher[T]) loop(batch []T) {
+	b.run(batch)
+	b.mu.Lock()
+	if len(b.queue) == 0 {
+		b.running = false
+		b.mu.Unlock()
+		return
+	}
+	next := b.takeLocked()
+	b.mu.Unlock()
+	go b.loop(next)
+}
+
+// takeLocked takes the next batch off the queue.
+func (b *batcher[T]) takeLocked() []T {
+	n, size := 0, 0
+	for n < len(b.queue) && n < groupCommits {
+		if size += b.size(b.queue[n]); n > 0 && size > groupBytes {
+			break
+		}
+		n++
+	}
+	batch := make([]T, n)
+	copy(batch, b.queue)
+	rest := copy(b.queue, b.queue[n:])
+	clear(b.queue[rest:])
+	b.queue = b.queue[:rest]
+	return batch
+}
 
 // writeHeld writes a group of commits on held states, each one only if its
 // partition's head is still the state's (version, horizon and compactions),
@@ -104,57 +163,21 @@ func (h *held) commit(hc *heldCommit) {
 		return
 	}
 	h.parts[hc.row.part] = hc
-	h.queue = append(h.queue, hc)
-	var batch []*heldCommit
-	if h.running < groupStatements {
-		h.running++
-		batch = h.takeLocked()
-	}
 	h.mu.Unlock()
-	if batch != nil {
-		h.run(batch)
-	}
+	h.commits.add(hc)
 	<-hc.done
 }
 
-// takeLocked takes the next statement's commits off the queue.
-func (h *held) takeLocked() []*heldCommit {
-	n, size := 0, 0
-	for n < len(h.queue) && n < groupCommits {
-		if size += h.queue[n].row.size; n > 0 && size > groupBytes {
-			break
-		}
-		n++
-	}
-	batch := make([]*heldCommit, n)
-	copy(batch, h.queue)
-	rest := copy(h.queue, h.queue[n:])
-	clear(h.queue[rest:])
-	h.queue = h.queue[:rest]
-	return batch
-}
-
-// run writes batch, hands each commit its outcome, and goes on with the
-// commits that queued meanwhile, in a goroutine of its own: the caller that
-// started it has a sync to answer.
-func (h *held) run(batch []*heldCommit) {
+// runCommits writes batch and hands each commit its outcome.
+func (h *held) runCommits(batch []*heldCommit) {
 	h.write(batch)
 	h.mu.Lock()
 	for _, hc := range batch {
 		delete(h.parts, hc.row.part)
 	}
-	var next []*heldCommit
-	if len(h.queue) > 0 {
-		next = h.takeLocked()
-	} else {
-		h.running--
-	}
 	h.mu.Unlock()
 	for _, hc := range batch {
 		close(hc.done)
-	}
-	if next != nil {
-		go h.run(next)
 	}
 }
 
@@ -261,8 +284,8 @@ func (h *held) write(batch []*heldCommit) {
 		switch {
 		case written[i]:
 			hc.outcome = heldCommitted
-			h.commits.Add(1)
-			h.states.hold(hc.row.part, hc.st.after(hc.c))
+			h.committed.Add(1)
+			h.states.hold(hc.row.part, afterCommit(hc.st, hc.st.head, hc.st.compactions, hc.c))
 		case readErr != nil:
 			hc.outcome = heldFailed
 			hc.err = fmt.Errorf("commit %s version %d: %w: %w", hc.p, hc.c.Version, errUnknownOutcome, readErr)

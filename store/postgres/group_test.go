@@ -23,14 +23,25 @@ import (
 // commit's error.
 func grouped(t *testing.T, s *Store, n int, commit func(i int) error) []error {
 	t.Helper()
-	g := s.held
+	return inOneBatch(t, &s.held.commits, n, commit)
+}
+
+// inOneBatch runs n calls of call that each add an item to g, as one batch:
+// it holds g's batches back until all n items have queued, then lets them go
+// in one. It returns each call's error.
+func inOneBatch[T any](t *testing.T, g *batcher[T], n int, call func(i int) error) []error {
+	t.Helper()
 	g.mu.Lock()
-	g.running += groupStatements
+	if g.running {
+		g.mu.Unlock()
+		t.Fatal("a batch is in flight already")
+	}
+	g.running = true // hold the next batch back
 	g.mu.Unlock()
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() { errs[i] = commit(i) })
+		wg.Go(func() { errs[i] = call(i) })
 	}
 	queued := func() int {
 		g.mu.Lock()
@@ -39,15 +50,14 @@ func grouped(t *testing.T, s *Store, n int, commit func(i int) error) []error {
 	}
 	for deadline := time.Now().Add(10 * time.Second); queued() < n; {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d commits queued", queued(), n)
+			t.Fatalf("%d of %d items queued", queued(), n)
 		}
 		time.Sleep(time.Millisecond)
 	}
 	g.mu.Lock()
-	g.running -= groupStatements - 1 // one of the held statements runs the group
 	batch := g.takeLocked()
 	g.mu.Unlock()
-	g.run(batch)
+	g.loop(batch)
 	wg.Wait()
 	return errs
 }
@@ -92,7 +102,7 @@ func TestGroupCommit(t *testing.T) {
 	if _, _, err := commitAt(b, parts[2], now, "", put("other")); err != nil {
 		t.Fatal(err)
 	}
-	statements, held := heldStatements(a), a.held.commits.Load()
+	statements, held := heldStatements(a), a.held.committed.Load()
 	errs := grouped(t, a, len(parts), func(i int) error {
 		_, found, err := commitAt(a, parts[i], now, "other", put("second"))
 		if err == nil && found != (i == 2) {

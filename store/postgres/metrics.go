@@ -24,6 +24,12 @@ var (
 	descHeldStatements = prometheus.NewDesc("dalv_postgres_held_statements_total",
 		"Statements that wrote commits on held partition states; each writes the commits that queued while others were in flight, so commits per statement is the grouping.",
 		nil, nil)
+	descHeldReads = prometheus.NewDesc("dalv_postgres_held_reads_total",
+		"Reads of what a sparse state (of a partition too big to hold whole) lacked for a commit: the keys and device records it had not seen at its head.",
+		nil, nil)
+	descHeldReadStatements = prometheus.NewDesc("dalv_postgres_held_read_statements_total",
+		"Statements that made the reads of dalv_postgres_held_reads_total; each makes the reads that queued while another was in flight.",
+		nil, nil)
 	descCommits = prometheus.NewDesc("dalv_postgres_commits_total",
 		"Commits written by this process, by way: grouped (in a statement of held partitions' commits), call (on Citus, one call that the partition's worker runs), or transaction (an Update's own).",
 		[]string{"way"}, nil)
@@ -48,6 +54,8 @@ func (s *Store) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descPoolConns
 	ch <- descHeldCommits
 	ch <- descHeldStatements
+	ch <- descHeldReads
+	ch <- descHeldReadStatements
 	ch <- descHeldParts
 	ch <- descCommits
 }
@@ -62,11 +70,13 @@ func (s *Store) Collect(ch chan<- prometheus.Metric) {
 	st := s.pool.Stat()
 	ch <- prometheus.MustNewConstMetric(descPoolConns, prometheus.GaugeValue, float64(st.IdleConns()), "idle")
 	ch <- prometheus.MustNewConstMetric(descPoolConns, prometheus.GaugeValue, float64(st.AcquiredConns()), "acquired")
-	ch <- prometheus.MustNewConstMetric(descHeldCommits, prometheus.CounterValue, float64(s.held.commits.Load()), "committed")
+	ch <- prometheus.MustNewConstMetric(descHeldCommits, prometheus.CounterValue, float64(s.held.committed.Load()), "committed")
 	ch <- prometheus.MustNewConstMetric(descHeldCommits, prometheus.CounterValue, float64(s.held.moved.Load()), "moved")
 	ch <- prometheus.MustNewConstMetric(descHeldStatements, prometheus.CounterValue, float64(s.held.statements.Load()))
+	ch <- prometheus.MustNewConstMetric(descHeldReads, prometheus.CounterValue, float64(s.held.readsDone.Load()))
+	ch <- prometheus.MustNewConstMetric(descHeldReadStatements, prometheus.CounterValue, float64(s.held.readStatements.Load()))
 	ch <- prometheus.MustNewConstMetric(descHeldParts, prometheus.GaugeValue, float64(s.held.states.len()))
-	ch <- prometheus.MustNewConstMetric(descCommits, prometheus.CounterValue, float64(s.held.commits.Load()), "grouped")
+	ch <- prometheus.MustNewConstMetric(descCommits, prometheus.CounterValue, float64(s.held.committed.Load()), "grouped")
 	ch <- prometheus.MustNewConstMetric(descCommits, prometheus.CounterValue, float64(s.transactions.Load()), "transaction")
 	ch <- prometheus.MustNewConstMetric(descCommits, prometheus.CounterValue, float64(s.calls.Load()), "call")
 	if s.streams != nil {

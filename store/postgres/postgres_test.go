@@ -813,8 +813,8 @@ func TestMetrics(t *testing.T) {
 	ch := make(chan prometheus.Metric, 16)
 	s.Collect(ch)
 	close(ch)
-	if n := len(ch); n != 11 {
-		t.Errorf("%d series collected, want 11: stall, lag, two of the pool, four of held states, three of commits", n)
+	if n := len(ch); n != 13 {
+		t.Errorf("%d series collected, want 13: stall, lag, two of the pool, six of held states, three of commits", n)
 	}
 }
 
@@ -935,7 +935,9 @@ func commitAt(s *Store, p store.Partition, at time.Time, probe string, entries .
 }
 
 // heldCounts returns s's held commits: committed and moved.
-func heldCounts(s *Store) (committed, moved int64) { return s.held.commits.Load(), s.held.moved.Load() }
+func heldCounts(s *Store) (committed, moved int64) {
+	return s.held.committed.Load(), s.held.moved.Load()
+}
 
 // TestHeldState commits through two stores on one schema, as two nodes:
 // a store commits to a partition it holds in one statement; when the other
@@ -1042,11 +1044,12 @@ func TestViewPanics(t *testing.T) {
 }
 
 // TestHeldStateSize writes a key of its own in each commit to partitions,
-// each through a store of its own: every commit after the first to a
-// partition of up to holdRows entries and holdBytes of values is written
-// on the held state; past that size the partition is no longer held, and
-// once an Update has read it ahead as too big, the next ones read only
-// prefetchRows ahead.
+// each through a store of its own: every commit after the first is written
+// on a held state. Up to holdRows entries and holdBytes of values the state
+// is the whole partition; past that size it is sparse, reads what it lacks
+// (here, once: the key each commit probes) and, past those bounds again,
+// starts over from its last commit. The Updates of a partition with a sparse
+// state read only prefetchRows ahead.
 func TestHeldStateSize(t *testing.T) {
 	t.Parallel()
 	schema, _ := pgtest.Schema(t)
@@ -1055,17 +1058,21 @@ func TestHeldStateSize(t *testing.T) {
 		name       string
 		commits    int
 		valueBytes int
-		held       int64
+		sparse     bool
+		reads      int64
 		readsAhead int
 	}{
-		{"forty", 40, 4, 39, holdRows},
-		// Commits 2 to holdRows+1 are held; the one after finds the
-		// partition too big in its read ahead.
-		{"three hundred", 300, 4, holdRows, prefetchRows},
-		// Commits 2 to 22 are held, on states of 1 to 21 values; the
-		// 22nd leaves the partition past holdBytes, and the 23rd finds
-		// it too big in its read ahead.
-		{"big values", 30, bigValue, holdBytes / bigValue, prefetchRows},
+		{"forty", 40, 4, false, 0, holdRows},
+		// Commits 2 to holdRows+1 are on the whole state; the last of
+		// them leaves a sparse state of its own key, and the next one
+		// reads the key it probes.
+		{"three hundred", 300, 4, true, 1, prefetchRows},
+		// The sparse state passes holdRows entries with commit 512, and
+		// starts over: commit 513 reads the probed key again.
+		{"six hundred", 600, 4, true, 2, prefetchRows},
+		// Commits 2 to 22 are on the whole state, of 1 to 21 values; the
+		// 22nd leaves the partition past holdBytes, and a sparse state.
+		{"big values", 30, bigValue, true, 1, prefetchRows},
 	} {
 		s := openSchema(t, schema, Options{})
 		p := store.Partition{Name: tc.name}
@@ -1076,8 +1083,18 @@ func TestHeldStateSize(t *testing.T) {
 				t.Fatalf("%s: commit %d: version %d, %v", tc.name, i, v, err)
 			}
 		}
-		if c, m := heldCounts(s); c != tc.held || m != 0 {
-			t.Errorf("%s: %d commits of one new key each: %d held and %d moved, want %d and 0", tc.name, tc.commits, c, m, tc.held)
+		if c, m := heldCounts(s); c != int64(tc.commits-1) || m != 0 {
+			t.Errorf("%s: %d commits of one new key each: %d held and %d moved, want %d and 0", tc.name, tc.commits, c, m, tc.commits-1)
+		}
+		if got := s.held.readsDone.Load(); got != tc.reads {
+			t.Errorf("%s: %d reads of what a sparse state lacked, want %d", tc.name, got, tc.reads)
+		}
+		st := s.held.states.get(partID(p))
+		if st == nil || (st.sp != nil) != tc.sparse {
+			t.Fatalf("%s: the state held after %d commits is %+v, want a sparse one %v", tc.name, tc.commits, st, tc.sparse)
+		}
+		if st.sp != nil && len(st.sp.entries) > holdRows {
+			t.Errorf("%s: the sparse state knows %d entries, over %d", tc.name, len(st.sp.entries), holdRows)
 		}
 		if got := s.held.states.readAheadRows(partID(p)); got != tc.readsAhead {
 			t.Errorf("%s: the next Update reads %d rows ahead, want %d", tc.name, got, tc.readsAhead)

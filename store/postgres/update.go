@@ -196,8 +196,10 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 	}
 	s.transactions.Add(1)
 	s.held.states.markTooBig(part, pf)
-	st := newState(head, compactions, pf).after(c)
-	if st != nil {
+	st := newState(head, compactions, pf)
+	if s.streams == nil && pf != nil {
+		st = afterCommit(st, head, compactions, c)
+	} else if st = st.after(c); st != nil {
 		st.stream = ch.stream
 	}
 	s.held.states.hold(part, st)
