@@ -56,10 +56,11 @@ type stateCache struct {
 	mu    sync.Mutex
 	parts map[string]*partState
 	size  int
+	txs   map[string]int // the transactions in flight, by partition
 }
 
 func newStateCache(budget int, now func() time.Time) *stateCache {
-	return &stateCache{budget: budget, coolFor: coolDown, now: now, parts: make(map[string]*partState)}
+	return &stateCache{budget: budget, coolFor: coolDown, now: now, parts: make(map[string]*partState), txs: make(map[string]int)}
 }
 
 // len returns how many states c holds.
@@ -136,6 +137,47 @@ func (c *stateCache) markTooBig(part string, pf *prefetch) {
 // coolDown forgets part's state and holds none for c.coolFor: another
 // process committed to it.
 func (c *stateCache) coolDown(part string) { c.mark(part, true) }
+
+// movedOn notes that a commit on st found part's head moved on, and returns
+// the state held now if it is later than st: this process committed
+// meanwhile, as a transaction (a backend's commit under an idempotency key,
+// say), and its commits go on from there. While a transaction of this
+// process on part is in flight, it may be the one that moved the head, and
+// will hold the state it leaves. Else another process committed, and part
+// cools down.
+func (c *stateCache) movedOn(part string, st *partState) *partState {
+	if c.budget <= 0 {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cur := c.parts[part]; cur.holds() && cur.head.Version > st.head.Version {
+		return cur
+	}
+	if c.txs[part] > 0 {
+		c.putLocked(part, nil)
+		return nil
+	}
+	c.markLocked(part, true)
+	return nil
+}
+
+// txBegins notes a transaction of this process on part (see movedOn); the
+// caller calls txEnds once it has held the state it leaves.
+func (c *stateCache) txBegins(part string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.txs[part]++
+}
+
+// txEnds notes the end of a transaction txBegins noted.
+func (c *stateCache) txEnds(part string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.txs[part]--; c.txs[part] <= 0 {
+		delete(c.txs, part)
+	}
+}
 
 // mark forgets part's state and marks a cool-down of c.coolFor, of held
 // states of every kind when moved, else of whole ones.

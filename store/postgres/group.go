@@ -138,6 +138,7 @@ type heldCommit struct {
 	outcome heldOutcome
 	err     error         // with heldFailed
 	after   chan struct{} // with heldBusy: closed when the partition's commit in the group has its outcome
+	next    *partState    // with heldMoved: the later state this process committed to, if any
 }
 
 // heldOutcome is what became of a held commit.
@@ -293,7 +294,9 @@ func (h *held) write(batch []*heldCommit) {
 		default:
 			hc.outcome = heldMoved
 			h.moved.Add(1)
-			h.states.coolDown(hc.row.part) // another process committed: it may take turns with this one
+			// Another process committed (it may take turns with this one,
+			// and part cools down), or this one did, as a transaction.
+			hc.next = h.states.movedOn(hc.row.part, hc.st)
 		}
 	}
 	passFeedKey(octx, conn, lastKey, xid)

@@ -367,3 +367,62 @@ func TestGroupCommitConnectionLost(t *testing.T) {
 		}
 	}
 }
+
+// TestHeldCommitAfterOwnTransaction has a store's held commit find the head
+// moved by a transaction of the same store (a commit under an idempotency
+// key) while it waited for its statement: it goes on from the state the
+// transaction left, in the next statement, and the partition does not cool
+// down.
+func TestHeldCommitAfterOwnTransaction(t *testing.T) {
+	t.Parallel()
+	s := openFresh(t, Options{})
+	p := store.Partition{Name: "ivan"}
+	for i := 1; i <= 2; i++ { // a transaction, then a held commit
+		if v, _, err := commitAt(s, p, time.Now(), "", store.Entry{Key: "k", Value: []byte{byte(i)}}); err != nil || v != uint64(i) {
+			t.Fatalf("commit %d: version %d, %v", i, v, err)
+		}
+	}
+	g := &s.held.commits
+	g.mu.Lock()
+	g.running = true // hold the next statement back
+	g.mu.Unlock()
+	held := make(chan error, 1)
+	var version uint64
+	go func() {
+		var err error
+		version, _, err = commitAt(s, p, time.Now(), "", store.Entry{Key: "held", Value: []byte("x")})
+		held <- err
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		g.mu.Lock()
+		n := len(g.queue)
+		g.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the held commit did not queue")
+		}
+	}
+	err := s.Update(context.Background(), p, func(r store.Reader) (*store.Commit, error) {
+		return &store.Commit{Version: 3, Time: time.Now(), Ops: []byte("ops"), IdempotencyKey: "key-1",
+			Entries: []store.Entry{{Key: "tx", Value: []byte("y"), Version: 3, ScalarVersion: 3}}}, nil
+	})
+	if err != nil {
+		t.Fatalf("the transaction: %v", err)
+	}
+	moved, committed := s.held.moved.Load(), s.held.committed.Load()
+	g.mu.Lock()
+	batch := g.takeLocked()
+	g.mu.Unlock()
+	g.loop(batch)
+	if err := <-held; err != nil || version != 4 {
+		t.Fatalf("the held commit: version %d, %v; want 4", version, err)
+	}
+	if m, c := s.held.moved.Load()-moved, s.held.committed.Load()-committed; m != 1 || c != 1 {
+		t.Errorf("%d held commits found the head moved and %d committed, want 1 and 1", m, c)
+	}
+	if st := s.held.states.get(partID(p)); st == nil || st.head.Version != 4 {
+		t.Errorf("after the commits the store holds %+v, want the state at version 4", st)
+	}
+}

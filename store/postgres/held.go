@@ -59,7 +59,7 @@ func newHeld(s *Store, budget int) *held {
 func (h *held) update(ctx context.Context, p store.Partition, part string,
 	fn func(r store.Reader) (*store.Commit, error)) (version uint64, done bool, err error) {
 	st := h.states.get(part)
-	for reads := 0; st != nil; {
+	for reads, moved := 0, 0; st != nil; {
 		r := &heldReader{p: p, st: st}
 		c, row, done, err := commitOnState(ctx, p, part, r, fn)
 		if r.missed() {
@@ -93,6 +93,13 @@ func (h *held) update(ctx context.Context, p store.Partition, part string,
 			// leaves.
 			<-hc.after
 			st = h.states.get(part)
+		case heldMoved:
+			// This process committed to the partition meanwhile, as a
+			// transaction: go on from the state that left, a few times.
+			if moved++; hc.next == nil || moved == maxAttempts {
+				return 0, false, nil
+			}
+			st = hc.next
 		default:
 			return 0, false, nil
 		}

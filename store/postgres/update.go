@@ -77,6 +77,8 @@ func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.R
 		}
 		return err
 	}
+	s.held.states.txBegins(part)
+	defer s.held.states.txEnds(part)
 	for attempt := 1; ; attempt++ {
 		version, retry, err := s.update(ctx, p, part, fn)
 		if err == nil {
