@@ -37,11 +37,22 @@ func TestHistoryOneNode(t *testing.T) {
 }
 
 // TestHistoryPostgres checks a history of three nodes over PostgreSQL, each
-// device and backend on its own node.
+// device and backend on its own node. The second user's values are past 4
+// KiB, so that the nodes commit to its partition on sparse states.
 func TestHistoryPostgres(t *testing.T) {
 	t.Parallel()
 	nodes, _ := pgNodes(t, pgtest.Server(t), 3)
-	checkHistory(t, nodes, historyRun(3*time.Second), nil, nil)
+	checkHistory(t, nodes, historyRun(3*time.Second), &historyRound{users: "hist", cursor: "start", bigValues: true}, nil)
+}
+
+// TestHistoryPostgresOneNode checks a history of one node over PostgreSQL:
+// with no other node to move the heads on, it commits on the partitions'
+// held states, the first user's whole and the second's (values past 4 KiB)
+// sparse, in grouped statements.
+func TestHistoryPostgresOneNode(t *testing.T) {
+	t.Parallel()
+	nodes, _ := pgNodes(t, pgtest.Server(t), 1)
+	checkHistory(t, nodes, historyRun(3*time.Second), &historyRound{users: "hist", cursor: "start", bigValues: true}, nil)
 }
 
 // TestHistoryCitus checks a history of three nodes over Citus, each
@@ -66,13 +77,14 @@ func TestHistoryPages(t *testing.T) {
 // PostgreSQL server of the test's own while the network between two of
 // them and the database fails (connections cut, then black-holed for
 // longer than the nodes' statement timeout) and the server is killed and
-// restarted (pg_ctl -m immediate). Every sync and commit is then
+// restarted (pg_ctl -m immediate), the second user's values past 4 KiB (so
+// that the nodes commit to its partition on sparse states). Every sync and commit is then
 // acknowledged and present, refused and absent, or of unknown outcome and
 // settled by its retry exactly once: the history checker says which.
 func TestHistoryPostgresFaults(t *testing.T) {
 	t.Parallel()
 	pg, proxy, nodes := faultyPostgres(t)
-	checkHistory(t, nodes, historyRun(4*time.Second), nil, func(pause func(time.Duration) bool) string {
+	checkHistory(t, nodes, historyRun(4*time.Second), &historyRound{users: "hist", cursor: "start", bigValues: true}, func(pause func(time.Duration) bool) string {
 		var cuts, holes, restarts int
 		for pause(400 * time.Millisecond) {
 			proxy.SetDown(true) // connections cut, new ones refused
@@ -146,6 +158,31 @@ func poolsGiveBack(t *testing.T, nodes []*proc.Server) {
 	}
 }
 
+// commitWays says how nodes over PostgreSQL wrote their commits, from their
+// /metrics: grouped on held states, as transactions or in calls, and how
+// many reads sparse states made; "" for nodes on the embedded store.
+func commitWays(nodes []*proc.Server) string {
+	var grouped, tx, calls, reads float64
+	for _, srv := range nodes {
+		fams, err := scrapeErr(srv)
+		if err != nil {
+			continue
+		}
+		for way, n := range map[string]*float64{"grouped": &grouped, "transaction": &tx, "call": &calls} {
+			if m := metric(fams, "dalv_postgres_commits_total", map[string]string{"way": way}); m != nil {
+				*n += m.GetCounter().GetValue()
+			}
+		}
+		if m := metric(fams, "dalv_postgres_held_reads_total", nil); m != nil {
+			reads += m.GetCounter().GetValue()
+		}
+	}
+	if grouped+tx+calls == 0 {
+		return ""
+	}
+	return fmt.Sprintf("the nodes committed %.0f times grouped on held states, %.0f as transactions and %.0f in calls (on Citus); sparse states read %.0f times", grouped, tx, calls, reads)
+}
+
 // faultyPostgres starts a PostgreSQL server of t's own (synchronous
 // commits) and three nodes over it, the first two through a proxy that can
 // cut or black-hole their connections. The nodes give up on a statement
@@ -173,6 +210,9 @@ type historyRound struct {
 	users  string
 	cursor string
 	faults string // what is injected meanwhile by others, for the log
+	// bigValues pads the PUTs of every second user past 4 KiB (see
+	// valuePad).
+	bigValues bool
 }
 
 // checkHistory runs devices and backends against nodes for run
@@ -185,7 +225,12 @@ func checkHistory(t *testing.T, nodes []*proc.Server, run time.Duration, round *
 	if round == nil {
 		round = &historyRound{users: "hist", cursor: "start"}
 	}
-	userName := func(u int) string { return round.users + strconv.Itoa(u) }
+	userName := func(u int) string {
+		if round.bigValues && u%2 == 1 {
+			return round.users + bigUser + strconv.Itoa(u)
+		}
+		return round.users + strconv.Itoa(u)
+	}
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("DALV_HISTORY_SEED"); s != "" {
 		seed, _ = strconv.ParseUint(s, 10, 64)
@@ -257,6 +302,9 @@ func checkHistory(t *testing.T, nodes []*proc.Server, run time.Duration, round *
 	wg.Wait()
 	final := finalVersions(t, nodes[len(nodes)-1], names)
 	poolsGiveBack(t, nodes)
+	if ways := commitWays(nodes); ways != "" {
+		t.Log(ways)
+	}
 	feed := checkFeeds(t, nodes, live, final)
 	t.Log(feed)
 	if events, _ := live.snapshot(); len(events) > 0 {
@@ -344,13 +392,18 @@ func historyOps(rng *rand.Rand, label string) []hist.Op {
 	return out
 }
 
-// wireOps are ops as the API takes them; a PUT's value is a JSON string.
-func wireOps(ops []hist.Op) []*dalvv1.Op {
+// wireOps are ops of user's as the API takes them; a PUT's value is a JSON
+// string.
+func wireOps(user string, ops []hist.Op) []*dalvv1.Op {
 	out := make([]*dalvv1.Op, len(ops))
 	for i, o := range ops {
 		switch o.Kind {
 		case hist.Put:
-			out[i] = opPut(o.Key, strconv.Quote(o.Value))
+			v := o.Value
+			if bigValues(user) {
+				v += valuePad
+			}
+			out[i] = opPut(o.Key, strconv.Quote(v))
 		case hist.Delete:
 			out[i] = opDelete(o.Key)
 		case hist.ListAdd:
@@ -372,8 +425,22 @@ func historyValue(v *dalvv1.Value) string {
 		return hist.Show("", items, true)
 	}
 	s, _ := strconv.Unquote(string(v.GetScalar()))
+	s, _, _ = strings.Cut(s, valuePad[:1])
 	return hist.Show(s, nil, false)
 }
+
+// valuePad pads the PUTs of a history's users named with bigUser (see
+// historyRound.bigValues), and historyValue cuts it off: no label has its
+// first byte. A node over PostgreSQL holds no partition with a value past 4
+// KiB whole, so such users' commits go through sparse states (see
+// docs/postgres.md), where the others' go through whole ones.
+var valuePad = "|" + strings.Repeat("-", 5<<10)
+
+// bigUser marks the names of users whose PUTs are padded.
+const bigUser = "big"
+
+// bigValues reports whether user's PUTs are padded with valuePad.
+func bigValues(user string) bool { return strings.Contains(user, bigUser) }
 
 // callCtx is a call's context: most calls have time to answer; with cut,
 // about one in ten is cut after a millisecond or two, so its outcome is
@@ -442,7 +509,7 @@ func historyDevice(t *testing.T, rec *hist.Recorder, dc interface {
 			batch++
 			puts = historyOps(rng, fmt.Sprintf("%s#%d", device, batch))
 		}
-		req := &dalvv1.SyncRequest{DeviceId: device, BaseVersion: base, Batch: batch, Ops: wireOps(puts)}
+		req := &dalvv1.SyncRequest{DeviceId: device, BaseVersion: base, Batch: batch, Ops: wireOps(user, puts)}
 		c := hist.Call{Partition: "u:" + user, Kind: hist.Sync, Device: device, Batch: batch, Base: base, Ops: puts}
 		cctx, cancel := callCtx(rng, cut)
 		start := rec.Begin()
@@ -645,7 +712,7 @@ func historyBackend(t *testing.T, rec *hist.Recorder, bc interface {
 				c.Key, c.Device, c.Batch = label, fmt.Sprintf("backend%d", client), uint64(n)
 			}
 		}
-		req := &dalvv1.CommitRequest{User: user, Ops: wireOps(c.Ops), IdempotencyKey: c.Key}
+		req := &dalvv1.CommitRequest{User: user, Ops: wireOps(user, c.Ops), IdempotencyKey: c.Key}
 		if c.Expect {
 			req.ExpectedVersion = &c.Expected
 		}
