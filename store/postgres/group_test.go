@@ -87,9 +87,7 @@ func entriesOf(t *testing.T, s *Store, p store.Partition) []string {
 // every commit lands once, in the entries and, in version order, the feed.
 func TestGroupCommit(t *testing.T) {
 	t.Parallel()
-	schema, _ := pgtest.Schema(t)
-	a := openSchema(t, schema, Options{})
-	b := openSchema(t, schema, Options{})
+	a, b := twoStores(t)
 	now := time.Now()
 	put := func(k string) store.Entry { return store.Entry{Key: k, Value: []byte(k)} }
 	parts := make([]store.Partition, 6)

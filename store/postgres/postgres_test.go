@@ -946,9 +946,7 @@ func heldCounts(s *Store) (committed, moved int64) {
 // version order, in the entries and in the feed.
 func TestHeldState(t *testing.T) {
 	t.Parallel()
-	schema, _ := pgtest.Schema(t)
-	a := openSchema(t, schema, Options{})
-	b := openSchema(t, schema, Options{})
+	a, b := twoStores(t)
 	p := store.Partition{Name: "alice"}
 	now := time.Now()
 	put := func(k string) store.Entry { return store.Entry{Key: k, Value: []byte(k)} }
@@ -1265,9 +1263,7 @@ func TestStateCacheBudget(t *testing.T) {
 // for a while, so the turns cost no wasted statements.
 func TestHeldStateTakingTurns(t *testing.T) {
 	t.Parallel()
-	schema, _ := pgtest.Schema(t)
-	a := openSchema(t, schema, Options{})
-	b := openSchema(t, schema, Options{})
+	a, b := twoStores(t)
 	p := store.Partition{Name: "dave"}
 	for i := 1; i <= 20; i++ {
 		s := a

@@ -423,6 +423,12 @@ func (pf *prefetch) changes(after uint64, fn func(store.Entry) (bool, error)) er
 			es = append(es, e)
 		}
 	}
+	return changesInOrder(es, fn)
+}
+
+// changesInOrder hands copies of es to fn as Changes does: by version, then
+// key. It sorts es.
+func changesInOrder(es []store.Entry, fn func(store.Entry) (bool, error)) error {
 	slices.SortFunc(es, func(a, b store.Entry) int {
 		if c := cmp.Compare(a.Version, b.Version); c != 0 {
 			return c

@@ -1,7 +1,6 @@
 package postgres
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -155,18 +154,7 @@ func (sp *sparse) changes(after uint64, fn func(store.Entry) (bool, error)) erro
 			es = append(es, ke.e)
 		}
 	}
-	slices.SortFunc(es, func(a, b store.Entry) int {
-		if c := cmp.Compare(a.Version, b.Version); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Key, b.Key)
-	})
-	for _, e := range es {
-		if more, err := fn(cloneEntry(e)); err != nil || !more {
-			return err
-		}
-	}
-	return nil
+	return changesInOrder(es, fn)
 }
 
 // readSparse reads, in one statement, the heads of a group of partitions

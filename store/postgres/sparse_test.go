@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dalvdb/dalv/internal/pgtest"
 	"github.com/dalvdb/dalv/store"
 )
 
@@ -168,9 +167,7 @@ func TestSparseStateMatchesStore(t *testing.T) {
 // run sees the other store's write.
 func TestSparseStateTwoStores(t *testing.T) {
 	t.Parallel()
-	schema, _ := pgtest.Schema(t)
-	a := openSchema(t, schema, Options{})
-	b := openSchema(t, schema, Options{})
+	a, b := twoStores(t)
 	p := store.Partition{Name: "frank"}
 	bigPartition(t, a, p)
 	// a knows k000 (it wrote it); b writes it.
