@@ -209,6 +209,9 @@ type testHooks struct {
 	beforeCommit func(p store.Partition, feedKey int64)
 	// noReadAhead turns the reads ahead off, so every read is a query.
 	noReadAhead bool
+	// failRead, when it returns an error, fails a statement of reads of
+	// what sparse states lack with it, instead of sending it.
+	failRead func() error
 }
 
 // Open connects to the PostgreSQL database at url (a postgres:// URL or a

@@ -291,7 +291,11 @@ func (h *held) runReads(batch []*sparseRead) {
 		}
 		return rows.Err()
 	})
-	if err := h.s.sendBatch(context.Background(), b); err != nil {
+	send := func() error { return h.s.sendBatch(context.Background(), b) }
+	if h.s.hooks.failRead != nil {
+		send = h.s.hooks.failRead
+	}
+	if err := send(); err != nil {
 		for _, r := range batch {
 			r.err = err
 		}

@@ -2,9 +2,12 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/dalvdb/dalv/store"
 )
@@ -278,5 +281,38 @@ func TestSparseReadsGrouped(t *testing.T) {
 		if err != nil {
 			t.Errorf("partition %d: %v", i, err)
 		}
+	}
+}
+
+// TestSparseReadFails fails the read of what a sparse state lacks: one that
+// PostgreSQL refused runs the Update as a transaction, which commits; one
+// lost in flight fails the Update with its error, and commits nothing.
+func TestSparseReadFails(t *testing.T) {
+	t.Parallel()
+	s := openFresh(t, Options{})
+	p := store.Partition{Name: "judy"}
+	bigPartition(t, s, p)
+	s.hooks.failRead = func() error { return &pgconn.PgError{Severity: "ERROR", Code: "57014", Message: "canceling statement"} }
+	tx := s.transactions.Load()
+	if val, err := copyKey(s, p, "k010", "refused"); err != nil || val != "seed!" {
+		t.Fatalf("with its read refused, the Update copied %q, %v; want \"seed!\"", val, err)
+	}
+	if s.transactions.Load() != tx+1 {
+		t.Errorf("with its read refused, the Update did not run as a transaction")
+	}
+	lost := fmt.Errorf("%w: connection lost", store.ErrUnavailable)
+	s.hooks.failRead = func() error { return lost }
+	if _, err := copyKey(s, p, "k011", "lost"); !errors.Is(err, lost) {
+		t.Fatalf("with its read lost, the Update failed with %v; want %v", err, lost)
+	}
+	err := s.View(context.Background(), p, func(r store.Reader) error {
+		h, err := r.Head()
+		if err != nil || h.Version != 3 {
+			return fmt.Errorf("head %+v, %v; want version 3, the refused read's commit and no other", h, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
 	}
 }
