@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -39,6 +40,7 @@ type device struct {
 	key    string              // the key, or with keys above 1 the keys' prefix
 	keys   uint64
 	base   uint64
+	grown  *atomic.Int64 // with keys above 1, counts the device once it has PUT each key
 }
 
 // newDevice is device id of user, syncing through c values of valueBytes
@@ -95,6 +97,9 @@ func (d *device) sync(ctx context.Context) error {
 			ErrWrongAnswer, d.req.DeviceId, d.req.Batch, d.base, m.GetStatus(), m.GetVersion(), m.GetConflicts())
 	}
 	d.base = m.GetVersion()
+	if d.grown != nil && d.req.Batch == d.keys {
+		d.grown.Add(1)
+	}
 	return nil
 }
 

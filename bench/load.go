@@ -46,7 +46,29 @@ type loadSpec struct {
 	// status, when set, adds to each progress line; it is given the time
 	// since the last one.
 	status func(since time.Duration) string
+	// grown, when set, keeps the warm-up going past its duration until it
+	// reports true (see growth).
+	grown func() bool
 }
+
+// growth counts the devices of a load that cycle over keys of their own
+// until each has PUT every one of them: the load warms up until then, so
+// that it measures partitions of the size asked for, not while they grow.
+type growth struct {
+	devices int64
+	done    atomic.Int64
+}
+
+// add counts d, if it cycles over keys.
+func (g *growth) add(d *device) {
+	if d.keys > 1 {
+		g.devices++
+		d.grown = &g.done
+	}
+}
+
+// grown reports whether every device added has PUT each of its keys.
+func (g *growth) grown() bool { return g.done.Load() >= g.devices }
 
 // loadResult is what one load measured.
 type loadResult struct {
@@ -170,7 +192,7 @@ func (m *meter) load(ctx context.Context, spec loadSpec) (*loadResult, error) {
 			waitFor = spec.measuring()
 		}
 	}
-	if m.warmup == 0 {
+	if m.warmup == 0 && (spec.grown == nil || spec.grown()) {
 		measure()
 	}
 	tick := time.NewTicker(time.Second)
@@ -180,6 +202,9 @@ func (m *meter) load(ctx context.Context, spec loadSpec) (*loadResult, error) {
 		var next time.Time
 		if mStart.IsZero() {
 			next = started.Add(m.warmup)
+			if spec.grown != nil && !time.Now().Before(next) {
+				next = time.Now().Add(50 * time.Millisecond) // look again soon
+			}
 		} else {
 			next = mStart.Add(m.duration)
 		}
@@ -222,7 +247,9 @@ func (m *meter) load(ctx context.Context, spec loadSpec) (*loadResult, error) {
 			return nil, ctx.Err()
 		}
 		if mStart.IsZero() {
-			measure()
+			if spec.grown == nil || spec.grown() {
+				measure()
+			}
 			continue
 		}
 		// The measurement ends: calls finishing from now on are not counted.

@@ -137,23 +137,25 @@ func (pb *pgBench) runNodes(ctx context.Context, n int) (pgSample, *probeTimes, 
 	tag := fmt.Sprintf("b%s-r%d-n%d", pb.id, pb.run, n)
 	// Each load gets devices of its own: a device whose sync the end of a
 	// load cut off does not know its version.
-	devices := func(tag string) ([]call, error) {
+	devices := func(tag string) ([]call, func() bool, error) {
 		workers := make([]call, pb.cfg.Devices)
+		g := &growth{}
 		for i := range workers {
 			d, err := pb.newDevice(clients[i%n], fmt.Sprintf("%s-u%d", tag, i), "phone", pb.cfg.ValueBytes, pb.cfg.Keys)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
+			g.add(d)
 			workers[i] = d.sync
 		}
-		return workers, nil
+		return workers, g.grown, nil
 	}
-	workers, err := devices(tag)
+	workers, grown, err := devices(tag)
 	if err != nil {
 		return pgSample{}, nil, err
 	}
 	label := nodeCount(n)
-	res, err := pb.load(ctx, loadSpec{label: label, unit: "syncs/s", workers: workers})
+	res, err := pb.load(ctx, loadSpec{label: label, unit: "syncs/s", workers: workers, grown: grown})
 	if err != nil {
 		return pgSample{}, nil, err
 	}
@@ -172,13 +174,13 @@ func (pb *pgBench) runNodes(ctx context.Context, n int) (pgSample, *probeTimes, 
 		// Commit-to-watcher at half the load the nodes sustain: under a
 		// saturated closed loop it measures the queue, not the delivery.
 		interval := time.Duration(float64(time.Second) * float64(len(workers)) / (s.rate / 2))
-		workers, err := devices(tag + "p")
+		workers, grown, err := devices(tag + "p")
 		if err != nil {
 			return s, nil, err
 		}
 		lctx, cancel := context.WithCancel(ctx)
 		waitProbes := pb.startProbes(lctx, clients, tag, &watch)
-		paced, err := pb.load(lctx, loadSpec{label: label + " paced", unit: "syncs/s", workers: workers, interval: interval})
+		paced, err := pb.load(lctx, loadSpec{label: label + " paced", unit: "syncs/s", workers: workers, interval: interval, grown: grown})
 		cancel()
 		if perr := waitProbes(); err == nil {
 			err = perr
@@ -218,7 +220,7 @@ func sampleOf(res *loadResult) pgSample {
 // loadListening opens an idle device watch on every node, of users no one
 // syncs, and runs the closed-loop load again with devices of its own while
 // they are open.
-func (pb *pgBench) loadListening(ctx context.Context, clients []*clients, tag string, devices func(string) ([]call, error)) (pgSample, error) {
+func (pb *pgBench) loadListening(ctx context.Context, clients []*clients, tag string, devices func(string) ([]call, func() bool, error)) (pgSample, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	var streams []*connect.ServerStreamForClient[dalvv1.WatchEvent]
 	defer func() {
@@ -245,11 +247,11 @@ func (pb *pgBench) loadListening(ctx context.Context, clients []*clients, tag st
 			return pgSample{}, fmt.Errorf("idle watch on node %d: %w", i+1, cmp.Or(stream.Err(), io.ErrUnexpectedEOF))
 		}
 	}
-	workers, err := devices(tag + "l")
+	workers, grown, err := devices(tag + "l")
 	if err != nil {
 		return pgSample{}, err
 	}
-	res, err := pb.load(ctx, loadSpec{label: nodeCount(len(clients)) + " listening", unit: "syncs/s", workers: workers})
+	res, err := pb.load(ctx, loadSpec{label: nodeCount(len(clients)) + " listening", unit: "syncs/s", workers: workers, grown: grown})
 	if err != nil {
 		return pgSample{}, err
 	}

@@ -66,7 +66,7 @@ func keysPhrase(keys int) string {
 	if keys <= 1 {
 		return "one key"
 	}
-	return fmt.Sprintf("%d keys in turn", keys)
+	return fmt.Sprintf("%d keys in turn (measured once each device had PUT them all)", keys)
 }
 
 func megabytes(v float64) string { return fmt.Sprintf("%.1f", v/1e6) }

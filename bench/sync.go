@@ -13,12 +13,12 @@ import (
 // first as fast as the server answers (closed loop), then paced at
 // PacedRate.
 func (b *bencher) syncScenario(ctx context.Context, vals map[string]float64) error {
-	workers, err := b.devices("")
+	workers, grown, err := b.devices("")
 	if err != nil {
 		return err
 	}
 	sw := b.serverDuring(ctx)
-	spec := loadSpec{label: string(Sync), unit: "syncs/s", workers: workers, measuring: sw.measuring}
+	spec := loadSpec{label: string(Sync), unit: "syncs/s", workers: workers, measuring: sw.measuring, grown: grown}
 	if b.cfg.ServerProfile != "" && b.run == b.cfg.Runs {
 		spec.measuring = both(b.profileServer, sw.measuring)
 	}
@@ -36,12 +36,12 @@ func (b *bencher) syncScenario(ctx context.Context, vals map[string]float64) err
 	if b.cfg.PacedRate < 0 {
 		return nil
 	}
-	if workers, err = b.devices("p"); err != nil {
+	if workers, grown, err = b.devices("p"); err != nil {
 		return err
 	}
 	interval := time.Duration(float64(time.Second) * float64(len(workers)) / b.cfg.PacedRate)
 	sw = b.serverDuring(ctx)
-	res, err = b.load(ctx, loadSpec{label: "sync paced", unit: "syncs/s", workers: workers, interval: interval, measuring: sw.measuring})
+	res, err = b.load(ctx, loadSpec{label: "sync paced", unit: "syncs/s", workers: workers, interval: interval, measuring: sw.measuring, grown: grown})
 	if err != nil {
 		return err
 	}
@@ -63,19 +63,21 @@ func (b *bencher) syncScenario(ctx context.Context, vals map[string]float64) err
 	return nil
 }
 
-// devices returns the sync workers of a new set of devices and users; tag
-// tells sets of one run apart.
-func (b *bencher) devices(tag string) ([]call, error) {
+// devices returns the sync workers of a new set of devices and users, and
+// their growth; tag tells sets of one run apart.
+func (b *bencher) devices(tag string) ([]call, func() bool, error) {
 	workers := make([]call, b.cfg.Devices)
+	g := &growth{}
 	for i := range workers {
 		user := fmt.Sprintf("b%s-r%d%s-u%d", b.id, b.run, tag, i%b.cfg.Users)
 		d, err := b.newDevice(b.clients, user, fmt.Sprintf("b%s-r%d%s-d%d", b.id, b.run, tag, i), b.cfg.ValueBytes, b.cfg.Keys)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
+		g.add(d)
 		workers[i] = d.sync
 	}
-	return workers, nil
+	return workers, g.grown, nil
 }
 
 // profileServer takes a CPU profile of the server for the measurement's

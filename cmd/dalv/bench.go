@@ -149,7 +149,7 @@ written can read several MB higher.`,
 	fl.IntVar(&cfg.Users, "users", 0, "users the devices are spread over (default: --devices, one device per user)")
 	fl.Float64Var(&cfg.PacedRate, "paced-rate", bench.DefaultPacedRate, "offered syncs/s of the paced sync measurement, for latency at that load (negative: skip it)")
 	fl.IntVar(&cfg.ValueBytes, "value-bytes", bench.DefaultValueBytes, "size of each PUT's value")
-	fl.IntVar(&cfg.Keys, "keys", 1, "keys each syncing device cycles its PUTs over, so that its user's partition holds that many entries")
+	fl.IntVar(&cfg.Keys, "keys", 1, "keys each syncing device cycles its PUTs over, so that its user's partition holds that many entries (the warm-up lasts until every device has PUT each of them)")
 	fl.IntVar(&cfg.CatchupCommits, "catchup-commits", bench.DefaultCatchupCommits, "commits the catch-up device missed")
 	fl.IntVar(&cfg.CatchupKeys, "catchup-keys", bench.DefaultCatchupKeys, "keys those commits cycle over")
 	fl.IntVar(&cfg.CatchupPulls, "catchup-pulls", bench.DefaultCatchupPulls, "timed catch-up pulls per run")
