@@ -248,10 +248,7 @@ func (st *partState) after(c *store.Commit) *partState {
 		if !e.Deleted && len(e.Value) > prefetchValue {
 			return nil
 		}
-		e.Value = slices.Clone(e.Value)
-		if !e.Deleted && e.Value == nil {
-			e.Value = []byte{}
-		}
+		e = heldEntry(e)
 		i, found := slices.BinarySearchFunc(pf.entries, e.Key, func(x store.Entry, key string) int { return strings.Compare(x.Key, key) })
 		if found {
 			pf.entries[i] = e
@@ -272,6 +269,16 @@ func (st *partState) after(c *store.Commit) *partState {
 	}
 	return &partState{head: store.Head{Version: c.Version, Horizon: st.head.Horizon}, compactions: st.compactions,
 		stream: st.stream, pf: pf, size: pf.size()}
+}
+
+// heldEntry is a commit's entry as a state holds it: a copy, and a live
+// entry with a value, if an empty one, as a read finds it.
+func heldEntry(e store.Entry) store.Entry {
+	e.Value = slices.Clone(e.Value)
+	if !e.Deleted && e.Value == nil {
+		e.Value = []byte{}
+	}
+	return e
 }
 
 // size is about the bytes pf takes in memory.

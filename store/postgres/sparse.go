@@ -51,8 +51,8 @@ type knownEntry struct {
 const sparseReads = 2
 
 // newSparse returns the sparse state that commit c leaves on a partition at
-// head, with compactions, or nil when it holds more than a sparse state may
-// (see bounded) or erases.
+// head, with compactions, or nil when it erases or holds more than a sparse
+// state may (see sparse.state).
 func newSparse(head store.Head, compactions int64, c *store.Commit) *partState {
 	if c.Erase {
 		return nil
@@ -82,11 +82,7 @@ func afterCommit(st *partState, head store.Head, compactions int64, c *store.Com
 // of its own.
 func (sp *sparse) apply(c *store.Commit) {
 	for _, e := range c.Entries {
-		e.Value = slices.Clone(e.Value)
-		if !e.Deleted && e.Value == nil {
-			e.Value = []byte{}
-		}
-		sp.put(knownEntry{e: e})
+		sp.put(knownEntry{e: heldEntry(e)})
 	}
 	if c.Device != "" {
 		if sp.devices == nil {
@@ -96,9 +92,14 @@ func (sp *sparse) apply(c *store.Commit) {
 	}
 }
 
+// find returns where key is, or would be, in sp.entries, and whether it is.
+func (sp *sparse) find(key string) (int, bool) {
+	return slices.BinarySearchFunc(sp.entries, key, func(x knownEntry, key string) int { return strings.Compare(x.e.Key, key) })
+}
+
 // put sets what sp knows of ke's key.
 func (sp *sparse) put(ke knownEntry) {
-	i, found := slices.BinarySearchFunc(sp.entries, ke.e.Key, func(x knownEntry, key string) int { return strings.Compare(x.e.Key, key) })
+	i, found := sp.find(ke.e.Key)
 	if found {
 		sp.entries[i] = ke
 	} else {
@@ -136,7 +137,7 @@ func (sp *sparse) state(head store.Head, compactions int64) *partState {
 // entry returns what sp knows of key: known is false when only a read can
 // tell.
 func (sp *sparse) entry(key string) (e store.Entry, ok, known bool) {
-	i, found := slices.BinarySearchFunc(sp.entries, key, func(x knownEntry, key string) int { return strings.Compare(x.e.Key, key) })
+	i, found := sp.find(key)
 	if !found {
 		return store.Entry{}, false, false
 	}
