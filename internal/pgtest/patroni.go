@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/dalvdb/dalv/internal/proc"
 	"github.com/dalvdb/dalv/internal/wait"
 )
 
@@ -84,11 +85,10 @@ func StartPatroni(t testing.TB) *Patroni {
 		}
 		asUser = []string{"runuser", "-u", "postgres", "--"}
 	}
-	ports := make([]int, 6) // etcd client, etcd peer, then a PostgreSQL and a REST port per member
-	for i := range ports {
-		if ports[i], err = freePort(); err != nil {
-			t.Fatal(err)
-		}
+	// etcd client, etcd peer, then a PostgreSQL and a REST port per member
+	ports, err := proc.FreePorts(6)
+	if err != nil {
+		t.Fatal(err)
 	}
 	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
 	peerURL := fmt.Sprintf("http://127.0.0.1:%d", ports[1])

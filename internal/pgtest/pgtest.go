@@ -19,7 +19,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -27,12 +26,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/dalvdb/dalv/internal/proc"
 )
 
 // Env names the environment variable holding the URL of the PostgreSQL
@@ -246,11 +246,12 @@ func start(durable bool, settings string) (*Throwaway, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("initdb: %v\n%s", err, out)
 	}
-	port, err := freePort()
+	ports, err := proc.FreePorts(1)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
+	port := ports[0]
 	s.port = port
 	commits := "off"
 	if durable {
@@ -324,14 +325,4 @@ func findBin() (string, error) {
 		}
 	}
 	return "", errors.New(howTo)
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	_, port, _ := strings.Cut(ln.Addr().String(), ":")
-	return strconv.Atoi(port)
 }

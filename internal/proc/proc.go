@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -260,10 +261,64 @@ func Build(dir string) (string, error) {
 // FreeAddr returns a loopback address whose port is free right now, for a
 // server a test starts, stops and starts again on the same address.
 func FreeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := FreePorts(1)
 	if err != nil {
 		return "", err
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), nil
+}
+
+// lowestPort is the least port FreePorts picks: below it lie the ports
+// well-known services are configured on.
+const lowestPort = 10000
+
+// FreePorts returns n distinct loopback ports that are free right now, for
+// servers that bind them later (PostgreSQL, etcd, Patroni, a restarted
+// `dalv serve`). The ports are drawn below the kernel's ephemeral range: a
+// port from that range can be taken, between the pick and the bind, as the
+// local port of any outgoing connection, such as another test's connection
+// to PostgreSQL.
+func FreePorts(n int) ([]int, error) {
+	high := ephemeralLow()
+	if high-lowestPort < 1000 {
+		return nil, fmt.Errorf("the ephemeral port range starts at %d, which leaves too few ports below it to pick from", high)
+	}
+	var held []net.Listener
+	defer func() {
+		for _, ln := range held {
+			ln.Close()
+		}
+	}()
+	ports := make([]int, 0, n)
+	for tries := 0; len(ports) < n; tries++ {
+		if tries == 100*n {
+			return nil, fmt.Errorf("found %d of %d free loopback ports between %d and %d", len(ports), n, lowestPort, high)
+		}
+		port := lowestPort + rand.IntN(high-lowestPort)
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue // in use; held ones are in use too, so ports stay distinct
+		}
+		held = append(held, ln)
+		ports = append(ports, port)
+	}
+	return ports, nil
+}
+
+// ephemeralLow returns the first port of the kernel's ephemeral range, the
+// ports it gives outgoing connections and binds to port 0.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768 // Linux's default, and below the range of most other kernels
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	port, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 32768
+	}
+	return port
 }
