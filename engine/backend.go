@@ -282,6 +282,20 @@ func (e *Engine) Compact(ctx context.Context, retention time.Duration) (store.Co
 	return e.st.Compact(ctx, e.now().Add(-retention))
 }
 
+// ChangesOf returns entries as the changes a watch sends, one per entry, in
+// their order; an entry whose value does not decode is corruption.
+func ChangesOf(entries []store.Entry) ([]*dalvv1.Change, error) {
+	out := make([]*dalvv1.Change, len(entries))
+	for i, ent := range entries {
+		c, err := toChange(ent)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = c
+	}
+	return out, nil
+}
+
 func toChange(ent store.Entry) (*dalvv1.Change, error) {
 	c := &dalvv1.Change{Key: ent.Key, Deleted: ent.Deleted, Version: ent.Version}
 	if !ent.Deleted {

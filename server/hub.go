@@ -4,6 +4,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/dalvdb/dalv/engine"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/store"
 )
@@ -30,9 +31,9 @@ type commitEvent struct {
 	version uint64
 	changes []*dalvv1.Change
 	erase   bool
-	// remote marks a commit announced by another process: it carries no
-	// changes, so watches read them from the store.
-	remote bool
+	// unread marks a commit another process announced by its version
+	// alone: it carries no changes, so watches read them from the store.
+	unread bool
 }
 
 // subscription is one device watch's inbox.
@@ -98,6 +99,27 @@ func (h *hub) publish(p store.Partition, ev *commitEvent) {
 		h.feedSignal = make(chan struct{})
 		h.feedMu.Unlock()
 	}
+}
+
+// publishAnnounced hands a commit another process announced to the watches
+// of its partition, as publish does, with its changes when the announcement
+// carried its entries. They are decoded only when this process watches the
+// partition: a listening process hears of every process's commits.
+func (h *hub) publishAnnounced(a store.Announcement) {
+	ev := &commitEvent{version: a.Version, unread: true}
+	if a.Carried && h.watched(a.Partition) {
+		if changes, err := engine.ChangesOf(a.Entries); err == nil {
+			ev.changes, ev.unread = changes, false
+		}
+	}
+	h.publish(a.Partition, ev)
+}
+
+// watched reports whether p has a watch in this process.
+func (h *hub) watched(p store.Partition) bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.parts[p]) > 0
 }
 
 // feedWait returns a channel closed at the next commit. Take it before

@@ -29,7 +29,7 @@ const (
 // while any stream holds it, and publishes what it hears to the hub.
 type remoteCommits struct {
 	n       store.Notifier
-	publish func(p store.Partition, version uint64)
+	publish func(store.Announcement)
 	log     *slog.Logger
 	linger  time.Duration
 	wait    time.Duration
@@ -47,7 +47,7 @@ type listenSession struct {
 	done   chan struct{} // closed when Notifications has returned
 }
 
-func newRemoteCommits(n store.Notifier, log *slog.Logger, publish func(p store.Partition, version uint64)) *remoteCommits {
+func newRemoteCommits(n store.Notifier, log *slog.Logger, publish func(store.Announcement)) *remoteCommits {
 	return &remoteCommits{n: n, publish: publish, log: log, linger: listenLinger, wait: listenWait}
 }
 

@@ -4,12 +4,20 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
+
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 	"github.com/dalvdb/dalv/internal/wait"
 	"github.com/dalvdb/dalv/store"
+	"github.com/dalvdb/dalv/value"
 )
 
 // fakeNotifier counts the sessions of Notifications and, unless mute,
@@ -22,7 +30,7 @@ type fakeNotifier struct {
 	running  int // not yet returned
 }
 
-func (f *fakeNotifier) Notifications(ctx context.Context, _ func(store.Partition, uint64), listening func()) error {
+func (f *fakeNotifier) Notifications(ctx context.Context, _ func(store.Announcement), listening func()) error {
 	f.mu.Lock()
 	f.sessions++
 	f.running++
@@ -46,7 +54,7 @@ func (f *fakeNotifier) counts() (sessions, running int) {
 }
 
 func newTestRemote(f *fakeNotifier, linger, wait time.Duration) *remoteCommits {
-	r := newRemoteCommits(f, slog.New(slog.DiscardHandler), func(store.Partition, uint64) {})
+	r := newRemoteCommits(f, slog.New(slog.DiscardHandler), func(store.Announcement) {})
 	r.linger, r.wait = linger, wait
 	return r
 }
@@ -120,4 +128,88 @@ func TestRemoteHoldWaitsForListening(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	r.hold(ctx)()
+}
+
+// announcingStore is a store shared, as far as the server can tell, with
+// other processes: its Notifications pass on what the test announces. It
+// counts the Views the server opens.
+type announcingStore struct {
+	store.Store
+	announce chan store.Announcement
+	views    atomic.Int64
+}
+
+func (s *announcingStore) View(ctx context.Context, p store.Partition, fn func(store.Reader) error) error {
+	s.views.Add(1)
+	return s.Store.View(ctx, p, fn)
+}
+
+func (s *announcingStore) Notifications(ctx context.Context, fn func(store.Announcement), listening func()) error {
+	listening()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case a := <-s.announce:
+			fn(a)
+		}
+	}
+}
+
+// TestWatchTakesCarriedCommit checks that a watch delivers the changes an
+// announcement of another process's commit carries without reading the
+// store, and that it reads the store for one announced by version alone.
+// The commits exist only in the announcements, so a watch that read the
+// store could not deliver them.
+func TestWatchTakesCarriedCommit(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	st := &announcingStore{Store: cfg.Store, announce: make(chan store.Announcement)}
+	cfg.Store = st
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(s.Handler())
+	t.Cleanup(hs.Close)
+	client := dalvv1connect.NewClientServiceClient(hs.Client(), hs.URL)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req := connect.NewRequest(&dalvv1.WatchRequest{DeviceId: "d"})
+	req.Header().Set("Authorization", "Bearer "+token(t, "alice"))
+	stream, err := client.Watch(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	if !stream.Receive() || !stream.Msg().GetHeartbeat() {
+		t.Fatalf("the watch did not start with a heartbeat: %v %v", stream.Msg(), stream.Err())
+	}
+	views := st.views.Load()
+	alice := store.Partition{Name: "alice"}
+	val := value.Scalar([]byte("blue"))
+	st.announce <- store.Announcement{Partition: alice, Version: 1, Carried: true, Entries: []store.Entry{
+		{Key: "colour", Value: value.Encode(nil, val), Version: 1, ScalarVersion: 1},
+		{Key: "size", Deleted: true, Version: 1, ScalarVersion: 1},
+	}}
+	if !stream.Receive() {
+		t.Fatal(stream.Err())
+	}
+	want := &dalvv1.WatchEvent{Version: 1, Changes: []*dalvv1.Change{
+		{Key: "colour", Value: val, Version: 1},
+		{Key: "size", Deleted: true, Version: 1},
+	}}
+	if got := stream.Msg(); !proto.Equal(got, want) {
+		t.Errorf("the watch sent %v, want %v", got, want)
+	}
+	if n := st.views.Load() - views; n != 0 {
+		t.Errorf("the watch read the store %d times for a carried commit", n)
+	}
+	st.announce <- store.Announcement{Partition: alice, Version: 2}
+	wait.For(t, 10*time.Second, func() error {
+		if st.views.Load() == views {
+			return errors.New("the watch has not read the store for a commit announced by version")
+		}
+		return nil
+	})
 }

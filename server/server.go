@@ -298,9 +298,7 @@ func New(cfg Config) (*Server, error) {
 		s.shared[sp.Name] = sp
 	}
 	if s.notifier, _ = cfg.Store.(store.Notifier); s.notifier != nil {
-		s.remote = newRemoteCommits(s.notifier, s.log, func(p store.Partition, version uint64) {
-			s.hub.publish(p, &commitEvent{version: version, remote: true})
-		})
+		s.remote = newRemoteCommits(s.notifier, s.log, s.hub.publishAnnounced)
 	}
 	s.metrics = newMetrics(cfg.Registry, cfg.Store)
 	s.metrics.registerConnections(cfg.Registry, func() *limitListener { return s.conns.Load() })

@@ -149,7 +149,7 @@ func (w *deviceWatch) deliver(ctx context.Context, ev *commitEvent, sub *subscri
 	switch {
 	case ev.version <= w.at:
 		return nil // already sent by the catch-up
-	case ev.version == w.at+1 && !ev.erase && !ev.remote:
+	case ev.version == w.at+1 && !ev.erase && !ev.unread:
 		changes := engine.FilterChanges(ev.changes, w.prefixes)
 		// A commit that changes nothing the watch shows is still sent to a
 		// watch of the whole partition: the device learns its version (it

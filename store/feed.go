@@ -62,5 +62,18 @@ type Notifier interface {
 	// after each reconnect): from then on, until the connection is lost
 	// again, every commit that a read of the store begun after that call
 	// does not see is announced to fn.
-	Notifications(ctx context.Context, fn func(p Partition, version uint64), listening func()) error
+	Notifications(ctx context.Context, fn func(Announcement), listening func()) error
+}
+
+// Announcement is a commit another process made, as a [Notifier] reports
+// it.
+type Announcement struct {
+	Partition Partition
+	Version   uint64
+	// Carried is set when Entries are the commit's Entries, every one: a
+	// reader that holds the partition at Version-1 may take them instead
+	// of reading the store. Otherwise the commit was announced by its
+	// version alone (an erase, or one too large to carry).
+	Carried bool
+	Entries []Entry
 }

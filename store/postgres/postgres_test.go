@@ -607,11 +607,11 @@ func TestNotifications(t *testing.T) {
 	got := make(chan note, 100)
 	listening := make(chan error, 1)
 	go func() {
-		listening <- b.Notifications(ctx, func(p store.Partition, v uint64) { got <- note{p, v} }, nil)
+		listening <- b.Notifications(ctx, func(a store.Announcement) { got <- note{a.Partition, a.Version} }, nil)
 	}()
 	own := make(chan note, 100)
 	go func() {
-		_ = a.Notifications(ctx, func(p store.Partition, v uint64) { own <- note{p, v} }, nil)
+		_ = a.Notifications(ctx, func(a store.Announcement) { own <- note{a.Partition, a.Version} }, nil)
 	}()
 	p := store.Partition{Name: "a\nb %"}
 	commitUntilNotified(t, a, p, got, 1)
@@ -637,7 +637,7 @@ func TestNotificationsListening(t *testing.T) {
 	got := make(chan note, 100)
 	listening := make(chan struct{}, 1)
 	go func() {
-		_ = b.Notifications(ctx, func(p store.Partition, v uint64) { got <- note{p, v} }, func() { listening <- struct{}{} })
+		_ = b.Notifications(ctx, func(a store.Announcement) { got <- note{a.Partition, a.Version} }, func() { listening <- struct{}{} })
 	}()
 	select {
 	case <-listening:
@@ -674,7 +674,9 @@ func TestNotificationsAfterKill(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	got := make(chan note, 100)
-	go func() { _ = b.Notifications(ctx, func(p store.Partition, v uint64) { got <- note{p, v} }, nil) }()
+	go func() {
+		_ = b.Notifications(ctx, func(a store.Announcement) { got <- note{a.Partition, a.Version} }, nil)
+	}()
 	p := store.Partition{Name: "alice"}
 	last := commitUntilNotified(t, a, p, got, 1)
 	pgtest.Exec(t, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", app)
@@ -732,11 +734,11 @@ func commitUntilNotified(t *testing.T, s *Store, p store.Partition, got <-chan n
 func TestPayloadsSplit(t *testing.T) {
 	s := &Store{node: "n1"}
 	a := &announcer{s: s}
-	pending := make(map[string]uint64)
+	pending := make(map[string]*pendingPart)
 	for i := range 1000 {
-		pending[fmt.Sprintf("u:user%04d", i)] = uint64(i + 1)
+		pending[fmt.Sprintf("u:user%04d", i)] = &pendingPart{version: uint64(i + 1)}
 	}
-	pending["u:"+strings.Repeat("x", maxPayload)] = 1 // too long: left to polls
+	pending["u:"+strings.Repeat("x", maxPayload)] = &pendingPart{version: 1} // too long: left to polls
 	payloads := a.payloads(pending)
 	seen := 0
 	other := &Store{node: "n2"}
@@ -744,13 +746,13 @@ func TestPayloadsSplit(t *testing.T) {
 		if len(pl) > maxPayload {
 			t.Errorf("payload of %d bytes", len(pl))
 		}
-		other.parsePayload(pl, func(p store.Partition, v uint64) {
-			if want := pending[partID(p)]; v != want {
-				t.Errorf("%s at %d, want %d", p, v, want)
+		other.parsePayload(pl, func(a store.Announcement) {
+			if want := pending[partID(a.Partition)].version; a.Version != want || a.Carried {
+				t.Errorf("%s at %d (carried %v), want %d by version", a.Partition, a.Version, a.Carried, want)
 			}
 			seen++
 		})
-		s.parsePayload(pl, func(store.Partition, uint64) { t.Error("own payload parsed") })
+		s.parsePayload(pl, func(store.Announcement) { t.Error("own payload parsed") })
 	}
 	if seen != 1000 || len(payloads) < 2 {
 		t.Errorf("%d partitions in %d payloads, want 1000 in several", seen, len(payloads))

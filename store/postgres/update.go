@@ -67,13 +67,22 @@ func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.R
 		return err
 	}
 	part := partID(p)
+	// The commit fn made last is the one committed: its entries go along
+	// with the announcement.
+	var made *store.Commit
+	decide := fn
+	fn = func(r store.Reader) (*store.Commit, error) {
+		c, err := decide(r)
+		made = c
+		return c, err
+	}
 	direct := s.held.update
 	if s.streams != nil {
 		direct = s.citusDirect
 	}
 	if version, done, err := direct(ctx, p, part, fn); done {
 		if err == nil && version != 0 {
-			s.ann.add(part, version)
+			s.ann.add(part, version, made)
 		}
 		return err
 	}
@@ -83,7 +92,7 @@ func (s *Store) Update(ctx context.Context, p store.Partition, fn func(r store.R
 		version, retry, err := s.update(ctx, p, part, fn)
 		if err == nil {
 			if version != 0 {
-				s.ann.add(part, version)
+				s.ann.add(part, version, made)
 			}
 			return nil
 		}
