@@ -130,6 +130,10 @@ type Config struct {
 	URL        string
 	JWTSecret  string
 	BackendKey string
+	// CommitURL, when set with URL, is another node over the same store
+	// (a PostgreSQL database) that the delivery scenario sends its commits
+	// to, so that they reach the watchers on URL across nodes.
+	CommitURL string
 	// TLS configures the clients for an https:// URL (RootCAs for a
 	// server whose certificate a private CA signed); nil uses the system's
 	// roots.
@@ -254,6 +258,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: no dalv binary to start and no URL of a running server", ErrConfig)
 	case c.URL != "" && (c.JWTSecret == "" || c.BackendKey == ""):
 		return c, fmt.Errorf("%w: measuring the server at %s needs its JWT secret and a backend key", ErrConfig, c.URL)
+	case c.CommitURL != "" && c.URL == "":
+		return c, fmt.Errorf("%w: a commit URL needs --url: the watchers' node", ErrConfig)
 	case c.URL != "" && c.ServerProfile != "":
 		return c, fmt.Errorf("%w: a server profile needs a server the bench starts", ErrConfig)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
+	"github.com/jackc/pgx/v5"
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
@@ -192,6 +193,7 @@ func TestConfigErrors(t *testing.T) {
 		"negative keys":     {Binary: "dalv", Keys: -1},
 		"few commits":       {Binary: "dalv", CatchupCommits: 10, CatchupKeys: 20},
 		"url and profile":   {URL: "http://x", JWTSecret: "s", BackendKey: "k", ServerProfile: "p"},
+		"commit url alone":  {Binary: "dalv", CommitURL: "http://x"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := Run(context.Background(), cfg); !errors.Is(err, ErrConfig) {
@@ -509,5 +511,56 @@ func TestMedian(t *testing.T) {
 	}
 	if got, want := median([]time.Duration{4, 1, 3, 2}, meanOfMiddle), time.Duration(2); got != want {
 		t.Errorf("median of durations 1-4 = %v, want %v (integer mean)", got, want)
+	}
+}
+
+// TestDeliveryAcrossNodes runs the delivery scenario with its watches on
+// one node and its commits sent to another over the same PostgreSQL: every
+// commit reaches every watcher of its user, in order.
+func TestDeliveryAcrossNodes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two nodes over PostgreSQL")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	base, schema := pgtest.Server(t), "dalv_bench_test_"+newRunID()
+	store := pgtest.WithParam(base, "search_path", schema) // the nodes create it
+	t.Cleanup(func() {
+		conn, err := pgx.Connect(context.Background(), base)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close(context.Background())
+		if _, err := conn.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+			t.Error(err)
+		}
+	})
+	s, err := newSecrets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nodes []*proc.Server
+	for range 2 {
+		srv, err := startServe(ctx, dalvBinary(t), t.TempDir(), []string{"--store", store}, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = srv.Stop(10 * time.Second) })
+		nodes = append(nodes, srv)
+	}
+	rep, err := Run(ctx, Config{
+		URL: nodes[1].URL(), CommitURL: nodes[0].URL(), JWTSecret: string(s.secret), BackendKey: s.key,
+		Scenarios: []Scenario{Delivery}, Runs: 1, Duration: 500 * time.Millisecond, Warmup: 200 * time.Millisecond,
+		Watchers: 50, WatchUsers: 5, DeliveryRate: 200, Dir: t.TempDir(), Progress: lineWriter{t},
+	})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if got := result(t, rep, Delivery, "missed"); got != 0 {
+		t.Errorf("delivery across nodes missed = %v, want 0", got)
+	}
+	if n := result(t, rep, Delivery, "deliveries"); n == 0 || n != float64(int(n)/10*10) {
+		t.Errorf("deliveries across nodes = %v, want a positive multiple of the 10 watchers per user", n)
 	}
 }

@@ -400,6 +400,11 @@ func (b *bencher) deliveryScenario(ctx context.Context, vals map[string]float64)
 
 	var measuring atomic.Bool
 	keyAuth := authorization(b.key)
+	committer := b.clients
+	if b.cfg.CommitURL != "" {
+		committer = newClients(b.cfg, b.cfg.CommitURL)
+		defer committer.close()
+	}
 	workers := make([]call, len(users))
 	for i, u := range users {
 		value := make([]byte, b.cfg.ValueBytes)
@@ -418,7 +423,7 @@ func (b *bencher) deliveryScenario(ctx context.Context, vals map[string]float64)
 			u.mu.Unlock()
 			creq := connect.NewRequest(req)
 			creq.Header()["Authorization"] = keyAuth
-			resp, err := b.clients.backend.Commit(ctx, creq)
+			resp, err := committer.backend.Commit(ctx, creq)
 			if err != nil {
 				return fmt.Errorf("commit %d to %s: %w", want, u.name, err)
 			}

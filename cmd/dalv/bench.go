@@ -54,7 +54,8 @@ afterwards. Scenarios:
            streams a connection), then --delivery-rate backend commits/s of
            one PUT across those users: p50/p99 from sending a commit to each
            watcher's stream delivering its version, and deliveries missed or
-           out of order (must be 0)
+           out of order (must be 0); with --url and --commit-url, the
+           commits go to another node than the watches
   idle-watchers
            --idle-watchers watches over --idle-users users, left idle: the
            server's RSS growth per watch, from before opening them (after a
@@ -168,6 +169,7 @@ written can read several MB higher.`,
 	fl.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the bench process to this file")
 	fl.StringVar(&cfg.ServerProfile, "server-cpuprofile", "", "write a CPU profile of the server during the last run's sync measurement to this file")
 	fl.StringVar(&cfg.URL, "url", "", "measure the running server at this URL (http:// or https://) instead of starting one")
+	fl.StringVar(&cfg.CommitURL, "commit-url", "", "with --url: send the delivery scenario's commits to this other node over the same PostgreSQL, so they reach the watchers across nodes")
 	fl.StringVar(&caFile, "ca-file", "", "with --url: "+caFileHelp)
 	fl.StringVar(&against, "against", "", "measure this binary against the dalv binary at this path, alternately (see above)")
 	fl.StringVar(&store, "store", "", "measure 1 and 3 `dalv serve --store` nodes over this PostgreSQL URL beside pgbench (see docs/postgres.md)")
