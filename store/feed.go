@@ -54,7 +54,8 @@ type Feeder interface {
 // Notifier is implemented by stores that several server processes share.
 // It reports commits made through any of them, so each process can wake its
 // watches. Notifications may be lost, repeated, late or out of order:
-// readers use them only as hints and read the store for the truth.
+// readers use them as hints, and read the store for whatever they were not
+// told in order. What an announcement carries is what was committed.
 type Notifier interface {
 	// Notifications calls fn for each commit announced, until ctx is done
 	// or the store closes. It reconnects by itself after failures. It calls

@@ -31,8 +31,10 @@
 //     the dalv_feed_stall_seconds metric) but never makes it skip.
 //   - Commits are announced to other processes with a coalesced NOTIFY on
 //     channel dalv_commits (of the schema) after they commit; [Store.Notifications] listens
-//     on a connection of its own and reconnects by itself. Notifications
-//     are hints: nothing depends on their arrival.
+//     on a connection of its own and reconnects by itself. A notification
+//     carries the entries of each small commit, so a watcher elsewhere can
+//     take it without a read. Notifications are hints: nothing depends on
+//     their arrival.
 //   - A lost or refused connection, or PostgreSQL not answering within
 //     Options.Timeout, fails the operation with an error wrapping
 //     [store.ErrUnavailable]; the pool reconnects by itself. A caller that
