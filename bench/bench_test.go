@@ -452,6 +452,9 @@ func TestRunPostgres(t *testing.T) {
 	if two := rep.Nodes[1]; two.Listening.Rate <= 0 {
 		t.Errorf("2 nodes with a watch open on each: sync rate %v, want above 0", two.Listening.Rate)
 	}
+	if two := rep.Nodes[1]; two.PacedP99ms <= 0 || two.PacedHandlerP99ms <= 0 {
+		t.Errorf("2 nodes, paced: p99 %v ms, in the nodes' handlers %v ms; want both above 0", two.PacedP99ms, two.PacedHandlerP99ms)
+	}
 	if two := rep.Nodes[1]; two.WatchSamples == 0 || two.WatchP99ms <= 0 || two.IdleWatchP99ms <= 0 {
 		t.Errorf("2 nodes: %d commits timed to the watcher, p99 %v ms, idle p99 %v ms; want some", two.WatchSamples, two.WatchP99ms, two.IdleWatchP99ms)
 	} else if two.WatchAfterAnswerP99ms > two.WatchP99ms {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"slices"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -15,11 +16,16 @@ import (
 
 // scrapeMetrics reads the server's /metrics at url.
 func (b *bencher) scrapeMetrics(ctx context.Context, url string) (map[string]*dto.MetricFamily, error) {
+	return scrape(ctx, b.clients.tr, url)
+}
+
+// scrape reads /metrics of the server at url through rt.
+func scrape(ctx context.Context, rt http.RoundTripper, url string) (map[string]*dto.MetricFamily, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/metrics", nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := (&http.Client{Transport: b.clients.tr}).Do(req)
+	resp, err := (&http.Client{Transport: rt}).Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%w: GET /metrics: %w", ErrCallFailed, err)
 	}
@@ -77,11 +83,44 @@ func histOf(h *dto.Histogram) (histSample, bool) {
 // count is the number of observations between old and s.
 func (s histSample) count(old histSample) uint64 { return s.total - old.total }
 
+// since is the observations between old and s, as a sample of their own;
+// false when the two have other buckets.
+func (s histSample) since(old histSample) (histSample, bool) {
+	if !slices.Equal(s.bounds, old.bounds) {
+		return histSample{}, false
+	}
+	d := histSample{bounds: s.bounds, counts: make([]uint64, len(s.counts)), total: s.total - old.total}
+	for i := range s.counts {
+		d.counts[i] = s.counts[i] - old.counts[i]
+	}
+	return d, true
+}
+
+// plus is the observations of s and o together (o alone when s is the zero
+// sample); false when the two have other buckets.
+func (s histSample) plus(o histSample) (histSample, bool) {
+	if s.bounds == nil {
+		return o, true
+	}
+	if !slices.Equal(s.bounds, o.bounds) {
+		return histSample{}, false
+	}
+	d := histSample{bounds: s.bounds, counts: make([]uint64, len(s.counts)), total: s.total + o.total}
+	for i := range s.counts {
+		d.counts[i] = s.counts[i] + o.counts[i]
+	}
+	return d, true
+}
+
 // quantile estimates the q-quantile of the observations between old and
-// s, as Prometheus's histogram_quantile does: by linear interpolation
-// within the bucket it falls in. It is NaN without observations, and the
-// highest bound when the quantile lies beyond it.
+// s (all of s's when old is the zero sample), as Prometheus's
+// histogram_quantile does: by linear interpolation within the bucket it
+// falls in. It is NaN without observations, and the highest bound when the
+// quantile lies beyond it.
 func (s histSample) quantile(old histSample, q float64) float64 {
+	if old.bounds == nil {
+		old = histSample{bounds: s.bounds, counts: make([]uint64, len(s.counts))}
+	}
 	n := s.count(old)
 	if n == 0 || len(s.bounds) == 0 || len(s.bounds) != len(old.bounds) {
 		return math.NaN()

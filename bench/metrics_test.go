@@ -34,3 +34,37 @@ func TestHistQuantile(t *testing.T) {
 		t.Errorf("q0.99 of nothing = %v, want NaN", got)
 	}
 }
+
+// TestHistWindowsTogether checks that the windows of several servers'
+// histograms add up to the quantiles of their observations together.
+func TestHistWindowsTogether(t *testing.T) {
+	bounds := []float64{0.001, 0.002, 0.005}
+	// One node's window: 50 observations under 1 ms, 40 under 2 ms.
+	a0 := histSample{bounds: bounds, counts: []uint64{10, 10, 10}, total: 10}
+	a1 := histSample{bounds: bounds, counts: []uint64{60, 100, 100}, total: 100}
+	// Another's: 10 observations between 2 and 5 ms.
+	b0 := histSample{bounds: bounds, counts: []uint64{5, 5, 5}, total: 5}
+	b1 := histSample{bounds: bounds, counts: []uint64{5, 5, 15}, total: 15}
+	var all histSample
+	for _, w := range [][2]histSample{{a0, a1}, {b0, b1}} {
+		d, ok := w[1].since(w[0])
+		if !ok {
+			t.Fatal("since refused a window of the same buckets")
+		}
+		if all, ok = all.plus(d); !ok {
+			t.Fatal("plus refused windows of the same buckets")
+		}
+	}
+	if all.total != 100 {
+		t.Errorf("%d observations together, want 100", all.total)
+	}
+	if got, want := all.quantile(histSample{}, 0.95), 0.002+0.003*(95-90)/10.0; math.Abs(got-want) > 1e-12 {
+		t.Errorf("q0.95 together = %v, want %v", got, want)
+	}
+	if _, ok := a1.since(histSample{bounds: []float64{0.001}, counts: []uint64{1}, total: 1}); ok {
+		t.Error("since took a sample of other buckets")
+	}
+	if _, ok := all.plus(histSample{bounds: []float64{0.001}, counts: []uint64{1}, total: 1}); ok {
+		t.Error("plus took a sample of other buckets")
+	}
+}

@@ -202,6 +202,7 @@ func RunPostgres(ctx context.Context, cfg PostgresConfig) (*PostgresReport, erro
 		r := PgNodes{Nodes: n, Procs: nodeProcs(n), Syncs: medianRate(nodeRuns[i]), CPU: medianCPU(nodeRuns[i])}
 		if p := medianRun(nodeRuns[i], func(s pgSample) float64 { return s.pacedRate }); p.pacedRate > 0 {
 			r.PacedRate, r.PacedP99ms = p.pacedRate, ms(p.pacedP99)
+			r.PacedHandlerP99ms, r.PacedWakeP99ms = ms(p.pacedHandlerP99), ms(p.pacedWakeP99)
 		}
 		r.IdleWatchP99ms = runsMedian(nodeRuns[i], func(s pgSample) float64 { return ms(s.idleWatchP99) })
 		var listening []pgSample
@@ -265,6 +266,11 @@ type pgSample struct {
 	// beside, with several nodes.
 	pacedRate float64
 	pacedP99  time.Duration
+	// pacedHandlerP99 is the p99 of the time the nodes' Sync handlers
+	// took over the paced measurement (0 when their metrics could not be
+	// read), and pacedWakeP99 how late the bench woke for its paced calls:
+	// where the paced p99 is spent.
+	pacedHandlerP99, pacedWakeP99 time.Duration
 	// idleWatchP99 is the commit-to-watcher p99 with the probes alone.
 	idleWatchP99 time.Duration
 	// listening is the closed-loop load again with an idle watch open on

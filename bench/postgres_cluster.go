@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -180,7 +181,9 @@ func (pb *pgBench) runNodes(ctx context.Context, n int) (pgSample, *probeTimes, 
 		}
 		lctx, cancel := context.WithCancel(ctx)
 		waitProbes := pb.startProbes(lctx, clients, tag, &watch)
-		paced, err := pb.load(lctx, loadSpec{label: label + " paced", unit: "syncs/s", workers: workers, interval: interval, grown: grown})
+		win := nodesDuring(ctx, nodes, clients)
+		paced, err := pb.load(lctx, loadSpec{label: label + " paced", unit: "syncs/s", workers: workers, interval: interval, grown: grown,
+			measuring: win.measuring})
 		cancel()
 		if perr := waitProbes(); err == nil {
 			err = perr
@@ -189,6 +192,8 @@ func (pb *pgBench) runNodes(ctx context.Context, n int) (pgSample, *probeTimes, 
 			return s, nil, err
 		}
 		s.pacedRate, s.pacedP99 = paced.rate(), paced.hist.Quantile(0.99)
+		s.pacedWakeP99 = paced.wake.Quantile(0.99)
+		s.pacedHandlerP99, _ = win.syncP99()
 		// And with the probes alone: the delivery itself, unloaded.
 		var idle probeTimes
 		if err := pb.probesAlone(ctx, clients, tag+"i", &idle); err != nil {
@@ -204,8 +209,8 @@ func (pb *pgBench) runNodes(ctx context.Context, n int) (pgSample, *probeTimes, 
 		line += fmt.Sprintf("; with a watch on each node %s syncs/s", group(s.listening.rate))
 	}
 	if w := &watch.fromSend; w.Count() > 0 {
-		line += fmt.Sprintf("; at %s syncs/s, sync p99 %.2f ms, commit to watcher on another node p99 %.2f ms (%d; %.2f ms after the answer), %.2f ms with no other load",
-			group(s.pacedRate), ms(s.pacedP99), ms(w.Quantile(0.99)), w.Count(), ms(watch.fromAnswer.Quantile(0.99)), ms(s.idleWatchP99))
+		line += fmt.Sprintf("; at %s syncs/s, sync p99 %.2f ms (in the nodes' handlers %.2f ms, the bench's lateness %.2f ms), commit to watcher on another node p99 %.2f ms (%d; %.2f ms after the answer), %.2f ms with no other load",
+			group(s.pacedRate), ms(s.pacedP99), ms(s.pacedHandlerP99), ms(s.pacedWakeP99), ms(w.Quantile(0.99)), w.Count(), ms(watch.fromAnswer.Quantile(0.99)), ms(s.idleWatchP99))
 	}
 	pb.progress("%s", line)
 	return s, &watch, nil
@@ -256,4 +261,63 @@ func (pb *pgBench) loadListening(ctx context.Context, clients []*clients, tag st
 		return pgSample{}, err
 	}
 	return sampleOf(res), nil
+}
+
+// nodesWindow is what each node's metrics say of one measurement.
+type nodesWindow []*serverWindow
+
+// nodesDuring returns a nodesWindow whose measuring method is the
+// measurement's measuring hook.
+func nodesDuring(ctx context.Context, nodes []*proc.Server, clients []*clients) nodesWindow {
+	w := make(nodesWindow, len(nodes))
+	for i, n := range nodes {
+		url, tr := n.URL(), clients[i].tr
+		w[i] = &serverWindow{sample: func() (serverSample, bool) {
+			fams, err := scrape(ctx, tr, url)
+			if err != nil {
+				return serverSample{}, false
+			}
+			return serverSampleOf(fams), true
+		}}
+	}
+	return w
+}
+
+// measuring scrapes every node as the measurement starts and once it has
+// ended.
+func (w nodesWindow) measuring() func() error {
+	waits := make([]func() error, len(w))
+	for i, sw := range w {
+		waits[i] = sw.measuring()
+	}
+	return func() error {
+		for _, wait := range waits {
+			_ = wait() // a failed scrape leaves the window without figures
+		}
+		return nil
+	}
+}
+
+// syncP99 is the p99 of the time the nodes' Sync handlers took over the
+// window, all nodes' syncs together; false when a scrape failed or no
+// sync was timed.
+func (w nodesWindow) syncP99() (time.Duration, bool) {
+	var all histSample
+	for _, sw := range w {
+		if !sw.ok || !sw.start.hasSyncs || !sw.end.hasSyncs {
+			return 0, false
+		}
+		d, ok := sw.end.syncs.since(sw.start.syncs)
+		if !ok {
+			return 0, false
+		}
+		if all, ok = all.plus(d); !ok {
+			return 0, false
+		}
+	}
+	q := all.quantile(histSample{}, 0.99)
+	if math.IsNaN(q) {
+		return 0, false
+	}
+	return time.Duration(q * float64(time.Second)), true
 }

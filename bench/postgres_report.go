@@ -90,6 +90,12 @@ type PgNodes struct {
 	// rate) the probes ran beside.
 	PacedRate  float64 `json:"paced_rate,omitempty"`
 	PacedP99ms float64 `json:"paced_p99_ms,omitempty"`
+	// PacedHandlerP99ms is the p99 of the time the nodes' Sync handlers
+	// took over that measurement (from their /metrics), and PacedWakeP99ms
+	// how late the bench woke for its calls, at p99: the server's share of
+	// the paced p99, and the load generator's.
+	PacedHandlerP99ms float64 `json:"paced_handler_p99_ms,omitempty"`
+	PacedWakeP99ms    float64 `json:"paced_wake_p99_ms,omitempty"`
 	// IdleWatchP99ms is the probes' p99 with no other load.
 	IdleWatchP99ms float64 `json:"idle_watch_p99_ms,omitempty"`
 	// Listening is the closed-loop load again, with several nodes, with an
@@ -148,6 +154,8 @@ func (r *PostgresReport) WriteTable(w io.Writer) error {
 		if n.WatchSamples > 0 {
 			rows = append(rows,
 				[]string{fmt.Sprintf("dalv syncs, %d nodes, paced", n.Nodes), group(n.PacedRate), "", f2(n.PacedP99ms), "", ""},
+				[]string{"  of which in the nodes' handlers", "", "", f2(n.PacedHandlerP99ms), "", ""},
+				[]string{"  the bench's lateness to call", "", "", f2(n.PacedWakeP99ms), "", ""},
 				[]string{"  beside: commit to watcher on", fmt.Sprintf("(%d)", n.WatchSamples), f2(n.WatchP50ms), f2(n.WatchP99ms), "",
 					fmt.Sprintf("< %.0f ms %s", ms(TargetWatchP99), verdict(n.WatchP99ms < ms(TargetWatchP99)))},
 				[]string{"  another node (from sending the sync)", "", "", "", "", ""},
