@@ -8,6 +8,10 @@ import (
 	"github.com/dalvdb/dalv/value"
 )
 
+// PullPageFunc reads a page as [Engine.PullPage] does. A page it returns
+// may be shared with other callers: CatchUp never modifies one.
+type PullPageFunc func(ctx context.Context, p store.Partition, base, resetHorizon uint64, pageBytes int) (*dalvv1.SyncResponse, error)
+
 // CatchUp reads what a watch of p missed after from, page by page as
 // [Engine.PullPage] cuts them at pageBytes, and hands each page to fn in
 // order until a page with more unset, or fn's error, which it returns. It
@@ -15,11 +19,15 @@ import (
 // holds one page at a time, so a watch's memory does not grow with the
 // partition. Each page's changes are cut to the keys under prefixes (all
 // keys when there are none). When nothing came after from, fn is not
-// called.
-func (e *Engine) CatchUp(ctx context.Context, p store.Partition, from uint64, prefixes []string, pageBytes int, fn func(page *dalvv1.SyncResponse) error) error {
+// called. It reads each page with pull, or with PullPage when pull is nil;
+// fn must not modify the pages.
+func (e *Engine) CatchUp(ctx context.Context, pull PullPageFunc, p store.Partition, from uint64, prefixes []string, pageBytes int, fn func(page *dalvv1.SyncResponse) error) error {
+	if pull == nil {
+		pull = e.PullPage
+	}
 	var pages value.Pages
 	for {
-		page, err := e.PullPage(ctx, p, from, pages.ResetHorizon(), pageBytes)
+		page, err := pull(ctx, p, from, pages.ResetHorizon(), pageBytes)
 		if err != nil {
 			return err
 		}
@@ -27,7 +35,10 @@ func (e *Engine) CatchUp(ctx context.Context, p store.Partition, from uint64, pr
 			return nil // nothing new
 		}
 		pages.Add(page)
-		page.Changes = FilterChanges(page.GetChanges(), prefixes)
+		if len(prefixes) > 0 {
+			page = &dalvv1.SyncResponse{Status: page.GetStatus(), Version: page.GetVersion(), Horizon: page.GetHorizon(),
+				Reset_: page.GetReset_(), More: page.GetMore(), Changes: FilterChanges(page.GetChanges(), prefixes)}
+		}
 		if err := fn(page); err != nil {
 			return err
 		}

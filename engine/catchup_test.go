@@ -11,6 +11,7 @@ import (
 	"time"
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/store"
 )
 
 // page is what a test keeps of a catch-up page.
@@ -23,7 +24,7 @@ type page struct {
 func catchUp(t *testing.T, e *Engine, from uint64, prefixes []string, pageBytes int) []page {
 	t.Helper()
 	var pages []page
-	err := e.CatchUp(context.Background(), user("alice"), from, prefixes, pageBytes, func(p *dalvv1.SyncResponse) error {
+	err := e.CatchUp(context.Background(), nil, user("alice"), from, prefixes, pageBytes, func(p *dalvv1.SyncResponse) error {
 		if len(pages) > 100 {
 			return errors.New("more than 100 pages: the catch-up does not advance")
 		}
@@ -133,12 +134,39 @@ func TestCatchUp(t *testing.T) {
 	// fn's error ends the catch-up and is returned.
 	stop := errors.New("stop")
 	calls := 0
-	err := e.CatchUp(context.Background(), alice, 0, nil, 1, func(*dalvv1.SyncResponse) error { calls++; return stop })
+	err := e.CatchUp(context.Background(), nil, alice, 0, nil, 1, func(*dalvv1.SyncResponse) error { calls++; return stop })
 	if !errors.Is(err, stop) || calls != 1 {
 		t.Errorf("CatchUp with fn failing = %v after %d calls, want %v after 1", err, calls, stop)
 	}
 	// A version ahead of the partition is refused.
-	if err := e.CatchUp(context.Background(), alice, head+1, nil, 0, func(*dalvv1.SyncResponse) error { return nil }); !errors.Is(err, ErrInvalid) {
+	if err := e.CatchUp(context.Background(), nil, alice, head+1, nil, 0, func(*dalvv1.SyncResponse) error { return nil }); !errors.Is(err, ErrInvalid) {
 		t.Errorf("CatchUp from ahead of the head = %v, want %v", err, ErrInvalid)
+	}
+}
+
+// TestCatchUpLeavesPagesAlone checks that a catch-up cut to prefixes hands
+// fn its own copy of a page, and leaves the page pull returned, which may
+// be shared with other watches, as it was.
+func TestCatchUpLeavesPagesAlone(t *testing.T) {
+	e, _ := newEngine(t, Limits{})
+	shared := &dalvv1.SyncResponse{Version: 1, Changes: []*dalvv1.Change{{Key: "a/1", Version: 1}, {Key: "b/1", Version: 1}}}
+	pull := func(context.Context, store.Partition, uint64, uint64, int) (*dalvv1.SyncResponse, error) {
+		return shared, nil
+	}
+	var got []string
+	err := e.CatchUp(context.Background(), pull, user("alice"), 0, []string{"a/"}, 0, func(p *dalvv1.SyncResponse) error {
+		for _, c := range p.GetChanges() {
+			got = append(got, c.GetKey())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, []string{"a/1"}) {
+		t.Errorf("the watch of a/ got %q, want [a/1]", got)
+	}
+	if n := len(shared.GetChanges()); n != 2 {
+		t.Errorf("the shared page holds %d changes after the catch-up, want its 2", n)
 	}
 }

@@ -213,3 +213,95 @@ func TestWatchTakesCarriedCommit(t *testing.T) {
 		return nil
 	})
 }
+
+// gatedStore is a store whose Views, once block is set, wait for release;
+// it counts them.
+type gatedStore struct {
+	store.Store
+	block   atomic.Bool
+	release chan struct{}
+	views   atomic.Int64
+}
+
+func (s *gatedStore) View(ctx context.Context, p store.Partition, fn func(store.Reader) error) error {
+	s.views.Add(1)
+	if s.block.Load() {
+		<-s.release
+	}
+	return s.Store.View(ctx, p, fn)
+}
+
+// doneSignal is a context that tells when something first waits on it.
+type doneSignal struct {
+	context.Context
+	once    sync.Once
+	waiting chan struct{}
+}
+
+func (c *doneSignal) Done() <-chan struct{} {
+	c.once.Do(func() { close(c.waiting) })
+	return c.Context.Done()
+}
+
+// TestSharedPull checks that watches asking for the same page after the
+// same commit share one read; that the read outlives the caller that began
+// it, so the others still get its page; and that a page after another
+// commit is a read of its own.
+func TestSharedPull(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	st := &gatedStore{Store: cfg.Store, release: make(chan struct{})}
+	cfg.Store = st
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice := store.Partition{Name: "alice"}
+	st.block.Store(true)
+
+	type answer struct {
+		page *dalvv1.SyncResponse
+		err  error
+	}
+	first, firstCtx := make(chan answer, 1), context.Background()
+	firstCtx, cancelFirst := context.WithCancel(firstCtx)
+	go func() {
+		page, err := s.sharedPull(firstCtx, 1, alice, 0, 0, 0)
+		first <- answer{page, err}
+	}()
+	wait.For(t, 10*time.Second, func() error {
+		if st.views.Load() != 1 {
+			return errors.New("the first read has not begun")
+		}
+		return nil
+	})
+	joiner := &doneSignal{Context: context.Background(), waiting: make(chan struct{})}
+	second := make(chan answer, 1)
+	go func() {
+		page, err := s.sharedPull(joiner, 1, alice, 0, 0, 0)
+		second <- answer{page, err}
+	}()
+	select {
+	case <-joiner.waiting: // it waits for a read: the first's, or one of its own
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second caller never waited")
+	}
+	cancelFirst()
+	if a := <-first; !errors.Is(a.err, context.Canceled) {
+		t.Errorf("the first caller, its context cancelled, got %v, %v", a.page, a.err)
+	}
+	close(st.release)
+	a := <-second
+	if a.err != nil || a.page == nil {
+		t.Fatalf("the caller that joined got %v, %v; want the page of the read begun before it", a.page, a.err)
+	}
+	if n := st.views.Load(); n != 1 {
+		t.Errorf("%d reads for one page after one commit, want 1", n)
+	}
+	if _, err := s.sharedPull(context.Background(), 2, alice, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := st.views.Load(); n != 2 {
+		t.Errorf("%d reads after a second commit's page, want 2", n)
+	}
+}

@@ -27,6 +27,7 @@ import (
 	"connectrpc.com/grpchealth"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/dalvdb/dalv/auth"
 	"github.com/dalvdb/dalv/engine"
@@ -166,6 +167,7 @@ type Server struct {
 	watches  watchCounts
 	notifier store.Notifier                // when the store is shared with other processes
 	remote   *remoteCommits                // with notifier: its listener, while streams need it
+	pulls    singleflight.Group            // the watches' shared reads (see sharedPull)
 	conns    atomic.Pointer[limitListener] // of the running Serve, for the metrics
 	drain    chan struct{}                 // closed when shutdown begins: streams end
 	draining atomic.Bool

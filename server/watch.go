@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"strconv"
 	"time"
 
 	"connectrpc.com/connect"
@@ -162,7 +163,7 @@ func (w *deviceWatch) deliver(ctx context.Context, ev *commitEvent, sub *subscri
 		w.at = ev.version
 		return nil
 	}
-	return w.catchUp(ctx, sub)
+	return w.catchUpAfter(ctx, sub, ev.version)
 }
 
 // catchUp sends everything after w.at from the store, in pages of at most
@@ -173,7 +174,24 @@ func (w *deviceWatch) deliver(ctx context.Context, ev *commitEvent, sub *subscri
 // catch-up runs to the end whatever comes meanwhile, so a large partition
 // is always caught up.
 func (w *deviceWatch) catchUp(ctx context.Context, sub *subscription) error {
-	return w.s.eng.CatchUp(ctx, w.p, w.at, w.prefixes, w.s.cfg.StreamPageBytes, func(page *dalvv1.SyncResponse) error {
+	return w.catchUpWith(ctx, sub, nil)
+}
+
+// catchUpAfter is catchUp when the watch has heard of the commit at
+// version: it reads each page together with the other watches of the
+// partition that ask for it after that commit at the same time. A commit
+// that every watch of a partition must read (another node's, announced by
+// version alone, or an erase) is then read once, not once per watch.
+func (w *deviceWatch) catchUpAfter(ctx context.Context, sub *subscription, version uint64) error {
+	return w.catchUpWith(ctx, sub, func(ctx context.Context, p store.Partition, base, resetHorizon uint64, pageBytes int) (*dalvv1.SyncResponse, error) {
+		return w.s.sharedPull(ctx, version, p, base, resetHorizon, pageBytes)
+	})
+}
+
+// catchUpWith is catchUp reading each page with pull (nil: a read of its
+// own).
+func (w *deviceWatch) catchUpWith(ctx context.Context, sub *subscription, pull engine.PullPageFunc) error {
+	return w.s.eng.CatchUp(ctx, pull, w.p, w.at, w.prefixes, w.s.cfg.StreamPageBytes, func(page *dalvv1.SyncResponse) error {
 		ev := &dalvv1.WatchEvent{Version: page.GetVersion(), Changes: page.GetChanges(), Reset_: page.GetReset_(), More: page.GetMore()}
 		if err := send(w.out, w.stream, ev); err != nil {
 			return err
@@ -184,4 +202,29 @@ func (w *deviceWatch) catchUp(ctx context.Context, sub *subscription) error {
 		}
 		return nil
 	})
+}
+
+// sharedPull is [engine.Engine.PullPage] for a watch that heard of the
+// commit at version, shared with every other such call for the same page
+// while it runs. Any read begun once a watch heard of the commit sees it,
+// so each caller gets what a read of its own would give. The read does not
+// end with the first caller's ctx, which would fail it for the others; a
+// caller whose ctx ends stops waiting for it.
+func (s *Server) sharedPull(ctx context.Context, version uint64, p store.Partition, base, resetHorizon uint64, pageBytes int) (*dalvv1.SyncResponse, error) {
+	key := p.String()
+	for _, n := range []uint64{version, base, resetHorizon, uint64(pageBytes)} {
+		key += "\x00" + strconv.FormatUint(n, 10)
+	}
+	read := s.pulls.DoChan(key, func() (any, error) {
+		return s.eng.PullPage(context.WithoutCancel(ctx), p, base, resetHorizon, pageBytes)
+	})
+	select {
+	case r := <-read:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*dalvv1.SyncResponse), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
