@@ -115,20 +115,23 @@ func (s histSample) plus(o histSample) (histSample, bool) {
 // quantile estimates the q-quantile of the observations between old and
 // s (all of s's when old is the zero sample), as Prometheus's
 // histogram_quantile does: by linear interpolation within the bucket it
-// falls in. It is NaN without observations, and the highest bound when the
-// quantile lies beyond it.
+// falls in. It is NaN without observations or when the two have other
+// buckets, and the highest bound when the quantile lies beyond it.
 func (s histSample) quantile(old histSample, q float64) float64 {
-	if old.bounds == nil {
-		old = histSample{bounds: s.bounds, counts: make([]uint64, len(s.counts))}
+	w := s
+	if old.bounds != nil {
+		var ok bool
+		if w, ok = s.since(old); !ok {
+			return math.NaN()
+		}
 	}
-	n := s.count(old)
-	if n == 0 || len(s.bounds) == 0 || len(s.bounds) != len(old.bounds) {
+	if w.total == 0 || len(w.bounds) == 0 {
 		return math.NaN()
 	}
-	rank := q * float64(n)
+	rank := q * float64(w.total)
 	lower, below := 0.0, uint64(0)
-	for i, bound := range s.bounds {
-		c := s.counts[i] - old.counts[i]
+	for i, bound := range w.bounds {
+		c := w.counts[i]
 		if float64(c) >= rank {
 			if c == below {
 				return bound
@@ -137,7 +140,7 @@ func (s histSample) quantile(old histSample, q float64) float64 {
 		}
 		lower, below = bound, c
 	}
-	return s.bounds[len(s.bounds)-1]
+	return w.bounds[len(w.bounds)-1]
 }
 
 // serverSample is what the server's metrics say at one moment of the time
