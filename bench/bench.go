@@ -186,6 +186,10 @@ type Config struct {
 	// Gzip lets the client accept gzipped answers, as connect-go clients do
 	// by default.
 	Gzip bool
+	// Client is the load generator's client for the sync and floor loads:
+	// ClientLean (the default over HTTP/1.1) or ClientConnect (the default
+	// with H2C or Gzip, which the lean client does not speak).
+	Client string
 	// Dir is where temporary data directories go (default os.TempDir());
 	// KeepData leaves them behind.
 	Dir      string
@@ -198,6 +202,18 @@ type Config struct {
 	// Progress receives one line per second while measuring; nil discards.
 	Progress io.Writer
 }
+
+// The load generator's clients (Config.Client).
+const (
+	// ClientLean is a kept-alive HTTP/1.1 connection per caller, written
+	// and read by the caller's goroutine: Connect's unary protocol with the
+	// binary protobuf codec, each request in one write. It leaves the two
+	// cores the bench shares with the server to the server.
+	ClientLean = "lean"
+	// ClientConnect is connect-go's client over net/http's Transport, as
+	// an application in Go calls DalvDB.
+	ClientConnect = "connect"
+)
 
 // Defaults of [Config].
 const (
@@ -237,6 +253,12 @@ func (c Config) withDefaults() (Config, error) {
 	setDefault(&c.DeliveryRate, DefaultDeliveryRate)
 	setDefault(&c.IdleWatchers, DefaultIdleWatchers)
 	setDefault(&c.IdleUsers, min(DefaultIdleUsers, c.IdleWatchers))
+	if c.Client == "" {
+		c.Client = ClientLean
+		if c.H2C || c.Gzip {
+			c.Client = ClientConnect
+		}
+	}
 	if c.Dir == "" {
 		c.Dir = os.TempDir()
 	}
@@ -260,6 +282,10 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: measuring the server at %s needs its JWT secret and a backend key", ErrConfig, c.URL)
 	case c.CommitURL != "" && c.URL == "":
 		return c, fmt.Errorf("%w: a commit URL needs --url: the watchers' node", ErrConfig)
+	case c.Client != ClientLean && c.Client != ClientConnect:
+		return c, fmt.Errorf("%w: client %q (choose %s or %s)", ErrConfig, c.Client, ClientLean, ClientConnect)
+	case c.Client == ClientLean && (c.H2C || c.Gzip):
+		return c, fmt.Errorf("%w: the lean client speaks HTTP/1.1 without compression: --h2c and --gzip need --client %s", ErrConfig, ClientConnect)
 	case c.URL != "" && c.ServerProfile != "":
 		return c, fmt.Errorf("%w: a server profile needs a server the bench starts", ErrConfig)
 	}
@@ -333,8 +359,8 @@ func (b *bencher) start(ctx context.Context) error {
 	} else {
 		b.mon = startMonitor()
 	}
-	b.clients = newClients(b.cfg, b.url)
-	return nil
+	b.clients, err = newClients(b.cfg, b.url)
+	return err
 }
 
 func (b *bencher) startServer(ctx context.Context) error {

@@ -125,7 +125,7 @@ func TestRun(t *testing.T) {
 }
 
 // TestRunFailsLoudly checks that a sync the server does not accept stops
-// the run with an error that says what happened.
+// the run with an error that says what happened, with either client.
 func TestRunFailsLoudly(t *testing.T) {
 	mux := http.NewServeMux()
 	mux.Handle(dalvv1connect.NewClientServiceHandler(conflicting{}))
@@ -133,19 +133,22 @@ func TestRunFailsLoudly(t *testing.T) {
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 
-	_, err := Run(context.Background(), Config{
-		URL:        srv.URL,
-		JWTSecret:  strings.Repeat("s", 32),
-		BackendKey: strings.Repeat("k", 16),
-		Scenarios:  []Scenario{Sync},
-		Runs:       1,
-		Duration:   time.Second,
-		Warmup:     time.Millisecond,
-		Devices:    2,
-		Dir:        t.TempDir(),
-	})
-	if !errors.Is(err, ErrCallFailed) || !errors.Is(err, ErrWrongAnswer) || !strings.Contains(err.Error(), "CONFLICT") {
-		t.Fatalf("Run against a server that answers CONFLICT: %v, want ErrCallFailed wrapping ErrWrongAnswer with the status", err)
+	for _, client := range []string{ClientLean, ClientConnect} {
+		_, err := Run(context.Background(), Config{
+			URL:        srv.URL,
+			JWTSecret:  strings.Repeat("s", 32),
+			BackendKey: strings.Repeat("k", 16),
+			Scenarios:  []Scenario{Sync},
+			Runs:       1,
+			Duration:   time.Second,
+			Warmup:     time.Millisecond,
+			Devices:    2,
+			Client:     client,
+			Dir:        t.TempDir(),
+		})
+		if !errors.Is(err, ErrCallFailed) || !errors.Is(err, ErrWrongAnswer) || !strings.Contains(err.Error(), "CONFLICT") {
+			t.Fatalf("Run with the %s client against a server that answers CONFLICT: %v, want ErrCallFailed wrapping ErrWrongAnswer with the status", client, err)
+		}
 	}
 }
 
@@ -194,6 +197,9 @@ func TestConfigErrors(t *testing.T) {
 		"few commits":       {Binary: "dalv", CatchupCommits: 10, CatchupKeys: 20},
 		"url and profile":   {URL: "http://x", JWTSecret: "s", BackendKey: "k", ServerProfile: "p"},
 		"commit url alone":  {Binary: "dalv", CommitURL: "http://x"},
+		"unknown client":    {Binary: "dalv", Client: "curl"},
+		"lean over h2c":     {Binary: "dalv", Client: ClientLean, H2C: true},
+		"lean with gzip":    {Binary: "dalv", Client: ClientLean, Gzip: true},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := Run(context.Background(), cfg); !errors.Is(err, ErrConfig) {

@@ -2,6 +2,8 @@ package bench
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -10,6 +12,7 @@ import (
 
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
 )
@@ -25,13 +28,16 @@ type clients struct {
 	// pull is a device client whose answers' HTTP bodies are counted.
 	pull     dalvv1connect.ClientServiceClient
 	pullBody *countingTransport
+	// lean, when set, makes each caller a connection of its own for the
+	// sync and floor loads: Config.Client is ClientLean.
+	lean func() *leanConn
 }
 
 // newClients builds the HTTP client so that it is not the bottleneck: a
 // kept-alive connection per concurrent caller (HTTP/1.1) or one
 // multiplexed connection (h2c, or HTTP/2 over TLS), no proxy lookup, the Connect protocol with
 // the binary protobuf codec.
-func newClients(cfg Config, url string) *clients {
+func newClients(cfg Config, url string) (*clients, error) {
 	tr := &http.Transport{
 		Proxy:               nil, // loopback: never ask the environment for a proxy
 		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -59,6 +65,13 @@ func newClients(cfg Config, url string) *clients {
 	rt := oneWrite{tr}
 	hc := &http.Client{Transport: rt}
 	counted := &countingTransport{rt: rt}
+	var lean func() *leanConn
+	if cfg.Client == ClientLean {
+		var err error
+		if lean, err = newLeanConns(url, cfg.TLS); err != nil {
+			return nil, err
+		}
+	}
 	return &clients{
 		tr:       tr,
 		device:   dalvv1connect.NewClientServiceClient(hc, url, opts...),
@@ -66,10 +79,68 @@ func newClients(cfg Config, url string) *clients {
 		health:   grpchealth.NewClient(hc, url, opts...),
 		pull:     dalvv1connect.NewClientServiceClient(&http.Client{Transport: counted}, url, opts...),
 		pullBody: counted,
-	}
+		lean:     lean,
+	}, nil
 }
 
 func (c *clients) close() { c.tr.CloseIdleConnections() }
+
+// healthCheckProcedure is grpc.health.v1.Health's Check, which grpchealth
+// serves.
+const healthCheckProcedure = "/" + grpchealth.HealthV1ServiceName + "/Check"
+
+// healthCheck returns one caller's health check of the whole server: on a
+// connection of the caller's own with the lean client, else through
+// connect-go's client.
+func (c *clients) healthCheck() func(context.Context) (grpchealth.Status, error) {
+	if c.lean != nil {
+		conn := c.lean()
+		return func(ctx context.Context) (grpchealth.Status, error) {
+			// The request, an empty service name, is the empty message.
+			body, err := conn.unary(ctx, healthCheckProcedure, nil, nil)
+			if err != nil {
+				return 0, err
+			}
+			return healthStatus(body)
+		}
+	}
+	req := &grpchealth.CheckRequest{} // only read by Check
+	return func(ctx context.Context) (grpchealth.Status, error) {
+		resp, err := c.health.Check(ctx, req)
+		if err != nil {
+			return 0, err
+		}
+		return resp.Status, nil
+	}
+}
+
+// healthStatus reads the status, field 1, of an encoded
+// grpc.health.v1.HealthCheckResponse; grpchealth keeps its generated types
+// internal.
+func healthStatus(b []byte) (grpchealth.Status, error) {
+	var status grpchealth.Status // proto3: absent is 0, UNKNOWN
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return 0, fmt.Errorf("decode the health check's answer: %w", protowire.ParseError(n))
+		}
+		b = b[n:]
+		if num == 1 && typ == protowire.VarintType {
+			v, m := protowire.ConsumeVarint(b)
+			if m < 0 {
+				return 0, fmt.Errorf("decode the health check's answer: %w", protowire.ParseError(m))
+			}
+			status, b = grpchealth.Status(v), b[m:]
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			return 0, fmt.Errorf("decode the health check's answer: %w", protowire.ParseError(m))
+		}
+		b = b[m:]
+	}
+	return status, nil
+}
 
 // authorization is a ready Authorization header value for a bearer token,
 // set into requests' headers without canonicalising or copying.

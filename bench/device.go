@@ -32,8 +32,8 @@ func (s secrets) deviceAuth(user string) ([]string, error) {
 // based on the version the last answer gave. The sync loads of both
 // benches, and the PostgreSQL bench's watch probes, are made of them.
 type device struct {
-	client dalvv1connect.ClientServiceClient
-	auth   []string
+	send   func(ctx context.Context, req *dalvv1.SyncRequest) (*dalvv1.SyncResponse, error)
+	auth   []string            // the Authorization header value of the device's token
 	req    *dalvv1.SyncRequest // reused: the call is done with it on return
 	value  []byte              // the PUT's value, rewritten per batch
 	number []byte              // the part of value that numbers the batch
@@ -54,7 +54,7 @@ func (s secrets) newDevice(c *clients, user, id string, valueBytes, keys int) (*
 	if err != nil {
 		return nil, err
 	}
-	d := &device{client: c.device, auth: a, value: make([]byte, valueBytes), key: "bench/" + id, keys: uint64(max(keys, 1))}
+	d := &device{send: c.syncer(a), auth: a, value: make([]byte, valueBytes), key: "bench/" + id, keys: uint64(max(keys, 1))}
 	if d.keys > 1 {
 		d.key += "/"
 	}
@@ -85,13 +85,10 @@ func (d *device) sync(ctx context.Context) error {
 	if d.keys > 1 {
 		d.req.Ops[0].Key = d.key + strconv.FormatUint(d.req.Batch%d.keys, 10)
 	}
-	req := connect.NewRequest(d.req)
-	req.Header()["Authorization"] = d.auth
-	resp, err := d.client.Sync(ctx, req)
+	m, err := d.send(ctx, d.req)
 	if err != nil {
 		return fmt.Errorf("device %s, batch %d: %w", d.req.DeviceId, d.req.Batch, err)
 	}
-	m := resp.Msg
 	if m.GetStatus() != dalvv1.SyncStatus_SYNC_STATUS_ACCEPTED || m.GetVersion() <= d.base {
 		return fmt.Errorf("%w: device %s, batch %d from version %d: status %v, version %d, conflicts %q",
 			ErrWrongAnswer, d.req.DeviceId, d.req.Batch, d.base, m.GetStatus(), m.GetVersion(), m.GetConflicts())
@@ -101,6 +98,27 @@ func (d *device) sync(ctx context.Context) error {
 		d.grown.Add(1)
 	}
 	return nil
+}
+
+// syncer returns a device's Sync call with the Authorization header value
+// auth: on a connection of the device's own with the lean client, else
+// through connect-go's client.
+func (c *clients) syncer(auth []string) func(context.Context, *dalvv1.SyncRequest) (*dalvv1.SyncResponse, error) {
+	if c.lean != nil {
+		conn, resp := c.lean(), new(dalvv1.SyncResponse)
+		return func(ctx context.Context, req *dalvv1.SyncRequest) (*dalvv1.SyncResponse, error) {
+			return resp, conn.call(ctx, dalvv1connect.ClientServiceSyncProcedure, auth, req, resp)
+		}
+	}
+	return func(ctx context.Context, req *dalvv1.SyncRequest) (*dalvv1.SyncResponse, error) {
+		r := connect.NewRequest(req)
+		r.Header()["Authorization"] = auth
+		resp, err := c.device.Sync(ctx, r)
+		if err != nil {
+			return nil, err
+		}
+		return resp.Msg, nil
+	}
 }
 
 // putNumber writes n in decimal at the end of b, as far as it fits.

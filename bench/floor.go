@@ -19,15 +19,15 @@ import (
 // what the transport costs before any work.
 func (b *bencher) floorScenario(ctx context.Context, vals map[string]float64) error {
 	workers := make([]call, b.cfg.Devices)
-	req := &grpchealth.CheckRequest{} // only read by Check
 	for i := range workers {
+		check := b.clients.healthCheck()
 		workers[i] = func(ctx context.Context) error {
-			resp, err := b.clients.health.Check(ctx, req)
+			status, err := check(ctx)
 			if err != nil {
 				return fmt.Errorf("health check: %w", err)
 			}
-			if resp.Status != grpchealth.StatusServing {
-				return fmt.Errorf("%w: health check says %v", ErrWrongAnswer, resp.Status)
+			if status != grpchealth.StatusServing {
+				return fmt.Errorf("%w: health check says %v", ErrWrongAnswer, status)
 			}
 			return nil
 		}

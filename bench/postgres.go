@@ -65,6 +65,9 @@ type PostgresConfig struct {
 	Pgbench string
 	// ServerArgs are extra flags for each `dalv serve`.
 	ServerArgs []string
+	// Client is the load generator's client for the devices' syncs, as in
+	// [Config] (default ClientLean).
+	Client string
 	// ClientProcs, when above 0, is the GOMAXPROCS of this process, the
 	// load generator, while it measures (see [ClientProcs]).
 	ClientProcs int
@@ -83,6 +86,7 @@ func (c PostgresConfig) withDefaults() (PostgresConfig, error) {
 	setDefault(&c.Keys, 1)
 	setDefault(&c.Probes, 4)
 	setDefault(&c.ProbeEvery, 20*time.Millisecond)
+	setDefault(&c.Client, ClientLean)
 	if c.Progress == nil {
 		c.Progress = io.Discard
 	}
@@ -91,6 +95,8 @@ func (c PostgresConfig) withDefaults() (PostgresConfig, error) {
 		return c, fmt.Errorf("%w: the PostgreSQL bench needs a dalv binary and a --store URL", ErrConfig)
 	case slices.ContainsFunc(c.Nodes, func(n int) bool { return n < 1 }):
 		return c, fmt.Errorf("%w: node counts must be at least 1", ErrConfig)
+	case c.Client != ClientLean && c.Client != ClientConnect:
+		return c, fmt.Errorf("%w: client %q (choose %s or %s)", ErrConfig, c.Client, ClientLean, ClientConnect)
 	case c.Devices < 1, c.Runs < 1, c.Duration <= 0, c.Warmup < 0, c.Probes < 0, c.ProbeEvery <= 0, c.Keys < 1:
 		return c, fmt.Errorf("%w: devices, runs, durations, probes and keys must be positive", ErrConfig)
 	}
@@ -128,7 +134,7 @@ func RunPostgres(ctx context.Context, cfg PostgresConfig) (*PostgresReport, erro
 	}
 	cfg.Warmup, pb.meter.warmup = pb.cfg.Warmup, pb.cfg.Warmup
 	rep := &PostgresReport{Devices: cfg.Devices, Keys: cfg.Keys, Runs: cfg.Runs, Duration: cfg.Duration.String(), Warmup: cfg.Warmup.String(),
-		Server: pb.version, ClientProcs: runtime.GOMAXPROCS(0)}
+		Server: pb.version, Client: cfg.Client, ClientProcs: runtime.GOMAXPROCS(0)}
 	rep.Script, rep.CommitScript = pb.script, pb.commitScript
 	target, runTarget := TargetPgbenchRatio, TargetPgbenchRunRatio
 	if pb.citus {

@@ -129,11 +129,15 @@ func (pb *pgBench) runNodes(ctx context.Context, n int) (pgSample, *probeTimes, 
 	defer stopNodes(nodes)
 	pb.mon = startMonitor(nodes...)
 	defer pb.mon.stop()
-	ccfg := Config{Devices: pb.cfg.Devices/n + pb.cfg.Probes + 1}
+	ccfg := Config{Devices: pb.cfg.Devices/n + pb.cfg.Probes + 1, Client: pb.cfg.Client}
 	clients := make([]*clients, n)
 	for i, s := range nodes {
-		clients[i] = newClients(ccfg, s.URL())
-		defer clients[i].close()
+		c, err := newClients(ccfg, s.URL())
+		if err != nil {
+			return pgSample{}, nil, err
+		}
+		clients[i] = c
+		defer c.close()
 	}
 	tag := fmt.Sprintf("b%s-r%d-n%d", pb.id, pb.run, n)
 	// Each load gets devices of its own: a device whose sync the end of a

@@ -49,8 +49,10 @@ type PostgresReport struct {
 	// counted, fails Pass.
 	TwoPhase map[string]int `json:"two_phase_commits,omitempty"`
 	// ClientProcs is the GOMAXPROCS the load generator ran with.
-	ClientProcs int  `json:"client_gomaxprocs"`
-	Pass        bool `json:"pass"`
+	ClientProcs int `json:"client_gomaxprocs"`
+	// Client is the load generator's client (ClientLean or ClientConnect).
+	Client string `json:"client"`
+	Pass   bool   `json:"pass"`
 }
 
 // PgRate is a rate with its latencies, each the median over the runs.
@@ -191,7 +193,7 @@ func (r *PostgresReport) WriteTable(w io.Writer) error {
 	}
 	writeColumns(&b, rows, []bool{false, true, true, true})
 	fmt.Fprintf(&b, "  (the rest: PostgreSQL, and anything else running on the machine)\n\n")
-	fmt.Fprintf(&b, "the client (this bench): GOMAXPROCS=%d\n", r.ClientProcs)
+	fmt.Fprintf(&b, "the client (this bench, its %s client): GOMAXPROCS=%d\n", r.Client, r.ClientProcs)
 	for _, n := range r.Nodes {
 		fmt.Fprintf(&b, "%s: GOMAXPROCS=%d each", nodeCount(n.Nodes), n.Procs)
 		if n.Nodes > 1 {

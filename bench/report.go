@@ -193,6 +193,7 @@ type Settings struct {
 	IdleUsers      int      `json:"idle_users"`
 	Protocol       string   `json:"protocol"`
 	Gzip           bool     `json:"gzip"`
+	Client         string   `json:"client"`
 	Server         string   `json:"server"`
 	ServerArgs     []string `json:"server_args,omitempty"`
 }
@@ -224,7 +225,7 @@ func newReport(cfg Config) *Report {
 		CatchupCommits: cfg.CatchupCommits, CatchupKeys: cfg.CatchupKeys, CatchupPulls: cfg.CatchupPulls,
 		Watchers: cfg.Watchers, WatchUsers: cfg.WatchUsers, DeliveryRate: cfg.DeliveryRate,
 		IdleWatchers: cfg.IdleWatchers, IdleUsers: cfg.IdleUsers,
-		Protocol: "Connect, protobuf, HTTP/1.1", Gzip: cfg.Gzip, Server: cfg.URL, ServerArgs: cfg.ServerArgs,
+		Protocol: "Connect, protobuf, HTTP/1.1", Gzip: cfg.Gzip, Client: cfg.Client, Server: cfg.URL, ServerArgs: cfg.ServerArgs,
 	}
 	if cfg.H2C {
 		s.Protocol = "Connect, protobuf, h2c"
@@ -320,9 +321,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if !r.Pass {
 		summary = "some targets MISSED"
 	}
-	fmt.Fprintf(&buf, "\n%s: median of %d runs (%s each after %s of warm-up), %d devices over %d users, each PUTting %s, %s, gzip %v; %s.\n"+
+	fmt.Fprintf(&buf, "\n%s: median of %d runs (%s each after %s of warm-up), %d devices over %d users, each PUTting %s, %s, gzip %v, the %s client; %s.\n"+
 		"machine: %s, %d cores, Linux %s, %s %s/%s, load average %s at the start; the load generator shares it.\n",
-		summary, s.Runs, s.Duration, s.Warmup, s.Devices, s.Users, keysPhrase(s.Keys), s.Protocol, s.Gzip, s.Server,
+		summary, s.Runs, s.Duration, s.Warmup, s.Devices, s.Users, keysPhrase(s.Keys), s.Protocol, s.Gzip, s.Client, s.Server,
 		r.Machine.CPU, r.Machine.Cores, r.Machine.Kernel, r.Machine.Go, r.Machine.OS, r.Machine.Arch, r.Machine.LoadAverage)
 	if s.PacedRate > 0 {
 		fmt.Fprintf(&buf, "paced: the same devices offered %s syncs/s in all, each on a fixed schedule; latency counts from the scheduled start.\n", group(s.PacedRate))

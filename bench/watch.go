@@ -402,7 +402,10 @@ func (b *bencher) deliveryScenario(ctx context.Context, vals map[string]float64)
 	keyAuth := authorization(b.key)
 	committer := b.clients
 	if b.cfg.CommitURL != "" {
-		committer = newClients(b.cfg, b.cfg.CommitURL)
+		var err error
+		if committer, err = newClients(b.cfg, b.cfg.CommitURL); err != nil {
+			return err
+		}
 		defer committer.close()
 	}
 	workers := make([]call, len(users))

@@ -64,6 +64,15 @@ afterwards. Scenarios:
            a full compaction against what the store keeps: bytes per retained
            commit and per live key; then the server starts again
 
+The load generator shares the machine with the server, so its own cost is
+part of every rate. The sync and floor loads (and --store's devices) go
+through a lean client by default: a kept-alive HTTP/1.1 connection per device,
+written and read by the device's own goroutine, each request Connect's unary
+form with protobuf in one write, at about half the CPU per call of
+connect-go's client over net/http. --client connect measures through
+connect-go's client instead, as a Go application calls DalvDB; --h2c and
+--gzip use it.
+
 The server's resident memory is sampled every 100 ms throughout. Progress goes
 to stderr, one line a second; the table (or --json) to stdout.
 
@@ -164,6 +173,7 @@ written can read several MB higher.`,
 	fl.StringVar(&rulesFile, "rules", "", "start dalv serve with this write rules file, to measure their CPU cost against a run without (bench/rules.yaml is one with a CEL check on the bench's keys)")
 	fl.BoolVar(&cfg.H2C, "h2c", false, "speak HTTP/2 without TLS over one connection instead of HTTP/1.1 with one per device")
 	fl.BoolVar(&cfg.Gzip, "gzip", false, "accept gzipped answers, as connect-go clients do by default")
+	fl.StringVar(&cfg.Client, "client", "", `the load generator's client for the sync and floor loads: "lean" or "connect" (see above; default: lean, connect with --h2c or --gzip)`)
 	fl.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	fl.BoolVar(&cfg.KeepData, "keep-data", false, "keep the temporary data directories (for debugging)")
 	fl.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the bench process to this file")
