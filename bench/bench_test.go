@@ -414,7 +414,8 @@ func logTable(t *testing.T, name string, start time.Time, rep interface{ WriteTa
 
 // TestRunPostgres runs the PostgreSQL bench once, briefly, with one and two
 // nodes, and checks that every part of it measured something: pgbench's
-// two scripts (when pgbench is installed), the nodes' syncs, without and
+// two scripts (when pgbench is installed, and the first again paced at the
+// paced syncs' rate), the nodes' syncs, without and
 // with a watch open on each node, and the commits reaching a watcher on
 // the other node.
 func TestRunPostgres(t *testing.T) {
@@ -460,6 +461,9 @@ func TestRunPostgres(t *testing.T) {
 	}
 	if two := rep.Nodes[1]; two.PacedP99ms <= 0 || two.PacedHandlerP99ms <= 0 {
 		t.Errorf("2 nodes, paced: p99 %v ms, in the nodes' handlers %v ms; want both above 0", two.PacedP99ms, two.PacedHandlerP99ms)
+	}
+	if two := rep.Nodes[1]; findPgbench() != "" && two.PgbenchPacedP99ms <= 0 {
+		t.Errorf("2 nodes, paced: pgbench alone at that rate p99 %v ms, want above 0", two.PgbenchPacedP99ms)
 	}
 	if two := rep.Nodes[1]; two.WatchSamples == 0 || two.WatchP99ms <= 0 || two.IdleWatchP99ms <= 0 {
 		t.Errorf("2 nodes: %d commits timed to the watcher, p99 %v ms, idle p99 %v ms; want some", two.WatchSamples, two.WatchP99ms, two.IdleWatchP99ms)

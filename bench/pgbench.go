@@ -131,12 +131,20 @@ func (pb *pgBench) libpqURL() string {
 
 // runPgbench runs the pgbench script file (what says what it does) with as
 // many clients as devices, for the warm-up and the duration, and reads its
-// rate and latencies from its per-transaction log.
-func (pb *pgBench) runPgbench(ctx context.Context, file, what string) (pgSample, error) {
+// rate and latencies from its per-transaction log. With rate above 0 it
+// offers that many transactions a second in all, on pgbench's schedule
+// (-R); each latency then counts from the transaction's scheduled start, as
+// the bench's paced loads count theirs.
+func (pb *pgBench) runPgbench(ctx context.Context, file, what string, rate float64) (pgSample, error) {
 	secs := max(1, int((pb.cfg.Warmup+pb.cfg.Duration)/time.Second))
 	prefix := fmt.Sprintf("pgbench-r%d-%s", pb.run, strings.TrimSuffix(file, ".sql"))
 	args := []string{"-n", "-M", "prepared", "-c", strconv.Itoa(pb.cfg.Devices), "-j", "2",
-		"-T", strconv.Itoa(secs), "-f", file, "-l", "--log-prefix", prefix, pb.libpqURL()}
+		"-T", strconv.Itoa(secs), "-f", file, "-l", "--log-prefix", prefix}
+	if rate > 0 {
+		args = append(args, "-R", strconv.FormatFloat(rate, 'f', 0, 64))
+		what += fmt.Sprintf(", paced at %s tx/s", group(rate))
+	}
+	args = append(args, pb.libpqURL())
 	pb.progress("pgbench -c %d -T %d (%s)", pb.cfg.Devices, secs, what)
 	cmd := exec.CommandContext(ctx, pb.pgbench, args...)
 	cmd.Dir = pb.dir

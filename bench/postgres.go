@@ -166,7 +166,7 @@ func RunPostgres(ctx context.Context, cfg PostgresConfig) (*PostgresReport, erro
 		if pb.pgbench != "" {
 			var s pgSample
 			err := counted("pgbench", func() (err error) {
-				s, err = pb.runPgbench(ctx, "tx.sql", "UPDATE one row by key + INSERT")
+				s, err = pb.runPgbench(ctx, "tx.sql", "UPDATE one row by key + INSERT", 0)
 				return err
 			})
 			if err != nil {
@@ -174,7 +174,7 @@ func RunPostgres(ctx context.Context, cfg PostgresConfig) (*PostgresReport, erro
 			}
 			pgRuns = append(pgRuns, s)
 			err = counted("commit", func() (err error) {
-				s, err = pb.runPgbench(ctx, "commit.sql", "dalv's commit of one PUT")
+				s, err = pb.runPgbench(ctx, "commit.sql", "dalv's commit of one PUT", 0)
 				return err
 			})
 			if err != nil {
@@ -194,6 +194,19 @@ func RunPostgres(ctx context.Context, cfg PostgresConfig) (*PostgresReport, erro
 			if err != nil {
 				return nil, err
 			}
+			if s.pacedRate > 0 && pb.pgbench != "" {
+				// PostgreSQL alone offered the paced syncs' rate in
+				// pgbench's transactions: the database's own tail beside
+				// the syncs' and the watchers'.
+				err := counted("pgbench", func() error {
+					p, err := pb.runPgbench(ctx, "tx.sql", "UPDATE one row by key + INSERT", s.pacedRate)
+					s.pgbenchPacedP99 = p.p99
+					return err
+				})
+				if err != nil {
+					return nil, err
+				}
+			}
 			nodeRuns[i] = append(nodeRuns[i], s)
 			watch[i].merge(w)
 		}
@@ -209,6 +222,7 @@ func RunPostgres(ctx context.Context, cfg PostgresConfig) (*PostgresReport, erro
 		if p := medianRun(nodeRuns[i], func(s pgSample) float64 { return s.pacedRate }); p.pacedRate > 0 {
 			r.PacedRate, r.PacedP99ms = p.pacedRate, ms(p.pacedP99)
 			r.PacedHandlerP99ms, r.PacedWakeP99ms = ms(p.pacedHandlerP99), ms(p.pacedWakeP99)
+			r.PgbenchPacedP99ms = runsMedian(nodeRuns[i], func(s pgSample) float64 { return ms(s.pgbenchPacedP99) })
 		}
 		r.IdleWatchP99ms = runsMedian(nodeRuns[i], func(s pgSample) float64 { return ms(s.idleWatchP99) })
 		var listening []pgSample
@@ -277,6 +291,9 @@ type pgSample struct {
 	// read), and pacedWakeP99 how late the bench woke for its paced calls:
 	// where the paced p99 is spent.
 	pacedHandlerP99, pacedWakeP99 time.Duration
+	// pgbenchPacedP99 is pgbench's p99 offered pacedRate in its
+	// UPDATE + INSERT transactions, with the nodes idle.
+	pgbenchPacedP99 time.Duration
 	// idleWatchP99 is the commit-to-watcher p99 with the probes alone.
 	idleWatchP99 time.Duration
 	// listening is the closed-loop load again with an idle watch open on

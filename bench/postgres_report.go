@@ -98,6 +98,11 @@ type PgNodes struct {
 	// the paced p99, and the load generator's.
 	PacedHandlerP99ms float64 `json:"paced_handler_p99_ms,omitempty"`
 	PacedWakeP99ms    float64 `json:"paced_wake_p99_ms,omitempty"`
+	// PgbenchPacedP99ms is pgbench's p99 offered PacedRate in its
+	// UPDATE + INSERT transactions, from their scheduled starts: what
+	// PostgreSQL alone gives at that rate on the same machine (0 without
+	// pgbench).
+	PgbenchPacedP99ms float64 `json:"pgbench_paced_p99_ms,omitempty"`
 	// IdleWatchP99ms is the probes' p99 with no other load.
 	IdleWatchP99ms float64 `json:"idle_watch_p99_ms,omitempty"`
 	// Listening is the closed-loop load again, with several nodes, with an
@@ -114,6 +119,14 @@ type PgNodes struct {
 
 // RunPostgres measures `dalv serve --store` nodes over one PostgreSQL:
 // closed-loop device syncs spread over 1 and then 3 nodes (or as
+
+// pgbenchPaced is the paced pgbench p99 for the table, or why there is none.
+func pgbenchPaced(p99ms float64) string {
+	if p99ms <= 0 {
+		return "(not run)"
+	}
+	return fixed(2)(p99ms)
+}
 
 // WriteTable writes the report for people.
 func (r *PostgresReport) WriteTable(w io.Writer) error {
@@ -158,6 +171,7 @@ func (r *PostgresReport) WriteTable(w io.Writer) error {
 				[]string{fmt.Sprintf("dalv syncs, %d nodes, paced", n.Nodes), group(n.PacedRate), "", f2(n.PacedP99ms), "", ""},
 				[]string{"  of which in the nodes' handlers", "", "", f2(n.PacedHandlerP99ms), "", ""},
 				[]string{"  the bench's lateness to call", "", "", f2(n.PacedWakeP99ms), "", ""},
+				[]string{"  pgbench alone at that rate", "", "", pgbenchPaced(n.PgbenchPacedP99ms), "", ""},
 				[]string{"  beside: commit to watcher on", fmt.Sprintf("(%d)", n.WatchSamples), f2(n.WatchP50ms), f2(n.WatchP99ms), "",
 					fmt.Sprintf("< %.0f ms %s", ms(TargetWatchP99), verdict(n.WatchP99ms < ms(TargetWatchP99)))},
 				[]string{"  another node (from sending the sync)", "", "", "", "", ""},
