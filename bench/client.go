@@ -28,9 +28,9 @@ type clients struct {
 	// pull is a device client whose answers' HTTP bodies are counted.
 	pull     dalvv1connect.ClientServiceClient
 	pullBody *countingTransport
-	// lean, when set, makes each caller a connection of its own for the
-	// sync and floor loads: Config.Client is ClientLean.
-	lean func() *leanConn
+	// lean, when set, holds the connections of the sync and floor loads,
+	// one per call in flight: Config.Client is ClientLean.
+	lean *leanPool
 }
 
 // newClients builds the HTTP client so that it is not the bottleneck: a
@@ -65,10 +65,10 @@ func newClients(cfg Config, url string) (*clients, error) {
 	rt := oneWrite{tr}
 	hc := &http.Client{Transport: rt}
 	counted := &countingTransport{rt: rt}
-	var lean func() *leanConn
+	var lean *leanPool
 	if cfg.Client == ClientLean {
 		var err error
-		if lean, err = newLeanConns(url, cfg.TLS); err != nil {
+		if lean, err = newLeanPool(url, cfg.TLS); err != nil {
 			return nil, err
 		}
 	}
@@ -83,19 +83,24 @@ func newClients(cfg Config, url string) (*clients, error) {
 	}, nil
 }
 
-func (c *clients) close() { c.tr.CloseIdleConnections() }
+func (c *clients) close() {
+	c.tr.CloseIdleConnections()
+	if c.lean != nil {
+		c.lean.close()
+	}
+}
 
 // healthCheckProcedure is grpc.health.v1.Health's Check, which grpchealth
 // serves.
 const healthCheckProcedure = "/" + grpchealth.HealthV1ServiceName + "/Check"
 
-// healthCheck returns one caller's health check of the whole server: on a
-// connection of the caller's own with the lean client, else through
-// connect-go's client.
+// healthCheck returns one caller's health check of the whole server,
+// through the lean client's connections or connect-go's client.
 func (c *clients) healthCheck() func(context.Context) (grpchealth.Status, error) {
 	if c.lean != nil {
-		conn := c.lean()
 		return func(ctx context.Context) (grpchealth.Status, error) {
+			conn := c.lean.get()
+			defer c.lean.put(conn)
 			// The request, an empty service name, is the empty message.
 			body, err := conn.unary(ctx, healthCheckProcedure, nil, nil)
 			if err != nil {

@@ -101,12 +101,14 @@ func (d *device) sync(ctx context.Context) error {
 }
 
 // syncer returns a device's Sync call with the Authorization header value
-// auth: on a connection of the device's own with the lean client, else
-// through connect-go's client.
+// auth, through the lean client's connections or connect-go's client. The
+// answer is the device's until its next call.
 func (c *clients) syncer(auth []string) func(context.Context, *dalvv1.SyncRequest) (*dalvv1.SyncResponse, error) {
 	if c.lean != nil {
-		conn, resp := c.lean(), new(dalvv1.SyncResponse)
+		resp := new(dalvv1.SyncResponse)
 		return func(ctx context.Context, req *dalvv1.SyncRequest) (*dalvv1.SyncResponse, error) {
+			conn := c.lean.get()
+			defer c.lean.put(conn)
 			return resp, conn.call(ctx, dalvv1connect.ClientServiceSyncProcedure, auth, req, resp)
 		}
 	}

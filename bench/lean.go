@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -28,8 +29,8 @@ import (
 // the answer with http.ReadResponse, so that what the server sees on the
 // wire is what any Connect client sends.
 //
-// A leanConn is for one goroutine at a time. It dials on its first call
-// and again after a failed one.
+// A leanConn is for one call at a time; a leanPool hands them out. It dials
+// on its first call and again after a failed one.
 type leanConn struct {
 	dial func(ctx context.Context) (net.Conn, error)
 	req  *http.Request // reused: its header is the Connect protocol's
@@ -41,9 +42,9 @@ type leanConn struct {
 	br   *bufio.Reader
 }
 
-// newLeanConns returns a constructor of leanConns to the server at base
-// (http:// or https://, TLS configured by tlsc).
-func newLeanConns(base string, tlsc *tls.Config) (func() *leanConn, error) {
+// newLeanPool returns a pool of leanConns to the server at base (http:// or
+// https://, TLS configured by tlsc).
+func newLeanPool(base string, tlsc *tls.Config) (*leanPool, error) {
 	u, err := url.Parse(base)
 	if err != nil {
 		return nil, fmt.Errorf("server URL %q: %w", base, err)
@@ -71,7 +72,7 @@ func newLeanConns(base string, tlsc *tls.Config) (func() *leanConn, error) {
 		td := &tls.Dialer{NetDialer: d, Config: cfg}
 		dial = func(ctx context.Context) (net.Conn, error) { return td.DialContext(ctx, "tcp", host) }
 	}
-	return func() *leanConn {
+	return &leanPool{newConn: func() *leanConn {
 		h := http.Header{
 			"Content-Type":             {"application/proto"},
 			"Connect-Protocol-Version": {"1"},
@@ -81,7 +82,7 @@ func newLeanConns(base string, tlsc *tls.Config) (func() *leanConn, error) {
 			dial: dial,
 			req:  &http.Request{Method: http.MethodPost, URL: &url.URL{Scheme: u.Scheme, Host: u.Host}, Host: u.Host, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: h},
 		}
-	}, nil
+	}}, nil
 }
 
 // call sends req to the procedure at path ("/package.Service/Method") with
@@ -173,6 +174,45 @@ func (c *leanConn) unary(ctx context.Context, path string, auth []string, msg []
 		return nil, connectError(r, c.in.Bytes())
 	}
 	return c.in.Bytes(), nil
+}
+
+// leanPool keeps the lean connections of calls that are done for the next
+// calls, as net/http's Transport keeps its idle connections: the bench
+// holds open only as many connections as it has had calls in flight at
+// once, whichever devices made them.
+type leanPool struct {
+	newConn func() *leanConn
+	mu      sync.Mutex
+	idle    []*leanConn
+}
+
+// get returns an idle connection, or a new one.
+func (p *leanPool) get() *leanConn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := len(p.idle); n > 0 {
+		c := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		return c
+	}
+	return p.newConn()
+}
+
+// put returns c, its call done, for another call.
+func (p *leanPool) put(c *leanConn) {
+	p.mu.Lock()
+	p.idle = append(p.idle, c)
+	p.mu.Unlock()
+}
+
+// close closes the idle connections.
+func (p *leanPool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.idle {
+		c.close()
+	}
+	p.idle = nil
 }
 
 // close closes the connection, if one is open.

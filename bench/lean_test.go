@@ -77,11 +77,11 @@ func TestLeanConn(t *testing.T) {
 	srv.Start()
 	defer srv.Close()
 
-	newConn, err := newLeanConns(srv.URL, nil)
+	pool, err := newLeanPool(srv.URL, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := newConn()
+	c := pool.get()
 	defer c.close()
 	ctx := context.Background()
 	auth := authorization("tok")
@@ -160,5 +160,66 @@ func TestLeanConn(t *testing.T) {
 	}
 	if n := conns.Load(); n != before+2 {
 		t.Errorf("after an answer closing its connection: %d connections in all, want %d", n, before+2)
+	}
+}
+
+// TestLeanPoolKeepsConnections checks that the lean client holds open only
+// as many connections as calls were in flight at once, whichever devices
+// made them, and closes them with the clients.
+func TestLeanPoolKeepsConnections(t *testing.T) {
+	t.Parallel()
+	ls := &leanServer{t: t, release: make(chan struct{}), started: make(chan struct{}, 2)}
+	var opened, closed atomic.Int32
+	srv := httptest.NewUnstartedServer(http.NewServeMux())
+	mux := srv.Config.Handler.(*http.ServeMux)
+	mux.Handle(dalvv1connect.NewClientServiceHandler(ls))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			opened.Add(1)
+		case http.StateClosed:
+			closed.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	c, err := newClients(Config{Client: ClientLean}, srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	auth := authorization("tok")
+	req := &dalvv1.SyncRequest{Batch: 1}
+	for i := range 3 { // three devices, one after another
+		if _, err := c.syncer(auth)(ctx, req); err != nil {
+			t.Fatalf("device %d: %v", i, err)
+		}
+	}
+	if n := opened.Load(); n != 1 {
+		t.Fatalf("three devices one after another opened %d connections, want 1", n)
+	}
+	ls.block.Store(true)
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() { _, err := c.syncer(auth)(ctx, req); errs <- err }()
+	}
+	<-ls.started
+	<-ls.started
+	close(ls.release)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := opened.Load(); n != 2 {
+		t.Fatalf("two calls at once after those: %d connections opened in all, want 2", n)
+	}
+	c.close()
+	deadline := time.Now().Add(10 * time.Second)
+	for closed.Load() != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("closing the clients: the server saw %d of 2 connections closed", closed.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
