@@ -50,7 +50,7 @@ func (s *leanServer) Sync(ctx context.Context, req *connect.Request[dalvv1.SyncR
 // answer decoded, a request in Connect's unary form with a length (not
 // chunked), a Connect error with its code and message, the health check's
 // status, a call cut short by its context, and a new connection after the
-// server closes one.
+// server closes one, between calls or with an answer.
 func TestLeanConn(t *testing.T) {
 	t.Parallel()
 	ls := &leanServer{t: t, release: make(chan struct{}), started: make(chan struct{}, 1)}
@@ -150,6 +150,14 @@ func TestLeanConn(t *testing.T) {
 	if n := conns.Load(); n != before+1 {
 		t.Errorf("the call after a cancelled one opened %d connections, want one", n-before)
 	}
+
+	// A connection the server closed while it idled is dialled again, and
+	// the call made on it.
+	srv.CloseClientConnections()
+	if err := c.call(ctx, dalvv1connect.ClientServiceSyncProcedure, auth, &dalvv1.SyncRequest{Batch: 6}, resp); err != nil || resp.GetVersion() != 16 {
+		t.Fatalf("the call after the server closed the connection: %v, %v", resp, err)
+	}
+	before = conns.Load() - 1
 
 	// An answer with "Connection: close" leaves the next call to dial.
 	closeNext.Store(true)
