@@ -812,6 +812,29 @@ func TestMetrics(t *testing.T) {
 	if got["dalv_feed_stall_seconds"] <= 0 || got["dalv_feed_lag_seconds"] <= 0 {
 		t.Errorf("metrics = %v, want a stall and a lag above 0", got)
 	}
+	// The lag reads the feed order index from the bound, whatever the
+	// feed's size, and not the whole feed.
+	_, err := s.pool.Exec(ctx, `INSERT INTO dalv_feed (part, feed_key, version, nanos, erase, ops)
+		SELECT 'u:bulk', g, g, 0, false, '' FROM generate_series(1, 50000) g`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, "ANALYZE dalv_feed"); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := s.pool.Query(ctx, "EXPLAIN "+feedLag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := strings.Join(lines, "\n")
+	if !strings.Contains(plan, "Limit") || !strings.Contains(plan, "Index Scan using dalv_feed_order") ||
+		strings.Contains(plan, "Seq Scan") || strings.Contains(plan, "Bitmap") {
+		t.Errorf("the feed lag's plan over 50,000 feed rows:\n%s\nwant a limited scan of the feed order index from the bound", plan)
+	}
 	ch := make(chan prometheus.Metric, 16)
 	s.Collect(ch)
 	close(ch)
