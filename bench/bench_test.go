@@ -134,22 +134,19 @@ func TestRunFailsLoudly(t *testing.T) {
 	defer srv.Close()
 
 	for _, client := range []string{ClientLean, ClientConnect} {
-		_, err := Run(context.Background(), Config{
-			URL:        srv.URL,
-			JWTSecret:  strings.Repeat("s", 32),
-			BackendKey: strings.Repeat("k", 16),
-			Scenarios:  []Scenario{Sync},
-			Runs:       1,
-			Duration:   time.Second,
-			Warmup:     time.Millisecond,
-			Devices:    2,
-			Client:     client,
-			Dir:        t.TempDir(),
-		})
+		cfg := fakeServer(t, srv.URL)
+		cfg.Scenarios, cfg.Runs, cfg.Duration, cfg.Warmup, cfg.Devices, cfg.Client = []Scenario{Sync}, 1, time.Second, time.Millisecond, 2, client
+		_, err := Run(context.Background(), cfg)
 		if !errors.Is(err, ErrCallFailed) || !errors.Is(err, ErrWrongAnswer) || !strings.Contains(err.Error(), "CONFLICT") {
 			t.Fatalf("Run with the %s client against a server that answers CONFLICT: %v, want ErrCallFailed wrapping ErrWrongAnswer with the status", client, err)
 		}
 	}
+}
+
+// fakeServer is the configuration that measures the stand-in server at url,
+// with secrets it does not check.
+func fakeServer(t *testing.T, url string) Config {
+	return Config{URL: url, JWTSecret: strings.Repeat("s", 32), BackendKey: strings.Repeat("k", 16), Dir: t.TempDir()}
 }
 
 type conflicting struct {
@@ -294,20 +291,10 @@ func TestDeliveryCountsMissed(t *testing.T) {
 	srv.Start()
 	defer srv.Close()
 
-	rep, err := Run(context.Background(), Config{
-		URL:          srv.URL,
-		JWTSecret:    strings.Repeat("s", 32),
-		BackendKey:   strings.Repeat("k", 16),
-		Scenarios:    []Scenario{Delivery},
-		Runs:         1,
-		Duration:     300 * time.Millisecond,
-		Warmup:       100 * time.Millisecond,
-		Watchers:     4,
-		WatchUsers:   2,
-		DeliveryRate: 100,
-		Dir:          t.TempDir(),
-		Progress:     lineWriter{t},
-	})
+	cfg := fakeServer(t, srv.URL)
+	cfg.Scenarios, cfg.Runs, cfg.Duration, cfg.Warmup = []Scenario{Delivery}, 1, 300*time.Millisecond, 100*time.Millisecond
+	cfg.Watchers, cfg.WatchUsers, cfg.DeliveryRate, cfg.Progress = 4, 2, 100, lineWriter{t}
+	rep, err := Run(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
