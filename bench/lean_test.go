@@ -231,3 +231,36 @@ func TestLeanPoolKeepsConnections(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestLeanConnTLS checks the lean client against an https:// server whose
+// certificate the given TLS configuration trusts.
+func TestLeanConnTLS(t *testing.T) {
+	t.Parallel()
+	mux := http.NewServeMux()
+	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker()))
+	srv := httptest.NewTLSServer(mux)
+	defer srv.Close()
+	pool, err := newLeanPool(srv.URL, srv.Client().Transport.(*http.Transport).TLSClientConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.close()
+	c := pool.get()
+	defer pool.put(c)
+	body, err := c.unary(context.Background(), healthCheckProcedure, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := healthStatus(body); err != nil || st != grpchealth.StatusServing {
+		t.Errorf("health check over TLS = %v, %v; want serving", st, err)
+	}
+
+	untrusting, err := newLeanPool(srv.URL, nil) // the system's roots
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer untrusting.close()
+	if _, err := untrusting.get().unary(context.Background(), healthCheckProcedure, nil, nil); err == nil {
+		t.Error("a server whose certificate no trusted CA signed was answered")
+	}
+}
