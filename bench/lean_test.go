@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -15,6 +16,7 @@ import (
 
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 	"github.com/dalvdb/dalv/gen/dalv/v1/dalvv1connect"
+	"github.com/dalvdb/dalv/internal/wait"
 )
 
 // leanServer answers Sync with the version it is told to, after waiting for
@@ -223,13 +225,12 @@ func TestLeanPoolKeepsConnections(t *testing.T) {
 		t.Fatalf("two calls at once after those: %d connections opened in all, want 2", n)
 	}
 	c.close()
-	deadline := time.Now().Add(10 * time.Second)
-	for closed.Load() != 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("closing the clients: the server saw %d of 2 connections closed", closed.Load())
+	wait.For(t, 10*time.Second, func() error {
+		if n := closed.Load(); n != 2 {
+			return fmt.Errorf("closing the clients: the server saw %d of 2 connections closed", n)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // TestLeanConnTLS checks the lean client against an https:// server whose
