@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -90,7 +91,7 @@ func TestRun(t *testing.T) {
 		{Sync, "paced_p99"}, {Sync, "paced_server_p99"}, {Sync, "paced_fsync_p99"}, {Sync, "paced_per_fsync"},
 		{Catchup, "time"}, {Catchup, "proto_bytes"}, {Catchup, "http_bytes"}, {Catchup, "setup_rate"}, {Catchup, "rss"},
 		{Floor, "rate"}, {Floor, "ratio"}, {Floor, "rss"},
-		{Storage, "rate"}, {Storage, "ratio"}, {Storage, "paced_p99"},
+		{Storage, "rate"}, {Storage, "ratio"}, {Storage, "paced_p99"}, {Storage, "floor_cpu"}, {Storage, "floor_rate"},
 		{Disk, "dir_bytes"}, {Disk, "per_commit"}, {Disk, "per_commit_compacted"}, {Disk, "per_key_compacted"}, {Disk, "ratio_compacted"},
 	}
 	for _, p := range positive {
@@ -110,6 +111,9 @@ func TestRun(t *testing.T) {
 	if got, want := get(Catchup, "entries"), 100.0; got != want {
 		t.Errorf("catch-up entries = %v, want one per key: %v", got, want)
 	}
+	if r := get(Storage, "floor_cpu_ratio"); !(r > 1) {
+		t.Errorf("CPU floor / no-op call's CPU = %v, want above 1: the floor is the no-op call and a commit", r)
+	}
 	if got := get(Catchup, "more"); got != 0 {
 		t.Errorf("catch-up more = %v, want false", got)
 	}
@@ -121,6 +125,35 @@ func TestRun(t *testing.T) {
 	}
 	if rss, file := get(Sync, "rss"), get(Sync, "rss_file"); file >= rss {
 		t.Errorf("sync peak RSS %v bytes, of which %v mapped from files: want a heap beside the executable", rss, file)
+	}
+}
+
+// TestRecordCPUFloor checks the floor of a sync's server CPU is the no-op
+// call's plus a Pebble commit's, and that it is left out without the
+// server's CPU (a server measured with --url).
+func TestRecordCPUFloor(t *testing.T) {
+	vals := map[string]float64{
+		metricID(Floor, "server_cpu"):  40,
+		metricID(Storage, "bench_cpu"): 20,
+		metricID(Sync, "bench_cpu"):    40,
+	}
+	recordCPUFloor(vals)
+	if got := vals[metricID(Storage, "floor_cpu")]; got != 60 {
+		t.Errorf("floor = %v µs, want 40 + 20", got)
+	}
+	if got := vals[metricID(Storage, "floor_cpu_ratio")]; got != 1.5 {
+		t.Errorf("floor / no-op = %v, want 60 / 40", got)
+	}
+	if got, want := vals[metricID(Storage, "floor_rate")], float64(runtime.NumCPU())*1e6/100; got != want {
+		t.Errorf("syncs/s at the floor = %v, want %v: the cores over 60 µs of server and 40 of bench per sync", got, want)
+	}
+
+	url := map[string]float64{metricID(Storage, "bench_cpu"): 20, metricID(Sync, "bench_cpu"): 40}
+	recordCPUFloor(url)
+	for _, name := range []string{"floor_cpu", "floor_cpu_ratio", "floor_rate"} {
+		if v, ok := url[metricID(Storage, name)]; ok {
+			t.Errorf("without the server's CPU, %s = %v, want it left out", name, v)
+		}
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"connectrpc.com/grpchealth"
@@ -125,5 +126,25 @@ func (b *bencher) storageScenario(ctx context.Context, vals map[string]float64) 
 	if paced != nil {
 		vals[metricID(Storage, "paced_p99")] = ms(paced.hist.Quantile(0.99))
 	}
+	recordCPUFloor(vals)
 	return nil
+}
+
+// recordCPUFloor adds the least server CPU a sync can take, from the same
+// run's parts: the no-op call's server CPU (the transport every call pays)
+// plus a synced Pebble commit's CPU (the write a sync cannot skip). Beside it
+// go that floor as a multiple of the no-op call's CPU, to hold against the
+// sync's CPU target, and the syncs/s these cores could give at that floor
+// with the load generator's own CPU per sync on them too.
+func recordCPUFloor(vals map[string]float64) {
+	noop, commit := vals[metricID(Floor, "server_cpu")], vals[metricID(Storage, "bench_cpu")]
+	if noop <= 0 || commit <= 0 {
+		return
+	}
+	floor := noop + commit
+	vals[metricID(Storage, "floor_cpu")] = floor
+	vals[metricID(Storage, "floor_cpu_ratio")] = floor / noop
+	if gen := vals[metricID(Sync, "bench_cpu")]; gen > 0 {
+		vals[metricID(Storage, "floor_rate")] = float64(runtime.NumCPU()) * 1e6 / (floor + gen)
+	}
 }

@@ -140,6 +140,9 @@ var metrics = slices.Concat([]metric{
 	{Storage, "other_cores", "other processes' CPU use", "cores", fixed(2), "", nil},
 	{Storage, "ratio", "sync rate / Pebble rate", "%", fixed(1), "", nil},
 	{Storage, "paced_p99", "paced at the sync's rate: latency p99", "ms", fixed(2), "", nil},
+	{Storage, "floor_cpu", "a sync's server CPU floor: no-op call + Pebble commit", "µs", fixed(1), "", nil},
+	{Storage, "floor_cpu_ratio", "  that floor / server CPU per no-op call", "×", fixed(2), "", nil},
+	{Storage, "floor_rate", "  syncs/s these cores give at that floor, with the bench's CPU per sync", "syncs/s", group, "", nil},
 }, rssMetrics(Storage), watchMetrics, []metric{
 	{Disk, "dir_bytes", "data directory after the run", "MB", megabytes, "", nil},
 	{Disk, "per_commit", "bytes per retained commit", "bytes", group, "", nil},
