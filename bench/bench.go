@@ -5,8 +5,9 @@
 // rate and latency of durable single-op device syncs, closed-loop and then
 // paced; the time and size of a catch-up pull; two floors to compare the
 // sync rate with, the rate of a no-op Connect call (the gRPC health check)
-// through the same server and the rate of synced batch commits of Pebble
-// alone, opened with the store's options; then device watches: the time
+// through the same server and the rate of the same syncs through the
+// engine and its store alone, in the bench's process, opened with the
+// server's defaults; then device watches: the time
 // from a commit to its delivery to many watchers, and the resident memory
 // an idle watch costs; and what the run's writes take on disk, as left and
 // compacted, per retained commit and per live key. It samples the server's
@@ -42,8 +43,8 @@
 // Caveats: the load generator runs on the same machine as the servers and
 // competes with them for the CPU, so the figures are a floor of what a
 // server does on its own; both benches report the CPU that other processes
-// used while they measured. The storage floor runs inside the bench
-// process while the server idles. Watch streams share few HTTP/2
+// used while they measured. The storage floor (the engine and its store
+// alone) runs inside the bench process while the server idles. Watch streams share few HTTP/2
 // connections, which leaves most of a device connection's cost out of the
 // memory per watch. In the PostgreSQL bench the nodes, the load generator
 // and PostgreSQL share the cores, each node limited to its share of them
@@ -77,8 +78,9 @@ const (
 	// Floor: the no-op Connect call (grpc.health.v1.Health/Check) at the
 	// sync scenario's concurrency.
 	Floor Scenario = "floor"
-	// Storage: synced Pebble batch commits in the bench process at the
-	// same concurrency, closed-loop and then paced at the sync's rate.
+	// Storage: the same syncs through the engine and its store alone, in
+	// the bench process, at the same concurrency, closed-loop and then
+	// paced at the sync's rate.
 	Storage Scenario = "storage"
 	// Delivery: many device watches, then paced backend commits to their
 	// users, each timed to every watcher's stream (see watch.go).

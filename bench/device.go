@@ -32,7 +32,7 @@ func (s secrets) deviceAuth(user string) ([]string, error) {
 // based on the version the last answer gave. The sync loads of both
 // benches, and the PostgreSQL bench's watch probes, are made of them.
 type device struct {
-	send   func(ctx context.Context, req *dalvv1.SyncRequest) (*dalvv1.SyncResponse, error)
+	send   syncFunc
 	auth   []string            // the Authorization header value of the device's token
 	req    *dalvv1.SyncRequest // reused: the call is done with it on return
 	value  []byte              // the PUT's value, rewritten per batch
@@ -43,18 +43,30 @@ type device struct {
 	grown  *atomic.Int64 // with keys above 1, counts the device once it has PUT each key
 }
 
-// newDevice is device id of user, syncing through c values of valueBytes
-// bytes to the key "bench/" + id, or with keys above 1 to "bench/" + id +
-// "/0" … "/<keys-1>" in turn, so that the user's partition holds that many
-// entries. A value is a JSON string ("vvv…" and the batch's number) when
-// it has room for the quotes, as applications' values are often JSON:
-// write rules with a schema can check it.
+// syncFunc sends a device's sync and returns the answer, which is the
+// device's until its next call.
+type syncFunc func(ctx context.Context, req *dalvv1.SyncRequest) (*dalvv1.SyncResponse, error)
+
+// newDevice is device id of user, syncing through c with a token of its
+// own: a device as newSyncingDevice makes it.
 func (s secrets) newDevice(c *clients, user, id string, valueBytes, keys int) (*device, error) {
 	a, err := s.deviceAuth(user)
 	if err != nil {
 		return nil, err
 	}
-	d := &device{send: c.syncer(a), auth: a, value: make([]byte, valueBytes), key: "bench/" + id, keys: uint64(max(keys, 1))}
+	d := newSyncingDevice(c.syncer(a), id, valueBytes, keys)
+	d.auth = a
+	return d, nil
+}
+
+// newSyncingDevice is device id, syncing through send values of valueBytes
+// bytes to the key "bench/" + id, or with keys above 1 to "bench/" + id +
+// "/0" … "/<keys-1>" in turn, so that its user's partition holds that many
+// entries. A value is a JSON string ("vvv…" and the batch's number) when
+// it has room for the quotes, as applications' values are often JSON:
+// write rules with a schema can check it.
+func newSyncingDevice(send syncFunc, id string, valueBytes, keys int) *device {
+	d := &device{send: send, value: make([]byte, valueBytes), key: "bench/" + id, keys: uint64(max(keys, 1))}
 	if d.keys > 1 {
 		d.key += "/"
 	}
@@ -74,7 +86,7 @@ func (s secrets) newDevice(c *clients, user, id string, valueBytes, keys int) (*
 			Value: &dalvv1.Value{Kind: &dalvv1.Value_Scalar{Scalar: d.value}},
 		}},
 	}
-	return d, nil
+	return d
 }
 
 // sync uploads the next batch.
@@ -103,7 +115,7 @@ func (d *device) sync(ctx context.Context) error {
 // syncer returns a device's Sync call with the Authorization header value
 // auth, through the lean client's connections or connect-go's client. The
 // answer is the device's until its next call.
-func (c *clients) syncer(auth []string) func(context.Context, *dalvv1.SyncRequest) (*dalvv1.SyncResponse, error) {
+func (c *clients) syncer(auth []string) syncFunc {
 	if c.lean != nil {
 		resp := new(dalvv1.SyncResponse)
 		return func(ctx context.Context, req *dalvv1.SyncRequest) (*dalvv1.SyncResponse, error) {

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,8 +9,10 @@ import (
 	"time"
 
 	"connectrpc.com/grpchealth"
-	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/dalvdb/dalv/engine"
+	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
+	"github.com/dalvdb/dalv/store"
 	dalvpebble "github.com/dalvdb/dalv/store/pebble"
 )
 
@@ -47,74 +48,51 @@ func (b *bencher) floorScenario(ctx context.Context, vals map[string]float64) er
 	return nil
 }
 
-// Each storage-floor commit writes about what a one-op sync writes: the
-// store's batch for one is five Sets and a Delete (entry, version index,
-// head, device record, feed record; the old version index entry) of about
-// 260 bytes of keys and values.
-const (
-	storageKeyBytes   = 32
-	storageValueBytes = 100
-)
-
-// storageScenario measures the storage engine alone: Pebble in a fresh
-// directory in this process, Devices goroutines each committing a batch of
-// two Sets with pebble.Sync, one after another. It is the rate the server
-// would have if syncs cost nothing but their commit.
+// storageScenario measures the engine and its store alone: engine.Engine
+// over store/pebble in a fresh directory in this process, opened with the
+// server's defaults, synced by devices like the sync scenario's, one PUT
+// at a time, the same work as a sync less the transport and the token. It
+// is the rate the server would have if a sync cost nothing but its own
+// work, and (with the floor's no-op call) the least CPU a sync can take.
 func (b *bencher) storageScenario(ctx context.Context, vals map[string]float64) error {
-	dir := filepath.Join(b.dir, fmt.Sprintf("pebble-run%d", b.run))
-	// Opened as store/pebble opens it by default, so the floor is the
-	// server's engine less the server.
-	opts, err := dalvpebble.DBOptions(dalvpebble.Options{})
+	dir := filepath.Join(b.dir, fmt.Sprintf("engine-run%d", b.run))
+	st, err := dalvpebble.Open(dir, dalvpebble.Options{})
 	if err != nil {
-		return err
-	}
-	db, err := pebble.Open(dir, opts)
-	if err != nil {
-		return fmt.Errorf("open pebble in %s: %w", dir, err)
+		return fmt.Errorf("open the store in %s: %w", dir, err)
 	}
 	defer func() {
 		if !b.cfg.KeepData {
 			_ = os.RemoveAll(dir)
 		}
 	}()
-	workers := make([]call, b.cfg.Devices)
-	value := make([]byte, storageValueBytes)
-	for i := range value {
-		value[i] = 'v'
+	eng, err := engine.New(engine.Config{Store: st})
+	if err != nil {
+		_ = st.Close()
+		return err
 	}
-	for i := range workers {
-		var n uint64
-		k1 := fmt.Appendf(nil, "e/%06d/", i)
-		k1 = append(k1, make([]byte, storageKeyBytes-len(k1))...)
-		k2 := append([]byte("f"), k1[1:]...)
-		workers[i] = func(context.Context) error {
-			n++
-			binary.BigEndian.PutUint64(k1[len(k1)-8:], n)
-			binary.BigEndian.PutUint64(k2[len(k2)-8:], n)
-			batch := db.NewBatch()
-			defer batch.Close()
-			if err := batch.Set(k1, value, nil); err != nil {
-				return err
-			}
-			if err := batch.Set(k2, value, nil); err != nil {
-				return err
-			}
-			if err := batch.Commit(pebble.Sync); err != nil {
-				return fmt.Errorf("pebble commit: %w", err)
-			}
-			return nil
-		}
+	workers, grown, err := b.deviceSet("e", func(user, id string) (*device, error) {
+		p := store.Partition{Name: user}
+		return newSyncingDevice(func(ctx context.Context, req *dalvv1.SyncRequest) (*dalvv1.SyncResponse, error) {
+			return eng.Sync(ctx, engine.SyncRequest{
+				Partition: p, DeviceID: req.GetDeviceId(), BaseVersion: req.GetBaseVersion(),
+				Batch: req.GetBatch(), Ops: req.GetOps(), ResetHorizon: req.GetResetHorizon(),
+			})
+		}, id, b.cfg.ValueBytes, b.cfg.Keys), nil
+	})
+	if err != nil {
+		_ = st.Close()
+		return err
 	}
-	res, err := b.load(ctx, loadSpec{label: string(Storage), unit: "commits/s", workers: workers})
+	res, err := b.load(ctx, loadSpec{label: string(Storage), unit: "syncs/s", workers: workers, grown: grown})
 	var paced *loadResult
 	if err == nil && b.cfg.PacedRate > 0 {
-		// The same commits offered at the sync's paced rate, so that the
-		// sync's paced p99 has the disk's beside it.
+		// The same syncs offered at the sync's paced rate, so that the
+		// sync's paced p99 has its own work's beside it.
 		interval := time.Duration(float64(time.Second) * float64(len(workers)) / b.cfg.PacedRate)
-		paced, err = b.load(ctx, loadSpec{label: "storage paced", unit: "commits/s", workers: workers, interval: interval})
+		paced, err = b.load(ctx, loadSpec{label: "storage paced", unit: "syncs/s", workers: workers, interval: interval})
 	}
-	if cerr := db.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("close pebble: %w", cerr)
+	if cerr := st.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("close the store: %w", cerr)
 	}
 	if err != nil {
 		return err
@@ -132,16 +110,17 @@ func (b *bencher) storageScenario(ctx context.Context, vals map[string]float64) 
 
 // recordCPUFloor adds the least server CPU a sync can take, from the same
 // run's parts: the no-op call's server CPU (the transport every call pays)
-// plus a synced Pebble commit's CPU (the write a sync cannot skip). Beside it
-// go that floor as a multiple of the no-op call's CPU, to hold against the
-// sync's CPU target, and the syncs/s these cores could give at that floor
-// with the load generator's own CPU per sync on them too.
+// plus the CPU of a sync in the engine alone (its own work, commit and
+// all). Beside it go that floor as a multiple of the no-op call's CPU, to
+// hold against the sync's CPU target, and the syncs/s these cores could
+// give at that floor with the load generator's own CPU per sync on them
+// too.
 func recordCPUFloor(vals map[string]float64) {
-	noop, commit := vals[metricID(Floor, "server_cpu")], vals[metricID(Storage, "bench_cpu")]
-	if noop <= 0 || commit <= 0 {
+	noop, work := vals[metricID(Floor, "server_cpu")], vals[metricID(Storage, "bench_cpu")]
+	if noop <= 0 || work <= 0 {
 		return
 	}
-	floor := noop + commit
+	floor := noop + work
 	vals[metricID(Storage, "floor_cpu")] = floor
 	vals[metricID(Storage, "floor_cpu_ratio")] = floor / noop
 	if gen := vals[metricID(Sync, "bench_cpu")]; gen > 0 {

@@ -66,11 +66,19 @@ func (b *bencher) syncScenario(ctx context.Context, vals map[string]float64) err
 // devices returns the sync workers of a new set of devices and users, and
 // their growth; tag tells sets of one run apart.
 func (b *bencher) devices(tag string) ([]call, func() bool, error) {
+	return b.deviceSet(tag, func(user, id string) (*device, error) {
+		return b.newDevice(b.clients, user, id, b.cfg.ValueBytes, b.cfg.Keys)
+	})
+}
+
+// deviceSet returns the sync workers of Devices devices over Users users,
+// each made by newDev, and their growth; tag tells sets of one run apart.
+func (b *bencher) deviceSet(tag string, newDev func(user, id string) (*device, error)) ([]call, func() bool, error) {
 	workers := make([]call, b.cfg.Devices)
 	g := &growth{}
 	for i := range workers {
 		user := fmt.Sprintf("b%s-r%d%s-u%d", b.id, b.run, tag, i%b.cfg.Users)
-		d, err := b.newDevice(b.clients, user, fmt.Sprintf("b%s-r%d%s-d%d", b.id, b.run, tag, i), b.cfg.ValueBytes, b.cfg.Keys)
+		d, err := newDev(user, fmt.Sprintf("b%s-r%d%s-d%d", b.id, b.run, tag, i))
 		if err != nil {
 			return nil, nil, err
 		}

@@ -47,9 +47,11 @@ afterwards. Scenarios:
            keys pulls once: time, answer size, entries, more
   floor    the no-op Connect call (grpc.health.v1.Health/Check) at the same
            concurrency, and the sync rate as a share of it
-  storage  Pebble alone in this process: synced two-Set batches at the same
-           concurrency, and the sync rate as a share of it; then the same
-           paced at --paced-rate, for the disk's p99 beside the sync's
+  storage  the engine and its store alone, in this process: the same
+           devices' syncs at the same concurrency, and the sync rate as a
+           share of it; then the same paced at --paced-rate, for the p99 of
+           a sync's own work beside the sync's; with floor, the least server
+           CPU a sync can take (the no-op call's plus the engine's)
   delivery --watchers device watches over --watch-users users (h2c, 200
            streams a connection), then --delivery-rate backend commits/s of
            one PUT across those users: p50/p99 from sending a commit to each

@@ -5,21 +5,11 @@ import (
 	"github.com/cockroachdb/pebble/v2/bloom"
 )
 
-// DBOptions returns the Pebble options [Open] opens its database with for
-// opts: the block cache and memtable sizes, the newest format, bloom
-// filters, Pebble's messages routed to opts.Logger and data corruption
-// reported there rather than exiting. [Open] adds its directory lock and
-// opts.FS. The bench's storage floor opens Pebble with them, so that it
-// measures the engine as the store tunes it.
-func DBOptions(opts Options) (*pebbledb.Options, error) {
-	opts, err := opts.withDefaults()
-	if err != nil {
-		return nil, err
-	}
-	return dbOptions(opts), nil
-}
-
-// dbOptions is [DBOptions] for opts with its defaults filled in.
+// dbOptions returns the Pebble options [Open] opens its database with for
+// opts, its defaults filled in: the block cache and memtable sizes, the
+// newest format, bloom filters, Pebble's messages routed to opts.Logger and
+// data corruption reported there rather than exiting. [Open] adds its
+// directory lock and opts.FS.
 func dbOptions(opts Options) *pebbledb.Options {
 	popts := &pebbledb.Options{
 		// Pebble charges memtables to its cache: reserve room for the two it

@@ -9,15 +9,16 @@ import (
 	"github.com/dalvdb/dalv/store"
 )
 
-// TestDBOptions checks the Pebble options DBOptions gives (those Open opens
-// with): the cache sized for the block cache and two memtables, bloom
-// filters, and a refusal of invalid options.
+// TestDBOptions checks the Pebble options Open opens with by default: the
+// cache sized for the block cache and two memtables, bloom filters, and a
+// refusal of invalid options.
 func TestDBOptions(t *testing.T) {
 	t.Parallel()
-	popts, err := DBOptions(Options{})
+	opts, err := Options{}.withDefaults()
 	if err != nil {
-		t.Fatalf("DBOptions(Options{}): %v", err)
+		t.Fatalf("Options{}.withDefaults(): %v", err)
 	}
+	popts := dbOptions(opts)
 	if got, want := popts.CacheSize, int64(DefaultCacheSize+2*DefaultMemTableSize); got != want {
 		t.Errorf("CacheSize = %d, want %d", got, want)
 	}
@@ -27,8 +28,8 @@ func TestDBOptions(t *testing.T) {
 	if popts.Levels[0].FilterPolicy == nil {
 		t.Error("no bloom filter on level 0")
 	}
-	if _, err := DBOptions(Options{MemTableSize: 1}); err == nil {
-		t.Error("DBOptions with a 1-byte memtable: no error")
+	if _, err := (Options{MemTableSize: 1}).withDefaults(); err == nil {
+		t.Error("a 1-byte memtable: no error")
 	}
 }
 
