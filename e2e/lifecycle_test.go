@@ -567,6 +567,8 @@ func TestLifecycleBadFlags(t *testing.T) {
 		{[]string{"--store-cache-bytes", "-1"}, []string{"--store-cache-bytes", "-1", "0 (off)"}},
 		{[]string{"--cache-bytes", "0"}, []string{"--cache-bytes", "0"}},
 		{[]string{"--memtable-bytes", "1000"}, []string{"--memtable-bytes", "1000", "1 MiB"}},
+		{[]string{"--wal-min-sync-interval", "-1ms"}, []string{"--wal-min-sync-interval", "-1ms", "0 (off)"}},
+		{[]string{"--wal-min-sync-interval", "1s"}, []string{"--wal-min-sync-interval", "1s", "100ms"}},
 		{[]string{"--max-watches-per-user", "0"}, []string{"--max-watches-per-user", "0"}},
 		{[]string{"--max-watches-per-device", "-1"}, []string{"--max-watches-per-device", "-1"}},
 		{[]string{"--max-feed-watches", "0"}, []string{"--max-feed-watches", "0"}},

@@ -48,6 +48,7 @@ type serveFlags struct {
 	storeCacheBytes   int
 	cacheBytes        int
 	memtableBytes     int
+	walSyncInterval   time.Duration
 	watchBuffer       int
 	heartbeat         time.Duration
 	maxWatchesUser    int
@@ -106,6 +107,7 @@ With --tls-cert and --tls-key it serves HTTPS (HTTP/2 and HTTP/1.1, TLS
 	fl.DurationVar(&f.storeTimeout, "store-timeout", postgres.DefaultTimeout, "with --store: how long one store operation may wait for PostgreSQL before the request fails with unavailable")
 	fl.IntVar(&f.cacheBytes, "cache-bytes", pebble.DefaultCacheSize, "the embedded store's block cache, in bytes")
 	fl.IntVar(&f.memtableBytes, "memtable-bytes", pebble.DefaultMemTableSize, "the embedded store's memtable, in bytes, of which it holds up to two (one filling, one being written out); 1 MiB to 1 GiB")
+	fl.DurationVar(&f.walSyncInterval, "wal-min-sync-interval", pebble.DefaultWALMinSyncInterval, fmt.Sprintf("the embedded store's least time between two fsyncs of its log while commits come from more than one writer, so that more commits share each (each still answered only once its own fsync has ended); 0 to %v, 0 turns it off", pebble.MaxWALMinSyncInterval))
 	fl.IntVar(&f.storeCacheBytes, "store-cache-bytes", postgres.DefaultCacheBytes, "with --store: memory for the states of small partitions this node commits to, whose commits then go in grouped statements of one round trip (0 turns it off: every commit is a transaction of its own)")
 	fl.BoolVar(&f.dev, "dev", false, "when DALV_JWT_SECRET or DALV_BACKEND_KEYS is unset, use development secrets kept in --data (generated on the first start), and print them")
 	fl.StringArrayVar(&f.systemPrefixes, "system-prefix", nil, `key prefix that is system-domain (backend-only); repeatable (default "sys/")`)
@@ -299,7 +301,10 @@ func openStore(ctx context.Context, f serveFlags, log *slog.Logger) (st store.St
 		url = os.Getenv("DALV_STORE")
 	}
 	if url == "" {
-		opts := pebble.Options{Logger: log, CacheSize: int64(f.cacheBytes), MemTableSize: int64(f.memtableBytes)}
+		opts := pebble.Options{Logger: log, CacheSize: int64(f.cacheBytes), MemTableSize: int64(f.memtableBytes), WALMinSyncInterval: f.walSyncInterval}
+		if f.walSyncInterval == 0 {
+			opts.WALMinSyncInterval = -1 // off; the Options' zero is the default
+		}
 		if trigger := os.Getenv(diskfault.EnvVar); trigger != "" {
 			// For tests only: see package diskfault.
 			log.Warn("TEST MODE: disk faults are injected into the store from a trigger file", "env", diskfault.EnvVar, "trigger", trigger)
@@ -458,6 +463,9 @@ func (f serveFlags) validate() error {
 	}
 	if f.memtableBytes < 1<<20 || f.memtableBytes > 1<<30 {
 		return fmt.Errorf("--memtable-bytes %d: must be from 1 MiB (1048576) to 1 GiB", f.memtableBytes)
+	}
+	if f.walSyncInterval < 0 || f.walSyncInterval > pebble.MaxWALMinSyncInterval {
+		return fmt.Errorf("--wal-min-sync-interval %v: must be from 0 (off) to %v", f.walSyncInterval, pebble.MaxWALMinSyncInterval)
 	}
 	if f.storeCacheBytes < 0 {
 		return fmt.Errorf("--store-cache-bytes %d: must be 0 (off) or more", f.storeCacheBytes)

@@ -55,6 +55,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	pebbledb "github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -74,6 +75,20 @@ const (
 	DefaultMemTableSize = 4 << 20
 )
 
+// DefaultWALMinSyncInterval is the least time between two fsyncs of the WAL
+// by default while synced commits come from more than one writer at a time,
+// and MaxWALMinSyncInterval the most [Options] accepts. A commit that asks
+// for an fsync sooner after the last one waits for the rest of the interval
+// and shares its fsync with the commits that come meanwhile; every commit
+// still returns only once its own fsync has ended. Under a hundred devices'
+// sync load, measured side by side on two cores, 500µs made each fsync carry
+// about three times as many commits and cut the server's CPU per sync by a
+// fifth; 1ms did worse than 500µs and 250µs no better.
+const (
+	DefaultWALMinSyncInterval = 500 * time.Microsecond
+	MaxWALMinSyncInterval     = 100 * time.Millisecond
+)
+
 // Options configures [Open]. The zero value is ready to use.
 type Options struct {
 	// Logger receives Pebble's own messages: informational ones at debug
@@ -85,6 +100,13 @@ type Options struct {
 	// holds up to two (one filling, one flushing); 0 means
 	// DefaultMemTableSize.
 	MemTableSize int64
+	// WALMinSyncInterval is the least time between two fsyncs of the WAL
+	// while synced commits come from more than one writer at a time (see
+	// [DefaultWALMinSyncInterval]), at most MaxWALMinSyncInterval; 0 means
+	// DefaultWALMinSyncInterval and a negative value none, each fsync
+	// starting as soon as one is asked for and the last has ended. A lone
+	// writer, one synced commit after another, never waits for it.
+	WALMinSyncInterval time.Duration
 	// FS is the file system the store lives on; nil means the operating
 	// system's. Tests inject crashes with vfs.NewCrashableMem.
 	FS vfs.FS
@@ -101,6 +123,12 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.MemTableSize == 0 {
 		o.MemTableSize = DefaultMemTableSize
+	}
+	if o.WALMinSyncInterval == 0 {
+		o.WALMinSyncInterval = DefaultWALMinSyncInterval
+	}
+	if o.WALMinSyncInterval > MaxWALMinSyncInterval {
+		return o, fmt.Errorf("WAL minimum sync interval %v is over %v", o.WALMinSyncInterval, MaxWALMinSyncInterval)
 	}
 	if o.CacheSize < 0 {
 		return o, fmt.Errorf("cache size %d is negative", o.CacheSize)
@@ -140,6 +168,31 @@ type Store struct {
 	failed *failure
 	// stalls counts Pebble's write stalls for the metrics.
 	stalls *writeStalls
+	// gap is the wait between the WAL's fsyncs.
+	gap *syncGap
+}
+
+// syncGap is how long the WAL waits after an fsync before the next one:
+// Options.WALMinSyncInterval when more than one synced commit began since the
+// fsync before ended, so that others are likely on their way to share the
+// next; none otherwise. A lone writer's commits then never wait, as waiting
+// would only slow it: its next commit cannot begin before the last returns.
+type syncGap struct {
+	interval time.Duration
+	began    atomic.Uint64 // synced commits begun
+	seen     atomic.Uint64 // began, when the last fsync ended
+}
+
+// begin counts a synced commit about to be written.
+func (g *syncGap) begin() { g.began.Add(1) }
+
+// next is Pebble's WALMinSyncInterval, called as each fsync ends.
+func (g *syncGap) next() time.Duration {
+	n := g.began.Load()
+	if n-g.seen.Swap(n) > 1 {
+		return g.interval
+	}
+	return 0
 }
 
 var (
@@ -180,7 +233,11 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: lock: %w", dir, err)
 	}
 	failed, stalls := new(failure), new(writeStalls)
+	gap := &syncGap{interval: opts.WALMinSyncInterval}
 	popts := dbOptions(opts)
+	if gap.interval > 0 {
+		popts.WALMinSyncInterval = gap.next
+	}
 	popts.Logger = slogLogger{l: opts.Logger, failed: failed}
 	popts.EventListener.WriteStallBegin = stalls.begin
 	popts.EventListener.WriteStallEnd = stalls.end
@@ -194,7 +251,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		release()
 		return nil, fmt.Errorf("open store %s: %w", dir, pebbleErr(err))
 	}
-	s := &Store{db: db, dirLock: dirLock, dir: dir, log: opts.Logger, release: release, failed: failed, stalls: stalls}
+	s := &Store{db: db, dirLock: dirLock, dir: dir, log: opts.Logger, release: release, failed: failed, stalls: stalls, gap: gap}
 	next, floor, err := s.recoverFeed()
 	if err != nil {
 		_ = db.Close()
@@ -334,6 +391,9 @@ func (s *Store) commit(b *pebbledb.Batch, o *pebbledb.WriteOptions) (err error) 
 			err = s.failed.get()
 		}
 	}()
+	if o.GetSync() {
+		s.gap.begin()
+	}
 	return pebbleErr(b.Commit(o))
 }
 

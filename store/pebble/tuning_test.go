@@ -3,6 +3,7 @@ package pebble
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,6 +31,89 @@ func TestDBOptions(t *testing.T) {
 	}
 	if _, err := (Options{MemTableSize: 1}).withDefaults(); err == nil {
 		t.Error("a 1-byte memtable: no error")
+	}
+	if opts.WALMinSyncInterval != DefaultWALMinSyncInterval {
+		t.Errorf("WALMinSyncInterval = %v, want %v", opts.WALMinSyncInterval, DefaultWALMinSyncInterval)
+	}
+	if _, err := (Options{WALMinSyncInterval: MaxWALMinSyncInterval + 1}).withDefaults(); err == nil {
+		t.Errorf("a WAL sync interval over %v: no error", MaxWALMinSyncInterval)
+	}
+}
+
+// TestSyncGap checks when the WAL waits between fsyncs: only after one
+// during which more than one synced commit began.
+func TestSyncGap(t *testing.T) {
+	t.Parallel()
+	g := &syncGap{interval: time.Millisecond}
+	for _, tc := range []struct {
+		began int
+		want  time.Duration
+	}{{0, 0}, {1, 0}, {2, time.Millisecond}, {1, 0}, {50, time.Millisecond}, {0, 0}} {
+		for range tc.began {
+			g.begin()
+		}
+		if got := g.next(); got != tc.want {
+			t.Errorf("after an fsync with %d commits begun, wait %v, want %v", tc.began, got, tc.want)
+		}
+	}
+}
+
+// TestWALSyncInterval commits through a store whose WAL waits 100ms (the
+// most it may) between fsyncs: a lone writer's commits never wait for it,
+// and eight writers at once do, so that many commits share each fsync.
+func TestWALSyncInterval(t *testing.T) {
+	t.Parallel()
+	const interval = MaxWALMinSyncInterval
+	s, err := Open(t.TempDir(), Options{WALMinSyncInterval: interval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	commit := func(p store.Partition) error {
+		return s.Update(context.Background(), p, func(r store.Reader) (*store.Commit, error) {
+			h, err := r.Head()
+			if err != nil {
+				return nil, err
+			}
+			v := h.Version + 1
+			return &store.Commit{Version: v, Time: time.Now(),
+				Entries: []store.Entry{{Key: "k", Value: []byte("v"), Version: v, ScalarVersion: v}}, Ops: []byte("ops")}, nil
+		})
+	}
+
+	// Were each of these to wait for the interval, they would take 1.9s.
+	start := time.Now()
+	for range 20 {
+		if err := commit(store.Partition{Name: "lone"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := time.Since(start); d >= 10*interval {
+		t.Errorf("20 commits one after another took %v: a lone writer waited for the WAL's sync interval", d)
+	}
+
+	// Eight writers of four commits each: after at least two of the
+	// fsyncs, more than one commit had begun, so the WAL waited.
+	start = time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := range 8 {
+		wg.Go(func() {
+			for range 4 {
+				if err := commit(store.Partition{Name: fmt.Sprint("writer", i)}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 2*interval {
+		t.Errorf("8 writers' 32 commits took %v, under twice the WAL's sync interval: it never waited", d)
 	}
 }
 
