@@ -82,8 +82,8 @@ const (
 // and shares its fsync with the commits that come meanwhile; every commit
 // still returns only once its own fsync has ended. Under a hundred devices'
 // sync load, measured side by side on two cores, 500µs made each fsync carry
-// about three times as many commits and cut the server's CPU per sync by a
-// fifth; 1ms did worse than 500µs and 250µs no better.
+// two to three times as many commits and cut the server's CPU per sync by a
+// tenth to a fifth; 1ms did worse than 500µs and 250µs no better.
 const (
 	DefaultWALMinSyncInterval = 500 * time.Microsecond
 	MaxWALMinSyncInterval     = 100 * time.Millisecond
