@@ -193,7 +193,8 @@ type Throwaway struct {
 	URL    string
 	port   int
 	dir    string
-	pgCtl  string
+	bin    string   // the directory of PostgreSQL's programs
+	opts   string   // postgres's options, as pg_ctl passes them
 	asUser []string // the command prefix that runs as the server's owner
 }
 
@@ -212,6 +213,24 @@ func StartDurable() (*Throwaway, error) { return start(true, "") }
 // start starts a throwaway server; settings are more of postgres's -c
 // options, separated by spaces.
 func start(durable bool, settings string) (*Throwaway, error) {
+	s, err := newThrowaway()
+	if err != nil {
+		return nil, err
+	}
+	if out, err := s.run(filepath.Join(s.bin, "initdb"), "-D", s.data(), "-U", "postgres", "-A", "trust",
+		"-E", "UTF8", "--locale=C", "--no-sync"); err != nil {
+		os.RemoveAll(s.dir)
+		return nil, fmt.Errorf("initdb: %v\n%s", err, out)
+	}
+	if err := s.serve(durable, settings); err != nil {
+		os.RemoveAll(s.dir)
+		return nil, err
+	}
+	return s, nil
+}
+
+// newThrowaway makes the directory of a server yet to be created.
+func newThrowaway() (*Throwaway, error) {
 	bin, err := findBin()
 	if err != nil {
 		return nil, err
@@ -220,7 +239,7 @@ func start(durable bool, settings string) (*Throwaway, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Throwaway{dir: dir, pgCtl: filepath.Join(bin, "pg_ctl")}
+	s := &Throwaway{dir: dir, bin: bin}
 	if os.Geteuid() == 0 {
 		owner, err := user.Lookup("postgres")
 		if err != nil {
@@ -240,38 +259,83 @@ func start(durable bool, settings string) (*Throwaway, error) {
 		}
 		s.asUser = []string{runuser, "-u", "postgres", "--"}
 	}
-	data := filepath.Join(dir, "data")
-	if out, err := s.run(filepath.Join(bin, "initdb"), "-D", data, "-U", "postgres", "-A", "trust",
-		"-E", "UTF8", "--locale=C", "--no-sync"); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("initdb: %v\n%s", err, out)
-	}
+	return s, nil
+}
+
+// serve starts the server of s's data directory on a free loopback port.
+func (s *Throwaway) serve(durable bool, settings string) error {
 	ports, err := proc.FreePorts(1)
 	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
+		return err
 	}
-	port := ports[0]
-	s.port = port
+	s.port = ports[0]
 	commits := "off"
 	if durable {
 		commits = "on"
 	}
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=%s -c full_page_writes=off -c max_connections=300 %s",
-		port, dir, commits, settings)
-	if out, err := s.run(s.pgCtl, "-D", data, "-o", opts, "-l", filepath.Join(dir, "log"), "-w", "-t", "60", "start"); err != nil {
-		log, _ := os.ReadFile(filepath.Join(dir, "log"))
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("pg_ctl start: %v\n%s\n%s", err, out, log)
+	s.opts = fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=%s -c full_page_writes=off -c max_connections=300 %s",
+		s.port, s.dir, commits, settings)
+	if err := s.Resume(); err != nil {
+		return err
 	}
-	s.URL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
-	return s, nil
+	s.URL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", s.port)
+	return nil
+}
+
+// data is the server's data directory.
+func (s *Throwaway) data() string { return filepath.Join(s.dir, "data") }
+
+// Standby makes a streaming standby of s: a base backup of s, as a server
+// of its own on another port, replicating from s. Its URL reaches it only
+// for reads until [Throwaway.Promote].
+func (s *Throwaway) Standby() (*Throwaway, error) {
+	sb, err := newThrowaway()
+	if err != nil {
+		return nil, err
+	}
+	if out, err := sb.run(filepath.Join(sb.bin, "pg_basebackup"), "-D", sb.data(), "-R", "-X", "stream",
+		"-c", "fast", "-h", "127.0.0.1", "-p", strconv.Itoa(s.port), "-U", "postgres"); err != nil {
+		os.RemoveAll(sb.dir)
+		return nil, fmt.Errorf("pg_basebackup: %v\n%s", err, out)
+	}
+	if err := sb.serve(false, ""); err != nil {
+		os.RemoveAll(sb.dir)
+		return nil, err
+	}
+	return sb, nil
+}
+
+// Promote ends a standby's recovery: it becomes a primary, on a new
+// timeline, and waits until it accepts writes.
+func (s *Throwaway) Promote() error {
+	if out, err := s.run(filepath.Join(s.bin, "pg_ctl"), "-D", s.data(), "-w", "-t", "60", "promote"); err != nil {
+		return fmt.Errorf("pg_ctl promote: %v\n%s", err, out)
+	}
+	return nil
+}
+
+// Halt kills the server as a crash does (pg_ctl -m immediate) and keeps
+// its directory, for [Throwaway.Resume].
+func (s *Throwaway) Halt() error {
+	if out, err := s.run(filepath.Join(s.bin, "pg_ctl"), "-D", s.data(), "-m", "immediate", "-w", "stop"); err != nil {
+		return fmt.Errorf("pg_ctl stop -m immediate: %v\n%s", err, out)
+	}
+	return nil
+}
+
+// Resume starts the server on its port, as it was started before.
+func (s *Throwaway) Resume() error {
+	if out, err := s.run(filepath.Join(s.bin, "pg_ctl"), "-D", s.data(), "-o", s.opts, "-l", filepath.Join(s.dir, "log"), "-w", "-t", "60", "start"); err != nil {
+		log, _ := os.ReadFile(filepath.Join(s.dir, "log"))
+		return fmt.Errorf("pg_ctl start: %v\n%s\n%s", err, out, log)
+	}
+	return nil
 }
 
 // Restart stops the server (fast: connections are cut, transactions in
 // flight roll back) and starts it again on the same port.
 func (s *Throwaway) Restart() error {
-	if out, err := s.run(s.pgCtl, "-D", filepath.Join(s.dir, "data"), "-l", filepath.Join(s.dir, "log"), "-m", "fast", "-w", "-t", "60", "restart"); err != nil {
+	if out, err := s.run(filepath.Join(s.bin, "pg_ctl"), "-D", s.data(), "-l", filepath.Join(s.dir, "log"), "-m", "fast", "-w", "-t", "60", "restart"); err != nil {
 		return fmt.Errorf("pg_ctl restart: %v\n%s", err, out)
 	}
 	return nil
@@ -281,7 +345,7 @@ func (s *Throwaway) Restart() error {
 // no checkpoint, connections cut, recovery from the WAL at the next start)
 // and starts it again on the same port.
 func (s *Throwaway) RestartImmediate() error {
-	if out, err := s.run(s.pgCtl, "-D", filepath.Join(s.dir, "data"), "-l", filepath.Join(s.dir, "log"), "-m", "immediate", "-w", "-t", "60", "restart"); err != nil {
+	if out, err := s.run(filepath.Join(s.bin, "pg_ctl"), "-D", s.data(), "-l", filepath.Join(s.dir, "log"), "-m", "immediate", "-w", "-t", "60", "restart"); err != nil {
 		return fmt.Errorf("pg_ctl restart -m immediate: %v\n%s", err, out)
 	}
 	return nil
@@ -289,7 +353,7 @@ func (s *Throwaway) RestartImmediate() error {
 
 // Stop stops the server at once and removes its directory.
 func (s *Throwaway) Stop() {
-	_, _ = s.run(s.pgCtl, "-D", filepath.Join(s.dir, "data"), "-m", "immediate", "-w", "stop")
+	_ = s.Halt()
 	os.RemoveAll(s.dir)
 }
 
