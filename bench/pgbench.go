@@ -94,7 +94,7 @@ func (pb *pgBench) setupCommit(ctx context.Context, conn *pgx.Conn) error {
 	value := strings.Repeat("76", pb.cfg.ValueBytes) // 'v' in hex
 	pb.commitScript = fmt.Sprintf(`WITH h AS (
 	UPDATE %[1]s.dalv_heads SET version = version + 1,
-		feed_key = GREATEST(pg_current_xact_id()::text::bigint, feed_key + 1)
+		feed_key = GREATEST(pg_current_xact_id()::text::bigint + (('x' || left(pg_walfile_name(pg_current_wal_lsn()), 8))::bit(32)::bigint * 281474976710656), feed_key + 1)
 	WHERE part = 'u:' || 'pgbench-' || (:client_id)::text
 	RETURNING part, version, feed_key
 ), d AS (

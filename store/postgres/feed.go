@@ -14,9 +14,10 @@ import (
 // row below the oldest transaction id still running is committed or never
 // will be, because a transaction's rows have keys at least its id, and a
 // transaction that has no id yet will get one above every id given so far.
-// It is one value per statement (an InitPlan), so it serves as an index
-// bound. Note that it is the oldest id in the whole server, any database.
-const feedHorizon = `(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)`
+// Ids count from the timeline's base, as feed keys do (see xactID). It is
+// one value per statement (an InitPlan), so it serves as an index bound.
+// Note that it is the oldest id in the whole server, any database.
+const feedHorizon = `(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint + ` + timelineBase + `)`
 
 // A feed page is read in one REPEATABLE READ READ ONLY transaction, floor
 // and rows from one snapshot, and the transaction ends before fn sees the
@@ -32,6 +33,12 @@ const (
 	// selectHeld is the highest key of the committed records readers may
 	// not pass yet, or 0.
 	selectHeld = `SELECT COALESCE(max(feed_key), 0) FROM dalv_feed WHERE feed_key >= ` + feedHorizon
+	// awaitStandbys makes a page's COMMIT wait for the synchronous
+	// standbys when the server has some and the page has records (see
+	// feedPage), by writing to the WAL: an empty message of logical
+	// decoding's, which takes the transaction an id.
+	awaitStandbys = `SELECT pg_logical_emit_message(true, 'dalv_feed', '') WHERE current_setting('synchronous_standby_names') <> ''
+		AND EXISTS (SELECT FROM dalv_feed WHERE (feed_key, part) > ($1, $2) AND feed_key < ` + feedHorizon + `)`
 )
 
 // Feed pages grow from minFeedPage while their records are small.
@@ -152,6 +159,17 @@ type feedPage struct {
 
 // feedPage reads up to limit rows after (key, part), or fails with
 // ErrCompacted when retention dropped rows after it.
+//
+// With synchronous standbys, the rows are returned only once the standbys
+// have them. A commit becomes visible before a standby has it when its wait
+// for the standby ends without one: its backend was cancelled or
+// terminated, or saw the postmaster die (and commits locally as it exits).
+// A reader that passed such a commit would deliver one a promoted standby
+// never had, whose version the standby gives again to another write. So
+// the page's transaction writes to the WAL when it has rows: its COMMIT
+// then waits, as every commit that wrote does, until the standbys have its
+// WAL, and with it each commit the page's snapshot saw; when the server
+// dies first, the page fails instead.
 func (s *Store) feedPage(ctx context.Context, key int64, part string, after store.FeedPos, limit int) (feedPage, error) {
 	var (
 		pg        feedPage
@@ -173,6 +191,7 @@ func (s *Store) feedPage(ctx context.Context, key int64, part string, after stor
 		return nil
 	})
 	b.Queue(selectHeld).QueryRow(func(row pgx.Row) error { return row.Scan(&pg.held) })
+	b.Queue(awaitStandbys, key, part)
 	b.Queue("COMMIT")
 	if err := s.sendBatch(ctx, b); err != nil {
 		return pg, fmt.Errorf("read feed: %w", err)

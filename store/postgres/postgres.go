@@ -28,7 +28,12 @@
 //     (pg_snapshot_xmin). No transaction still in flight can write a row
 //     below that, so a reader that resumes after the last position it saw
 //     never skips a commit; a long-open transaction stalls the feed (see
-//     the dalv_feed_stall_seconds metric) but never makes it skip.
+//     the dalv_feed_stall_seconds metric) but never makes it skip. Feed
+//     keys count from the server's WAL timeline times 2^48, so that after
+//     a failover, whose promoted standby gives out again the ids of the
+//     transactions it never received, keys stay above every key given
+//     before it. With synchronous standbys, a reader gets records only
+//     once the standbys have them (see feedPage).
 //   - Commits are announced to other processes with a coalesced NOTIFY on
 //     channel dalv_commits (of the schema) after they commit; [Store.Notifications] listens
 //     on a connection of its own and reconnects by itself. A notification

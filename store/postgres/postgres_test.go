@@ -27,12 +27,18 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 func openSchema(t *testing.T, schema string, opts Options) *Store {
 	t.Helper()
 	opts.Schema = schema
+	return openURL(t, pgtest.URL(t), opts)
+}
+
+// openURL opens a store on the database at u, closed when the test ends.
+func openURL(t *testing.T, u string, opts Options) *Store {
+	t.Helper()
 	if opts.MaxConns == 0 {
 		opts.MaxConns = 4
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := Open(ctx, pgtest.URL(t), opts)
+	s, err := Open(ctx, u, opts)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

@@ -4,8 +4,22 @@ package postgres
 // (update.go) and in a group's statement (group.go), are built from these
 // fragments: both write a commit's rows the same way.
 const (
-	// xactID is the transaction's id, as a feed key.
-	xactID = `pg_current_xact_id()::text::bigint`
+	// xactID is the transaction's id, as a feed key: the id above the
+	// timeline's base (see timelineBase).
+	xactID = `(pg_current_xact_id()::text::bigint + ` + timelineBase + `)`
+
+	// timelineBase is the base of the feed keys the server writes now: its
+	// WAL timeline times 2^48. A promoted standby (or a restored backup)
+	// writes on a new timeline, and it gives out again the transaction ids
+	// of the old primary's transactions it never received; with the
+	// timeline above them, every key written after a failover is above
+	// every key written before it, so a feed reader that resumes from a
+	// cursor the old primary gave misses no commit of the new one. (Ids
+	// would have to run back by 2^48 for that to fail. The timeline is the
+	// first part of the name of the WAL file being written; from timeline
+	// 32,768 on the key is out of bigint's range, and a commit fails rather
+	// than write a key out of order.)
+	timelineBase = `(('x' || left(pg_walfile_name(pg_current_wal_lsn()), 8))::bit(32)::bigint * 281474976710656)`
 
 	// insertDevices, then a SELECT of (part, device, batch), then
 	// onDevice, records devices' last batches.
