@@ -130,11 +130,12 @@ func TestFeedAcrossFailover(t *testing.T) {
 	})
 }
 
-// TestFeedWaitsForStandby has a commit wait for a synchronous standby that
+// TestReadsWaitForStandby has a commit wait for a synchronous standby that
 // never comes, then cancels its wait: the commit is visible on the primary,
-// which alone has it. The feed must not deliver it until a standby has it,
-// here until the primary no longer waits for one.
-func TestFeedWaitsForStandby(t *testing.T) {
+// which alone has it. Neither the feed nor an Update that answers without
+// committing (a device's retry of that batch) may tell of it until a
+// standby has it, here until the primary no longer waits for one.
+func TestReadsWaitForStandby(t *testing.T) {
 	t.Parallel()
 	srv := throwaway(t)
 	s := openURL(t, srv.URL, Options{})
@@ -175,6 +176,21 @@ func TestFeedWaitsForStandby(t *testing.T) {
 	if len(got) != 0 || err == nil {
 		t.Fatalf("feed while no standby has version 2 = %q, %v; want nothing, and the reader's deadline", got, err)
 	}
+	answer := func(ctx context.Context) (uint64, error) {
+		var seen uint64
+		err := s.Update(ctx, p, func(r store.Reader) (*store.Commit, error) {
+			h, err := r.Head()
+			seen = h.Version
+			return nil, err
+		})
+		return seen, err
+	}
+	rctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+	seen, err := answer(rctx)
+	cancel()
+	if err == nil {
+		t.Fatalf("an Update that read version %d while no standby has it answered", seen)
+	}
 
 	setStandbys(t, srv.URL, "''")
 	wait.For(t, 20*time.Second, func() error {
@@ -186,6 +202,9 @@ func TestFeedWaitsForStandby(t *testing.T) {
 		}
 		return nil
 	})
+	if seen, err := answer(ctx); err != nil || seen != 2 {
+		t.Fatalf("an Update once no standby is waited for: read version %d, %v; want 2", seen, err)
+	}
 }
 
 // setStandbys sets the server's synchronous_standby_names and reloads its

@@ -33,11 +33,9 @@ const (
 	// selectHeld is the highest key of the committed records readers may
 	// not pass yet, or 0.
 	selectHeld = `SELECT COALESCE(max(feed_key), 0) FROM dalv_feed WHERE feed_key >= ` + feedHorizon
-	// awaitStandbys makes a page's COMMIT wait for the synchronous
-	// standbys when the server has some and the page has records (see
-	// feedPage), by writing to the WAL: an empty message of logical
-	// decoding's, which takes the transaction an id.
-	awaitStandbys = `SELECT pg_logical_emit_message(true, 'dalv_feed', '') WHERE current_setting('synchronous_standby_names') <> ''
+	// pageReplicated makes a page's COMMIT wait for the synchronous
+	// standbys when the page has records (see feedPage).
+	pageReplicated = awaitStandbys + `
 		AND EXISTS (SELECT FROM dalv_feed WHERE (feed_key, part) > ($1, $2) AND feed_key < ` + feedHorizon + `)`
 )
 
@@ -161,15 +159,9 @@ type feedPage struct {
 // ErrCompacted when retention dropped rows after it.
 //
 // With synchronous standbys, the rows are returned only once the standbys
-// have them. A commit becomes visible before a standby has it when its wait
-// for the standby ends without one: its backend was cancelled or
-// terminated, or saw the postmaster die (and commits locally as it exits).
-// A reader that passed such a commit would deliver one a promoted standby
-// never had, whose version the standby gives again to another write. So
-// the page's transaction writes to the WAL when it has rows: its COMMIT
-// then waits, as every commit that wrote does, until the standbys have its
-// WAL, and with it each commit the page's snapshot saw; when the server
-// dies first, the page fails instead.
+// have them (see awaitStandbys): the page's COMMIT waits until they have
+// the WAL, and with it each commit the page's snapshot saw; when the
+// server dies first, the page fails instead.
 func (s *Store) feedPage(ctx context.Context, key int64, part string, after store.FeedPos, limit int) (feedPage, error) {
 	var (
 		pg        feedPage
@@ -191,7 +183,7 @@ func (s *Store) feedPage(ctx context.Context, key int64, part string, after stor
 		return nil
 	})
 	b.Queue(selectHeld).QueryRow(func(row pgx.Row) error { return row.Scan(&pg.held) })
-	b.Queue(awaitStandbys, key, part)
+	b.Queue(pageReplicated, key, part)
 	b.Queue("COMMIT")
 	if err := s.sendBatch(ctx, b); err != nil {
 		return pg, fmt.Errorf("read feed: %w", err)

@@ -165,6 +165,9 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 	}
 	r := &reader{ctx: octx, caller: ctx, conn: conn, p: p, part: part, headRead: true, head: head, pf: pf}
 	c, err := fn(r)
+	if err == nil && c == nil && s.streams == nil {
+		err = endAnswer(octx, conn)
+	}
 	if err != nil || c == nil {
 		_, retry, _ := failed(err)
 		if st := newState(head, compactions, pf); err == nil && st != nil {
@@ -218,6 +221,21 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 		passFeedKey(octx, conn, feedKey, xid)
 	}
 	return c.Version, false, nil
+}
+
+// endAnswer ends the transaction of an Update that committed nothing, and
+// returns once the synchronous standbys have what it read, if the server
+// has any (see awaitStandbys). A device that retries a batch whose first
+// answer it never got is answered from the partition as it reads it: the
+// batch is acknowledged only once the standbys have it.
+func endAnswer(ctx context.Context, conn *pgxpool.Conn) error {
+	b := &pgx.Batch{}
+	b.Queue("ROLLBACK")
+	b.Queue(awaitStandbys)
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("wait for the synchronous standbys: %w", connErr(ctx, conn, err))
+	}
+	return nil
 }
 
 // passFeedKey makes sure readers of the feed get past a commit's feed key
