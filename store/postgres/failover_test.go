@@ -132,13 +132,14 @@ func TestFeedAcrossFailover(t *testing.T) {
 
 // TestReadsWaitForStandby has a commit wait for a synchronous standby that
 // never comes, then cancels its wait: the commit is visible on the primary,
-// which alone has it. Neither the feed nor an Update that answers without
-// committing (a device's retry of that batch) may tell of it until a
-// standby has it, here until the primary no longer waits for one.
+// which alone has it. Neither the commit's own answer, nor the feed, nor an
+// Update that answers without committing (a device's retry of that batch)
+// may tell of it until a standby has it, here until the primary no longer
+// waits for one.
 func TestReadsWaitForStandby(t *testing.T) {
 	t.Parallel()
 	srv := throwaway(t)
-	s := openURL(t, srv.URL, Options{})
+	s := openURL(t, srv.URL, Options{Timeout: 3 * time.Second})
 	ctx := context.Background()
 	p := store.Partition{Name: "p"}
 	if _, err := commitOne(ctx, s, p, "a"); err != nil {
@@ -161,20 +162,35 @@ func TestReadsWaitForStandby(t *testing.T) {
 		return err
 	})
 	<-probe
-	done, pid := commitWaiting(t, srv.URL, func(ctx context.Context) error {
-		_, err := commitOne(ctx, s, p, "b")
-		return err
-	})
-	t.Logf("the commit's wait for the standby cancelled (backend %d): %v", pid, <-done)
-	if n := queryInt(t, srv.URL, "SELECT count(*) FROM dalv_feed WHERE version = 2"); n != 1 {
-		t.Fatalf("the primary shows %d records of version 2, want the one committed only there", n)
+	// Version 2 is written by the group statement on the state the store
+	// holds, version 3 (under an idempotency key, which a held state
+	// cannot check) by a transaction of its own.
+	for _, idem := range []string{"", "k"} {
+		done, pid := commitWaiting(t, srv.URL, func(ctx context.Context) error {
+			return s.Update(ctx, p, func(r store.Reader) (*store.Commit, error) {
+				h, err := r.Head()
+				if err != nil {
+					return nil, err
+				}
+				v := h.Version + 1
+				return &store.Commit{Version: v, Time: time.Now(), IdempotencyKey: idem, Entries: []store.Entry{
+					{Key: "b", Value: []byte("x"), Version: v, ScalarVersion: v},
+				}}, nil
+			})
+		})
+		if err := <-done; !errors.Is(err, store.ErrUnavailable) {
+			t.Fatalf("a commit (idempotency key %q) whose wait for the standby was cancelled (backend %d) = %v, want an error wrapping ErrUnavailable: its outcome is unknown", idem, pid, err)
+		}
+	}
+	if n := queryInt(t, srv.URL, "SELECT count(*) FROM dalv_feed WHERE version IN (2, 3)"); n != 2 {
+		t.Fatalf("the primary shows %d records of versions 2 and 3, want the two committed only there", n)
 	}
 
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	got, _, err = feedAfter(rctx, s, cursor)
 	cancel()
 	if len(got) != 0 || err == nil {
-		t.Fatalf("feed while no standby has version 2 = %q, %v; want nothing, and the reader's deadline", got, err)
+		t.Fatalf("feed while no standby has versions 2 and 3 = %q, %v; want nothing, and the reader's deadline", got, err)
 	}
 	answer := func(ctx context.Context) (uint64, error) {
 		var seen uint64
@@ -197,13 +213,13 @@ func TestReadsWaitForStandby(t *testing.T) {
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
 		got, _, err := feedAfter(rctx, s, cursor)
-		if err != nil || !slices.Equal(got, []string{"user:p@2"}) {
-			return fmt.Errorf("feed once no standby is waited for = %q, %v; want [user:p@2]", got, err)
+		if err != nil || !slices.Equal(got, []string{"user:p@2", "user:p@3"}) {
+			return fmt.Errorf("feed once no standby is waited for = %q, %v; want [user:p@2 user:p@3]", got, err)
 		}
 		return nil
 	})
-	if seen, err := answer(ctx); err != nil || seen != 2 {
-		t.Fatalf("an Update once no standby is waited for: read version %d, %v; want 2", seen, err)
+	if seen, err := answer(ctx); err != nil || seen != 3 {
+		t.Fatalf("an Update once no standby is waited for: read version %d, %v; want 3", seen, err)
 	}
 }
 

@@ -280,6 +280,14 @@ func (h *held) write(batch []*heldCommit) {
 		}
 		return
 	}
+	if err := s.confirmCommit(octx, conn); err != nil {
+		for _, hc := range batch {
+			hc.outcome = heldFailed
+			hc.err = fmt.Errorf("commit %s version %d: %w: %w", hc.p, hc.c.Version, errUnknownOutcome, err)
+			h.states.hold(hc.row.part, nil)
+		}
+		return
+	}
 	h.statements.Add(1)
 	for i, hc := range batch {
 		switch {

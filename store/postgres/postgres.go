@@ -17,7 +17,8 @@
 //     committed meanwhile, the statement writes nothing and the Update runs
 //     as the transaction above (see cache.go).
 //   - A commit is durable when Update returns (with the server's
-//     synchronous_commit). When the connection is lost while COMMIT is in
+//     synchronous_commit); one whose wait for the synchronous standbys was
+//     cancelled is acknowledged only once they have it (see confirmCommit). When the connection is lost while COMMIT is in
 //     flight, the outcome is unknown: Update fails with an error wrapping
 //     [store.ErrUnavailable], and the commit may or may not be there.
 //   - A View is a REPEATABLE READ READ ONLY transaction: one snapshot.
@@ -252,6 +253,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	if schema != "" {
 		rp["search_path"] = pgx.Identifier{schema}.Sanitize()
 	}
+	cfg.ConnConfig.OnNotice = noteWarning
 	where := fmt.Sprintf("%s:%d/%s", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
