@@ -92,12 +92,17 @@ func URL(t testing.TB) string {
 func ping(u string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	return onConn(ctx, u, func(conn *pgx.Conn) error { return conn.Ping(ctx) })
+}
+
+// onConn runs fn on a connection of its own to the database at u.
+func onConn(ctx context.Context, u string, fn func(*pgx.Conn) error) error {
 	conn, err := pgx.Connect(ctx, u)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(ctx)
-	return conn.Ping(ctx)
+	return fn(conn)
 }
 
 // Server returns the URL of $DALV_TEST_POSTGRES, or else starts a
@@ -165,13 +170,26 @@ func ExecOn(t testing.TB, u, sql string, args ...any) {
 }
 
 func exec1(ctx context.Context, u, sql string, args ...any) error {
-	conn, err := pgx.Connect(ctx, u)
-	if err != nil {
+	return onConn(ctx, u, func(conn *pgx.Conn) error {
+		_, err := conn.Exec(ctx, sql, args...)
 		return err
+	})
+}
+
+// QueryOn runs a query of one row in the database at u, on a connection of
+// its own, and scans the row into dst. It fails t on an error.
+func QueryOn(t testing.TB, u, sql string, dst ...any) {
+	t.Helper()
+	if err := queryRow(u, sql, dst...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
 	}
-	defer conn.Close(ctx)
-	_, err = conn.Exec(ctx, sql, args...)
-	return err
+}
+
+// queryRow is QueryOn that returns its error.
+func queryRow(u, sql string, dst ...any) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return onConn(ctx, u, func(conn *pgx.Conn) error { return conn.QueryRow(ctx, sql).Scan(dst...) })
 }
 
 // WithParam returns the URL u with the query parameter key set to value.

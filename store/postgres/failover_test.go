@@ -31,17 +31,8 @@ func throwaway(t *testing.T) *pgtest.Throwaway {
 // queryInt runs a query of one integer on the database at u.
 func queryInt(t *testing.T, u, sql string) int64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
 	var n int64
-	if err := conn.QueryRow(ctx, sql).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
+	pgtest.QueryOn(t, u, sql, &n)
 	return n
 }
 
