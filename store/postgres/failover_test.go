@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -124,9 +125,9 @@ func TestFeedAcrossFailover(t *testing.T) {
 // TestReadsWaitForStandby has a commit wait for a synchronous standby that
 // never comes, then cancels its wait: the commit is visible on the primary,
 // which alone has it. Neither the commit's own answer, nor the feed, nor an
-// Update that answers without committing (a device's retry of that batch)
-// may tell of it until a standby has it, here until the primary no longer
-// waits for one.
+// Update that answers without committing (a device's retry of that batch),
+// nor a View may tell of it until a standby has it, here until the primary
+// no longer waits for one.
 func TestReadsWaitForStandby(t *testing.T) {
 	t.Parallel()
 	srv := throwaway(t)
@@ -192,11 +193,22 @@ func TestReadsWaitForStandby(t *testing.T) {
 		})
 		return seen, err
 	}
-	rctx, cancel = context.WithTimeout(ctx, 2*time.Second)
-	seen, err := answer(rctx)
-	cancel()
-	if err == nil {
-		t.Fatalf("an Update that read version %d while no standby has it answered", seen)
+	view := func(ctx context.Context) (uint64, error) {
+		var seen uint64
+		err := s.View(ctx, p, func(r store.Reader) error {
+			h, err := r.Head()
+			seen = h.Version
+			return err
+		})
+		return seen, err
+	}
+	for what, read := range map[string]func(context.Context) (uint64, error){"an Update": answer, "a View": view} {
+		rctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+		seen, err := read(rctx)
+		cancel()
+		if err == nil {
+			t.Fatalf("%s that read version %d while no standby has it answered", what, seen)
+		}
 	}
 
 	setStandbys(t, srv.URL, "''")
@@ -209,8 +221,10 @@ func TestReadsWaitForStandby(t *testing.T) {
 		}
 		return nil
 	})
-	if seen, err := answer(ctx); err != nil || seen != 3 {
-		t.Fatalf("an Update once no standby is waited for: read version %d, %v; want 3", seen, err)
+	for what, read := range map[string]func(context.Context) (uint64, error){"an Update": answer, "a View": view} {
+		if seen, err := read(ctx); err != nil || seen != 3 {
+			t.Fatalf("%s once no standby is waited for: read version %d, %v; want 3", what, seen, err)
+		}
 	}
 }
 
@@ -259,4 +273,25 @@ func commitWaiting(t *testing.T, u string, commit func(context.Context) error) (
 		t.Fatalf("cancel backend %d: not signalled", pid)
 	}
 	return done, pid
+}
+
+// TestStandbyWaitsShared checks that one statement serves any number of
+// Views' waits for the standbys: 200 waits queued while one runs go in the
+// next statement, all of them.
+func TestStandbyWaitsShared(t *testing.T) {
+	t.Parallel()
+	s := openFresh(t, Options{})
+	run := s.standbyWaits.run
+	var statements atomic.Int64
+	s.standbyWaits.run = func(batch []*standbyWait) {
+		statements.Add(1)
+		run(batch)
+	}
+	errs := inOneBatch(t, &s.standbyWaits, 200, func(int) error { return s.waitStandbys(context.Background()) })
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	if n := statements.Load(); n != 1 {
+		t.Fatalf("200 waits took %d statements, want 1", n)
+	}
 }

@@ -38,8 +38,9 @@ const (
 // nodes and in PostgreSQL: a second in flight would take the items that now
 // wait for the first, and cost more than they would save in waiting.
 type batcher[T any] struct {
-	size func(T) int     // an item's bytes
-	run  func(batch []T) // runs a batch: each item's caller learns its outcome
+	size  func(T) int     // an item's bytes
+	run   func(batch []T) // runs a batch: each item's caller learns its outcome
+	limit int             // the items of a batch, groupCommits when 0
 
 	mu      sync.Mutex
 	queue   []T
@@ -78,8 +79,8 @@ func (b *batcher[T]) loop(batch []T) {
 
 // takeLocked takes the next batch off the queue.
 func (b *batcher[T]) takeLocked() []T {
-	n, size := 0, 0
-	for n < len(b.queue) && n < groupCommits {
+	n, size, limit := 0, 0, cmp.Or(b.limit, groupCommits)
+	for n < len(b.queue) && n < limit {
 		if size += b.size(b.queue[n]); n > 0 && size > groupBytes {
 			break
 		}

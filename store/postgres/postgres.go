@@ -18,7 +18,8 @@
 //     as the transaction above (see cache.go).
 //   - A commit is durable when Update returns (with the server's
 //     synchronous_commit); one whose wait for the synchronous standbys was
-//     cancelled is acknowledged only once they have it (see confirmCommit). When the connection is lost while COMMIT is in
+//     cancelled is acknowledged only once they have it, and what is read
+//     is told only once they have it (see standbys.go). When the connection is lost while COMMIT is in
 //     flight, the outcome is unknown: Update fails with an error wrapping
 //     [store.ErrUnavailable], and the commit may or may not be there.
 //   - A View is a REPEATABLE READ READ ONLY transaction: one snapshot.
@@ -68,6 +69,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"strings"
 	"sync"
@@ -166,6 +168,12 @@ type Store struct {
 	node    string          // this store's id in its notifications
 	ann     *announcer
 	held    *held
+	// standbyWaits are the Views' waits for the synchronous standbys (see
+	// waitStandbys); standbysAsked is when a View last asked whether the
+	// server has any (Unix nanoseconds), and hasStandbys the answer.
+	standbyWaits  batcher[*standbyWait]
+	standbysAsked atomic.Int64
+	hasStandbys   atomic.Bool
 	// streams are the feed's streams on Citus; nil on PostgreSQL without
 	// it (see citus.go).
 	streams *streams
@@ -305,6 +313,8 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		s.bg.Go(func() { s.watchCommitsDurable(opts.CheckInterval) })
 	}
 	s.held = newHeld(s, opts.CacheBytes)
+	// One statement serves any number of waits.
+	s.standbyWaits = batcher[*standbyWait]{size: func(*standbyWait) int { return 0 }, run: s.runStandbyWaits, limit: math.MaxInt}
 	return s, nil
 }
 

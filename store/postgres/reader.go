@@ -38,6 +38,9 @@ type reader struct {
 
 	begin string // the BEGIN still to send with the first statement
 	begun bool
+	// askStandbys has a View ask, with its BEGIN, whether the server has
+	// synchronous standbys (see Store.knowStandbys); standbys is the answer.
+	askStandbys, standbys bool
 
 	headRead bool // the head, read (in an Update, locked)
 	head     store.Head
@@ -236,6 +239,16 @@ func cloneEntry(e store.Entry) store.Entry {
 	return e
 }
 
+// queueBegin queues the BEGIN of a View's transaction, and the question
+// whether the server has synchronous standbys if it is to be asked.
+func (r *reader) queueBegin(b *pgx.Batch) {
+	b.Queue(r.begin)
+	if r.askStandbys {
+		b.Queue(hasStandbys).QueryRow(func(row pgx.Row) error { return row.Scan(&r.standbys) })
+	}
+	r.begin, r.begun = "", true
+}
+
 // query runs sql and hands its rows to scan, which must read them all
 // (without calling back into the reader).
 func (r *reader) query(scan func(pgx.Rows) error, sql string, args ...any) error {
@@ -244,9 +257,8 @@ func (r *reader) query(scan func(pgx.Rows) error, sql string, args ...any) error
 	}
 	if r.begin != "" {
 		b := &pgx.Batch{}
-		b.Queue(r.begin)
+		r.queueBegin(b)
 		b.Queue(sql, args...).Query(scan)
-		r.begin, r.begun = "", true
 		return connErr(r.ctx, r.conn, r.conn.SendBatch(r.ctx, b).Close())
 	}
 	rows, err := r.conn.Query(r.ctx, sql, args...)
@@ -285,11 +297,10 @@ func (r *reader) Head() (store.Head, error) {
 	if r.begin != "" && r.readAhead {
 		// A View's first read: the entries of a small partition come along.
 		b := &pgx.Batch{}
-		b.Queue(r.begin)
+		r.queueBegin(b)
 		b.Queue(sql, r.part).Query(scan)
 		pf := &prefetch{}
 		pf.queueEntries(b, r.part)
-		r.begin, r.begun = "", true
 		if err = connErr(r.ctx, r.conn, r.conn.SendBatch(r.ctx, b).Close()); err == nil {
 			r.pf = pf
 		}
@@ -563,7 +574,7 @@ func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Rea
 		return fmt.Errorf("view %s: %w", p, err)
 	}
 	r := &reader{ctx: octx, caller: ctx, conn: conn, p: p, part: partID(p), begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-		readAhead: !s.hooks.noReadAhead}
+		readAhead: !s.hooks.noReadAhead, askStandbys: s.askStandbys()}
 	ended := false
 	defer func() {
 		if !ended {
@@ -594,6 +605,14 @@ func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Rea
 			defer s.gate.Exit()
 			s.endView(conn)
 		}()
+		// What was read is told only once the synchronous standbys have it
+		// (see standbys.go). The connection is given back first, so that
+		// waiting Views never hold the connections the wait needs.
+		if s.knowStandbys(r) && s.streams == nil {
+			if err := s.waitStandbys(octx); err != nil {
+				return fmt.Errorf("view %s: %w", p, storeErr(octx, err))
+			}
+		}
 	}
 	return err
 }

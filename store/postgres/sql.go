@@ -37,19 +37,6 @@ const (
 	ON CONFLICT (part, key) DO UPDATE SET version = EXCLUDED.version, scalar_version = EXCLUDED.scalar_version,
 		value = EXCLUDED.value, tomb_nanos = EXCLUDED.tomb_nanos`
 
-	// awaitStandbys, alone or then more conditions, makes its
-	// transaction's COMMIT wait for the synchronous standbys, when the
-	// server has some: it writes to the WAL (an empty message of logical
-	// decoding's, which takes the transaction an id), and a commit that
-	// wrote waits until the standbys have its WAL, and so all the WAL
-	// before it. PostgreSQL shows a commit to other sessions before a
-	// standby has it when its wait for the standby ends early: its backend
-	// was cancelled or terminated, or saw the postmaster die (it commits
-	// locally as it exits). What is read may then be a commit that a
-	// promoted standby never had, and whose version it gives again to
-	// another write; what is told from such a read waits on this first.
-	awaitStandbys = `SELECT pg_logical_emit_message(true, 'dalv', '') WHERE current_setting('synchronous_standby_names') <> ''`
-
 	// insertFeed, then VALUES or a SELECT, writes a commit's feed row.
 	insertFeed = `INSERT INTO dalv_feed (part, feed_key, version, nanos, erase, ops) `
 )

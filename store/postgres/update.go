@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dalvdb/dalv/store"
@@ -225,57 +224,6 @@ func (s *Store) update(ctx context.Context, p store.Partition, part string, fn f
 		passFeedKey(octx, conn, feedKey, xid)
 	}
 	return c.Version, false, nil
-}
-
-// endAnswer ends the transaction of an Update that committed nothing, and
-// returns once the synchronous standbys have what it read, if the server
-// has any (see awaitStandbys). A device that retries a batch whose first
-// answer it never got is answered from the partition as it reads it: the
-// batch is acknowledged only once the standbys have it.
-func endAnswer(ctx context.Context, conn *pgxpool.Conn) error {
-	b := &pgx.Batch{}
-	b.Queue("ROLLBACK")
-	b.Queue(awaitStandbys)
-	if err := conn.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("wait for the synchronous standbys: %w", connErr(ctx, conn, err))
-	}
-	return nil
-}
-
-// warnedKey marks, in a connection's CustomData, that PostgreSQL sent it a
-// warning since the mark was last cleared.
-const warnedKey = "dalv.warned"
-
-// noteWarning is the connections' notice handler: it marks a connection
-// that PostgreSQL sent a warning (see confirmCommit).
-func noteWarning(c *pgconn.PgConn, n *pgconn.Notice) {
-	if n.SeverityUnlocalized == "WARNING" {
-		c.CustomData()[warnedKey] = true
-	}
-}
-
-// confirmCommit returns once the commit just made on conn is on the
-// synchronous standbys, if the server has any. A commit whose wait for
-// them was cancelled (pg_cancel_backend, a statement_timeout) succeeds
-// with a warning, on the primary alone (see awaitStandbys); so after a
-// warning it waits for the standbys with a statement of its own. An error
-// leaves the commit's outcome unknown: it is there, and may be lost with
-// the primary. On Citus the commit is a worker's, and nothing is waited
-// for.
-func (s *Store) confirmCommit(ctx context.Context, conn *pgxpool.Conn) error {
-	data := conn.Conn().PgConn().CustomData()
-	if data[warnedKey] == nil || s.streams != nil {
-		return nil
-	}
-	delete(data, warnedKey)
-	if _, err := conn.Exec(ctx, awaitStandbys); err != nil {
-		return fmt.Errorf("wait for the synchronous standbys: %w", connErr(ctx, conn, err))
-	}
-	if data[warnedKey] != nil {
-		delete(data, warnedKey)
-		return fmt.Errorf("%w: the wait for the synchronous standbys was cancelled", store.ErrUnavailable)
-	}
-	return nil
 }
 
 // passFeedKey makes sure readers of the feed get past a commit's feed key
