@@ -19,9 +19,10 @@
 //   - A commit is durable when Update returns (with the server's
 //     synchronous_commit); one whose wait for the synchronous standbys was
 //     cancelled is acknowledged only once they have it, and what is read
-//     is told only once they have it (see standbys.go). When the connection is lost while COMMIT is in
-//     flight, the outcome is unknown: Update fails with an error wrapping
-//     [store.ErrUnavailable], and the commit may or may not be there.
+//     is told only once they have it (see standbys.go). When the
+//     connection is lost while COMMIT is in flight, the outcome is
+//     unknown: Update fails with an error wrapping [store.ErrUnavailable],
+//     and the commit may or may not be there.
 //   - A View is a REPEATABLE READ READ ONLY transaction: one snapshot.
 //   - The change feed is an outbox read only below the transaction horizon:
 //     each commit writes a row whose feed key is at least its transaction

@@ -574,7 +574,7 @@ func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Rea
 		return fmt.Errorf("view %s: %w", p, err)
 	}
 	r := &reader{ctx: octx, caller: ctx, conn: conn, p: p, part: partID(p), begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-		readAhead: !s.hooks.noReadAhead, askStandbys: s.askStandbys()}
+		readAhead: !s.hooks.noReadAhead, askStandbys: s.streams == nil && s.askStandbys()}
 	ended := false
 	defer func() {
 		if !ended {
@@ -608,7 +608,7 @@ func (s *Store) View(ctx context.Context, p store.Partition, fn func(r store.Rea
 		// What was read is told only once the synchronous standbys have it
 		// (see standbys.go). The connection is given back first, so that
 		// waiting Views never hold the connections the wait needs.
-		if s.knowStandbys(r) && s.streams == nil {
+		if s.streams == nil && s.knowStandbys(r) {
 			if err := s.waitStandbys(octx); err != nil {
 				return fmt.Errorf("view %s: %w", p, storeErr(octx, err))
 			}
