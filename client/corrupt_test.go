@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/dalvdb/dalv/client"
 	dalvv1 "github.com/dalvdb/dalv/gen/dalv/v1"
 )
@@ -406,6 +408,48 @@ func openDamaged(t *testing.T, dir string, data []byte) {
 		t.Fatalf("open with OnCorrupt: %v", err)
 	}
 	_, _ = r.List("")
+	r.Close()
+}
+
+// TestOpenBucketStoredAsValue opens a file whose own partition's entries
+// bucket is a plain value: damage the page checks cannot see (the flags of
+// a bucket's element flipped), which bbolt reports as an incompatible value
+// when Open makes sure the bucket is there. Open refuses it as corrupt, and
+// with OnCorrupt sets it aside and opens a fresh file.
+func TestOpenBucketStoredAsValue(t *testing.T) {
+	t.Parallel()
+	good, _, _ := seedReplica(t)
+	path := filepath.Join(t.TempDir(), "r.replica")
+	if err := os.WriteFile(path, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		own := tx.Bucket([]byte("parts")).Bucket([]byte("o"))
+		if err := own.DeleteBucket([]byte("kv")); err != nil {
+			return err
+		}
+		return own.Put([]byte("kv"), []byte("x"))
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := client.Open(path, client.Options{}); !errors.Is(err, client.ErrCorrupt) {
+		if err == nil {
+			r.Close()
+		}
+		t.Fatalf("open: %v, want an error matching ErrCorrupt", err)
+	}
+	r, err := client.Open(path, client.Options{OnCorrupt: func(client.CorruptReport) {}})
+	if err != nil {
+		t.Fatalf("open with OnCorrupt: %v", err)
+	}
 	r.Close()
 }
 

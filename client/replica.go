@@ -237,6 +237,15 @@ func openBolt(path string, o Options) (db *bolt.DB, err error) {
 // one into memory.
 func (r *Replica) init() (err error) {
 	defer guard(r.path, &err)()
+	defer func() {
+		// init makes every bucket it finds missing, and only buckets under
+		// those names: a value where one of them belongs (or a bucket where
+		// a value does) is damage, as when a bit of an element's flags
+		// flipped, which the page checks cannot tell from a good file.
+		if errors.Is(err, bolterrors.ErrIncompatibleValue) {
+			err = corruptf("%s: a bucket stored as a value, or a value as a bucket (%v)", r.path, err)
+		}
+	}()
 	return r.db.Update(func(tx *bolt.Tx) error {
 		meta, err := tx.CreateBucketIfNotExists(bktMeta)
 		if err != nil {
